@@ -1,0 +1,217 @@
+package broker
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Spec is what a budget is configured or discovered with.
+type Spec struct {
+	Key        Key
+	Quota      Limits    // as published by AWS or typed by an operator
+	Source     string    // where Quota came from, e.g. "budgets-file:/etc/qb.json"
+	SourceTime time.Time // when Quota was read
+	// Burndown is how many quota tokens one output token costs; 0 means
+	// DefaultBurndown(Key.Model).
+	Burndown float64
+	// MaxOutputTokens is reserved when a request leaves max_output_tokens
+	// unset; 0 means DefaultMaxOutputTokens(Key.Model).
+	MaxOutputTokens int64
+}
+
+func (s Spec) validate() error {
+	k := s.Key
+	if !regionRE.MatchString(k.Region) {
+		return fmt.Errorf("budget %s: region %q is not an AWS Region name", k, k.Region)
+	}
+	if k.Scope < ScopeOnDemand || k.Scope > ScopeGlobal {
+		return fmt.Errorf("budget %s: unknown scope", k)
+	}
+	if k.Model == "" {
+		return fmt.Errorf("budget %s: model is empty", k)
+	}
+	for _, v := range []struct {
+		name string
+		v    int64
+	}{{"rpm", s.Quota.RPM}, {"tpm", s.Quota.TPM}, {"tpd", s.Quota.TPD}, {"concurrency", s.Quota.Concurrency}, {"max_output_tokens", s.MaxOutputTokens}} {
+		if v.v < 0 {
+			return fmt.Errorf("budget %s: %s is negative (%d)", k, v.name, v.v)
+		}
+	}
+	if s.Burndown < 0 || s.Burndown > 100 || math.IsNaN(s.Burndown) {
+		return fmt.Errorf("budget %s: output_burndown %v is outside 0..100", k, s.Burndown)
+	}
+	return nil
+}
+
+func (s Spec) burndown() float64 {
+	if s.Burndown > 0 {
+		return s.Burndown
+	}
+	return DefaultBurndown(s.Key.Model)
+}
+
+func (s Spec) maxOutput() int64 {
+	if s.MaxOutputTokens > 0 {
+		return s.MaxOutputTokens
+	}
+	return DefaultMaxOutputTokens(s.Key.Model)
+}
+
+// Override is an operator's replacement for the quota x margin term of some
+// limits. A nil field leaves that limit alone; a set field is used as is (no
+// margin), and may be above the discovered quota: the operator knows
+// something discovery does not (a raise not yet visible, say).
+type Override struct {
+	RPM, TPM, TPD, Concurrency *int64
+	Reason                     string
+	SetAt                      time.Time
+}
+
+func (o *Override) empty() bool {
+	return o == nil || (o.RPM == nil && o.TPM == nil && o.TPD == nil && o.Concurrency == nil)
+}
+
+// Windows: per-minute limits in 250 ms slots, the daily one in minutes.
+const (
+	minuteSpan = time.Minute
+	minuteRes  = 250 * time.Millisecond
+	daySpan    = 24 * time.Hour
+	dayRes     = time.Minute
+)
+
+// budget is the live state of one budget. All fields are guarded by
+// Broker.mu.
+type budget struct {
+	spec      Spec
+	override  *Override
+	effective Limits // recomputed whenever spec or override changes
+
+	requests   *window // requests in the last minute
+	tokens     *window // tokens in the last minute
+	dayTokens  *window // tokens in the last day
+	concurrent int64   // active leases
+
+	queue   queue
+	timer   Timer     // pending wake-up for the head waiter, or nil
+	timerAt time.Time // when timer fires
+
+	counters Counters
+}
+
+// Counters are a budget's totals since the broker started.
+type Counters struct {
+	Granted, Refused, Completed, Throttled, Expired, Errors, Cancelled int64
+	ReportedThrottles                                                  int64
+	ReservedTokens, SettledTokens, ReturnedTokens                      int64
+	UnsetMaxTokens                                                     int64
+}
+
+func newBudget(spec Spec, margin float64) *budget {
+	b := &budget{
+		spec:      spec,
+		requests:  newWindow(minuteSpan, minuteRes),
+		tokens:    newWindow(minuteSpan, minuteRes),
+		dayTokens: newWindow(daySpan, dayRes),
+	}
+	b.recompute(margin)
+	return b
+}
+
+// recompute derives the effective limits: an override where set, otherwise
+// the quota times the safety margin (never rounded down to "absent"). The
+// margin applies to rates, not to concurrency, which is a count.
+func (b *budget) recompute(margin float64) {
+	scale := func(q int64) int64 {
+		if q <= 0 {
+			return 0
+		}
+		return max(1, int64(math.Floor(float64(q)*margin)))
+	}
+	pick := func(o *int64, v int64) int64 {
+		if o != nil {
+			return *o
+		}
+		return v
+	}
+	q := b.spec.Quota
+	e := Limits{RPM: scale(q.RPM), TPM: scale(q.TPM), TPD: scale(q.TPD), Concurrency: q.Concurrency}
+	if o := b.override; o != nil {
+		e = Limits{RPM: pick(o.RPM, e.RPM), TPM: pick(o.TPM, e.TPM), TPD: pick(o.TPD, e.TPD), Concurrency: pick(o.Concurrency, e.Concurrency)}
+	}
+	b.effective = e
+}
+
+// neverFits explains why n can never be granted under the effective
+// limits, or returns nil.
+func (b *budget) neverFits(n need) error {
+	e := b.effective
+	switch {
+	case e.TPM > 0 && n.tokens > e.TPM:
+		return &Error{Kind: KindInvalid, Field: "max_output_tokens", Message: fmt.Sprintf(
+			"the reservation of %d tokens (input + cache_write + max_output_tokens %d x burndown %g) exceeds the TPM limit %d of %s; lower max_output_tokens",
+			n.tokens, n.maxOutput, n.burndown, e.TPM, b.spec.Key)}
+	case e.TPD > 0 && n.tokens > e.TPD:
+		return &Error{Kind: KindInvalid, Field: "max_output_tokens", Message: fmt.Sprintf(
+			"the reservation of %d tokens exceeds the TPD limit %d of %s; lower max_output_tokens", n.tokens, e.TPD, b.spec.Key)}
+	}
+	return nil
+}
+
+// fit checks n against every limit at now. It returns LimitNone when n fits;
+// otherwise the limit that blocks longest and how long until it would fit
+// (0 when only a release can make room: concurrency).
+func (b *budget) fit(now time.Time, n need) (Limit, time.Duration) {
+	e := b.effective
+	blocked, wait := LimitNone, time.Duration(0)
+	check := func(l Limit, w *window, v, limit int64) {
+		if limit <= 0 {
+			return
+		}
+		d, ok := w.wait(now, v, limit)
+		if !ok {
+			d = daySpan // cannot fit until the limit changes
+		}
+		if d > 0 && (blocked == LimitNone || d > wait) {
+			blocked, wait = l, d
+		}
+	}
+	check(LimitRPM, b.requests, 1, e.RPM)
+	check(LimitTPM, b.tokens, n.tokens, e.TPM)
+	check(LimitTPD, b.dayTokens, n.tokens, e.TPD)
+	if e.Concurrency > 0 && b.concurrent >= e.Concurrency && blocked == LimitNone {
+		blocked = LimitConcurrency
+	}
+	return blocked, wait
+}
+
+// charge adds a grant of n at now.
+func (b *budget) charge(now time.Time, tokens, requests int64) {
+	b.requests.add(now, now, requests)
+	b.tokens.add(now, now, tokens)
+	b.dayTokens.add(now, now, tokens)
+}
+
+// adjust corrects the charge of a lease granted at grantedAt.
+func (b *budget) adjust(now, grantedAt time.Time, tokens, requests int64) {
+	b.requests.add(now, grantedAt, requests)
+	b.tokens.add(now, grantedAt, tokens)
+	b.dayTokens.add(now, grantedAt, tokens)
+}
+
+// utilisation is the use of the tightest limit in its window, 0..1+.
+func (b *budget) utilisation(now time.Time) float64 {
+	e := b.effective
+	u := 0.0
+	ratio := func(used, limit int64) {
+		if limit > 0 {
+			u = max(u, float64(used)/float64(limit))
+		}
+	}
+	ratio(b.requests.used(now), e.RPM)
+	ratio(b.tokens.used(now), e.TPM)
+	ratio(b.dayTokens.used(now), e.TPD)
+	ratio(b.concurrent, e.Concurrency)
+	return u
+}

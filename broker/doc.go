@@ -1,0 +1,73 @@
+// Package broker is the domain of the Bedrock Quota Broker: budgets, leases,
+// the accounting Bedrock applies to them, and the queue of callers waiting
+// for capacity. It imports only the standard library; the bbolt store, the
+// AWS quota source and the gRPC server are adapters around it.
+//
+// Vocabulary: a Budget (keyed by Region, Scope and model) has Limits (RPM,
+// TPM, TPD, concurrency); a caller Acquires a Lease for one Bedrock call,
+// and Completes it with the call's Usage; a request that cannot be served in
+// time gets a refusal Decision with a retry delay.
+//
+// # Accounting (bedrock-facts.md section 3)
+//
+// At grant a lease reserves one request and input + cache_write +
+// max_output_tokens x burndown tokens, where an unset max_output_tokens
+// means the model's maximum (DefaultMaxOutputTokens, or the budget's spec)
+// and burndown is 5 for Claude 3.7 Sonnet and later Claude, 1 otherwise
+// (DefaultBurndown, or the spec). The facts do not say whether Bedrock
+// multiplies the reserved max_tokens by the burndown; we do, which never
+// under-reserves. At completion the charge becomes input + cache_write +
+// output x burndown (cache reads are free), and the difference goes back to
+// the window slot the reservation came from. A throttled or cancelled call
+// consumed nothing: its tokens and its request are returned. A call that
+// failed otherwise is charged its reported usage and keeps its request. A
+// lease that expires unsettled stays charged at its reservation and counts
+// against its client; a late completion corrects the charge but is still
+// answered with KindExpired.
+//
+// # Windows
+//
+// Each per-minute limit is a sliding window of 60 s in 250 ms slots, TPD a
+// sliding window of 24 h in one-minute slots (see window). A grant must fit
+// every limit: sum of the window + reservation <= limit. Unlike a token
+// bucket, which lets a full bucket plus a minute of refill through in one
+// minute (up to twice the quota), a sliding window guarantees that no
+// interval of 60 s (or 24 h) ever holds more than the limit: Bedrock's quota
+// as it reads, with no fixed-minute boundary burst. The price is that a burst
+// that uses the whole minute early must wait for that minute to pass.
+//
+// Effective limit = override if the operator set one, else quota x Margin
+// (default 0.9, never rounded down to zero; concurrency is not scaled). The
+// adaptive ceiling learned from throttles will be one more term of the min.
+// A limit of 0 means absent. A request whose reservation exceeds the
+// effective TPM or TPD on its own can never fit, and fails at once with
+// KindInvalid naming max_output_tokens.
+//
+// # Waiting
+//
+// A request that does not fit joins its budget's queue, ordered strictly by
+// priority and round-robin between clients within a priority. The head of
+// the queue is served first and is not overtaken, so a large request cannot
+// be starved by small ones. The queue is re-examined whenever capacity can
+// return: at a settlement, a cancellation, an expiry, a limit change, and at
+// the moment the window frees enough for the head (a timer armed for exactly
+// that time: there is no polling). A request that waited past its Wait gets
+// a refusal with the time until it would fit and the limit that blocks it.
+//
+// # Durability
+//
+// Every grant is committed to the Store before it is returned, so after a
+// crash the broker rebuilds its windows from every lease any caller holds:
+// no budget grants more than its limit in a window across a restart.
+// Settlements, renewals and expiries are committed too; should such a commit
+// fail after the in-memory state moved on, it is retried by Run, and until
+// then the store errs on the side of charging. A grant whose commit fails is
+// undone and reported as KindUnavailable.
+//
+// # Concurrency
+//
+// One mutex (Broker.mu) guards all budgets, leases and waiters; it is never
+// held across a Store call or a wait. Run owns the sweep loop; timers armed by
+// the queue run on the injected Clock and take the same mutex. Nothing here
+// reads the system time: the Clock is injected, so tests run on a fake one.
+package broker

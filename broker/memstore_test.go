@@ -1,0 +1,106 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/bedrockqb/quotabroker/broker"
+)
+
+// memStore is an in-memory broker.Store with the contract's semantics, for
+// domain tests. fail, when set, makes Commit fail with nothing applied.
+type memStore struct {
+	mu        sync.Mutex
+	specs     map[broker.Key]broker.Spec
+	overrides map[broker.Key]*broker.Override
+	leases    map[string]broker.LeaseRecord
+	usage     map[usageKey]broker.UsageRecord
+	fail      error
+	commits   int
+}
+
+type usageKey struct {
+	k broker.Key
+	m int64
+}
+
+func newMemStore() *memStore {
+	return &memStore{
+		specs:     map[broker.Key]broker.Spec{},
+		overrides: map[broker.Key]*broker.Override{},
+		leases:    map[string]broker.LeaseRecord{},
+		usage:     map[usageKey]broker.UsageRecord{},
+	}
+}
+
+func (s *memStore) setFail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fail = err
+}
+
+func (s *memStore) Load(context.Context) (broker.Snapshot, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var snap broker.Snapshot
+	for _, v := range s.specs {
+		snap.Specs = append(snap.Specs, v)
+	}
+	for k, v := range s.overrides {
+		snap.Overrides = append(snap.Overrides, broker.OverrideRecord{Key: k, Override: v})
+	}
+	for _, v := range s.leases {
+		snap.Leases = append(snap.Leases, v)
+	}
+	for _, v := range s.usage {
+		snap.Usage = append(snap.Usage, v)
+	}
+	return snap, nil
+}
+
+func (s *memStore) Commit(_ context.Context, c broker.Change) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return s.fail
+	}
+	s.commits++
+	for _, sp := range c.Specs {
+		s.specs[sp.Key] = sp
+	}
+	for _, o := range c.Overrides {
+		if o.Override == nil {
+			delete(s.overrides, o.Key)
+		} else {
+			s.overrides[o.Key] = o.Override
+		}
+	}
+	for _, l := range c.Leases {
+		if old, ok := s.leases[l.ID]; ok && old.Version > l.Version {
+			continue
+		}
+		s.leases[l.ID] = l
+	}
+	for _, id := range c.DeleteLeases {
+		delete(s.leases, id)
+	}
+	for _, u := range c.Usage {
+		k := usageKey{u.Key, u.Minute}
+		old := s.usage[k]
+		old.Key, old.Minute = u.Key, u.Minute
+		old.Tokens += u.Tokens
+		old.Requests += u.Requests
+		s.usage[k] = old
+	}
+	if c.DeleteUsageBefore > 0 {
+		for k := range s.usage {
+			if k.m < c.DeleteUsageBefore {
+				delete(s.usage, k)
+			}
+		}
+	}
+	return nil
+}
+
+var errDiskFull = errors.New("disk full")

@@ -1,0 +1,238 @@
+package broker
+
+import (
+	"fmt"
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Scope is how a model is called. Bedrock keeps separate quotas per scope.
+type Scope int
+
+const (
+	ScopeUnknown Scope = iota
+	// ScopeOnDemand is the bare model id.
+	ScopeOnDemand
+	// ScopeCrossRegion is a geographic inference profile (us., eu., apac., ...).
+	ScopeCrossRegion
+	// ScopeGlobal is a global inference profile (global.).
+	ScopeGlobal
+)
+
+func (s Scope) String() string {
+	switch s {
+	case ScopeOnDemand:
+		return "on-demand"
+	case ScopeCrossRegion:
+		return "cross-region"
+	case ScopeGlobal:
+		return "global"
+	default:
+		return "unknown"
+	}
+}
+
+// ParseScope is the inverse of Scope.String.
+func ParseScope(s string) (Scope, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "on-demand", "ondemand", "on_demand":
+		return ScopeOnDemand, nil
+	case "cross-region", "geo", "cross_region":
+		return ScopeCrossRegion, nil
+	case "global":
+		return ScopeGlobal, nil
+	}
+	return ScopeUnknown, fmt.Errorf("unknown scope %q (want on-demand, cross-region or global)", s)
+}
+
+// Key identifies a budget: the quotas of one model, called one way, in one
+// Region. Model is always the base model id, also for profile scopes.
+type Key struct {
+	Region string
+	Scope  Scope
+	Model  string
+}
+
+func (k Key) String() string { return k.Region + "/" + k.Scope.String() + "/" + k.Model }
+
+// Limits of a budget. Zero means the limit is absent (not enforced).
+type Limits struct {
+	RPM         int64 // requests per minute
+	TPM         int64 // tokens per minute
+	TPD         int64 // tokens per day
+	Concurrency int64 // leases outstanding at once
+}
+
+// Limit names one of the limits.
+type Limit int
+
+const (
+	LimitNone Limit = iota
+	LimitRPM
+	LimitTPM
+	LimitTPD
+	LimitConcurrency
+)
+
+func (l Limit) String() string {
+	switch l {
+	case LimitRPM:
+		return "RPM"
+	case LimitTPM:
+		return "TPM"
+	case LimitTPD:
+		return "TPD"
+	case LimitConcurrency:
+		return "concurrency"
+	default:
+		return "none"
+	}
+}
+
+// geoPrefixes are the inference-profile prefixes AWS uses today. A prefix not
+// listed here is still recognised when the id has three dot-separated parts
+// (profile.provider.model), so a new geography needs no code change.
+var geoPrefixes = map[string]bool{
+	"us": true, "eu": true, "apac": true, "jp": true, "au": true, "ca": true,
+	"in": true, "us-gov": true, "sa": true, "me": true, "af": true,
+}
+
+var regionRE = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d{1,2}$`)
+
+// Limits on request strings, so that a hostile caller cannot make the broker
+// hold or log megabytes.
+const (
+	maxModelIDLen = 2048
+	maxRegionLen  = 32
+	maxClientLen  = 256
+)
+
+// ParseModelID resolves what a caller names (a model id, an inference
+// profile id, or the ARN of either) to a budget key. region is the caller's
+// Region ("" for defaultRegion); an ARN carries its own Region, which must
+// agree with region when both are given.
+func ParseModelID(modelID, region, defaultRegion string) (Key, error) {
+	modelID = strings.TrimSpace(modelID)
+	if modelID == "" {
+		return Key{}, invalidf("model_id", "is empty")
+	}
+	if len(modelID) > maxModelIDLen {
+		return Key{}, invalidf("model_id", "is %d bytes long; at most %d", len(modelID), maxModelIDLen)
+	}
+	if len(region) > maxRegionLen {
+		return Key{}, invalidf("region", "is %d bytes long; at most %d", len(region), maxRegionLen)
+	}
+	id := modelID
+	if strings.HasPrefix(id, "arn:") {
+		// arn:PARTITION:bedrock:REGION:ACCOUNT:TYPE/ID
+		parts := strings.SplitN(id, ":", 6)
+		if len(parts) != 6 || parts[2] != "bedrock" {
+			return Key{}, invalidf("model_id", "%q is not a Bedrock ARN", modelID)
+		}
+		typ, rest, ok := strings.Cut(parts[5], "/")
+		if !ok || rest == "" {
+			return Key{}, invalidf("model_id", "ARN %q has no resource id", modelID)
+		}
+		switch typ {
+		case "foundation-model", "inference-profile":
+		default:
+			return Key{}, invalidf("model_id", "ARN resource type %q is not supported (want foundation-model or inference-profile)", typ)
+		}
+		if arnRegion := parts[3]; arnRegion != "" {
+			if region != "" && region != arnRegion {
+				return Key{}, invalidf("region", "%q disagrees with the Region %q of the ARN", region, arnRegion)
+			}
+			region = arnRegion
+		}
+		id = rest
+	}
+	if region == "" {
+		region = defaultRegion
+	}
+	if !regionRE.MatchString(region) {
+		return Key{}, invalidf("region", "%q is not an AWS Region name", region)
+	}
+	scope, model := ScopeOnDemand, id
+	if first, rest, ok := strings.Cut(id, "."); ok {
+		switch {
+		case first == "global":
+			scope, model = ScopeGlobal, rest
+		case geoPrefixes[first] || strings.Count(id, ".") >= 2:
+			scope, model = ScopeCrossRegion, rest
+		}
+	}
+	if model == "" || strings.ContainsAny(model, " \t\r\n/") {
+		return Key{}, invalidf("model_id", "%q is not a model or inference profile id", modelID)
+	}
+	return Key{Region: region, Scope: scope, Model: model}, nil
+}
+
+var claudeVersionRE = regexp.MustCompile(`claude-(?:(?:instant|sonnet|haiku|opus)-)?v?(\d+)(?:-(\d))?(?:[-.:]|$)`)
+
+// claudeVersion extracts the family version of an Anthropic Claude model id:
+// anthropic.claude-3-7-sonnet-... is 3.7, anthropic.claude-sonnet-4-5-... is
+// 4.5, anthropic.claude-opus-4-20250514 is 4, anthropic.claude-v2 is 2. The
+// second group is one digit so that a date (-20250514) is not read as a minor
+// version.
+func claudeVersion(model string) (float64, bool) {
+	if !strings.HasPrefix(model, "anthropic.") {
+		return 0, false
+	}
+	m := claudeVersionRE.FindStringSubmatch(model)
+	if m == nil {
+		return 0, false
+	}
+	major, _ := strconv.Atoi(m[1])
+	v := float64(major)
+	if m[2] != "" {
+		minor, _ := strconv.Atoi(m[2])
+		v += float64(minor) / 10
+	}
+	return v, true
+}
+
+// DefaultBurndown is how many quota tokens one output token costs for model,
+// per bedrock-facts.md section 3: 5 for Claude 3.7 Sonnet and every later
+// Claude, 1 for everything else as far as AWS has published. A budget's spec
+// overrides it.
+func DefaultBurndown(model string) float64 {
+	if v, ok := claudeVersion(model); ok && v >= 3.7-1e-9 {
+		return 5
+	}
+	return 1
+}
+
+// DefaultMaxOutputTokens is what Bedrock reserves when a request leaves
+// max_tokens unset: the model's maximum output. The figures are the published
+// maxima of the Claude families (recent ones 64K, Opus 4/4.1 32K); for other
+// models 4096 is a conservative guess, which a budget's spec should replace.
+func DefaultMaxOutputTokens(model string) int64 {
+	v, ok := claudeVersion(model)
+	switch {
+	case !ok:
+		return 4096
+	case strings.Contains(model, "opus-4-20") || strings.Contains(model, "opus-4-1"):
+		return 32000
+	case v >= 3.7:
+		return 64000
+	case v >= 3.5:
+		return 8192
+	default:
+		return 4096
+	}
+}
+
+// reservation is Bedrock's admission charge: input + cache_write +
+// max_tokens x burndown, rounded up so the broker never reserves less than
+// Bedrock.
+func reservation(input, cacheWrite, maxOutput int64, burndown float64) int64 {
+	return input + cacheWrite + int64(math.Ceil(float64(maxOutput)*burndown))
+}
+
+// settlement is Bedrock's completion charge: input + cache_write + output x
+// burndown. Cache reads are free for on-demand use.
+func settlement(u Usage, burndown float64) int64 {
+	return u.InputTokens + u.CacheWriteInputTokens + int64(math.Ceil(float64(u.OutputTokens)*burndown))
+}

@@ -1,0 +1,102 @@
+package broker
+
+import (
+	"context"
+	"time"
+)
+
+// Store keeps the broker's state across restarts. The broker calls Commit
+// before it answers any call that changed state, so whatever a client was
+// told is on disk; Load rebuilds the state at start-up.
+//
+// A Store must apply each Change atomically, and must not drop a Change it
+// has accepted when ctx is cancelled: Commit either fails with nothing
+// applied, or returns after the whole Change is durable.
+type Store interface {
+	Load(ctx context.Context) (Snapshot, error)
+	Commit(ctx context.Context, c Change) error
+}
+
+// Snapshot is everything a Store holds.
+type Snapshot struct {
+	Specs     []Spec
+	Overrides []OverrideRecord
+	Leases    []LeaseRecord
+	Usage     []UsageRecord
+}
+
+// Change is one atomic update.
+type Change struct {
+	Specs     []Spec           // upserted by Key
+	Overrides []OverrideRecord // upserted by Key; a nil Override deletes
+	Leases    []LeaseRecord    // upserted by ID unless the stored Version is newer
+	// DeleteLeases are forgotten: completed or expired leases whose window
+	// and retention have passed.
+	DeleteLeases []string
+	Usage        []UsageRecord // added to the stored record of (Key, Minute)
+	// DeleteUsageBefore drops usage records older than this minute (0: none).
+	DeleteUsageBefore int64
+}
+
+func (c *Change) empty() bool {
+	return len(c.Specs) == 0 && len(c.Overrides) == 0 && len(c.Leases) == 0 &&
+		len(c.DeleteLeases) == 0 && len(c.Usage) == 0 && c.DeleteUsageBefore == 0
+}
+
+// OverrideRecord is the override of one budget; Override nil means none.
+type OverrideRecord struct {
+	Key      Key
+	Override *Override
+}
+
+// LeaseState is where a lease is in its life.
+type LeaseState int
+
+const (
+	LeaseActive LeaseState = iota + 1
+	LeaseCompleted
+	LeaseExpired
+)
+
+func (s LeaseState) String() string {
+	switch s {
+	case LeaseActive:
+		return "active"
+	case LeaseCompleted:
+		return "completed"
+	case LeaseExpired:
+		return "expired"
+	}
+	return "unknown"
+}
+
+// LeaseRecord is a lease as stored. Version grows with every change, so a
+// store can refuse to overwrite a newer record with an older one when two
+// commits race.
+type LeaseRecord struct {
+	ID        string
+	Version   uint64
+	Key       Key
+	Client    string
+	Priority  Priority
+	State     LeaseState
+	Outcome   Outcome
+	Reserved  int64 // tokens reserved at grant
+	Charged   int64 // tokens charged now: Reserved until settled
+	Requests  int64 // requests charged now: 1, or 0 once a throttled or cancelled call gave it back
+	MaxOutput int64
+	Burndown  float64
+	Usage     Usage
+	GrantedAt time.Time
+	ExpiresAt time.Time
+	EndedAt   time.Time // completion or expiry
+}
+
+// UsageRecord is what a budget was charged in one minute, by grant time.
+// Records are deltas in a Change and totals in a Snapshot.
+type UsageRecord struct {
+	Key      Key
+	Minute   int64 // unix minutes
+	Tokens   int64
+	Requests int64
+}
