@@ -1,0 +1,85 @@
+package budgetfile_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/budgetfile"
+)
+
+func TestParse(t *testing.T) {
+	data := `{
+  "default_region": "us-west-2",
+  "budgets": [
+    {"model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "tpm": 2000000, "rpm": 200},
+    {"region": "eu-west-1", "model": "amazon.nova-pro-v1:0", "tpd": 100, "max_output_tokens": 5000, "output_burndown": 1}
+  ]
+}`
+	now := time.Unix(1000, 0)
+	specs, err := budgetfile.Parse("b.json", []byte(data), "budgets-file:b.json", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(specs) != 2 {
+		t.Fatalf("%d specs", len(specs))
+	}
+	want0 := broker.Key{Region: "us-west-2", Scope: broker.ScopeCrossRegion, Model: "anthropic.claude-sonnet-4-5-20250929-v1:0"}
+	if specs[0].Key != want0 || specs[0].Quota != (broker.Limits{RPM: 200, TPM: 2000000}) || !specs[0].SourceTime.Equal(now) {
+		t.Fatalf("spec 0: %+v", specs[0])
+	}
+	if specs[1].Key.Region != "eu-west-1" || specs[1].MaxOutputTokens != 5000 || specs[1].Burndown != 1 {
+		t.Fatalf("spec 1: %+v", specs[1])
+	}
+}
+
+func TestParseErrorsNameFileLineAndField(t *testing.T) {
+	for _, tc := range []struct{ name, data, want string }{
+		{"syntax", "{\n  \"budgets\": [\n    {\"model\": \"x\",, }\n  ]\n}", "f.json:3: invalid JSON"},
+		{"type", "{\"budgets\": [\n  {\"model\": \"amazon.nova-pro-v1:0\",\n   \"region\": \"us-east-1\",\n   \"tpm\": \"lots\"}\n]}", "f.json:4: budgets[0].tpm: want int64"},
+		{"negative", "{\"budgets\": [\n  {\"model\": \"amazon.nova-pro-v1:0\", \"region\": \"us-east-1\", \"tpm\": 1},\n  {\"model\": \"amazon.nova-lite-v1:0\", \"region\": \"us-east-1\", \"tpm\": -5}\n]}", "f.json:3: budgets[1].tpm: must not be negative"},
+		{"unknown field", "{\"budgets\": [\n\n  {\"model\": \"amazon.nova-pro-v1:0\", \"region\": \"us-east-1\", \"tmp\": 5}\n]}", "f.json:3: budgets[0]: unknown field \"tmp\""},
+		{"missing region", "{\"budgets\": [{\"model\": \"amazon.nova-pro-v1:0\", \"tpm\": 5}]}", "f.json:1: budgets[0].region: is missing"},
+		{"bad region", "{\"budgets\": [{\"model\": \"amazon.nova-pro-v1:0\", \"region\": \"moon\", \"tpm\": 5}]}", "budgets[0].region: region: \"moon\" is not an AWS Region"},
+		{"no limits", "{\"budgets\": [{\"model\": \"amazon.nova-pro-v1:0\", \"region\": \"us-east-1\"}]}", "no limit set"},
+		{"duplicate", "{\"budgets\": [\n{\"model\": \"amazon.nova-pro-v1:0\", \"region\": \"us-east-1\", \"tpm\": 5},\n{\"model\": \"amazon.nova-pro-v1:0\", \"region\": \"us-east-1\", \"rpm\": 5}]}", "f.json:3: budgets[1]: the same budget"},
+		{"truncated", "{\"budgets\": [{\"model\": ", "unexpected end of file"},
+		{"not object", "[1,2]", "want a JSON object"},
+		{"no budgets", "{}", "no \"budgets\" array"},
+		{"top-level typo", "{\"budget\": []}", "unknown field \"budget\""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := budgetfile.Parse("f.json", []byte(tc.data), "x", time.Time{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFileNamesIt(t *testing.T) {
+	_, err := budgetfile.Load("/nonexistent/budgets.json", time.Time{})
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/budgets.json") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"budgets":[{"model":"amazon.nova-pro-v1:0","region":"us-east-1","tpm":5}]}`))
+	f.Add([]byte(`{"default_region":"eu-west-1","budgets":[{"model":"us.x.y","rpm":-1}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		specs, err := budgetfile.Parse("fuzz.json", data, "fuzz", time.Time{})
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "fuzz.json:") {
+				t.Fatalf("error without file and line: %v", err)
+			}
+			return
+		}
+		for _, s := range specs {
+			if s.Quota.RPM < 0 || s.Quota.TPM < 0 || s.Quota.TPD < 0 || s.Quota.Concurrency < 0 {
+				t.Fatalf("negative limit accepted: %+v", s)
+			}
+		}
+	})
+}

@@ -1,0 +1,263 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/bedrockqb/quotabroker/broker"
+	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
+)
+
+// Broker is what the server needs of the domain.
+type Broker interface {
+	Acquire(ctx context.Context, req broker.AcquireRequest) (broker.Decision, error)
+	Complete(ctx context.Context, leaseID string, outcome broker.Outcome, u broker.Usage) (broker.Settlement, error)
+	Renew(ctx context.Context, leaseID string, extend time.Duration) (time.Time, error)
+	ReportThrottle(ctx context.Context, modelID, region string) (broker.Key, error)
+	Report(f broker.ReportFilter) ([]broker.BudgetReport, time.Time)
+	Budgets() []broker.BudgetInfo
+	SetOverride(ctx context.Context, modelID, region string, o broker.Override) (broker.BudgetInfo, error)
+}
+
+// ClientHeader is the metadata key a caller names itself with. Until
+// authentication lands it is self-declared; fairness and accounting are per
+// client.
+const ClientHeader = "x-quotabroker-client"
+
+// Config holds the server's tunables; the zero value works.
+type Config struct {
+	// Logger receives request logs (failures at warn and above, everything
+	// else at debug); nil discards them.
+	Logger *slog.Logger
+	// DeadlineMargin is kept back from an RPC deadline when waiting for
+	// capacity, so the caller gets a refusal with a retry delay rather than
+	// DEADLINE_EXCEEDED. Default 50 ms.
+	DeadlineMargin time.Duration
+	// MaxRecvMsgSize bounds a request. Default 64 KiB: requests are small.
+	MaxRecvMsgSize int
+}
+
+// Server is the gRPC face of the broker: it translates, calls the domain
+// once, and encodes. Health and reflection are registered with it, so
+// grpcurl works without proto files.
+type Server struct {
+	pb.UnimplementedQuotaBrokerServer
+	b      Broker
+	cfg    Config
+	log    *slog.Logger
+	grpc   *grpc.Server
+	health *health.Server
+}
+
+// New builds the server with its interceptor chain: recovery outermost (a
+// panic becomes INTERNAL, logged with its stack), then logging.
+func New(b Broker, cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DeadlineMargin == 0 {
+		cfg.DeadlineMargin = 50 * time.Millisecond
+	}
+	if cfg.MaxRecvMsgSize == 0 {
+		cfg.MaxRecvMsgSize = 64 << 10
+	}
+	s := &Server{b: b, cfg: cfg, log: cfg.Logger, health: health.NewServer()}
+	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+	levels := logging.WithLevels(func(c codes.Code) logging.Level {
+		switch c {
+		case codes.OK, codes.ResourceExhausted, codes.NotFound, codes.Canceled, codes.InvalidArgument, codes.FailedPrecondition:
+			return logging.LevelDebug // routine outcomes; counted, not logged
+		case codes.Internal, codes.Unknown, codes.DataLoss:
+			return logging.LevelError
+		}
+		return logging.LevelWarn
+	})
+	recoverOpt := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		s.log.ErrorContext(ctx, "panic in handler", "panic", p, "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error")
+	})
+	s.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(
+			recovery.UnaryServerInterceptor(recoverOpt),
+			logging.UnaryServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
+		),
+		grpc.ChainStreamInterceptor(
+			recovery.StreamServerInterceptor(recoverOpt),
+			logging.StreamServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
+		),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	pb.RegisterQuotaBrokerServer(s.grpc, s)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(pb.QuotaBroker_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return s
+}
+
+// Serve accepts connections on lis until Stop or GracefulStop.
+func (s *Server) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
+
+// Drain marks the server NOT_SERVING so that load balancers and health
+// checks move traffic away, before the broker is closed.
+func (s *Server) Drain() { s.health.Shutdown() }
+
+// Shutdown waits for in-flight calls to finish, or until ctx ends, then
+// stops the server.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.health.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-done
+	}
+}
+
+// GRPC exposes the underlying server, e.g. to register more services.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+func clientOf(ctx context.Context) string {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(ClientHeader); len(v) > 0 {
+			return v[0]
+		}
+	}
+	return ""
+}
+
+// AcquireLease waits for capacity up to the request's wait, bounded by the
+// RPC deadline (less DeadlineMargin) and the broker's maximum.
+func (s *Server) AcquireLease(ctx context.Context, req *pb.AcquireLeaseRequest) (*pb.AcquireLeaseResponse, error) {
+	wait := time.Duration(0)
+	if req.GetWait() != nil {
+		if err := req.GetWait().CheckValid(); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "wait: %v", err)
+		}
+		wait = req.GetWait().AsDuration()
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)-s.cfg.DeadlineMargin)
+		wait = max(wait, 0)
+	}
+	prio, err := priorityFromPB(req.GetPriority())
+	if err != nil {
+		return nil, err
+	}
+	d, err := s.b.Acquire(ctx, broker.AcquireRequest{
+		ModelID:          req.GetModelId(),
+		Region:           req.GetRegion(),
+		Client:           clientOf(ctx),
+		Priority:         prio,
+		InputTokens:      req.GetInputTokens(),
+		MaxOutputTokens:  req.GetMaxOutputTokens(),
+		CacheWriteTokens: req.GetCacheWriteTokens(),
+		Wait:             wait,
+	})
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	if !d.Granted {
+		return nil, refusal(d.Key, d)
+	}
+	return &pb.AcquireLeaseResponse{Lease: leaseToPB(d.Lease), Waited: durationPB(d.Waited)}, nil
+}
+
+func (s *Server) CompleteLease(ctx context.Context, req *pb.CompleteLeaseRequest) (*pb.CompleteLeaseResponse, error) {
+	outcome, err := outcomeFromPB(req.GetOutcome())
+	if err != nil {
+		return nil, err
+	}
+	u := req.GetUsage()
+	st, err := s.b.Complete(ctx, req.GetLeaseId(), outcome, broker.Usage{
+		InputTokens:           u.GetInputTokens(),
+		OutputTokens:          u.GetOutputTokens(),
+		CacheReadInputTokens:  u.GetCacheReadInputTokens(),
+		CacheWriteInputTokens: u.GetCacheWriteInputTokens(),
+	})
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &pb.CompleteLeaseResponse{AlreadyCompleted: st.AlreadyCompleted, ChargedTokens: st.Charged, ReturnedTokens: st.Returned}, nil
+}
+
+func (s *Server) RenewLease(ctx context.Context, req *pb.RenewLeaseRequest) (*pb.RenewLeaseResponse, error) {
+	extend := time.Duration(0)
+	if req.GetExtend() != nil {
+		if err := req.GetExtend().CheckValid(); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "extend: %v", err)
+		}
+		extend = req.GetExtend().AsDuration()
+	}
+	at, err := s.b.Renew(ctx, req.GetLeaseId(), extend)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &pb.RenewLeaseResponse{ExpiresAt: timestampPB(at)}, nil
+}
+
+func (s *Server) ReportThrottle(ctx context.Context, req *pb.ReportThrottleRequest) (*pb.ReportThrottleResponse, error) {
+	if len(req.GetMessage()) > 4096 {
+		return nil, status.Errorf(codes.InvalidArgument, "message: is %d bytes long; at most 4096", len(req.GetMessage()))
+	}
+	key, err := s.b.ReportThrottle(ctx, req.GetModelId(), req.GetRegion())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &pb.ReportThrottleResponse{Budget: keyToPB(key)}, nil
+}
+
+func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportRequest) (*pb.GetQuotaReportResponse, error) {
+	if len(req.GetRegion()) > 64 || len(req.GetModel()) > 2048 {
+		return nil, status.Error(codes.InvalidArgument, "region or model filter too long")
+	}
+	reports, at := s.b.Report(broker.ReportFilter{Region: req.GetRegion(), Model: req.GetModel()})
+	out := &pb.GetQuotaReportResponse{GeneratedAt: timestampPB(at)}
+	for _, r := range reports {
+		out.Budgets = append(out.Budgets, reportToPB(r))
+	}
+	return out, nil
+}
+
+func (s *Server) ListBudgets(ctx context.Context, _ *pb.ListBudgetsRequest) (*pb.ListBudgetsResponse, error) {
+	out := &pb.ListBudgetsResponse{}
+	for _, b := range s.b.Budgets() {
+		out.Budgets = append(out.Budgets, budgetToPB(b))
+	}
+	return out, nil
+}
+
+func (s *Server) SetOverride(ctx context.Context, req *pb.SetOverrideRequest) (*pb.SetOverrideResponse, error) {
+	o := req.GetOverride()
+	var ov broker.Override
+	if o != nil {
+		ov = broker.Override{RPM: o.RequestsPerMinute, TPM: o.TokensPerMinute, TPD: o.TokensPerDay, Concurrency: o.Concurrency, Reason: o.GetReason()}
+	}
+	info, err := s.b.SetOverride(ctx, req.GetModelId(), req.GetRegion(), ov)
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &pb.SetOverrideResponse{Budget: budgetToPB(info)}, nil
+}

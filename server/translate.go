@@ -1,0 +1,122 @@
+package server
+
+import (
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/bedrockqb/quotabroker/broker"
+	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
+)
+
+func priorityFromPB(p pb.Priority) (broker.Priority, error) {
+	switch p {
+	case pb.Priority_PRIORITY_UNSPECIFIED, pb.Priority_PRIORITY_STANDARD:
+		return broker.PriorityStandard, nil
+	case pb.Priority_PRIORITY_INTERACTIVE:
+		return broker.PriorityInteractive, nil
+	case pb.Priority_PRIORITY_BATCH:
+		return broker.PriorityBatch, nil
+	}
+	return 0, status.Errorf(codes.InvalidArgument, "priority: %d is not a priority", int32(p))
+}
+
+func outcomeFromPB(o pb.Outcome) (broker.Outcome, error) {
+	switch o {
+	case pb.Outcome_OUTCOME_SUCCESS:
+		return broker.OutcomeSuccess, nil
+	case pb.Outcome_OUTCOME_THROTTLED:
+		return broker.OutcomeThrottled, nil
+	case pb.Outcome_OUTCOME_ERROR:
+		return broker.OutcomeError, nil
+	case pb.Outcome_OUTCOME_CANCELLED:
+		return broker.OutcomeCancelled, nil
+	}
+	return 0, status.Error(codes.InvalidArgument, "outcome: must be OUTCOME_SUCCESS, OUTCOME_THROTTLED, OUTCOME_ERROR or OUTCOME_CANCELLED")
+}
+
+func scopeToPB(s broker.Scope) pb.Scope {
+	switch s {
+	case broker.ScopeOnDemand:
+		return pb.Scope_SCOPE_ON_DEMAND
+	case broker.ScopeCrossRegion:
+		return pb.Scope_SCOPE_CROSS_REGION
+	case broker.ScopeGlobal:
+		return pb.Scope_SCOPE_GLOBAL
+	}
+	return pb.Scope_SCOPE_UNSPECIFIED
+}
+
+func keyToPB(k broker.Key) *pb.BudgetKey {
+	return &pb.BudgetKey{Region: k.Region, Scope: scopeToPB(k.Scope), Model: k.Model}
+}
+
+func limitsToPB(l broker.Limits) *pb.Limits {
+	return &pb.Limits{RequestsPerMinute: l.RPM, TokensPerMinute: l.TPM, TokensPerDay: l.TPD, Concurrency: l.Concurrency}
+}
+
+func timestampPB(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+func durationPB(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
+
+func leaseToPB(l broker.Lease) *pb.Lease {
+	return &pb.Lease{
+		LeaseId:         l.ID,
+		Budget:          keyToPB(l.Key),
+		ReservedTokens:  l.Reserved,
+		GrantedAt:       timestampPB(l.GrantedAt),
+		ExpiresAt:       timestampPB(l.ExpiresAt),
+		OutputBurndown:  l.Burndown,
+		MaxOutputTokens: l.MaxOutputTokens,
+	}
+}
+
+func budgetToPB(b broker.BudgetInfo) *pb.Budget {
+	out := &pb.Budget{
+		Key:                    keyToPB(b.Spec.Key),
+		Quota:                  limitsToPB(b.Spec.Quota),
+		Effective:              limitsToPB(b.Effective),
+		Source:                 b.Spec.Source,
+		SourceTime:             timestampPB(b.Spec.SourceTime),
+		OutputBurndown:         b.Burndown,
+		DefaultMaxOutputTokens: b.MaxOutputTokens,
+		Margin:                 b.Margin,
+	}
+	if o := b.Override; o != nil {
+		out.Override = &pb.LimitOverride{
+			RequestsPerMinute: o.RPM, TokensPerMinute: o.TPM, TokensPerDay: o.TPD, Concurrency: o.Concurrency,
+			Reason: o.Reason, SetAt: timestampPB(o.SetAt),
+		}
+	}
+	return out
+}
+
+func reportToPB(r broker.BudgetReport) *pb.BudgetReport {
+	c := r.Counters
+	return &pb.BudgetReport{
+		Budget: budgetToPB(r.BudgetInfo),
+		Usage: &pb.WindowUsage{
+			RequestsLastMinute: r.Usage.RequestsLastMinute,
+			TokensLastMinute:   r.Usage.TokensLastMinute,
+			TokensLastDay:      r.Usage.TokensLastDay,
+			Concurrent:         r.Usage.Concurrent,
+		},
+		OutstandingLeases: r.Outstanding,
+		Waiters:           r.Waiters,
+		Counters: &pb.Counters{
+			Granted: c.Granted, Refused: c.Refused, Completed: c.Completed, Throttled: c.Throttled,
+			Expired: c.Expired, Errors: c.Errors, Cancelled: c.Cancelled, ReportedThrottles: c.ReportedThrottles,
+			ReservedTokens: c.ReservedTokens, SettledTokens: c.SettledTokens, ReturnedTokens: c.ReturnedTokens,
+			UnsetMaxTokens: c.UnsetMaxTokens,
+		},
+		Utilisation: r.Utilisation,
+	}
+}
