@@ -1,0 +1,598 @@
+package bolt
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bedrockqb/quotabroker/broker"
+	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+var _ broker.Store = (*Store)(nil)
+
+// schemaVersion is the layout of buckets and keys this build reads and
+// writes. Open refuses a file with a newer one rather than guess.
+const schemaVersion = 1
+
+var (
+	bucketMeta      = []byte("meta")
+	bucketSpecs     = []byte("specs")
+	bucketOverrides = []byte("overrides")
+	bucketLeases    = []byte("leases")
+	bucketUsage     = []byte("usage")
+	keySchema       = []byte("schema")
+)
+
+// dataBuckets are the buckets Load reads, in Snapshot order.
+var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage}
+
+// Defaults; see doc.go for the measurements behind DefaultMaxBatchDelay.
+const (
+	DefaultLockTimeout   = time.Second
+	DefaultMaxBatchDelay = time.Millisecond
+	DefaultMaxBatchSize  = 1000
+)
+
+// Options tune a Store. The zero value works.
+type Options struct {
+	// LockTimeout is how long Open waits for the file lock that another
+	// process using the file holds. Default DefaultLockTimeout.
+	LockTimeout time.Duration
+	// MaxBatchDelay is how long the first Commit of a group waits for
+	// others to join before their shared transaction starts: the latency a
+	// lone Commit pays for the throughput of many. Default
+	// DefaultMaxBatchDelay.
+	MaxBatchDelay time.Duration
+	// MaxBatchSize starts a group's transaction as soon as this many
+	// Commits joined it. Default DefaultMaxBatchSize.
+	MaxBatchSize int
+	// NoSync skips fsync. A crash can then lose commits the broker
+	// reported durable, or damage the file: for tests and benchmarks only.
+	NoSync bool
+}
+
+func (o *Options) setDefaults() error {
+	switch {
+	case o.LockTimeout < 0:
+		return fmt.Errorf("options: LockTimeout %v is negative", o.LockTimeout)
+	case o.MaxBatchDelay < 0:
+		return fmt.Errorf("options: MaxBatchDelay %v is negative", o.MaxBatchDelay)
+	case o.MaxBatchSize < 0:
+		return fmt.Errorf("options: MaxBatchSize %d is negative", o.MaxBatchSize)
+	}
+	if o.LockTimeout == 0 {
+		o.LockTimeout = DefaultLockTimeout
+	}
+	if o.MaxBatchDelay == 0 {
+		o.MaxBatchDelay = DefaultMaxBatchDelay
+	}
+	if o.MaxBatchSize == 0 {
+		o.MaxBatchSize = DefaultMaxBatchSize
+	}
+	return nil
+}
+
+// Store is a broker.Store in one bbolt file. It is safe for concurrent use.
+type Store struct {
+	path string
+	db   *bbolt.DB
+
+	// mu guards closed. Load and Commit hold it shared while they use db
+	// (the goroutine of an abandoned Commit until its group is done), so
+	// Close, which holds it exclusively, waits for them.
+	mu     sync.RWMutex
+	closed bool
+
+	// solo makes each Commit its own transaction (db.Update): the
+	// benchmarks' baseline.
+	solo bool
+}
+
+var (
+	errLocked = errors.New("locked by another process")
+	errClosed = errors.New("store is closed")
+	errSchema = errors.New("unsupported schema")
+)
+
+// recovery is appended to every corruption error: the operator's options,
+// since the store never repairs or wipes a file itself.
+const recovery = "restore the file from a backup, or move it aside to start with an empty store " +
+	"(the broker then forgets outstanding leases and recent usage, so limits may be overrun until a day has passed); " +
+	"`bbolt check FILE` (go.etcd.io/bbolt/cmd/bbolt) gives details"
+
+// corruptError says that the file is damaged, where, and what to do.
+type corruptError struct {
+	path  string
+	where string
+	err   error
+}
+
+func (e *corruptError) Error() string {
+	return fmt.Sprintf("store %s is corrupt: %s: %v; %s", e.path, e.where, e.err, recovery)
+}
+
+func (e *corruptError) Unwrap() error { return e.err }
+
+// Open opens the store at path, creating the file if it does not exist.
+// It fails if another process has the file open, or if the file is not a
+// store this build can read.
+func Open(path string, opts Options) (*Store, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	db, err := openDB(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	db.MaxBatchDelay = opts.MaxBatchDelay
+	db.MaxBatchSize = opts.MaxBatchSize
+	s := &Store{path: path, db: db}
+	if err := s.init(); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func openDB(path string, opts Options) (db *bbolt.DB, err error) {
+	// bbolt panics on some damaged pages while opening (a bad freelist
+	// page), and a truncated file can fault when mapped: turn both into
+	// an error rather than a crash. The *DB is lost with the panic, and
+	// its mapping and file lock with it until the process exits, which
+	// it is expected to do with a file it cannot read.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			db, err = nil, &corruptError{path, "opening", fmt.Errorf("%v", p)}
+		}
+	}()
+	db, err = bbolt.Open(path, 0o600, &bbolt.Options{
+		Timeout: opts.LockTimeout,
+		NoSync:  opts.NoSync,
+		// The hashmap freelist stays fast as usage history churns pages.
+		FreelistType: bbolt.FreelistMapType,
+	})
+	switch {
+	case err == nil:
+		return db, nil
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("open store %s: %w (waited %v): is another broker running with this file?", path, errLocked, opts.LockTimeout)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch),
+		bytes.Contains([]byte(err.Error()), []byte("file size too small")):
+		return nil, &corruptError{path, "not a readable bbolt file", err}
+	}
+	return nil, fmt.Errorf("open store %s: %w", path, err)
+}
+
+// init checks the file's size and schema, and gives a new file the current
+// schema and the buckets.
+func (s *Store) init() (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			err = &corruptError{s.path, "reading pages", fmt.Errorf("%v", p)}
+		}
+	}()
+	st, err := os.Stat(s.path)
+	if err != nil {
+		return fmt.Errorf("open store %s: %w", s.path, err)
+	}
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		// bbolt maps pages up to its high-water mark without checking that
+		// the file reaches that far; a truncated file would fault later.
+		if tx.Size() > st.Size() {
+			return &corruptError{s.path, "truncated", fmt.Errorf("the file has %d bytes but its pages reach %d", st.Size(), tx.Size())}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			var names []string
+			_ = tx.ForEach(func(name []byte, _ *bbolt.Bucket) error {
+				names = append(names, strconv.Quote(string(name)))
+				return nil
+			})
+			if len(names) > 0 {
+				return fmt.Errorf("open store %s: %w: not a quota broker store (buckets %v, no %q)", s.path, errSchema, names, bucketMeta)
+			}
+			var err error
+			if meta, err = tx.CreateBucket(bucketMeta); err != nil {
+				return fmt.Errorf("open store %s: create bucket %s: %w", s.path, bucketMeta, err)
+			}
+			if err := meta.Put(keySchema, binary.AppendUvarint(nil, schemaVersion)); err != nil {
+				return fmt.Errorf("open store %s: write schema version: %w", s.path, err)
+			}
+		}
+		v, n := binary.Uvarint(meta.Get(keySchema))
+		switch {
+		case n <= 0:
+			return &corruptError{s.path, fmt.Sprintf("bucket %s, key %s", bucketMeta, keySchema), fmt.Errorf("missing or malformed schema version %x", meta.Get(keySchema))}
+		case v > schemaVersion:
+			return fmt.Errorf("open store %s: %w: schema version %d is newer than this build's %d; run the broker version that wrote it", s.path, errSchema, v, schemaVersion)
+		case v < schemaVersion:
+			return fmt.Errorf("open store %s: %w: schema version %d has no migration to %d", s.path, errSchema, v, schemaVersion)
+		}
+		for _, name := range dataBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("open store %s: create bucket %s: %w", s.path, name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Close waits for Commits in flight and closes the file. Commit and Load
+// fail after Close.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("close store %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// Load reads every record. A record that does not decode fails Load with
+// its bucket, key and reason: skipping it could forget a lease and let a
+// budget overrun its limit.
+func (s *Store) Load(ctx context.Context) (snap broker.Snapshot, err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return snap, fmt.Errorf("load store %s: %w", s.path, errClosed)
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			snap, err = broker.Snapshot{}, &corruptError{s.path, "reading pages", fmt.Errorf("%v", p)}
+		}
+	}()
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		n := 0
+		for _, name := range dataBuckets {
+			b := tx.Bucket(name)
+			if b == nil {
+				return &corruptError{s.path, fmt.Sprintf("bucket %s", name), errors.New("missing")}
+			}
+			c := b.Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				if n++; n%4096 == 0 {
+					if err := ctx.Err(); err != nil {
+						return fmt.Errorf("load store %s: %w", s.path, err)
+					}
+				}
+				if err := addRecord(&snap, name, k, v); err != nil {
+					return &corruptError{s.path, fmt.Sprintf("bucket %s, key %s", name, describeKey(name, k)), err}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return broker.Snapshot{}, err
+	}
+	return snap, nil
+}
+
+// addRecord decodes one record of bucket into snap.
+func addRecord(snap *broker.Snapshot, bucket, k, v []byte) error {
+	if v == nil {
+		return errors.New("nested bucket where a record belongs")
+	}
+	switch string(bucket) {
+	case string(bucketSpecs):
+		r, err := decodeSpec(k, v)
+		snap.Specs = append(snap.Specs, r)
+		return err
+	case string(bucketOverrides):
+		r, err := decodeOverride(k, v)
+		snap.Overrides = append(snap.Overrides, r)
+		return err
+	case string(bucketLeases):
+		r, err := decodeLease(k, v)
+		snap.Leases = append(snap.Leases, r)
+		return err
+	case string(bucketUsage):
+		r, err := decodeUsage(k, v)
+		snap.Usage = append(snap.Usage, r)
+		return err
+	}
+	return fmt.Errorf("unknown bucket %s", bucket)
+}
+
+// describeKey renders a key for an error message: readable if it decodes,
+// hex as well, since a damaged key may not.
+func describeKey(bucket, k []byte) string {
+	switch string(bucket) {
+	case string(bucketLeases):
+		return strconv.Quote(string(k))
+	case string(bucketSpecs), string(bucketOverrides):
+		if bk, err := decodeKey(k); err == nil {
+			return fmt.Sprintf("%s (%x)", bk, k)
+		}
+	case string(bucketUsage):
+		if m, bk, err := decodeUsageKey(k); err == nil {
+			return fmt.Sprintf("%s minute %d (%x)", bk, m, k)
+		}
+	}
+	return fmt.Sprintf("%x", k)
+}
+
+// Commit applies c in one transaction, shared with concurrent Commits, and
+// returns once it is on disk. If ctx ends before c's group transaction has
+// started, Commit returns ctx's error and c is never applied; once it has
+// started, Commit waits for the outcome whatever ctx does.
+func (s *Store) Commit(ctx context.Context, c broker.Change) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("commit to store %s: %w", s.path, err)
+	}
+	w, err := prepare(&c)
+	if err != nil {
+		return fmt.Errorf("commit to store %s: %w", s.path, err)
+	}
+	if w.empty() {
+		return nil
+	}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return fmt.Errorf("commit to store %s: %w", s.path, errClosed)
+	}
+	if ctx.Done() == nil {
+		// Cannot be cancelled: no need for a goroutine to watch it.
+		defer s.mu.RUnlock()
+		return s.wrap(s.run(w.apply))
+	}
+
+	// state moves from pending to claimed when the transaction first runs
+	// w, or to abandoned when ctx ends first. Once claimed, w may run again
+	// (Batch retries a group without a failed member, and re-runs a failed
+	// member alone), always in a fresh transaction, since a failed one is
+	// rolled back; an abandoned w never runs.
+	const (
+		pending int32 = iota
+		claimed
+		abandoned
+	)
+	var state atomic.Int32
+	fn := func(tx *bbolt.Tx) error {
+		if state.CompareAndSwap(pending, claimed) || state.Load() == claimed {
+			return w.apply(tx)
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer s.mu.RUnlock()
+		done <- s.run(fn)
+	}()
+	select {
+	case err := <-done:
+		return s.wrap(err)
+	case <-ctx.Done():
+		if state.CompareAndSwap(pending, abandoned) {
+			return fmt.Errorf("commit to store %s: %w", s.path, ctx.Err())
+		}
+		return s.wrap(<-done)
+	}
+}
+
+// run runs fn in a group transaction, guarding against faults and panics
+// from damaged pages.
+func (s *Store) run(fn func(*bbolt.Tx) error) error {
+	guarded := func(tx *bbolt.Tx) (err error) {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() {
+			if p := recover(); p != nil {
+				err = &corruptError{s.path, "writing", fmt.Errorf("%v", p)}
+			}
+		}()
+		return fn(tx)
+	}
+	if s.solo {
+		return s.db.Update(guarded)
+	}
+	return s.db.Batch(guarded)
+}
+
+func (s *Store) wrap(err error) error {
+	var ce *corruptError
+	if err == nil || errors.As(err, &ce) {
+		return err
+	}
+	return fmt.Errorf("commit to store %s: %w", s.path, err)
+}
+
+// write is a Change encoded before its transaction, so that the work done
+// while holding bbolt's writer lock, which every group waits for, is only
+// lookups and puts.
+type write struct {
+	specs, overrides  []kv // overrides: nil v deletes
+	leases            []leaseWrite
+	deleteLeases      [][]byte
+	usage             []usageDelta
+	deleteUsageBefore int64
+}
+
+type kv struct{ k, v []byte }
+
+type leaseWrite struct {
+	id      []byte
+	version uint64
+	v       []byte
+}
+
+type usageDelta struct {
+	k                []byte
+	tokens, requests int64
+}
+
+func (w *write) empty() bool {
+	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage) == 0 && w.deleteUsageBefore == 0
+}
+
+func checkKey(what string, k []byte) error {
+	if len(k) == 0 {
+		return fmt.Errorf("%s: empty key", what)
+	}
+	if len(k) > bbolt.MaxKeySize {
+		return fmt.Errorf("%s: key is %d bytes; at most %d", what, len(k), bbolt.MaxKeySize)
+	}
+	return nil
+}
+
+func prepare(c *broker.Change) (*write, error) {
+	w := &write{deleteUsageBefore: c.DeleteUsageBefore}
+	for i := range c.Specs {
+		s := &c.Specs[i]
+		k := appendKey(nil, s.Key)
+		if err := checkKey("spec "+s.Key.String(), k); err != nil {
+			return nil, err
+		}
+		if err := checkTime("spec "+s.Key.String()+" source time", s.SourceTime); err != nil {
+			return nil, err
+		}
+		w.specs = append(w.specs, kv{k, encodeSpec(k, s)})
+	}
+	for _, o := range c.Overrides {
+		k := appendKey(nil, o.Key)
+		if err := checkKey("override "+o.Key.String(), k); err != nil {
+			return nil, err
+		}
+		var v []byte
+		if o.Override != nil {
+			if err := checkTime("override "+o.Key.String()+" set at", o.Override.SetAt); err != nil {
+				return nil, err
+			}
+			v = encodeOverride(k, o.Override)
+		}
+		w.overrides = append(w.overrides, kv{k, v})
+	}
+	for i := range c.Leases {
+		r := &c.Leases[i]
+		k := []byte(r.ID)
+		if err := checkKey(fmt.Sprintf("lease %q", r.ID), k); err != nil {
+			return nil, err
+		}
+		for _, t := range []struct {
+			name string
+			t    time.Time
+		}{{"granted at", r.GrantedAt}, {"expires at", r.ExpiresAt}, {"ended at", r.EndedAt}} {
+			if err := checkTime(fmt.Sprintf("lease %q %s", r.ID, t.name), t.t); err != nil {
+				return nil, err
+			}
+		}
+		w.leases = append(w.leases, leaseWrite{k, r.Version, encodeLease(r)})
+	}
+	for _, id := range c.DeleteLeases {
+		if id != "" {
+			w.deleteLeases = append(w.deleteLeases, []byte(id))
+		}
+	}
+	for _, u := range c.Usage {
+		k := usageKey(u.Minute, u.Key)
+		if err := checkKey("usage "+u.Key.String(), k); err != nil {
+			return nil, err
+		}
+		w.usage = append(w.usage, usageDelta{k, u.Tokens, u.Requests})
+	}
+	return w, nil
+}
+
+// apply writes w in tx. It changes nothing outside tx, so running it again
+// in a new transaction after a rolled-back one applies w exactly once: the
+// usage deltas are added to the totals tx reads, which a rollback restored.
+func (w *write) apply(tx *bbolt.Tx) error {
+	specs, overrides := tx.Bucket(bucketSpecs), tx.Bucket(bucketOverrides)
+	leases, usage := tx.Bucket(bucketLeases), tx.Bucket(bucketUsage)
+	for _, s := range w.specs {
+		if err := specs.Put(s.k, s.v); err != nil {
+			return fmt.Errorf("put spec %s: %w", describeKey(bucketSpecs, s.k), err)
+		}
+	}
+	for _, o := range w.overrides {
+		var err error
+		if o.v == nil {
+			err = overrides.Delete(o.k)
+		} else {
+			err = overrides.Put(o.k, o.v)
+		}
+		if err != nil {
+			return fmt.Errorf("put override %s: %w", describeKey(bucketOverrides, o.k), err)
+		}
+	}
+	for _, l := range w.leases {
+		if old := leases.Get(l.id); old != nil {
+			v, err := leaseVersion(l.id, old)
+			if err != nil {
+				return fmt.Errorf("bucket %s, key %q: stored lease: %w", bucketLeases, l.id, err)
+			}
+			// A racing commit already stored a later state of this lease.
+			if v > l.version {
+				continue
+			}
+		}
+		if err := leases.Put(l.id, l.v); err != nil {
+			return fmt.Errorf("put lease %q: %w", l.id, err)
+		}
+	}
+	for _, u := range w.usage {
+		var tokens, requests int64
+		if old := usage.Get(u.k); old != nil {
+			var err error
+			if tokens, requests, err = decodeUsageTotals(u.k, old); err != nil {
+				return fmt.Errorf("bucket %s, key %s: stored usage: %w", bucketUsage, describeKey(bucketUsage, u.k), err)
+			}
+		}
+		t, ok1 := add(tokens, u.tokens)
+		r, ok2 := add(requests, u.requests)
+		if !ok1 || !ok2 {
+			return fmt.Errorf("usage %s: total overflows", describeKey(bucketUsage, u.k))
+		}
+		if err := usage.Put(u.k, encodeUsage(u.k, t, r)); err != nil {
+			return fmt.Errorf("put usage %s: %w", describeKey(bucketUsage, u.k), err)
+		}
+	}
+	// Deletions come last: a lease both upserted and deleted in one Change
+	// is gone, and no usage before the cut-off survives the Change.
+	for _, id := range w.deleteLeases {
+		if err := leases.Delete(id); err != nil {
+			return fmt.Errorf("delete lease %q: %w", id, err)
+		}
+	}
+	if w.deleteUsageBefore != 0 {
+		// Collect, then delete: deleting under a bbolt cursor can make
+		// Next skip a key.
+		var dead [][]byte
+		c := usage.Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if m, _ := usageMinute(k); m >= w.deleteUsageBefore {
+				break
+			}
+			dead = append(dead, bytes.Clone(k))
+		}
+		for _, k := range dead {
+			if err := usage.Delete(k); err != nil {
+				return fmt.Errorf("delete usage %s: %w", describeKey(bucketUsage, k), err)
+			}
+		}
+	}
+	return nil
+}
+
+func add(a, b int64) (int64, bool) {
+	s := a + b
+	return s, !((b > 0 && s < a) || (b < 0 && s > a))
+}

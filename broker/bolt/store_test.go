@@ -1,0 +1,610 @@
+package bolt
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bedrockqb/quotabroker/broker"
+	"go.etcd.io/bbolt"
+)
+
+var (
+	keyA = broker.Key{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: "anthropic.claude-sonnet-4-5-20250929-v1:0"}
+	keyB = broker.Key{Region: "eu-west-1", Scope: broker.ScopeCrossRegion, Model: "amazon.nova-pro-v1:0"}
+	t0   = time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
+)
+
+func openTest(tb testing.TB, path string, opts Options) *Store {
+	tb.Helper()
+	s, err := Open(path, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return s
+}
+
+func newTest(tb testing.TB) (*Store, string) {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "state.db")
+	return openTest(tb, path, Options{}), path
+}
+
+func commit(tb testing.TB, s *Store, c broker.Change) {
+	tb.Helper()
+	if err := s.Commit(context.Background(), c); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func load(tb testing.TB, s *Store) broker.Snapshot {
+	tb.Helper()
+	snap, err := s.Load(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return snap
+}
+
+func lease(id string, version uint64) broker.LeaseRecord {
+	return broker.LeaseRecord{
+		ID: id, Version: version, Key: keyA, Client: "svc-" + id,
+		Priority: broker.PriorityStandard, State: broker.LeaseCompleted, Outcome: broker.OutcomeSuccess,
+		Reserved: 4096, Charged: 1234, Requests: 1, MaxOutput: 4096, Burndown: 5,
+		Usage:     broker.Usage{InputTokens: 1000, OutputTokens: 46, CacheReadInputTokens: 7, CacheWriteInputTokens: 8},
+		GrantedAt: t0, ExpiresAt: t0.Add(15 * time.Minute), EndedAt: t0.Add(3 * time.Second),
+	}
+}
+
+func ptr(v int64) *int64 { return &v }
+
+func sorted(s broker.Snapshot) broker.Snapshot {
+	slices.SortFunc(s.Specs, func(a, b broker.Spec) int { return cmp.Compare(a.Key.String(), b.Key.String()) })
+	slices.SortFunc(s.Overrides, func(a, b broker.OverrideRecord) int { return cmp.Compare(a.Key.String(), b.Key.String()) })
+	slices.SortFunc(s.Leases, func(a, b broker.LeaseRecord) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(s.Usage, func(a, b broker.UsageRecord) int {
+		return cmp.Or(cmp.Compare(a.Minute, b.Minute), cmp.Compare(a.Key.String(), b.Key.String()))
+	})
+	return s
+}
+
+func TestRoundTripAndReopen(t *testing.T) {
+	t.Parallel()
+	s, path := newTest(t)
+	if snap := load(t, s); !reflect.DeepEqual(snap, broker.Snapshot{}) {
+		t.Fatalf("new store: %+v", snap)
+	}
+	active := lease("l-active", 1)
+	active.State, active.Outcome, active.EndedAt, active.Usage = broker.LeaseActive, broker.OutcomeUnknown, time.Time{}, broker.Usage{}
+	want := broker.Snapshot{
+		Specs: []broker.Spec{
+			{Key: keyA, Quota: broker.Limits{RPM: 50, TPM: 2_000_000, TPD: 144_000_000, Concurrency: 10}, Source: "aws:servicequotas", SourceTime: t0, Burndown: 5, MaxOutputTokens: 8192},
+			{Key: keyB, Quota: broker.Limits{TPM: 1}},
+		},
+		Overrides: []broker.OverrideRecord{
+			{Key: keyA, Override: &broker.Override{RPM: ptr(0), TPM: ptr(3_000_000), TPD: ptr(-1), Concurrency: ptr(math.MaxInt64), Reason: "raise pending, ticket 42", SetAt: t0}},
+			{Key: keyB, Override: &broker.Override{TPM: ptr(7)}},
+		},
+		Leases: []broker.LeaseRecord{active, lease("l-done", 3)},
+		Usage: []broker.UsageRecord{
+			{Key: keyA, Minute: 29_000_000, Tokens: 4096, Requests: 1},
+			{Key: keyB, Minute: 29_000_000, Tokens: -5, Requests: 0},
+			{Key: keyA, Minute: 29_000_001, Tokens: math.MaxInt64, Requests: 2},
+		},
+	}
+	commit(t, s, broker.Change{Specs: want.Specs, Overrides: want.Overrides, Leases: want.Leases, Usage: want.Usage})
+	want = sorted(want)
+	if got := sorted(load(t, s)); !reflect.DeepEqual(got, want) {
+		t.Fatalf("Load:\n got %+v\nwant %+v", got, want)
+	}
+
+	// A nil Override deletes; a Spec is replaced whole.
+	spec := broker.Spec{Key: keyB, Quota: broker.Limits{RPM: 9}, Source: "operator"}
+	commit(t, s, broker.Change{Overrides: []broker.OverrideRecord{{Key: keyB}}, Specs: []broker.Spec{spec}})
+	for i := range want.Specs {
+		if want.Specs[i].Key == keyB {
+			want.Specs[i] = spec
+		}
+	}
+	want.Overrides = slices.DeleteFunc(want.Overrides, func(o broker.OverrideRecord) bool { return o.Key == keyB })
+
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, path, Options{})
+	if got := sorted(load(t, s)); !reflect.DeepEqual(got, sorted(want)) {
+		t.Fatalf("after reopen:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestLeaseVersion(t *testing.T) {
+	t.Parallel()
+	s, _ := newTest(t)
+	check := func(step string, wantVersion uint64, wantClient string) {
+		t.Helper()
+		snap := load(t, s)
+		if len(snap.Leases) != 1 || snap.Leases[0].Version != wantVersion || snap.Leases[0].Client != wantClient {
+			t.Fatalf("%s: leases %+v, want version %d client %s", step, snap.Leases, wantVersion, wantClient)
+		}
+	}
+	v := func(version uint64, client string) broker.LeaseRecord {
+		r := lease("l1", version)
+		r.Client = client
+		return r
+	}
+	commit(t, s, broker.Change{Leases: []broker.LeaseRecord{v(2, "a")}})
+	check("insert", 2, "a")
+	commit(t, s, broker.Change{Leases: []broker.LeaseRecord{v(1, "older")}})
+	check("older", 2, "a")
+	commit(t, s, broker.Change{Leases: []broker.LeaseRecord{v(2, "equal")}})
+	check("equal", 2, "equal")
+	commit(t, s, broker.Change{Leases: []broker.LeaseRecord{v(3, "newer")}})
+	check("newer", 3, "newer")
+	commit(t, s, broker.Change{Leases: []broker.LeaseRecord{v(5, "five"), v(4, "four")}})
+	check("two in one change", 5, "five")
+
+	// Racing commits of every version leave the newest, whatever the order.
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if err := s.Commit(ctx, broker.Change{Leases: []broker.LeaseRecord{v(uint64(10+i), fmt.Sprint(10+i))}}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	check("racing", 59, "59")
+}
+
+func TestDeleteLeases(t *testing.T) {
+	t.Parallel()
+	s, _ := newTest(t)
+	commit(t, s, broker.Change{Leases: []broker.LeaseRecord{lease("a", 1), lease("b", 1), lease("c", 1)}})
+	commit(t, s, broker.Change{DeleteLeases: []string{"a", "missing", ""}, Leases: []broker.LeaseRecord{lease("c", 2), lease("d", 1)}})
+	commit(t, s, broker.Change{Leases: []broker.LeaseRecord{lease("d", 2)}, DeleteLeases: []string{"d"}})
+	var ids []string
+	for _, l := range load(t, s).Leases {
+		ids = append(ids, fmt.Sprint(l.ID, "@", l.Version))
+	}
+	if want := []string{"b@1", "c@2"}; !slices.Equal(ids, want) {
+		t.Fatalf("leases %v, want %v", ids, want)
+	}
+}
+
+func TestUsageDeltas(t *testing.T) {
+	t.Parallel()
+	s, _ := newTest(t)
+	commit(t, s, broker.Change{Usage: []broker.UsageRecord{{Key: keyA, Minute: 100, Tokens: 10, Requests: 1}, {Key: keyA, Minute: 100, Tokens: 5, Requests: 1}}})
+	commit(t, s, broker.Change{Usage: []broker.UsageRecord{{Key: keyA, Minute: 100, Tokens: -3, Requests: -1}, {Key: keyB, Minute: 100, Tokens: 1}}})
+	want := []broker.UsageRecord{{Key: keyA, Minute: 100, Tokens: 12, Requests: 1}, {Key: keyB, Minute: 100, Tokens: 1}}
+	if got := sorted(load(t, s)).Usage; !reflect.DeepEqual(got, sorted(broker.Snapshot{Usage: want}).Usage) {
+		t.Fatalf("usage %+v, want %+v", got, want)
+	}
+
+	// 50 concurrent committers, half with a cancellable context (the
+	// goroutine path), half without: the totals are exact.
+	const workers, per = 50, 20
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			ctx := context.Background()
+			if w%2 == 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithCancel(ctx)
+				defer cancel()
+			}
+			for i := range per {
+				c := broker.Change{
+					Leases: []broker.LeaseRecord{lease(fmt.Sprintf("w%d-%d", w, i), 1)},
+					Usage:  []broker.UsageRecord{{Key: keyB, Minute: 200, Tokens: int64(w*per + i), Requests: 1}},
+				}
+				if err := s.Commit(ctx, c); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	n := int64(workers * per)
+	for _, u := range load(t, s).Usage {
+		if u.Minute == 200 && (u.Tokens != n*(n-1)/2 || u.Requests != n) {
+			t.Fatalf("concurrent usage %+v, want tokens %d requests %d", u, n*(n-1)/2, n)
+		}
+	}
+}
+
+// TestBatchRetry makes Batch roll back groups: commits whose usage total
+// would overflow fail inside the shared transaction, so bbolt re-runs the
+// rest of the group, and the failed ones alone. The other commits' deltas
+// must count once.
+func TestBatchRetry(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openTest(t, path, Options{MaxBatchDelay: 5 * time.Millisecond, NoSync: true})
+	commit(t, s, broker.Change{Usage: []broker.UsageRecord{{Key: keyA, Minute: 1, Tokens: 1}}})
+	const good, bad = 50, 5
+	var wg sync.WaitGroup
+	for i := range good + bad {
+		wg.Go(func() {
+			c := broker.Change{Usage: []broker.UsageRecord{{Key: keyB, Minute: 1, Tokens: 1, Requests: 1}}}
+			if i >= good {
+				c.Usage = append(c.Usage, broker.UsageRecord{Key: keyA, Minute: 1, Tokens: math.MaxInt64})
+			}
+			err := s.Commit(context.Background(), c)
+			if (err != nil) != (i >= good) {
+				t.Errorf("commit %d: %v", i, err)
+			}
+			if err != nil && !strings.Contains(err.Error(), "overflows") {
+				t.Errorf("commit %d: %v, want an overflow", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	want := []broker.UsageRecord{{Key: keyA, Minute: 1, Tokens: 1}, {Key: keyB, Minute: 1, Tokens: good, Requests: good}}
+	if got := sorted(load(t, s)).Usage; !reflect.DeepEqual(got, sorted(broker.Snapshot{Usage: want}).Usage) {
+		t.Fatalf("usage %+v, want %+v", got, want)
+	}
+}
+
+func TestDeleteUsageBefore(t *testing.T) {
+	t.Parallel()
+	s, _ := newTest(t)
+	var usage []broker.UsageRecord
+	for _, m := range []int64{-5, 0, 10, 11, 12, 1 << 40} {
+		usage = append(usage, broker.UsageRecord{Key: keyA, Minute: m, Tokens: 1}, broker.UsageRecord{Key: keyB, Minute: m, Tokens: 2})
+	}
+	commit(t, s, broker.Change{Usage: usage})
+	// Usage written in the same Change as the cut-off is cut too.
+	commit(t, s, broker.Change{DeleteUsageBefore: 12, Usage: []broker.UsageRecord{{Key: keyA, Minute: 11, Tokens: 1}, {Key: keyA, Minute: 12, Tokens: 1}}})
+	var got []string
+	for _, u := range sorted(load(t, s)).Usage {
+		got = append(got, fmt.Sprint(u.Minute, u.Key.Region, u.Tokens))
+	}
+	want := []string{"12eu-west-12", "12us-east-12", "1099511627776eu-west-12", "1099511627776us-east-11"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("usage %v, want %v", got, want)
+	}
+}
+
+// TestCommitCancelled cancels Commits at random moments: each either
+// returned nil and is wholly on disk, or returned an error and left no
+// trace.
+func TestCommitCancelled(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "state.db")
+	s := openTest(t, path, Options{MaxBatchDelay: 2 * time.Millisecond})
+	const n = 200
+	ok := make([]bool, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			time.AfterFunc(time.Duration(rand.IntN(4000))*time.Microsecond, cancel)
+			c := broker.Change{
+				Leases: []broker.LeaseRecord{lease(fmt.Sprint(i), 1)},
+				Usage:  []broker.UsageRecord{{Key: keyA, Minute: 7, Tokens: 1, Requests: 1}},
+			}
+			err := s.Commit(ctx, c)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("commit %d: %v", i, err)
+			}
+			ok[i] = err == nil
+		})
+	}
+	wg.Wait()
+	snap := load(t, s)
+	stored := make(map[string]bool)
+	for _, l := range snap.Leases {
+		stored[l.ID] = true
+	}
+	var succeeded int64
+	for i, o := range ok {
+		if o {
+			succeeded++
+		}
+		if o != stored[fmt.Sprint(i)] {
+			t.Errorf("lease %d: commit succeeded %v, stored %v", i, o, stored[fmt.Sprint(i)])
+		}
+	}
+	var tokens int64
+	for _, u := range snap.Usage {
+		tokens += u.Tokens
+	}
+	if tokens != succeeded {
+		t.Errorf("usage %d tokens, want %d (one per successful commit)", tokens, succeeded)
+	}
+	t.Logf("%d of %d commits succeeded", succeeded, n)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Commit(ctx, broker.Change{Leases: []broker.LeaseRecord{lease("late", 1)}}); !errors.Is(err, context.Canceled) {
+		t.Errorf("commit with a cancelled context: %v", err)
+	}
+}
+
+func TestSecondOpenFailsFast(t *testing.T) {
+	t.Parallel()
+	_, path := newTest(t)
+	start := time.Now()
+	s2, err := Open(path, Options{LockTimeout: 100 * time.Millisecond})
+	if err == nil {
+		s2.Close()
+		t.Fatal("second Open succeeded")
+	}
+	if !errors.Is(err, errLocked) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "another") {
+		t.Fatalf("second Open: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("second Open took %v", d)
+	}
+	t.Log(err)
+}
+
+func TestClosed(t *testing.T) {
+	t.Parallel()
+	s, path := newTest(t)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(context.Background(), broker.Change{DeleteUsageBefore: 1}); !errors.Is(err, errClosed) {
+		t.Errorf("Commit after Close: %v", err)
+	}
+	if _, err := s.Load(context.Background()); !errors.Is(err, errClosed) {
+		t.Errorf("Load after Close: %v", err)
+	}
+	// Closed: another Store can have the file.
+	openTest(t, path, Options{})
+}
+
+func TestOptions(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, o := range []Options{{LockTimeout: -1}, {MaxBatchDelay: -1}, {MaxBatchSize: -1}} {
+		if _, err := Open(filepath.Join(dir, "x.db"), o); err == nil || !strings.Contains(err.Error(), "negative") {
+			t.Errorf("Open with %+v: %v", o, err)
+		}
+	}
+}
+
+func TestUnwritablePath(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	paths := []string{filepath.Join(file, "state.db"), filepath.Join(dir, "missing", "state.db"), dir}
+	if os.Geteuid() != 0 { // root ignores permissions
+		ro := filepath.Join(dir, "ro")
+		if err := os.Mkdir(ro, 0o500); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, filepath.Join(ro, "state.db"))
+	}
+	for _, p := range paths {
+		s, err := Open(p, Options{})
+		if err == nil {
+			s.Close()
+			t.Errorf("Open(%s) succeeded", p)
+			continue
+		}
+		if !strings.Contains(err.Error(), "open store "+p+": ") {
+			t.Errorf("Open(%s): %v", p, err)
+		}
+		t.Log(err)
+	}
+}
+
+// fill writes enough leases to spread them over many pages.
+func fill(tb testing.TB, path string) {
+	tb.Helper()
+	s, err := Open(path, Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var c broker.Change
+	for i := range 2000 {
+		c.Leases = append(c.Leases, lease(fmt.Sprintf("lease-%04d", i), 1))
+		c.Usage = append(c.Usage, broker.UsageRecord{Key: keyA, Minute: int64(i), Tokens: 1})
+	}
+	commit(tb, s, c)
+	if err := s.Close(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// openAndLoad returns the first error of Open and Load.
+func openAndLoad(path string) error {
+	s, err := Open(path, Options{LockTimeout: 100 * time.Millisecond})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	_, err = s.Load(context.Background())
+	return err
+}
+
+func wantCorrupt(t *testing.T, path string, err error, parts ...string) {
+	t.Helper()
+	var ce *corruptError
+	if !errors.As(err, &ce) {
+		t.Fatalf("got %v, want a corruption error", err)
+	}
+	for _, p := range append([]string{path, "backup", "move it aside"}, parts...) {
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("error %q does not mention %q", err, p)
+		}
+	}
+	t.Log(err)
+}
+
+func TestCorruptRecord(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "state.db")
+	fill(t, path)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Damage one byte of one lease's client name: bbolt cannot see it,
+	// the record's checksum can.
+	i := bytes.Index(data, []byte("svc-lease-1234"))
+	if i < 0 {
+		t.Fatal("lease not found in the file")
+	}
+	data[i+4] = 'X'
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantCorrupt(t, path, openAndLoad(path), "bucket leases", `"lease-1234"`, "checksum")
+
+	// A damaged page header, in a page of leases that Open does not read.
+	page := bytes.Clone(data)
+	p := bytes.Index(page, []byte("svc-lease-0500")) / 4096 * 4096
+	for i := p; i < p+16; i++ {
+		page[i] = 0xee
+	}
+	pagePath := path + ".page"
+	if err := os.WriteFile(pagePath, page, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantCorrupt(t, pagePath, openAndLoad(pagePath))
+
+	// Commit refuses to build on the damaged record too.
+	s := openTest(t, path, Options{})
+	err = s.Commit(context.Background(), broker.Change{Leases: []broker.LeaseRecord{lease("lease-1234", 2)}})
+	if err == nil || !strings.Contains(err.Error(), "lease-1234") {
+		t.Errorf("commit over a damaged lease: %v", err)
+	}
+}
+
+func TestCorruptFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name   string
+		damage func([]byte) []byte
+	}{
+		{"truncated to half", func(b []byte) []byte { return b[:len(b)/2] }},
+		{"last quarter cut", func(b []byte) []byte { return b[:len(b)*3/4/4096*4096] }},
+		{"truncated to a page", func(b []byte) []byte { return b[:4096] }},
+		{"meta pages zeroed", func(b []byte) []byte { clear(b[:2*4096]); return b }},
+		{"garbage", func(b []byte) []byte {
+			r := rand.New(rand.NewPCG(1, 2))
+			for i := range b {
+				b[i] = byte(r.Uint32())
+			}
+			return b
+		}},
+		{"data pages overwritten", func(b []byte) []byte {
+			for i := 2 * 4096; i < len(b); i++ {
+				b[i] = 0xa5
+			}
+			return b
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".db")
+			fill(t, path)
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			damaged := tc.damage(data)
+			if err := os.WriteFile(path, damaged, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			wantCorrupt(t, path, openAndLoad(path))
+			// Never repaired or wiped.
+			if after, err := os.ReadFile(path); err != nil || !bytes.Equal(after, damaged) {
+				t.Errorf("file changed (%v)", err)
+			}
+
+		})
+	}
+}
+
+func TestSchema(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name string, fn func(*bbolt.Tx) error) string {
+		path := filepath.Join(dir, name)
+		db, err := bbolt.Open(path, 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Update(fn); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	newer := write("newer.db", func(tx *bbolt.Tx) error {
+		b, _ := tx.CreateBucket(bucketMeta)
+		return b.Put(keySchema, []byte{99})
+	})
+	if _, err := Open(newer, Options{}); !errors.Is(err, errSchema) || !strings.Contains(err.Error(), "99") || !strings.Contains(err.Error(), newer) {
+		t.Errorf("newer schema: %v", err)
+	}
+	foreign := write("foreign.db", func(tx *bbolt.Tx) error {
+		_, err := tx.CreateBucket([]byte("widgets"))
+		return err
+	})
+	if _, err := Open(foreign, Options{}); !errors.Is(err, errSchema) || !strings.Contains(err.Error(), "widgets") {
+		t.Errorf("foreign file: %v", err)
+	}
+	// A new file gets the current version.
+	s, path := newTest(t)
+	s.Close()
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.View(func(tx *bbolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keySchema); !bytes.Equal(v, []byte{schemaVersion}) {
+			t.Errorf("schema %x, want %d", v, schemaVersion)
+		}
+		return nil
+	})
+}
+
+func TestCommitInvalid(t *testing.T) {
+	t.Parallel()
+	s, _ := newTest(t)
+	for _, c := range []broker.Change{
+		{Leases: []broker.LeaseRecord{{Version: 1}}},
+		{Leases: []broker.LeaseRecord{{ID: strings.Repeat("x", bbolt.MaxKeySize+1)}}},
+		{Leases: []broker.LeaseRecord{{ID: "y", GrantedAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}}},
+	} {
+		if err := s.Commit(context.Background(), c); err == nil {
+			t.Errorf("Commit(%.80v) succeeded", c)
+		}
+	}
+	if snap := load(t, s); len(snap.Leases) != 0 {
+		t.Errorf("leases %v", snap.Leases)
+	}
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/bolt"
+	"github.com/bedrockqb/quotabroker/broker/budgetfile"
+	"github.com/bedrockqb/quotabroker/internal/sysclock"
+	"github.com/bedrockqb/quotabroker/server"
+)
+
+// exampleBudgets is served when neither --budgets nor the store names any
+// budget, so a new user sees a working broker at once.
+//
+//go:embed example-budgets.json
+var exampleBudgets []byte
+
+type serveFlags struct {
+	listen, data, budgets, region, logLevel string
+	margin                                  float64
+	maxWait, leaseTTL, drain                time.Duration
+}
+
+func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
+	var f serveFlags
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.listen, "listen", envOr("QUOTA_BROKER_LISTEN", "127.0.0.1:50051"), "gRPC listen address (env QUOTA_BROKER_LISTEN)")
+	fs.StringVar(&f.data, "data", envOr("QUOTA_BROKER_DATA", "quota-broker.db"), "bbolt state file (env QUOTA_BROKER_DATA)")
+	fs.StringVar(&f.budgets, "budgets", envOr("QUOTA_BROKER_BUDGETS", ""), "JSON file of static budgets (env QUOTA_BROKER_BUDGETS); default: the stored budgets, or a built-in example set")
+	fs.StringVar(&f.region, "region", envOr("QUOTA_BROKER_REGION", "us-east-1"), "default AWS Region of requests that name none (env QUOTA_BROKER_REGION)")
+	fs.StringVar(&f.logLevel, "log-level", envOr("QUOTA_BROKER_LOG_LEVEL", "info"), "debug, info, warn or error (env QUOTA_BROKER_LOG_LEVEL)")
+	margin, err := strconv.ParseFloat(envOr("QUOTA_BROKER_MARGIN", "0.9"), 64)
+	if err != nil {
+		return f, fmt.Errorf("QUOTA_BROKER_MARGIN: %w", err)
+	}
+	fs.Float64Var(&f.margin, "margin", margin, "share of each quota the broker hands out, (0, 1] (env QUOTA_BROKER_MARGIN)")
+	durEnv := func(name string, def time.Duration) (time.Duration, error) {
+		v, ok := envOr(name, ""), false
+		if v != "" {
+			ok = true
+		}
+		if !ok {
+			return def, nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", name, err)
+		}
+		return d, nil
+	}
+	for _, d := range []struct {
+		p         *time.Duration
+		name, env string
+		def       time.Duration
+		help      string
+	}{
+		{&f.maxWait, "max-wait", "QUOTA_BROKER_MAX_WAIT", 5 * time.Minute, "longest AcquireLease wait the broker grants, whatever the caller asks"},
+		{&f.leaseTTL, "lease-ttl", "QUOTA_BROKER_LEASE_TTL", 5 * time.Minute, "how long a lease lives unless renewed"},
+		{&f.drain, "drain", "QUOTA_BROKER_DRAIN", 10 * time.Second, "on SIGTERM, how long in-flight calls may take to finish"},
+	} {
+		def, err := durEnv(d.env, d.def)
+		if err != nil {
+			return f, err
+		}
+		fs.DurationVar(d.p, d.name, def, d.help+" (env "+d.env+")")
+	}
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))
+	}
+	return f, nil
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// serve runs the broker until ctx ends, then shuts down in reverse order of
+// start-up: stop accepting and mark NOT_SERVING, answer waiters with
+// UNAVAILABLE, drain in-flight calls, stop the sweep loop, close the store.
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f, err := parseServeFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return err
+	}
+	store, err := bolt.Open(f.data, bolt.Options{})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	clock := sysclock.Clock{}
+	b, err := broker.Open(ctx, store, clock, broker.Config{
+		DefaultRegion: f.region, Margin: f.margin, MaxWait: f.maxWait, LeaseTTL: f.leaseTTL,
+		MaxLeaseTTL: max(time.Hour, f.leaseTTL), Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	var specs []broker.Spec
+	switch {
+	case f.budgets != "":
+		if specs, err = budgetfile.Load(f.budgets, clock.Now()); err != nil {
+			return err
+		}
+	case len(b.Budgets()) == 0:
+		if specs, err = budgetfile.Parse("example-budgets.json", exampleBudgets, "builtin-example", clock.Now()); err != nil {
+			return err
+		}
+		log.Info("no budgets configured: serving the built-in example set; use --budgets FILE for your own")
+	}
+	if len(specs) > 0 {
+		if err := b.SetSpecs(ctx, specs); err != nil {
+			return err
+		}
+	}
+	lis, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", f.listen, err)
+	}
+	srv := server.New(b, server.Config{Logger: log})
+
+	runCtx, stopRun := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { b.Run(runCtx) })
+	serveErr := make(chan error, 1)
+	wg.Go(func() { serveErr <- srv.Serve(lis) })
+
+	fmt.Fprintf(stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(b.Budgets()))
+	fmt.Fprintf(stdout, "try: grpcurl -plaintext %s list\n", lis.Addr())
+
+	var result error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "drain", f.drain)
+	case err := <-serveErr:
+		result = fmt.Errorf("serve: %w", err)
+	}
+	srv.Drain()
+	b.Close()
+	drainCtx, cancel := context.WithTimeout(context.Background(), f.drain)
+	srv.Shutdown(drainCtx)
+	cancel()
+	stopRun()
+	wg.Wait()
+	b.Sweep(context.Background()) // persist expiries and pending retries
+	if err := store.Close(); err != nil && result == nil {
+		result = fmt.Errorf("close store: %w", err)
+	}
+	if result == nil {
+		fmt.Fprintln(stdout, "quota-broker stopped")
+	}
+	return result
+}
