@@ -272,7 +272,9 @@ func decodeLeaseBody(id string, body []byte) (broker.LeaseRecord, error) {
 }
 
 func encodeLease(r *broker.LeaseRecord) []byte {
-	return seal([]byte(r.ID), appendLeaseBody([]byte{recordFormat}, r))
+	b := make([]byte, 1, 128+len(r.Key.Region)+len(r.Key.Model)+len(r.Client))
+	b[0] = recordFormat
+	return seal([]byte(r.ID), appendLeaseBody(b, r))
 }
 
 func decodeLease(key, val []byte) (broker.LeaseRecord, error) {

@@ -1,0 +1,250 @@
+// Command lease measures the broker's lease path over real gRPC on loopback
+// against a baseline in the same run: an empty unary RPC (the standard
+// health Check) on the same server. It prints calls/s and p50/p99 latency of
+//
+//   - the empty RPC (baseline),
+//   - AcquireLease alone,
+//   - AcquireLease + CompleteLease pairs,
+//
+// each at the same concurrency, with persistence on (a real bbolt file with
+// fsync), and the ratio to the baseline. Then it holds many outstanding
+// leases and reports the memory each costs.
+//
+//	go run ./bench/lease -duration 10s -concurrency 50 -outstanding 100000
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/bolt"
+	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
+	"github.com/bedrockqb/quotabroker/internal/sysclock"
+	"github.com/bedrockqb/quotabroker/server"
+)
+
+const model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "lease bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("lease", flag.ContinueOnError)
+	duration := fs.Duration("duration", 5*time.Second, "how long each measurement runs")
+	concurrency := fs.Int("concurrency", 50, "concurrent callers")
+	outstanding := fs.Int("outstanding", 100_000, "leases to hold outstanding for the memory measurement (0 skips it)")
+	rounds := fs.Int("rounds", 3, "measurement rounds; the median round is reported")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "lease-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	store, err := bolt.Open(filepath.Join(dir, "state.db"), bolt.Options{})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ctx := context.Background()
+	b, err := broker.Open(ctx, store, sysclock.Clock{}, broker.Config{Margin: 1, LeaseTTL: time.Hour})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	key, _ := broker.ParseModelID(model, "", "us-east-1")
+	// Limits far above what the run can use: this measures overhead, not
+	// refusals.
+	if err := b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: broker.Limits{RPM: 1 << 40, TPM: 1 << 50}, Source: "bench"}}); err != nil {
+		return err
+	}
+	srv := server.New(b, server.Config{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go srv.Serve(lis)
+	defer srv.Shutdown(ctx)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	health := healthpb.NewHealthClient(conn)
+	qb := pb.NewQuotaBrokerClient(conn)
+
+	acquire := &pb.AcquireLeaseRequest{ModelId: model, InputTokens: 1000, MaxOutputTokens: 500}
+	cases := []struct {
+		name string
+		call func() error
+	}{
+		{"empty RPC (health Check)", func() error {
+			_, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+			return err
+		}},
+		{"AcquireLease", func() error {
+			_, err := qb.AcquireLease(ctx, acquire)
+			return err
+		}},
+		{"AcquireLease+CompleteLease", func() error {
+			r, err := qb.AcquireLease(ctx, acquire)
+			if err != nil {
+				return err
+			}
+			_, err = qb.CompleteLease(ctx, &pb.CompleteLeaseRequest{LeaseId: r.GetLease().GetLeaseId(), Outcome: pb.Outcome_OUTCOME_SUCCESS,
+				Usage: &pb.Usage{InputTokens: 1000, OutputTokens: 200}})
+			return err
+		}},
+	}
+	fmt.Fprintf(out, "lease path over gRPC on loopback, concurrency %d, %v per round, median of %d rounds, GOMAXPROCS %d, bbolt with fsync\n\n",
+		*concurrency, *duration, *rounds, runtime.GOMAXPROCS(0))
+	fmt.Fprintf(out, "%-28s %12s %10s %10s %10s\n", "call", "calls/s", "p50", "p99", "vs empty")
+	results := make([][]result, len(cases))
+	for r := 0; r < *rounds; r++ {
+		for i, c := range cases { // interleaved, so drift hits all cases alike
+			res, err := measure(c.call, *concurrency, *duration)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			results[i] = append(results[i], res)
+		}
+	}
+	var base float64
+	for i, c := range cases {
+		m := median(results[i])
+		if i == 0 {
+			base = m.rate
+		}
+		fmt.Fprintf(out, "%-28s %12.0f %10v %10v %9.2fx\n", c.name, m.rate, m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), m.rate/base)
+	}
+	if *outstanding > 0 {
+		return measureOutstanding(ctx, out, b, key, *outstanding)
+	}
+	return nil
+}
+
+type result struct {
+	rate     float64
+	p50, p99 time.Duration
+}
+
+func median(rs []result) result {
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b result) int {
+		switch {
+		case a.rate < b.rate:
+			return -1
+		case a.rate > b.rate:
+			return 1
+		}
+		return 0
+	})
+	return s[len(s)/2]
+}
+
+// measure runs call from n goroutines for d and returns the rate and
+// latency percentiles.
+func measure(call func() error, n int, d time.Duration) (result, error) {
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		lat      []time.Duration
+		firstErr atomic.Value
+		stop     atomic.Bool
+	)
+	start := time.Now()
+	for range n {
+		wg.Go(func() {
+			local := make([]time.Duration, 0, 4096)
+			for !stop.Load() {
+				t := time.Now()
+				if err := call(); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					stop.Store(true)
+					break
+				}
+				local = append(local, time.Since(t))
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			mu.Unlock()
+		})
+	}
+	timer := time.AfterFunc(d, func() { stop.Store(true) })
+	wg.Wait()
+	timer.Stop()
+	elapsed := time.Since(start)
+	if err, ok := firstErr.Load().(error); ok {
+		return result{}, err
+	}
+	if len(lat) == 0 {
+		return result{}, fmt.Errorf("no calls completed")
+	}
+	slices.Sort(lat)
+	return result{
+		rate: float64(len(lat)) / elapsed.Seconds(),
+		p50:  lat[len(lat)/2],
+		p99:  lat[len(lat)*99/100],
+	}, nil
+}
+
+// measureOutstanding grants n leases directly on the broker (no gRPC, but
+// with persistence) and reports the heap they hold.
+func measureOutstanding(ctx context.Context, out io.Writer, b *broker.Broker, key broker.Key, n int) error {
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	per := n / 50
+	for range 50 {
+		wg.Go(func() {
+			for range per {
+				d, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: model, InputTokens: 10, MaxOutputTokens: 10})
+				if err == nil && !d.Granted {
+					err = fmt.Errorf("refused on %v", d.Blocked)
+				}
+				if err != nil {
+					failed.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err, ok := failed.Load().(error); ok {
+		return err
+	}
+	took := time.Since(start)
+	after := heap()
+	reps, _ := b.Report(broker.ReportFilter{})
+	held := reps[0].Outstanding
+	fmt.Fprintf(out, "\n%d outstanding leases granted in %v; heap grew %.1f MiB: %d bytes per lease\n",
+		held, took.Round(time.Millisecond), float64(after-before)/(1<<20), int64(after-before)/max(held, 1))
+	return nil
+}
