@@ -306,6 +306,7 @@ type Lease struct {
 // Decision is the result of Acquire: a lease, or a refusal with a retry
 // delay. A refusal is not an error.
 type Decision struct {
+	Key     Key // the budget the request resolved to
 	Granted bool
 	Lease   Lease
 	Waited  time.Duration
@@ -369,7 +370,7 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 		b.mu.Unlock()
 		return Decision{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
-	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.spec.burndown()}
+	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.spec.burndown(), base: req.InputTokens + req.CacheWriteTokens}
 	if n.maxOutput == 0 {
 		n.maxOutput, n.unsetMax = bg.spec.maxOutput(), true
 	}
@@ -417,7 +418,7 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 func (b *Broker) settleWait(bg *budget, w *waiter, now time.Time) (Decision, error) {
 	switch {
 	case w.lease != nil:
-		return Decision{Granted: true, Lease: w.lease.public(), Waited: now.Sub(w.enqueued)}, nil
+		return Decision{Key: bg.spec.Key, Granted: true, Lease: w.lease.public(), Waited: now.Sub(w.enqueued)}, nil
 	case w.err != nil:
 		return Decision{}, w.err
 	}
@@ -437,7 +438,7 @@ func (b *Broker) settleWait(bg *budget, w *waiter, now time.Time) (Decision, err
 		// bounded pause rather than a guess at when that happens.
 		d = time.Second
 	}
-	return Decision{RetryAfter: d, Blocked: limit, Waited: now.Sub(w.enqueued)}, nil
+	return Decision{Key: bg.spec.Key, RetryAfter: d, Blocked: limit, Waited: now.Sub(w.enqueued)}, nil
 }
 
 // finish persists a grant before it is returned. If the store fails, the

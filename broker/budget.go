@@ -147,14 +147,21 @@ func (b *budget) recompute(margin float64) {
 // limits, or returns nil.
 func (b *budget) neverFits(n need) error {
 	e := b.effective
-	switch {
-	case e.TPM > 0 && n.tokens > e.TPM:
+	for _, l := range []struct {
+		name  string
+		limit int64
+	}{{"TPM", e.TPM}, {"TPD", e.TPD}} {
+		if l.limit <= 0 || n.tokens <= l.limit {
+			continue
+		}
+		if n.base > l.limit {
+			return &Error{Kind: KindInvalid, Field: "input_tokens", Message: fmt.Sprintf(
+				"input + cache_write tokens (%d) alone exceed the %s limit %d of %s; split the request",
+				n.base, l.name, l.limit, b.spec.Key)}
+		}
 		return &Error{Kind: KindInvalid, Field: "max_output_tokens", Message: fmt.Sprintf(
-			"the reservation of %d tokens (input + cache_write + max_output_tokens %d x burndown %g) exceeds the TPM limit %d of %s; lower max_output_tokens",
-			n.tokens, n.maxOutput, n.burndown, e.TPM, b.spec.Key)}
-	case e.TPD > 0 && n.tokens > e.TPD:
-		return &Error{Kind: KindInvalid, Field: "max_output_tokens", Message: fmt.Sprintf(
-			"the reservation of %d tokens exceeds the TPD limit %d of %s; lower max_output_tokens", n.tokens, e.TPD, b.spec.Key)}
+			"the reservation of %d tokens (input + cache_write + max_output_tokens %d x burndown %g) exceeds the %s limit %d of %s; lower max_output_tokens to at most %d",
+			n.tokens, n.maxOutput, n.burndown, l.name, l.limit, b.spec.Key, int64(float64(l.limit-n.base)/n.burndown))}
 	}
 	return nil
 }

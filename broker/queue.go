@@ -18,7 +18,8 @@ type waiter struct {
 
 // need is what one lease takes from a budget.
 type need struct {
-	tokens    int64
+	tokens    int64 // the whole reservation
+	base      int64 // input + cache_write: what no max_output_tokens can lower
 	maxOutput int64
 	burndown  float64
 	unsetMax  bool // the request left max_output_tokens unset
