@@ -167,6 +167,7 @@ type Broker struct {
 	closed  bool
 
 	usageGCAt time.Time // when Sweep last dropped old usage
+	discovery DiscoveryStatus
 }
 
 type lease struct {

@@ -1,0 +1,100 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// QuotaSource discovers the account's quotas and turns them into budget
+// specs. The AWS adapter (broker/awsquota) is one; a source must report what
+// it could not turn into a budget rather than drop it.
+type QuotaSource interface {
+	Discover(ctx context.Context) (Discovery, error)
+}
+
+// Discovery is one run of a QuotaSource.
+type Discovery struct {
+	Specs []Spec
+	// Skipped lists every quota that did not become (part of) a budget, and
+	// why: not a runtime quota, no model matched, a variant not brokered.
+	Skipped []SkippedQuota
+	At      time.Time
+}
+
+// SkippedQuota is a quota a source could not use.
+type SkippedQuota struct {
+	Region, Code, Name, Reason string
+}
+
+// DiscoveryStatus is what the broker knows of its quota source.
+type DiscoveryStatus struct {
+	LastSuccess time.Time // zero: never
+	LastAttempt time.Time
+	LastError   string // of the last attempt; empty when it succeeded
+	Skipped     []SkippedQuota
+}
+
+// Refresh runs src once and applies what it found. Budgets the source no
+// longer reports keep their last spec (and its age shows in the report):
+// a quota that vanished from one listing is likelier a glitch than a
+// revocation.
+func (b *Broker) Refresh(ctx context.Context, src QuotaSource) error {
+	now := b.clock.Now()
+	d, err := src.Discover(ctx)
+	b.mu.Lock()
+	b.discovery.LastAttempt = now
+	if err != nil {
+		b.discovery.LastError = err.Error()
+		b.mu.Unlock()
+		return fmt.Errorf("discover quotas: %w", err)
+	}
+	b.mu.Unlock()
+	if err := b.SetSpecs(ctx, d.Specs); err != nil {
+		b.mu.Lock()
+		b.discovery.LastError = err.Error()
+		b.mu.Unlock()
+		return err
+	}
+	b.mu.Lock()
+	b.discovery.LastSuccess, b.discovery.LastError, b.discovery.Skipped = now, "", d.Skipped
+	b.mu.Unlock()
+	return nil
+}
+
+// RunRefresh refreshes from src every interval until ctx ends. A failed
+// refresh is retried sooner, with exponential backoff from 5 s up to the
+// interval; the broker keeps serving the last known quotas meanwhile.
+func (b *Broker) RunRefresh(ctx context.Context, src QuotaSource, interval time.Duration) error {
+	backoff := 5 * time.Second
+	next := time.Duration(0)
+	for {
+		tick, stop := after(b.clock, next)
+		select {
+		case <-ctx.Done():
+			stop()
+			return ctx.Err()
+		case <-tick:
+		}
+		if err := b.Refresh(ctx, src); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			b.log.Warn("quota refresh failed; serving the last known quotas", "err", err, "retry_in", backoff)
+			next = backoff
+			backoff = min(2*backoff, interval)
+			continue
+		}
+		backoff = 5 * time.Second
+		next = interval
+	}
+}
+
+// DiscoveryStatus reports the last refresh.
+func (b *Broker) DiscoveryStatus() DiscoveryStatus {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.discovery
+	s.Skipped = append([]SkippedQuota(nil), s.Skipped...)
+	return s
+}
