@@ -512,7 +512,7 @@ func (b *Broker) wakeAt(bg *budget, now, at time.Time) {
 
 func (b *Broker) grant(bg *budget, w *waiter, now time.Time) *lease {
 	l := &lease{b: bg, LeaseRecord: LeaseRecord{
-		ID:        newLeaseID(),
+		ID:        newLeaseID(now),
 		Version:   1,
 		Key:       bg.spec.Key,
 		Client:    w.client,
@@ -809,13 +809,23 @@ func (b *Broker) expire(l *lease, now time.Time) {
 
 func minuteOf(t time.Time) int64 { return t.Unix() / 60 }
 
-var leaseIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+// leaseIDEncoding is base32 with an alphabet in ASCII order, so ids sort
+// like their bytes.
+var leaseIDEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
 
-// newLeaseID returns 128 random bits: unguessable, so a lease id is enough to
-// settle the lease and no other.
-func newLeaseID() string {
+// newLeaseID returns 48 bits of grant time (milliseconds) followed by 80
+// random bits. The random part makes an id unguessable, so knowing one is
+// enough to settle that lease and no other; the time prefix makes ids
+// ascend, so a B+tree store appends new leases at its right edge instead of
+// dirtying a random page per grant.
+func newLeaseID(now time.Time) string {
 	var p [16]byte
-	rand.Read(p[:]) // never fails (crypto/rand since Go 1.24)
+	ms := uint64(now.UnixMilli())
+	for i := 5; i >= 0; i-- {
+		p[i] = byte(ms)
+		ms >>= 8
+	}
+	rand.Read(p[6:]) // never fails (crypto/rand since Go 1.24)
 	return leaseIDEncoding.EncodeToString(p[:])
 }
 

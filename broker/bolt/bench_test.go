@@ -18,8 +18,9 @@ import (
 // and one usage delta, committed with fsync to a file in a temporary
 // directory. "update" is the baseline, one transaction and fsync per
 // Commit; "batch-D" groups concurrent Commits with DB.Batch and a
-// MaxBatchDelay of D (10ms is bbolt's default). "parallel" runs about 50
-// committers at once, "serial" one.
+// MaxBatchDelay of D (10ms is bbolt's default); "group" is the store's own
+// commit loop, which groups whatever is queued with no delay. "parallel"
+// runs about 50 committers at once, "serial" one.
 //
 //	go test -run='^$' -bench=Commit -benchtime=2s ./broker/bolt/
 func BenchmarkCommit(b *testing.B) {
@@ -27,6 +28,7 @@ func BenchmarkCommit(b *testing.B) {
 		name  string
 		delay time.Duration // 0: db.Update per Commit
 	}{
+		{"group", -1},
 		{"update", 0},
 		{"batch-10ms", 10 * time.Millisecond},
 		{"batch-2ms", 2 * time.Millisecond},
@@ -41,8 +43,14 @@ func BenchmarkCommit(b *testing.B) {
 				name = "parallel/" + m.name
 			}
 			b.Run(name, func(b *testing.B) {
-				s := openTest(b, filepath.Join(b.TempDir(), "bench.db"), Options{MaxBatchDelay: max(m.delay, time.Nanosecond)})
-				s.solo = m.delay == 0
+				s := openTest(b, filepath.Join(b.TempDir(), "bench.db"), Options{})
+				switch {
+				case m.delay == 0:
+					s.mode = modeSolo
+				case m.delay > 0:
+					s.mode = modeBatch
+					s.db.MaxBatchDelay = m.delay
+				}
 				benchCommits(b, s, par)
 			})
 		}

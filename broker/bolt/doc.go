@@ -51,41 +51,35 @@
 // # Group commit
 //
 // Every grant waits for its Commit, so fsync latency is grant latency and
-// fsyncs per second bound grants per second. Commits use DB.Batch, bbolt's
-// own group commit: Commits arriving within MaxBatchDelay of the first share
-// one transaction and one fsync. A lone Commit pays that delay, many share
-// the cost. Durability is the same in every mode: Commit returns only after
-// fsync (NoSync is for tests and benchmarks).
+// fsyncs per second bound grants per second. Commits go through the store's
+// commit loop (commitLoop): it takes the first queued Commit plus every
+// other Commit already waiting, and applies them in one transaction and one
+// fsync. A lone Commit pays one transaction and no batching delay; under
+// load a group holds whatever queued while the previous group was being
+// synced, so throughput grows with concurrency. Durability is the same in
+// every mode: Commit returns only after fsync (NoSync is for tests and
+// benchmarks).
 //
-// Batch runs a failed group again without its failing member, and then that
-// member alone. Each run is a fresh transaction (a failed one is rolled
-// back), and a Change is encoded before its transaction and touches nothing
-// outside it, so re-running it applies it once: usage deltas are added to
-// the totals read in that transaction, which the rollback restored
-// (TestBatchRetry).
+// We first used bbolt's DB.Batch, the library's own group commit. Its
+// groups start on a timer (MaxBatchDelay after the first call) or at
+// MaxBatchSize calls: a lone Commit always pays the delay, and under load a
+// short delay makes small groups while a long one adds latency (with 50
+// committers 1 ms measured best, 500 µs and 250 µs worse, 10 ms (bbolt's
+// default) 2-4x worse). The loop has no delay to tune and measured as good
+// as or better than the best Batch setting under load, and as fast as a
+// plain transaction for a lone Commit. Batch stays in the benchmark as the
+// comparison.
 //
-// Measured on this project's 2-core machine (AMD EPYC, virtual disk), a
-// Change of one lease and one usage delta, about 50 concurrent committers
-// ("parallel") or one ("serial"); two runs, since this disk's fsync varied
-// between ~0.4 ms and 1-3 ms with long tails while other work ran:
+// A failed group is re-run member by member. Each run is a fresh
+// transaction (a failed one is rolled back), and a Change is encoded before
+// its transaction and touches nothing outside it, so re-running it applies
+// it once: usage deltas are added to the totals read in that transaction,
+// which the rollback restored (TestBatchRetry, for both the loop and Batch).
 //
-//	                         parallel (50)              serial (1)
-//	mode                     commits/s      p50         commits/s    p50
-//	update (fsync each)       325 / 1968    139 / 25 ms   342 / 1943  1.0 / 0.4 ms
-//	batch, 10 ms (bbolt's)   3132 / 3914     16 / 13 ms    53 / 85     14 / 12 ms
-//	batch, 2 ms              6389 / -       7.7 / - ms    156 / -     3.5 / - ms
-//	batch, 1 ms (default)    7683 / 16988   5.5 / 2.8 ms  238 / 461   2.8 / 1.8 ms
-//	batch, 500 µs            3079 / 15213    13 / 2.4 ms  262 / 521   3.2 / 1.7 ms
-//	batch, 250 µs             985 / -        48 / - ms    238 / -     3.4 / - ms
-//
-// The default MaxBatchDelay is 1 ms: with 50 committers the best or close
-// to the best throughput and median in both runs, 4-24x one fsync per
-// Commit, with a much tighter p99 than 500 µs; a lone Commit pays about
-// 1-2 ms more than a plain fsync. Shorter delays are not better under
-// load: groups shrink, and each still queues for the writer lock and its
-// own fsync; longer ones only add latency. Figures move by tens of percent
-// between runs; the ranking has held.
-// Reproduce with
+// Measured on this project's 2-core machine (virtual disk whose fsync varied
+// between ~0.3 ms and ~3 ms while other work ran), a Change of one lease and
+// one usage delta, 50 concurrent committers ("parallel") or one ("serial"),
+// all modes in the same run (figures in BENCHMARKS.md); reproduce with
 //
 //	go test -run='^$' -bench=Commit -benchtime=2s ./broker/bolt/
 //

@@ -36,11 +36,10 @@ var (
 // dataBuckets are the buckets Load reads, in Snapshot order.
 var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage}
 
-// Defaults; see doc.go for the measurements behind DefaultMaxBatchDelay.
+// Defaults; see doc.go for the measurements behind group commit.
 const (
-	DefaultLockTimeout   = time.Second
-	DefaultMaxBatchDelay = time.Millisecond
-	DefaultMaxBatchSize  = 1000
+	DefaultLockTimeout  = time.Second
+	DefaultMaxBatchSize = 1000
 )
 
 // Options tune a Store. The zero value works.
@@ -48,13 +47,8 @@ type Options struct {
 	// LockTimeout is how long Open waits for the file lock that another
 	// process using the file holds. Default DefaultLockTimeout.
 	LockTimeout time.Duration
-	// MaxBatchDelay is how long the first Commit of a group waits for
-	// others to join before their shared transaction starts: the latency a
-	// lone Commit pays for the throughput of many. Default
-	// DefaultMaxBatchDelay.
-	MaxBatchDelay time.Duration
-	// MaxBatchSize starts a group's transaction as soon as this many
-	// Commits joined it. Default DefaultMaxBatchSize.
+	// MaxBatchSize caps how many queued Commits share one transaction.
+	// Default DefaultMaxBatchSize.
 	MaxBatchSize int
 	// NoSync skips fsync. A crash can then lose commits the broker
 	// reported durable, or damage the file: for tests and benchmarks only.
@@ -65,16 +59,11 @@ func (o *Options) setDefaults() error {
 	switch {
 	case o.LockTimeout < 0:
 		return fmt.Errorf("options: LockTimeout %v is negative", o.LockTimeout)
-	case o.MaxBatchDelay < 0:
-		return fmt.Errorf("options: MaxBatchDelay %v is negative", o.MaxBatchDelay)
 	case o.MaxBatchSize < 0:
 		return fmt.Errorf("options: MaxBatchSize %d is negative", o.MaxBatchSize)
 	}
 	if o.LockTimeout == 0 {
 		o.LockTimeout = DefaultLockTimeout
-	}
-	if o.MaxBatchDelay == 0 {
-		o.MaxBatchDelay = DefaultMaxBatchDelay
 	}
 	if o.MaxBatchSize == 0 {
 		o.MaxBatchSize = DefaultMaxBatchSize
@@ -93,9 +82,27 @@ type Store struct {
 	mu     sync.RWMutex
 	closed bool
 
-	// solo makes each Commit its own transaction (db.Update): the
-	// benchmarks' baseline.
-	solo bool
+	// mode is how Commits become transactions: grouped by the commit loop
+	// (production), or, for the benchmarks' comparison, one transaction
+	// each (modeSolo) or bbolt's DB.Batch (modeBatch).
+	mode     commitMode
+	maxGroup int
+	queue    chan *groupCall // to the commit loop
+	loopDone chan struct{}   // closed when the commit loop has exited
+}
+
+type commitMode int
+
+const (
+	modeGroup commitMode = iota
+	modeSolo
+	modeBatch
+)
+
+// groupCall is one Commit waiting in the commit loop's queue.
+type groupCall struct {
+	fn   func(*bbolt.Tx) error
+	done chan error // buffered: the loop never blocks on it
 }
 
 var (
@@ -134,13 +141,14 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	db.MaxBatchDelay = opts.MaxBatchDelay
 	db.MaxBatchSize = opts.MaxBatchSize
-	s := &Store{path: path, db: db}
+	s := &Store{path: path, db: db, maxGroup: opts.MaxBatchSize,
+		queue: make(chan *groupCall, opts.MaxBatchSize), loopDone: make(chan struct{})}
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
+	go s.commitLoop()
 	return s, nil
 }
 
@@ -238,6 +246,10 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	// Every Commit has returned (they hold mu shared), so the queue is
+	// empty: stop the loop before closing the file under it.
+	close(s.queue)
+	<-s.loopDone
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("close store %s: %w", s.path, err)
 	}
@@ -401,10 +413,66 @@ func (s *Store) run(fn func(*bbolt.Tx) error) error {
 		}()
 		return fn(tx)
 	}
-	if s.solo {
+	switch s.mode {
+	case modeSolo:
 		return s.db.Update(guarded)
+	case modeBatch:
+		return s.db.Batch(guarded)
 	}
-	return s.db.Batch(guarded)
+	c := &groupCall{fn: guarded, done: make(chan error, 1)}
+	s.queue <- c
+	return <-c.done
+}
+
+// commitLoop is group commit without a timer: it takes the first queued
+// Commit, adds every other Commit already waiting (they queued while the
+// previous transaction was being written and synced), and applies them all
+// in one transaction and one fsync. A lone Commit pays one transaction; under
+// load the group grows to whatever arrived during the last fsync, so
+// throughput rises with concurrency instead of being capped by a fixed
+// batching delay. It runs until Close closes the queue.
+func (s *Store) commitLoop() {
+	defer close(s.loopDone)
+	group := make([]*groupCall, 0, s.maxGroup)
+	for first := range s.queue {
+		group = append(group[:0], first)
+	fill:
+		for len(group) < s.maxGroup {
+			select {
+			case c, ok := <-s.queue:
+				if !ok {
+					break fill
+				}
+				group = append(group, c)
+			default:
+				break fill
+			}
+		}
+		s.commitGroup(group)
+	}
+}
+
+// commitGroup applies group in one transaction. If that fails, each member
+// runs alone, so one bad Commit cannot fail the others; re-running is safe
+// because a failed transaction is rolled back whole.
+func (s *Store) commitGroup(group []*groupCall) {
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		for _, c := range group {
+			if err := c.fn(tx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil || len(group) == 1 {
+		for _, c := range group {
+			c.done <- err
+		}
+		return
+	}
+	for _, c := range group {
+		c.done <- s.db.Update(c.fn)
+	}
 }
 
 func (s *Store) wrap(err error) error {

@@ -233,14 +233,23 @@ func TestUsageDeltas(t *testing.T) {
 	}
 }
 
-// TestBatchRetry makes Batch roll back groups: commits whose usage total
-// would overflow fail inside the shared transaction, so bbolt re-runs the
-// rest of the group, and the failed ones alone. The other commits' deltas
-// must count once.
+// TestBatchRetry makes groups roll back: commits whose usage total would
+// overflow fail inside the shared transaction, so the group is re-run (the
+// commit loop re-runs every member alone; bbolt's Batch re-runs the rest of
+// the group, then the failed ones alone). The other commits' deltas must
+// count once.
 func TestBatchRetry(t *testing.T) {
 	t.Parallel()
+	for _, mode := range []commitMode{modeGroup, modeBatch} {
+		t.Run(fmt.Sprint("mode", mode), func(t *testing.T) { testBatchRetry(t, mode) })
+	}
+}
+
+func testBatchRetry(t *testing.T, mode commitMode) {
 	path := filepath.Join(t.TempDir(), "state.db")
-	s := openTest(t, path, Options{MaxBatchDelay: 5 * time.Millisecond, NoSync: true})
+	s := openTest(t, path, Options{NoSync: true})
+	s.mode = mode
+	s.db.MaxBatchDelay = 5 * time.Millisecond
 	commit(t, s, broker.Change{Usage: []broker.UsageRecord{{Key: keyA, Minute: 1, Tokens: 1}}})
 	const good, bad = 50, 5
 	var wg sync.WaitGroup
@@ -292,7 +301,7 @@ func TestDeleteUsageBefore(t *testing.T) {
 func TestCommitCancelled(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "state.db")
-	s := openTest(t, path, Options{MaxBatchDelay: 2 * time.Millisecond})
+	s := openTest(t, path, Options{})
 	const n = 200
 	ok := make([]bool, n)
 	var wg sync.WaitGroup
@@ -380,7 +389,7 @@ func TestClosed(t *testing.T) {
 func TestOptions(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	for _, o := range []Options{{LockTimeout: -1}, {MaxBatchDelay: -1}, {MaxBatchSize: -1}} {
+	for _, o := range []Options{{LockTimeout: -1}, {MaxBatchSize: -1}} {
 		if _, err := Open(filepath.Join(dir, "x.db"), o); err == nil || !strings.Contains(err.Error(), "negative") {
 			t.Errorf("Open with %+v: %v", o, err)
 		}
