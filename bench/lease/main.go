@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,7 @@ func run(args []string, out io.Writer) error {
 	concurrency := fs.Int("concurrency", 50, "concurrent callers")
 	outstanding := fs.Int("outstanding", 100_000, "leases to hold outstanding for the memory measurement (0 skips it)")
 	rounds := fs.Int("rounds", 3, "measurement rounds; the median round is reported")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -115,6 +117,17 @@ func run(args []string, out io.Writer) error {
 				Usage: &pb.Usage{InputTokens: 1000, OutputTokens: 200}})
 			return err
 		}},
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	fmt.Fprintf(out, "lease path over gRPC on loopback, concurrency %d, %v per round, median of %d rounds, GOMAXPROCS %d, bbolt with fsync\n\n",
 		*concurrency, *duration, *rounds, runtime.GOMAXPROCS(0))
