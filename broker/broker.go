@@ -90,9 +90,11 @@ type Config struct {
 	// Default 5 minutes.
 	MaxWait time.Duration
 	// Retention is how long an ended lease is remembered, so that a repeated
-	// or late completion gets a precise answer. Default 15 minutes; at
-	// least 2 minutes, so that restart always sees the leases of the last
-	// minute window.
+	// or late completion gets a precise answer. Default 5 minutes; at least
+	// 2 minutes, so that restart always sees the leases of the last minute
+	// window. Memory and store size grow with grant rate x (LeaseTTL +
+	// Retention) at about 300 bytes a lease; the grant rate is itself bounded
+	// by the budgets' RPM.
 	Retention time.Duration
 	// UsageRetention is how long per-minute usage is kept. Default 48 hours;
 	// at least a day, which the TPD window needs.
@@ -125,7 +127,7 @@ func (c *Config) setDefaults() error {
 	def(&c.LeaseTTL, 5*time.Minute)
 	def(&c.MaxLeaseTTL, time.Hour)
 	def(&c.MaxWait, 5*time.Minute)
-	def(&c.Retention, 15*time.Minute)
+	def(&c.Retention, 5*time.Minute)
 	def(&c.UsageRetention, 48*time.Hour)
 	def(&c.SweepInterval, time.Second)
 	switch {
@@ -499,13 +501,17 @@ func (b *Broker) wakeAt(bg *budget, now, at time.Time) {
 		bg.timer.Stop()
 	}
 	bg.timerAt = at
+	bg.timerGen++
+	gen := bg.timerGen
 	bg.timer = b.clock.AfterFunc(at.Sub(now), func() {
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		if b.closed {
 			return
 		}
-		bg.timer = nil
+		if bg.timerGen == gen { // not replaced by a later wakeAt meanwhile
+			bg.timer = nil
+		}
 		b.dispatch(bg, b.clock.Now())
 	})
 }

@@ -93,9 +93,10 @@ type budget struct {
 	dayTokens  *window // tokens in the last day
 	concurrent int64   // active leases
 
-	queue   queue
-	timer   Timer     // pending wake-up for the head waiter, or nil
-	timerAt time.Time // when timer fires
+	queue    queue
+	timer    Timer     // pending wake-up for the head waiter, or nil
+	timerAt  time.Time // when timer fires
+	timerGen uint64    // counts armed timers, so a stale one does not clear a newer
 
 	counters Counters
 }
