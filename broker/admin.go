@@ -26,7 +26,7 @@ func (b *Broker) SetSpecs(ctx context.Context, specs []Spec) error {
 	for _, s := range specs {
 		bg := b.budgets[s.Key]
 		if bg == nil {
-			b.budgets[s.Key] = newBudget(s, b.cfg.Margin)
+			b.budgets[s.Key] = newBudget(s, b.cfg.Margin, &b.cfg.Adaptive)
 			continue
 		}
 		bg.spec = s
@@ -80,12 +80,15 @@ func (b *Broker) SetOverride(ctx context.Context, modelID, region string, o Over
 
 // BudgetInfo describes a budget's configuration.
 type BudgetInfo struct {
-	Spec            Spec
-	Override        *Override
-	Effective       Limits
-	Margin          float64
-	Burndown        float64
-	MaxOutputTokens int64
+	Spec     Spec
+	Override *Override
+	// Static is override or quota x margin; Effective is Static lowered by
+	// the adaptive ceiling in force.
+	Static, Effective Limits
+	Adaptive          AdaptiveState
+	Margin            float64
+	Burndown          float64
+	MaxOutputTokens   int64
 }
 
 func (b *Broker) info(bg *budget) BudgetInfo {
@@ -94,8 +97,9 @@ func (b *Broker) info(bg *budget) BudgetInfo {
 		c := *bg.override
 		o = &c
 	}
-	return BudgetInfo{Spec: bg.spec, Override: o, Effective: bg.effective, Margin: b.cfg.Margin,
-		Burndown: bg.spec.burndown(), MaxOutputTokens: bg.spec.maxOutput()}
+	now := b.clock.Now()
+	return BudgetInfo{Spec: bg.spec, Override: o, Effective: bg.limits(now), Static: bg.static(), Margin: b.cfg.Margin,
+		Burndown: bg.spec.burndown(), MaxOutputTokens: bg.spec.maxOutput(), Adaptive: b.adaptiveState(bg, now)}
 }
 
 // Budgets lists every budget, sorted by key.

@@ -102,6 +102,8 @@ type Config struct {
 	// SweepInterval is how often Run expires leases and forgets old ones.
 	// Default 1 second.
 	SweepInterval time.Duration
+	// Adaptive tunes the ceilings learned from throttles.
+	Adaptive AdaptiveConfig
 	// Logger receives the broker's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -143,6 +145,9 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("config UsageRetention: %v is below %v", c.UsageRetention, daySpan)
 	case c.SweepInterval <= 0:
 		return fmt.Errorf("config SweepInterval: %v is not positive", c.SweepInterval)
+	}
+	if err := c.Adaptive.setDefaults(); err != nil {
+		return err
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -215,12 +220,18 @@ func Open(ctx context.Context, store Store, clock Clock, cfg Config) (*Broker, e
 func (b *Broker) restore(snap Snapshot) {
 	now := b.clock.Now()
 	for _, s := range snap.Specs {
-		b.budgets[s.Key] = newBudget(s, b.cfg.Margin)
+		b.budgets[s.Key] = newBudget(s, b.cfg.Margin, &b.cfg.Adaptive)
 	}
 	for _, o := range snap.Overrides {
 		if bg := b.budgets[o.Key]; bg != nil && !o.Override.empty() {
 			bg.override = o.Override
 			bg.recompute(b.cfg.Margin)
+		}
+	}
+	for _, a := range snap.Adaptive {
+		if bg := b.budgets[a.Key]; bg != nil {
+			bg.adaptive = adaptive{tokens: ceiling{Wmax: a.TokensWmax}, requests: ceiling{Wmax: a.RequestsWmax},
+				lastDecrease: a.LastDecrease, throttles: a.Throttles}
 		}
 	}
 	for _, u := range snap.Usage {
@@ -653,11 +664,15 @@ func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, 
 	}
 	bg.counters.SettledTokens += charge
 	bg.counters.ReturnedTokens -= dTokens
+	c := Change{Usage: []UsageRecord{{Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests}}}
+	if outcome == OutcomeThrottled && b.throttled(bg, now, l.GrantedAt) {
+		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
+	}
 	b.dispatch(bg, now)
 	rec := l.LeaseRecord
+	c.Leases = []LeaseRecord{rec}
 	b.mu.Unlock()
 
-	c := Change{Leases: []LeaseRecord{rec}, Usage: []UsageRecord{{Key: rec.Key, Minute: minuteOf(rec.GrantedAt), Tokens: dTokens, Requests: dRequests}}}
 	b.commitOrRetry(ctx, c)
 	s := Settlement{Charged: charge, Returned: rec.Reserved - charge}
 	if wasExpired {
@@ -726,12 +741,20 @@ func (b *Broker) ReportThrottle(ctx context.Context, modelID, region string) (Ke
 		return Key{}, err
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	bg := b.budgets[key]
 	if bg == nil {
+		b.mu.Unlock()
 		return Key{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
 	bg.counters.ReportedThrottles++
+	var c Change
+	if b.throttled(bg, b.clock.Now(), time.Time{}) {
+		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
+	}
+	b.mu.Unlock()
+	if !c.empty() {
+		b.commitOrRetry(ctx, c)
+	}
 	return key, nil
 }
 
@@ -757,6 +780,7 @@ func (b *Broker) Sweep(ctx context.Context) {
 	now := b.clock.Now()
 	var c Change
 	for _, r := range b.retry {
+		c.Adaptive = append(c.Adaptive, r.Adaptive...)
 		c.Leases = append(c.Leases, r.Leases...)
 		c.Usage = append(c.Usage, r.Usage...)
 		c.DeleteLeases = append(c.DeleteLeases, r.DeleteLeases...)

@@ -86,7 +86,9 @@ const (
 type budget struct {
 	spec      Spec
 	override  *Override
-	effective Limits // recomputed whenever spec or override changes
+	staticLim Limits // override or quota x margin; recomputed when spec or override changes
+	adaptive  adaptive
+	acfg      *AdaptiveConfig
 
 	requests   *window // requests in the last minute
 	tokens     *window // tokens in the last minute
@@ -109,9 +111,10 @@ type Counters struct {
 	UnsetMaxTokens                                                     int64
 }
 
-func newBudget(spec Spec, margin float64) *budget {
+func newBudget(spec Spec, margin float64, acfg *AdaptiveConfig) *budget {
 	b := &budget{
 		spec:      spec,
+		acfg:      acfg,
 		requests:  newWindow(minuteSpan, minuteRes),
 		tokens:    newWindow(minuteSpan, minuteRes),
 		dayTokens: newWindow(daySpan, dayRes),
@@ -120,9 +123,10 @@ func newBudget(spec Spec, margin float64) *budget {
 	return b
 }
 
-// recompute derives the effective limits: an override where set, otherwise
+// recompute derives the static limits: an override where set, otherwise
 // the quota times the safety margin (never rounded down to "absent"). The
-// margin applies to rates, not to concurrency, which is a count.
+// margin applies to rates, not to concurrency, which is a count. The
+// effective limits (limits) are these lowered by the adaptive ceilings.
 func (b *budget) recompute(margin float64) {
 	scale := func(q int64) int64 {
 		if q <= 0 {
@@ -141,13 +145,33 @@ func (b *budget) recompute(margin float64) {
 	if o := b.override; o != nil {
 		e = Limits{RPM: pick(o.RPM, e.RPM), TPM: pick(o.TPM, e.TPM), TPD: pick(o.TPD, e.TPD), Concurrency: pick(o.Concurrency, e.Concurrency)}
 	}
-	b.effective = e
+	b.staticLim = e
+}
+
+// static is the limit before adaptation: what no throttle can raise.
+func (b *budget) static() Limits { return b.staticLim }
+
+// limits are the effective limits at now: static, lowered by the adaptive
+// ceilings in force.
+func (b *budget) limits(now time.Time) Limits {
+	e := b.staticLim
+	a := &b.adaptive
+	if a.lastDecrease.IsZero() {
+		return e
+	}
+	if v, ok := a.tokens.at(b.acfg, a.lastDecrease, now, float64(e.TPM)); ok {
+		e.TPM = int64(v)
+	}
+	if v, ok := a.requests.at(b.acfg, a.lastDecrease, now, float64(e.RPM)); ok {
+		e.RPM = max(1, int64(v))
+	}
+	return e
 }
 
 // neverFits explains why n can never be granted under the effective
 // limits, or returns nil.
 func (b *budget) neverFits(n need) error {
-	e := b.effective
+	e := b.staticLim
 	for _, l := range []struct {
 		name  string
 		limit int64
@@ -171,7 +195,7 @@ func (b *budget) neverFits(n need) error {
 // otherwise the limit that blocks longest and how long until it would fit
 // (0 when only a release can make room: concurrency).
 func (b *budget) fit(now time.Time, n need) (Limit, time.Duration) {
-	e := b.effective
+	e := b.limits(now)
 	blocked, wait := LimitNone, time.Duration(0)
 	check := func(l Limit, w *window, v, limit int64) {
 		if limit <= 0 {
@@ -210,7 +234,7 @@ func (b *budget) adjust(now, grantedAt time.Time, tokens, requests int64) {
 
 // utilisation is the use of the tightest limit in its window, 0..1+.
 func (b *budget) utilisation(now time.Time) float64 {
-	e := b.effective
+	e := b.limits(now)
 	u := 0.0
 	ratio := func(used, limit int64) {
 		if limit > 0 {

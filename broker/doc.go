@@ -36,9 +36,10 @@
 // as it reads, with no fixed-minute boundary burst. The price is that a burst
 // that uses the whole minute early must wait for that minute to pass.
 //
-// Effective limit = override if the operator set one, else quota x Margin
-// (default 0.9, never rounded down to zero; concurrency is not scaled). The
-// adaptive ceiling learned from throttles will be one more term of the min.
+// Static limit = override if the operator set one, else quota x Margin
+// (default 0.9, never rounded down to zero; concurrency is not scaled).
+// Effective limit = the static one lowered by the adaptive ceiling learned
+// from throttles (adaptive.go: CUBIC per budget, persisted).
 // A limit of 0 means absent. A request whose reservation exceeds the
 // effective TPM or TPD on its own can never fit, and fails at once with
 // KindInvalid naming max_output_tokens.

@@ -16,6 +16,7 @@ type memStore struct {
 	overrides map[broker.Key]*broker.Override
 	leases    map[string]broker.LeaseRecord
 	usage     map[usageKey]broker.UsageRecord
+	adaptive  map[broker.Key]broker.AdaptiveRecord
 	fail      error
 	commits   int
 }
@@ -31,6 +32,7 @@ func newMemStore() *memStore {
 		overrides: map[broker.Key]*broker.Override{},
 		leases:    map[string]broker.LeaseRecord{},
 		usage:     map[usageKey]broker.UsageRecord{},
+		adaptive:  map[broker.Key]broker.AdaptiveRecord{},
 	}
 }
 
@@ -55,6 +57,9 @@ func (s *memStore) Load(context.Context) (broker.Snapshot, error) {
 	}
 	for _, v := range s.usage {
 		snap.Usage = append(snap.Usage, v)
+	}
+	for _, v := range s.adaptive {
+		snap.Adaptive = append(snap.Adaptive, v)
 	}
 	return snap, nil
 }
@@ -81,6 +86,9 @@ func (s *memStore) Commit(_ context.Context, c broker.Change) error {
 			continue
 		}
 		s.leases[l.ID] = l
+	}
+	for _, a := range c.Adaptive {
+		s.adaptive[a.Key] = a
 	}
 	for _, id := range c.DeleteLeases {
 		delete(s.leases, id)

@@ -23,6 +23,7 @@ type Snapshot struct {
 	Overrides []OverrideRecord
 	Leases    []LeaseRecord
 	Usage     []UsageRecord
+	Adaptive  []AdaptiveRecord
 }
 
 // Change is one atomic update.
@@ -36,11 +37,12 @@ type Change struct {
 	Usage        []UsageRecord // added to the stored record of (Key, Minute)
 	// DeleteUsageBefore drops usage records older than this minute (0: none).
 	DeleteUsageBefore int64
+	Adaptive          []AdaptiveRecord // upserted by Key
 }
 
 func (c *Change) empty() bool {
 	return len(c.Specs) == 0 && len(c.Overrides) == 0 && len(c.Leases) == 0 &&
-		len(c.DeleteLeases) == 0 && len(c.Usage) == 0 && c.DeleteUsageBefore == 0
+		len(c.DeleteLeases) == 0 && len(c.Usage) == 0 && c.DeleteUsageBefore == 0 && len(c.Adaptive) == 0
 }
 
 // OverrideRecord is the override of one budget; Override nil means none.
@@ -99,4 +101,13 @@ type UsageRecord struct {
 	Minute   int64 // unix minutes
 	Tokens   int64
 	Requests int64
+}
+
+// AdaptiveRecord is a budget's learned ceiling state (see AdaptiveConfig):
+// enough to continue the CUBIC curve after a restart instead of relearning.
+type AdaptiveRecord struct {
+	Key                      Key
+	TokensWmax, RequestsWmax float64
+	LastDecrease             time.Time
+	Throttles                int64
 }

@@ -89,6 +89,15 @@ func budgetToPB(b broker.BudgetInfo) *pb.Budget {
 		OutputBurndown:         b.Burndown,
 		DefaultMaxOutputTokens: b.MaxOutputTokens,
 		Margin:                 b.Margin,
+		Static:                 limitsToPB(b.Static),
+		Adaptive: &pb.Adaptive{
+			Ceiling:                     limitsToPB(b.Adaptive.Ceiling),
+			TokensPerMinuteAtThrottle:   b.Adaptive.TokensWmax,
+			RequestsPerMinuteAtThrottle: b.Adaptive.RequestsWmax,
+			LastDecrease:                timestampPB(b.Adaptive.LastDecrease),
+			Decreases:                   b.Adaptive.Throttles,
+			Reason:                      b.Adaptive.Reason,
+		},
 	}
 	if o := b.Override; o != nil {
 		out.Override = &pb.LimitOverride{

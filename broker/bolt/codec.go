@@ -428,3 +428,38 @@ func decodeUsage(key, val []byte) (broker.UsageRecord, error) {
 	t, r, err := decodeUsageTotals(key, val)
 	return broker.UsageRecord{Key: k, Minute: m, Tokens: t, Requests: r}, err
 }
+
+// Adaptive body: tokens Wmax, requests Wmax, last decrease, throttles. The
+// budget key is the bbolt key.
+func appendAdaptiveBody(b []byte, a *broker.AdaptiveRecord) []byte {
+	b = appendFloat(b, a.TokensWmax)
+	b = appendFloat(b, a.RequestsWmax)
+	b = appendTime(b, a.LastDecrease)
+	return binary.AppendVarint(b, a.Throttles)
+}
+
+func decodeAdaptiveBody(k broker.Key, body []byte) (broker.AdaptiveRecord, error) {
+	d := decoder{b: body}
+	a := broker.AdaptiveRecord{Key: k}
+	a.TokensWmax = d.float()
+	a.RequestsWmax = d.float()
+	a.LastDecrease = d.time()
+	a.Throttles = d.varint()
+	return a, d.end()
+}
+
+func encodeAdaptive(key []byte, a *broker.AdaptiveRecord) []byte {
+	return seal(key, appendAdaptiveBody([]byte{recordFormat}, a))
+}
+
+func decodeAdaptive(key, val []byte) (broker.AdaptiveRecord, error) {
+	k, err := decodeKey(key)
+	if err != nil {
+		return broker.AdaptiveRecord{}, fmt.Errorf("budget key: %w", err)
+	}
+	body, err := unseal(key, val)
+	if err != nil {
+		return broker.AdaptiveRecord{}, err
+	}
+	return decodeAdaptiveBody(k, body)
+}

@@ -143,3 +143,21 @@ func BenchmarkDecodeLease(b *testing.B) {
 		}
 	})
 }
+
+func FuzzDecodeAdaptive(f *testing.F) {
+	a := broker.AdaptiveRecord{Key: keyA, TokensWmax: 1.5e6, RequestsWmax: 12, LastDecrease: t0, Throttles: 4}
+	k := appendKey(nil, a.Key)
+	f.Add(k, encodeAdaptive(k, &a))
+	f.Fuzz(func(t *testing.T, key, val []byte) {
+		if r, err := decodeAdaptive(key, val); err == nil {
+			if got := encodeAdaptive(appendKey(nil, r.Key), &r); !bytes.Equal(got, val) || !bytes.Equal(appendKey(nil, r.Key), key) {
+				t.Fatalf("decode(%x, %x) = %+v encodes to %x", key, val, r, got)
+			}
+		}
+		if r, err := decodeAdaptiveBody(keyA, val); err == nil {
+			if got := appendAdaptiveBody(nil, &r); !bytes.Equal(got, val) {
+				t.Fatalf("body %x = %+v encodes to %x", val, r, got)
+			}
+		}
+	})
+}

@@ -30,11 +30,14 @@ var (
 	bucketOverrides = []byte("overrides")
 	bucketLeases    = []byte("leases")
 	bucketUsage     = []byte("usage")
-	keySchema       = []byte("schema")
+	// bucketAdaptive arrived after schema 1 was first written; it is
+	// additive, so Open creates it in older files instead of migrating.
+	bucketAdaptive = []byte("adaptive")
+	keySchema      = []byte("schema")
 )
 
 // dataBuckets are the buckets Load reads, in Snapshot order.
-var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage}
+var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage, bucketAdaptive}
 
 // Defaults; see doc.go for the measurements behind group commit.
 const (
@@ -320,6 +323,10 @@ func addRecord(snap *broker.Snapshot, bucket, k, v []byte) error {
 		r, err := decodeUsage(k, v)
 		snap.Usage = append(snap.Usage, r)
 		return err
+	case string(bucketAdaptive):
+		r, err := decodeAdaptive(k, v)
+		snap.Adaptive = append(snap.Adaptive, r)
+		return err
 	}
 	return fmt.Errorf("unknown bucket %s", bucket)
 }
@@ -330,7 +337,7 @@ func describeKey(bucket, k []byte) string {
 	switch string(bucket) {
 	case string(bucketLeases):
 		return strconv.Quote(string(k))
-	case string(bucketSpecs), string(bucketOverrides):
+	case string(bucketSpecs), string(bucketOverrides), string(bucketAdaptive):
 		if bk, err := decodeKey(k); err == nil {
 			return fmt.Sprintf("%s (%x)", bk, k)
 		}
@@ -488,6 +495,7 @@ func (s *Store) wrap(err error) error {
 // lookups and puts.
 type write struct {
 	specs, overrides  []kv // overrides: nil v deletes
+	adaptive          []kv
 	leases            []leaseWrite
 	deleteLeases      [][]byte
 	usage             []usageDelta
@@ -508,7 +516,7 @@ type usageDelta struct {
 }
 
 func (w *write) empty() bool {
-	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage) == 0 && w.deleteUsageBefore == 0
+	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage)+len(w.adaptive) == 0 && w.deleteUsageBefore == 0
 }
 
 func checkKey(what string, k []byte) error {
@@ -533,6 +541,17 @@ func prepare(c *broker.Change) (*write, error) {
 			return nil, err
 		}
 		w.specs = append(w.specs, kv{k, encodeSpec(k, s)})
+	}
+	for i := range c.Adaptive {
+		a := &c.Adaptive[i]
+		k := appendKey(nil, a.Key)
+		if err := checkKey("adaptive "+a.Key.String(), k); err != nil {
+			return nil, err
+		}
+		if err := checkTime("adaptive "+a.Key.String()+" last decrease", a.LastDecrease); err != nil {
+			return nil, err
+		}
+		w.adaptive = append(w.adaptive, kv{k, encodeAdaptive(k, a)})
 	}
 	for _, o := range c.Overrides {
 		k := appendKey(nil, o.Key)
@@ -588,6 +607,14 @@ func (w *write) apply(tx *bbolt.Tx) error {
 	for _, s := range w.specs {
 		if err := specs.Put(s.k, s.v); err != nil {
 			return fmt.Errorf("put spec %s: %w", describeKey(bucketSpecs, s.k), err)
+		}
+	}
+	if len(w.adaptive) > 0 {
+		adaptive := tx.Bucket(bucketAdaptive)
+		for _, a := range w.adaptive {
+			if err := adaptive.Put(a.k, a.v); err != nil {
+				return fmt.Errorf("put adaptive %s: %w", describeKey(bucketAdaptive, a.k), err)
+			}
 		}
 	}
 	for _, o := range w.overrides {

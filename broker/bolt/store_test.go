@@ -82,6 +82,7 @@ func sorted(s broker.Snapshot) broker.Snapshot {
 	slices.SortFunc(s.Usage, func(a, b broker.UsageRecord) int {
 		return cmp.Or(cmp.Compare(a.Minute, b.Minute), cmp.Compare(a.Key.String(), b.Key.String()))
 	})
+	slices.SortFunc(s.Adaptive, func(a, b broker.AdaptiveRecord) int { return cmp.Compare(a.Key.String(), b.Key.String()) })
 	return s
 }
 
@@ -108,8 +109,11 @@ func TestRoundTripAndReopen(t *testing.T) {
 			{Key: keyB, Minute: 29_000_000, Tokens: -5, Requests: 0},
 			{Key: keyA, Minute: 29_000_001, Tokens: math.MaxInt64, Requests: 2},
 		},
+		Adaptive: []broker.AdaptiveRecord{
+			{Key: keyA, TokensWmax: 1.25e6, RequestsWmax: 80.5, LastDecrease: t0, Throttles: 3},
+		},
 	}
-	commit(t, s, broker.Change{Specs: want.Specs, Overrides: want.Overrides, Leases: want.Leases, Usage: want.Usage})
+	commit(t, s, broker.Change{Specs: want.Specs, Overrides: want.Overrides, Leases: want.Leases, Usage: want.Usage, Adaptive: want.Adaptive})
 	want = sorted(want)
 	if got := sorted(load(t, s)); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Load:\n got %+v\nwant %+v", got, want)

@@ -1440,7 +1440,8 @@ type Budget struct {
 	Key   *BudgetKey             `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// The quota as discovered or configured.
 	Quota *Limits `protobuf:"bytes,2,opt,name=quota,proto3" json:"quota,omitempty"`
-	// The limits the broker enforces: min(override or quota x margin, adaptive).
+	// The limits the broker enforces now: static, lowered by the adaptive
+	// ceiling learned from throttles.
 	Effective *Limits `protobuf:"bytes,3,opt,name=effective,proto3" json:"effective,omitempty"`
 	// Operator override, if any.
 	Override *LimitOverride `protobuf:"bytes,4,opt,name=override,proto3" json:"override,omitempty"`
@@ -1451,8 +1452,11 @@ type Budget struct {
 	// The max_output_tokens reserved when a request leaves it unset.
 	DefaultMaxOutputTokens int64   `protobuf:"varint,8,opt,name=default_max_output_tokens,json=defaultMaxOutputTokens,proto3" json:"default_max_output_tokens,omitempty"`
 	Margin                 float64 `protobuf:"fixed64,9,opt,name=margin,proto3" json:"margin,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// Override where set, else quota x margin: what no throttle can raise.
+	Static        *Limits   `protobuf:"bytes,10,opt,name=static,proto3" json:"static,omitempty"`
+	Adaptive      *Adaptive `protobuf:"bytes,11,opt,name=adaptive,proto3" json:"adaptive,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Budget) Reset() {
@@ -1548,6 +1552,110 @@ func (x *Budget) GetMargin() float64 {
 	return 0
 }
 
+func (x *Budget) GetStatic() *Limits {
+	if x != nil {
+		return x.Static
+	}
+	return nil
+}
+
+func (x *Budget) GetAdaptive() *Adaptive {
+	if x != nil {
+		return x.Adaptive
+	}
+	return nil
+}
+
+// Adaptive is a budget's ceiling learned from throttles (CUBIC: cut to 0.7 x
+// the per-minute use at a throttle, then climbing back).
+type Adaptive struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The ceiling in force; 0 fields are not engaged.
+	Ceiling *Limits `protobuf:"bytes,1,opt,name=ceiling,proto3" json:"ceiling,omitempty"`
+	// Per-minute use when Bedrock last throttled.
+	TokensPerMinuteAtThrottle   float64                `protobuf:"fixed64,2,opt,name=tokens_per_minute_at_throttle,json=tokensPerMinuteAtThrottle,proto3" json:"tokens_per_minute_at_throttle,omitempty"`
+	RequestsPerMinuteAtThrottle float64                `protobuf:"fixed64,3,opt,name=requests_per_minute_at_throttle,json=requestsPerMinuteAtThrottle,proto3" json:"requests_per_minute_at_throttle,omitempty"`
+	LastDecrease                *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_decrease,json=lastDecrease,proto3" json:"last_decrease,omitempty"`
+	Decreases                   int64                  `protobuf:"varint,5,opt,name=decreases,proto3" json:"decreases,omitempty"`
+	// Why the ceiling is where it is, for people; it says when throttles keep
+	// coming well below the published quota.
+	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Adaptive) Reset() {
+	*x = Adaptive{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Adaptive) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Adaptive) ProtoMessage() {}
+
+func (x *Adaptive) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Adaptive.ProtoReflect.Descriptor instead.
+func (*Adaptive) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *Adaptive) GetCeiling() *Limits {
+	if x != nil {
+		return x.Ceiling
+	}
+	return nil
+}
+
+func (x *Adaptive) GetTokensPerMinuteAtThrottle() float64 {
+	if x != nil {
+		return x.TokensPerMinuteAtThrottle
+	}
+	return 0
+}
+
+func (x *Adaptive) GetRequestsPerMinuteAtThrottle() float64 {
+	if x != nil {
+		return x.RequestsPerMinuteAtThrottle
+	}
+	return 0
+}
+
+func (x *Adaptive) GetLastDecrease() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastDecrease
+	}
+	return nil
+}
+
+func (x *Adaptive) GetDecreases() int64 {
+	if x != nil {
+		return x.Decreases
+	}
+	return 0
+}
+
+func (x *Adaptive) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // LimitOverride replaces a budget's quota x margin for the limits it sets.
 type LimitOverride struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -1563,7 +1671,7 @@ type LimitOverride struct {
 
 func (x *LimitOverride) Reset() {
 	*x = LimitOverride{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1683,7 @@ func (x *LimitOverride) String() string {
 func (*LimitOverride) ProtoMessage() {}
 
 func (x *LimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1696,7 @@ func (x *LimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitOverride.ProtoReflect.Descriptor instead.
 func (*LimitOverride) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LimitOverride) GetRequestsPerMinute() int64 {
@@ -1641,7 +1749,7 @@ type ListBudgetsRequest struct {
 
 func (x *ListBudgetsRequest) Reset() {
 	*x = ListBudgetsRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1761,7 @@ func (x *ListBudgetsRequest) String() string {
 func (*ListBudgetsRequest) ProtoMessage() {}
 
 func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1774,7 @@ func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 type ListBudgetsResponse struct {
@@ -1678,7 +1786,7 @@ type ListBudgetsResponse struct {
 
 func (x *ListBudgetsResponse) Reset() {
 	*x = ListBudgetsResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1798,7 @@ func (x *ListBudgetsResponse) String() string {
 func (*ListBudgetsResponse) ProtoMessage() {}
 
 func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1811,7 @@ func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListBudgetsResponse) GetBudgets() []*Budget {
@@ -1726,7 +1834,7 @@ type SetOverrideRequest struct {
 
 func (x *SetOverrideRequest) Reset() {
 	*x = SetOverrideRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1846,7 @@ func (x *SetOverrideRequest) String() string {
 func (*SetOverrideRequest) ProtoMessage() {}
 
 func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1859,7 @@ func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideRequest.ProtoReflect.Descriptor instead.
 func (*SetOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetOverrideRequest) GetModelId() string {
@@ -1784,7 +1892,7 @@ type SetOverrideResponse struct {
 
 func (x *SetOverrideResponse) Reset() {
 	*x = SetOverrideResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1904,7 @@ func (x *SetOverrideResponse) String() string {
 func (*SetOverrideResponse) ProtoMessage() {}
 
 func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1917,7 @@ func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideResponse.ProtoReflect.Descriptor instead.
 func (*SetOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetOverrideResponse) GetBudget() *Budget {
@@ -1912,7 +2020,7 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x12outstanding_leases\x18\x03 \x01(\x03R\x11outstandingLeases\x12\x18\n" +
 	"\awaiters\x18\x04 \x01(\x03R\awaiters\x124\n" +
 	"\bcounters\x18\x05 \x01(\v2\x18.quotabroker.v1.CountersR\bcounters\x12 \n" +
-	"\vutilisation\x18\x06 \x01(\x01R\vutilisation\"\xa5\x03\n" +
+	"\vutilisation\x18\x06 \x01(\x01R\vutilisation\"\x8b\x04\n" +
 	"\x06Budget\x12+\n" +
 	"\x03key\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x03key\x12,\n" +
 	"\x05quota\x18\x02 \x01(\v2\x16.quotabroker.v1.LimitsR\x05quota\x124\n" +
@@ -1923,7 +2031,17 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"sourceTime\x12'\n" +
 	"\x0foutput_burndown\x18\a \x01(\x01R\x0eoutputBurndown\x129\n" +
 	"\x19default_max_output_tokens\x18\b \x01(\x03R\x16defaultMaxOutputTokens\x12\x16\n" +
-	"\x06margin\x18\t \x01(\x01R\x06margin\"\xe3\x02\n" +
+	"\x06margin\x18\t \x01(\x01R\x06margin\x12.\n" +
+	"\x06static\x18\n" +
+	" \x01(\v2\x16.quotabroker.v1.LimitsR\x06static\x124\n" +
+	"\badaptive\x18\v \x01(\v2\x18.quotabroker.v1.AdaptiveR\badaptive\"\xbb\x02\n" +
+	"\bAdaptive\x120\n" +
+	"\aceiling\x18\x01 \x01(\v2\x16.quotabroker.v1.LimitsR\aceiling\x12@\n" +
+	"\x1dtokens_per_minute_at_throttle\x18\x02 \x01(\x01R\x19tokensPerMinuteAtThrottle\x12D\n" +
+	"\x1frequests_per_minute_at_throttle\x18\x03 \x01(\x01R\x1brequestsPerMinuteAtThrottle\x12?\n" +
+	"\rlast_decrease\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\flastDecrease\x12\x1c\n" +
+	"\tdecreases\x18\x05 \x01(\x03R\tdecreases\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"\xe3\x02\n" +
 	"\rLimitOverride\x123\n" +
 	"\x13requests_per_minute\x18\x01 \x01(\x03H\x00R\x11requestsPerMinute\x88\x01\x01\x12/\n" +
 	"\x11tokens_per_minute\x18\x02 \x01(\x03H\x01R\x0ftokensPerMinute\x88\x01\x01\x12)\n" +
@@ -1990,7 +2108,7 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(Priority)(0),                  // 0: quotabroker.v1.Priority
 	(Scope)(0),                     // 1: quotabroker.v1.Scope
@@ -2014,29 +2132,30 @@ var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(*Counters)(nil),               // 19: quotabroker.v1.Counters
 	(*BudgetReport)(nil),           // 20: quotabroker.v1.BudgetReport
 	(*Budget)(nil),                 // 21: quotabroker.v1.Budget
-	(*LimitOverride)(nil),          // 22: quotabroker.v1.LimitOverride
-	(*ListBudgetsRequest)(nil),     // 23: quotabroker.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),    // 24: quotabroker.v1.ListBudgetsResponse
-	(*SetOverrideRequest)(nil),     // 25: quotabroker.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),    // 26: quotabroker.v1.SetOverrideResponse
-	(*durationpb.Duration)(nil),    // 27: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 28: google.protobuf.Timestamp
+	(*Adaptive)(nil),               // 22: quotabroker.v1.Adaptive
+	(*LimitOverride)(nil),          // 23: quotabroker.v1.LimitOverride
+	(*ListBudgetsRequest)(nil),     // 24: quotabroker.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),    // 25: quotabroker.v1.ListBudgetsResponse
+	(*SetOverrideRequest)(nil),     // 26: quotabroker.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),    // 27: quotabroker.v1.SetOverrideResponse
+	(*durationpb.Duration)(nil),    // 28: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 29: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	27, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	28, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
 	4,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	28, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	28, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	29, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	29, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	27, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	28, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
 	3,  // 8: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
 	9,  // 9: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	27, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	28, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	28, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	29, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 12: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	28, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	29, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
 	20, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
 	21, // 15: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
 	18, // 16: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
@@ -2044,31 +2163,35 @@ var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	4,  // 18: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
 	5,  // 19: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
 	5,  // 20: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
-	22, // 21: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	28, // 22: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
-	28, // 23: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
-	21, // 24: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
-	22, // 25: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
-	21, // 26: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
-	6,  // 27: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	10, // 28: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	12, // 29: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	14, // 30: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	16, // 31: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	23, // 32: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	25, // 33: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	8,  // 34: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	11, // 35: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	13, // 36: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	15, // 37: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	17, // 38: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	24, // 39: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	26, // 40: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	34, // [34:41] is the sub-list for method output_type
-	27, // [27:34] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	23, // 21: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
+	29, // 22: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	5,  // 23: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
+	22, // 24: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
+	5,  // 25: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
+	29, // 26: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	29, // 27: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	21, // 28: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
+	23, // 29: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
+	21, // 30: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
+	6,  // 31: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	10, // 32: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	12, // 33: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	14, // 34: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	16, // 35: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	24, // 36: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	26, // 37: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	8,  // 38: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	11, // 39: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	13, // 40: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	15, // 41: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	17, // 42: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	25, // 43: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	27, // 44: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	38, // [38:45] is the sub-list for method output_type
+	31, // [31:38] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -2076,14 +2199,14 @@ func file_quotabroker_v1_broker_proto_init() {
 	if File_quotabroker_v1_broker_proto != nil {
 		return
 	}
-	file_quotabroker_v1_broker_proto_msgTypes[18].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[19].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,198 @@
+package broker
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Adaptive ceilings: Bedrock's real capacity can be below the published
+// quota (and moves), and the broker learns it only from throttles that
+// clients report. Each budget keeps one ceiling on tokens per minute and one
+// on requests per minute; the effective limit is the lower of the ceiling
+// and quota x margin (or the override).
+//
+// The rule is CUBIC's, as in the AWS SDKs' adaptive retry mode, but per
+// budget and on the broker's view of the budget's use rather than one
+// client's send rate:
+//
+//   - on a throttle, Wmax becomes the use of the minute window at that
+//     moment (what Bedrock had just accepted, reservations included, since
+//     Bedrock charges reservations too), and the ceiling drops to Beta x Wmax;
+//   - afterwards it grows as W(t) = C (t - K)^3 + Wmax, with K chosen so
+//     that it is back at Wmax after Recovery: a fast climb at first, a
+//     careful approach to the level that was throttled, then faster probing
+//     above it;
+//   - once W reaches quota x margin the ceiling disengages.
+//
+// Throttles of leases granted before (or at) the last decrease do not decrease
+// again: they reflect the old rate, which was already cut (as TCP reacts
+// once per window). A throttle reported without a lease (ReportThrottle)
+// decreases at most once per MinInterval.
+type adaptive struct {
+	tokens, requests ceiling
+	lastDecrease     time.Time // zero: never throttled
+	throttles        int64     // decreases so far
+	lastWmaxShare    float64   // Wmax of the last decrease / static limit, for the report
+}
+
+// ceiling is one dimension's CUBIC state. Zero Wmax: not engaged.
+type ceiling struct {
+	Wmax float64
+}
+
+// AdaptiveConfig tunes the adaptive ceilings. The zero value works.
+type AdaptiveConfig struct {
+	// Beta is the multiplicative decrease on a throttle. Default 0.7 (the
+	// AWS SDKs' CUBIC value).
+	Beta float64
+	// Recovery is how long after a decrease the ceiling is back at the
+	// level that was throttled. Default 60 s: one window.
+	Recovery time.Duration
+	// Floor is the lowest ceiling, as a share of quota x margin. Default
+	// 0.02.
+	Floor float64
+	// MinInterval separates decreases caused by throttles reported without
+	// a lease. Default 2 s.
+	MinInterval time.Duration
+	// Disabled turns adaptation off: throttles are only counted.
+	Disabled bool
+}
+
+func (c *AdaptiveConfig) setDefaults() error {
+	if c.Beta == 0 {
+		c.Beta = 0.7
+	}
+	if c.Recovery == 0 {
+		c.Recovery = time.Minute
+	}
+	if c.Floor == 0 {
+		c.Floor = 0.02
+	}
+	if c.MinInterval == 0 {
+		c.MinInterval = 2 * time.Second
+	}
+	switch {
+	case !(c.Beta > 0 && c.Beta < 1):
+		return fmt.Errorf("config Adaptive.Beta: %v is outside (0, 1)", c.Beta)
+	case c.Recovery < time.Second:
+		return fmt.Errorf("config Adaptive.Recovery: %v is below 1s", c.Recovery)
+	case !(c.Floor > 0 && c.Floor < 1):
+		return fmt.Errorf("config Adaptive.Floor: %v is outside (0, 1)", c.Floor)
+	case c.MinInterval < 0:
+		return fmt.Errorf("config Adaptive.MinInterval: %v is negative", c.MinInterval)
+	}
+	return nil
+}
+
+// at returns the ceiling at now, and false when it is not engaged (it has
+// climbed past static, or there never was a throttle).
+func (c ceiling) at(cfg *AdaptiveConfig, since, now time.Time, static float64) (float64, bool) {
+	if c.Wmax <= 0 {
+		return 0, false
+	}
+	// K = the time to climb from Beta x Wmax back to Wmax = Recovery, so
+	// C = Wmax (1 - Beta) / K^3.
+	k := cfg.Recovery.Seconds()
+	cc := c.Wmax * (1 - cfg.Beta) / (k * k * k)
+	t := now.Sub(since).Seconds() - k
+	w := cc*t*t*t + c.Wmax
+	if static > 0 && w >= static {
+		return 0, false
+	}
+	return math.Max(w, cfg.Floor*static), true
+}
+
+// throttled lowers the ceilings of bg after a throttle at now; grantedAt is
+// the throttled lease's grant time (zero for a throttle reported without a
+// lease). It reports whether it lowered them.
+func (b *Broker) throttled(bg *budget, now, grantedAt time.Time) bool {
+	cfg := &b.cfg.Adaptive
+	if cfg.Disabled {
+		return false
+	}
+	a := &bg.adaptive
+	if !a.lastDecrease.IsZero() {
+		if !grantedAt.IsZero() && !grantedAt.After(a.lastDecrease) {
+			return false
+		}
+		if grantedAt.IsZero() && now.Sub(a.lastDecrease) < cfg.MinInterval {
+			return false
+		}
+	}
+	static := bg.static()
+	used := func(c ceiling, w *window, staticLimit int64) ceiling {
+		cur, engaged := c.at(cfg, a.lastDecrease, now, float64(staticLimit))
+		u := float64(w.used(now))
+		if engaged {
+			u = math.Min(u, cur) // never raise Wmax above the ceiling in force
+		}
+		if u <= 0 {
+			return c
+		}
+		return ceiling{Wmax: u}
+	}
+	// Tokens are Bedrock's currency: their ceiling always moves. Requests
+	// get a ceiling only where the budget has an RPM limit (AWS no longer
+	// enforces RPM on bedrock-runtime; cutting tokens already cuts the flow).
+	a.tokens = used(a.tokens, bg.tokens, static.TPM)
+	if static.RPM > 0 {
+		a.requests = used(a.requests, bg.requests, static.RPM)
+	}
+	a.lastDecrease = now
+	a.throttles++
+	if static.TPM > 0 {
+		a.lastWmaxShare = a.tokens.Wmax / float64(static.TPM)
+	} else if static.RPM > 0 {
+		a.lastWmaxShare = a.requests.Wmax / float64(static.RPM)
+	}
+	b.log.Info("throttle lowered the budget's ceiling", "budget", bg.spec.Key.String(),
+		"tokens_per_minute", int64(a.tokens.Wmax*b.cfg.Adaptive.Beta), "requests_per_minute", int64(a.requests.Wmax*b.cfg.Adaptive.Beta))
+	return true
+}
+
+// AdaptiveState is a budget's learned ceiling, for reports and the store.
+type AdaptiveState struct {
+	// Ceiling is the ceiling in force at the report's time (0: none).
+	Ceiling Limits
+	// TokensWmax and RequestsWmax are the per-minute use at the last
+	// decrease; LastDecrease its time (zero: never).
+	TokensWmax, RequestsWmax float64
+	LastDecrease             time.Time
+	Throttles                int64
+	// Reason explains the ceiling for people.
+	Reason string
+}
+
+func (b *Broker) adaptiveState(bg *budget, now time.Time) AdaptiveState {
+	a := &bg.adaptive
+	st := AdaptiveState{TokensWmax: a.tokens.Wmax, RequestsWmax: a.requests.Wmax, LastDecrease: a.lastDecrease, Throttles: a.throttles}
+	static := bg.static()
+	if v, ok := a.tokens.at(&b.cfg.Adaptive, a.lastDecrease, now, float64(static.TPM)); ok {
+		st.Ceiling.TPM = int64(v)
+	}
+	if v, ok := a.requests.at(&b.cfg.Adaptive, a.lastDecrease, now, float64(static.RPM)); ok {
+		st.Ceiling.RPM = max(1, int64(v))
+	}
+	switch {
+	case a.lastDecrease.IsZero():
+		st.Reason = "no throttles seen"
+	case st.Ceiling == (Limits{}):
+		st.Reason = fmt.Sprintf("recovered: %d throttles, the last at %s", a.throttles, a.lastDecrease.UTC().Format(time.RFC3339))
+	default:
+		st.Reason = fmt.Sprintf("throttled at %s with %.0f tokens and %.0f requests in the minute; ceiling recovering to that level by %s",
+			a.lastDecrease.UTC().Format(time.RFC3339), a.tokens.Wmax, a.requests.Wmax,
+			a.lastDecrease.Add(b.cfg.Adaptive.Recovery).UTC().Format(time.RFC3339))
+		if a.throttles >= 3 && a.lastWmaxShare > 0 && a.lastWmaxShare < 0.9 {
+			st.Reason += fmt.Sprintf("; Bedrock throttles at about %.0f%% of quota x margin: the real capacity looks lower than the published quota",
+				100*a.lastWmaxShare)
+		}
+	}
+	return st
+}
+
+func (bg *budget) adaptiveRecord() AdaptiveRecord {
+	a := &bg.adaptive
+	return AdaptiveRecord{Key: bg.spec.Key, TokensWmax: a.tokens.Wmax, RequestsWmax: a.requests.Wmax,
+		LastDecrease: a.lastDecrease, Throttles: a.throttles}
+}
