@@ -175,6 +175,7 @@ type Broker struct {
 
 	usageGCAt time.Time // when Sweep last dropped old usage
 	discovery DiscoveryStatus
+	source    QuotaSource // for RefreshNow; nil: static budgets
 }
 
 type lease struct {
@@ -613,7 +614,7 @@ func validateUsage(u Usage) error {
 // cancelled call, which also gives its request back) and the rest of the
 // reservation returns to the budget. Completing a completed lease changes
 // nothing. Completing an expired lease records the usage and corrects the
-// charge, but fails with KindExpired: the lease still counts as expired
+// charge, but fails with KindPrecondition: the lease still counts as expired
 // against its client.
 func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, u Usage) (Settlement, error) {
 	if err := validateLeaseID(leaseID); err != nil {
@@ -676,7 +677,7 @@ func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, 
 	b.commitOrRetry(ctx, c)
 	s := Settlement{Charged: charge, Returned: rec.Reserved - charge}
 	if wasExpired {
-		return s, &Error{Kind: KindExpired, Message: fmt.Sprintf("lease %q expired at %s before it was completed; its usage is recorded", leaseID, rec.ExpiresAt.UTC().Format(time.RFC3339))}
+		return s, &Error{Kind: KindPrecondition, Message: fmt.Sprintf("lease %q expired at %s before it was completed; its usage is recorded", leaseID, rec.ExpiresAt.UTC().Format(time.RFC3339))}
 	}
 	return s, nil
 }
@@ -714,10 +715,10 @@ func (b *Broker) Renew(ctx context.Context, leaseID string, extend time.Duration
 		return time.Time{}, notFoundf("lease %q not found", leaseID)
 	case l.State == LeaseExpired:
 		b.mu.Unlock()
-		return time.Time{}, &Error{Kind: KindExpired, Message: fmt.Sprintf("lease %q has expired", leaseID)}
+		return time.Time{}, &Error{Kind: KindPrecondition, Message: fmt.Sprintf("lease %q has expired", leaseID)}
 	case l.State == LeaseCompleted:
 		b.mu.Unlock()
-		return time.Time{}, &Error{Kind: KindExpired, Message: fmt.Sprintf("lease %q is already completed", leaseID)}
+		return time.Time{}, &Error{Kind: KindPrecondition, Message: fmt.Sprintf("lease %q is already completed", leaseID)}
 	}
 	if at := b.clock.Now().Add(extend); at.After(l.ExpiresAt) {
 		l.ExpiresAt = at

@@ -244,7 +244,7 @@ func TestNoWindowEverExceedsItsLimit(t *testing.T) {
 				// can prevent at grant time.
 				input := rng.Int64N(l.Reserved - l.MaxOutputTokens + 1)
 				s, err := e.b.Complete(context.Background(), l.ID, o, broker.Usage{InputTokens: input, OutputTokens: rng.Int64N(l.MaxOutputTokens + 1)})
-				if err != nil && broker.KindOf(err) != broker.KindExpired {
+				if err != nil && broker.KindOf(err) != broker.KindPrecondition {
 					t.Fatal(err)
 				}
 				c := charges[l.ID]
@@ -288,8 +288,8 @@ func TestExpiryKeepsChargeAndLateCompletionIsRecorded(t *testing.T) {
 	}
 	e.mustGrant(broker.AcquireRequest{MaxOutputTokens: 10}) // the slot is free again
 	s, err := e.b.Complete(ctx, l.ID, broker.OutcomeSuccess, broker.Usage{InputTokens: 100, OutputTokens: 10})
-	if broker.KindOf(err) != broker.KindExpired {
-		t.Fatalf("late completion: %v, want KindExpired", err)
+	if broker.KindOf(err) != broker.KindPrecondition {
+		t.Fatalf("late completion: %v, want KindPrecondition", err)
 	}
 	if s.Charged != 150 {
 		t.Fatalf("late completion charged %d, want the real usage 150", s.Charged)
@@ -298,7 +298,7 @@ func TestExpiryKeepsChargeAndLateCompletionIsRecorded(t *testing.T) {
 	if rec.State != broker.LeaseExpired || rec.Usage.OutputTokens != 10 || rec.Charged != 150 {
 		t.Fatalf("stored lease %+v", rec)
 	}
-	if _, err := e.b.Renew(ctx, l.ID, 0); broker.KindOf(err) != broker.KindExpired {
+	if _, err := e.b.Renew(ctx, l.ID, 0); broker.KindOf(err) != broker.KindPrecondition {
 		t.Fatalf("renewing an expired lease: %v", err)
 	}
 }

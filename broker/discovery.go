@@ -33,6 +33,7 @@ type DiscoveryStatus struct {
 	LastAttempt time.Time
 	LastError   string // of the last attempt; empty when it succeeded
 	Skipped     []SkippedQuota
+	Enabled     bool // a source is configured
 }
 
 // Refresh runs src once and applies what it found. Budgets the source no
@@ -62,12 +63,40 @@ func (b *Broker) Refresh(ctx context.Context, src QuotaSource) error {
 	return nil
 }
 
-// RunRefresh refreshes from src every interval until ctx ends. A failed
-// refresh is retried sooner, with exponential backoff from 5 s up to the
-// interval; the broker keeps serving the last known quotas meanwhile.
+// RefreshNow runs the source that RunRefresh was started with, at once.
+// It fails with KindPrecondition when there is none.
+func (b *Broker) RefreshNow(ctx context.Context) error {
+	b.mu.Lock()
+	src := b.source
+	b.mu.Unlock()
+	if src == nil {
+		return &Error{Kind: KindPrecondition, Message: "no quota source: budgets are static (start the broker with --aws or --aws-endpoint)"}
+	}
+	if err := b.Refresh(ctx, src); err != nil {
+		return &Error{Kind: KindUnavailable, Message: "quota discovery failed; serving the last known quotas", Err: err}
+	}
+	return nil
+}
+
+// UseSource makes src the broker's quota source for RefreshNow without
+// starting a loop (RunRefresh does both).
+func (b *Broker) UseSource(src QuotaSource) {
+	b.mu.Lock()
+	b.source = src
+	b.mu.Unlock()
+}
+
+// RunRefresh refreshes from src every interval until ctx ends, starting at
+// once unless a refresh already succeeded. A failed refresh is retried
+// sooner, with exponential backoff from 5 s up to the interval; the broker
+// keeps serving the last known quotas meanwhile.
 func (b *Broker) RunRefresh(ctx context.Context, src QuotaSource, interval time.Duration) error {
+	b.UseSource(src)
 	backoff := 5 * time.Second
-	next := time.Duration(0)
+	next := interval
+	if b.DiscoveryStatus().LastSuccess.IsZero() {
+		next = 0
+	}
 	for {
 		tick, stop := after(b.clock, next)
 		select {
@@ -96,5 +125,6 @@ func (b *Broker) DiscoveryStatus() DiscoveryStatus {
 	defer b.mu.Unlock()
 	s := b.discovery
 	s.Skipped = append([]SkippedQuota(nil), s.Skipped...)
+	s.Enabled = b.source != nil
 	return s
 }

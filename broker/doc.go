@@ -23,7 +23,7 @@
 // failed otherwise is charged its reported usage and keeps its request. A
 // lease that expires unsettled stays charged at its reservation and counts
 // against its client; a late completion corrects the charge but is still
-// answered with KindExpired.
+// answered with KindPrecondition.
 //
 // # Windows
 //

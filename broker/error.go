@@ -18,8 +18,10 @@ const (
 	KindInvalid
 	// KindNotFound is an unknown budget or lease.
 	KindNotFound
-	// KindExpired is an operation on a lease that has already expired.
-	KindExpired
+	// KindPrecondition is a call the broker is not in a state to serve: the
+	// lease has expired or is already completed, or there is no quota
+	// source to refresh.
+	KindPrecondition
 	// KindUnavailable is a temporary inability to serve: the broker is
 	// shutting down or its store failed.
 	KindUnavailable
@@ -31,8 +33,8 @@ func (k Kind) String() string {
 		return "invalid"
 	case KindNotFound:
 		return "not found"
-	case KindExpired:
-		return "expired"
+	case KindPrecondition:
+		return "failed precondition"
 	case KindUnavailable:
 		return "unavailable"
 	default:

@@ -20,11 +20,11 @@ const ErrorDomain = "quotabroker.v1"
 // codeOf is the one table from domain error kinds to gRPC codes. The Go
 // client holds the inverse.
 var codeOf = map[broker.Kind]codes.Code{
-	broker.KindInvalid:     codes.InvalidArgument,
-	broker.KindNotFound:    codes.NotFound,
-	broker.KindExpired:     codes.FailedPrecondition,
-	broker.KindUnavailable: codes.Unavailable,
-	broker.KindInternal:    codes.Internal,
+	broker.KindInvalid:      codes.InvalidArgument,
+	broker.KindNotFound:     codes.NotFound,
+	broker.KindPrecondition: codes.FailedPrecondition,
+	broker.KindUnavailable:  codes.Unavailable,
+	broker.KindInternal:     codes.Internal,
 }
 
 // toStatus turns a domain error into the status a caller sees. Context

@@ -31,6 +31,8 @@ type Broker interface {
 	Report(f broker.ReportFilter) ([]broker.BudgetReport, time.Time)
 	Budgets() []broker.BudgetInfo
 	SetOverride(ctx context.Context, modelID, region string, o broker.Override) (broker.BudgetInfo, error)
+	RefreshNow(ctx context.Context) error
+	DiscoveryStatus() broker.DiscoveryStatus
 }
 
 // ClientHeader is the metadata key a caller names itself with. Until
@@ -234,7 +236,7 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 		return nil, status.Error(codes.InvalidArgument, "region or model filter too long")
 	}
 	reports, at := s.b.Report(broker.ReportFilter{Region: req.GetRegion(), Model: req.GetModel()})
-	out := &pb.GetQuotaReportResponse{GeneratedAt: timestampPB(at)}
+	out := &pb.GetQuotaReportResponse{GeneratedAt: timestampPB(at), Discovery: discoveryToPB(s.b.DiscoveryStatus(), at)}
 	for _, r := range reports {
 		out.Budgets = append(out.Budgets, reportToPB(r))
 	}
@@ -260,4 +262,14 @@ func (s *Server) SetOverride(ctx context.Context, req *pb.SetOverrideRequest) (*
 		return nil, toStatus(ctx, s.log, err)
 	}
 	return &pb.SetOverrideResponse{Budget: budgetToPB(info)}, nil
+}
+
+func (s *Server) RefreshQuotas(ctx context.Context, _ *pb.RefreshQuotasRequest) (*pb.RefreshQuotasResponse, error) {
+	if err := s.b.RefreshNow(ctx); err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &pb.RefreshQuotasResponse{
+		Discovery: discoveryToPB(s.b.DiscoveryStatus(), time.Now()),
+		Budgets:   int64(len(s.b.Budgets())),
+	}, nil
 }

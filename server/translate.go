@@ -129,3 +129,22 @@ func reportToPB(r broker.BudgetReport) *pb.BudgetReport {
 		Utilisation: r.Utilisation,
 	}
 }
+
+// discoveryToPB is nil for a broker with static budgets.
+func discoveryToPB(d broker.DiscoveryStatus, now time.Time) *pb.Discovery {
+	if !d.Enabled {
+		return nil
+	}
+	out := &pb.Discovery{
+		LastSuccess: timestampPB(d.LastSuccess),
+		LastAttempt: timestampPB(d.LastAttempt),
+		LastError:   d.LastError,
+	}
+	if !d.LastSuccess.IsZero() {
+		out.QuotaAge = durationPB(now.Sub(d.LastSuccess))
+	}
+	for _, q := range d.Skipped {
+		out.Skipped = append(out.Skipped, &pb.SkippedQuota{Region: q.Region, QuotaCode: q.Code, QuotaName: q.Name, Reason: q.Reason})
+	}
+	return out
+}

@@ -33,10 +33,10 @@ const (
 // Quota is one Service Quotas row and what discovery made of it. It is the
 // discover command's JSON output, so its field names are a contract.
 type Quota struct {
-	Region     string  `json:"region"`
-	QuotaCode  string  `json:"quota_code"`
-	QuotaName  string  `json:"quota_name"`
-	Value      float64 `json:"value"`
+	Region    string  `json:"region"`
+	QuotaCode string  `json:"quota_code"`
+	QuotaName string  `json:"quota_name"`
+	Value     float64 `json:"value"`
 	// DefaultValue is AWS's default; nil when it was not listed (offline
 	// files carry only the applied value).
 	DefaultValue *float64  `json:"default_value"`

@@ -87,6 +87,11 @@ type Source struct {
 	clients map[string]clients // by Region, built on first use and kept (credential caches live in them)
 }
 
+// ErrNoCredentials is returned (wrapped, with the SDK's reason) when the
+// credential chain finds nothing usable, so that a command can tell the user
+// how to provide credentials rather than show an SDK error alone.
+var ErrNoCredentials = errors.New("no usable AWS credentials")
+
 var regionRE = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d{1,2}$`)
 
 // New validates cfg and returns a Source. It makes no AWS call: clients are
@@ -215,7 +220,7 @@ func (s *Source) clientsFor(ctx context.Context, region string) (clients, error)
 	}
 	if c.creds != nil {
 		if _, err := c.creds.Retrieve(ctx); err != nil {
-			return clients{}, fmt.Errorf("get AWS credentials for %s: %w", region, err)
+			return clients{}, fmt.Errorf("%w for %s: %w", ErrNoCredentials, region, err)
 		}
 	}
 	return c, nil

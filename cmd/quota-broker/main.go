@@ -1,7 +1,9 @@
 // Command quota-broker is the Bedrock Quota Broker's one binary for
 // operators.
 //
-//	quota-broker serve   run the broker (gRPC) on a bbolt file
+//	quota-broker demo      the broker and the Bedrock simulator together
+//	quota-broker serve     run the broker (gRPC) on a bbolt file
+//	quota-broker discover  list the account's Bedrock quotas and the budgets they make
 //
 // Every flag has an environment fallback, named in its help text.
 package main
@@ -31,7 +33,9 @@ func main() {
 const usage = `usage: quota-broker <command> [flags]
 
 commands:
-  serve    run the broker: gRPC on --listen, state in the bbolt file --data
+  demo      run the broker with the Bedrock simulator, quotas discovered from it
+  serve     run the broker: gRPC on --listen, state in the bbolt file --data
+  discover  list the account's Bedrock quotas and the budgets they make
 
 Run "quota-broker <command> -h" for a command's flags.
 `
@@ -44,6 +48,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], stdout, stderr)
+	case "demo":
+		return demo(ctx, args[1:], stdout, stderr)
+	case "discover":
+		return discover(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"flag"
@@ -9,10 +10,12 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/awsquota"
 	"github.com/bedrockqb/quotabroker/broker/bolt"
 	"github.com/bedrockqb/quotabroker/broker/budgetfile"
 	"github.com/bedrockqb/quotabroker/internal/sysclock"
@@ -29,6 +32,12 @@ type serveFlags struct {
 	listen, data, budgets, region, logLevel string
 	margin                                  float64
 	maxWait, leaseTTL, drain                time.Duration
+	// Discovery from AWS (or an endpoint such as the simulator).
+	aws              bool
+	regions, awsURL  string
+	refresh          time.Duration
+	banner           func(w io.Writer, addr net.Addr) // extra lines after "listening on"
+	exampleWhenEmpty bool
 }
 
 func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
@@ -46,11 +55,8 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	}
 	fs.Float64Var(&f.margin, "margin", margin, "share of each quota the broker hands out, (0, 1] (env QUOTA_BROKER_MARGIN)")
 	durEnv := func(name string, def time.Duration) (time.Duration, error) {
-		v, ok := envOr(name, ""), false
-		if v != "" {
-			ok = true
-		}
-		if !ok {
+		v := envOr(name, "")
+		if v == "" {
 			return def, nil
 		}
 		d, err := time.ParseDuration(v)
@@ -59,6 +65,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 		}
 		return d, nil
 	}
+	fs.BoolVar(&f.aws, "aws", envOr("QUOTA_BROKER_AWS", "") == "1", "discover quotas from AWS Service Quotas for --regions (env QUOTA_BROKER_AWS=1)")
+	fs.StringVar(&f.regions, "regions", envOr("QUOTA_BROKER_REGIONS", ""), "comma-separated Regions to discover (env QUOTA_BROKER_REGIONS); default --region")
+	fs.StringVar(&f.awsURL, "aws-endpoint", envOr("QUOTA_BROKER_AWS_ENDPOINT", ""), "base URL for every AWS client, e.g. the Bedrock simulator; implies --aws (env QUOTA_BROKER_AWS_ENDPOINT)")
 	for _, d := range []struct {
 		p         *time.Duration
 		name, env string
@@ -68,6 +77,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 		{&f.maxWait, "max-wait", "QUOTA_BROKER_MAX_WAIT", 5 * time.Minute, "longest AcquireLease wait the broker grants, whatever the caller asks"},
 		{&f.leaseTTL, "lease-ttl", "QUOTA_BROKER_LEASE_TTL", 5 * time.Minute, "how long a lease lives unless renewed"},
 		{&f.drain, "drain", "QUOTA_BROKER_DRAIN", 10 * time.Second, "on SIGTERM, how long in-flight calls may take to finish"},
+		{&f.refresh, "refresh", "QUOTA_BROKER_REFRESH", 10 * time.Minute, "with --aws, how often quotas are discovered again"},
 	} {
 		def, err := durEnv(d.env, d.def)
 		if err != nil {
@@ -81,6 +91,13 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))
 	}
+	if f.awsURL != "" {
+		f.aws = true
+	}
+	if f.aws && f.refresh < time.Second {
+		return f, fmt.Errorf("--refresh %v: at least 1s", f.refresh)
+	}
+	f.exampleWhenEmpty = !f.aws
 	return f, nil
 }
 
@@ -100,6 +117,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	return runBroker(ctx, f, stdout, stderr)
+}
+
+// discoveryTimeout bounds the first discovery at start-up; after it the
+// broker serves what it has (stored quotas) and keeps trying in the
+// background.
+const discoveryTimeout = 30 * time.Second
+
+func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) error {
 	log, err := newLogger(stderr, f.logLevel)
 	if err != nil {
 		return err
@@ -124,7 +150,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if specs, err = budgetfile.Load(f.budgets, clock.Now()); err != nil {
 			return err
 		}
-	case len(b.Budgets()) == 0:
+	case len(b.Budgets()) == 0 && f.exampleWhenEmpty:
 		if specs, err = budgetfile.Parse("example-budgets.json", exampleBudgets, "builtin-example", clock.Now()); err != nil {
 			return err
 		}
@@ -133,6 +159,25 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(specs) > 0 {
 		if err := b.SetSpecs(ctx, specs); err != nil {
 			return err
+		}
+	}
+	var src broker.QuotaSource
+	if f.aws {
+		regions := strings.Split(cmp.Or(f.regions, f.region), ",")
+		aq, err := awsquota.New(awsquota.Config{Regions: regions, Endpoint: f.awsURL, Logger: log})
+		if err != nil {
+			return err
+		}
+		src = aq
+		b.UseSource(src)
+		dctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
+		err = b.Refresh(dctx, src)
+		cancel()
+		if err != nil {
+			log.Error("quota discovery failed; serving the stored quotas and retrying in the background", "err", err, "budgets", len(b.Budgets()))
+		} else {
+			st := b.DiscoveryStatus()
+			log.Info("quotas discovered", "regions", strings.Join(regions, ","), "budgets", len(b.Budgets()), "skipped_quotas", len(st.Skipped))
 		}
 	}
 	lis, err := net.Listen("tcp", f.listen)
@@ -144,11 +189,18 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	runCtx, stopRun := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { b.Run(runCtx) })
+	if src != nil {
+		wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
+	}
 	serveErr := make(chan error, 1)
 	wg.Go(func() { serveErr <- srv.Serve(lis) })
 
 	fmt.Fprintf(stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(b.Budgets()))
-	fmt.Fprintf(stdout, "try: grpcurl -plaintext %s list\n", lis.Addr())
+	if f.banner != nil {
+		f.banner(stdout, lis.Addr())
+	} else {
+		fmt.Fprintf(stdout, "try: grpcurl -plaintext %s list\n", lis.Addr())
+	}
 
 	var result error
 	select {

@@ -1093,9 +1093,11 @@ func (x *GetQuotaReportRequest) GetModel() string {
 }
 
 type GetQuotaReportResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GeneratedAt   *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=generated_at,json=generatedAt,proto3" json:"generated_at,omitempty"`
-	Budgets       []*BudgetReport        `protobuf:"bytes,2,rep,name=budgets,proto3" json:"budgets,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	GeneratedAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=generated_at,json=generatedAt,proto3" json:"generated_at,omitempty"`
+	Budgets     []*BudgetReport        `protobuf:"bytes,2,rep,name=budgets,proto3" json:"budgets,omitempty"`
+	// The quota source's state; unset when budgets are static.
+	Discovery     *Discovery `protobuf:"bytes,3,opt,name=discovery,proto3" json:"discovery,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1144,6 +1146,162 @@ func (x *GetQuotaReportResponse) GetBudgets() []*BudgetReport {
 	return nil
 }
 
+func (x *GetQuotaReportResponse) GetDiscovery() *Discovery {
+	if x != nil {
+		return x.Discovery
+	}
+	return nil
+}
+
+// Discovery is the state of quota discovery.
+type Discovery struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	LastSuccess *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=last_success,json=lastSuccess,proto3" json:"last_success,omitempty"`
+	LastAttempt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=last_attempt,json=lastAttempt,proto3" json:"last_attempt,omitempty"`
+	// Why the last attempt failed; empty when it succeeded. The broker keeps
+	// serving the quotas of the last success meanwhile.
+	LastError string `protobuf:"bytes,3,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// How old the quotas in force are.
+	QuotaAge *durationpb.Duration `protobuf:"bytes,4,opt,name=quota_age,json=quotaAge,proto3" json:"quota_age,omitempty"`
+	// Quotas that did not become a budget, with the reason.
+	Skipped       []*SkippedQuota `protobuf:"bytes,5,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Discovery) Reset() {
+	*x = Discovery{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Discovery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Discovery) ProtoMessage() {}
+
+func (x *Discovery) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Discovery.ProtoReflect.Descriptor instead.
+func (*Discovery) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Discovery) GetLastSuccess() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSuccess
+	}
+	return nil
+}
+
+func (x *Discovery) GetLastAttempt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastAttempt
+	}
+	return nil
+}
+
+func (x *Discovery) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Discovery) GetQuotaAge() *durationpb.Duration {
+	if x != nil {
+		return x.QuotaAge
+	}
+	return nil
+}
+
+func (x *Discovery) GetSkipped() []*SkippedQuota {
+	if x != nil {
+		return x.Skipped
+	}
+	return nil
+}
+
+type SkippedQuota struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Region        string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	QuotaCode     string                 `protobuf:"bytes,2,opt,name=quota_code,json=quotaCode,proto3" json:"quota_code,omitempty"`
+	QuotaName     string                 `protobuf:"bytes,3,opt,name=quota_name,json=quotaName,proto3" json:"quota_name,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SkippedQuota) Reset() {
+	*x = SkippedQuota{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SkippedQuota) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SkippedQuota) ProtoMessage() {}
+
+func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SkippedQuota.ProtoReflect.Descriptor instead.
+func (*SkippedQuota) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SkippedQuota) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *SkippedQuota) GetQuotaCode() string {
+	if x != nil {
+		return x.QuotaCode
+	}
+	return ""
+}
+
+func (x *SkippedQuota) GetQuotaName() string {
+	if x != nil {
+		return x.QuotaName
+	}
+	return ""
+}
+
+func (x *SkippedQuota) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // Usage of each limit in its current sliding window.
 type WindowUsage struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -1157,7 +1315,7 @@ type WindowUsage struct {
 
 func (x *WindowUsage) Reset() {
 	*x = WindowUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1327,7 @@ func (x *WindowUsage) String() string {
 func (*WindowUsage) ProtoMessage() {}
 
 func (x *WindowUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1340,7 @@ func (x *WindowUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowUsage.ProtoReflect.Descriptor instead.
 func (*WindowUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WindowUsage) GetRequestsLastMinute() int64 {
@@ -1238,7 +1396,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1408,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1421,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Counters) GetGranted() int64 {
@@ -1365,7 +1523,7 @@ type BudgetReport struct {
 
 func (x *BudgetReport) Reset() {
 	*x = BudgetReport{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1535,7 @@ func (x *BudgetReport) String() string {
 func (*BudgetReport) ProtoMessage() {}
 
 func (x *BudgetReport) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1548,7 @@ func (x *BudgetReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BudgetReport.ProtoReflect.Descriptor instead.
 func (*BudgetReport) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BudgetReport) GetBudget() *Budget {
@@ -1461,7 +1619,7 @@ type Budget struct {
 
 func (x *Budget) Reset() {
 	*x = Budget{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1631,7 @@ func (x *Budget) String() string {
 func (*Budget) ProtoMessage() {}
 
 func (x *Budget) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1644,7 @@ func (x *Budget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budget.ProtoReflect.Descriptor instead.
 func (*Budget) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Budget) GetKey() *BudgetKey {
@@ -1586,7 +1744,7 @@ type Adaptive struct {
 
 func (x *Adaptive) Reset() {
 	*x = Adaptive{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1756,7 @@ func (x *Adaptive) String() string {
 func (*Adaptive) ProtoMessage() {}
 
 func (x *Adaptive) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1769,7 @@ func (x *Adaptive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adaptive.ProtoReflect.Descriptor instead.
 func (*Adaptive) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Adaptive) GetCeiling() *Limits {
@@ -1671,7 +1829,7 @@ type LimitOverride struct {
 
 func (x *LimitOverride) Reset() {
 	*x = LimitOverride{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1683,7 +1841,7 @@ func (x *LimitOverride) String() string {
 func (*LimitOverride) ProtoMessage() {}
 
 func (x *LimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1696,7 +1854,7 @@ func (x *LimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitOverride.ProtoReflect.Descriptor instead.
 func (*LimitOverride) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LimitOverride) GetRequestsPerMinute() int64 {
@@ -1749,7 +1907,7 @@ type ListBudgetsRequest struct {
 
 func (x *ListBudgetsRequest) Reset() {
 	*x = ListBudgetsRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1761,7 +1919,7 @@ func (x *ListBudgetsRequest) String() string {
 func (*ListBudgetsRequest) ProtoMessage() {}
 
 func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1774,7 +1932,7 @@ func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 type ListBudgetsResponse struct {
@@ -1786,7 +1944,7 @@ type ListBudgetsResponse struct {
 
 func (x *ListBudgetsResponse) Reset() {
 	*x = ListBudgetsResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1956,7 @@ func (x *ListBudgetsResponse) String() string {
 func (*ListBudgetsResponse) ProtoMessage() {}
 
 func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1969,7 @@ func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListBudgetsResponse) GetBudgets() []*Budget {
@@ -1834,7 +1992,7 @@ type SetOverrideRequest struct {
 
 func (x *SetOverrideRequest) Reset() {
 	*x = SetOverrideRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2004,7 @@ func (x *SetOverrideRequest) String() string {
 func (*SetOverrideRequest) ProtoMessage() {}
 
 func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2017,7 @@ func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideRequest.ProtoReflect.Descriptor instead.
 func (*SetOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SetOverrideRequest) GetModelId() string {
@@ -1892,7 +2050,7 @@ type SetOverrideResponse struct {
 
 func (x *SetOverrideResponse) Reset() {
 	*x = SetOverrideResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +2062,7 @@ func (x *SetOverrideResponse) String() string {
 func (*SetOverrideResponse) ProtoMessage() {}
 
 func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2075,7 @@ func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideResponse.ProtoReflect.Descriptor instead.
 func (*SetOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SetOverrideResponse) GetBudget() *Budget {
@@ -1925,6 +2083,94 @@ func (x *SetOverrideResponse) GetBudget() *Budget {
 		return x.Budget
 	}
 	return nil
+}
+
+type RefreshQuotasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshQuotasRequest) Reset() {
+	*x = RefreshQuotasRequest{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshQuotasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshQuotasRequest) ProtoMessage() {}
+
+func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshQuotasRequest.ProtoReflect.Descriptor instead.
+func (*RefreshQuotasRequest) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
+}
+
+type RefreshQuotasResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Discovery     *Discovery             `protobuf:"bytes,1,opt,name=discovery,proto3" json:"discovery,omitempty"`
+	Budgets       int64                  `protobuf:"varint,2,opt,name=budgets,proto3" json:"budgets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshQuotasResponse) Reset() {
+	*x = RefreshQuotasResponse{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshQuotasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshQuotasResponse) ProtoMessage() {}
+
+func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshQuotasResponse.ProtoReflect.Descriptor instead.
+func (*RefreshQuotasResponse) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RefreshQuotasResponse) GetDiscovery() *Discovery {
+	if x != nil {
+		return x.Discovery
+	}
+	return nil
+}
+
+func (x *RefreshQuotasResponse) GetBudgets() int64 {
+	if x != nil {
+		return x.Budgets
+	}
+	return 0
 }
 
 var File_quotabroker_v1_broker_proto protoreflect.FileDescriptor
@@ -1989,10 +2235,25 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x06budget\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x06budget\"E\n" +
 	"\x15GetQuotaReportRequest\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x14\n" +
-	"\x05model\x18\x02 \x01(\tR\x05model\"\x8f\x01\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\"\xc8\x01\n" +
 	"\x16GetQuotaReportResponse\x12=\n" +
 	"\fgenerated_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vgeneratedAt\x126\n" +
-	"\abudgets\x18\x02 \x03(\v2\x1c.quotabroker.v1.BudgetReportR\abudgets\"\xb5\x01\n" +
+	"\abudgets\x18\x02 \x03(\v2\x1c.quotabroker.v1.BudgetReportR\abudgets\x127\n" +
+	"\tdiscovery\x18\x03 \x01(\v2\x19.quotabroker.v1.DiscoveryR\tdiscovery\"\x98\x02\n" +
+	"\tDiscovery\x12=\n" +
+	"\flast_success\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12=\n" +
+	"\flast_attempt\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlastAttempt\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x03 \x01(\tR\tlastError\x126\n" +
+	"\tquota_age\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bquotaAge\x126\n" +
+	"\askipped\x18\x05 \x03(\v2\x1c.quotabroker.v1.SkippedQuotaR\askipped\"|\n" +
+	"\fSkippedQuota\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x1d\n" +
+	"\n" +
+	"quota_code\x18\x02 \x01(\tR\tquotaCode\x12\x1d\n" +
+	"\n" +
+	"quota_name\x18\x03 \x01(\tR\tquotaName\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xb5\x01\n" +
 	"\vWindowUsage\x120\n" +
 	"\x14requests_last_minute\x18\x01 \x01(\x03R\x12requestsLastMinute\x12,\n" +
 	"\x12tokens_last_minute\x18\x02 \x01(\x03R\x10tokensLastMinute\x12&\n" +
@@ -2061,7 +2322,11 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x06region\x18\x02 \x01(\tR\x06region\x129\n" +
 	"\boverride\x18\x03 \x01(\v2\x1d.quotabroker.v1.LimitOverrideR\boverride\"E\n" +
 	"\x13SetOverrideResponse\x12.\n" +
-	"\x06budget\x18\x01 \x01(\v2\x16.quotabroker.v1.BudgetR\x06budget*i\n" +
+	"\x06budget\x18\x01 \x01(\v2\x16.quotabroker.v1.BudgetR\x06budget\"\x16\n" +
+	"\x14RefreshQuotasRequest\"j\n" +
+	"\x15RefreshQuotasResponse\x127\n" +
+	"\tdiscovery\x18\x01 \x01(\v2\x19.quotabroker.v1.DiscoveryR\tdiscovery\x12\x18\n" +
+	"\abudgets\x18\x02 \x01(\x03R\abudgets*i\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PRIORITY_INTERACTIVE\x10\x01\x12\x15\n" +
@@ -2083,7 +2348,7 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x0fOUTCOME_SUCCESS\x10\x01\x12\x15\n" +
 	"\x11OUTCOME_THROTTLED\x10\x02\x12\x11\n" +
 	"\rOUTCOME_ERROR\x10\x03\x12\x15\n" +
-	"\x11OUTCOME_CANCELLED\x10\x042\x8d\x05\n" +
+	"\x11OUTCOME_CANCELLED\x10\x042\xeb\x05\n" +
 	"\vQuotaBroker\x12Y\n" +
 	"\fAcquireLease\x12#.quotabroker.v1.AcquireLeaseRequest\x1a$.quotabroker.v1.AcquireLeaseResponse\x12\\\n" +
 	"\rCompleteLease\x12$.quotabroker.v1.CompleteLeaseRequest\x1a%.quotabroker.v1.CompleteLeaseResponse\x12S\n" +
@@ -2092,7 +2357,8 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x0eReportThrottle\x12%.quotabroker.v1.ReportThrottleRequest\x1a&.quotabroker.v1.ReportThrottleResponse\x12_\n" +
 	"\x0eGetQuotaReport\x12%.quotabroker.v1.GetQuotaReportRequest\x1a&.quotabroker.v1.GetQuotaReportResponse\x12V\n" +
 	"\vListBudgets\x12\".quotabroker.v1.ListBudgetsRequest\x1a#.quotabroker.v1.ListBudgetsResponse\x12V\n" +
-	"\vSetOverride\x12\".quotabroker.v1.SetOverrideRequest\x1a#.quotabroker.v1.SetOverrideResponseB\xbd\x01\n" +
+	"\vSetOverride\x12\".quotabroker.v1.SetOverrideRequest\x1a#.quotabroker.v1.SetOverrideResponse\x12\\\n" +
+	"\rRefreshQuotas\x12$.quotabroker.v1.RefreshQuotasRequest\x1a%.quotabroker.v1.RefreshQuotasResponseB\xbd\x01\n" +
 	"\x12com.quotabroker.v1B\vBrokerProtoP\x01ZAgithub.com/bedrockqb/quotabroker/gen/quotabroker/v1;quotabrokerv1\xa2\x02\x03QXX\xaa\x02\x0eQuotabroker.V1\xca\x02\x0eQuotabroker\\V1\xe2\x02\x1aQuotabroker\\V1\\GPBMetadata\xea\x02\x0fQuotabroker::V1b\x06proto3"
 
 var (
@@ -2108,7 +2374,7 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(Priority)(0),                  // 0: quotabroker.v1.Priority
 	(Scope)(0),                     // 1: quotabroker.v1.Scope
@@ -2128,70 +2394,82 @@ var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(*ReportThrottleResponse)(nil), // 15: quotabroker.v1.ReportThrottleResponse
 	(*GetQuotaReportRequest)(nil),  // 16: quotabroker.v1.GetQuotaReportRequest
 	(*GetQuotaReportResponse)(nil), // 17: quotabroker.v1.GetQuotaReportResponse
-	(*WindowUsage)(nil),            // 18: quotabroker.v1.WindowUsage
-	(*Counters)(nil),               // 19: quotabroker.v1.Counters
-	(*BudgetReport)(nil),           // 20: quotabroker.v1.BudgetReport
-	(*Budget)(nil),                 // 21: quotabroker.v1.Budget
-	(*Adaptive)(nil),               // 22: quotabroker.v1.Adaptive
-	(*LimitOverride)(nil),          // 23: quotabroker.v1.LimitOverride
-	(*ListBudgetsRequest)(nil),     // 24: quotabroker.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),    // 25: quotabroker.v1.ListBudgetsResponse
-	(*SetOverrideRequest)(nil),     // 26: quotabroker.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),    // 27: quotabroker.v1.SetOverrideResponse
-	(*durationpb.Duration)(nil),    // 28: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 29: google.protobuf.Timestamp
+	(*Discovery)(nil),              // 18: quotabroker.v1.Discovery
+	(*SkippedQuota)(nil),           // 19: quotabroker.v1.SkippedQuota
+	(*WindowUsage)(nil),            // 20: quotabroker.v1.WindowUsage
+	(*Counters)(nil),               // 21: quotabroker.v1.Counters
+	(*BudgetReport)(nil),           // 22: quotabroker.v1.BudgetReport
+	(*Budget)(nil),                 // 23: quotabroker.v1.Budget
+	(*Adaptive)(nil),               // 24: quotabroker.v1.Adaptive
+	(*LimitOverride)(nil),          // 25: quotabroker.v1.LimitOverride
+	(*ListBudgetsRequest)(nil),     // 26: quotabroker.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),    // 27: quotabroker.v1.ListBudgetsResponse
+	(*SetOverrideRequest)(nil),     // 28: quotabroker.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),    // 29: quotabroker.v1.SetOverrideResponse
+	(*RefreshQuotasRequest)(nil),   // 30: quotabroker.v1.RefreshQuotasRequest
+	(*RefreshQuotasResponse)(nil),  // 31: quotabroker.v1.RefreshQuotasResponse
+	(*durationpb.Duration)(nil),    // 32: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 33: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	28, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	32, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
 	4,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	29, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	29, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	33, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	33, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	28, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	32, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
 	3,  // 8: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
 	9,  // 9: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	28, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	29, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	32, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	33, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 12: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	29, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
-	20, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
-	21, // 15: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
-	18, // 16: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
-	19, // 17: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
-	4,  // 18: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
-	5,  // 19: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
-	5,  // 20: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
-	23, // 21: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	29, // 22: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
-	5,  // 23: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
-	22, // 24: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
-	5,  // 25: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
-	29, // 26: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
-	29, // 27: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
-	21, // 28: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
-	23, // 29: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
-	21, // 30: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
-	6,  // 31: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	10, // 32: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	12, // 33: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	14, // 34: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	16, // 35: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	24, // 36: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	26, // 37: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	8,  // 38: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	11, // 39: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	13, // 40: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	15, // 41: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	17, // 42: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	25, // 43: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	27, // 44: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	38, // [38:45] is the sub-list for method output_type
-	31, // [31:38] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	33, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	22, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
+	18, // 15: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
+	33, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
+	33, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
+	32, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
+	19, // 19: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
+	23, // 20: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
+	20, // 21: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
+	21, // 22: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
+	4,  // 23: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
+	5,  // 24: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
+	5,  // 25: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
+	25, // 26: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
+	33, // 27: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	5,  // 28: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
+	24, // 29: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
+	5,  // 30: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
+	33, // 31: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	33, // 32: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	23, // 33: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
+	25, // 34: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
+	23, // 35: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
+	18, // 36: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
+	6,  // 37: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	10, // 38: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	12, // 39: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	14, // 40: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	16, // 41: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	26, // 42: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	28, // 43: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	30, // 44: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
+	8,  // 45: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	11, // 46: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	13, // 47: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	15, // 48: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	17, // 49: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	27, // 50: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	29, // 51: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	31, // 52: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
+	45, // [45:53] is the sub-list for method output_type
+	37, // [37:45] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -2199,14 +2477,14 @@ func file_quotabroker_v1_broker_proto_init() {
 	if File_quotabroker_v1_broker_proto != nil {
 		return
 	}
-	file_quotabroker_v1_broker_proto_msgTypes[19].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[21].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   24,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,7 @@ const (
 	QuotaBroker_GetQuotaReport_FullMethodName = "/quotabroker.v1.QuotaBroker/GetQuotaReport"
 	QuotaBroker_ListBudgets_FullMethodName    = "/quotabroker.v1.QuotaBroker/ListBudgets"
 	QuotaBroker_SetOverride_FullMethodName    = "/quotabroker.v1.QuotaBroker/SetOverride"
+	QuotaBroker_RefreshQuotas_FullMethodName  = "/quotabroker.v1.QuotaBroker/RefreshQuotas"
 )
 
 // QuotaBrokerClient is the client API for QuotaBroker service.
@@ -64,6 +65,9 @@ type QuotaBrokerClient interface {
 	// SetOverride sets (or clears) an operator override on a budget's limits.
 	// An override replaces the quota x margin term of the effective limit.
 	SetOverride(ctx context.Context, in *SetOverrideRequest, opts ...grpc.CallOption) (*SetOverrideResponse, error)
+	// RefreshQuotas discovers the quotas now instead of at the next refresh
+	// interval. FAILED_PRECONDITION when the broker has no quota source.
+	RefreshQuotas(ctx context.Context, in *RefreshQuotasRequest, opts ...grpc.CallOption) (*RefreshQuotasResponse, error)
 }
 
 type quotaBrokerClient struct {
@@ -144,6 +148,16 @@ func (c *quotaBrokerClient) SetOverride(ctx context.Context, in *SetOverrideRequ
 	return out, nil
 }
 
+func (c *quotaBrokerClient) RefreshQuotas(ctx context.Context, in *RefreshQuotasRequest, opts ...grpc.CallOption) (*RefreshQuotasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RefreshQuotasResponse)
+	err := c.cc.Invoke(ctx, QuotaBroker_RefreshQuotas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QuotaBrokerServer is the server API for QuotaBroker service.
 // All implementations must embed UnimplementedQuotaBrokerServer
 // for forward compatibility.
@@ -171,6 +185,9 @@ type QuotaBrokerServer interface {
 	// SetOverride sets (or clears) an operator override on a budget's limits.
 	// An override replaces the quota x margin term of the effective limit.
 	SetOverride(context.Context, *SetOverrideRequest) (*SetOverrideResponse, error)
+	// RefreshQuotas discovers the quotas now instead of at the next refresh
+	// interval. FAILED_PRECONDITION when the broker has no quota source.
+	RefreshQuotas(context.Context, *RefreshQuotasRequest) (*RefreshQuotasResponse, error)
 	mustEmbedUnimplementedQuotaBrokerServer()
 }
 
@@ -201,6 +218,9 @@ func (UnimplementedQuotaBrokerServer) ListBudgets(context.Context, *ListBudgetsR
 }
 func (UnimplementedQuotaBrokerServer) SetOverride(context.Context, *SetOverrideRequest) (*SetOverrideResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetOverride not implemented")
+}
+func (UnimplementedQuotaBrokerServer) RefreshQuotas(context.Context, *RefreshQuotasRequest) (*RefreshQuotasResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshQuotas not implemented")
 }
 func (UnimplementedQuotaBrokerServer) mustEmbedUnimplementedQuotaBrokerServer() {}
 func (UnimplementedQuotaBrokerServer) testEmbeddedByValue()                     {}
@@ -349,6 +369,24 @@ func _QuotaBroker_SetOverride_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QuotaBroker_RefreshQuotas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RefreshQuotasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QuotaBrokerServer).RefreshQuotas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QuotaBroker_RefreshQuotas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QuotaBrokerServer).RefreshQuotas(ctx, req.(*RefreshQuotasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // QuotaBroker_ServiceDesc is the grpc.ServiceDesc for QuotaBroker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -383,6 +421,10 @@ var QuotaBroker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetOverride",
 			Handler:    _QuotaBroker_SetOverride_Handler,
+		},
+		{
+			MethodName: "RefreshQuotas",
+			Handler:    _QuotaBroker_RefreshQuotas_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,397 @@
+package quotaclient
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
+)
+
+// ClientHeader is the gRPC metadata key the client names itself with; the
+// broker keeps fairness and accounting per client. (The server declares the
+// same constant; the client does not import the server.)
+const ClientHeader = "x-quotabroker-client"
+
+// Priority orders waiters on a budget.
+type Priority int
+
+// Priorities; the zero value means the client's default (standard unless
+// WithPriority says otherwise).
+const (
+	PriorityDefault Priority = iota
+	PriorityInteractive
+	PriorityStandard
+	PriorityBatch
+)
+
+// FailureMode is what Acquire does when the broker cannot be reached.
+type FailureMode int
+
+const (
+	// FailClosed returns the broker's error (errors.Is ErrUnavailable): no
+	// Bedrock call is made without a lease. The default.
+	FailClosed FailureMode = iota
+	// FailOpen grants leases from a local limiter (FallbackLimits, per
+	// model) while the broker is unreachable, and returns to the broker as
+	// soon as a probe reaches it.
+	FailOpen
+)
+
+// Client asks a Quota Broker for leases. It is safe for concurrent use and
+// owns no goroutines, so it needs no Close; the gRPC connection stays the
+// caller's to close.
+type Client struct {
+	rpc   pb.QuotaBrokerClient
+	o     options
+	log   *slog.Logger
+	local *fallback // used only in FailOpen
+
+	mu        sync.Mutex // guards down and nextProbe
+	down      bool       // the last broker call found it unreachable
+	nextProbe time.Time  // while down: when the next call tries the broker again
+}
+
+// New returns a client that talks to the broker over conn (a
+// *grpc.ClientConn, or anything that implements the interface).
+func New(conn grpc.ClientConnInterface, opts ...Option) *Client {
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c := &Client{rpc: pb.NewQuotaBrokerClient(conn), o: o, log: o.logger}
+	c.local = newFallback(o.fallback, o.now)
+	return c
+}
+
+// Request asks for a lease for one Bedrock call.
+type Request struct {
+	// ModelID is what will be called: a model id, an inference profile id,
+	// or the ARN of either. Required.
+	ModelID string
+	// Region of the call; empty means the client's Region (WithRegion),
+	// else the broker's default.
+	Region   string
+	Priority Priority
+	// InputTokens is the estimated (or CountTokens-exact) prompt size.
+	InputTokens int64
+	// MaxOutputTokens is the call's max_tokens; 0 means unset, and the
+	// broker reserves the model's maximum, as Bedrock does.
+	MaxOutputTokens  int64
+	CacheWriteTokens int64
+	// Wait is how long to wait for capacity: 0 means the client's default
+	// (WithWait), negative means do not wait. The caller's ctx bounds it too.
+	Wait time.Duration
+}
+
+// Outcome is how the Bedrock call behind a lease ended.
+type Outcome int
+
+const (
+	OutcomeSuccess Outcome = iota + 1
+	// OutcomeThrottled: Bedrock answered ThrottlingException. The call
+	// consumed nothing, and the throttle lowers the budget's adaptive limit.
+	OutcomeThrottled
+	// OutcomeError: the call failed otherwise; reported usage is charged.
+	OutcomeError
+	// OutcomeCancelled: the call was not made.
+	OutcomeCancelled
+)
+
+// Usage is what Bedrock reported for a call.
+type Usage struct {
+	InputTokens, OutputTokens                   int64
+	CacheReadInputTokens, CacheWriteInputTokens int64
+}
+
+// Lease is the right to make one Bedrock call. Complete it when the call
+// ends; a lease left uncompleted expires at ExpiresAt and stays charged at
+// its full reservation.
+type Lease struct {
+	ID string
+	// Region, Scope and Model name the budget the lease draws on.
+	Region, Scope, Model string
+	ReservedTokens       int64
+	// MaxOutputTokens is what the reservation used (the model's maximum
+	// when the request left it unset); OutputBurndown its multiplier.
+	MaxOutputTokens int64
+	OutputBurndown  float64
+	GrantedAt       time.Time
+	ExpiresAt       time.Time
+	Waited          time.Duration
+	// Local is true for a lease granted by the fallback limiter while the
+	// broker was unreachable (FailOpen); it never reaches the broker.
+	Local bool
+
+	c       *Client
+	modelID string     // as requested: the fallback limiter's key
+	mu      sync.Mutex // serialises Complete; guards done
+	done    bool
+}
+
+// Acquire asks the broker for a lease, waiting up to the request's wait for
+// capacity. Errors: *RefusedError (ErrRefused) when there was no room in
+// time, *Error matching ErrInvalid when the request can never fit,
+// ErrUnavailable when the broker cannot be reached (FailClosed), or the
+// caller's context error.
+func (c *Client) Acquire(ctx context.Context, req Request) (*Lease, error) {
+	if req.ModelID == "" {
+		return nil, &Error{Code: codes.InvalidArgument, Field: "model_id", Message: "is required", kind: ErrInvalid}
+	}
+	if req.Region == "" {
+		req.Region = c.o.region
+	}
+	if req.Priority == PriorityDefault {
+		req.Priority = c.o.priority
+	}
+	switch {
+	case req.Wait == 0:
+		req.Wait = c.o.wait
+	case req.Wait < 0:
+		req.Wait = 0
+	}
+	if c.o.mode == FailOpen && !c.probeDue() {
+		return c.local.acquire(ctx, c, req)
+	}
+	l, err := c.acquireRemote(ctx, req)
+	if err == nil {
+		c.markUp()
+		return l, nil
+	}
+	if !errors.Is(err, ErrUnavailable) {
+		if ctx.Err() == nil {
+			c.markUp() // the broker answered (a refusal is an answer)
+		}
+		return nil, err
+	}
+	c.markDown(err)
+	if c.o.mode == FailOpen {
+		return c.local.acquire(ctx, c, req)
+	}
+	return nil, err
+}
+
+func (c *Client) outgoing(ctx context.Context) context.Context {
+	if c.o.name == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, ClientHeader, c.o.name)
+}
+
+// brokerCtx bounds one broker RPC by extra beyond the time the broker may
+// legitimately take (wait). It reports, after the call, whether the bound
+// (rather than the caller's ctx) ended it.
+func (c *Client) brokerCtx(ctx context.Context, wait time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(c.outgoing(ctx), wait+c.o.brokerTimeout)
+}
+
+func (c *Client) rpcError(ctx, rctx context.Context, err error) error {
+	if rctx.Err() != nil && ctx.Err() == nil {
+		// Our broker timeout, not the caller's deadline: the broker is slow
+		// or gone, which FailOpen treats like UNAVAILABLE.
+		return &Error{Code: codes.Unavailable, Message: "broker did not answer within " + c.o.brokerTimeout.String(), kind: ErrUnavailable, cause: rctx.Err()}
+	}
+	return fromStatus(err)
+}
+
+func (c *Client) acquireRemote(ctx context.Context, req Request) (*Lease, error) {
+	rctx, cancel := c.brokerCtx(ctx, req.Wait)
+	defer cancel()
+	resp, err := c.rpc.AcquireLease(rctx, &pb.AcquireLeaseRequest{
+		ModelId:          req.ModelID,
+		Region:           req.Region,
+		Priority:         priorityPB(req.Priority),
+		InputTokens:      req.InputTokens,
+		MaxOutputTokens:  req.MaxOutputTokens,
+		CacheWriteTokens: req.CacheWriteTokens,
+		Wait:             durationpb.New(req.Wait),
+	})
+	if err != nil {
+		return nil, c.rpcError(ctx, rctx, err)
+	}
+	pl := resp.GetLease()
+	l := &Lease{
+		ID:              pl.GetLeaseId(),
+		Region:          pl.GetBudget().GetRegion(),
+		Scope:           scopeString(pl.GetBudget().GetScope()),
+		Model:           pl.GetBudget().GetModel(),
+		ReservedTokens:  pl.GetReservedTokens(),
+		MaxOutputTokens: pl.GetMaxOutputTokens(),
+		OutputBurndown:  pl.GetOutputBurndown(),
+		GrantedAt:       pl.GetGrantedAt().AsTime(),
+		ExpiresAt:       pl.GetExpiresAt().AsTime(),
+		Waited:          resp.GetWaited().AsDuration(),
+		c:               c,
+		modelID:         req.ModelID,
+	}
+	return l, nil
+}
+
+// Complete settles the lease with the call's outcome and real usage; the
+// unused reservation returns to the budget. Completing again is a no-op
+// that returns nil. A lease that expired first returns ErrExpired (the
+// broker still corrects its charge). On ErrUnavailable the lease is not
+// marked done, so the caller may try again before it expires.
+func (l *Lease) Complete(ctx context.Context, outcome Outcome, u Usage) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done {
+		return nil
+	}
+	if l.Local {
+		l.c.local.settle(l, outcome, u)
+		l.done = true
+		return nil
+	}
+	c := l.c
+	rctx, cancel := c.brokerCtx(ctx, 0)
+	defer cancel()
+	_, err := c.rpc.CompleteLease(rctx, &pb.CompleteLeaseRequest{
+		LeaseId: l.ID,
+		Outcome: outcomePB(outcome),
+		Usage: &pb.Usage{InputTokens: u.InputTokens, OutputTokens: u.OutputTokens,
+			CacheReadInputTokens: u.CacheReadInputTokens, CacheWriteInputTokens: u.CacheWriteInputTokens},
+	})
+	if err != nil {
+		err = c.rpcError(ctx, rctx, err)
+		if errors.Is(err, ErrExpired) || errors.Is(err, ErrNotFound) {
+			l.done = true // nothing more will change at the broker
+		}
+		return err
+	}
+	l.done = true
+	return nil
+}
+
+// Renew extends the lease by extend from now (0: the broker's default
+// lease duration) and returns the new expiry. Local leases never expire.
+func (l *Lease) Renew(ctx context.Context, extend time.Duration) (time.Time, error) {
+	if l.Local {
+		return l.ExpiresAt, nil
+	}
+	c := l.c
+	rctx, cancel := c.brokerCtx(ctx, 0)
+	defer cancel()
+	resp, err := c.rpc.RenewLease(rctx, &pb.RenewLeaseRequest{LeaseId: l.ID, Extend: durationpb.New(extend)})
+	if err != nil {
+		return time.Time{}, c.rpcError(ctx, rctx, err)
+	}
+	at := resp.GetExpiresAt().AsTime()
+	l.mu.Lock()
+	l.ExpiresAt = at
+	l.mu.Unlock()
+	return at, nil
+}
+
+// ReportThrottle tells the broker about a ThrottlingException seen outside
+// a lease (or after its settlement, e.g. in the middle of a stream), so
+// that it feeds the budget's adaptive limit.
+func (c *Client) ReportThrottle(ctx context.Context, modelID, region, message string) error {
+	if region == "" {
+		region = c.o.region
+	}
+	if len(message) > 4096 {
+		message = message[:4096]
+	}
+	rctx, cancel := c.brokerCtx(ctx, 0)
+	defer cancel()
+	_, err := c.rpc.ReportThrottle(rctx, &pb.ReportThrottleRequest{ModelId: modelID, Region: region, Message: message})
+	if err != nil {
+		return c.rpcError(ctx, rctx, err)
+	}
+	return nil
+}
+
+// probeDue reports whether this call should try the broker: always while
+// it is up; while it is down, one call per probe interval does (the rest
+// go straight to the fallback limiter, so an outage costs no latency).
+func (c *Client) probeDue() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.down {
+		return true
+	}
+	now := c.o.now()
+	if now.Before(c.nextProbe) {
+		return false
+	}
+	c.nextProbe = now.Add(c.o.probeInterval)
+	return true
+}
+
+func (c *Client) markDown(err error) {
+	c.mu.Lock()
+	was := c.down
+	c.down = true
+	c.nextProbe = c.o.now().Add(c.o.probeInterval)
+	c.mu.Unlock()
+	if !was {
+		mode := "closed"
+		if c.o.mode == FailOpen {
+			mode = "open"
+		}
+		c.log.Warn("quota broker unreachable", "err", err, "failure_mode", mode)
+	}
+}
+
+func (c *Client) markUp() {
+	c.mu.Lock()
+	was := c.down
+	c.down = false
+	c.mu.Unlock()
+	if was {
+		c.log.Info("quota broker reachable again")
+	}
+}
+
+// BrokerReachable reports whether the last broker call reached the broker.
+func (c *Client) BrokerReachable() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.down
+}
+
+func priorityPB(p Priority) pb.Priority {
+	switch p {
+	case PriorityInteractive:
+		return pb.Priority_PRIORITY_INTERACTIVE
+	case PriorityBatch:
+		return pb.Priority_PRIORITY_BATCH
+	case PriorityStandard:
+		return pb.Priority_PRIORITY_STANDARD
+	}
+	return pb.Priority_PRIORITY_UNSPECIFIED
+}
+
+func outcomePB(o Outcome) pb.Outcome {
+	switch o {
+	case OutcomeSuccess:
+		return pb.Outcome_OUTCOME_SUCCESS
+	case OutcomeThrottled:
+		return pb.Outcome_OUTCOME_THROTTLED
+	case OutcomeError:
+		return pb.Outcome_OUTCOME_ERROR
+	case OutcomeCancelled:
+		return pb.Outcome_OUTCOME_CANCELLED
+	}
+	return pb.Outcome_OUTCOME_UNSPECIFIED
+}
+
+func scopeString(s pb.Scope) string {
+	switch s {
+	case pb.Scope_SCOPE_ON_DEMAND:
+		return "on-demand"
+	case pb.Scope_SCOPE_CROSS_REGION:
+		return "cross-region"
+	case pb.Scope_SCOPE_GLOBAL:
+		return "global"
+	}
+	return ""
+}

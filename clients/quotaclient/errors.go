@@ -1,0 +1,175 @@
+package quotaclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Sentinels for errors.Is. A refusal is matched by ErrRefused and carries
+// its details in *RefusedError (errors.As).
+var (
+	// ErrRefused: no capacity within the wait (RESOURCE_EXHAUSTED).
+	ErrRefused = errors.New("quotaclient: refused")
+	// ErrInvalid: the request can never be served as asked
+	// (INVALID_ARGUMENT), e.g. max_output_tokens larger than the budget.
+	ErrInvalid = errors.New("quotaclient: invalid request")
+	// ErrNotFound: unknown model, budget or lease (NOT_FOUND).
+	ErrNotFound = errors.New("quotaclient: not found")
+	// ErrExpired: the lease expired before it was completed or renewed
+	// (FAILED_PRECONDITION); it stays charged at its reservation.
+	ErrExpired = errors.New("quotaclient: lease expired")
+	// ErrUnavailable: the broker cannot be reached or is shutting down
+	// (UNAVAILABLE, or no answer within the broker timeout).
+	ErrUnavailable = errors.New("quotaclient: broker unavailable")
+)
+
+// Limit names the limit of a budget that refused a lease.
+type Limit int
+
+// Limits, as ErrorInfo reasons LIMIT_RPM ... name them.
+const (
+	LimitUnknown Limit = iota
+	LimitRPM
+	LimitTPM
+	LimitTPD
+	LimitConcurrency
+)
+
+func (l Limit) String() string {
+	switch l {
+	case LimitRPM:
+		return "RPM"
+	case LimitTPM:
+		return "TPM"
+	case LimitTPD:
+		return "TPD"
+	case LimitConcurrency:
+		return "concurrency"
+	}
+	return "unknown"
+}
+
+// RefusedError is a lease refused for want of capacity: try again after
+// RetryAfter. errors.Is(err, ErrRefused) holds for it.
+type RefusedError struct {
+	RetryAfter time.Duration
+	Limit      Limit
+	// Region, Scope and Model name the budget, when the broker said.
+	Region, Scope, Model string
+	// Local is true when the client's own fallback limiter refused (the
+	// broker was unreachable and the client fails open).
+	Local   bool
+	Message string
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("quotaclient: refused on %s, retry after %s: %s", e.Limit, e.RetryAfter.Round(time.Millisecond), e.Message)
+}
+
+// Is makes errors.Is(err, ErrRefused) true.
+func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
+
+// Error is a broker failure other than a refusal. errors.Is matches its
+// kind: ErrInvalid, ErrNotFound, ErrExpired or ErrUnavailable (Internal
+// failures match none of them).
+type Error struct {
+	Code    codes.Code
+	Message string
+	// Field names the request field at fault (INVALID_ARGUMENT with
+	// google.rpc.BadRequest), e.g. "max_output_tokens".
+	Field string
+	kind  error
+	cause error
+}
+
+func (e *Error) Error() string {
+	if e.Field != "" {
+		return "quotaclient: " + e.Field + ": " + e.Message
+	}
+	return "quotaclient: " + e.Message
+}
+
+// Is matches the error's kind sentinel.
+func (e *Error) Is(target error) bool { return e.kind != nil && target == e.kind }
+
+// Unwrap returns the transport error the broker call failed with, if any
+// (e.g. context.DeadlineExceeded of the broker timeout).
+func (e *Error) Unwrap() error { return e.cause }
+
+// kindOf is the inverse of the server's table (server/errors.go codeOf):
+// gRPC code to error kind.
+var kindOf = map[codes.Code]error{
+	codes.InvalidArgument:    ErrInvalid,
+	codes.NotFound:           ErrNotFound,
+	codes.FailedPrecondition: ErrExpired,
+	codes.Unavailable:        ErrUnavailable,
+}
+
+// fromStatus turns the error of a broker RPC into the client's typed
+// errors. Cancellation and deadlines of the caller's context come back as
+// context errors, so errors.Is(err, context.Canceled) works.
+func fromStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return &Error{Code: codes.Unknown, Message: err.Error(), cause: err}
+	}
+	switch st.Code() {
+	case codes.Canceled:
+		return fmt.Errorf("quotaclient: %s: %w", st.Message(), context.Canceled)
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("quotaclient: %s: %w", st.Message(), context.DeadlineExceeded)
+	case codes.ResourceExhausted:
+		r := &RefusedError{Message: st.Message()}
+		for _, d := range st.Details() {
+			switch d := d.(type) {
+			case *errdetails.RetryInfo:
+				r.RetryAfter = d.GetRetryDelay().AsDuration()
+			case *errdetails.ErrorInfo:
+				r.Limit = limitOfReason(d.GetReason())
+				md := d.GetMetadata()
+				r.Region, r.Scope, r.Model = md["region"], md["scope"], md["model"]
+			}
+		}
+		return r
+	}
+	e := &Error{Code: st.Code(), Message: st.Message(), kind: kindOf[st.Code()]}
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 0 {
+			e.Field = br.GetFieldViolations()[0].GetField()
+		}
+	}
+	return e
+}
+
+func limitOfReason(reason string) Limit {
+	switch reason {
+	case "LIMIT_RPM":
+		return LimitRPM
+	case "LIMIT_TPM":
+		return LimitTPM
+	case "LIMIT_TPD":
+		return LimitTPD
+	case "LIMIT_CONCURRENCY":
+		return LimitConcurrency
+	}
+	return LimitUnknown
+}
+
+// unavailable reports whether err means the broker could not answer: the
+// case FailOpen covers. brokerTimedOut is true when the client's own broker
+// timeout (not the caller's context) ended the call.
+func unavailable(err error, brokerTimedOut bool) bool {
+	if errors.Is(err, ErrUnavailable) {
+		return true
+	}
+	return brokerTimedOut && errors.Is(err, context.DeadlineExceeded)
+}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
+)
+
+// demo runs the Bedrock simulator and the broker in one process: the broker
+// discovers its budgets from the simulator exactly as it would from AWS
+// (real aws-sdk-go-v2 clients over loopback), so a laptop without AWS
+// credentials sees a realistic account.
+func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", envOr("QUOTA_BROKER_LISTEN", "127.0.0.1:50051"), "broker gRPC address (env QUOTA_BROKER_LISTEN)")
+	simListen := fs.String("sim-listen", envOr("BEDROCK_SIM_LISTEN", "127.0.0.1:8566"), "simulator address (env BEDROCK_SIM_LISTEN)")
+	dataDir := fs.String("data", envOr("QUOTA_BROKER_DATA", ""), "state file; default a temporary one, removed at exit (env QUOTA_BROKER_DATA)")
+	scenario := fs.String("scenario", envOr("BEDROCK_SIM_SCENARIO", ""), "simulator scenario file; default the built-in account (env BEDROCK_SIM_SCENARIO)")
+	speed := fs.Float64("speed", 1, "simulated time runs this many times faster")
+	regions := fs.String("regions", "us-east-1", "Regions the broker discovers from the simulator")
+	logLevel := fs.String("log-level", envOr("QUOTA_BROKER_LOG_LEVEL", "info"), "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("demo: unexpected argument %q", fs.Arg(0))
+	}
+	log, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	cfg := bedrocksim.Config{Speed: *speed, Logger: log.With("component", "bedrock-sim")}
+	if *scenario != "" {
+		sc, err := bedrocksim.LoadScenario(*scenario)
+		if err != nil {
+			return err
+		}
+		cfg.Scenario = sc
+	}
+	sim, err := bedrocksim.New(cfg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *simListen)
+	if err != nil {
+		return fmt.Errorf("simulator: listen on %s: %w", *simListen, err)
+	}
+	simURL := "http://" + ln.Addr().String()
+	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	// Stop the simulator after the broker, which may still talk to it while
+	// it drains.
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("simulator stopped", "err", err)
+		}
+	}()
+
+	data := *dataDir
+	if data == "" {
+		dir, err := os.MkdirTemp("", "quota-broker-demo")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		data = filepath.Join(dir, "quota-broker.db")
+	}
+	f, err := parseServeFlags([]string{"--listen", *listen, "--data", data, "--aws-endpoint", simURL,
+		"--regions", *regions, "--region", firstRegion(*regions), "--refresh", "1m", "--log-level", *logLevel}, stderr)
+	if err != nil {
+		return err
+	}
+	f.banner = func(w io.Writer, addr net.Addr) {
+		fmt.Fprintf(w, `Bedrock simulator on %[2]s (quotas, models, runtime, CloudWatch; scenario %[3]s)
+
+Try it (grpcurl: go run github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3):
+  grpcurl -plaintext %[1]s list
+  grpcurl -plaintext -d '{"model": "claude-sonnet-4-5"}' %[1]s quotabroker.v1.QuotaBroker/GetQuotaReport
+  grpcurl -plaintext -H 'x-quotabroker-client: demo' -d '{"model_id": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "input_tokens": 1200, "max_output_tokens": 1024}' %[1]s quotabroker.v1.QuotaBroker/AcquireLease
+  quota-broker discover --aws-endpoint %[2]s
+  aws --endpoint-url %[2]s --region us-east-1 service-quotas list-service-quotas --service-code bedrock   (any dummy AWS credentials)
+Stop with Ctrl-C.
+`, addr, simURL, scenarioName(*scenario))
+	}
+	return runBroker(ctx, f, stdout, stderr)
+}
+
+func firstRegion(list string) string {
+	for i := range len(list) {
+		if list[i] == ',' {
+			return list[:i]
+		}
+	}
+	return list
+}
+
+func scenarioName(path string) string {
+	if path == "" {
+		return "built-in"
+	}
+	return path
+}
