@@ -40,8 +40,9 @@ flags:
 `)
 		fs.PrintDefaults()
 	}
-	regions := fs.String("region", envOr("QUOTA_BROKER_REGIONS", "us-east-1"), "comma-separated AWS Regions to discover (env QUOTA_BROKER_REGIONS)")
-	fs.StringVar(&f.endpoint, "aws-endpoint", envOr("QUOTA_BROKER_AWS_ENDPOINT", ""), "base URL for every AWS client, e.g. the simulator's http://127.0.0.1:4566; without AWS credentials dummy ones are used (env QUOTA_BROKER_AWS_ENDPOINT)")
+	regions := fs.String("regions", envOr("QUOTA_BROKER_REGIONS", "us-east-1"), "comma-separated AWS Regions to discover (env QUOTA_BROKER_REGIONS)")
+	fs.StringVar(regions, "region", *regions, "the same as --regions")
+	fs.StringVar(&f.endpoint, "aws-endpoint", envOr("QUOTA_BROKER_AWS_ENDPOINT", ""), "base URL for every AWS client, e.g. the simulator's http://127.0.0.1:8566; without AWS credentials dummy ones are used (env QUOTA_BROKER_AWS_ENDPOINT)")
 	fs.StringVar(&f.fromFile, "from-file", envOr("QUOTA_BROKER_QUOTAS_FILE", ""), "offline: saved list-service-quotas JSON of one Region; no AWS call is made (env QUOTA_BROKER_QUOTAS_FILE)")
 	fs.StringVar(&f.models, "models-file", envOr("QUOTA_BROKER_MODELS_FILE", ""), "offline: saved list-foundation-models JSON (env QUOTA_BROKER_MODELS_FILE)")
 	fs.StringVar(&f.profile, "profiles-file", envOr("QUOTA_BROKER_PROFILES_FILE", ""), "offline: saved list-inference-profiles JSON (env QUOTA_BROKER_PROFILES_FILE)")
