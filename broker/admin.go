@@ -26,7 +26,7 @@ func (b *Broker) SetSpecs(ctx context.Context, specs []Spec) error {
 	for _, s := range specs {
 		bg := b.budgets[s.Key]
 		if bg == nil {
-			b.budgets[s.Key] = newBudget(s, b.cfg.Margin, &b.cfg.Adaptive)
+			b.budgets[s.Key] = newBudget(s, &b.cfg)
 			continue
 		}
 		bg.spec = s
@@ -182,4 +182,14 @@ func (b *Broker) Report(f ReportFilter) ([]BudgetReport, time.Time) {
 // String renders limits compactly for logs and messages.
 func (l Limits) String() string {
 	return fmt.Sprintf("rpm=%d tpm=%d tpd=%d concurrency=%d", l.RPM, l.TPM, l.TPD, l.Concurrency)
+}
+
+// LeaseClient returns the client a lease was granted to ("" if unknown).
+func (b *Broker) LeaseClient(id string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if l := b.leases[id]; l != nil {
+		return l.Client
+	}
+	return ""
 }

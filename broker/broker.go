@@ -104,6 +104,17 @@ type Config struct {
 	SweepInterval time.Duration
 	// Adaptive tunes the ceilings learned from throttles.
 	Adaptive AdaptiveConfig
+	// Clients sets per-client policies by client name; others get
+	// DefaultClient.
+	Clients       map[string]ClientPolicy
+	DefaultClient ClientPolicy
+	// Aging promotes a waiter one priority level per Aging waited, so low
+	// priority is delayed, never starved. Default 30 s; negative disables.
+	Aging time.Duration
+	// DailyReserve keeps a share of each budget's TPD out of reach of a
+	// priority, e.g. {PriorityBatch: 0.2}: batch work stops at 80% of the
+	// day's tokens, leaving the rest to interactive and standard traffic.
+	DailyReserve map[Priority]float64
 	// Logger receives the broker's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -149,6 +160,25 @@ func (c *Config) setDefaults() error {
 	if err := c.Adaptive.setDefaults(); err != nil {
 		return err
 	}
+	if c.Aging == 0 {
+		c.Aging = 30 * time.Second
+	}
+	for p, r := range c.DailyReserve {
+		if p < PriorityInteractive || p > PriorityBatch || !(r >= 0 && r < 1) {
+			return fmt.Errorf("config DailyReserve[%v]: %v must be a priority and a share in [0, 1)", p, r)
+		}
+	}
+	if err := c.DefaultClient.validate("DefaultClient"); err != nil {
+		return err
+	}
+	clients := make(map[string]ClientPolicy, len(c.Clients)) // not the caller's map
+	for name, cp := range c.Clients {
+		if err := cp.validate("Clients[" + name + "]"); err != nil {
+			return err
+		}
+		clients[name] = cp
+	}
+	c.Clients = clients
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -176,6 +206,7 @@ type Broker struct {
 	usageGCAt time.Time // when Sweep last dropped old usage
 	discovery DiscoveryStatus
 	source    QuotaSource // for RefreshNow; nil: static budgets
+	active    map[string]int64 // active leases per client, for MaxConcurrent
 }
 
 type lease struct {
@@ -209,6 +240,7 @@ func Open(ctx context.Context, store Store, clock Clock, cfg Config) (*Broker, e
 		log:     cfg.Logger,
 		budgets: make(map[Key]*budget),
 		leases:  make(map[string]*lease),
+		active:  make(map[string]int64),
 	}
 	b.restore(snap)
 	return b, nil
@@ -221,7 +253,7 @@ func Open(ctx context.Context, store Store, clock Clock, cfg Config) (*Broker, e
 func (b *Broker) restore(snap Snapshot) {
 	now := b.clock.Now()
 	for _, s := range snap.Specs {
-		b.budgets[s.Key] = newBudget(s, b.cfg.Margin, &b.cfg.Adaptive)
+		b.budgets[s.Key] = newBudget(s, &b.cfg)
 	}
 	for _, o := range snap.Overrides {
 		if bg := b.budgets[o.Key]; bg != nil && !o.Override.empty() {
@@ -257,6 +289,7 @@ func (b *Broker) restore(snap Snapshot) {
 		switch {
 		case r.State == LeaseActive && r.ExpiresAt.After(now):
 			bg.concurrent++
+			b.active[r.Client]++
 			heap.Push(&b.expiry, expiryRef{id: r.ID, at: r.ExpiresAt})
 		case r.State == LeaseActive:
 			b.expire(l, now)
@@ -285,8 +318,10 @@ func (b *Broker) Close() {
 			bg.timer.Stop()
 			bg.timer = nil
 		}
-		for w := bg.queue.peek(); w != nil; w = bg.queue.peek() {
-			bg.queue.pop()
+		var ws []*waiter
+		bg.queue.all(func(w *waiter) { ws = append(ws, w) })
+		for _, w := range ws {
+			bg.queue.remove(w)
 			w.err = &Error{Kind: KindUnavailable, Message: "broker is shutting down"}
 			close(w.ready)
 		}
@@ -385,7 +420,7 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 		b.mu.Unlock()
 		return Decision{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
-	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.spec.burndown(), base: req.InputTokens + req.CacheWriteTokens}
+	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.spec.burndown(), base: req.InputTokens + req.CacheWriteTokens, priority: req.Priority}
 	if n.maxOutput == 0 {
 		n.maxOutput, n.unsetMax = bg.spec.maxOutput(), true
 	}
@@ -396,7 +431,7 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 		return Decision{}, err
 	}
 	now := b.clock.Now()
-	w := &waiter{client: req.Client, priority: req.Priority, need: n, enqueued: now, ready: make(chan struct{})}
+	w := &waiter{client: req.Client, weight: b.policy(req.Client).Weight, priority: req.Priority, need: n, enqueued: now, ready: make(chan struct{})}
 	bg.queue.push(w)
 	b.dispatch(bg, now)
 	if !w.queued || wait <= 0 {
@@ -444,7 +479,7 @@ func (b *Broker) settleWait(bg *budget, w *waiter, now time.Time) (Decision, err
 	if limit == LimitNone {
 		// It fits on the windows but waiters ahead of it have the capacity.
 		limit, d = LimitConcurrency, 0
-		if head := bg.queue.peek(); head != nil {
+		if head := bg.queue.peek(now, b.eligible); head != nil {
 			limit, d = bg.fit(now, head.need)
 		}
 	}
@@ -483,10 +518,10 @@ func (b *Broker) finish(ctx context.Context, d Decision, err error) (Decision, e
 // dispatch grants waiters of bg in queue order while they fit, and arms a
 // timer for when the head will fit. Caller holds b.mu.
 func (b *Broker) dispatch(bg *budget, now time.Time) {
-	for w := bg.queue.peek(); w != nil; w = bg.queue.peek() {
+	for w := bg.queue.peek(now, b.eligible); w != nil; w = bg.queue.peek(now, b.eligible) {
 		if err := bg.neverFits(w.need); err != nil {
 			// The limits were lowered under it.
-			bg.queue.pop()
+			bg.queue.remove(w)
 			w.err = err
 			close(w.ready)
 			continue
@@ -496,11 +531,39 @@ func (b *Broker) dispatch(bg *budget, now time.Time) {
 			if d > 0 {
 				b.wakeAt(bg, now, now.Add(d))
 			}
+			if b.cfg.Aging > 0 && bg.queue.len() > 1 {
+				// Aging may put another waiter ahead before capacity
+				// returns; look again then.
+				b.wakeAt(bg, now, now.Add(b.cfg.Aging))
+			}
 			return
 		}
-		bg.queue.pop()
+		bg.queue.take(w)
 		w.lease = b.grant(bg, w, now)
 		close(w.ready)
+	}
+}
+
+// eligible reports whether client may be granted another lease under its
+// MaxConcurrent cap. Caller holds b.mu.
+func (b *Broker) eligible(client string) bool {
+	c := b.policy(client).MaxConcurrent
+	return c <= 0 || b.active[client] < c
+}
+
+// released notes that a lease of client ended; if the client was at its
+// cap, its waiters on every budget may now be served. Caller holds b.mu.
+func (b *Broker) released(client string, now time.Time) {
+	capped := !b.eligible(client)
+	if b.active[client]--; b.active[client] <= 0 {
+		delete(b.active, client)
+	}
+	if capped {
+		for _, bg := range b.budgets {
+			if bg.queue.len() > 0 {
+				b.dispatch(bg, now)
+			}
+		}
 	}
 }
 
@@ -546,6 +609,7 @@ func (b *Broker) grant(bg *budget, w *waiter, now time.Time) *lease {
 	}}
 	bg.charge(now, l.Charged, l.Requests)
 	bg.concurrent++
+	b.active[l.Client]++
 	bg.counters.Granted++
 	bg.counters.ReservedTokens += l.Reserved
 	if w.need.unsetMax {
@@ -565,6 +629,7 @@ func (b *Broker) undoGrant(l *lease, now time.Time) {
 	bg := l.b
 	bg.adjust(now, l.GrantedAt, -l.Charged, -l.Requests)
 	bg.concurrent--
+	b.released(l.Client, now)
 	bg.counters.Granted--
 	bg.counters.ReservedTokens -= l.Reserved
 	l.State = LeaseCompleted // so that a stale expiry entry skips it
@@ -648,6 +713,7 @@ func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, 
 	wasExpired := l.State == LeaseExpired
 	if !wasExpired {
 		bg.concurrent--
+		b.released(l.Client, now)
 		l.State = LeaseCompleted
 		l.EndedAt = now
 		b.ended = append(b.ended, endedRef{id: l.ID, at: now})
@@ -833,6 +899,7 @@ func (b *Broker) expire(l *lease, now time.Time) {
 	l.EndedAt = now
 	l.Version++
 	l.b.concurrent--
+	b.released(l.Client, now)
 	l.b.counters.Expired++
 	b.ended = append(b.ended, endedRef{id: l.ID, at: now})
 	b.log.Warn("lease expired unsettled", "lease_id", l.ID, "client", l.Client, "budget", l.Key.String())
@@ -876,4 +943,35 @@ func (h *expiryHeap) Pop() any {
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
+}
+
+// ClientPolicy is how the broker treats one client.
+type ClientPolicy struct {
+	// Weight is the client's share of a budget relative to other clients of
+	// the same priority waiting on it. Default 1.
+	Weight float64
+	// MaxConcurrent caps the client's active leases across all budgets;
+	// 0 means no cap. A capped client's waiters wait (fairly) while others
+	// are served.
+	MaxConcurrent int64
+}
+
+func (p *ClientPolicy) validate(name string) error {
+	if p.Weight == 0 {
+		p.Weight = 1
+	}
+	if !(p.Weight > 0 && p.Weight <= 1000) {
+		return fmt.Errorf("config %s.Weight: %v is outside (0, 1000]", name, p.Weight)
+	}
+	if p.MaxConcurrent < 0 {
+		return fmt.Errorf("config %s.MaxConcurrent: %d is negative", name, p.MaxConcurrent)
+	}
+	return nil
+}
+
+func (b *Broker) policy(client string) ClientPolicy {
+	if p, ok := b.cfg.Clients[client]; ok {
+		return p
+	}
+	return b.cfg.DefaultClient
 }

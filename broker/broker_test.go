@@ -431,7 +431,12 @@ func TestOverrideReplacesQuotaTimesMargin(t *testing.T) {
 
 func bubbleBroker(t *testing.T, specs ...broker.Spec) *broker.Broker {
 	t.Helper()
-	b, err := broker.Open(context.Background(), newMemStore(), sysclock.Clock{}, broker.Config{Margin: 1})
+	return bubbleBrokerWith(t, broker.Config{Margin: 1}, specs...)
+}
+
+func bubbleBrokerWith(t *testing.T, cfg broker.Config, specs ...broker.Spec) *broker.Broker {
+	t.Helper()
+	b, err := broker.Open(context.Background(), newMemStore(), sysclock.Clock{}, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

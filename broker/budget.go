@@ -89,6 +89,7 @@ type budget struct {
 	staticLim Limits // override or quota x margin; recomputed when spec or override changes
 	adaptive  adaptive
 	acfg      *AdaptiveConfig
+	reserve   map[Priority]float64 // Config.DailyReserve
 
 	requests   *window // requests in the last minute
 	tokens     *window // tokens in the last minute
@@ -111,15 +112,17 @@ type Counters struct {
 	UnsetMaxTokens                                                     int64
 }
 
-func newBudget(spec Spec, margin float64, acfg *AdaptiveConfig) *budget {
+func newBudget(spec Spec, cfg *Config) *budget {
 	b := &budget{
 		spec:      spec,
-		acfg:      acfg,
+		acfg:      &cfg.Adaptive,
+		reserve:   cfg.DailyReserve,
+		queue:     queue{aging: max(cfg.Aging, 0)},
 		requests:  newWindow(minuteSpan, minuteRes),
 		tokens:    newWindow(minuteSpan, minuteRes),
 		dayTokens: newWindow(daySpan, dayRes),
 	}
-	b.recompute(margin)
+	b.recompute(cfg.Margin)
 	return b
 }
 
@@ -211,7 +214,11 @@ func (b *budget) fit(now time.Time, n need) (Limit, time.Duration) {
 	}
 	check(LimitRPM, b.requests, 1, e.RPM)
 	check(LimitTPM, b.tokens, n.tokens, e.TPM)
-	check(LimitTPD, b.dayTokens, n.tokens, e.TPD)
+	tpd := e.TPD
+	if r := b.reserve[n.priority]; r > 0 && tpd > 0 {
+		tpd = max(1, int64(float64(tpd)*(1-r)))
+	}
+	check(LimitTPD, b.dayTokens, n.tokens, tpd)
 	if e.Concurrency > 0 && b.concurrent >= e.Concurrency && blocked == LimitNone {
 		blocked = LimitConcurrency
 	}

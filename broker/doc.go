@@ -46,14 +46,24 @@
 //
 // # Waiting
 //
-// A request that does not fit joins its budget's queue, ordered strictly by
-// priority and round-robin between clients within a priority. The head of
-// the queue is served first and is not overtaken, so a large request cannot
-// be starved by small ones. The queue is re-examined whenever capacity can
-// return: at a settlement, a cancellation, an expiry, a limit change, and at
-// the moment the window frees enough for the head (a timer armed for exactly
-// that time: there is no polling). A request that waited past its Wait gets
-// a refusal with the time until it would fit and the limit that blocks it.
+// A request that does not fit joins its budget's queue (queue.go). Between
+// priorities the order is strict, except that a waiter ages one level per
+// Config.Aging (default 30 s) so batch work is delayed, never starved.
+// Within a priority, clients share the budget by start-time fair queuing on
+// tokens, weighted by ClientPolicy.Weight: equal clients get equal token
+// shares whatever their request sizes, and a flood from one client does not
+// delay another. A client at its ClientPolicy.MaxConcurrent cap is skipped,
+// not allowed to block others. Config.DailyReserve keeps a share of each TPD
+// out of reach of a priority (batch, say), so it cannot spend the day's
+// tokens early.
+//
+// The head of the queue is served first and is not overtaken, so a large
+// request cannot be starved by small ones. The queue is re-examined whenever
+// capacity can return: at a settlement, a cancellation, an expiry, a limit
+// change, and at the moment the window frees enough for the head (a timer
+// armed for exactly that time: there is no polling). A request that waited
+// past its Wait gets a refusal with the time until it would fit and the
+// limit that blocks it.
 //
 // # Durability
 //
