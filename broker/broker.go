@@ -205,7 +205,7 @@ type Broker struct {
 
 	usageGCAt time.Time // when Sweep last dropped old usage
 	discovery DiscoveryStatus
-	source    QuotaSource // for RefreshNow; nil: static budgets
+	source    QuotaSource      // for RefreshNow; nil: static budgets
 	active    map[string]int64 // active leases per client, for MaxConcurrent
 }
 
