@@ -153,7 +153,10 @@ func TestAbandonedStreamsSettle(t *testing.T) {
 		t.Fatalf("closed stream settled as %q", r)
 	}
 
-	// Cancelled after the first event, never closed by the caller.
+	// Cancelled after the first event, never closed by the caller. A new
+	// SDK client: the SDK shares one event-stream decoder per client, and
+	// the first stream's reader goroutine may still be winding down.
+	rt = runtimeClient(f.url, quotaclient.WithLeases(f.qc))
 	ctx, cancel := context.WithCancel(context.Background())
 	body := anthropicBody("hello sim:output_tokens=800", 1000)
 	out2, err := rt.InvokeModelWithResponseStream(ctx, &bedrockruntime.InvokeModelWithResponseStreamInput{ModelId: aws.String(haiku3), Body: body})
