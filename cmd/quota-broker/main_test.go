@@ -241,6 +241,7 @@ func TestServeErrorsAreActionable(t *testing.T) {
 		{"bad margin", []string{"serve", "--margin", "1.5"}, "Margin: 1.5 is outside (0, 1]"},
 		{"unknown command", []string{"sreve"}, "unknown command \"sreve\""},
 		{"bad listen", []string{"serve", "--listen", "256.0.0.1:1"}, "listen on 256.0.0.1:1"},
+		{"missing clients file", []string{"serve", "--clients", filepath.Join(dir, "clients.json")}, "clients file: open"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(tc.args[:len(tc.args):len(tc.args)], "--data", filepath.Join(t.TempDir(), "s.db"))

@@ -18,6 +18,7 @@ import (
 	"github.com/bedrockqb/quotabroker/broker/awsquota"
 	"github.com/bedrockqb/quotabroker/broker/bolt"
 	"github.com/bedrockqb/quotabroker/broker/budgetfile"
+	"github.com/bedrockqb/quotabroker/broker/policyfile"
 	"github.com/bedrockqb/quotabroker/internal/sysclock"
 	"github.com/bedrockqb/quotabroker/server"
 )
@@ -29,9 +30,9 @@ import (
 var exampleBudgets []byte
 
 type serveFlags struct {
-	listen, data, budgets, region, logLevel string
-	margin                                  float64
-	maxWait, leaseTTL, drain                time.Duration
+	listen, data, budgets, clients, region, logLevel string
+	margin                                           float64
+	maxWait, leaseTTL, drain                         time.Duration
 	// Discovery from AWS (or an endpoint such as the simulator).
 	aws              bool
 	regions, awsURL  string
@@ -47,6 +48,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	fs.StringVar(&f.listen, "listen", envOr("QUOTA_BROKER_LISTEN", "127.0.0.1:50051"), "gRPC listen address (env QUOTA_BROKER_LISTEN)")
 	fs.StringVar(&f.data, "data", envOr("QUOTA_BROKER_DATA", "quota-broker.db"), "bbolt state file (env QUOTA_BROKER_DATA)")
 	fs.StringVar(&f.budgets, "budgets", envOr("QUOTA_BROKER_BUDGETS", ""), "JSON file of static budgets (env QUOTA_BROKER_BUDGETS); default: the stored budgets, or a built-in example set")
+	fs.StringVar(&f.clients, "clients", envOr("QUOTA_BROKER_CLIENTS", ""), "JSON file of client policies: weights, max_concurrent caps, daily_reserve, aging (env QUOTA_BROKER_CLIENTS)")
 	fs.StringVar(&f.region, "region", envOr("QUOTA_BROKER_REGION", "us-east-1"), "default AWS Region of requests that name none (env QUOTA_BROKER_REGION)")
 	fs.StringVar(&f.logLevel, "log-level", envOr("QUOTA_BROKER_LOG_LEVEL", "info"), "debug, info, warn or error (env QUOTA_BROKER_LOG_LEVEL)")
 	margin, err := strconv.ParseFloat(envOr("QUOTA_BROKER_MARGIN", "0.9"), 64)
@@ -130,16 +132,24 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	cfg := broker.Config{
+		DefaultRegion: f.region, Margin: f.margin, MaxWait: f.maxWait, LeaseTTL: f.leaseTTL,
+		MaxLeaseTTL: max(time.Hour, f.leaseTTL), Logger: log,
+	}
+	if f.clients != "" {
+		p, err := policyfile.Load(f.clients)
+		if err != nil {
+			return err
+		}
+		cfg.DefaultClient, cfg.Clients, cfg.DailyReserve, cfg.Aging = p.Default, p.Clients, p.DailyReserve, p.Aging
+	}
 	store, err := bolt.Open(f.data, bolt.Options{})
 	if err != nil {
 		return err
 	}
 	defer store.Close()
 	clock := sysclock.Clock{}
-	b, err := broker.Open(ctx, store, clock, broker.Config{
-		DefaultRegion: f.region, Margin: f.margin, MaxWait: f.maxWait, LeaseTTL: f.leaseTTL,
-		MaxLeaseTTL: max(time.Hour, f.leaseTTL), Logger: log,
-	})
+	b, err := broker.Open(ctx, store, clock, cfg)
 	if err != nil {
 		return err
 	}
