@@ -55,6 +55,7 @@ func run(args []string, out io.Writer) error {
 	outstanding := fs.Int("outstanding", 100_000, "leases to hold outstanding for the memory measurement (0 skips it)")
 	rounds := fs.Int("rounds", 3, "measurement rounds; the median round is reported")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
+	nosync := fs.Bool("nosync", false, "skip fsync in the store (unsafe; shows what durability costs)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -63,7 +64,7 @@ func run(args []string, out io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	store, err := bolt.Open(filepath.Join(dir, "state.db"), bolt.Options{})
+	store, err := bolt.Open(filepath.Join(dir, "state.db"), bolt.Options{NoSync: *nosync})
 	if err != nil {
 		return err
 	}

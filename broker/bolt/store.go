@@ -392,6 +392,23 @@ func (s *Store) Commit(ctx context.Context, c broker.Change) error {
 		}
 		return nil
 	}
+	if s.mode == modeGroup {
+		// The commit loop holds the call; no goroutine is needed to wait
+		// for it while watching ctx. An abandoned call stays queued and
+		// runs as a no-op; Close drains the queue before closing the file.
+		defer s.mu.RUnlock()
+		c := &groupCall{fn: s.guard(fn), done: make(chan error, 1)}
+		s.queue <- c
+		select {
+		case err := <-c.done:
+			return s.wrap(err)
+		case <-ctx.Done():
+			if state.CompareAndSwap(pending, abandoned) {
+				return fmt.Errorf("commit to store %s: %w", s.path, ctx.Err())
+			}
+			return s.wrap(<-c.done)
+		}
+	}
 	done := make(chan error, 1)
 	go func() {
 		defer s.mu.RUnlock()
@@ -411,15 +428,7 @@ func (s *Store) Commit(ctx context.Context, c broker.Change) error {
 // run runs fn in a group transaction, guarding against faults and panics
 // from damaged pages.
 func (s *Store) run(fn func(*bbolt.Tx) error) error {
-	guarded := func(tx *bbolt.Tx) (err error) {
-		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-		defer func() {
-			if p := recover(); p != nil {
-				err = &corruptError{s.path, "writing", fmt.Errorf("%v", p)}
-			}
-		}()
-		return fn(tx)
-	}
+	guarded := s.guard(fn)
 	switch s.mode {
 	case modeSolo:
 		return s.db.Update(guarded)
@@ -429,6 +438,20 @@ func (s *Store) run(fn func(*bbolt.Tx) error) error {
 	c := &groupCall{fn: guarded, done: make(chan error, 1)}
 	s.queue <- c
 	return <-c.done
+}
+
+// guard turns faults and panics from damaged pages during fn into a
+// corruption error.
+func (s *Store) guard(fn func(*bbolt.Tx) error) func(*bbolt.Tx) error {
+	return func(tx *bbolt.Tx) (err error) {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() {
+			if p := recover(); p != nil {
+				err = &corruptError{s.path, "writing", fmt.Errorf("%v", p)}
+			}
+		}()
+		return fn(tx)
+	}
 }
 
 // commitLoop is group commit without a timer: it takes the first queued
