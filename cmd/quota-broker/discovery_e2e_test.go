@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
@@ -151,5 +152,42 @@ func TestDemoServesSimulatedAccount(t *testing.T) {
 	}
 	if err := stop(); err != nil {
 		t.Fatalf("demo stop: %v", err)
+	}
+}
+
+func TestReportCommand(t *testing.T) {
+	dir := t.TempDir()
+	addr, _ := inProcess(t, "serve", "--listen", "127.0.0.1:0", "--data", filepath.Join(dir, "s.db"))
+	c := dial(t, addr)
+	if _, err := c.AcquireLease(context.Background(), &pb.AcquireLeaseRequest{ModelId: sonnetProfile, InputTokens: 1200, MaxOutputTokens: 1024}); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := run(context.Background(), []string{"report", "--addr", addr, "--model", "sonnet-4-5"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "anthropic.claude-sonnet-4-5-20250929-v1:0") || !strings.Contains(out.String(), "6320/1800000") {
+		t.Fatalf("table:\n%s", out.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"report", "--addr", addr, "--output", "json"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	// protojson's spacing is deliberately unstable: compare values.
+	var rep pb.GetQuotaReportResponse
+	if err := protojson.Unmarshal([]byte(out.String()), &rep); err != nil {
+		t.Fatalf("json output does not parse: %v", err)
+	}
+	var found bool
+	for _, b := range rep.GetBudgets() {
+		if b.GetBudget().GetKey().GetScope() == pb.Scope_SCOPE_CROSS_REGION && strings.Contains(b.GetBudget().GetKey().GetModel(), "sonnet-4-5") {
+			found = b.GetUsage().GetTokensLastMinute() == 6320
+		}
+	}
+	if !found || !strings.Contains(out.String(), `"SCOPE_CROSS_REGION"`) {
+		t.Fatalf("json:\n%.2000s", out.String())
+	}
+	if err := run(context.Background(), []string{"report", "--addr", "127.0.0.1:1", "--timeout", "2s"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("report against nothing: %v", err)
 	}
 }

@@ -4,6 +4,7 @@
 //	quota-broker demo      the broker and the Bedrock simulator together
 //	quota-broker serve     run the broker (gRPC) on a bbolt file
 //	quota-broker discover  list the account's Bedrock quotas and the budgets they make
+//	quota-broker report    print a running broker's quota report
 //
 // Every flag has an environment fallback, named in its help text.
 package main
@@ -36,6 +37,7 @@ commands:
   demo      run the broker with the Bedrock simulator, quotas discovered from it
   serve     run the broker: gRPC on --listen, state in the bbolt file --data
   discover  list the account's Bedrock quotas and the budgets they make
+  report    print a running broker's quota report (table or JSON)
 
 Run "quota-broker <command> -h" for a command's flags.
 `
@@ -52,6 +54,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return demo(ctx, args[1:], stdout, stderr)
 	case "discover":
 		return discover(ctx, args[1:], stdout, stderr)
+	case "report":
+		return report(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
