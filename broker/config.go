@@ -1,0 +1,149 @@
+package broker
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Config holds the broker's tunables. The zero value works.
+type Config struct {
+	// DefaultRegion is used when a request names no Region. Default us-east-1.
+	DefaultRegion string
+	// Margin scales quotas into effective limits, leaving headroom for
+	// traffic that bypasses the broker. Default 0.9; 1 uses the full quota.
+	Margin float64
+	// LeaseTTL is how long a lease lives unless renewed. Default 5 minutes:
+	// longer than almost any non-streaming Bedrock call.
+	LeaseTTL time.Duration
+	// MaxLeaseTTL bounds RenewLease. Default 1 hour.
+	MaxLeaseTTL time.Duration
+	// MaxWait bounds how long AcquireLease waits, whatever the caller asks.
+	// Default 5 minutes.
+	MaxWait time.Duration
+	// Retention is how long an ended lease is remembered, so that a repeated
+	// or late completion gets a precise answer. Default 5 minutes; at least
+	// 2 minutes, so that restart always sees the leases of the last minute
+	// window. Memory and store size grow with grant rate x (LeaseTTL +
+	// Retention) at about 300 bytes a lease; the grant rate is itself bounded
+	// by the budgets' RPM.
+	Retention time.Duration
+	// UsageRetention is how long per-minute usage is kept. Default 48 hours;
+	// at least a day, which the TPD window needs.
+	UsageRetention time.Duration
+	// SweepInterval is how often Run expires leases and forgets old ones.
+	// Default 1 second.
+	SweepInterval time.Duration
+	// Adaptive tunes the ceilings learned from throttles.
+	Adaptive AdaptiveConfig
+	// Clients sets per-client policies by client name; others get
+	// DefaultClient.
+	Clients       map[string]ClientPolicy
+	DefaultClient ClientPolicy
+	// Aging promotes a waiter one priority level per Aging waited, so low
+	// priority is delayed, never starved. Default 30 s; negative disables.
+	Aging time.Duration
+	// DailyReserve keeps a share of each budget's TPD out of reach of a
+	// priority, e.g. {PriorityBatch: 0.2}: batch work stops at 80% of the
+	// day's tokens, leaving the rest to interactive and standard traffic.
+	DailyReserve map[Priority]float64
+	// Logger receives the broker's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.DefaultRegion == "" {
+		c.DefaultRegion = "us-east-1"
+	}
+	if !regionRE.MatchString(c.DefaultRegion) {
+		return fmt.Errorf("config DefaultRegion: %q is not an AWS Region name", c.DefaultRegion)
+	}
+	if c.Margin == 0 {
+		c.Margin = 0.9
+	}
+	if !(c.Margin > 0 && c.Margin <= 1) {
+		return fmt.Errorf("config Margin: %v is outside (0, 1]", c.Margin)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.LeaseTTL, 5*time.Minute)
+	def(&c.MaxLeaseTTL, time.Hour)
+	def(&c.MaxWait, 5*time.Minute)
+	def(&c.Retention, 5*time.Minute)
+	def(&c.UsageRetention, 48*time.Hour)
+	def(&c.SweepInterval, time.Second)
+	switch {
+	case c.LeaseTTL < time.Second:
+		return fmt.Errorf("config LeaseTTL: %v is below 1s", c.LeaseTTL)
+	case c.MaxLeaseTTL < c.LeaseTTL:
+		return fmt.Errorf("config MaxLeaseTTL: %v is below LeaseTTL %v", c.MaxLeaseTTL, c.LeaseTTL)
+	case c.MaxWait < 0:
+		return fmt.Errorf("config MaxWait: %v is negative", c.MaxWait)
+	case c.Retention < 2*minuteSpan:
+		return fmt.Errorf("config Retention: %v is below %v", c.Retention, 2*minuteSpan)
+	case c.UsageRetention < daySpan:
+		return fmt.Errorf("config UsageRetention: %v is below %v", c.UsageRetention, daySpan)
+	case c.SweepInterval <= 0:
+		return fmt.Errorf("config SweepInterval: %v is not positive", c.SweepInterval)
+	}
+	if err := c.Adaptive.setDefaults(); err != nil {
+		return err
+	}
+	if c.Aging == 0 {
+		c.Aging = 30 * time.Second
+	}
+	for p, r := range c.DailyReserve {
+		if p < PriorityInteractive || p > PriorityBatch || !(r >= 0 && r < 1) {
+			return fmt.Errorf("config DailyReserve[%v]: %v must be a priority and a share in [0, 1)", p, r)
+		}
+	}
+	if err := c.DefaultClient.validate("DefaultClient"); err != nil {
+		return err
+	}
+	clients := make(map[string]ClientPolicy, len(c.Clients)) // not the caller's map
+	for name, cp := range c.Clients {
+		if err := cp.validate("Clients[" + name + "]"); err != nil {
+			return err
+		}
+		clients[name] = cp
+	}
+	c.Clients = clients
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// ClientPolicy is how the broker treats one client.
+type ClientPolicy struct {
+	// Weight is the client's share of a budget relative to other clients of
+	// the same priority waiting on it. Default 1.
+	Weight float64
+	// MaxConcurrent caps the client's active leases across all budgets;
+	// 0 means no cap. A capped client's waiters wait (fairly) while others
+	// are served.
+	MaxConcurrent int64
+}
+
+func (p *ClientPolicy) validate(name string) error {
+	if p.Weight == 0 {
+		p.Weight = 1
+	}
+	if !(p.Weight > 0 && p.Weight <= 1000) {
+		return fmt.Errorf("config %s.Weight: %v is outside (0, 1000]", name, p.Weight)
+	}
+	if p.MaxConcurrent < 0 {
+		return fmt.Errorf("config %s.MaxConcurrent: %d is negative", name, p.MaxConcurrent)
+	}
+	return nil
+}
+
+func (b *Broker) policy(client string) ClientPolicy {
+	if p, ok := b.cfg.Clients[client]; ok {
+		return p
+	}
+	return b.cfg.DefaultClient
+}

@@ -1,0 +1,192 @@
+package broker
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"time"
+)
+
+// Settlement is the result of Complete.
+type Settlement struct {
+	AlreadyCompleted bool
+	Charged          int64 // tokens the call is charged
+	Returned         int64 // reserved tokens given back
+}
+
+func validateLeaseID(id string) error {
+	switch {
+	case id == "":
+		return invalidf("lease_id", "is empty")
+	case len(id) > maxLeaseIDLen:
+		return invalidf("lease_id", "is %d bytes long; at most %d", len(id), maxLeaseIDLen)
+	}
+	return nil
+}
+
+func validateUsage(u Usage) error {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"usage.input_tokens", u.InputTokens}, {"usage.output_tokens", u.OutputTokens},
+		{"usage.cache_read_input_tokens", u.CacheReadInputTokens}, {"usage.cache_write_input_tokens", u.CacheWriteInputTokens}} {
+		if f.v < 0 {
+			return invalidf(f.name, "is negative (%d)", f.v)
+		}
+		if f.v > maxTokensPerCall {
+			return invalidf(f.name, "%d is beyond any model (at most %d)", f.v, maxTokensPerCall)
+		}
+	}
+	return nil
+}
+
+// Complete settles a lease with the real usage of its call: the charge
+// becomes input + cache_write + output x burndown (nothing for a throttled or
+// cancelled call, which also gives its request back) and the rest of the
+// reservation returns to the budget. Completing a completed lease changes
+// nothing. Completing an expired lease records the usage and corrects the
+// charge, but fails with KindPrecondition: the lease still counts as expired
+// against its client.
+func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, u Usage) (Settlement, error) {
+	if err := validateLeaseID(leaseID); err != nil {
+		return Settlement{}, err
+	}
+	if outcome < OutcomeSuccess || outcome > OutcomeCancelled {
+		return Settlement{}, invalidf("outcome", "must be success, throttled, error or cancelled")
+	}
+	if err := validateUsage(u); err != nil {
+		return Settlement{}, err
+	}
+	b.mu.Lock()
+	l := b.leases[leaseID]
+	if l == nil {
+		b.mu.Unlock()
+		return Settlement{}, notFoundf("lease %q not found: unknown, or forgotten %v after it ended", leaseID, b.cfg.Retention)
+	}
+	if l.State == LeaseCompleted {
+		s := Settlement{AlreadyCompleted: true, Charged: l.Charged, Returned: l.Reserved - l.Charged}
+		b.mu.Unlock()
+		return s, nil
+	}
+	now := b.clock.Now()
+	bg := l.b
+	charge, requests := settlement(u, l.Burndown), int64(1)
+	if outcome == OutcomeThrottled || outcome == OutcomeCancelled {
+		charge, requests = 0, 0
+	}
+	dTokens, dRequests := charge-l.Charged, requests-l.Requests
+	bg.adjust(now, l.GrantedAt, dTokens, dRequests)
+	wasExpired := l.State == LeaseExpired
+	if !wasExpired {
+		bg.concurrent--
+		b.released(l.Client, now)
+		l.State = LeaseCompleted
+		l.EndedAt = now
+		b.ended = append(b.ended, endedRef{id: l.ID, at: now})
+	}
+	l.Outcome, l.Usage, l.Charged, l.Requests = outcome, u, charge, requests
+	l.Version++
+	bg.counters.Completed++
+	switch outcome {
+	case OutcomeThrottled:
+		bg.counters.Throttled++
+	case OutcomeError:
+		bg.counters.Errors++
+	case OutcomeCancelled:
+		bg.counters.Cancelled++
+	}
+	bg.counters.SettledTokens += charge
+	bg.counters.ReturnedTokens -= dTokens
+	c := Change{Usage: []UsageRecord{{Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests}}}
+	if outcome == OutcomeThrottled && b.throttled(bg, now, l.GrantedAt) {
+		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
+	}
+	b.dispatch(bg, now)
+	rec := l.LeaseRecord
+	c.Leases = []LeaseRecord{rec}
+	b.mu.Unlock()
+
+	b.commitOrRetry(ctx, c)
+	s := Settlement{Charged: charge, Returned: rec.Reserved - charge}
+	if wasExpired {
+		return s, &Error{Kind: KindPrecondition, Message: fmt.Sprintf("lease %q expired at %s before it was completed; its usage is recorded", leaseID, rec.ExpiresAt.UTC().Format(time.RFC3339))}
+	}
+	return s, nil
+}
+
+// commitOrRetry persists a change the caller has already been promised. If
+// the store fails, the change is kept and retried by Run: the in-memory
+// state is already ahead of the store, which errs on the side of charging.
+func (b *Broker) commitOrRetry(ctx context.Context, c Change) {
+	if err := b.store.Commit(context.WithoutCancel(ctx), c); err != nil {
+		b.log.Error("commit failed; will retry", "err", err)
+		b.mu.Lock()
+		b.retry = append(b.retry, c)
+		b.mu.Unlock()
+	}
+}
+
+// Renew extends an active lease to now + extend (Config.LeaseTTL when
+// extend is 0; at most Config.MaxLeaseTTL). A lease is never shortened.
+func (b *Broker) Renew(ctx context.Context, leaseID string, extend time.Duration) (time.Time, error) {
+	if err := validateLeaseID(leaseID); err != nil {
+		return time.Time{}, err
+	}
+	if extend < 0 {
+		return time.Time{}, invalidf("extend", "is negative (%v)", extend)
+	}
+	if extend == 0 {
+		extend = b.cfg.LeaseTTL
+	}
+	extend = min(extend, b.cfg.MaxLeaseTTL)
+	b.mu.Lock()
+	l := b.leases[leaseID]
+	switch {
+	case l == nil:
+		b.mu.Unlock()
+		return time.Time{}, notFoundf("lease %q not found", leaseID)
+	case l.State == LeaseExpired:
+		b.mu.Unlock()
+		return time.Time{}, &Error{Kind: KindPrecondition, Message: fmt.Sprintf("lease %q has expired", leaseID)}
+	case l.State == LeaseCompleted:
+		b.mu.Unlock()
+		return time.Time{}, &Error{Kind: KindPrecondition, Message: fmt.Sprintf("lease %q is already completed", leaseID)}
+	}
+	if at := b.clock.Now().Add(extend); at.After(l.ExpiresAt) {
+		l.ExpiresAt = at
+		l.Version++
+		heap.Push(&b.expiry, expiryRef{id: l.ID, at: at})
+	}
+	rec := l.LeaseRecord
+	b.mu.Unlock()
+	if err := b.store.Commit(ctx, Change{Leases: []LeaseRecord{rec}}); err != nil {
+		// The old expiry is on disk; after a restart the lease would expire
+		// early, which only ever over-charges. Tell the caller anyway.
+		return time.Time{}, &Error{Kind: KindUnavailable, Message: "renewal could not be recorded", Err: err}
+	}
+	return rec.ExpiresAt, nil
+}
+
+// ReportThrottle records a throttle Bedrock returned outside any lease.
+func (b *Broker) ReportThrottle(ctx context.Context, modelID, region string) (Key, error) {
+	key, err := ParseModelID(modelID, region, b.cfg.DefaultRegion)
+	if err != nil {
+		return Key{}, err
+	}
+	b.mu.Lock()
+	bg := b.budgets[key]
+	if bg == nil {
+		b.mu.Unlock()
+		return Key{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
+	}
+	bg.counters.ReportedThrottles++
+	var c Change
+	if b.throttled(bg, b.clock.Now(), time.Time{}) {
+		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
+	}
+	b.mu.Unlock()
+	if !c.empty() {
+		b.commitOrRetry(ctx, c)
+	}
+	return key, nil
+}

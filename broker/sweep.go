@@ -1,0 +1,129 @@
+package broker
+
+import (
+	"container/heap"
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"time"
+)
+
+// Run expires leases, forgets old ones and retries failed commits until ctx
+// ends. It returns ctx's error.
+func (b *Broker) Run(ctx context.Context) error {
+	for {
+		tick, stop := after(b.clock, b.cfg.SweepInterval)
+		select {
+		case <-ctx.Done():
+			stop()
+			return ctx.Err()
+		case <-tick:
+		}
+		b.Sweep(ctx)
+	}
+}
+
+// Sweep does one round of Run's work. It is exported for tests and tools
+// that drive the broker without Run.
+func (b *Broker) Sweep(ctx context.Context) {
+	b.mu.Lock()
+	now := b.clock.Now()
+	var c Change
+	for _, r := range b.retry {
+		c.Adaptive = append(c.Adaptive, r.Adaptive...)
+		c.Leases = append(c.Leases, r.Leases...)
+		c.Usage = append(c.Usage, r.Usage...)
+		c.DeleteLeases = append(c.DeleteLeases, r.DeleteLeases...)
+	}
+	b.retry = nil
+	touched := map[*budget]bool{}
+	for len(b.expiry) > 0 && !b.expiry[0].at.After(now) {
+		ref := heap.Pop(&b.expiry).(expiryRef)
+		l := b.leases[ref.id]
+		if l == nil || l.State != LeaseActive || !l.ExpiresAt.Equal(ref.at) {
+			continue // ended, or renewed since this entry
+		}
+		b.expire(l, now)
+		touched[l.b] = true
+		c.Leases = append(c.Leases, l.LeaseRecord)
+	}
+	for bg := range touched {
+		b.dispatch(bg, now)
+	}
+	for len(b.ended) > 0 && now.Sub(b.ended[0].at) > b.cfg.Retention {
+		id := b.ended[0].id
+		b.ended = b.ended[1:]
+		if l := b.leases[id]; l != nil && l.State != LeaseActive {
+			delete(b.leases, id)
+			c.DeleteLeases = append(c.DeleteLeases, id)
+		}
+	}
+	if now.Sub(b.usageGCAt) >= time.Minute {
+		b.usageGCAt = now
+		c.DeleteUsageBefore = minuteOf(now.Add(-b.cfg.UsageRetention))
+	}
+	b.mu.Unlock()
+	if c.empty() {
+		return
+	}
+	if err := b.store.Commit(context.WithoutCancel(ctx), c); err != nil {
+		b.log.Error("sweep commit failed; will retry", "err", err)
+		c.DeleteUsageBefore = 0
+		b.mu.Lock()
+		b.retry = append(b.retry, c)
+		b.mu.Unlock()
+	}
+}
+
+// expire ends an active lease that outlived its TTL. It stays charged at
+// its reservation: the call may have happened. Caller holds b.mu.
+func (b *Broker) expire(l *lease, now time.Time) {
+	l.State = LeaseExpired
+	l.EndedAt = now
+	l.Version++
+	l.b.concurrent--
+	b.released(l.Client, now)
+	l.b.counters.Expired++
+	b.ended = append(b.ended, endedRef{id: l.ID, at: now})
+	b.log.Warn("lease expired unsettled", "lease_id", l.ID, "client", l.Client, "budget", l.Key.String())
+}
+
+func minuteOf(t time.Time) int64 { return t.Unix() / 60 }
+
+// leaseIDEncoding is base32 with an alphabet in ASCII order, so ids sort
+// like their bytes.
+var leaseIDEncoding = base32.NewEncoding("0123456789abcdefghijklmnopqrstuv").WithPadding(base32.NoPadding)
+
+// newLeaseID returns 48 bits of grant time (milliseconds) followed by 80
+// random bits. The random part makes an id unguessable, so knowing one is
+// enough to settle that lease and no other; the time prefix makes ids
+// ascend, so a B+tree store appends new leases at its right edge instead of
+// dirtying a random page per grant.
+func newLeaseID(now time.Time) string {
+	var p [16]byte
+	ms := uint64(now.UnixMilli())
+	for i := 5; i >= 0; i-- {
+		p[i] = byte(ms)
+		ms >>= 8
+	}
+	rand.Read(p[6:]) // never fails (crypto/rand since Go 1.24)
+	return leaseIDEncoding.EncodeToString(p[:])
+}
+
+type expiryRef struct {
+	id string
+	at time.Time
+}
+
+type expiryHeap []expiryRef
+
+func (h expiryHeap) Len() int           { return len(h) }
+func (h expiryHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiryRef)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
