@@ -7,8 +7,10 @@ import (
 	"runtime/debug"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -51,6 +53,10 @@ type Config struct {
 	DeadlineMargin time.Duration
 	// MaxRecvMsgSize bounds a request. Default 64 KiB: requests are small.
 	MaxRecvMsgSize int
+	// Metrics, when set, receives the gRPC server metrics (requests,
+	// codes, handling time per method) from go-grpc-middleware's
+	// Prometheus provider.
+	Metrics prometheus.Registerer
 }
 
 // Server is the gRPC face of the broker: it translates, calls the domain
@@ -65,8 +71,9 @@ type Server struct {
 	health *health.Server
 }
 
-// New builds the server with its interceptor chain: recovery outermost (a
-// panic becomes INTERNAL, logged with its stack), then logging.
+// New builds the server with its interceptor chain: metrics (when
+// Config.Metrics is set), recovery (a panic becomes INTERNAL, logged with its
+// stack), then logging.
 func New(b Broker, cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -94,21 +101,35 @@ func New(b Broker, cfg Config) *Server {
 		s.log.ErrorContext(ctx, "panic in handler", "panic", p, "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})
+	unary := []grpc.UnaryServerInterceptor{
+		recovery.UnaryServerInterceptor(recoverOpt),
+		logging.UnaryServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
+	}
+	stream := []grpc.StreamServerInterceptor{
+		recovery.StreamServerInterceptor(recoverOpt),
+		logging.StreamServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
+	}
+	var metrics *grpcprom.ServerMetrics
+	if cfg.Metrics != nil {
+		metrics = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
+		cfg.Metrics.MustRegister(metrics)
+		// Outermost, so a panic is counted as the INTERNAL that recovery
+		// turns it into.
+		unary = append([]grpc.UnaryServerInterceptor{metrics.UnaryServerInterceptor()}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{metrics.StreamServerInterceptor()}, stream...)
+	}
 	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(
-			recovery.UnaryServerInterceptor(recoverOpt),
-			logging.UnaryServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
-		),
-		grpc.ChainStreamInterceptor(
-			recovery.StreamServerInterceptor(recoverOpt),
-			logging.StreamServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
-		),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	pb.RegisterQuotaBrokerServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	if metrics != nil {
+		metrics.InitializeMetrics(s.grpc) // every method shows up at 0
+	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(pb.QuotaBroker_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	return s

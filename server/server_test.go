@@ -2,7 +2,10 @@ package server_test
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -293,5 +296,55 @@ func TestOverrideOverGRPC(t *testing.T) {
 	}
 	if _, err := f.client.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: sonnet, MaxOutputTokens: 5000}); err != nil {
 		t.Fatalf("a lease the override allows: %v", err)
+	}
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	ctx := context.Background()
+	store, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	b, err := broker.Open(ctx, store, fakeClock(), broker.Config{Margin: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	key, _ := broker.ParseModelID(sonnet, "", "us-east-1")
+	b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: broker.Limits{RPM: 10, TPM: 100_000}, Source: "test"}})
+	reg := server.NewRegistry(b)
+	srv := server.New(b, server.Config{Metrics: reg})
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	go srv.Serve(lis)
+	defer srv.Shutdown(ctx)
+	hs := httptest.NewServer(server.MetricsHandler(reg))
+	defer hs.Close()
+	conn, _ := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer conn.Close()
+	c := pb.NewQuotaBrokerClient(conn)
+	if _, err := c.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: sonnet, InputTokens: 100, MaxOutputTokens: 100}); err != nil {
+		t.Fatal(err)
+	}
+	c.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: "nope.model"})
+
+	resp, err := http.Get(hs.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="AcquireLease",grpc_service="quotabroker.v1.QuotaBroker",grpc_type="unary"} 1`,
+		`grpc_server_handled_total{grpc_code="NotFound",grpc_method="AcquireLease",grpc_service="quotabroker.v1.QuotaBroker",grpc_type="unary"} 1`,
+		`quotabroker_budget_limit{limit="tpm",model="anthropic.claude-sonnet-4-5-20250929-v1:0",region="us-east-1",scope="cross-region"} 100000`,
+		`quotabroker_budget_used{limit="tpm",model="anthropic.claude-sonnet-4-5-20250929-v1:0",region="us-east-1",scope="cross-region"} 600`,
+		`quotabroker_budget_events_total{event="granted",model="anthropic.claude-sonnet-4-5-20250929-v1:0",region="us-east-1",scope="cross-region"} 1`,
+		`quotabroker_budget_outstanding_leases{model="anthropic.claude-sonnet-4-5-20250929-v1:0",region="us-east-1",scope="cross-region"} 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 }

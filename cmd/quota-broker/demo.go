@@ -24,6 +24,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", envOr("QUOTA_BROKER_LISTEN", "127.0.0.1:50051"), "broker gRPC address (env QUOTA_BROKER_LISTEN)")
+	httpListen := fs.String("http", envOr("QUOTA_BROKER_HTTP", "127.0.0.1:9464"), "HTTP address for /metrics (env QUOTA_BROKER_HTTP)")
 	simListen := fs.String("sim-listen", envOr("BEDROCK_SIM_LISTEN", "127.0.0.1:8566"), "simulator address (env BEDROCK_SIM_LISTEN)")
 	dataDir := fs.String("data", envOr("QUOTA_BROKER_DATA", ""), "state file; default a temporary one, removed at exit (env QUOTA_BROKER_DATA)")
 	scenario := fs.String("scenario", envOr("BEDROCK_SIM_SCENARIO", ""), "simulator scenario file; default the built-in account (env BEDROCK_SIM_SCENARIO)")
@@ -81,7 +82,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer os.RemoveAll(dir)
 		data = filepath.Join(dir, "quota-broker.db")
 	}
-	f, err := parseServeFlags([]string{"--listen", *listen, "--data", data, "--aws-endpoint", simURL,
+	f, err := parseServeFlags([]string{"--listen", *listen, "--http", *httpListen, "--data", data, "--aws-endpoint", simURL,
 		"--regions", *regions, "--region", firstRegion(*regions), "--refresh", "1m", "--log-level", *logLevel}, stderr)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
@@ -12,8 +13,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
@@ -39,6 +40,9 @@ func inProcess(t *testing.T, args ...string) (addr string, stop func() error) {
 			if a, ok := strings.CutPrefix(sc.Text(), "quota-broker listening on "); ok {
 				found <- strings.Fields(a)[0]
 			}
+			if u, ok := strings.CutPrefix(sc.Text(), "metrics on "); ok {
+				metricsURL.Store(t.Name(), u)
+			}
 		}
 	}()
 	stop = sync.OnceValue(func() error {
@@ -58,6 +62,9 @@ func inProcess(t *testing.T, args ...string) (addr string, stop func() error) {
 }
 
 const sonnetProfile = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+
+// metricsURL holds, per test, the /metrics URL a broker printed.
+var metricsURL sync.Map
 
 // TestDiscoveryFromSimulator runs serve against the Bedrock simulator:
 // budgets come from its Service Quotas through the real SDK, a quota raised
@@ -136,7 +143,7 @@ func TestDiscoveryFromSimulator(t *testing.T) {
 }
 
 func TestDemoServesSimulatedAccount(t *testing.T) {
-	addr, stop := inProcess(t, "demo", "--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0", "--log-level", "warn")
+	addr, stop := inProcess(t, "demo", "--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--log-level", "warn")
 	c := dial(t, addr)
 	ctx := context.Background()
 	budgets, err := c.ListBudgets(ctx, &pb.ListBudgetsRequest{})
@@ -149,6 +156,16 @@ func TestDemoServesSimulatedAccount(t *testing.T) {
 	resp, err := c.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: sonnetProfile, InputTokens: 1200, MaxOutputTokens: 1024})
 	if err != nil || resp.GetLease().GetReservedTokens() != 1200+5*1024 {
 		t.Fatalf("demo lease: %v %v", resp, err)
+	}
+	u, _ := metricsURL.Load(t.Name())
+	mr, err := http.Get(u.(string))
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	body, _ := io.ReadAll(mr.Body)
+	mr.Body.Close()
+	if !strings.Contains(string(body), `quotabroker_budget_events_total{event="granted",model="anthropic.claude-sonnet-4-5-20250929-v1:0",region="us-east-1",scope="cross-region"} 1`) {
+		t.Fatalf("demo /metrics does not count the lease:\n%.3000s", body)
 	}
 	if err := stop(); err != nil {
 		t.Fatalf("demo stop: %v", err)

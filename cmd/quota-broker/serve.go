@@ -4,11 +4,13 @@ import (
 	"cmp"
 	"context"
 	_ "embed"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,9 +32,9 @@ import (
 var exampleBudgets []byte
 
 type serveFlags struct {
-	listen, data, budgets, clients, region, logLevel string
-	margin                                           float64
-	maxWait, leaseTTL, drain                         time.Duration
+	listen, httpAddr, data, budgets, clients, region, logLevel string
+	margin                                                     float64
+	maxWait, leaseTTL, drain                                   time.Duration
 	// Discovery from AWS (or an endpoint such as the simulator).
 	aws              bool
 	regions, awsURL  string
@@ -46,6 +48,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.listen, "listen", envOr("QUOTA_BROKER_LISTEN", "127.0.0.1:50051"), "gRPC listen address (env QUOTA_BROKER_LISTEN)")
+	fs.StringVar(&f.httpAddr, "http", envOr("QUOTA_BROKER_HTTP", ""), "HTTP listen address for /metrics (Prometheus); empty: none (env QUOTA_BROKER_HTTP)")
 	fs.StringVar(&f.data, "data", envOr("QUOTA_BROKER_DATA", "quota-broker.db"), "bbolt state file (env QUOTA_BROKER_DATA)")
 	fs.StringVar(&f.budgets, "budgets", envOr("QUOTA_BROKER_BUDGETS", ""), "JSON file of static budgets (env QUOTA_BROKER_BUDGETS); default: the stored budgets, or a built-in example set")
 	fs.StringVar(&f.clients, "clients", envOr("QUOTA_BROKER_CLIENTS", ""), "JSON file of client policies: weights, max_concurrent caps, daily_reserve, aging (env QUOTA_BROKER_CLIENTS)")
@@ -194,7 +197,22 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
-	srv := server.New(b, server.Config{Logger: log})
+	scfg := server.Config{Logger: log}
+	var httpSrv *http.Server
+	var httpLis net.Listener
+	if f.httpAddr != "" {
+		reg := server.NewRegistry(b)
+		scfg.Metrics = reg
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", server.MetricsHandler(reg))
+		if httpLis, err = net.Listen("tcp", f.httpAddr); err != nil {
+			lis.Close()
+			return fmt.Errorf("listen on %s (--http): %w", f.httpAddr, err)
+		}
+		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	}
+	srv := server.New(b, scfg)
 
 	runCtx, stopRun := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -202,9 +220,20 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	if src != nil {
 		wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
 	}
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	wg.Go(func() { serveErr <- srv.Serve(lis) })
+	if httpSrv != nil {
+		wg.Go(func() {
+			if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("http: %w", err)
+			}
+		})
+	}
 
+	if httpLis != nil {
+		fmt.Fprintf(stdout, "metrics on http://%s/metrics\n", httpLis.Addr())
+	}
+	// Last: tools and tests wait for this line.
 	fmt.Fprintf(stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(b.Budgets()))
 	if f.banner != nil {
 		f.banner(stdout, lis.Addr())
@@ -223,6 +252,9 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	b.Close()
 	drainCtx, cancel := context.WithTimeout(context.Background(), f.drain)
 	srv.Shutdown(drainCtx)
+	if httpSrv != nil {
+		httpSrv.Shutdown(drainCtx)
+	}
 	cancel()
 	stopRun()
 	wg.Wait()
