@@ -8,8 +8,11 @@ import (
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -35,6 +38,7 @@ type Broker interface {
 	SetOverride(ctx context.Context, modelID, region string, o broker.Override) (broker.BudgetInfo, error)
 	RefreshNow(ctx context.Context) error
 	DiscoveryStatus() broker.DiscoveryStatus
+	LeaseClient(leaseID string) string
 }
 
 // ClientHeader is the metadata key a caller names itself with. Until
@@ -53,6 +57,12 @@ type Config struct {
 	DeadlineMargin time.Duration
 	// MaxRecvMsgSize bounds a request. Default 64 KiB: requests are small.
 	MaxRecvMsgSize int
+	// Tokens, when set, requires a bearer token on every QuotaBroker call
+	// (health and reflection stay open) and takes the client's identity
+	// from it; admin calls need the admin role, and leases can be settled
+	// or renewed only by their own client. Without it the client names
+	// itself with ClientHeader and every caller is trusted.
+	Tokens *Tokens
 	// Metrics, when set, receives the gRPC server metrics (requests,
 	// codes, handling time per method) from go-grpc-middleware's
 	// Prometheus provider.
@@ -109,6 +119,13 @@ func New(b Broker, cfg Config) *Server {
 		recovery.StreamServerInterceptor(recoverOpt),
 		logging.StreamServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
 	}
+	if cfg.Tokens != nil {
+		onlyBroker := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
+			return c.Service == pb.QuotaBroker_ServiceDesc.ServiceName
+		})
+		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(cfg.Tokens.authFunc), onlyBroker))
+		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(cfg.Tokens.authFunc), onlyBroker))
+	}
 	var metrics *grpcprom.ServerMetrics
 	if cfg.Metrics != nil {
 		metrics = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
@@ -162,14 +179,22 @@ func (s *Server) Shutdown(ctx context.Context) {
 // GRPC exposes the underlying server, e.g. to register more services.
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
 
+// clientOf is the caller's client name: from its credentials when the
+// server authenticates, else as the caller declares it.
 func clientOf(ctx context.Context) string {
+	if id, ok := identityOf(ctx); ok {
+		return id.Client
+	}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(ClientHeader); len(v) > 0 {
+		if v := md.Get(ClientHeader); len(v) > 0 && v[0] != "" {
 			return v[0]
 		}
 	}
-	return ""
+	return AnonymousClient
 }
+
+// AnonymousClient is the client of calls that name none.
+const AnonymousClient = "anonymous"
 
 // AcquireLease waits for capacity up to the request's wait, bounded by the
 // RPC deadline (less DeadlineMargin) and the broker's maximum.
@@ -209,6 +234,9 @@ func (s *Server) AcquireLease(ctx context.Context, req *pb.AcquireLeaseRequest) 
 }
 
 func (s *Server) CompleteLease(ctx context.Context, req *pb.CompleteLeaseRequest) (*pb.CompleteLeaseResponse, error) {
+	if err := s.requireOwner(ctx, req.GetLeaseId()); err != nil {
+		return nil, err
+	}
 	outcome, err := outcomeFromPB(req.GetOutcome())
 	if err != nil {
 		return nil, err
@@ -227,6 +255,9 @@ func (s *Server) CompleteLease(ctx context.Context, req *pb.CompleteLeaseRequest
 }
 
 func (s *Server) RenewLease(ctx context.Context, req *pb.RenewLeaseRequest) (*pb.RenewLeaseResponse, error) {
+	if err := s.requireOwner(ctx, req.GetLeaseId()); err != nil {
+		return nil, err
+	}
 	extend := time.Duration(0)
 	if req.GetExtend() != nil {
 		if err := req.GetExtend().CheckValid(); err != nil {
@@ -273,6 +304,9 @@ func (s *Server) ListBudgets(ctx context.Context, _ *pb.ListBudgetsRequest) (*pb
 }
 
 func (s *Server) SetOverride(ctx context.Context, req *pb.SetOverrideRequest) (*pb.SetOverrideResponse, error) {
+	if err := s.requireAdmin(ctx); err != nil {
+		return nil, err
+	}
 	o := req.GetOverride()
 	var ov broker.Override
 	if o != nil {
@@ -286,6 +320,9 @@ func (s *Server) SetOverride(ctx context.Context, req *pb.SetOverrideRequest) (*
 }
 
 func (s *Server) RefreshQuotas(ctx context.Context, _ *pb.RefreshQuotasRequest) (*pb.RefreshQuotasResponse, error) {
+	if err := s.requireAdmin(ctx); err != nil {
+		return nil, err
+	}
 	if err := s.b.RefreshNow(ctx); err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}

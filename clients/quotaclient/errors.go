@@ -27,6 +27,13 @@ var (
 	// ErrUnavailable: the broker cannot be reached or is shutting down
 	// (UNAVAILABLE, or no answer within the broker timeout).
 	ErrUnavailable = errors.New("quotaclient: broker unavailable")
+	// ErrUnauthenticated: the broker wants a valid bearer token
+	// (UNAUTHENTICATED); see BearerToken. Not an outage: FailOpen does not
+	// apply.
+	ErrUnauthenticated = errors.New("quotaclient: unauthenticated")
+	// ErrPermission: the caller's role or identity does not allow the call
+	// (PERMISSION_DENIED), e.g. settling another client's lease.
+	ErrPermission = errors.New("quotaclient: permission denied")
 )
 
 // Limit names the limit of a budget that refused a lease.
@@ -109,6 +116,8 @@ var kindOf = map[codes.Code]error{
 	codes.NotFound:           ErrNotFound,
 	codes.FailedPrecondition: ErrExpired,
 	codes.Unavailable:        ErrUnavailable,
+	codes.Unauthenticated:    ErrUnauthenticated,
+	codes.PermissionDenied:   ErrPermission,
 }
 
 // fromStatus turns the error of a broker RPC into the client's typed

@@ -229,6 +229,8 @@ func TestCrashRestartKeepsGrantInvariant(t *testing.T) {
 
 func TestServeErrorsAreActionable(t *testing.T) {
 	dir := t.TempDir()
+	good := filepath.Join(dir, "good.json")
+	os.WriteFile(good, []byte(`{"budgets": [{"model": "amazon.nova-pro-v1:0", "region": "us-east-1", "tpm": 1000}]}`), 0o600)
 	bad := filepath.Join(dir, "budgets.json")
 	os.WriteFile(bad, []byte("{\"budgets\": [\n  {\"model\": \"amazon.nova-pro-v1:0\", \"region\": \"us-east-1\", \"tpm\": -1}\n]}"), 0o600)
 	for _, tc := range []struct {
@@ -242,6 +244,9 @@ func TestServeErrorsAreActionable(t *testing.T) {
 		{"unknown command", []string{"sreve"}, "unknown command \"sreve\""},
 		{"bad listen", []string{"serve", "--listen", "256.0.0.1:1"}, "listen on 256.0.0.1:1"},
 		{"missing clients file", []string{"serve", "--clients", filepath.Join(dir, "clients.json")}, "clients file: open"},
+		{"missing tokens file", []string{"serve", "--tokens", filepath.Join(dir, "tokens.json")}, "tokens file: open"},
+		{"open to the network without tokens", []string{"serve", "--listen", "0.0.0.0:0", "--budgets", good}, "not a loopback address and no --tokens"},
+		{"token without client", []string{"token"}, "--client is required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(tc.args[:len(tc.args):len(tc.args)], "--data", filepath.Join(t.TempDir(), "s.db"))

@@ -11,9 +11,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/bedrockqb/quotabroker/broker"
@@ -32,9 +35,10 @@ import (
 var exampleBudgets []byte
 
 type serveFlags struct {
-	listen, httpAddr, data, budgets, clients, region, logLevel string
-	margin                                                     float64
-	maxWait, leaseTTL, drain                                   time.Duration
+	listen, httpAddr, data, budgets, clients, tokens, region, logLevel string
+	insecureListen                                                     bool
+	margin                                                             float64
+	maxWait, leaseTTL, drain                                           time.Duration
 	// Discovery from AWS (or an endpoint such as the simulator).
 	aws              bool
 	regions, awsURL  string
@@ -52,6 +56,8 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	fs.StringVar(&f.data, "data", envOr("QUOTA_BROKER_DATA", "quota-broker.db"), "bbolt state file (env QUOTA_BROKER_DATA)")
 	fs.StringVar(&f.budgets, "budgets", envOr("QUOTA_BROKER_BUDGETS", ""), "JSON file of static budgets (env QUOTA_BROKER_BUDGETS); default: the stored budgets, or a built-in example set")
 	fs.StringVar(&f.clients, "clients", envOr("QUOTA_BROKER_CLIENTS", ""), "JSON file of client policies: weights, max_concurrent caps, daily_reserve, aging (env QUOTA_BROKER_CLIENTS)")
+	fs.StringVar(&f.tokens, "tokens", envOr("QUOTA_BROKER_TOKENS", ""), "JSON file of hashed bearer tokens (client, role); reloaded on SIGHUP (env QUOTA_BROKER_TOKENS); without it callers are trusted")
+	fs.BoolVar(&f.insecureListen, "insecure-listen", envOr("QUOTA_BROKER_INSECURE_LISTEN", "") == "1", "allow listening beyond loopback without --tokens (env QUOTA_BROKER_INSECURE_LISTEN=1)")
 	fs.StringVar(&f.region, "region", envOr("QUOTA_BROKER_REGION", "us-east-1"), "default AWS Region of requests that name none (env QUOTA_BROKER_REGION)")
 	fs.StringVar(&f.logLevel, "log-level", envOr("QUOTA_BROKER_LOG_LEVEL", "info"), "debug, info, warn or error (env QUOTA_BROKER_LOG_LEVEL)")
 	margin, err := strconv.ParseFloat(envOr("QUOTA_BROKER_MARGIN", "0.9"), 64)
@@ -193,11 +199,24 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 			log.Info("quotas discovered", "regions", strings.Join(regions, ","), "budgets", len(b.Budgets()), "skipped_quotas", len(st.Skipped))
 		}
 	}
+	scfg := server.Config{Logger: log}
+	if f.tokens != "" {
+		if scfg.Tokens, err = server.LoadTokens(f.tokens); err != nil {
+			return err
+		}
+		log.Info("callers authenticate with bearer tokens", "tokens", scfg.Tokens.Len())
+	}
 	lis, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
-	scfg := server.Config{Logger: log}
+	if !loopback(lis.Addr()) && scfg.Tokens == nil {
+		if !f.insecureListen {
+			lis.Close()
+			return fmt.Errorf("listen on %s: not a loopback address and no --tokens: anyone who can reach it could spend the account's quota; add --tokens FILE, or --insecure-listen to accept that", lis.Addr())
+		}
+		log.Warn("listening beyond loopback without authentication (--insecure-listen): every caller is trusted", "addr", lis.Addr().String())
+	}
 	var httpSrv *http.Server
 	var httpLis net.Listener
 	if f.httpAddr != "" {
@@ -219,6 +238,25 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	wg.Go(func() { b.Run(runCtx) })
 	if src != nil {
 		wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
+	}
+	if scfg.Tokens != nil {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		wg.Go(func() {
+			defer signal.Stop(hup)
+			for {
+				select {
+				case <-runCtx.Done():
+					return
+				case <-hup:
+					if err := scfg.Tokens.Reload(); err != nil {
+						log.Error("tokens reload failed; the previous tokens stay in force", "err", err)
+					} else {
+						log.Info("tokens reloaded", "tokens", scfg.Tokens.Len())
+					}
+				}
+			}
+		})
 	}
 	serveErr := make(chan error, 2)
 	wg.Go(func() { serveErr <- srv.Serve(lis) })
@@ -266,4 +304,10 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stdout, "quota-broker stopped")
 	}
 	return result
+}
+
+// loopback reports whether addr only accepts connections from this host.
+func loopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/bedrockqb/quotabroker/server"
+)
+
+// token prints a new bearer token and the entry to add to the tokens file.
+// The broker keeps only the token's SHA-256, so a leaked tokens file does
+// not leak tokens.
+func token(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	client := fs.String("client", "", "the client name the token stands for (required)")
+	role := fs.String("role", "client", "client or admin")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *client == "" {
+		return fmt.Errorf("token: --client is required")
+	}
+	if *role != string(server.RoleClient) && *role != string(server.RoleAdmin) {
+		return fmt.Errorf("token: --role %q: want client or admin", *role)
+	}
+	tok, sum := server.NewToken()
+	entry, _ := json.Marshal(map[string]string{"client": *client, "role": *role, "sha256": sum})
+	fmt.Fprintf(stdout, "token (give it to %s; it is not stored anywhere):\n  %s\nentry for the tokens file:\n  %s\n", *client, tok, entry)
+	return nil
+}

@@ -1,0 +1,168 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sync/atomic"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Role is what a caller may do.
+type Role string
+
+const (
+	// RoleClient acquires, settles and renews its own leases, reports
+	// throttles and reads reports.
+	RoleClient Role = "client"
+	// RoleAdmin may also change budgets: overrides and refreshes.
+	RoleAdmin Role = "admin"
+)
+
+// Identity is who a caller is, as its credentials say.
+type Identity struct {
+	Client string
+	Role   Role
+}
+
+type identityKey struct{}
+
+func identityOf(ctx context.Context) (Identity, bool) {
+	id, ok := ctx.Value(identityKey{}).(Identity)
+	return id, ok
+}
+
+// Tokens maps bearer tokens, stored as SHA-256 hashes, to identities. The
+// set can be swapped at run time (Reload) without dropping a call.
+//
+// File format (quota-broker token prints an entry for a new token):
+//
+//	{"tokens": [
+//	  {"client": "checkout-svc", "role": "client", "sha256": "9f86d0..."},
+//	  {"client": "ops",          "role": "admin",  "sha256": "60303a..."}
+//	]}
+type Tokens struct {
+	path string
+	set  atomic.Pointer[map[string]Identity] // hex SHA-256 -> identity
+}
+
+type tokenEntry struct {
+	Client string `json:"client"`
+	Role   Role   `json:"role"`
+	SHA256 string `json:"sha256"`
+}
+
+// LoadTokens reads the token file at path.
+func LoadTokens(path string) (*Tokens, error) {
+	t := &Tokens{path: path}
+	if err := t.Reload(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Reload reads the file again; on error the tokens in force stay.
+func (t *Tokens) Reload() error {
+	data, err := os.ReadFile(t.path)
+	if err != nil {
+		return fmt.Errorf("tokens file: %w", err)
+	}
+	var f struct {
+		Tokens []tokenEntry `json:"tokens"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return fmt.Errorf("tokens file %s: %w", t.path, err)
+	}
+	set := make(map[string]Identity, len(f.Tokens))
+	for i, e := range f.Tokens {
+		switch {
+		case e.Client == "" || len(e.Client) > 256:
+			return fmt.Errorf("tokens file %s: tokens[%d].client: want 1 to 256 bytes", t.path, i)
+		case e.Role != RoleClient && e.Role != RoleAdmin:
+			return fmt.Errorf("tokens file %s: tokens[%d].role: %q is not client or admin", t.path, i, e.Role)
+		}
+		h, err := hex.DecodeString(e.SHA256)
+		if err != nil || len(h) != sha256.Size {
+			return fmt.Errorf("tokens file %s: tokens[%d].sha256: want the 64 hex digits of a token's SHA-256 (quota-broker token prints it)", t.path, i)
+		}
+		if _, dup := set[e.SHA256]; dup {
+			return fmt.Errorf("tokens file %s: tokens[%d]: the same token as an earlier entry", t.path, i)
+		}
+		set[hex.EncodeToString(h)] = Identity{Client: e.Client, Role: e.Role}
+	}
+	t.set.Store(&set)
+	return nil
+}
+
+// Len is the number of tokens in force.
+func (t *Tokens) Len() int { return len(*t.set.Load()) }
+
+// lookup returns the identity of a bearer token.
+func (t *Tokens) lookup(token string) (Identity, bool) {
+	sum := sha256.Sum256([]byte(token))
+	id, ok := (*t.set.Load())[hex.EncodeToString(sum[:])]
+	return id, ok
+}
+
+// authFunc authenticates a call: it needs "authorization: Bearer TOKEN" with
+// a known token. The answer never says which part was wrong.
+func (t *Tokens) authFunc(ctx context.Context) (context.Context, error) {
+	token, err := auth.AuthFromMD(ctx, "bearer")
+	if err != nil {
+		return nil, status.Error(codes.Unauthenticated, "missing or invalid bearer token")
+	}
+	id, ok := t.lookup(token)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "missing or invalid bearer token")
+	}
+	return context.WithValue(ctx, identityKey{}, id), nil
+}
+
+// NewToken returns a new random bearer token and the hex SHA-256 to put in
+// the tokens file.
+func NewToken() (token, sha string) {
+	var p [32]byte
+	rand.Read(p[:]) // never fails (crypto/rand since Go 1.24)
+	token = "qb_" + hex.EncodeToString(p[:])
+	sum := sha256.Sum256([]byte(token))
+	return token, hex.EncodeToString(sum[:])
+}
+
+var errPermission = status.Error(codes.PermissionDenied, "permission denied")
+
+// requireAdmin fails a call that needs the admin role. Without
+// authentication configured every caller is trusted (the broker then
+// listens on loopback only, unless told otherwise).
+func (s *Server) requireAdmin(ctx context.Context) error {
+	if s.cfg.Tokens == nil {
+		return nil
+	}
+	if id, ok := identityOf(ctx); ok && id.Role == RoleAdmin {
+		return nil
+	}
+	return errPermission
+}
+
+// requireOwner fails a call on a lease of another client. Lease ids are
+// unguessable, so a foreign id is evidence of a bug or of a leak; either way
+// the caller learns nothing more than "permission denied".
+func (s *Server) requireOwner(ctx context.Context, leaseID string) error {
+	owner := s.b.LeaseClient(leaseID)
+	if owner == "" { // unknown: let the domain say not found
+		return nil
+	}
+	if owner != clientOf(ctx) {
+		return errPermission
+	}
+	return nil
+}
