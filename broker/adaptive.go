@@ -12,18 +12,35 @@ import (
 // on requests per minute; the effective limit is the lower of the ceiling
 // and quota x margin (or the override).
 //
-// The rule is CUBIC's, as in the AWS SDKs' adaptive retry mode, but per
-// budget and on the broker's view of the budget's use rather than one
-// client's send rate:
+// The rule is multiplicative decrease with a concave return and a slow,
+// accelerating probe (CUBIC's shape, per budget and on the broker's view of
+// the budget's use rather than one client's send rate), tuned with
+// bench/adapt against the simulator:
 //
 //   - on a throttle, Wmax becomes the use of the minute window at that
 //     moment (what Bedrock had just accepted, reservations included, since
-//     Bedrock charges reservations too), and the ceiling drops to Beta x Wmax;
-//   - afterwards it grows as W(t) = C (t - K)^3 + Wmax, with K chosen so
-//     that it is back at Wmax after Recovery: a fast climb at first, a
-//     careful approach to the level that was throttled, then faster probing
-//     above it;
+//     Bedrock charges reservations too), never above the ceiling in force,
+//     and the ceiling drops to Beta x Wmax;
+//   - a throttle that comes while the ceiling is still climbing back
+//     (within Recovery of the last decrease) means the cut was not deep
+//     enough, as after a drop of the real capacity: the cut deepens to
+//     Beta^2, Beta^3, ... (never below MaxCut) until a throttle comes after
+//     a full recovery;
+//   - afterwards the ceiling climbs back to Wmax over Recovery, fast at
+//     first and flattening near Wmax: W(t) = Wmax - (Wmax - cut) (1 - t/K)^3;
+//   - then it probes above Wmax, slowly at first and faster the longer no
+//     throttle comes: W(t) = Wmax (1 + Probe ((t - K) / 1 min)^3), so a
+//     learned capacity is held for about a minute and a raised one is found
+//     within a few;
 //   - once W reaches quota x margin the ceiling disengages.
+//
+// Why not the SDKs' CUBIC (Beta 0.7, back at Wmax after one window, probing
+// as fast as it returned): against a sliding minute window, lowering the
+// ceiling below the window's use stops all grants until enough of the window
+// has slid out, (1 - Beta) of a minute; at 0.7 that is an 18 s stall for
+// every caller, interactive ones included, at each probe. A shallow cut
+// that deepens only when throttles persist keeps the stall to 6 s and still
+// finds a 40% drop in three cuts (0.9 x 0.81 x 0.73 = 0.53).
 //
 // Throttles of leases granted before (or at) the last decrease do not decrease
 // again: they reflect the old rate, which was already cut (as TCP reacts
@@ -33,22 +50,35 @@ type adaptive struct {
 	tokens, requests ceiling
 	lastDecrease     time.Time // zero: never throttled
 	throttles        int64     // decreases so far
-	lastWmaxShare    float64   // Wmax of the last decrease / static limit, for the report
+	// depth counts the decreases in a row that each came before the
+	// ceiling had recovered: the last cut was Beta^depth (not persisted:
+	// after a restart the next decrease starts again at Beta).
+	depth         int
+	lastWmaxShare float64 // Wmax of the last decrease / static limit, for the report
 }
 
-// ceiling is one dimension's CUBIC state. Zero Wmax: not engaged.
+// ceiling is one dimension's state. Zero Wmax: not engaged.
 type ceiling struct {
 	Wmax float64
+	// cut is the share of Wmax the ceiling dropped to at the last
+	// decrease; 0 (a restored state) means Beta.
+	cut float64
 }
 
 // AdaptiveConfig tunes the adaptive ceilings. The zero value works.
 type AdaptiveConfig struct {
-	// Beta is the multiplicative decrease on a throttle. Default 0.7 (the
-	// AWS SDKs' CUBIC value).
+	// Beta is the multiplicative decrease on a throttle. Default 0.9.
 	Beta float64
+	// MaxCut bounds the deepened cut: Beta^depth never goes below it.
+	// Default 0.5.
+	MaxCut float64
 	// Recovery is how long after a decrease the ceiling is back at the
-	// level that was throttled. Default 60 s: one window.
+	// level that was throttled. Default 30 s.
 	Recovery time.Duration
+	// Probe is how far above Wmax the ceiling is one minute after it got
+	// back there, as a share of Wmax (it grows with the cube of the time).
+	// Default 0.05.
+	Probe float64
 	// Floor is the lowest ceiling, as a share of quota x margin. Default
 	// 0.02.
 	Floor float64
@@ -61,10 +91,16 @@ type AdaptiveConfig struct {
 
 func (c *AdaptiveConfig) setDefaults() error {
 	if c.Beta == 0 {
-		c.Beta = 0.7
+		c.Beta = 0.9
+	}
+	if c.MaxCut == 0 {
+		c.MaxCut = 0.5
 	}
 	if c.Recovery == 0 {
-		c.Recovery = time.Minute
+		c.Recovery = 30 * time.Second
+	}
+	if c.Probe == 0 {
+		c.Probe = 0.05
 	}
 	if c.Floor == 0 {
 		c.Floor = 0.02
@@ -75,8 +111,12 @@ func (c *AdaptiveConfig) setDefaults() error {
 	switch {
 	case !(c.Beta > 0 && c.Beta < 1):
 		return fmt.Errorf("config Adaptive.Beta: %v is outside (0, 1)", c.Beta)
+	case !(c.MaxCut > 0 && c.MaxCut <= c.Beta):
+		return fmt.Errorf("config Adaptive.MaxCut: %v is outside (0, Beta]", c.MaxCut)
 	case c.Recovery < time.Second:
 		return fmt.Errorf("config Adaptive.Recovery: %v is below 1s", c.Recovery)
+	case !(c.Probe > 0):
+		return fmt.Errorf("config Adaptive.Probe: %v is not positive", c.Probe)
 	case !(c.Floor > 0 && c.Floor < 1):
 		return fmt.Errorf("config Adaptive.Floor: %v is outside (0, 1)", c.Floor)
 	case c.MinInterval < 0:
@@ -85,18 +125,32 @@ func (c *AdaptiveConfig) setDefaults() error {
 	return nil
 }
 
+// cutAt is the share of Wmax a decrease at depth cuts to.
+func (cfg *AdaptiveConfig) cutAt(depth int) float64 {
+	return math.Max(cfg.MaxCut, math.Pow(cfg.Beta, float64(max(depth, 1))))
+}
+
 // at returns the ceiling at now, and false when it is not engaged (it has
-// climbed past static, or there never was a throttle).
+// climbed past static, or there never was a throttle); since is the last
+// decrease.
 func (c ceiling) at(cfg *AdaptiveConfig, since, now time.Time, static float64) (float64, bool) {
 	if c.Wmax <= 0 {
 		return 0, false
 	}
-	// K = the time to climb from Beta x Wmax back to Wmax = Recovery, so
-	// C = Wmax (1 - Beta) / K^3.
+	cut := c.cut
+	if cut == 0 {
+		cut = cfg.Beta
+	}
 	k := cfg.Recovery.Seconds()
-	cc := c.Wmax * (1 - cfg.Beta) / (k * k * k)
-	t := now.Sub(since).Seconds() - k
-	w := cc*t*t*t + c.Wmax
+	t := now.Sub(since).Seconds()
+	var w float64
+	if t < k {
+		u := 1 - t/k
+		w = c.Wmax - c.Wmax*(1-cut)*u*u*u
+	} else {
+		m := (t - k) / 60
+		w = c.Wmax * (1 + cfg.Probe*m*m*m)
+	}
 	if static > 0 && w >= static {
 		return 0, false
 	}
@@ -120,7 +174,15 @@ func (b *Broker) throttled(bg *budget, now, grantedAt time.Time) bool {
 			return false
 		}
 	}
+	// A throttle while the ceiling is still climbing back: the last cut
+	// was too shallow.
+	if !a.lastDecrease.IsZero() && now.Sub(a.lastDecrease) < cfg.Recovery {
+		a.depth = max(a.depth, 1) + 1
+	} else {
+		a.depth = 1
+	}
 	static := bg.static()
+	cut := cfg.cutAt(a.depth)
 	used := func(c ceiling, w *window, staticLimit int64) ceiling {
 		cur, engaged := c.at(cfg, a.lastDecrease, now, float64(staticLimit))
 		u := float64(w.used(now))
@@ -130,7 +192,7 @@ func (b *Broker) throttled(bg *budget, now, grantedAt time.Time) bool {
 		if u <= 0 {
 			return c
 		}
-		return ceiling{Wmax: u}
+		return ceiling{Wmax: u, cut: cut}
 	}
 	// Tokens are Bedrock's currency: their ceiling always moves. Requests
 	// get a ceiling only where the budget has an RPM limit (AWS no longer
@@ -147,7 +209,7 @@ func (b *Broker) throttled(bg *budget, now, grantedAt time.Time) bool {
 		a.lastWmaxShare = a.requests.Wmax / float64(static.RPM)
 	}
 	b.log.Info("throttle lowered the budget's ceiling", "budget", bg.spec.Key.String(),
-		"tokens_per_minute", int64(a.tokens.Wmax*b.cfg.Adaptive.Beta), "requests_per_minute", int64(a.requests.Wmax*b.cfg.Adaptive.Beta))
+		"tokens_per_minute", int64(a.tokens.Wmax*cut), "requests_per_minute", int64(a.requests.Wmax*cut), "depth", a.depth)
 	return true
 }
 

@@ -32,8 +32,8 @@ func TestThrottleLowersCeilingThenItRecovers(t *testing.T) {
 	if r.Adaptive.Throttles != 1 || r.Adaptive.TokensWmax != 40_000 || r.Adaptive.RequestsWmax != 40 {
 		t.Fatalf("adaptive after a throttle: %+v", r.Adaptive)
 	}
-	if r.Effective.TPM != 28_000 || r.Effective.RPM != 28 || r.Static.TPM != 100_000 {
-		t.Fatalf("effective %+v static %+v, want the ceiling at 0.7 x Wmax", r.Effective, r.Static)
+	if r.Effective.TPM != 36_000 || r.Effective.RPM != 36 || r.Static.TPM != 100_000 {
+		t.Fatalf("effective %+v static %+v, want the ceiling at 0.9 x Wmax", r.Effective, r.Static)
 	}
 	if d, _ := e.acquire(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000}); d.Granted || d.Blocked == broker.LimitNone {
 		t.Fatalf("granted above the ceiling: %+v", d)
@@ -45,23 +45,93 @@ func TestThrottleLowersCeilingThenItRecovers(t *testing.T) {
 	if got := e.report(haiku3).Adaptive.Throttles; got != 1 {
 		t.Fatalf("%d decreases after throttles of leases from before the first", got)
 	}
-	// CUBIC: back to Wmax after Recovery (60 s), then probing above it,
-	// until it disengages at the static limit.
-	e.clock.Advance(30 * time.Second)
-	mid := e.report(haiku3).Effective.TPM
-	if mid <= 28_000 || mid >= 40_000 {
-		t.Fatalf("after 30 s the ceiling is %d, want between 28000 and 40000", mid)
+	// Back at Wmax after Recovery (30 s), concave: most of the way after
+	// half of it (40000 - 4000 x 0.5^3 = 39500).
+	e.clock.Advance(15 * time.Second)
+	if mid := e.report(haiku3).Effective.TPM; mid < 39_400 || mid > 39_600 {
+		t.Fatalf("after 15 s the ceiling is %d, want about 39500", mid)
 	}
-	e.clock.Advance(30 * time.Second)
+	e.clock.Advance(15 * time.Second)
 	if got := e.report(haiku3).Effective.TPM; got < 39_990 || got > 40_010 {
-		t.Fatalf("after 60 s the ceiling is %d, want back at Wmax 40000", got)
+		t.Fatalf("after 30 s the ceiling is %d, want back at Wmax 40000", got)
 	}
-	// The request ceiling started at 4% of its static limit: the cubic
-	// takes about 5 minutes to climb that far.
+	// Then it probes above Wmax: 5% a minute later, faster after.
+	e.clock.Advance(time.Minute)
+	if got := e.report(haiku3).Effective.TPM; got < 41_990 || got > 42_010 {
+		t.Fatalf("a minute after recovering the ceiling is %d, want 42000", got)
+	}
+	e.clock.Advance(time.Minute)
+	if got := e.report(haiku3).Effective.TPM; got < 55_990 || got > 56_010 {
+		t.Fatalf("two minutes after recovering the ceiling is %d, want 40000 x 1.4", got)
+	}
+	// The request ceiling started at 4% of its static limit: the probe
+	// takes about 8 minutes to climb that far (40 x (1 + 0.05 m^3) >= 1000).
 	e.clock.Advance(5 * time.Minute)
+	if r := e.report(haiku3); r.Effective.RPM >= 1000 {
+		t.Fatalf("request ceiling disengaged after 7.5 minutes: %+v", r.Effective)
+	}
+	e.clock.Advance(time.Minute)
 	r = e.report(haiku3)
 	if r.Effective != r.Static || !strings.Contains(r.Adaptive.Reason, "recovered") {
-		t.Fatalf("not recovered after 6 minutes: effective %+v, %q", r.Effective, r.Adaptive.Reason)
+		t.Fatalf("not recovered after 8.5 minutes: effective %+v, %q", r.Effective, r.Adaptive.Reason)
+	}
+}
+
+func TestThrottlesBeforeRecoveryCutDeeper(t *testing.T) {
+	e := newEnv(t, spec(haiku3, broker.Limits{TPM: 1_000_000}))
+	ctx := context.Background()
+	throttleNew := func(n int) {
+		t.Helper()
+		ls := e.fill(n)
+		e.clock.Advance(time.Millisecond) // granted after the last decrease
+		if _, err := e.b.Complete(ctx, ls[0].ID, broker.OutcomeThrottled, broker.Usage{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	throttleNew(101) // Wmax 100000, cut to 0.9
+	if got := e.report(haiku3).Effective.TPM; got != 90_000 {
+		t.Fatalf("first cut to %d, want 90000", got)
+	}
+	// 61 s later the window is empty and the ceiling back above Wmax
+	// (100000 x 1.0069 after 31 s of probing).
+	e.clock.Advance(61 * time.Second)
+	// Capacity fell: the next leases throttle again 5 s after that decrease,
+	// before the ceiling has recovered. Each such cut goes deeper: 0.81,
+	// then 0.729, of the ceiling in force (never above what was used).
+	throttleNew(81) // used 80000 < ceiling: Wmax 80000, a cut of 0.9 (the last decrease was 61 s ago)
+	if r := e.report(haiku3); r.Adaptive.TokensWmax != 80_000 || r.Effective.TPM != 72_000 {
+		t.Fatalf("after a recovered cut: %+v %+v", r.Adaptive, r.Effective)
+	}
+	// The window is above the new ceiling, so no new lease can be granted
+	// to throttle: clients report throttles seen outside leases instead.
+	e.clock.Advance(5 * time.Second)
+	if _, err := e.b.ReportThrottle(ctx, haiku3, ""); err != nil { // used 80000: Wmax = the ceiling in force
+		t.Fatal(err)
+	}
+	r := e.report(haiku3)
+	ceil5s := 80_000 - 8_000*(1-5.0/30)*(1-5.0/30)*(1-5.0/30) // the ceiling 5 s after the cut
+	if r.Adaptive.Throttles != 3 || r.Adaptive.TokensWmax < ceil5s-1 || r.Adaptive.TokensWmax > ceil5s+1 {
+		t.Fatalf("second throttle: Wmax %v, want the ceiling in force %v", r.Adaptive.TokensWmax, ceil5s)
+	}
+	if want := int64(r.Adaptive.TokensWmax * 0.81); r.Effective.TPM < want-1 || r.Effective.TPM > want+1 {
+		t.Fatalf("second cut to %d, want 0.81 x Wmax = %d", r.Effective.TPM, want)
+	}
+	wmax2 := r.Adaptive.TokensWmax
+	e.clock.Advance(5 * time.Second)
+	e.b.ReportThrottle(ctx, haiku3, "")
+	r = e.report(haiku3)
+	if r.Adaptive.TokensWmax >= wmax2 {
+		t.Fatalf("third throttle raised Wmax: %v after %v", r.Adaptive.TokensWmax, wmax2)
+	}
+	if want := int64(r.Adaptive.TokensWmax * 0.729); r.Effective.TPM < want-1 || r.Effective.TPM > want+1 {
+		t.Fatalf("third cut to %d, want 0.729 x Wmax = %d", r.Effective.TPM, want)
+	}
+	// After a full recovery the next throttle cuts by Beta again.
+	e.clock.Advance(2 * time.Minute)
+	throttleNew(41)
+	r = e.report(haiku3)
+	if r.Adaptive.TokensWmax != 40_000 || r.Effective.TPM != 36_000 {
+		t.Fatalf("after recovering, a throttle cut to %+v (Wmax %v), want 0.9 x 40000", r.Effective, r.Adaptive.TokensWmax)
 	}
 }
 
@@ -69,7 +139,7 @@ func TestLaterThrottlesCutAgainAndFlagLowCapacity(t *testing.T) {
 	e := newEnv(t, spec(haiku3, broker.Limits{TPM: 1_000_000}))
 	ctx := context.Background()
 	// Each round fits under the ceiling left by the round before (it is
-	// back at the last Wmax a minute later) and throttles one of its own
+	// back above the last Wmax a minute later) and throttles one of its own
 	// leases: Wmax 10000, then 5000, then 2000.
 	for i, n := range []int{11, 6, 3} {
 		ls := e.fill(n)
@@ -96,7 +166,7 @@ func TestReportedThrottlesAreRateLimited(t *testing.T) {
 		}
 	}
 	r := e.report(haiku3)
-	if r.Adaptive.Throttles != 1 || r.Counters.ReportedThrottles != 5 || r.Effective.TPM != 7000 {
+	if r.Adaptive.Throttles != 1 || r.Counters.ReportedThrottles != 5 || r.Effective.TPM != 9000 {
 		t.Fatalf("after 5 reports at once: %+v %+v", r.Adaptive, r.Effective)
 	}
 	e.clock.Advance(2 * time.Second)
