@@ -203,6 +203,8 @@ func (b *Broker) throttled(bg *budget, now, grantedAt time.Time) bool {
 	}
 	a.lastDecrease = now
 	a.throttles++
+	bg.tokenPace.restart(now)
+	bg.requestPace.restart(now)
 	if static.TPM > 0 {
 		a.lastWmaxShare = a.tokens.Wmax / float64(static.TPM)
 	} else if static.RPM > 0 {

@@ -35,8 +35,18 @@ func TestThrottleLowersCeilingThenItRecovers(t *testing.T) {
 	if r.Effective.TPM != 36_000 || r.Effective.RPM != 36 || r.Static.TPM != 100_000 {
 		t.Fatalf("effective %+v static %+v, want the ceiling at 0.9 x Wmax", r.Effective, r.Static)
 	}
-	if d, _ := e.acquire(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000}); d.Granted || d.Blocked == broker.LimitNone {
-		t.Fatalf("granted above the ceiling: %+v", d)
+	// The ceiling (36000 TPM) is below the minute's use (40000), yet grants
+	// do not stop until the minute slides by: they are paced at the
+	// ceiling's rate, 600 tokens a second, from the decrease on.
+	first := e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
+	d, _ := e.acquire(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
+	if d.Granted || d.Blocked != broker.LimitTPM || d.RetryAfter < 1660*time.Millisecond || d.RetryAfter > 1670*time.Millisecond {
+		t.Fatalf("second grant after the cut: %+v, want a refusal for 1000/600 s", d)
+	}
+	e.clock.Advance(d.RetryAfter)
+	paced := e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
+	for _, l := range []broker.Lease{first, paced} {
+		e.b.Complete(ctx, l.ID, broker.OutcomeSuccess, broker.Usage{OutputTokens: 1000})
 	}
 	// Leases granted before the decrease were sent at the old rate: their
 	// throttles do not cut again.
@@ -47,7 +57,7 @@ func TestThrottleLowersCeilingThenItRecovers(t *testing.T) {
 	}
 	// Back at Wmax after Recovery (30 s), concave: most of the way after
 	// half of it (40000 - 4000 x 0.5^3 = 39500).
-	e.clock.Advance(15 * time.Second)
+	e.clock.Advance(15*time.Second - d.RetryAfter)
 	if mid := e.report(haiku3).Effective.TPM; mid < 39_400 || mid > 39_600 {
 		t.Fatalf("after 15 s the ceiling is %d, want about 39500", mid)
 	}

@@ -89,7 +89,10 @@ type budget struct {
 	staticLim Limits // override or quota x margin; recomputed when spec or override changes
 	adaptive  adaptive
 	acfg      *AdaptiveConfig
-	reserve   map[Priority]float64 // Config.DailyReserve
+	// tokenPace and requestPace spread grants under an engaged adaptive
+	// ceiling (see fit).
+	tokenPace, requestPace pace
+	reserve                map[Priority]float64 // Config.DailyReserve
 
 	requests   *window // requests in the last minute
 	tokens     *window // tokens in the last minute
@@ -197,9 +200,19 @@ func (b *budget) neverFits(n need) error {
 // fit checks n against every limit at now. It returns LimitNone when n fits;
 // otherwise the limit that blocks longest and how long until it would fit
 // (0 when only a release can make room: concurrency).
+//
+// The static limits are checked on the sliding windows (the hard invariant).
+// An engaged adaptive ceiling is not: it paces grants instead (pace), so a
+// ceiling cut below the minute's use slows new grants to the ceiling's rate
+// rather than stopping every caller until the minute has slid by.
 func (b *budget) fit(now time.Time, n need) (Limit, time.Duration) {
-	e := b.limits(now)
+	st, e := b.staticLim, b.limits(now)
 	blocked, wait := LimitNone, time.Duration(0)
+	note := func(l Limit, d time.Duration) {
+		if d > 0 && (blocked == LimitNone || d > wait) {
+			blocked, wait = l, d
+		}
+	}
 	check := func(l Limit, w *window, v, limit int64) {
 		if limit <= 0 {
 			return
@@ -208,28 +221,82 @@ func (b *budget) fit(now time.Time, n need) (Limit, time.Duration) {
 		if !ok {
 			d = daySpan // cannot fit until the limit changes
 		}
-		if d > 0 && (blocked == LimitNone || d > wait) {
-			blocked, wait = l, d
-		}
+		note(l, d)
 	}
-	check(LimitRPM, b.requests, 1, e.RPM)
-	check(LimitTPM, b.tokens, n.tokens, e.TPM)
-	tpd := e.TPD
+	check(LimitRPM, b.requests, 1, st.RPM)
+	check(LimitTPM, b.tokens, n.tokens, st.TPM)
+	tpd := st.TPD
 	if r := b.reserve[n.priority]; r > 0 && tpd > 0 {
 		tpd = max(1, int64(float64(tpd)*(1-r)))
 	}
 	check(LimitTPD, b.dayTokens, n.tokens, tpd)
+	if engaged(e.TPM, st.TPM) {
+		note(LimitTPM, b.tokenPace.wait(now, e.TPM))
+	}
+	if engaged(e.RPM, st.RPM) {
+		note(LimitRPM, b.requestPace.wait(now, e.RPM))
+	}
 	if e.Concurrency > 0 && b.concurrent >= e.Concurrency && blocked == LimitNone {
 		blocked = LimitConcurrency
 	}
 	return blocked, wait
 }
 
+// engaged reports whether an adaptive ceiling is below the static limit.
+func engaged(effective, static int64) bool {
+	return effective > 0 && (static == 0 || effective < static)
+}
+
+// paceBurst is how much a pace holds: a minute of the ceiling, so after a
+// quiet minute it admits what the window would. What it changes is the
+// start: after a decrease it starts empty and admits at the ceiling's rate
+// at once, where a window ceiling below the minute's use admits nothing
+// until enough of the minute has slid out.
+const paceBurst = minuteSpan
+
+// pace is a token bucket that spreads grants at an adaptive ceiling's rate
+// (ceiling per minute). It admits while it is not in debt, so a request
+// larger than the burst still passes, and the debt it leaves spaces the next
+// ones. Bedrock's own buckets refill continuously too.
+type pace struct {
+	level float64
+	at    time.Time
+}
+
+func (p *pace) refill(now time.Time, perMinute int64) {
+	rate := float64(perMinute) / minuteSpan.Seconds()
+	if !p.at.IsZero() && now.After(p.at) {
+		p.level = math.Min(rate*paceBurst.Seconds(), p.level+rate*now.Sub(p.at).Seconds())
+	}
+	p.at = now
+}
+
+// wait is how long until the pace admits again (0: now).
+func (p *pace) wait(now time.Time, perMinute int64) time.Duration {
+	p.refill(now, perMinute)
+	if p.level >= 0 {
+		return 0
+	}
+	rate := float64(perMinute) / minuteSpan.Seconds()
+	return time.Duration(math.Ceil(-p.level / rate * float64(time.Second)))
+}
+
+// take charges v (negative: gives back) to the pace.
+func (p *pace) take(now time.Time, perMinute int64, v float64) {
+	p.refill(now, perMinute)
+	p.level = math.Min(p.level-v, float64(perMinute)/minuteSpan.Seconds()*paceBurst.Seconds())
+}
+
+// restart empties the pace at a decrease: the next grant passes at once,
+// the ones after it at the new rate.
+func (p *pace) restart(now time.Time) { *p = pace{at: now} }
+
 // charge adds a grant of n at now.
 func (b *budget) charge(now time.Time, tokens, requests int64) {
 	b.requests.add(now, now, requests)
 	b.tokens.add(now, now, tokens)
 	b.dayTokens.add(now, now, tokens)
+	b.paceCharge(now, tokens, requests)
 }
 
 // adjust corrects the charge of a lease granted at grantedAt.
@@ -237,6 +304,20 @@ func (b *budget) adjust(now, grantedAt time.Time, tokens, requests int64) {
 	b.requests.add(now, grantedAt, requests)
 	b.tokens.add(now, grantedAt, tokens)
 	b.dayTokens.add(now, grantedAt, tokens)
+	b.paceCharge(now, tokens, requests)
+}
+
+// paceCharge keeps the paces of engaged ceilings in step with charges and
+// returns, as Bedrock's buckets take reservations and give back the unused
+// part.
+func (b *budget) paceCharge(now time.Time, tokens, requests int64) {
+	st, e := b.staticLim, b.limits(now)
+	if engaged(e.TPM, st.TPM) {
+		b.tokenPace.take(now, e.TPM, float64(tokens))
+	}
+	if engaged(e.RPM, st.RPM) {
+		b.requestPace.take(now, e.RPM, float64(requests))
+	}
 }
 
 // utilisation is the use of the tightest limit in its window, 0..1+.
