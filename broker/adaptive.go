@@ -82,8 +82,8 @@ type AdaptiveConfig struct {
 	// Floor is the lowest ceiling, as a share of quota x margin. Default
 	// 0.02.
 	Floor float64
-	// MinInterval separates decreases caused by throttles reported without
-	// a lease. Default 2 s.
+	// MinInterval is the least time between two decreases (throttles in
+	// between are counted, not acted on). Default 2 s.
 	MinInterval time.Duration
 	// Disabled turns adaptation off: throttles are only counted.
 	Disabled bool
@@ -170,7 +170,11 @@ func (b *Broker) throttled(bg *budget, now, grantedAt time.Time) bool {
 		if !grantedAt.IsZero() && !grantedAt.After(a.lastDecrease) {
 			return false
 		}
-		if grantedAt.IsZero() && now.Sub(a.lastDecrease) < cfg.MinInterval {
+		// One decrease per MinInterval, whatever the throttles' leases:
+		// right after a cut Bedrock's bucket is still empty, so the first
+		// leases paced after it throttle too, and cutting again for each
+		// would compound the cuts to nothing within a second.
+		if now.Sub(a.lastDecrease) < cfg.MinInterval {
 			return false
 		}
 	}

@@ -514,7 +514,7 @@ func (b *Broker) undoGrant(l *lease, now time.Time) {
 	}
 	delete(b.leases, l.ID)
 	bg := l.b
-	bg.adjust(now, l.GrantedAt, -l.Charged, -l.Requests)
+	bg.adjust(now, l.GrantedAt, -l.Charged, -l.Requests, false)
 	bg.concurrent--
 	b.released(l.Client, now)
 	bg.counters.Granted--

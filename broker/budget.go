@@ -299,12 +299,17 @@ func (b *budget) charge(now time.Time, tokens, requests int64) {
 	b.paceCharge(now, tokens, requests)
 }
 
-// adjust corrects the charge of a lease granted at grantedAt.
-func (b *budget) adjust(now, grantedAt time.Time, tokens, requests int64) {
+// adjust corrects the charge of a lease granted at grantedAt. A throttled
+// call gives its charge back to the windows (Bedrock consumed nothing) but
+// not to the pace: a throttle says "slower", and refunding it would let the
+// retry through at once.
+func (b *budget) adjust(now, grantedAt time.Time, tokens, requests int64, throttled bool) {
 	b.requests.add(now, grantedAt, requests)
 	b.tokens.add(now, grantedAt, tokens)
 	b.dayTokens.add(now, grantedAt, tokens)
-	b.paceCharge(now, tokens, requests)
+	if !throttled {
+		b.paceCharge(now, tokens, requests)
+	}
 }
 
 // paceCharge keeps the paces of engaged ceilings in step with charges and

@@ -75,7 +75,7 @@ func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, 
 		charge, requests = 0, 0
 	}
 	dTokens, dRequests := charge-l.Charged, requests-l.Requests
-	bg.adjust(now, l.GrantedAt, dTokens, dRequests)
+	bg.adjust(now, l.GrantedAt, dTokens, dRequests, outcome == OutcomeThrottled)
 	wasExpired := l.State == LeaseExpired
 	if !wasExpired {
 		bg.concurrent--
