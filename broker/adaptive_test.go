@@ -211,3 +211,31 @@ func TestAdaptationCanBeDisabled(t *testing.T) {
 		t.Fatalf("disabled adaptation changed limits: %+v", r)
 	}
 }
+
+// After a cut, grants are paced at the ceiling's rate; a throttled call
+// gives its tokens back to the window (Bedrock consumed nothing) but not to
+// the pace, or its retry would pass at once and throttle again.
+func TestThrottledCallsDoNotRefundThePace(t *testing.T) {
+	e := newEnv(t, spec(haiku3, broker.Limits{TPM: 100_000}))
+	ctx := context.Background()
+	ls := e.fill(41)
+	e.clock.Advance(time.Millisecond)
+	e.b.Complete(ctx, ls[0].ID, broker.OutcomeThrottled, broker.Usage{}) // ceiling 36000: 600 tokens/s
+	a := e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
+	d, _ := e.acquire(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
+	if d.Granted {
+		t.Fatal("not paced after the cut")
+	}
+	e.clock.Advance(d.RetryAfter)
+	e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000}) // the pace is in debt again
+	before := e.report(haiku3)
+	// a throttles within MinInterval of the cut: counted, no new cut.
+	e.b.Complete(ctx, a.ID, broker.OutcomeThrottled, broker.Usage{})
+	after := e.report(haiku3)
+	if after.Adaptive.Throttles != 1 || after.Usage.TokensLastMinute != before.Usage.TokensLastMinute-1000 {
+		t.Fatalf("after the throttle: %d decreases, window %d -> %d", after.Adaptive.Throttles, before.Usage.TokensLastMinute, after.Usage.TokensLastMinute)
+	}
+	if d, _ := e.acquire(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000}); d.Granted {
+		t.Fatal("the throttled call's tokens went back to the pace: a grant passed at once")
+	}
+}

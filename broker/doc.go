@@ -39,7 +39,9 @@
 // Static limit = override if the operator set one, else quota x Margin
 // (default 0.9, never rounded down to zero; concurrency is not scaled).
 // Effective limit = the static one lowered by the adaptive ceiling learned
-// from throttles (adaptive.go: CUBIC per budget, persisted).
+// from throttles (adaptive.go, persisted). The static limits are enforced on
+// the sliding windows; an engaged ceiling paces grants at its rate instead
+// (budget.go), so a cut never stalls every caller while the minute slides.
 // A limit of 0 means absent. A request whose reservation exceeds the
 // effective TPM or TPD on its own can never fit, and fails at once with
 // KindInvalid naming max_output_tokens.
