@@ -116,11 +116,13 @@ func dial(t *testing.T, addr string) pb.QuotaBrokerClient {
 const crashModel = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 
 // hammer sends paced AcquireLease calls from 8 goroutines until stop is
-// closed or max calls were made, completing every other grant. It returns
-// the number of grants and refusals it saw.
-func hammer(ctx context.Context, c pb.QuotaBrokerClient, stop <-chan struct{}, max int64, granted *atomic.Int64) (refused int64) {
+// closed or max calls were made, completing every other grant. It counts
+// grants in granted, closes reached (if not nil) once reachAt grants were
+// seen, and returns the number of refusals.
+func hammer(ctx context.Context, c pb.QuotaBrokerClient, stop <-chan struct{}, max int64, granted *atomic.Int64, reachAt int64, reached chan<- struct{}) (refused int64) {
 	var wg sync.WaitGroup
 	var calls, ref atomic.Int64
+	var once sync.Once
 	for range 8 {
 		wg.Go(func() {
 			tick := time.NewTicker(5 * time.Millisecond) // pacing, so a crash lands mid-budget
@@ -136,7 +138,11 @@ func hammer(ctx context.Context, c pb.QuotaBrokerClient, stop <-chan struct{}, m
 				resp, err := c.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: crashModel, InputTokens: 100, MaxOutputTokens: 100})
 				switch status.Code(err) {
 				case codes.OK:
-					if n := granted.Add(1); n%2 == 0 {
+					n := granted.Add(1)
+					if reached != nil && n >= reachAt {
+						once.Do(func() { close(reached) })
+					}
+					if n%2 == 0 {
 						c.CompleteLease(ctx, &pb.CompleteLeaseRequest{LeaseId: resp.GetLease().GetLeaseId(), Outcome: pb.Outcome_OUTCOME_SUCCESS,
 							Usage: &pb.Usage{InputTokens: 100, OutputTokens: 20}})
 					}
@@ -174,16 +180,15 @@ func TestCrashRestartKeepsGrantInvariant(t *testing.T) {
 	first := startBroker(t, args...)
 	var before atomic.Int64
 	stop := make(chan struct{})
+	reached := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() { hammer(ctx, dial(t, first.addr), stop, 1<<30, &before) })
-	for before.Load() < rpm/3 {
-		select {
-		case <-first.done:
-			t.Fatalf("broker exited early\n%s", first.output())
-		case <-ctx.Done():
-			t.Fatal("first life granted too little")
-		case <-time.After(5 * time.Millisecond):
-		}
+	wg.Go(func() { hammer(ctx, dial(t, first.addr), stop, 1<<30, &before, rpm/3, reached) })
+	select {
+	case <-reached:
+	case <-first.done:
+		t.Fatalf("broker exited early\n%s", first.output())
+	case <-ctx.Done():
+		t.Fatal("first life granted too little")
 	}
 	if err := first.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -197,7 +202,7 @@ func TestCrashRestartKeepsGrantInvariant(t *testing.T) {
 	// Second life: hammer until clearly past the limit.
 	second := startBroker(t, args...)
 	var after atomic.Int64
-	refused := hammer(ctx, dial(t, second.addr), make(chan struct{}), 2*rpm, &after)
+	refused := hammer(ctx, dial(t, second.addr), make(chan struct{}), 2*rpm, &after, 0, nil)
 	elapsed := time.Since(start)
 	if elapsed > 55*time.Second {
 		t.Skipf("the run took %v, longer than the minute window the check relies on", elapsed)

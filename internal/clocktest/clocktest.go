@@ -58,19 +58,6 @@ func (t *timer) Stop() bool {
 	return true
 }
 
-// Pending is the number of timers not yet fired or stopped.
-func (c *Clock) Pending() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for _, t := range c.timers {
-		if !t.stopped {
-			n++
-		}
-	}
-	return n
-}
-
 // Advance moves the clock forward by d, firing due timers one by one in time
 // order, each synchronously at its own time (so a timer sees Now() equal to
 // its deadline). Timers scheduled by a firing timer fire too if due.
