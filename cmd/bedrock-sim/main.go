@@ -75,14 +75,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 
-	cfg := bedrocksim.Config{Speed: *speed, Seed: *seed, Logger: log}
-	if *scenario != "" {
-		sc, err := bedrocksim.LoadScenario(*scenario)
-		if err != nil {
-			return err
-		}
-		cfg.Scenario = sc
+	sc, err := bedrocksim.LoadScenario(*scenario)
+	if err != nil {
+		return err
 	}
+	cfg := bedrocksim.Config{Scenario: sc, Speed: *speed, Seed: *seed, Logger: log}
 	sim, err := bedrocksim.New(cfg)
 	if err != nil {
 		return err

@@ -41,14 +41,11 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg := bedrocksim.Config{Speed: *speed, Logger: log.With("component", "bedrock-sim")}
-	if *scenario != "" {
-		sc, err := bedrocksim.LoadScenario(*scenario)
-		if err != nil {
-			return err
-		}
-		cfg.Scenario = sc
+	sc, err := bedrocksim.LoadScenario(*scenario)
+	if err != nil {
+		return err
 	}
+	cfg := bedrocksim.Config{Scenario: sc, Speed: *speed, Logger: log.With("component", "bedrock-sim")}
 	sim, err := bedrocksim.New(cfg)
 	if err != nil {
 		return err

@@ -235,8 +235,12 @@ func DefaultScenario() *Scenario {
 	return sc
 }
 
-// LoadScenario reads and validates a scenario file.
+// LoadScenario reads and validates a scenario file; an empty path is the
+// embedded default, so a flag left empty needs no special case.
 func LoadScenario(path string) (*Scenario, error) {
+	if path == "" {
+		return DefaultScenario(), nil
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read scenario: %w", err)
