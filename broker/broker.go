@@ -323,8 +323,9 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 	b.dispatch(bg, now)
 	if !w.queued || wait <= 0 {
 		d, err := b.settleWait(bg, w, now)
+		rec := w.record()
 		b.mu.Unlock()
-		return b.finish(ctx, d, err)
+		return b.finish(ctx, d, err, w.lease, rec)
 	}
 	b.mu.Unlock()
 
@@ -346,8 +347,18 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 	}
 	b.mu.Lock()
 	d, err := b.settleWait(bg, w, b.clock.Now())
+	rec := w.record()
 	b.mu.Unlock()
-	return b.finish(ctx, d, err)
+	return b.finish(ctx, d, err, w.lease, rec)
+}
+
+// record is the granted lease's record as of now, or the zero record.
+// Caller holds b.mu.
+func (w *waiter) record() LeaseRecord {
+	if w.lease == nil {
+		return LeaseRecord{}
+	}
+	return w.lease.LeaseRecord
 }
 
 // settleWait turns a waiter into a Decision once its wait is over: granted,
@@ -378,17 +389,14 @@ func (b *Broker) settleWait(bg *budget, w *waiter, now time.Time) (Decision, err
 	return Decision{Key: bg.spec.Key, RetryAfter: d, Blocked: limit, Waited: now.Sub(w.enqueued)}, nil
 }
 
-// finish persists a grant before it is returned. If the store fails, the
-// grant is undone: a lease the caller never heard of must not hold capacity,
-// and one it did hear of must be on disk.
-func (b *Broker) finish(ctx context.Context, d Decision, err error) (Decision, error) {
+// finish persists a grant (rec, copied under the lock that granted it, so
+// the hot path takes the lock no second time) before it is returned. If the
+// store fails, the grant is undone: a lease the caller never heard of must
+// not hold capacity, and one it did hear of must be on disk.
+func (b *Broker) finish(ctx context.Context, d Decision, err error, l *lease, rec LeaseRecord) (Decision, error) {
 	if err != nil || !d.Granted {
 		return d, err
 	}
-	b.mu.Lock()
-	l := b.leases[d.Lease.ID]
-	rec := l.LeaseRecord
-	b.mu.Unlock()
 	c := Change{
 		Leases: []LeaseRecord{rec},
 		Usage:  []UsageRecord{{Key: rec.Key, Minute: minuteOf(rec.GrantedAt), Tokens: rec.Charged, Requests: rec.Requests}},
