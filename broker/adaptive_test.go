@@ -115,7 +115,7 @@ func TestThrottlesBeforeRecoveryCutDeeper(t *testing.T) {
 	// The window is above the new ceiling, so no new lease can be granted
 	// to throttle: clients report throttles seen outside leases instead.
 	e.clock.Advance(5 * time.Second)
-	if _, err := e.b.ReportThrottle(ctx, haiku3, ""); err != nil { // used 80000: Wmax = the ceiling in force
+	if _, err := e.b.ReportThrottle(ctx, haiku3, "", ""); err != nil { // used 80000: Wmax = the ceiling in force
 		t.Fatal(err)
 	}
 	r := e.report(haiku3)
@@ -128,7 +128,7 @@ func TestThrottlesBeforeRecoveryCutDeeper(t *testing.T) {
 	}
 	wmax2 := r.Adaptive.TokensWmax
 	e.clock.Advance(5 * time.Second)
-	e.b.ReportThrottle(ctx, haiku3, "")
+	e.b.ReportThrottle(ctx, haiku3, "", "")
 	r = e.report(haiku3)
 	if r.Adaptive.TokensWmax >= wmax2 {
 		t.Fatalf("third throttle raised Wmax: %v after %v", r.Adaptive.TokensWmax, wmax2)
@@ -171,7 +171,7 @@ func TestReportedThrottlesAreRateLimited(t *testing.T) {
 	ctx := context.Background()
 	e.fill(10)
 	for range 5 {
-		if _, err := e.b.ReportThrottle(ctx, haiku3, ""); err != nil {
+		if _, err := e.b.ReportThrottle(ctx, haiku3, "", ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -180,7 +180,7 @@ func TestReportedThrottlesAreRateLimited(t *testing.T) {
 		t.Fatalf("after 5 reports at once: %+v %+v", r.Adaptive, r.Effective)
 	}
 	e.clock.Advance(2 * time.Second)
-	e.b.ReportThrottle(ctx, haiku3, "")
+	e.b.ReportThrottle(ctx, haiku3, "", "")
 	if got := e.report(haiku3).Adaptive.Throttles; got != 2 {
 		t.Fatalf("a report after MinInterval did not decrease: %d", got)
 	}

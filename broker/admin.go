@@ -153,12 +153,9 @@ func (b *Broker) Report(f ReportFilter) ([]BudgetReport, time.Time) {
 	defer b.mu.Unlock()
 	now := b.clock.Now()
 	var out []BudgetReport
-	model := strings.ToLower(f.Model)
+	match := f.matcher()
 	for k, bg := range b.budgets {
-		if f.Region != "" && k.Region != f.Region {
-			continue
-		}
-		if model != "" && !strings.Contains(strings.ToLower(k.Model), model) {
+		if !match(k) {
 			continue
 		}
 		out = append(out, BudgetReport{

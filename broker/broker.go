@@ -314,6 +314,7 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 	n.tokens = reservation(req.InputTokens, req.CacheWriteTokens, n.maxOutput, n.burndown)
 	if err := bg.neverFits(n); err != nil {
 		bg.counters.Refused++
+		b.stat(bg, req.Client, b.clock.Now()).Refused++
 		b.mu.Unlock()
 		return Decision{}, err
 	}
@@ -373,6 +374,7 @@ func (b *Broker) settleWait(bg *budget, w *waiter, now time.Time) (Decision, err
 	bg.queue.remove(w)
 	b.dispatch(bg, now) // w may have been the head that held others back
 	bg.counters.Refused++
+	b.stat(bg, w.client, now).Refused++
 	limit, d := bg.fit(now, w.need)
 	if limit == LimitNone {
 		// It fits on the windows but waiters ahead of it have the capacity.
@@ -510,6 +512,12 @@ func (b *Broker) grant(bg *budget, w *waiter, now time.Time) *lease {
 	if w.need.unsetMax {
 		bg.counters.UnsetMaxTokens++
 	}
+	st := b.stat(bg, l.Client, now)
+	st.Granted++
+	st.ReservedTokens += l.Reserved
+	st.WindowTokens += l.Charged
+	st.WindowRequests += l.Requests
+	st.WaitMillis += now.Sub(w.enqueued).Milliseconds()
 	b.leases[l.ID] = l
 	heap.Push(&b.expiry, expiryRef{id: l.ID, at: l.ExpiresAt})
 	return l
@@ -527,6 +535,11 @@ func (b *Broker) undoGrant(l *lease, now time.Time) {
 	b.released(l.Client, now)
 	bg.counters.Granted--
 	bg.counters.ReservedTokens -= l.Reserved
+	st := b.stat(bg, l.Client, l.GrantedAt)
+	st.Granted--
+	st.ReservedTokens -= l.Reserved
+	st.WindowTokens -= l.Charged
+	st.WindowRequests -= l.Requests
 	l.State = LeaseCompleted // so that a stale expiry entry skips it
 	b.dispatch(bg, now)
 }

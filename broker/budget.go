@@ -105,6 +105,8 @@ type budget struct {
 	timerGen uint64    // counts armed timers, so a stale one does not clear a newer
 
 	counters Counters
+	// pending is history not yet written (see history.go).
+	pending map[statsSlot]*Stats
 }
 
 // Counters are a budget's totals since the broker started.

@@ -31,6 +31,10 @@ type Config struct {
 	// UsageRetention is how long per-minute usage is kept. Default 48 hours;
 	// at least a day, which the TPD window needs.
 	UsageRetention time.Duration
+	// HistoryRetention is how long usage history (Stats) is kept. Default
+	// 14 days; at least a day, which Activity reads. A busy budget writes a
+	// record of about 60-150 bytes per client per minute.
+	HistoryRetention time.Duration
 	// SweepInterval is how often Run expires leases and forgets old ones.
 	// Default 1 second.
 	SweepInterval time.Duration
@@ -74,6 +78,7 @@ func (c *Config) setDefaults() error {
 	def(&c.MaxWait, 5*time.Minute)
 	def(&c.Retention, 5*time.Minute)
 	def(&c.UsageRetention, 48*time.Hour)
+	def(&c.HistoryRetention, 14*24*time.Hour)
 	def(&c.SweepInterval, time.Second)
 	switch {
 	case c.LeaseTTL < time.Second:
@@ -86,6 +91,8 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("config Retention: %v is below %v", c.Retention, 2*minuteSpan)
 	case c.UsageRetention < daySpan:
 		return fmt.Errorf("config UsageRetention: %v is below %v", c.UsageRetention, daySpan)
+	case c.HistoryRetention < daySpan:
+		return fmt.Errorf("config HistoryRetention: %v is below %v", c.HistoryRetention, daySpan)
 	case c.SweepInterval <= 0:
 		return fmt.Errorf("config SweepInterval: %v is not positive", c.SweepInterval)
 	}

@@ -97,6 +97,7 @@ func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, 
 	}
 	bg.counters.SettledTokens += charge
 	bg.counters.ReturnedTokens -= dTokens
+	b.noteSettlement(l, now, outcome, u, charge, dTokens, dRequests)
 	c := Change{Usage: []UsageRecord{{Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests}}}
 	if outcome == OutcomeThrottled && b.throttled(bg, now, l.GrantedAt) {
 		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
@@ -168,7 +169,8 @@ func (b *Broker) Renew(ctx context.Context, leaseID string, extend time.Duration
 }
 
 // ReportThrottle records a throttle Bedrock returned outside any lease.
-func (b *Broker) ReportThrottle(ctx context.Context, modelID, region string) (Key, error) {
+// client is who reports it, for history ("" if unknown).
+func (b *Broker) ReportThrottle(ctx context.Context, modelID, region, client string) (Key, error) {
 	key, err := ParseModelID(modelID, region, b.cfg.DefaultRegion)
 	if err != nil {
 		return Key{}, err
@@ -180,6 +182,7 @@ func (b *Broker) ReportThrottle(ctx context.Context, modelID, region string) (Ke
 		return Key{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
 	bg.counters.ReportedThrottles++
+	b.stat(bg, client, b.clock.Now()).ReportedThrottles++
 	var c Change
 	if b.throttled(bg, b.clock.Now(), time.Time{}) {
 		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}

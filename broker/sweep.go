@@ -34,6 +34,7 @@ func (b *Broker) Sweep(ctx context.Context) {
 		c.Leases = append(c.Leases, r.Leases...)
 		c.Usage = append(c.Usage, r.Usage...)
 		c.DeleteLeases = append(c.DeleteLeases, r.DeleteLeases...)
+		c.Stats = append(c.Stats, r.Stats...)
 	}
 	b.retry = nil
 	touched := map[*budget]bool{}
@@ -61,14 +62,16 @@ func (b *Broker) Sweep(ctx context.Context) {
 	if now.Sub(b.usageGCAt) >= time.Minute {
 		b.usageGCAt = now
 		c.DeleteUsageBefore = minuteOf(now.Add(-b.cfg.UsageRetention))
+		c.DeleteStatsBefore = minuteOf(now.Add(-b.cfg.HistoryRetention))
 	}
+	c.Stats = append(c.Stats, b.takeStats(now)...)
 	b.mu.Unlock()
 	if c.empty() {
 		return
 	}
 	if err := b.store.Commit(context.WithoutCancel(ctx), c); err != nil {
 		b.log.Error("sweep commit failed; will retry", "err", err)
-		c.DeleteUsageBefore = 0
+		c.DeleteUsageBefore, c.DeleteStatsBefore = 0, 0
 		b.mu.Lock()
 		b.retry = append(b.retry, c)
 		b.mu.Unlock()
@@ -84,6 +87,7 @@ func (b *Broker) expire(l *lease, now time.Time) {
 	l.b.concurrent--
 	b.released(l.Client, now)
 	l.b.counters.Expired++
+	b.stat(l.b, l.Client, now).Expired++
 	b.ended = append(b.ended, endedRef{id: l.ID, at: now})
 	b.log.Warn("lease expired unsettled", "lease_id", l.ID, "client", l.Client, "budget", l.Key.String())
 }

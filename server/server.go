@@ -32,7 +32,9 @@ type Broker interface {
 	Acquire(ctx context.Context, req broker.AcquireRequest) (broker.Decision, error)
 	Complete(ctx context.Context, leaseID string, outcome broker.Outcome, u broker.Usage) (broker.Settlement, error)
 	Renew(ctx context.Context, leaseID string, extend time.Duration) (time.Time, error)
-	ReportThrottle(ctx context.Context, modelID, region string) (broker.Key, error)
+	ReportThrottle(ctx context.Context, modelID, region, client string) (broker.Key, error)
+	Activity(ctx context.Context, f broker.ReportFilter) (map[broker.Key]*broker.Activity, time.Time, error)
+	History(ctx context.Context, q broker.HistoryQuery) ([]broker.Series, error)
 	Report(f broker.ReportFilter) ([]broker.BudgetReport, time.Time)
 	Budgets() []broker.BudgetInfo
 	SetOverride(ctx context.Context, modelID, region string, o broker.Override) (broker.BudgetInfo, error)
@@ -276,7 +278,7 @@ func (s *Server) ReportThrottle(ctx context.Context, req *pb.ReportThrottleReque
 	if len(req.GetMessage()) > 4096 {
 		return nil, status.Errorf(codes.InvalidArgument, "message: is %d bytes long; at most 4096", len(req.GetMessage()))
 	}
-	key, err := s.b.ReportThrottle(ctx, req.GetModelId(), req.GetRegion())
+	key, err := s.b.ReportThrottle(ctx, req.GetModelId(), req.GetRegion(), clientOf(ctx))
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}

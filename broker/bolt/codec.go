@@ -463,3 +463,97 @@ func decodeAdaptive(key, val []byte) (broker.AdaptiveRecord, error) {
 	}
 	return decodeAdaptiveBody(k, body)
 }
+
+// Stats keys are usage keys (minute first, so history reads and deletes
+// are range scans in time order) followed by the client name.
+func statsKey(minute int64, k broker.Key, client string) []byte {
+	return appendString(usageKey(minute, k), client)
+}
+
+func decodeStatsKey(key []byte) (minute int64, k broker.Key, client string, err error) {
+	m, ok := usageMinute(key)
+	if !ok {
+		return 0, broker.Key{}, "", errShort
+	}
+	d := decoder{b: key[8:]}
+	k = d.key()
+	client = d.string()
+	return m, k, client, d.end()
+}
+
+// statsFields lists the additive Stats counters in their stored order. New
+// counters go at the end, with a new record format.
+func statsFields(s *broker.Stats) []*int64 {
+	return []*int64{&s.Granted, &s.Refused, &s.Completed, &s.Throttled, &s.Errors, &s.Cancelled,
+		&s.ReportedThrottles, &s.Expired, &s.ReservedTokens, &s.SettledTokens, &s.InputTokens,
+		&s.OutputTokens, &s.CacheReadTokens, &s.CacheWriteTokens, &s.Truncated, &s.WaitMillis,
+		&s.WindowTokens, &s.WindowRequests, &s.LimitTPM, &s.LimitRPM}
+}
+
+// Stats body: the fields of statsFields, then the output histogram as a
+// count of non-empty buckets and (index gap, count) pairs in ascending
+// order, so that a mostly empty histogram costs a few bytes.
+func appendStatsBody(b []byte, s *broker.Stats) []byte {
+	for _, f := range statsFields(s) {
+		b = binary.AppendVarint(b, *f)
+	}
+	n := 0
+	for _, c := range s.OutputHist {
+		if c != 0 {
+			n++
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(n))
+	prev := -1
+	for i, c := range s.OutputHist {
+		if c != 0 {
+			b = binary.AppendUvarint(b, uint64(i-prev-1))
+			b = binary.AppendVarint(b, c)
+			prev = i
+		}
+	}
+	return b
+}
+
+var errHistogram = errors.New("malformed histogram")
+
+func decodeStatsBody(body []byte) (broker.Stats, error) {
+	var s broker.Stats
+	d := decoder{b: body}
+	for _, f := range statsFields(&s) {
+		*f = d.varint()
+	}
+	n := d.uvarint()
+	if n > broker.HistogramBuckets {
+		d.fail(errHistogram)
+	}
+	prev := -1
+	for j := uint64(0); j < n && d.err == nil; j++ {
+		gap := d.uvarint()
+		c := d.varint()
+		if gap >= broker.HistogramBuckets || prev+1+int(gap) >= broker.HistogramBuckets || c == 0 {
+			d.fail(errHistogram)
+			break
+		}
+		prev += 1 + int(gap)
+		s.OutputHist[prev] = c
+	}
+	return s, d.end()
+}
+
+func encodeStats(key []byte, s *broker.Stats) []byte {
+	return seal(key, appendStatsBody([]byte{recordFormat}, s))
+}
+
+func decodeStats(key, val []byte) (broker.StatsRecord, error) {
+	m, k, client, err := decodeStatsKey(key)
+	if err != nil {
+		return broker.StatsRecord{}, fmt.Errorf("stats key: %w", err)
+	}
+	body, err := unseal(key, val)
+	if err != nil {
+		return broker.StatsRecord{}, err
+	}
+	s, err := decodeStatsBody(body)
+	return broker.StatsRecord{Key: k, Minute: m, Client: client, Stats: s}, err
+}

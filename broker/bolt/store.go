@@ -33,6 +33,10 @@ var (
 	// bucketAdaptive arrived after schema 1 was first written; it is
 	// additive, so Open creates it in older files instead of migrating.
 	bucketAdaptive = []byte("adaptive")
+	// bucketStats holds usage history (broker.StatsRecord), read by
+	// ReadStats rather than Load; like "adaptive", it is created when
+	// missing, so schema 1 files gain it without a migration.
+	bucketStats = []byte("stats")
 	keySchema      = []byte("schema")
 )
 
@@ -231,7 +235,7 @@ func (s *Store) init() (err error) {
 		case v < schemaVersion:
 			return fmt.Errorf("open store %s: %w: schema version %d has no migration to %d", s.path, errSchema, v, schemaVersion)
 		}
-		for _, name := range dataBuckets {
+		for _, name := range append(dataBuckets[:len(dataBuckets):len(dataBuckets)], bucketStats) {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("open store %s: create bucket %s: %w", s.path, name, err)
 			}
@@ -344,6 +348,10 @@ func describeKey(bucket, k []byte) string {
 	case string(bucketUsage):
 		if m, bk, err := decodeUsageKey(k); err == nil {
 			return fmt.Sprintf("%s minute %d (%x)", bk, m, k)
+		}
+	case string(bucketStats):
+		if m, bk, client, err := decodeStatsKey(k); err == nil {
+			return fmt.Sprintf("%s minute %d client %q (%x)", bk, m, client, k)
 		}
 	}
 	return fmt.Sprintf("%x", k)
@@ -523,6 +531,13 @@ type write struct {
 	deleteLeases      [][]byte
 	usage             []usageDelta
 	deleteUsageBefore int64
+	stats             []statsDelta
+	deleteStatsBefore int64
+}
+
+type statsDelta struct {
+	k []byte
+	s *broker.Stats
 }
 
 type kv struct{ k, v []byte }
@@ -539,7 +554,8 @@ type usageDelta struct {
 }
 
 func (w *write) empty() bool {
-	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage)+len(w.adaptive) == 0 && w.deleteUsageBefore == 0
+	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage)+len(w.adaptive)+len(w.stats) == 0 &&
+		w.deleteUsageBefore == 0 && w.deleteStatsBefore == 0
 }
 
 func checkKey(what string, k []byte) error {
@@ -553,7 +569,15 @@ func checkKey(what string, k []byte) error {
 }
 
 func prepare(c *broker.Change) (*write, error) {
-	w := &write{deleteUsageBefore: c.DeleteUsageBefore}
+	w := &write{deleteUsageBefore: c.DeleteUsageBefore, deleteStatsBefore: c.DeleteStatsBefore}
+	for i := range c.Stats {
+		r := &c.Stats[i]
+		k := statsKey(r.Minute, r.Key, r.Client)
+		if err := checkKey("stats "+r.Key.String(), k); err != nil {
+			return nil, err
+		}
+		w.stats = append(w.stats, statsDelta{k, &r.Stats})
+	}
 	for i := range c.Specs {
 		s := &c.Specs[i]
 		k := appendKey(nil, s.Key)
@@ -683,6 +707,29 @@ func (w *write) apply(tx *bbolt.Tx) error {
 			return fmt.Errorf("put usage %s: %w", describeKey(bucketUsage, u.k), err)
 		}
 	}
+	if len(w.stats) > 0 {
+		stats := tx.Bucket(bucketStats)
+		for _, d := range w.stats {
+			var total broker.Stats
+			if old := stats.Get(d.k); old != nil {
+				r, err := decodeStats(d.k, old)
+				if err != nil {
+					// A damaged history record is replaced by the delta:
+					// losing one client-minute of statistics beats failing
+					// the sweep's commit, which carries lease expiries.
+					r = broker.StatsRecord{}
+				}
+				total = r.Stats
+			}
+			lim := total
+			total.Add(d.s)
+			// Gauges replace: the latest write knows the limits in force.
+			total.LimitTPM, total.LimitRPM = cmpOr(d.s.LimitTPM, lim.LimitTPM), cmpOr(d.s.LimitRPM, lim.LimitRPM)
+			if err := stats.Put(d.k, encodeStats(d.k, &total)); err != nil {
+				return fmt.Errorf("put stats %s: %w", describeKey(bucketStats, d.k), err)
+			}
+		}
+	}
 	// Deletions come last: a lease both upserted and deleted in one Change
 	// is gone, and no usage before the cut-off survives the Change.
 	for _, id := range w.deleteLeases {
@@ -691,23 +738,86 @@ func (w *write) apply(tx *bbolt.Tx) error {
 		}
 	}
 	if w.deleteUsageBefore != 0 {
-		// Collect, then delete: deleting under a bbolt cursor can make
-		// Next skip a key.
-		var dead [][]byte
-		c := usage.Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			if m, _ := usageMinute(k); m >= w.deleteUsageBefore {
-				break
-			}
-			dead = append(dead, bytes.Clone(k))
+		if err := deleteBefore(usage, bucketUsage, w.deleteUsageBefore); err != nil {
+			return err
 		}
-		for _, k := range dead {
-			if err := usage.Delete(k); err != nil {
-				return fmt.Errorf("delete usage %s: %w", describeKey(bucketUsage, k), err)
-			}
+	}
+	if w.deleteStatsBefore != 0 {
+		if err := deleteBefore(tx.Bucket(bucketStats), bucketStats, w.deleteStatsBefore); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+func cmpOr(a, b int64) int64 {
+	if a != 0 {
+		return a
+	}
+	return b
+}
+
+// deleteBefore deletes the keys of a minute-first bucket before minute.
+func deleteBefore(b *bbolt.Bucket, name []byte, minute int64) error {
+	// Collect, then delete: deleting under a bbolt cursor can make Next
+	// skip a key.
+	var dead [][]byte
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		if m, _ := usageMinute(k); m >= minute {
+			break
+		}
+		dead = append(dead, bytes.Clone(k))
+	}
+	for _, k := range dead {
+		if err := b.Delete(k); err != nil {
+			return fmt.Errorf("delete %s %s: %w", name, describeKey(name, k), err)
+		}
+	}
+	return nil
+}
+
+// ReadStats calls fn for every history record from <= Minute < to, in
+// minute order (broker.StatsReader). It reads in one read transaction,
+// which does not block commits.
+func (s *Store) ReadStats(ctx context.Context, from, to int64, fn func(*broker.StatsRecord) error) (err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return fmt.Errorf("read history from store %s: %w", s.path, errClosed)
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			err = &corruptError{s.path, "reading pages", fmt.Errorf("%v", p)}
+		}
+	}()
+	return s.db.View(func(tx *bbolt.Tx) error {
+		b := tx.Bucket(bucketStats)
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		n := 0
+		for k, v := c.Seek(usageKey(from, broker.Key{})[:8]); k != nil; k, v = c.Next() {
+			if m, _ := usageMinute(k); m >= to {
+				break
+			}
+			if n++; n%4096 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			r, err := decodeStats(k, v)
+			if err != nil {
+				return &corruptError{s.path, fmt.Sprintf("bucket %s, key %s", bucketStats, describeKey(bucketStats, k)), err}
+			}
+			if err := fn(&r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 func add(a, b int64) (int64, bool) {

@@ -1,0 +1,491 @@
+package broker
+
+import (
+	"cmp"
+	"context"
+	"math"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Usage history.
+//
+// Every event on a budget (grant, refusal, settlement, throttle, expiry) is
+// counted in a Stats for its (budget, minute, client). The counts gather in
+// memory and the sweep writes them to the store once a second as deltas
+// (Change.Stats): history is statistics, not grants, so it is not worth a
+// disk write on the hot path, and a crash loses at most the last second of
+// it. The grant invariant never depends on it: windows are rebuilt from
+// leases and UsageRecords, which are committed before a grant is answered.
+//
+// A store that keeps history implements StatsReader (broker/bolt does);
+// History and Activity read it and add what is still in memory, so they are
+// exact up to the moment of the call.
+
+// Stats count what happened to a budget in one minute, or summed over many.
+// Event counts fall in the minute of the event; WindowTokens and
+// WindowRequests are the charges to the per-minute windows, which Bedrock and
+// the broker both attribute to the minute the call started (its grant).
+type Stats struct {
+	Granted, Refused int64
+	// Completed counts settlements of every outcome; Throttled, Errors and
+	// Cancelled are the settlements with those outcomes.
+	Completed, Throttled, Errors, Cancelled int64
+	// ReportedThrottles are throttles reported outside any lease (calls the
+	// broker did not grant, or retries), so they are calls of their own.
+	ReportedThrottles int64
+	Expired           int64 // leases that ended unsettled
+	// ReservedTokens were reserved at grant; SettledTokens were charged at
+	// settlement. Their difference over settled calls is what oversized
+	// max_tokens cost in capacity held back.
+	ReservedTokens, SettledTokens int64
+	// Token usage Bedrock reported for settled calls.
+	InputTokens, OutputTokens, CacheReadTokens, CacheWriteTokens int64
+	// Truncated counts successful calls whose output reached max_tokens: the
+	// model may have had more to say, so their outputs understate the need.
+	Truncated int64
+	WaitMillis int64 // summed wait of granted calls
+	// Charges to the minute windows (by grant minute).
+	WindowTokens, WindowRequests int64
+	// OutputHist is the distribution of output tokens of successful calls.
+	OutputHist Histogram
+	// LimitTPM and LimitRPM are gauges, not counts: the effective limits
+	// when the minute was last written (0: none). Adding Stats keeps the
+	// lowest non-zero value, the limit that bound in that span.
+	LimitTPM, LimitRPM int64
+}
+
+// Add adds o to s.
+func (s *Stats) Add(o *Stats) {
+	s.Granted += o.Granted
+	s.Refused += o.Refused
+	s.Completed += o.Completed
+	s.Throttled += o.Throttled
+	s.Errors += o.Errors
+	s.Cancelled += o.Cancelled
+	s.ReportedThrottles += o.ReportedThrottles
+	s.Expired += o.Expired
+	s.ReservedTokens += o.ReservedTokens
+	s.SettledTokens += o.SettledTokens
+	s.InputTokens += o.InputTokens
+	s.OutputTokens += o.OutputTokens
+	s.CacheReadTokens += o.CacheReadTokens
+	s.CacheWriteTokens += o.CacheWriteTokens
+	s.Truncated += o.Truncated
+	s.WaitMillis += o.WaitMillis
+	s.WindowTokens += o.WindowTokens
+	s.WindowRequests += o.WindowRequests
+	s.OutputHist.Add(&o.OutputHist)
+	s.LimitTPM = minNonZero(s.LimitTPM, o.LimitTPM)
+	s.LimitRPM = minNonZero(s.LimitRPM, o.LimitRPM)
+}
+
+func minNonZero(a, b int64) int64 {
+	switch {
+	case a == 0:
+		return b
+	case b == 0:
+		return a
+	}
+	return min(a, b)
+}
+
+// Calls is the number of calls made to Bedrock: settled calls (cancelled
+// ones excepted, they may never have reached it) and throttles reported
+// outside leases.
+func (s *Stats) Calls() int64 {
+	return s.Completed - s.Cancelled + s.ReportedThrottles
+}
+
+// ThrottleRate is the share of Calls that Bedrock throttled; 0 without calls.
+func (s *Stats) ThrottleRate() float64 {
+	if c := s.Calls(); c > 0 {
+		return float64(s.Throttled+s.ReportedThrottles) / float64(c)
+	}
+	return 0
+}
+
+// Successful is the number of settled calls that Bedrock served.
+func (s *Stats) Successful() int64 {
+	return s.Completed - s.Throttled - s.Errors - s.Cancelled
+}
+
+// Histogram counts values in buckets a quarter of an octave wide: bucket i
+// holds values v with HistogramBound(i-1) < v <= HistogramBound(i), so a
+// quantile read from it is at most 19% above the true value. Values above
+// the last bound count in the last bucket.
+type Histogram [HistogramBuckets]int64
+
+// HistogramBuckets is the number of buckets: bounds up to 2^20 tokens.
+const HistogramBuckets = 81
+
+// HistogramBound is the upper bound of bucket i: ceil(2^(i/4)), with bucket
+// 0 holding zero.
+func HistogramBound(i int) int64 {
+	if i <= 0 {
+		return 0
+	}
+	return int64(math.Ceil(math.Pow(2, float64(i)/4) - 1e-9))
+}
+
+func histogramBucket(v int64) int {
+	if v <= 0 {
+		return 0
+	}
+	i := int(math.Ceil(4*math.Log2(float64(v)) - 1e-9))
+	// Guard the float edge: v must not exceed its bucket's bound.
+	for i < HistogramBuckets-1 && HistogramBound(i) < v {
+		i++
+	}
+	return max(min(i, HistogramBuckets-1), 1)
+}
+
+// Observe counts v.
+func (h *Histogram) Observe(v int64) { h[histogramBucket(v)]++ }
+
+// Add adds o to h.
+func (h *Histogram) Add(o *Histogram) {
+	for i, n := range o {
+		h[i] += n
+	}
+}
+
+// Count is the number of values counted.
+func (h *Histogram) Count() int64 {
+	var n int64
+	for _, c := range h {
+		n += c
+	}
+	return n
+}
+
+// Quantile is the upper bound of the bucket holding the q-quantile (0..1);
+// 0 when empty.
+func (h *Histogram) Quantile(q float64) int64 {
+	n := h.Count()
+	if n == 0 {
+		return 0
+	}
+	rank := int64(math.Ceil(q * float64(n)))
+	rank = max(rank, 1)
+	var seen int64
+	for i, c := range h {
+		seen += c
+		if seen >= rank {
+			return HistogramBound(i)
+		}
+	}
+	return HistogramBound(HistogramBuckets - 1)
+}
+
+// StatsRecord is one (budget, minute, client) of history. Records are deltas
+// in a Change (a store adds them to what it holds; gauges replace when
+// non-zero) and totals when read back.
+type StatsRecord struct {
+	Key    Key
+	Minute int64 // unix minutes
+	Client string
+	Stats
+}
+
+// StatsReader is implemented by stores that keep usage history.
+type StatsReader interface {
+	// ReadStats calls fn for every record with from <= Minute < to, in
+	// minute order, until fn returns an error.
+	ReadStats(ctx context.Context, from, to int64, fn func(*StatsRecord) error) error
+}
+
+// pendingCap bounds the records a budget gathers between two flushes; beyond
+// it, new clients are counted under OtherClients, so a caller inventing
+// client names cannot grow the broker's memory.
+const pendingCap = 1024
+
+// OtherClients is the client name under which history counts clients beyond
+// what one flush holds.
+const OtherClients = "(other)"
+
+type statsSlot struct {
+	minute int64
+	client string
+}
+
+// stat returns the pending Stats of bg for client in the minute of t.
+// Caller holds b.mu.
+func (b *Broker) stat(bg *budget, client string, t time.Time) *Stats {
+	slot := statsSlot{minuteOf(t), client}
+	if s := bg.pending[slot]; s != nil {
+		return s
+	}
+	if bg.pending == nil {
+		bg.pending = make(map[statsSlot]*Stats)
+	}
+	if len(bg.pending) >= pendingCap {
+		slot.client = OtherClients
+		if s := bg.pending[slot]; s != nil {
+			return s
+		}
+	}
+	s := new(Stats)
+	bg.pending[slot] = s
+	return s
+}
+
+// takeStats moves every budget's pending history into records, stamped with
+// the limits in force. Caller holds b.mu.
+func (b *Broker) takeStats(now time.Time) []StatsRecord {
+	var out []StatsRecord
+	for _, bg := range b.budgets {
+		if len(bg.pending) == 0 {
+			continue
+		}
+		lim := bg.limits(now)
+		for slot, s := range bg.pending {
+			r := StatsRecord{Key: bg.spec.Key, Minute: slot.minute, Client: slot.client, Stats: *s}
+			r.LimitTPM, r.LimitRPM = lim.TPM, lim.RPM
+			out = append(out, r)
+		}
+		clear(bg.pending)
+	}
+	return out
+}
+
+// pendingStats copies what is not yet written, for readers. Caller holds b.mu.
+func (b *Broker) pendingStats(from, to int64, match func(Key) bool) []StatsRecord {
+	var out []StatsRecord
+	for k, bg := range b.budgets {
+		if !match(k) {
+			continue
+		}
+		for slot, s := range bg.pending {
+			if slot.minute >= from && slot.minute < to {
+				out = append(out, StatsRecord{Key: k, Minute: slot.minute, Client: slot.client, Stats: *s})
+			}
+		}
+	}
+	return out
+}
+
+// readStats calls fn for every record from <= Minute < to of the budgets
+// match selects: the store's, then those still in memory. Records of one
+// (budget, minute, client) may come twice; callers add them up.
+func (b *Broker) readStats(ctx context.Context, from, to int64, match func(Key) bool, fn func(*StatsRecord)) error {
+	b.mu.Lock()
+	pending := b.pendingStats(from, to, match)
+	b.mu.Unlock()
+	if r, ok := b.store.(StatsReader); ok {
+		err := r.ReadStats(ctx, from, to, func(rec *StatsRecord) error {
+			if match(rec.Key) {
+				fn(rec)
+			}
+			return ctx.Err()
+		})
+		if err != nil {
+			return &Error{Kind: KindUnavailable, Message: "usage history could not be read", Err: err}
+		}
+	}
+	for i := range pending {
+		fn(&pending[i])
+	}
+	return nil
+}
+
+func (f ReportFilter) matcher() func(Key) bool {
+	model := strings.ToLower(f.Model)
+	return func(k Key) bool {
+		return (f.Region == "" || k.Region == f.Region) && (model == "" || strings.Contains(strings.ToLower(k.Model), model))
+	}
+}
+
+// HistoryQuery selects history: the budgets Filter selects, from From
+// (rounded down to a minute) to To, in steps of Step (a whole number of
+// minutes; default one).
+type HistoryQuery struct {
+	Filter   ReportFilter
+	From, To time.Time
+	Step     time.Duration
+}
+
+// maxHistoryPoints bounds one answer, so no query can ask the broker to
+// build an arbitrarily large series.
+const maxHistoryPoints = 10_000
+
+// Series is the history of one budget: Points[i] covers the Step starting
+// at From + i x Step, summed over clients.
+type Series struct {
+	Key    Key
+	From   time.Time
+	Step   time.Duration
+	Points []Stats
+	Total  Stats
+}
+
+// History returns the series of every budget the query selects that has
+// any history in the span, sorted by key.
+func (b *Broker) History(ctx context.Context, q HistoryQuery) ([]Series, error) {
+	step := q.Step
+	if step == 0 {
+		step = time.Minute
+	}
+	if step < time.Minute || step%time.Minute != 0 {
+		return nil, invalidf("step", "%v is not a whole number of minutes", step)
+	}
+	from := q.From.Truncate(time.Minute)
+	if !q.To.After(from) {
+		return nil, invalidf("to", "%v is not after from %v", q.To, from)
+	}
+	n := int((q.To.Sub(from) + step - 1) / step)
+	if n > maxHistoryPoints {
+		return nil, invalidf("step", "%v from %v to %v makes %d points; at most %d", step, from, q.To, n, maxHistoryPoints)
+	}
+	fromM, stepM := minuteOf(from), int64(step/time.Minute)
+	toM := fromM + int64(n)*stepM
+	byKey := map[Key]*Series{}
+	err := b.readStats(ctx, fromM, toM, q.Filter.matcher(), func(r *StatsRecord) {
+		s := byKey[r.Key]
+		if s == nil {
+			s = &Series{Key: r.Key, From: from, Step: step, Points: make([]Stats, n)}
+			byKey[r.Key] = s
+		}
+		s.Points[(r.Minute-fromM)/stepM].Add(&r.Stats)
+		s.Total.Add(&r.Stats)
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Series, 0, len(byKey))
+	for _, s := range byKey {
+		out = append(out, *s)
+	}
+	slices.SortFunc(out, func(x, y Series) int { return compareKeys(x.Key, y.Key) })
+	return out, nil
+}
+
+// Activity is a budget's recent history, for reports. The spans are whole
+// clock minutes before the current one (so every figure is final): the last
+// minute, the last 60 and the last 1,440.
+type Activity struct {
+	LastMinute, LastHour, LastDay Stats
+	// TopClients are the clients that were charged most in the last hour,
+	// most first; at most TopClientsMax.
+	TopClients []ClientStats
+	// RecommendedMaxTokens is a max_tokens that covers 99% of the last
+	// day's successful outputs with headroom; 0 when there is no basis for
+	// one, and RecommendationNote says why.
+	RecommendedMaxTokens int64
+	RecommendationNote   string
+	OutputP50, OutputP99 int64 // of the last day's successful outputs (bucket bounds)
+}
+
+// ClientStats are one client's Stats.
+type ClientStats struct {
+	Client string
+	Stats
+}
+
+// TopClientsMax is how many clients Activity ranks.
+const TopClientsMax = 5
+
+// Recommendation thresholds: enough successful calls to read a 99th
+// percentile, and few enough truncated ones that outputs are not capped by
+// the max_tokens in use.
+const (
+	minRecommendationSamples = 20
+	maxTruncatedShare        = 0.01
+)
+
+// Activity returns the recent history of the budgets f selects, and the
+// time it describes.
+func (b *Broker) Activity(ctx context.Context, f ReportFilter) (map[Key]*Activity, time.Time, error) {
+	now := b.clock.Now()
+	cur := minuteOf(now)
+	clients := map[Key]map[string]*Stats{}
+	out := map[Key]*Activity{}
+	err := b.readStats(ctx, cur-24*60, cur, f.matcher(), func(r *StatsRecord) {
+		a := out[r.Key]
+		if a == nil {
+			a = &Activity{}
+			out[r.Key] = a
+			clients[r.Key] = map[string]*Stats{}
+		}
+		a.LastDay.Add(&r.Stats)
+		if r.Minute >= cur-60 {
+			a.LastHour.Add(&r.Stats)
+			c := clients[r.Key][r.Client]
+			if c == nil {
+				c = &Stats{}
+				clients[r.Key][r.Client] = c
+			}
+			c.Add(&r.Stats)
+		}
+		if r.Minute == cur-1 {
+			a.LastMinute.Add(&r.Stats)
+		}
+	})
+	if err != nil {
+		return nil, now, err
+	}
+	for k, a := range out {
+		for name, s := range clients[k] {
+			a.TopClients = append(a.TopClients, ClientStats{Client: name, Stats: *s})
+		}
+		slices.SortFunc(a.TopClients, func(x, y ClientStats) int {
+			if c := cmp.Compare(y.WindowTokens, x.WindowTokens); c != 0 {
+				return c
+			}
+			return cmp.Compare(x.Client, y.Client)
+		})
+		if len(a.TopClients) > TopClientsMax {
+			a.TopClients = a.TopClients[:TopClientsMax]
+		}
+		a.recommend()
+	}
+	return out, now, nil
+}
+
+func (a *Activity) recommend() {
+	d := &a.LastDay
+	n := d.OutputHist.Count()
+	a.OutputP50, a.OutputP99 = d.OutputHist.Quantile(0.5), d.OutputHist.Quantile(0.99)
+	switch {
+	case n < minRecommendationSamples:
+		a.RecommendationNote = "fewer than 20 successful calls in the last day"
+	case float64(d.Truncated) > maxTruncatedShare*float64(n):
+		a.RecommendationNote = "more than 1% of calls hit their max_tokens: outputs are capped, so they cannot tell how much is needed"
+	default:
+		// The 99th percentile's bucket bound has up to 19% headroom; round
+		// up to a multiple of 64 to give a readable figure.
+		a.RecommendedMaxTokens = (a.OutputP99 + 63) / 64 * 64
+		a.RecommendationNote = "covers the 99th percentile of the last day's outputs"
+	}
+}
+
+// noteSettlement counts a settlement in history: the event in the current
+// minute, the change to the window charge in the grant's. Caller holds b.mu.
+func (b *Broker) noteSettlement(l *lease, now time.Time, outcome Outcome, u Usage, charge, dTokens, dRequests int64) {
+	st := b.stat(l.b, l.Client, now)
+	st.Completed++
+	switch outcome {
+	case OutcomeThrottled:
+		st.Throttled++
+	case OutcomeError:
+		st.Errors++
+	case OutcomeCancelled:
+		st.Cancelled++
+	case OutcomeSuccess:
+		st.OutputHist.Observe(u.OutputTokens)
+		if l.MaxOutput > 0 && u.OutputTokens >= l.MaxOutput {
+			st.Truncated++
+		}
+	}
+	st.SettledTokens += charge
+	st.InputTokens += u.InputTokens
+	st.OutputTokens += u.OutputTokens
+	st.CacheReadTokens += u.CacheReadInputTokens
+	st.CacheWriteTokens += u.CacheWriteInputTokens
+	if dTokens != 0 || dRequests != 0 {
+		g := b.stat(l.b, l.Client, l.GrantedAt)
+		g.WindowTokens += dTokens
+		g.WindowRequests += dRequests
+	}
+}
