@@ -44,7 +44,7 @@ type Stats struct {
 	InputTokens, OutputTokens, CacheReadTokens, CacheWriteTokens int64
 	// Truncated counts successful calls whose output reached max_tokens: the
 	// model may have had more to say, so their outputs understate the need.
-	Truncated int64
+	Truncated  int64
 	WaitMillis int64 // summed wait of granted calls
 	// Charges to the minute windows (by grant minute).
 	WindowTokens, WindowRequests int64

@@ -37,7 +37,7 @@ var (
 	// ReadStats rather than Load; like "adaptive", it is created when
 	// missing, so schema 1 files gain it without a migration.
 	bucketStats = []byte("stats")
-	keySchema      = []byte("schema")
+	keySchema   = []byte("schema")
 )
 
 // dataBuckets are the buckets Load reads, in Snapshot order.
