@@ -1,8 +1,10 @@
 package broker_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 
 	"github.com/bedrockqb/quotabroker/broker"
@@ -17,8 +19,15 @@ type memStore struct {
 	leases    map[string]broker.LeaseRecord
 	usage     map[usageKey]broker.UsageRecord
 	adaptive  map[broker.Key]broker.AdaptiveRecord
+	stats     map[statsKey]broker.StatsRecord
 	fail      error
 	commits   int
+}
+
+type statsKey struct {
+	k      broker.Key
+	m      int64
+	client string
 }
 
 type usageKey struct {
@@ -33,6 +42,7 @@ func newMemStore() *memStore {
 		leases:    map[string]broker.LeaseRecord{},
 		usage:     map[usageKey]broker.UsageRecord{},
 		adaptive:  map[broker.Key]broker.AdaptiveRecord{},
+		stats:     map[statsKey]broker.StatsRecord{},
 	}
 }
 
@@ -101,11 +111,48 @@ func (s *memStore) Commit(_ context.Context, c broker.Change) error {
 		old.Requests += u.Requests
 		s.usage[k] = old
 	}
+	for _, r := range c.Stats {
+		k := statsKey{r.Key, r.Minute, r.Client}
+		old, ok := s.stats[k]
+		if !ok {
+			old = broker.StatsRecord{Key: r.Key, Minute: r.Minute, Client: r.Client}
+		}
+		tpm, rpm := old.LimitTPM, old.LimitRPM
+		old.Add(&r.Stats)
+		old.LimitTPM, old.LimitRPM = cmp.Or(r.LimitTPM, tpm), cmp.Or(r.LimitRPM, rpm)
+		s.stats[k] = old
+	}
+	if c.DeleteStatsBefore > 0 {
+		for k := range s.stats {
+			if k.m < c.DeleteStatsBefore {
+				delete(s.stats, k)
+			}
+		}
+	}
 	if c.DeleteUsageBefore > 0 {
 		for k := range s.usage {
 			if k.m < c.DeleteUsageBefore {
 				delete(s.usage, k)
 			}
+		}
+	}
+	return nil
+}
+
+// ReadStats implements broker.StatsReader.
+func (s *memStore) ReadStats(_ context.Context, from, to int64, fn func(*broker.StatsRecord) error) error {
+	s.mu.Lock()
+	var recs []broker.StatsRecord
+	for k, r := range s.stats {
+		if k.m >= from && k.m < to {
+			recs = append(recs, r)
+		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(recs, func(a, b broker.StatsRecord) int { return cmp.Compare(a.Minute, b.Minute) })
+	for i := range recs {
+		if err := fn(&recs[i]); err != nil {
+			return err
 		}
 	}
 	return nil

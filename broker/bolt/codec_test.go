@@ -96,6 +96,21 @@ func FuzzDecodeUsage(f *testing.F) {
 	})
 }
 
+func FuzzDecodeStats(f *testing.F) {
+	st := broker.Stats{Granted: 3, Refused: -1, WindowTokens: 1 << 40, LimitTPM: 5}
+	st.OutputHist[0], st.OutputHist[7], st.OutputHist[broker.HistogramBuckets-1] = 1, -2, 3
+	k := statsKey(29_000_000, keyA, "svc")
+	f.Add(k, encodeStats(k, &st))
+	f.Fuzz(func(t *testing.T, key, val []byte) {
+		if r, err := decodeStats(key, val); err == nil {
+			k := statsKey(r.Minute, r.Key, r.Client)
+			if got := encodeStats(k, &r.Stats); !bytes.Equal(got, val) || !bytes.Equal(k, key) {
+				t.Fatalf("decode(%x, %x) = %+v encodes to %x", key, val, r, got)
+			}
+		}
+	})
+}
+
 // BenchmarkEncodeLease compares the hand-rolled encoding with
 // encoding/json, the obvious alternative, for the record written on every
 // grant.

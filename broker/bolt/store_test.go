@@ -621,3 +621,65 @@ func TestCommitInvalid(t *testing.T) {
 		t.Errorf("leases %v", snap.Leases)
 	}
 }
+
+func readStats(tb testing.TB, s *Store, from, to int64) []broker.StatsRecord {
+	tb.Helper()
+	var out []broker.StatsRecord
+	if err := s.ReadStats(context.Background(), from, to, func(r *broker.StatsRecord) error {
+		out = append(out, *r)
+		return nil
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// TestStatsHistory checks that history deltas add up per (minute, budget,
+// client), gauges keep the latest value, reads are by minute range in time
+// order, retention deletes by minute, and all of it survives a reopen.
+func TestStatsHistory(t *testing.T) {
+	s, path := newTest(t)
+	rec := func(m int64, k broker.Key, client string, granted, tpm int64, out ...int64) broker.StatsRecord {
+		r := broker.StatsRecord{Key: k, Minute: m, Client: client, Stats: broker.Stats{Granted: granted, WindowTokens: 10 * granted, LimitTPM: tpm}}
+		for _, v := range out {
+			r.OutputHist.Observe(v)
+		}
+		return r
+	}
+	commit(t, s, broker.Change{Stats: []broker.StatsRecord{rec(100, keyA, "a", 1, 500, 7), rec(100, keyB, "a", 2, 0), rec(101, keyA, "b", 3, 0)}})
+	commit(t, s, broker.Change{Stats: []broker.StatsRecord{rec(100, keyA, "a", 4, 400, 9000), rec(102, keyA, "a", 5, 0)}})
+	got := readStats(t, s, 100, 102)
+	if len(got) != 3 {
+		t.Fatalf("minutes 100..101: %d records; want 3: %+v", len(got), got)
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i].Minute < got[i-1].Minute {
+			t.Fatalf("records out of minute order: %+v", got)
+		}
+	}
+	var a100 *broker.StatsRecord
+	for i := range got {
+		if got[i].Minute == 100 && got[i].Key == keyA {
+			a100 = &got[i]
+		}
+	}
+	if a100 == nil || a100.Client != "a" || a100.Granted != 5 || a100.WindowTokens != 50 || a100.LimitTPM != 400 || a100.OutputHist.Count() != 2 {
+		t.Fatalf("minute 100 keyA: %+v; want 1+4 grants, 50 tokens, TPM gauge 400 (the latest), 2 outputs", a100)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, path, Options{})
+	if n := len(readStats(t, s, 0, 1<<40)); n != 4 {
+		t.Fatalf("after reopen: %d records; want 4", n)
+	}
+	commit(t, s, broker.Change{DeleteStatsBefore: 101})
+	left := readStats(t, s, 0, 1<<40)
+	if len(left) != 2 || left[0].Minute != 101 || left[1].Minute != 102 {
+		t.Fatalf("after deleting before 101: %+v", left)
+	}
+	// History is not part of the snapshot the broker rebuilds from.
+	if snap := load(t, s); len(snap.Usage) != 0 {
+		t.Fatalf("history leaked into Load: %+v", snap.Usage)
+	}
+}
