@@ -37,7 +37,7 @@ func TestHistoryCountsEveryEvent(t *testing.T) {
 	if _, err := e.b.ReportThrottle(ctx, haiku3, "", "b"); err != nil {
 		t.Fatal(err)
 	}
-	_ = b1 // left to expire
+	_ = b1                                       // left to expire
 	e.clock.Advance(5*time.Minute + time.Second) // the default LeaseTTL, and then some
 	e.b.Sweep(ctx)
 
