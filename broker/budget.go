@@ -18,6 +18,19 @@ type Spec struct {
 	// MaxOutputTokens is reserved when a request leaves max_output_tokens
 	// unset; 0 means DefaultMaxOutputTokens(Key.Model).
 	MaxOutputTokens int64
+	// Quotas name the AWS quotas the limits came from, one per limit that
+	// discovery set; empty for budgets typed by an operator.
+	Quotas []QuotaRef
+}
+
+// QuotaRef is the AWS quota behind one limit of a budget, for reports and
+// quota-increase requests.
+type QuotaRef struct {
+	Limit      string // "rpm", "tpm", "tpd" or "concurrency"
+	Code, Name string // Service Quotas' quota code and name
+	Applied    int64  // the value in force for the account
+	Default    int64  // AWS's default; 0 when unknown
+	Adjustable bool
 }
 
 func (s Spec) validate() error {

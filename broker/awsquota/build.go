@@ -198,6 +198,25 @@ func build(region, source string, at time.Time, rows []row, cat *quotaname.Catal
 			sp = &broker.Spec{Key: s.key, Source: source, SourceTime: at}
 			specs[s.key] = sp
 		}
+		r := rows[c.row]
+		ref := broker.QuotaRef{Code: r.code, Name: r.name, Applied: c.value, Adjustable: r.adjustable}
+		if r.value != nil {
+			ref.Applied = int64(*r.value) // as AWS states it, before any doubling
+		}
+		if r.def != nil {
+			ref.Default = int64(*r.def)
+		}
+		switch s.metric {
+		case quotaname.RPM:
+			ref.Limit = "rpm"
+		case quotaname.TPM:
+			ref.Limit = "tpm"
+		case quotaname.TPD:
+			ref.Limit = "tpd"
+		case quotaname.Concurrency:
+			ref.Limit = "concurrency"
+		}
+		sp.Quotas = append(sp.Quotas, ref)
 		switch s.metric {
 		case quotaname.RPM:
 			sp.Quota.RPM = c.value
@@ -236,6 +255,7 @@ func build(region, source string, at time.Time, rows []row, cat *quotaname.Catal
 		}
 	}
 	for _, sp := range specs {
+		slices.SortFunc(sp.Quotas, func(a, b broker.QuotaRef) int { return strings.Compare(a.Limit, b.Limit) })
 		res.Specs = append(res.Specs, *sp)
 	}
 	slices.SortFunc(res.Specs, func(a, b broker.Spec) int {

@@ -297,8 +297,11 @@ func leaseVersion(key, val []byte) (uint64, error) {
 	return v, d.err
 }
 
-// Spec body: quota (4), source, source time, burndown, max output tokens.
-// The budget key is the bbolt key.
+// Spec body: quota (4), source, source time, burndown, max output tokens,
+// then, when discovery named them, the count of quota references (at least
+// one) and each: limit, code, name, applied, default, adjustable. Specs
+// written before references existed end after max output tokens, and still
+// read. The budget key is the bbolt key.
 func appendSpecBody(b []byte, s *broker.Spec) []byte {
 	for _, v := range []int64{s.Quota.RPM, s.Quota.TPM, s.Quota.TPD, s.Quota.Concurrency} {
 		b = binary.AppendVarint(b, v)
@@ -306,8 +309,28 @@ func appendSpecBody(b []byte, s *broker.Spec) []byte {
 	b = appendString(b, s.Source)
 	b = appendTime(b, s.SourceTime)
 	b = appendFloat(b, s.Burndown)
-	return binary.AppendVarint(b, s.MaxOutputTokens)
+	b = binary.AppendVarint(b, s.MaxOutputTokens)
+	if len(s.Quotas) == 0 {
+		return b
+	}
+	b = binary.AppendUvarint(b, uint64(len(s.Quotas)))
+	for _, q := range s.Quotas {
+		b = appendString(b, q.Limit)
+		b = appendString(b, q.Code)
+		b = appendString(b, q.Name)
+		b = binary.AppendVarint(b, q.Applied)
+		b = binary.AppendVarint(b, q.Default)
+		adj := byte(0)
+		if q.Adjustable {
+			adj = 1
+		}
+		b = append(b, adj)
+	}
+	return b
 }
+
+// maxQuotaRefs bounds a stored spec's references: a budget has four limits.
+const maxQuotaRefs = 16
 
 func decodeSpecBody(k broker.Key, body []byte) (broker.Spec, error) {
 	d := decoder{b: body}
@@ -320,6 +343,26 @@ func decodeSpecBody(k broker.Key, body []byte) (broker.Spec, error) {
 	s.SourceTime = d.time()
 	s.Burndown = d.float()
 	s.MaxOutputTokens = d.varint()
+	if d.err == nil && len(d.b) > 0 {
+		n := d.uvarint()
+		if n == 0 || n > maxQuotaRefs {
+			d.fail(fmt.Errorf("quota reference count %d outside 1..%d", n, maxQuotaRefs))
+		}
+		for range n {
+			if d.err != nil {
+				break
+			}
+			q := broker.QuotaRef{Limit: d.string(), Code: d.string(), Name: d.string(), Applied: d.varint(), Default: d.varint()}
+			switch d.byte() {
+			case 0:
+			case 1:
+				q.Adjustable = true
+			default:
+				d.fail(errors.New("adjustable is neither 0 nor 1"))
+			}
+			s.Quotas = append(s.Quotas, q)
+		}
+	}
 	return s, d.end()
 }
 

@@ -51,6 +51,8 @@ func FuzzDecodeSpec(f *testing.F) {
 	s := broker.Spec{Key: keyA, Quota: broker.Limits{RPM: 1, TPM: 2, TPD: 3, Concurrency: 4}, Source: "x", SourceTime: t0, Burndown: 5, MaxOutputTokens: 6}
 	k := appendKey(nil, s.Key)
 	f.Add(k, encodeSpec(k, &s))
+	s.Quotas = []broker.QuotaRef{{Limit: "tpm", Code: "L-1", Name: "n", Applied: 5, Default: 4, Adjustable: true}, {Limit: "rpm"}}
+	f.Add(k, encodeSpec(k, &s))
 	f.Fuzz(func(t *testing.T, key, val []byte) {
 		if r, err := decodeSpec(key, val); err == nil {
 			if got := encodeSpec(appendKey(nil, r.Key), &r); !bytes.Equal(got, val) || !bytes.Equal(appendKey(nil, r.Key), key) {

@@ -96,7 +96,8 @@ func TestRoundTripAndReopen(t *testing.T) {
 	active.State, active.Outcome, active.EndedAt, active.Usage = broker.LeaseActive, broker.OutcomeUnknown, time.Time{}, broker.Usage{}
 	want := broker.Snapshot{
 		Specs: []broker.Spec{
-			{Key: keyA, Quota: broker.Limits{RPM: 50, TPM: 2_000_000, TPD: 144_000_000, Concurrency: 10}, Source: "aws:servicequotas", SourceTime: t0, Burndown: 5, MaxOutputTokens: 8192},
+			{Key: keyA, Quota: broker.Limits{RPM: 50, TPM: 2_000_000, TPD: 144_000_000, Concurrency: 10}, Source: "aws:servicequotas", SourceTime: t0, Burndown: 5, MaxOutputTokens: 8192,
+				Quotas: []broker.QuotaRef{{Limit: "tpm", Code: "L-59759B4A", Name: "On-demand model inference tokens per minute for Anthropic Claude Sonnet 4.5", Applied: 2_000_000, Default: 200_000, Adjustable: true}}},
 			{Key: keyB, Quota: broker.Limits{TPM: 1}},
 		},
 		Overrides: []broker.OverrideRecord{
