@@ -289,10 +289,22 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 	if len(req.GetRegion()) > 64 || len(req.GetModel()) > 2048 {
 		return nil, status.Error(codes.InvalidArgument, "region or model filter too long")
 	}
-	reports, at := s.b.Report(broker.ReportFilter{Region: req.GetRegion(), Model: req.GetModel()})
+	f := broker.ReportFilter{Region: req.GetRegion(), Model: req.GetModel()}
+	reports, at := s.b.Report(f)
 	out := &pb.GetQuotaReportResponse{GeneratedAt: timestampPB(at), Discovery: discoveryToPB(s.b.DiscoveryStatus(), at)}
+	// The budgets' state is answered even when history cannot be read; the
+	// response then says why activity is missing.
+	activity, _, err := s.b.Activity(ctx, f)
+	if err != nil {
+		s.log.Warn("report without activity: usage history unreadable", "err", err)
+		out.HistoryError = err.Error()
+	}
 	for _, r := range reports {
-		out.Budgets = append(out.Budgets, reportToPB(r))
+		pr := reportToPB(r)
+		if err == nil {
+			pr.Activity = activityToPB(activity[r.Spec.Key])
+		}
+		out.Budgets = append(out.Budgets, pr)
 	}
 	return out, nil
 }

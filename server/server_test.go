@@ -122,6 +122,22 @@ func TestLeaseRoundTripAndReport(t *testing.T) {
 	if err != nil || len(list.GetBudgets()) != 1 || list.GetBudgets()[0].GetSource() != "test" {
 		t.Fatalf("list budgets: %v %v", list, err)
 	}
+
+	// Once the minute is over and the sweep has written it to bbolt, the
+	// report's activity shows the call, by client.
+	f.clock.Advance(time.Minute)
+	f.b.Sweep(context.Background())
+	rep, err = f.client.GetQuotaReport(ctx, &pb.GetQuotaReportRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	act := rep.GetBudgets()[0].GetActivity()
+	h := act.GetLastHour()
+	if rep.GetHistoryError() != "" || h.GetGranted() != 1 || h.GetSuccessful() != 1 || h.GetCalls() != 1 || h.GetSettledTokens() != 1500 ||
+		h.GetReservedTokens() != 3500 || h.GetOutputTokens() != 100 || act.GetLastMinute().GetGranted() != 1 ||
+		len(act.GetTopClients()) != 1 || act.GetTopClients()[0].GetClient() != "svc-a" || act.GetRecommendationNote() == "" {
+		t.Fatalf("activity %v (history error %q)", act, rep.GetHistoryError())
+	}
 }
 
 func TestRefusalCarriesRetryInfoAndLimit(t *testing.T) {

@@ -99,6 +99,10 @@ func budgetToPB(b broker.BudgetInfo) *pb.Budget {
 			Reason:                      b.Adaptive.Reason,
 		},
 	}
+	for _, q := range b.Spec.Quotas {
+		out.Quotas = append(out.Quotas, &pb.QuotaRef{Limit: q.Limit, QuotaCode: q.Code, QuotaName: q.Name,
+			AppliedValue: q.Applied, DefaultValue: q.Default, Adjustable: q.Adjustable})
+	}
 	if o := b.Override; o != nil {
 		out.Override = &pb.LimitOverride{
 			RequestsPerMinute: o.RPM, TokensPerMinute: o.TPM, TokensPerDay: o.TPD, Concurrency: o.Concurrency,
@@ -128,6 +132,34 @@ func reportToPB(r broker.BudgetReport) *pb.BudgetReport {
 		},
 		Utilisation: r.Utilisation,
 	}
+}
+
+func usageStatsToPB(s *broker.Stats) *pb.UsageStats {
+	return &pb.UsageStats{
+		Granted: s.Granted, Refused: s.Refused, Calls: s.Calls(), Successful: s.Successful(),
+		Throttled: s.Throttled + s.ReportedThrottles, ThrottleRate: s.ThrottleRate(), Errors: s.Errors,
+		Cancelled: s.Cancelled, Expired: s.Expired, ReservedTokens: s.ReservedTokens, SettledTokens: s.SettledTokens,
+		InputTokens: s.InputTokens, OutputTokens: s.OutputTokens, Truncated: s.Truncated,
+		WindowTokens: s.WindowTokens, WindowRequests: s.WindowRequests,
+	}
+}
+
+// activityToPB describes a budget with no history as all zeros, not as
+// absent: no traffic is a fact.
+func activityToPB(a *broker.Activity) *pb.Activity {
+	if a == nil {
+		a = &broker.Activity{RecommendationNote: "no history"}
+	}
+	out := &pb.Activity{
+		LastMinute: usageStatsToPB(&a.LastMinute), LastHour: usageStatsToPB(&a.LastHour), LastDay: usageStatsToPB(&a.LastDay),
+		RecommendedMaxTokens: a.RecommendedMaxTokens, RecommendationNote: a.RecommendationNote,
+		OutputTokensP50: a.OutputP50, OutputTokensP99: a.OutputP99,
+	}
+	for i := range a.TopClients {
+		c := &a.TopClients[i]
+		out.TopClients = append(out.TopClients, &pb.ClientUsage{Client: c.Client, Usage: usageStatsToPB(&c.Stats)})
+	}
+	return out
 }
 
 // discoveryToPB is nil for a broker with static budgets.

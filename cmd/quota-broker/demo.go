@@ -30,6 +30,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	scenario := fs.String("scenario", envOr("BEDROCK_SIM_SCENARIO", ""), "simulator scenario file; default the built-in account (env BEDROCK_SIM_SCENARIO)")
 	speed := fs.Float64("speed", 1, "simulated time runs this many times faster")
 	regions := fs.String("regions", "us-east-1", "Regions the broker discovers from the simulator")
+	traffic := fs.Bool("traffic", true, "run a few synthetic services through the broker against the simulator, so the report, metrics and dashboard have something to show")
 	logLevel := fs.String("log-level", envOr("QUOTA_BROKER_LOG_LEVEL", "info"), "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -96,7 +97,34 @@ Try it (grpcurl: go run github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3):
 Stop with Ctrl-C.
 `, addr, simURL, scenarioName(*scenario))
 	}
-	return runBroker(ctx, f, stdout, stderr)
+	if !*traffic {
+		return runBroker(ctx, f, stdout, stderr)
+	}
+	// The traffic starts once the broker listens and stops when the broker
+	// has returned (it drains first, so the last calls settle).
+	ready := make(chan net.Addr, 1)
+	banner := f.banner
+	f.banner = func(w io.Writer, addr net.Addr) {
+		banner(w, addr)
+		fmt.Fprintf(w, "Synthetic traffic from %d services is running (--traffic=false to turn it off).\n", len(demoServices))
+		ready <- addr
+	}
+	tctx, stopTraffic := context.WithCancel(ctx)
+	trafficDone := make(chan struct{})
+	go func() {
+		defer close(trafficDone)
+		select {
+		case addr := <-ready:
+			if err := runDemoTraffic(tctx, addr.String(), simURL, firstRegion(*regions), log.With("component", "demo-traffic")); err != nil {
+				log.Warn("demo traffic stopped", "err", err)
+			}
+		case <-tctx.Done():
+		}
+	}()
+	err = runBroker(ctx, f, stdout, stderr)
+	stopTraffic()
+	<-trafficDone
+	return err
 }
 
 func firstRegion(list string) string {

@@ -73,6 +73,7 @@ func printReport(w io.Writer, rep *pb.GetQuotaReportResponse) {
 			c.GetGranted(), c.GetRefused(), c.GetThrottled()+c.GetReportedThrottles(), c.GetExpired(), ceiling)
 	}
 	tw.Flush()
+	printActivity(w, rep)
 	if d := rep.GetDiscovery(); d != nil {
 		age := "never"
 		if d.GetQuotaAge() != nil {
@@ -84,6 +85,84 @@ func printReport(w io.Writer, rep *pb.GetQuotaReportResponse) {
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// printActivity adds, for budgets with traffic in the last day, what
+// happened over the last hour and day, what oversized max_tokens cost, who
+// used the budget and the AWS quotas behind it.
+func printActivity(w io.Writer, rep *pb.GetQuotaReportResponse) {
+	if e := rep.GetHistoryError(); e != "" {
+		fmt.Fprintf(w, "\nno activity: %s\n", e)
+		return
+	}
+	var active []*pb.BudgetReport
+	for _, b := range rep.GetBudgets() {
+		if d := b.GetActivity().GetLastDay(); d.GetGranted()+d.GetRefused()+d.GetCalls() > 0 {
+			active = append(active, b)
+		}
+	}
+	if len(active) == 0 {
+		fmt.Fprintln(w, "\nno activity in the last day")
+		return
+	}
+	fmt.Fprintln(w, "\nACTIVITY (whole minutes before now)")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MODEL\tSPAN\tCALLS\tOK\tTHROTTLED\tREFUSED\tEXPIRED\tRESERVED->SETTLED TOKENS\tOUTPUT p50/p99\tMAX_TOKENS ADVICE\t")
+	for _, b := range active {
+		a := b.GetActivity()
+		for _, span := range []struct {
+			name string
+			s    *pb.UsageStats
+		}{{"minute", a.GetLastMinute()}, {"hour", a.GetLastHour()}, {"day", a.GetLastDay()}} {
+			model, pct, advice := "", "", ""
+			if span.name == "minute" {
+				model = b.GetBudget().GetKey().GetRegion() + " " + b.GetBudget().GetKey().GetModel()
+			}
+			if r := span.s.GetReservedTokens(); r > 0 {
+				pct = fmt.Sprintf(" (%.0f%% held back)", 100*float64(r-span.s.GetSettledTokens())/float64(r))
+			}
+			p := "-"
+			if span.name == "day" {
+				p = fmt.Sprintf("%d/%d", a.GetOutputTokensP50(), a.GetOutputTokensP99())
+				advice = a.GetRecommendationNote()
+				if n := a.GetRecommendedMaxTokens(); n > 0 {
+					advice = fmt.Sprintf("%d: %s", n, advice)
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d (%.1f%%)\t%d\t%d\t%d->%d%s\t%s\t%s\t\n", model, span.name,
+				span.s.GetCalls(), span.s.GetSuccessful(), span.s.GetThrottled(), 100*span.s.GetThrottleRate(),
+				span.s.GetRefused(), span.s.GetExpired(), span.s.GetReservedTokens(), span.s.GetSettledTokens(), pct, p, advice)
+		}
+	}
+	tw.Flush()
+	for _, b := range active {
+		k := b.GetBudget().GetKey()
+		var top []string
+		for _, c := range b.GetActivity().GetTopClients() {
+			top = append(top, fmt.Sprintf("%s %d tokens/%d calls", cmpOr(c.GetClient(), "(unnamed)"), c.GetUsage().GetWindowTokens(), c.GetUsage().GetCalls()))
+		}
+		if len(top) > 0 {
+			fmt.Fprintf(w, "top clients, last hour, %s %s: %s\n", k.GetRegion(), k.GetModel(), strings.Join(top, "; "))
+		}
+		for _, q := range b.GetBudget().GetQuotas() {
+			def := "default unknown"
+			if q.GetDefaultValue() > 0 {
+				def = fmt.Sprintf("default %d", q.GetDefaultValue())
+			}
+			adj := "not adjustable"
+			if q.GetAdjustable() {
+				adj = "adjustable"
+			}
+			fmt.Fprintf(w, "  %s quota %s %q: applied %d, %s, %s\n", q.GetLimit(), q.GetQuotaCode(), q.GetQuotaName(), q.GetAppliedValue(), def, adj)
+		}
+	}
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 func usedOf(used, limit int64) string {

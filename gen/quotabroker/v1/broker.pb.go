@@ -1097,7 +1097,9 @@ type GetQuotaReportResponse struct {
 	GeneratedAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=generated_at,json=generatedAt,proto3" json:"generated_at,omitempty"`
 	Budgets     []*BudgetReport        `protobuf:"bytes,2,rep,name=budgets,proto3" json:"budgets,omitempty"`
 	// The quota source's state; unset when budgets are static.
-	Discovery     *Discovery `protobuf:"bytes,3,opt,name=discovery,proto3" json:"discovery,omitempty"`
+	Discovery *Discovery `protobuf:"bytes,3,opt,name=discovery,proto3" json:"discovery,omitempty"`
+	// Why budgets carry no activity: the usage history could not be read.
+	HistoryError  string `protobuf:"bytes,4,opt,name=history_error,json=historyError,proto3" json:"history_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1151,6 +1153,13 @@ func (x *GetQuotaReportResponse) GetDiscovery() *Discovery {
 		return x.Discovery
 	}
 	return nil
+}
+
+func (x *GetQuotaReportResponse) GetHistoryError() string {
+	if x != nil {
+		return x.HistoryError
+	}
+	return ""
 }
 
 // Discovery is the state of quota discovery.
@@ -1516,7 +1525,9 @@ type BudgetReport struct {
 	Waiters           int64                  `protobuf:"varint,4,opt,name=waiters,proto3" json:"waiters,omitempty"`
 	Counters          *Counters              `protobuf:"bytes,5,opt,name=counters,proto3" json:"counters,omitempty"`
 	// Utilisation of the tightest limit in its window, 0..1.
-	Utilisation   float64 `protobuf:"fixed64,6,opt,name=utilisation,proto3" json:"utilisation,omitempty"`
+	Utilisation float64 `protobuf:"fixed64,6,opt,name=utilisation,proto3" json:"utilisation,omitempty"`
+	// Recent history, from the per-minute usage history.
+	Activity      *Activity `protobuf:"bytes,7,opt,name=activity,proto3" json:"activity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1593,6 +1604,343 @@ func (x *BudgetReport) GetUtilisation() float64 {
 	return 0
 }
 
+func (x *BudgetReport) GetActivity() *Activity {
+	if x != nil {
+		return x.Activity
+	}
+	return nil
+}
+
+// Activity is a budget's recent history. Spans are whole clock minutes
+// before the current one: the last minute, hour (60) and day (1,440).
+type Activity struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	LastMinute *UsageStats            `protobuf:"bytes,1,opt,name=last_minute,json=lastMinute,proto3" json:"last_minute,omitempty"`
+	LastHour   *UsageStats            `protobuf:"bytes,2,opt,name=last_hour,json=lastHour,proto3" json:"last_hour,omitempty"`
+	LastDay    *UsageStats            `protobuf:"bytes,3,opt,name=last_day,json=lastDay,proto3" json:"last_day,omitempty"`
+	// The clients charged most in the last hour, most first (at most 5).
+	TopClients []*ClientUsage `protobuf:"bytes,4,rep,name=top_clients,json=topClients,proto3" json:"top_clients,omitempty"`
+	// A max_tokens covering 99% of the last day's successful outputs, with
+	// headroom; 0 when there is no basis (the note says why).
+	RecommendedMaxTokens int64  `protobuf:"varint,5,opt,name=recommended_max_tokens,json=recommendedMaxTokens,proto3" json:"recommended_max_tokens,omitempty"`
+	RecommendationNote   string `protobuf:"bytes,6,opt,name=recommendation_note,json=recommendationNote,proto3" json:"recommendation_note,omitempty"`
+	// Output tokens of the last day's successful calls (upper bounds of
+	// histogram buckets a quarter octave wide).
+	OutputTokensP50 int64 `protobuf:"varint,7,opt,name=output_tokens_p50,json=outputTokensP50,proto3" json:"output_tokens_p50,omitempty"`
+	OutputTokensP99 int64 `protobuf:"varint,8,opt,name=output_tokens_p99,json=outputTokensP99,proto3" json:"output_tokens_p99,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Activity) Reset() {
+	*x = Activity{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Activity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Activity) ProtoMessage() {}
+
+func (x *Activity) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Activity.ProtoReflect.Descriptor instead.
+func (*Activity) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Activity) GetLastMinute() *UsageStats {
+	if x != nil {
+		return x.LastMinute
+	}
+	return nil
+}
+
+func (x *Activity) GetLastHour() *UsageStats {
+	if x != nil {
+		return x.LastHour
+	}
+	return nil
+}
+
+func (x *Activity) GetLastDay() *UsageStats {
+	if x != nil {
+		return x.LastDay
+	}
+	return nil
+}
+
+func (x *Activity) GetTopClients() []*ClientUsage {
+	if x != nil {
+		return x.TopClients
+	}
+	return nil
+}
+
+func (x *Activity) GetRecommendedMaxTokens() int64 {
+	if x != nil {
+		return x.RecommendedMaxTokens
+	}
+	return 0
+}
+
+func (x *Activity) GetRecommendationNote() string {
+	if x != nil {
+		return x.RecommendationNote
+	}
+	return ""
+}
+
+func (x *Activity) GetOutputTokensP50() int64 {
+	if x != nil {
+		return x.OutputTokensP50
+	}
+	return 0
+}
+
+func (x *Activity) GetOutputTokensP99() int64 {
+	if x != nil {
+		return x.OutputTokensP99
+	}
+	return 0
+}
+
+// UsageStats count what happened to a budget over a span.
+type UsageStats struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Granted int64                  `protobuf:"varint,1,opt,name=granted,proto3" json:"granted,omitempty"`
+	// Refused by the broker (no capacity before the caller's deadline).
+	Refused int64 `protobuf:"varint,2,opt,name=refused,proto3" json:"refused,omitempty"`
+	// Calls made to Bedrock: settled (cancelled excepted) + reported throttles.
+	Calls      int64 `protobuf:"varint,3,opt,name=calls,proto3" json:"calls,omitempty"`
+	Successful int64 `protobuf:"varint,4,opt,name=successful,proto3" json:"successful,omitempty"`
+	// Throttled by Bedrock: settled as throttled + reported.
+	Throttled    int64   `protobuf:"varint,5,opt,name=throttled,proto3" json:"throttled,omitempty"`
+	ThrottleRate float64 `protobuf:"fixed64,6,opt,name=throttle_rate,json=throttleRate,proto3" json:"throttle_rate,omitempty"`
+	Errors       int64   `protobuf:"varint,7,opt,name=errors,proto3" json:"errors,omitempty"`
+	Cancelled    int64   `protobuf:"varint,8,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	// Leases that ended unsettled.
+	Expired        int64 `protobuf:"varint,9,opt,name=expired,proto3" json:"expired,omitempty"`
+	ReservedTokens int64 `protobuf:"varint,10,opt,name=reserved_tokens,json=reservedTokens,proto3" json:"reserved_tokens,omitempty"`
+	SettledTokens  int64 `protobuf:"varint,11,opt,name=settled_tokens,json=settledTokens,proto3" json:"settled_tokens,omitempty"`
+	InputTokens    int64 `protobuf:"varint,12,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
+	OutputTokens   int64 `protobuf:"varint,13,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
+	// Successful calls whose output reached max_tokens.
+	Truncated int64 `protobuf:"varint,14,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	// Tokens and requests charged to the per-minute windows.
+	WindowTokens   int64 `protobuf:"varint,15,opt,name=window_tokens,json=windowTokens,proto3" json:"window_tokens,omitempty"`
+	WindowRequests int64 `protobuf:"varint,16,opt,name=window_requests,json=windowRequests,proto3" json:"window_requests,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *UsageStats) Reset() {
+	*x = UsageStats{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageStats) ProtoMessage() {}
+
+func (x *UsageStats) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageStats.ProtoReflect.Descriptor instead.
+func (*UsageStats) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *UsageStats) GetGranted() int64 {
+	if x != nil {
+		return x.Granted
+	}
+	return 0
+}
+
+func (x *UsageStats) GetRefused() int64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *UsageStats) GetCalls() int64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *UsageStats) GetSuccessful() int64 {
+	if x != nil {
+		return x.Successful
+	}
+	return 0
+}
+
+func (x *UsageStats) GetThrottled() int64 {
+	if x != nil {
+		return x.Throttled
+	}
+	return 0
+}
+
+func (x *UsageStats) GetThrottleRate() float64 {
+	if x != nil {
+		return x.ThrottleRate
+	}
+	return 0
+}
+
+func (x *UsageStats) GetErrors() int64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *UsageStats) GetCancelled() int64 {
+	if x != nil {
+		return x.Cancelled
+	}
+	return 0
+}
+
+func (x *UsageStats) GetExpired() int64 {
+	if x != nil {
+		return x.Expired
+	}
+	return 0
+}
+
+func (x *UsageStats) GetReservedTokens() int64 {
+	if x != nil {
+		return x.ReservedTokens
+	}
+	return 0
+}
+
+func (x *UsageStats) GetSettledTokens() int64 {
+	if x != nil {
+		return x.SettledTokens
+	}
+	return 0
+}
+
+func (x *UsageStats) GetInputTokens() int64 {
+	if x != nil {
+		return x.InputTokens
+	}
+	return 0
+}
+
+func (x *UsageStats) GetOutputTokens() int64 {
+	if x != nil {
+		return x.OutputTokens
+	}
+	return 0
+}
+
+func (x *UsageStats) GetTruncated() int64 {
+	if x != nil {
+		return x.Truncated
+	}
+	return 0
+}
+
+func (x *UsageStats) GetWindowTokens() int64 {
+	if x != nil {
+		return x.WindowTokens
+	}
+	return 0
+}
+
+func (x *UsageStats) GetWindowRequests() int64 {
+	if x != nil {
+		return x.WindowRequests
+	}
+	return 0
+}
+
+type ClientUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	Usage         *UsageStats            `protobuf:"bytes,2,opt,name=usage,proto3" json:"usage,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientUsage) Reset() {
+	*x = ClientUsage{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientUsage) ProtoMessage() {}
+
+func (x *ClientUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientUsage.ProtoReflect.Descriptor instead.
+func (*ClientUsage) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ClientUsage) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *ClientUsage) GetUsage() *UsageStats {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 type Budget struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   *BudgetKey             `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1611,15 +1959,17 @@ type Budget struct {
 	DefaultMaxOutputTokens int64   `protobuf:"varint,8,opt,name=default_max_output_tokens,json=defaultMaxOutputTokens,proto3" json:"default_max_output_tokens,omitempty"`
 	Margin                 float64 `protobuf:"fixed64,9,opt,name=margin,proto3" json:"margin,omitempty"`
 	// Override where set, else quota x margin: what no throttle can raise.
-	Static        *Limits   `protobuf:"bytes,10,opt,name=static,proto3" json:"static,omitempty"`
-	Adaptive      *Adaptive `protobuf:"bytes,11,opt,name=adaptive,proto3" json:"adaptive,omitempty"`
+	Static   *Limits   `protobuf:"bytes,10,opt,name=static,proto3" json:"static,omitempty"`
+	Adaptive *Adaptive `protobuf:"bytes,11,opt,name=adaptive,proto3" json:"adaptive,omitempty"`
+	// The AWS quotas the limits came from (discovered budgets only).
+	Quotas        []*QuotaRef `protobuf:"bytes,12,rep,name=quotas,proto3" json:"quotas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Budget) Reset() {
 	*x = Budget{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1981,7 @@ func (x *Budget) String() string {
 func (*Budget) ProtoMessage() {}
 
 func (x *Budget) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1994,7 @@ func (x *Budget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budget.ProtoReflect.Descriptor instead.
 func (*Budget) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Budget) GetKey() *BudgetKey {
@@ -1724,6 +2074,100 @@ func (x *Budget) GetAdaptive() *Adaptive {
 	return nil
 }
 
+func (x *Budget) GetQuotas() []*QuotaRef {
+	if x != nil {
+		return x.Quotas
+	}
+	return nil
+}
+
+// QuotaRef is the AWS Service Quotas quota behind one limit.
+type QuotaRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "rpm", "tpm", "tpd" or "concurrency".
+	Limit        string `protobuf:"bytes,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	QuotaCode    string `protobuf:"bytes,2,opt,name=quota_code,json=quotaCode,proto3" json:"quota_code,omitempty"`
+	QuotaName    string `protobuf:"bytes,3,opt,name=quota_name,json=quotaName,proto3" json:"quota_name,omitempty"`
+	AppliedValue int64  `protobuf:"varint,4,opt,name=applied_value,json=appliedValue,proto3" json:"applied_value,omitempty"`
+	// AWS's default; 0 when unknown.
+	DefaultValue  int64 `protobuf:"varint,5,opt,name=default_value,json=defaultValue,proto3" json:"default_value,omitempty"`
+	Adjustable    bool  `protobuf:"varint,6,opt,name=adjustable,proto3" json:"adjustable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaRef) Reset() {
+	*x = QuotaRef{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaRef) ProtoMessage() {}
+
+func (x *QuotaRef) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaRef.ProtoReflect.Descriptor instead.
+func (*QuotaRef) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *QuotaRef) GetLimit() string {
+	if x != nil {
+		return x.Limit
+	}
+	return ""
+}
+
+func (x *QuotaRef) GetQuotaCode() string {
+	if x != nil {
+		return x.QuotaCode
+	}
+	return ""
+}
+
+func (x *QuotaRef) GetQuotaName() string {
+	if x != nil {
+		return x.QuotaName
+	}
+	return ""
+}
+
+func (x *QuotaRef) GetAppliedValue() int64 {
+	if x != nil {
+		return x.AppliedValue
+	}
+	return 0
+}
+
+func (x *QuotaRef) GetDefaultValue() int64 {
+	if x != nil {
+		return x.DefaultValue
+	}
+	return 0
+}
+
+func (x *QuotaRef) GetAdjustable() bool {
+	if x != nil {
+		return x.Adjustable
+	}
+	return false
+}
+
 // Adaptive is a budget's ceiling learned from throttles (CUBIC: cut to 0.7 x
 // the per-minute use at a throttle, then climbing back).
 type Adaptive struct {
@@ -1744,7 +2188,7 @@ type Adaptive struct {
 
 func (x *Adaptive) Reset() {
 	*x = Adaptive{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +2200,7 @@ func (x *Adaptive) String() string {
 func (*Adaptive) ProtoMessage() {}
 
 func (x *Adaptive) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +2213,7 @@ func (x *Adaptive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adaptive.ProtoReflect.Descriptor instead.
 func (*Adaptive) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Adaptive) GetCeiling() *Limits {
@@ -1829,7 +2273,7 @@ type LimitOverride struct {
 
 func (x *LimitOverride) Reset() {
 	*x = LimitOverride{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +2285,7 @@ func (x *LimitOverride) String() string {
 func (*LimitOverride) ProtoMessage() {}
 
 func (x *LimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2298,7 @@ func (x *LimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitOverride.ProtoReflect.Descriptor instead.
 func (*LimitOverride) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LimitOverride) GetRequestsPerMinute() int64 {
@@ -1907,7 +2351,7 @@ type ListBudgetsRequest struct {
 
 func (x *ListBudgetsRequest) Reset() {
 	*x = ListBudgetsRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1919,7 +2363,7 @@ func (x *ListBudgetsRequest) String() string {
 func (*ListBudgetsRequest) ProtoMessage() {}
 
 func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1932,7 +2376,7 @@ func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 type ListBudgetsResponse struct {
@@ -1944,7 +2388,7 @@ type ListBudgetsResponse struct {
 
 func (x *ListBudgetsResponse) Reset() {
 	*x = ListBudgetsResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1956,7 +2400,7 @@ func (x *ListBudgetsResponse) String() string {
 func (*ListBudgetsResponse) ProtoMessage() {}
 
 func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1969,7 +2413,7 @@ func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListBudgetsResponse) GetBudgets() []*Budget {
@@ -1992,7 +2436,7 @@ type SetOverrideRequest struct {
 
 func (x *SetOverrideRequest) Reset() {
 	*x = SetOverrideRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2448,7 @@ func (x *SetOverrideRequest) String() string {
 func (*SetOverrideRequest) ProtoMessage() {}
 
 func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2461,7 @@ func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideRequest.ProtoReflect.Descriptor instead.
 func (*SetOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetOverrideRequest) GetModelId() string {
@@ -2050,7 +2494,7 @@ type SetOverrideResponse struct {
 
 func (x *SetOverrideResponse) Reset() {
 	*x = SetOverrideResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2506,7 @@ func (x *SetOverrideResponse) String() string {
 func (*SetOverrideResponse) ProtoMessage() {}
 
 func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2519,7 @@ func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideResponse.ProtoReflect.Descriptor instead.
 func (*SetOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetOverrideResponse) GetBudget() *Budget {
@@ -2093,7 +2537,7 @@ type RefreshQuotasRequest struct {
 
 func (x *RefreshQuotasRequest) Reset() {
 	*x = RefreshQuotasRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2549,7 @@ func (x *RefreshQuotasRequest) String() string {
 func (*RefreshQuotasRequest) ProtoMessage() {}
 
 func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2562,7 @@ func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasRequest.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 type RefreshQuotasResponse struct {
@@ -2131,7 +2575,7 @@ type RefreshQuotasResponse struct {
 
 func (x *RefreshQuotasResponse) Reset() {
 	*x = RefreshQuotasResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2143,7 +2587,7 @@ func (x *RefreshQuotasResponse) String() string {
 func (*RefreshQuotasResponse) ProtoMessage() {}
 
 func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2156,7 +2600,7 @@ func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasResponse.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RefreshQuotasResponse) GetDiscovery() *Discovery {
@@ -2235,11 +2679,12 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x06budget\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x06budget\"E\n" +
 	"\x15GetQuotaReportRequest\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x14\n" +
-	"\x05model\x18\x02 \x01(\tR\x05model\"\xc8\x01\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\"\xed\x01\n" +
 	"\x16GetQuotaReportResponse\x12=\n" +
 	"\fgenerated_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vgeneratedAt\x126\n" +
 	"\abudgets\x18\x02 \x03(\v2\x1c.quotabroker.v1.BudgetReportR\abudgets\x127\n" +
-	"\tdiscovery\x18\x03 \x01(\v2\x19.quotabroker.v1.DiscoveryR\tdiscovery\"\x98\x02\n" +
+	"\tdiscovery\x18\x03 \x01(\v2\x19.quotabroker.v1.DiscoveryR\tdiscovery\x12#\n" +
+	"\rhistory_error\x18\x04 \x01(\tR\fhistoryError\"\x98\x02\n" +
 	"\tDiscovery\x12=\n" +
 	"\flast_success\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12=\n" +
 	"\flast_attempt\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlastAttempt\x12\x1d\n" +
@@ -2274,14 +2719,50 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x0esettled_tokens\x18\n" +
 	" \x01(\x03R\rsettledTokens\x12'\n" +
 	"\x0freturned_tokens\x18\v \x01(\x03R\x0ereturnedTokens\x12(\n" +
-	"\x10unset_max_tokens\x18\f \x01(\x03R\x0eunsetMaxTokens\"\x92\x02\n" +
+	"\x10unset_max_tokens\x18\f \x01(\x03R\x0eunsetMaxTokens\"\xc8\x02\n" +
 	"\fBudgetReport\x12.\n" +
 	"\x06budget\x18\x01 \x01(\v2\x16.quotabroker.v1.BudgetR\x06budget\x121\n" +
 	"\x05usage\x18\x02 \x01(\v2\x1b.quotabroker.v1.WindowUsageR\x05usage\x12-\n" +
 	"\x12outstanding_leases\x18\x03 \x01(\x03R\x11outstandingLeases\x12\x18\n" +
 	"\awaiters\x18\x04 \x01(\x03R\awaiters\x124\n" +
 	"\bcounters\x18\x05 \x01(\v2\x18.quotabroker.v1.CountersR\bcounters\x12 \n" +
-	"\vutilisation\x18\x06 \x01(\x01R\vutilisation\"\x8b\x04\n" +
+	"\vutilisation\x18\x06 \x01(\x01R\vutilisation\x124\n" +
+	"\bactivity\x18\a \x01(\v2\x18.quotabroker.v1.ActivityR\bactivity\"\xb4\x03\n" +
+	"\bActivity\x12;\n" +
+	"\vlast_minute\x18\x01 \x01(\v2\x1a.quotabroker.v1.UsageStatsR\n" +
+	"lastMinute\x127\n" +
+	"\tlast_hour\x18\x02 \x01(\v2\x1a.quotabroker.v1.UsageStatsR\blastHour\x125\n" +
+	"\blast_day\x18\x03 \x01(\v2\x1a.quotabroker.v1.UsageStatsR\alastDay\x12<\n" +
+	"\vtop_clients\x18\x04 \x03(\v2\x1b.quotabroker.v1.ClientUsageR\n" +
+	"topClients\x124\n" +
+	"\x16recommended_max_tokens\x18\x05 \x01(\x03R\x14recommendedMaxTokens\x12/\n" +
+	"\x13recommendation_note\x18\x06 \x01(\tR\x12recommendationNote\x12*\n" +
+	"\x11output_tokens_p50\x18\a \x01(\x03R\x0foutputTokensP50\x12*\n" +
+	"\x11output_tokens_p99\x18\b \x01(\x03R\x0foutputTokensP99\"\x8d\x04\n" +
+	"\n" +
+	"UsageStats\x12\x18\n" +
+	"\agranted\x18\x01 \x01(\x03R\agranted\x12\x18\n" +
+	"\arefused\x18\x02 \x01(\x03R\arefused\x12\x14\n" +
+	"\x05calls\x18\x03 \x01(\x03R\x05calls\x12\x1e\n" +
+	"\n" +
+	"successful\x18\x04 \x01(\x03R\n" +
+	"successful\x12\x1c\n" +
+	"\tthrottled\x18\x05 \x01(\x03R\tthrottled\x12#\n" +
+	"\rthrottle_rate\x18\x06 \x01(\x01R\fthrottleRate\x12\x16\n" +
+	"\x06errors\x18\a \x01(\x03R\x06errors\x12\x1c\n" +
+	"\tcancelled\x18\b \x01(\x03R\tcancelled\x12\x18\n" +
+	"\aexpired\x18\t \x01(\x03R\aexpired\x12'\n" +
+	"\x0freserved_tokens\x18\n" +
+	" \x01(\x03R\x0ereservedTokens\x12%\n" +
+	"\x0esettled_tokens\x18\v \x01(\x03R\rsettledTokens\x12!\n" +
+	"\finput_tokens\x18\f \x01(\x03R\vinputTokens\x12#\n" +
+	"\routput_tokens\x18\r \x01(\x03R\foutputTokens\x12\x1c\n" +
+	"\ttruncated\x18\x0e \x01(\x03R\ttruncated\x12#\n" +
+	"\rwindow_tokens\x18\x0f \x01(\x03R\fwindowTokens\x12'\n" +
+	"\x0fwindow_requests\x18\x10 \x01(\x03R\x0ewindowRequests\"W\n" +
+	"\vClientUsage\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x120\n" +
+	"\x05usage\x18\x02 \x01(\v2\x1a.quotabroker.v1.UsageStatsR\x05usage\"\xbd\x04\n" +
 	"\x06Budget\x12+\n" +
 	"\x03key\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x03key\x12,\n" +
 	"\x05quota\x18\x02 \x01(\v2\x16.quotabroker.v1.LimitsR\x05quota\x124\n" +
@@ -2295,7 +2776,19 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x06margin\x18\t \x01(\x01R\x06margin\x12.\n" +
 	"\x06static\x18\n" +
 	" \x01(\v2\x16.quotabroker.v1.LimitsR\x06static\x124\n" +
-	"\badaptive\x18\v \x01(\v2\x18.quotabroker.v1.AdaptiveR\badaptive\"\xbb\x02\n" +
+	"\badaptive\x18\v \x01(\v2\x18.quotabroker.v1.AdaptiveR\badaptive\x120\n" +
+	"\x06quotas\x18\f \x03(\v2\x18.quotabroker.v1.QuotaRefR\x06quotas\"\xc8\x01\n" +
+	"\bQuotaRef\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x1d\n" +
+	"\n" +
+	"quota_code\x18\x02 \x01(\tR\tquotaCode\x12\x1d\n" +
+	"\n" +
+	"quota_name\x18\x03 \x01(\tR\tquotaName\x12#\n" +
+	"\rapplied_value\x18\x04 \x01(\x03R\fappliedValue\x12#\n" +
+	"\rdefault_value\x18\x05 \x01(\x03R\fdefaultValue\x12\x1e\n" +
+	"\n" +
+	"adjustable\x18\x06 \x01(\bR\n" +
+	"adjustable\"\xbb\x02\n" +
 	"\bAdaptive\x120\n" +
 	"\aceiling\x18\x01 \x01(\v2\x16.quotabroker.v1.LimitsR\aceiling\x12@\n" +
 	"\x1dtokens_per_minute_at_throttle\x18\x02 \x01(\x01R\x19tokensPerMinuteAtThrottle\x12D\n" +
@@ -2374,7 +2867,7 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(Priority)(0),                  // 0: quotabroker.v1.Priority
 	(Scope)(0),                     // 1: quotabroker.v1.Scope
@@ -2399,77 +2892,88 @@ var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(*WindowUsage)(nil),            // 20: quotabroker.v1.WindowUsage
 	(*Counters)(nil),               // 21: quotabroker.v1.Counters
 	(*BudgetReport)(nil),           // 22: quotabroker.v1.BudgetReport
-	(*Budget)(nil),                 // 23: quotabroker.v1.Budget
-	(*Adaptive)(nil),               // 24: quotabroker.v1.Adaptive
-	(*LimitOverride)(nil),          // 25: quotabroker.v1.LimitOverride
-	(*ListBudgetsRequest)(nil),     // 26: quotabroker.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),    // 27: quotabroker.v1.ListBudgetsResponse
-	(*SetOverrideRequest)(nil),     // 28: quotabroker.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),    // 29: quotabroker.v1.SetOverrideResponse
-	(*RefreshQuotasRequest)(nil),   // 30: quotabroker.v1.RefreshQuotasRequest
-	(*RefreshQuotasResponse)(nil),  // 31: quotabroker.v1.RefreshQuotasResponse
-	(*durationpb.Duration)(nil),    // 32: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 33: google.protobuf.Timestamp
+	(*Activity)(nil),               // 23: quotabroker.v1.Activity
+	(*UsageStats)(nil),             // 24: quotabroker.v1.UsageStats
+	(*ClientUsage)(nil),            // 25: quotabroker.v1.ClientUsage
+	(*Budget)(nil),                 // 26: quotabroker.v1.Budget
+	(*QuotaRef)(nil),               // 27: quotabroker.v1.QuotaRef
+	(*Adaptive)(nil),               // 28: quotabroker.v1.Adaptive
+	(*LimitOverride)(nil),          // 29: quotabroker.v1.LimitOverride
+	(*ListBudgetsRequest)(nil),     // 30: quotabroker.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),    // 31: quotabroker.v1.ListBudgetsResponse
+	(*SetOverrideRequest)(nil),     // 32: quotabroker.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),    // 33: quotabroker.v1.SetOverrideResponse
+	(*RefreshQuotasRequest)(nil),   // 34: quotabroker.v1.RefreshQuotasRequest
+	(*RefreshQuotasResponse)(nil),  // 35: quotabroker.v1.RefreshQuotasResponse
+	(*durationpb.Duration)(nil),    // 36: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 37: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	32, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	36, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
 	4,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	33, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	33, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	37, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	37, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	32, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	36, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
 	3,  // 8: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
 	9,  // 9: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	32, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	33, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	36, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	37, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 12: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	33, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	37, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
 	22, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
 	18, // 15: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
-	33, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
-	33, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
-	32, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
+	37, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
+	37, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
+	36, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
 	19, // 19: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
-	23, // 20: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
+	26, // 20: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
 	20, // 21: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
 	21, // 22: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
-	4,  // 23: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
-	5,  // 24: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
-	5,  // 25: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
-	25, // 26: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	33, // 27: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
-	5,  // 28: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
-	24, // 29: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
-	5,  // 30: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
-	33, // 31: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
-	33, // 32: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
-	23, // 33: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
-	25, // 34: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
-	23, // 35: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
-	18, // 36: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
-	6,  // 37: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	10, // 38: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	12, // 39: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	14, // 40: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	16, // 41: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	26, // 42: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	28, // 43: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	30, // 44: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
-	8,  // 45: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	11, // 46: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	13, // 47: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	15, // 48: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	17, // 49: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	27, // 50: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	29, // 51: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	31, // 52: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
-	45, // [45:53] is the sub-list for method output_type
-	37, // [37:45] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	23, // 23: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
+	24, // 24: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
+	24, // 25: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
+	24, // 26: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
+	25, // 27: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
+	24, // 28: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
+	4,  // 29: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
+	5,  // 30: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
+	5,  // 31: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
+	29, // 32: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
+	37, // 33: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	5,  // 34: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
+	28, // 35: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
+	27, // 36: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
+	5,  // 37: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
+	37, // 38: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	37, // 39: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	26, // 40: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
+	29, // 41: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
+	26, // 42: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
+	18, // 43: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
+	6,  // 44: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	10, // 45: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	12, // 46: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	14, // 47: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	16, // 48: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	30, // 49: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	32, // 50: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	34, // 51: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
+	8,  // 52: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	11, // 53: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	13, // 54: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	15, // 55: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	17, // 56: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	31, // 57: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	33, // 58: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	35, // 59: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
+	52, // [52:60] is the sub-list for method output_type
+	44, // [44:52] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -2477,14 +2981,14 @@ func file_quotabroker_v1_broker_proto_init() {
 	if File_quotabroker_v1_broker_proto != nil {
 		return
 	}
-	file_quotabroker_v1_broker_proto_msgTypes[21].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   28,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
