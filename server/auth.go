@@ -13,6 +13,7 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -86,8 +87,8 @@ func (t *Tokens) Reload() error {
 	set := make(map[string]Identity, len(f.Tokens))
 	for i, e := range f.Tokens {
 		switch {
-		case e.Client == "" || len(e.Client) > 256:
-			return fmt.Errorf("tokens file %s: tokens[%d].client: want 1 to 256 bytes", t.path, i)
+		case e.Client == "" || len(e.Client) > maxClientLen:
+			return fmt.Errorf("tokens file %s: tokens[%d].client: want 1 to %d bytes", t.path, i, maxClientLen)
 		case e.Role != RoleClient && e.Role != RoleAdmin:
 			return fmt.Errorf("tokens file %s: tokens[%d].role: %q is not client or admin", t.path, i, e.Role)
 		}
@@ -114,16 +115,52 @@ func (t *Tokens) lookup(token string) (Identity, bool) {
 	return id, ok
 }
 
-// authFunc authenticates a call: it needs "authorization: Bearer TOKEN" with
-// a known token. The answer never says which part was wrong.
-func (t *Tokens) authFunc(ctx context.Context) (context.Context, error) {
-	token, err := auth.AuthFromMD(ctx, "bearer")
-	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, "missing or invalid bearer token")
+var (
+	errBadToken    = status.Error(codes.Unauthenticated, "missing or invalid bearer token")
+	errCredsDiffer = status.Error(codes.Unauthenticated, "bearer token and client certificate name different clients")
+)
+
+// authenticator establishes who a call comes from, with bearer tokens,
+// client certificates, or both. The answer never says which part was wrong.
+//
+// With mutual TLS the verified client certificate is enough. A bearer token
+// sent as well must be valid and name the same client as the certificate,
+// or the call is refused: two credentials that disagree are a
+// misconfiguration (a sidecar holding another service's token) or a theft,
+// and either way accounting must not silently follow one of them. When they
+// agree, the caller is admin if either grants it.
+type authenticator struct {
+	tokens *Tokens // nil: no bearer tokens accepted
+	tls    *TLS    // nil or not mutual: no client certificates
+}
+
+func (a authenticator) authFunc(ctx context.Context) (context.Context, error) {
+	var fromToken *Identity
+	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("authorization")) > 0 || !a.tls.Mutual() {
+		token, err := auth.AuthFromMD(ctx, "bearer")
+		if err != nil || a.tokens == nil {
+			return nil, errBadToken
+		}
+		id, ok := a.tokens.lookup(token)
+		if !ok {
+			return nil, errBadToken
+		}
+		fromToken = &id
 	}
-	id, ok := t.lookup(token)
-	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "missing or invalid bearer token")
+	if !a.tls.Mutual() {
+		return context.WithValue(ctx, identityKey{}, *fromToken), nil
+	}
+	id, err := a.tls.peerIdentity(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if fromToken != nil {
+		if fromToken.Client != id.Client {
+			return nil, errCredsDiffer
+		}
+		if fromToken.Role == RoleAdmin {
+			id.Role = RoleAdmin
+		}
 	}
 	return context.WithValue(ctx, identityKey{}, id), nil
 }
@@ -144,7 +181,7 @@ var errPermission = status.Error(codes.PermissionDenied, "permission denied")
 // authentication configured every caller is trusted (the broker then
 // listens on loopback only, unless told otherwise).
 func (s *Server) requireAdmin(ctx context.Context) error {
-	if s.cfg.Tokens == nil {
+	if !s.cfg.authenticates() {
 		return nil
 	}
 	if id, ok := identityOf(ctx); ok && id.Role == RoleAdmin {

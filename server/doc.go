@@ -4,6 +4,12 @@
 // so tests and production run the same chain; health and reflection are
 // registered so that grpcurl needs no proto files.
 //
+// Callers authenticate with bearer tokens (Tokens), client certificates
+// (mutual TLS, TLS), or both; the identity they prove is the client that
+// fairness, caps and lease ownership use, and its role gates SetOverride and
+// RefreshQuotas. Without either, callers name themselves (ClientHeader) and
+// are all trusted.
+//
 // Errors map to gRPC codes in one table (errors.go): invalid ->
 // INVALID_ARGUMENT (with google.rpc.BadRequest naming the field), not found
 // -> NOT_FOUND, expired -> FAILED_PRECONDITION, unavailable -> UNAVAILABLE,

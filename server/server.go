@@ -43,9 +43,10 @@ type Broker interface {
 	LeaseClient(leaseID string) string
 }
 
-// ClientHeader is the metadata key a caller names itself with. Until
-// authentication lands it is self-declared; fairness and accounting are per
-// client.
+// ClientHeader is the metadata key a caller names itself with when the
+// server does not authenticate (no Tokens, no mutual TLS); otherwise the
+// name comes from the credentials and the header is ignored. Fairness and
+// accounting are per client.
 const ClientHeader = "x-quotabroker-client"
 
 // Config holds the server's tunables; the zero value works.
@@ -60,16 +61,44 @@ type Config struct {
 	// MaxRecvMsgSize bounds a request. Default 64 KiB: requests are small.
 	MaxRecvMsgSize int
 	// Tokens, when set, requires a bearer token on every QuotaBroker call
-	// (health and reflection stay open) and takes the client's identity
-	// from it; admin calls need the admin role, and leases can be settled
+	// (health and reflection stay open; with mutual TLS the certificate
+	// suffices) and takes the client's identity from it; admin calls need the admin role, and leases can be settled
 	// or renewed only by their own client. Without it the client names
 	// itself with ClientHeader and every caller is trusted.
 	Tokens *Tokens
+	// TLS, when set, serves over TLS. When it is mutual (a client CA), every
+	// connection needs a verified client certificate, which alone
+	// authenticates the caller (see TLS.Identity); a bearer token sent as
+	// well must name the same client. Health and reflection then need a
+	// certificate too: the handshake asks for it before any call.
+	TLS *TLS
 	// Metrics, when set, receives the gRPC server metrics (requests,
 	// codes, handling time per method) from go-grpc-middleware's
 	// Prometheus provider.
 	Metrics prometheus.Registerer
+	// Keepalive: the server pings a connection quiet for Time and closes
+	// it if the ping is not answered within Timeout, so that a vanished
+	// client's waiting AcquireLease calls end (and free their place in the
+	// queue) in about a minute and a half, well inside the longest wait;
+	// a connection with no call for MaxConnectionIdle is closed gracefully
+	// (clients reconnect on their next call). Zero fields take the
+	// defaults: Time 1m, Timeout 20s, MaxConnectionIdle 15m; MaxConnectionAge
+	// stays unlimited unless set.
+	Keepalive keepalive.ServerParameters
+	// MaxConcurrentStreams bounds the calls in flight on one connection
+	// (waiting AcquireLease calls included); a client's further calls wait
+	// for a free stream. Default 1024.
+	MaxConcurrentStreams uint32
 }
+
+// Keepalive enforcement: a client may ping at most every 10 s (the
+// shortest interval grpc-go clients allow), also when it has no call in
+// flight (clients keep idle connections warm); one that pings more often is
+// sent GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and disconnected.
+var keepalivePolicy = keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}
+
+// authenticates reports whether callers prove who they are.
+func (c Config) authenticates() bool { return c.Tokens != nil || c.TLS.Mutual() }
 
 // Server is the gRPC face of the broker: it translates, calls the domain
 // once, and encodes. Health and reflection are registered with it, so
@@ -96,6 +125,18 @@ func New(b Broker, cfg Config) *Server {
 	if cfg.MaxRecvMsgSize == 0 {
 		cfg.MaxRecvMsgSize = 64 << 10
 	}
+	if cfg.Keepalive.Time == 0 {
+		cfg.Keepalive.Time = time.Minute
+	}
+	if cfg.Keepalive.Timeout == 0 {
+		cfg.Keepalive.Timeout = 20 * time.Second
+	}
+	if cfg.Keepalive.MaxConnectionIdle == 0 {
+		cfg.Keepalive.MaxConnectionIdle = 15 * time.Minute
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = 1024
+	}
 	s := &Server{b: b, cfg: cfg, log: cfg.Logger, health: health.NewServer()}
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
@@ -121,12 +162,13 @@ func New(b Broker, cfg Config) *Server {
 		recovery.StreamServerInterceptor(recoverOpt),
 		logging.StreamServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
 	}
-	if cfg.Tokens != nil {
+	if cfg.authenticates() {
+		authFunc := authenticator{tokens: cfg.Tokens, tls: cfg.TLS}.authFunc
 		onlyBroker := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
 			return c.Service == pb.QuotaBroker_ServiceDesc.ServiceName
 		})
-		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(cfg.Tokens.authFunc), onlyBroker))
-		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(cfg.Tokens.authFunc), onlyBroker))
+		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(authFunc), onlyBroker))
+		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(authFunc), onlyBroker))
 	}
 	var metrics *grpcprom.ServerMetrics
 	if cfg.Metrics != nil {
@@ -137,12 +179,18 @@ func New(b Broker, cfg Config) *Server {
 		unary = append([]grpc.UnaryServerInterceptor{metrics.UnaryServerInterceptor()}, unary...)
 		stream = append([]grpc.StreamServerInterceptor{metrics.StreamServerInterceptor()}, stream...)
 	}
-	s.grpc = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+		grpc.KeepaliveEnforcementPolicy(keepalivePolicy),
+		grpc.KeepaliveParams(cfg.Keepalive),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(cfg.TLS.credentials()))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	pb.RegisterQuotaBrokerServer(s.grpc, s)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

@@ -250,7 +250,7 @@ func TestServeErrorsAreActionable(t *testing.T) {
 		{"bad listen", []string{"serve", "--listen", "256.0.0.1:1"}, "listen on 256.0.0.1:1"},
 		{"missing clients file", []string{"serve", "--clients", filepath.Join(dir, "clients.json")}, "clients file: open"},
 		{"missing tokens file", []string{"serve", "--tokens", filepath.Join(dir, "tokens.json")}, "tokens file: open"},
-		{"open to the network without tokens", []string{"serve", "--listen", "0.0.0.0:0", "--budgets", good}, "not a loopback address and no --tokens"},
+		{"open to the network without tokens", []string{"serve", "--listen", "0.0.0.0:0", "--budgets", good}, "not a loopback address and callers are not authenticated"},
 		{"token without client", []string{"token"}, "--client is required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,8 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
@@ -21,7 +19,7 @@ import (
 func report(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("report", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("addr", envOr("QUOTA_BROKER_ADDR", "127.0.0.1:50051"), "broker gRPC address (env QUOTA_BROKER_ADDR)")
+	broker := addDialFlags(fs)
 	model := fs.String("model", "", "only budgets whose model id contains this")
 	region := fs.String("region", "", "only budgets of this Region")
 	output := fs.String("output", "table", "table or json")
@@ -32,16 +30,16 @@ func report(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *output != "table" && *output != "json" {
 		return fmt.Errorf("--output %q: want table or json", *output)
 	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := broker.dial()
 	if err != nil {
-		return fmt.Errorf("broker %s: %w", *addr, err)
+		return err
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	rep, err := pb.NewQuotaBrokerClient(conn).GetQuotaReport(ctx, &pb.GetQuotaReportRequest{Model: *model, Region: *region})
 	if err != nil {
-		return fmt.Errorf("get quota report from %s: %w", *addr, err)
+		return fmt.Errorf("get quota report from %s: %w", broker.addr, err)
 	}
 	if *output == "json" {
 		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(rep)

@@ -37,8 +37,11 @@ var exampleBudgets []byte
 type serveFlags struct {
 	listen, httpAddr, data, budgets, clients, tokens, region, logLevel string
 	insecureListen                                                     bool
-	margin                                                             float64
-	maxWait, leaseTTL, drain                                           time.Duration
+	// TLS: server certificate and key; the client CA turns on mutual TLS.
+	tlsCert, tlsKey, tlsClientCA string
+	tlsAdmins                    []string // certificate identities with the admin role
+	margin                       float64
+	maxWait, leaseTTL, drain     time.Duration
 	// Discovery from AWS (or an endpoint such as the simulator).
 	aws              bool
 	regions, awsURL  string
@@ -57,7 +60,12 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	fs.StringVar(&f.budgets, "budgets", envOr("QUOTA_BROKER_BUDGETS", ""), "JSON file of static budgets (env QUOTA_BROKER_BUDGETS); default: the stored budgets, or a built-in example set")
 	fs.StringVar(&f.clients, "clients", envOr("QUOTA_BROKER_CLIENTS", ""), "JSON file of client policies: weights, max_concurrent caps, daily_reserve, aging (env QUOTA_BROKER_CLIENTS)")
 	fs.StringVar(&f.tokens, "tokens", envOr("QUOTA_BROKER_TOKENS", ""), "JSON file of hashed bearer tokens (client, role); reloaded on SIGHUP (env QUOTA_BROKER_TOKENS); without it callers are trusted")
-	fs.BoolVar(&f.insecureListen, "insecure-listen", envOr("QUOTA_BROKER_INSECURE_LISTEN", "") == "1", "allow listening beyond loopback without --tokens (env QUOTA_BROKER_INSECURE_LISTEN=1)")
+	fs.BoolVar(&f.insecureListen, "insecure-listen", envOr("QUOTA_BROKER_INSECURE_LISTEN", "") == "1", "allow listening beyond loopback without authenticating callers (no --tokens, no --tls-client-ca) (env QUOTA_BROKER_INSECURE_LISTEN=1)")
+	fs.StringVar(&f.tlsCert, "tls-cert", envOr("QUOTA_BROKER_TLS_CERT", ""), "serve TLS with this certificate (PEM, chain first to last); reloaded on SIGHUP (env QUOTA_BROKER_TLS_CERT)")
+	fs.StringVar(&f.tlsKey, "tls-key", envOr("QUOTA_BROKER_TLS_KEY", ""), "key of --tls-cert (PEM); reloaded on SIGHUP (env QUOTA_BROKER_TLS_KEY)")
+	fs.StringVar(&f.tlsClientCA, "tls-client-ca", envOr("QUOTA_BROKER_TLS_CLIENT_CA", ""), "mutual TLS: require client certificates signed by these CAs (PEM); the client id is the certificate's first URI SAN, else first DNS SAN, else Subject CN; reloaded on SIGHUP (env QUOTA_BROKER_TLS_CLIENT_CA)")
+	var admins string
+	fs.StringVar(&admins, "tls-admins", envOr("QUOTA_BROKER_TLS_ADMINS", ""), "comma-separated certificate identities (as --tls-client-ca derives them) with the admin role; the others are clients (env QUOTA_BROKER_TLS_ADMINS)")
 	fs.StringVar(&f.region, "region", envOr("QUOTA_BROKER_REGION", "us-east-1"), "default AWS Region of requests that name none (env QUOTA_BROKER_REGION)")
 	fs.StringVar(&f.logLevel, "log-level", envOr("QUOTA_BROKER_LOG_LEVEL", "info"), "debug, info, warn or error (env QUOTA_BROKER_LOG_LEVEL)")
 	margin, err := strconv.ParseFloat(envOr("QUOTA_BROKER_MARGIN", "0.9"), 64)
@@ -104,6 +112,19 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	}
 	if f.awsURL != "" {
 		f.aws = true
+	}
+	for a := range strings.SplitSeq(admins, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			f.tlsAdmins = append(f.tlsAdmins, a)
+		}
+	}
+	switch {
+	case (f.tlsCert == "") != (f.tlsKey == ""):
+		return f, errors.New("--tls-cert and --tls-key go together")
+	case f.tlsClientCA != "" && f.tlsCert == "":
+		return f, errors.New("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
+	case len(f.tlsAdmins) > 0 && f.tlsClientCA == "":
+		return f, errors.New("--tls-admins names certificate identities: it needs --tls-client-ca")
 	}
 	if f.aws && f.refresh < time.Second {
 		return f, fmt.Errorf("--refresh %v: at least 1s", f.refresh)
@@ -206,16 +227,23 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 		}
 		log.Info("callers authenticate with bearer tokens", "tokens", scfg.Tokens.Len())
 	}
+	if f.tlsCert != "" {
+		if scfg.TLS, err = server.LoadTLS(server.TLSFiles{CertFile: f.tlsCert, KeyFile: f.tlsKey, ClientCAFile: f.tlsClientCA, Admins: f.tlsAdmins}); err != nil {
+			return err
+		}
+		log.Info("serving TLS", "mutual", scfg.TLS.Mutual(), "admins", len(f.tlsAdmins), "cert_expires", scfg.TLS.NotAfter().Format(time.RFC3339))
+	}
 	lis, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.listen, err)
 	}
-	if !loopback(lis.Addr()) && scfg.Tokens == nil {
-		if !f.insecureListen {
-			lis.Close()
-			return fmt.Errorf("listen on %s: not a loopback address and no --tokens: anyone who can reach it could spend the account's quota; add --tokens FILE, or --insecure-listen to accept that", lis.Addr())
-		}
-		log.Warn("listening beyond loopback without authentication (--insecure-listen): every caller is trusted", "addr", lis.Addr().String())
+	warn, err := checkExposure(lis.Addr(), f)
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	if warn != "" {
+		log.Warn(warn, "addr", lis.Addr().String())
 	}
 	var httpSrv *http.Server
 	var httpLis net.Listener
@@ -239,7 +267,7 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	if src != nil {
 		wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
 	}
-	if scfg.Tokens != nil {
+	if scfg.Tokens != nil || scfg.TLS != nil {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		wg.Go(func() {
@@ -249,11 +277,7 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 				case <-runCtx.Done():
 					return
 				case <-hup:
-					if err := scfg.Tokens.Reload(); err != nil {
-						log.Error("tokens reload failed; the previous tokens stay in force", "err", err)
-					} else {
-						log.Info("tokens reloaded", "tokens", scfg.Tokens.Len())
-					}
+					reload(log, scfg)
 				}
 			}
 		})
@@ -273,9 +297,14 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	}
 	// Last: tools and tests wait for this line.
 	fmt.Fprintf(stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(b.Budgets()))
-	if f.banner != nil {
+	switch {
+	case f.banner != nil:
 		f.banner(stdout, lis.Addr())
-	} else {
+	case scfg.TLS.Mutual():
+		fmt.Fprintf(stdout, "try: grpcurl -cacert CA.pem -cert CLIENT.pem -key CLIENT-KEY.pem %s list\n", lis.Addr())
+	case scfg.TLS != nil:
+		fmt.Fprintf(stdout, "try: grpcurl -cacert CA.pem %s list\n", lis.Addr())
+	default:
 		fmt.Fprintf(stdout, "try: grpcurl -plaintext %s list\n", lis.Addr())
 	}
 
@@ -304,6 +333,46 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stdout, "quota-broker stopped")
 	}
 	return result
+}
+
+// reload reads the tokens and TLS files again (SIGHUP); a file that fails
+// keeps what is in force.
+func reload(log *slog.Logger, scfg server.Config) {
+	if scfg.Tokens != nil {
+		if err := scfg.Tokens.Reload(); err != nil {
+			log.Error("tokens reload failed; the previous tokens stay in force", "err", err)
+		} else {
+			log.Info("tokens reloaded", "tokens", scfg.Tokens.Len())
+		}
+	}
+	if scfg.TLS != nil {
+		if err := scfg.TLS.Reload(); err != nil {
+			log.Error("TLS reload failed; the previous certificate and client CAs stay in force", "err", err)
+		} else {
+			log.Info("TLS certificate and client CAs reloaded", "cert_expires", scfg.TLS.NotAfter().Format(time.RFC3339))
+		}
+	}
+}
+
+// checkExposure decides whether the broker may listen on addr. Beyond
+// loopback its callers must prove who they are (bearer tokens or client
+// certificates), or the operator must say --insecure-listen: anyone who can
+// reach the port could otherwise spend the account's quota. TLS without
+// client certificates encrypts but authenticates nobody, so it does not
+// count. The warning, if any, is for the log.
+func checkExposure(addr net.Addr, f serveFlags) (warn string, err error) {
+	if loopback(addr) {
+		return "", nil
+	}
+	switch {
+	case f.tokens == "" && f.tlsClientCA == "" && !f.insecureListen:
+		return "", fmt.Errorf("listen on %s: not a loopback address and callers are not authenticated (no --tokens, no --tls-client-ca): anyone who can reach it could spend the account's quota; add --tokens FILE or --tls-client-ca FILE, or --insecure-listen to accept that", addr)
+	case f.tokens == "" && f.tlsClientCA == "":
+		return "listening beyond loopback without authentication (--insecure-listen): every caller is trusted", nil
+	case f.tlsCert == "":
+		return "bearer tokens travel in the clear beyond loopback: add --tls-cert and --tls-key", nil
+	}
+	return "", nil
 }
 
 // loopback reports whether addr only accepts connections from this host.
