@@ -19,7 +19,21 @@ type Discovery struct {
 	// Skipped lists every quota that did not become (part of) a budget, and
 	// why: not a runtime quota, no model matched, a variant not brokered.
 	Skipped []SkippedQuota
-	At      time.Time
+	// Provisioned lists the account's Provisioned Throughputs. They have
+	// capacity of their own (model units), outside the on-demand quotas the
+	// broker brokers; the report lists them so operators see all capacity.
+	Provisioned []ProvisionedThroughput
+	// Notes are problems that did not fail the discovery (e.g. the
+	// Provisioned Throughput listing was denied).
+	Notes []string
+	At    time.Time
+}
+
+// ProvisionedThroughput is one Provisioned Throughput of the account.
+type ProvisionedThroughput struct {
+	Region, Name, ARN, Model, Status string
+	ModelUnits                       int64
+	Commitment                       string // e.g. ONE_MONTH; empty for no commitment
 }
 
 // SkippedQuota is a quota a source could not use.
@@ -33,6 +47,8 @@ type DiscoveryStatus struct {
 	LastAttempt time.Time
 	LastError   string // of the last attempt; empty when it succeeded
 	Skipped     []SkippedQuota
+	Provisioned []ProvisionedThroughput
+	Notes       []string
 	Enabled     bool // a source is configured
 }
 
@@ -59,6 +75,7 @@ func (b *Broker) Refresh(ctx context.Context, src QuotaSource) error {
 	}
 	b.mu.Lock()
 	b.discovery.LastSuccess, b.discovery.LastError, b.discovery.Skipped = now, "", d.Skipped
+	b.discovery.Provisioned, b.discovery.Notes = d.Provisioned, d.Notes
 	b.mu.Unlock()
 	return nil
 }

@@ -178,5 +178,10 @@ func discoveryToPB(d broker.DiscoveryStatus, now time.Time) *pb.Discovery {
 	for _, q := range d.Skipped {
 		out.Skipped = append(out.Skipped, &pb.SkippedQuota{Region: q.Region, QuotaCode: q.Code, QuotaName: q.Name, Reason: q.Reason})
 	}
+	for _, p := range d.Provisioned {
+		out.Provisioned = append(out.Provisioned, &pb.ProvisionedThroughput{Region: p.Region, Name: p.Name, Arn: p.ARN,
+			Model: p.Model, Status: p.Status, ModelUnits: p.ModelUnits, Commitment: p.Commitment})
+	}
+	out.Notes = d.Notes
 	return out
 }

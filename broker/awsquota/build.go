@@ -77,6 +77,8 @@ func (r *Result) merge(o Result) {
 	r.Specs = append(r.Specs, o.Specs...)
 	r.Skipped = append(r.Skipped, o.Skipped...)
 	r.Quotas = append(r.Quotas, o.Quotas...)
+	r.Provisioned = append(r.Provisioned, o.Provisioned...)
+	r.Notes = append(r.Notes, o.Notes...)
 }
 
 // row is one quota as listed, before classification.

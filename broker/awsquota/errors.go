@@ -12,10 +12,11 @@ import (
 type operation struct{ verb, action string }
 
 var (
-	opListQuotas   = operation{"list service quotas", "servicequotas:ListServiceQuotas"}
-	opListDefaults = operation{"list default service quotas", "servicequotas:ListAWSDefaultServiceQuotas"}
-	opListModels   = operation{"list foundation models", "bedrock:ListFoundationModels"}
-	opListProfiles = operation{"list inference profiles", "bedrock:ListInferenceProfiles"}
+	opListQuotas      = operation{"list service quotas", "servicequotas:ListServiceQuotas"}
+	opListDefaults    = operation{"list default service quotas", "servicequotas:ListAWSDefaultServiceQuotas"}
+	opListModels      = operation{"list foundation models", "bedrock:ListFoundationModels"}
+	opListProfiles    = operation{"list inference profiles", "bedrock:ListInferenceProfiles"}
+	opListProvisioned = operation{"list provisioned throughputs", "bedrock:ListProvisionedModelThroughputs"}
 )
 
 // awsError is an AWS API error worded for an operator. It unwraps to the

@@ -212,3 +212,48 @@ func TestSimulatorDummyCredentials(t *testing.T) {
 		}
 	}
 }
+
+// TestSimulatorProvisionedAndQuotaRefs checks, through the real SDK, that
+// discovery lists the account's Provisioned Throughputs and that each
+// budget names the AWS quotas behind its limits as Service Quotas states
+// them.
+func TestSimulatorProvisionedAndQuotaRefs(t *testing.T) {
+	t.Parallel()
+	sc, err := bedrocksim.LoadScenario("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.ProvisionedModelThroughputs = []bedrocksim.ProvisionedThroughput{
+		{Name: "support-bot-pt", ModelID: "anthropic.claude-3-haiku-20240307-v1:0", ModelUnits: 2, Status: "InService"},
+	}
+	_, url := startSim(t, sc)
+	src, err := New(Config{Regions: []string{"us-east-1"}, AWS: staticAWS(), Endpoint: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := src.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Provisioned) != 1 || d.Provisioned[0].Name != "support-bot-pt" || d.Provisioned[0].ModelUnits != 2 ||
+		d.Provisioned[0].Region != "us-east-1" || !strings.Contains(d.Provisioned[0].Model, "claude-3-haiku") || len(d.Notes) != 0 {
+		t.Fatalf("provisioned %+v, notes %v", d.Provisioned, d.Notes)
+	}
+	for _, s := range d.Specs {
+		if s.Key.Model != "anthropic.claude-sonnet-4-5-20250929-v1:0" || s.Key.Scope != broker.ScopeCrossRegion {
+			continue
+		}
+		var tpm *broker.QuotaRef
+		for i := range s.Quotas {
+			if s.Quotas[i].Limit == "tpm" {
+				tpm = &s.Quotas[i]
+			}
+		}
+		if tpm == nil || tpm.Code == "" || tpm.Applied != s.Quota.TPM || !tpm.Adjustable || tpm.Default == 0 ||
+			!strings.Contains(tpm.Name, "tokens per minute") {
+			t.Fatalf("Sonnet 4.5 cross-region TPM quota ref %+v (quota %+v)", tpm, s.Quota)
+		}
+		return
+	}
+	t.Fatal("no cross-region Sonnet 4.5 budget discovered")
+}

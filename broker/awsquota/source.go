@@ -60,6 +60,9 @@ type (
 	profileLister interface {
 		ListInferenceProfiles(context.Context, *bedrock.ListInferenceProfilesInput, ...func(*bedrock.Options)) (*bedrock.ListInferenceProfilesOutput, error)
 	}
+	provisionedLister interface {
+		ListProvisionedModelThroughputs(context.Context, *bedrock.ListProvisionedModelThroughputsInput, ...func(*bedrock.Options)) (*bedrock.ListProvisionedModelThroughputsOutput, error)
+	}
 )
 
 // clients are one Region's SDK clients.
@@ -68,6 +71,8 @@ type clients struct {
 	defaults defaultQuotaLister
 	models   modelLister
 	profiles profileLister
+	// provisioned is optional: nil lists no Provisioned Throughputs.
+	provisioned provisionedLister
 	// creds, when set, is asked for credentials before the first call so
 	// that "no credentials" reads as such rather than as the first
 	// operation failing.
@@ -122,7 +127,7 @@ func New(cfg Config) (*Source, error) {
 		}
 		sq := servicequotas.NewFromConfig(c)
 		br := bedrock.NewFromConfig(c)
-		return clients{quotas: sq, defaults: sq, models: br, profiles: br, creds: c.Credentials}, nil
+		return clients{quotas: sq, defaults: sq, models: br, profiles: br, provisioned: br, creds: c.Credentials}, nil
 	}
 	return newSource(cfg, connect)
 }
@@ -197,6 +202,11 @@ func (s *Source) Inspect(ctx context.Context) (Result, error) {
 			return Result{}, err
 		}
 		r := build(region, "aws:service-quotas:"+region, at, rows, &cat)
+		// Provisioned Throughputs are informational: a denied listing is
+		// a note, not a failed discovery.
+		if r.Provisioned, err = fetchProvisioned(ctx, c, region); err != nil {
+			r.Notes = append(r.Notes, err.Error())
+		}
 		s.log.Debug("discovered quotas", "region", region, "quotas", len(rows),
 			"models", len(cat.Models), "profiles", len(cat.Profiles),
 			"budgets", len(r.Specs), "skipped", len(r.Skipped))
@@ -287,6 +297,31 @@ func nextToken(op operation, region string, prev, next *string, page int) (*stri
 		return nil, fmt.Errorf("%s in %s: more than %d pages; stopping", op.verb, region, maxPages)
 	}
 	return next, nil
+}
+
+// fetchProvisioned lists the Region's Provisioned Throughputs.
+func fetchProvisioned(ctx context.Context, c clients, region string) ([]broker.ProvisionedThroughput, error) {
+	if c.provisioned == nil {
+		return nil, nil
+	}
+	var out []broker.ProvisionedThroughput
+	var token *string
+	for page := 0; ; page++ {
+		res, err := c.provisioned.ListProvisionedModelThroughputs(ctx, &bedrock.ListProvisionedModelThroughputsInput{NextToken: token, MaxResults: aws.Int32(100)})
+		if err != nil {
+			return nil, describe(opListProvisioned, region, err)
+		}
+		for _, p := range res.ProvisionedModelSummaries {
+			out = append(out, broker.ProvisionedThroughput{
+				Region: region, Name: aws.ToString(p.ProvisionedModelName), ARN: aws.ToString(p.ProvisionedModelArn),
+				Model: aws.ToString(p.FoundationModelArn), Status: string(p.Status),
+				ModelUnits: int64(aws.ToInt32(p.ModelUnits)), Commitment: string(p.CommitmentDuration),
+			})
+		}
+		if token, err = nextToken(opListProvisioned, region, token, res.NextToken, page); token == nil || err != nil {
+			return out, err
+		}
+	}
 }
 
 // fetchCatalogue lists the Region's foundation models and system-defined

@@ -82,6 +82,13 @@ func printReport(w io.Writer, rep *pb.GetQuotaReportResponse) {
 			fmt.Fprintf(w, "; last refresh failed: %s", d.GetLastError())
 		}
 		fmt.Fprintln(w)
+		for _, p := range d.GetProvisioned() {
+			fmt.Fprintf(w, "provisioned throughput %s (%s): %s, %d model units, %s %s\n", p.GetName(), p.GetRegion(),
+				p.GetModel(), p.GetModelUnits(), p.GetStatus(), cmpOr(p.GetCommitment(), "no commitment"))
+		}
+		for _, n := range d.GetNotes() {
+			fmt.Fprintf(w, "note: %s\n", n)
+		}
 	}
 }
 

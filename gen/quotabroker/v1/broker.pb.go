@@ -1173,7 +1173,12 @@ type Discovery struct {
 	// How old the quotas in force are.
 	QuotaAge *durationpb.Duration `protobuf:"bytes,4,opt,name=quota_age,json=quotaAge,proto3" json:"quota_age,omitempty"`
 	// Quotas that did not become a budget, with the reason.
-	Skipped       []*SkippedQuota `protobuf:"bytes,5,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	Skipped []*SkippedQuota `protobuf:"bytes,5,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	// The account's Provisioned Throughputs: capacity of their own (model
+	// units), outside the on-demand quotas the broker brokers.
+	Provisioned []*ProvisionedThroughput `protobuf:"bytes,6,rep,name=provisioned,proto3" json:"provisioned,omitempty"`
+	// Problems that did not fail the discovery (a denied listing, say).
+	Notes         []string `protobuf:"bytes,7,rep,name=notes,proto3" json:"notes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1243,6 +1248,114 @@ func (x *Discovery) GetSkipped() []*SkippedQuota {
 	return nil
 }
 
+func (x *Discovery) GetProvisioned() []*ProvisionedThroughput {
+	if x != nil {
+		return x.Provisioned
+	}
+	return nil
+}
+
+func (x *Discovery) GetNotes() []string {
+	if x != nil {
+		return x.Notes
+	}
+	return nil
+}
+
+type ProvisionedThroughput struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Region string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Arn    string                 `protobuf:"bytes,3,opt,name=arn,proto3" json:"arn,omitempty"`
+	// The foundation model's ARN.
+	Model      string `protobuf:"bytes,4,opt,name=model,proto3" json:"model,omitempty"`
+	Status     string `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	ModelUnits int64  `protobuf:"varint,6,opt,name=model_units,json=modelUnits,proto3" json:"model_units,omitempty"`
+	// Commitment term, e.g. ONE_MONTH; empty for no commitment.
+	Commitment    string `protobuf:"bytes,7,opt,name=commitment,proto3" json:"commitment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProvisionedThroughput) Reset() {
+	*x = ProvisionedThroughput{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProvisionedThroughput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProvisionedThroughput) ProtoMessage() {}
+
+func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProvisionedThroughput.ProtoReflect.Descriptor instead.
+func (*ProvisionedThroughput) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ProvisionedThroughput) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *ProvisionedThroughput) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ProvisionedThroughput) GetArn() string {
+	if x != nil {
+		return x.Arn
+	}
+	return ""
+}
+
+func (x *ProvisionedThroughput) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ProvisionedThroughput) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ProvisionedThroughput) GetModelUnits() int64 {
+	if x != nil {
+		return x.ModelUnits
+	}
+	return 0
+}
+
+func (x *ProvisionedThroughput) GetCommitment() string {
+	if x != nil {
+		return x.Commitment
+	}
+	return ""
+}
+
 type SkippedQuota struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Region        string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
@@ -1255,7 +1368,7 @@ type SkippedQuota struct {
 
 func (x *SkippedQuota) Reset() {
 	*x = SkippedQuota{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1380,7 @@ func (x *SkippedQuota) String() string {
 func (*SkippedQuota) ProtoMessage() {}
 
 func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1393,7 @@ func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkippedQuota.ProtoReflect.Descriptor instead.
 func (*SkippedQuota) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SkippedQuota) GetRegion() string {
@@ -1324,7 +1437,7 @@ type WindowUsage struct {
 
 func (x *WindowUsage) Reset() {
 	*x = WindowUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1449,7 @@ func (x *WindowUsage) String() string {
 func (*WindowUsage) ProtoMessage() {}
 
 func (x *WindowUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1462,7 @@ func (x *WindowUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowUsage.ProtoReflect.Descriptor instead.
 func (*WindowUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WindowUsage) GetRequestsLastMinute() int64 {
@@ -1405,7 +1518,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1530,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1543,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Counters) GetGranted() int64 {
@@ -1534,7 +1647,7 @@ type BudgetReport struct {
 
 func (x *BudgetReport) Reset() {
 	*x = BudgetReport{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1659,7 @@ func (x *BudgetReport) String() string {
 func (*BudgetReport) ProtoMessage() {}
 
 func (x *BudgetReport) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1672,7 @@ func (x *BudgetReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BudgetReport.ProtoReflect.Descriptor instead.
 func (*BudgetReport) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BudgetReport) GetBudget() *Budget {
@@ -1634,7 +1747,7 @@ type Activity struct {
 
 func (x *Activity) Reset() {
 	*x = Activity{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1759,7 @@ func (x *Activity) String() string {
 func (*Activity) ProtoMessage() {}
 
 func (x *Activity) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1772,7 @@ func (x *Activity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Activity.ProtoReflect.Descriptor instead.
 func (*Activity) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Activity) GetLastMinute() *UsageStats {
@@ -1749,7 +1862,7 @@ type UsageStats struct {
 
 func (x *UsageStats) Reset() {
 	*x = UsageStats{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1761,7 +1874,7 @@ func (x *UsageStats) String() string {
 func (*UsageStats) ProtoMessage() {}
 
 func (x *UsageStats) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1774,7 +1887,7 @@ func (x *UsageStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageStats.ProtoReflect.Descriptor instead.
 func (*UsageStats) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UsageStats) GetGranted() int64 {
@@ -1899,7 +2012,7 @@ type ClientUsage struct {
 
 func (x *ClientUsage) Reset() {
 	*x = ClientUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +2024,7 @@ func (x *ClientUsage) String() string {
 func (*ClientUsage) ProtoMessage() {}
 
 func (x *ClientUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +2037,7 @@ func (x *ClientUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientUsage.ProtoReflect.Descriptor instead.
 func (*ClientUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ClientUsage) GetClient() string {
@@ -1969,7 +2082,7 @@ type Budget struct {
 
 func (x *Budget) Reset() {
 	*x = Budget{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2094,7 @@ func (x *Budget) String() string {
 func (*Budget) ProtoMessage() {}
 
 func (x *Budget) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2107,7 @@ func (x *Budget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budget.ProtoReflect.Descriptor instead.
 func (*Budget) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Budget) GetKey() *BudgetKey {
@@ -2098,7 +2211,7 @@ type QuotaRef struct {
 
 func (x *QuotaRef) Reset() {
 	*x = QuotaRef{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2223,7 @@ func (x *QuotaRef) String() string {
 func (*QuotaRef) ProtoMessage() {}
 
 func (x *QuotaRef) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2236,7 @@ func (x *QuotaRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaRef.ProtoReflect.Descriptor instead.
 func (*QuotaRef) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *QuotaRef) GetLimit() string {
@@ -2188,7 +2301,7 @@ type Adaptive struct {
 
 func (x *Adaptive) Reset() {
 	*x = Adaptive{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2313,7 @@ func (x *Adaptive) String() string {
 func (*Adaptive) ProtoMessage() {}
 
 func (x *Adaptive) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2326,7 @@ func (x *Adaptive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adaptive.ProtoReflect.Descriptor instead.
 func (*Adaptive) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Adaptive) GetCeiling() *Limits {
@@ -2273,7 +2386,7 @@ type LimitOverride struct {
 
 func (x *LimitOverride) Reset() {
 	*x = LimitOverride{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2398,7 @@ func (x *LimitOverride) String() string {
 func (*LimitOverride) ProtoMessage() {}
 
 func (x *LimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2411,7 @@ func (x *LimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitOverride.ProtoReflect.Descriptor instead.
 func (*LimitOverride) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LimitOverride) GetRequestsPerMinute() int64 {
@@ -2351,7 +2464,7 @@ type ListBudgetsRequest struct {
 
 func (x *ListBudgetsRequest) Reset() {
 	*x = ListBudgetsRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2363,7 +2476,7 @@ func (x *ListBudgetsRequest) String() string {
 func (*ListBudgetsRequest) ProtoMessage() {}
 
 func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2376,7 +2489,7 @@ func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 type ListBudgetsResponse struct {
@@ -2388,7 +2501,7 @@ type ListBudgetsResponse struct {
 
 func (x *ListBudgetsResponse) Reset() {
 	*x = ListBudgetsResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2400,7 +2513,7 @@ func (x *ListBudgetsResponse) String() string {
 func (*ListBudgetsResponse) ProtoMessage() {}
 
 func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2413,7 +2526,7 @@ func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListBudgetsResponse) GetBudgets() []*Budget {
@@ -2436,7 +2549,7 @@ type SetOverrideRequest struct {
 
 func (x *SetOverrideRequest) Reset() {
 	*x = SetOverrideRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2561,7 @@ func (x *SetOverrideRequest) String() string {
 func (*SetOverrideRequest) ProtoMessage() {}
 
 func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2574,7 @@ func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideRequest.ProtoReflect.Descriptor instead.
 func (*SetOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetOverrideRequest) GetModelId() string {
@@ -2494,7 +2607,7 @@ type SetOverrideResponse struct {
 
 func (x *SetOverrideResponse) Reset() {
 	*x = SetOverrideResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2506,7 +2619,7 @@ func (x *SetOverrideResponse) String() string {
 func (*SetOverrideResponse) ProtoMessage() {}
 
 func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2519,7 +2632,7 @@ func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideResponse.ProtoReflect.Descriptor instead.
 func (*SetOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetOverrideResponse) GetBudget() *Budget {
@@ -2537,7 +2650,7 @@ type RefreshQuotasRequest struct {
 
 func (x *RefreshQuotasRequest) Reset() {
 	*x = RefreshQuotasRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2549,7 +2662,7 @@ func (x *RefreshQuotasRequest) String() string {
 func (*RefreshQuotasRequest) ProtoMessage() {}
 
 func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2562,7 +2675,7 @@ func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasRequest.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 type RefreshQuotasResponse struct {
@@ -2575,7 +2688,7 @@ type RefreshQuotasResponse struct {
 
 func (x *RefreshQuotasResponse) Reset() {
 	*x = RefreshQuotasResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2587,7 +2700,7 @@ func (x *RefreshQuotasResponse) String() string {
 func (*RefreshQuotasResponse) ProtoMessage() {}
 
 func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2600,7 +2713,7 @@ func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasResponse.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RefreshQuotasResponse) GetDiscovery() *Discovery {
@@ -2684,14 +2797,27 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\fgenerated_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vgeneratedAt\x126\n" +
 	"\abudgets\x18\x02 \x03(\v2\x1c.quotabroker.v1.BudgetReportR\abudgets\x127\n" +
 	"\tdiscovery\x18\x03 \x01(\v2\x19.quotabroker.v1.DiscoveryR\tdiscovery\x12#\n" +
-	"\rhistory_error\x18\x04 \x01(\tR\fhistoryError\"\x98\x02\n" +
+	"\rhistory_error\x18\x04 \x01(\tR\fhistoryError\"\xf7\x02\n" +
 	"\tDiscovery\x12=\n" +
 	"\flast_success\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12=\n" +
 	"\flast_attempt\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlastAttempt\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\x03 \x01(\tR\tlastError\x126\n" +
 	"\tquota_age\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bquotaAge\x126\n" +
-	"\askipped\x18\x05 \x03(\v2\x1c.quotabroker.v1.SkippedQuotaR\askipped\"|\n" +
+	"\askipped\x18\x05 \x03(\v2\x1c.quotabroker.v1.SkippedQuotaR\askipped\x12G\n" +
+	"\vprovisioned\x18\x06 \x03(\v2%.quotabroker.v1.ProvisionedThroughputR\vprovisioned\x12\x14\n" +
+	"\x05notes\x18\a \x03(\tR\x05notes\"\xc4\x01\n" +
+	"\x15ProvisionedThroughput\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03arn\x18\x03 \x01(\tR\x03arn\x12\x14\n" +
+	"\x05model\x18\x04 \x01(\tR\x05model\x12\x16\n" +
+	"\x06status\x18\x05 \x01(\tR\x06status\x12\x1f\n" +
+	"\vmodel_units\x18\x06 \x01(\x03R\n" +
+	"modelUnits\x12\x1e\n" +
+	"\n" +
+	"commitment\x18\a \x01(\tR\n" +
+	"commitment\"|\n" +
 	"\fSkippedQuota\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x1d\n" +
 	"\n" +
@@ -2867,7 +2993,7 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(Priority)(0),                  // 0: quotabroker.v1.Priority
 	(Scope)(0),                     // 1: quotabroker.v1.Scope
@@ -2888,92 +3014,94 @@ var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(*GetQuotaReportRequest)(nil),  // 16: quotabroker.v1.GetQuotaReportRequest
 	(*GetQuotaReportResponse)(nil), // 17: quotabroker.v1.GetQuotaReportResponse
 	(*Discovery)(nil),              // 18: quotabroker.v1.Discovery
-	(*SkippedQuota)(nil),           // 19: quotabroker.v1.SkippedQuota
-	(*WindowUsage)(nil),            // 20: quotabroker.v1.WindowUsage
-	(*Counters)(nil),               // 21: quotabroker.v1.Counters
-	(*BudgetReport)(nil),           // 22: quotabroker.v1.BudgetReport
-	(*Activity)(nil),               // 23: quotabroker.v1.Activity
-	(*UsageStats)(nil),             // 24: quotabroker.v1.UsageStats
-	(*ClientUsage)(nil),            // 25: quotabroker.v1.ClientUsage
-	(*Budget)(nil),                 // 26: quotabroker.v1.Budget
-	(*QuotaRef)(nil),               // 27: quotabroker.v1.QuotaRef
-	(*Adaptive)(nil),               // 28: quotabroker.v1.Adaptive
-	(*LimitOverride)(nil),          // 29: quotabroker.v1.LimitOverride
-	(*ListBudgetsRequest)(nil),     // 30: quotabroker.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),    // 31: quotabroker.v1.ListBudgetsResponse
-	(*SetOverrideRequest)(nil),     // 32: quotabroker.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),    // 33: quotabroker.v1.SetOverrideResponse
-	(*RefreshQuotasRequest)(nil),   // 34: quotabroker.v1.RefreshQuotasRequest
-	(*RefreshQuotasResponse)(nil),  // 35: quotabroker.v1.RefreshQuotasResponse
-	(*durationpb.Duration)(nil),    // 36: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 37: google.protobuf.Timestamp
+	(*ProvisionedThroughput)(nil),  // 19: quotabroker.v1.ProvisionedThroughput
+	(*SkippedQuota)(nil),           // 20: quotabroker.v1.SkippedQuota
+	(*WindowUsage)(nil),            // 21: quotabroker.v1.WindowUsage
+	(*Counters)(nil),               // 22: quotabroker.v1.Counters
+	(*BudgetReport)(nil),           // 23: quotabroker.v1.BudgetReport
+	(*Activity)(nil),               // 24: quotabroker.v1.Activity
+	(*UsageStats)(nil),             // 25: quotabroker.v1.UsageStats
+	(*ClientUsage)(nil),            // 26: quotabroker.v1.ClientUsage
+	(*Budget)(nil),                 // 27: quotabroker.v1.Budget
+	(*QuotaRef)(nil),               // 28: quotabroker.v1.QuotaRef
+	(*Adaptive)(nil),               // 29: quotabroker.v1.Adaptive
+	(*LimitOverride)(nil),          // 30: quotabroker.v1.LimitOverride
+	(*ListBudgetsRequest)(nil),     // 31: quotabroker.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),    // 32: quotabroker.v1.ListBudgetsResponse
+	(*SetOverrideRequest)(nil),     // 33: quotabroker.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),    // 34: quotabroker.v1.SetOverrideResponse
+	(*RefreshQuotasRequest)(nil),   // 35: quotabroker.v1.RefreshQuotasRequest
+	(*RefreshQuotasResponse)(nil),  // 36: quotabroker.v1.RefreshQuotasResponse
+	(*durationpb.Duration)(nil),    // 37: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 38: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	36, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	37, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
 	4,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	37, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	37, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	38, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	38, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	36, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	37, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
 	3,  // 8: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
 	9,  // 9: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	36, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	37, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	37, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	38, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 12: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	37, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
-	22, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
+	38, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	23, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
 	18, // 15: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
-	37, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
-	37, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
-	36, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
-	19, // 19: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
-	26, // 20: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
-	20, // 21: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
-	21, // 22: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
-	23, // 23: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
-	24, // 24: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
-	24, // 25: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
-	24, // 26: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
-	25, // 27: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
-	24, // 28: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
-	4,  // 29: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
-	5,  // 30: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
-	5,  // 31: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
-	29, // 32: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	37, // 33: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
-	5,  // 34: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
-	28, // 35: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
-	27, // 36: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
-	5,  // 37: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
-	37, // 38: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
-	37, // 39: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
-	26, // 40: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
-	29, // 41: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
-	26, // 42: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
-	18, // 43: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
-	6,  // 44: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	10, // 45: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	12, // 46: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	14, // 47: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	16, // 48: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	30, // 49: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	32, // 50: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	34, // 51: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
-	8,  // 52: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	11, // 53: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	13, // 54: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	15, // 55: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	17, // 56: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	31, // 57: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	33, // 58: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	35, // 59: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
-	52, // [52:60] is the sub-list for method output_type
-	44, // [44:52] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	38, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
+	38, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
+	37, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
+	20, // 19: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
+	19, // 20: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
+	27, // 21: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
+	21, // 22: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
+	22, // 23: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
+	24, // 24: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
+	25, // 25: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
+	25, // 26: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
+	25, // 27: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
+	26, // 28: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
+	25, // 29: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
+	4,  // 30: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
+	5,  // 31: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
+	5,  // 32: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
+	30, // 33: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
+	38, // 34: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	5,  // 35: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
+	29, // 36: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
+	28, // 37: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
+	5,  // 38: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
+	38, // 39: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	38, // 40: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	27, // 41: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
+	30, // 42: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
+	27, // 43: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
+	18, // 44: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
+	6,  // 45: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	10, // 46: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	12, // 47: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	14, // 48: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	16, // 49: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	31, // 50: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	33, // 51: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	35, // 52: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
+	8,  // 53: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	11, // 54: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	13, // 55: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	15, // 56: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	17, // 57: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	32, // 58: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	34, // 59: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	36, // 60: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
+	53, // [53:61] is the sub-list for method output_type
+	45, // [45:53] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -2981,14 +3109,14 @@ func file_quotabroker_v1_broker_proto_init() {
 	if File_quotabroker_v1_broker_proto != nil {
 		return
 	}
-	file_quotabroker_v1_broker_proto_msgTypes[25].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[26].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
