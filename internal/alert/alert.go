@@ -349,7 +349,7 @@ func (a *Alerter) check(rule Rule, s *series, cur sample) condition {
 			return c
 		}
 		c.fire = cur.at.Sub(s.aboveSince) >= d
-		c.summary = fmt.Sprintf("utilisation %s, at or above %s for %v", pct(cur.utilisation), pct(u), cur.at.Sub(s.aboveSince).Round(time.Second))
+		c.summary = fmt.Sprintf("utilisation %s, at or above %s for %v", pct(cur.utilisation), pct(u), roundSpan(cur.at.Sub(s.aboveSince)))
 		return c
 	case RuleThrottleRate:
 		base := s.samples[0]
@@ -369,7 +369,7 @@ func (a *Alerter) rate(events, calls int64, span time.Duration, threshold float6
 	c := condition{value: r, threshold: threshold, since: now,
 		fire:    calls >= a.cfg.MinCalls && r > threshold,
 		resolve: r <= threshold,
-		summary: fmt.Sprintf("%s %s (%d %s in %d %s over the last %v)", what, pct(r), events, evName, calls, callName, span.Round(time.Second)),
+		summary: fmt.Sprintf("%s %s (%d %s in %d %s over the last %v)", what, pct(r), events, evName, calls, callName, roundSpan(span)),
 	}
 	switch {
 	case c.fire:
@@ -404,6 +404,14 @@ func (a *Alerter) transition(ak alertKey, c condition, now time.Time) (Event, bo
 	e.Summary = e.Budget.String() + ": " + c.summary
 	e.Text = "[" + map[Status]string{StatusFiring: "FIRING", StatusResolved: "RESOLVED"}[e.Status] + "] quota-broker " + string(e.Rule) + " " + e.Summary
 	return e, true
+}
+
+// roundSpan keeps a span readable: whole seconds, tenths below 10s.
+func roundSpan(d time.Duration) time.Duration {
+	if d < 10*time.Second {
+		return d.Round(100 * time.Millisecond)
+	}
+	return d.Round(time.Second)
 }
 
 func pct(v float64) string { return fmt.Sprintf("%.1f%%", v*100) }
