@@ -59,16 +59,19 @@ func (b Budget) String() string { return b.Region + " " + b.Scope + " " + b.Mode
 // Event is one firing or resolved alert. Its JSON form is the webhook's
 // body (Text is a Slack-compatible copy of Summary).
 type Event struct {
-	Status    Status    `json:"status"`
-	Rule      Rule      `json:"rule"`
-	Budget    Budget    `json:"budget"`
-	Value     float64   `json:"value"`     // the rule's measure at At
-	Threshold float64   `json:"threshold"` // the rule's threshold
-	Since     time.Time `json:"since"`     // when the condition started to hold
-	At        time.Time `json:"at"`        // when this event was decided
-	Repeat    bool      `json:"repeat,omitempty"`
-	Summary   string    `json:"summary"`
-	Text      string    `json:"text"`
+	Status    Status  `json:"status"`
+	Rule      Rule    `json:"rule"`
+	Budget    Budget  `json:"budget"`
+	Value     float64 `json:"value"`     // the rule's measure at At
+	Threshold float64 `json:"threshold"` // the rule's threshold
+	// Since is when the alert started: for utilisation the first sample
+	// of the run at or above the threshold, for a rate the evaluation
+	// that first found it above. A resolved event carries its firing's.
+	Since   time.Time `json:"since"`
+	At      time.Time `json:"at"` // when this event was decided
+	Repeat  bool      `json:"repeat,omitempty"`
+	Summary string    `json:"summary"`
+	Text    string    `json:"text"`
 }
 
 // Off disables a rule whose zero value means its default.
