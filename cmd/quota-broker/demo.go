@@ -32,6 +32,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	regions := fs.String("regions", "us-east-1", "Regions the broker discovers from the simulator")
 	traffic := fs.Bool("traffic", true, "run a few synthetic services through the broker against the simulator, so the report, metrics and dashboard have something to show")
 	logLevel := fs.String("log-level", envOr("QUOTA_BROKER_LOG_LEVEL", "info"), "debug, info, warn or error")
+	alertWebhook := fs.String("alert-webhook", envOr("QUOTA_BROKER_ALERT_WEBHOOK", ""), "URL alerts are also POSTed to; they always go to the log (env QUOTA_BROKER_ALERT_WEBHOOK)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -81,7 +82,8 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		data = filepath.Join(dir, "quota-broker.db")
 	}
 	f, err := parseServeFlags([]string{"--listen", *listen, "--http", *httpListen, "--data", data, "--aws-endpoint", simURL,
-		"--regions", *regions, "--region", firstRegion(*regions), "--refresh", "1m", "--log-level", *logLevel}, stderr)
+		"--regions", *regions, "--region", firstRegion(*regions), "--refresh", "1m", "--log-level", *logLevel,
+		"--alert-webhook", *alertWebhook}, stderr)
 	if err != nil {
 		return err
 	}
@@ -94,8 +96,9 @@ Try it (grpcurl: go run github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3):
   grpcurl -plaintext -H 'x-quotabroker-client: demo' -d '{"model_id": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "input_tokens": 1200, "max_output_tokens": 1024}' %[1]s quotabroker.v1.QuotaBroker/AcquireLease
   quota-broker discover --aws-endpoint %[2]s
   aws --endpoint-url %[2]s --region us-east-1 service-quotas list-service-quotas --service-code bedrock   (any dummy AWS credentials)
+Alerts (utilisation >= %[4]g%% for %[5]v, throttle rate > %[6]g%% over %[7]v) go to this log%[8]s.
 Stop with Ctrl-C.
-`, addr, simURL, scenarioName(*scenario))
+`, addr, simURL, scenarioName(*scenario), f.alert.utilisation*100, f.alert.utilisationFor, f.alert.throttleRate*100, f.alert.window, webhookNote(*alertWebhook))
 	}
 	if !*traffic {
 		return runBroker(ctx, f, stdout, stderr)
@@ -125,6 +128,13 @@ Stop with Ctrl-C.
 	stopTraffic()
 	<-trafficDone
 	return err
+}
+
+func webhookNote(url string) string {
+	if url == "" {
+		return " (add --alert-webhook URL to POST them too)"
+	}
+	return " and to the webhook"
 }
 
 func firstRegion(list string) string {

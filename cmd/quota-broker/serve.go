@@ -48,6 +48,7 @@ type serveFlags struct {
 	refresh          time.Duration
 	banner           func(w io.Writer, addr net.Addr) // extra lines after "listening on"
 	exampleWhenEmpty bool
+	alert            alertFlags
 }
 
 func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
@@ -103,6 +104,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 			return f, err
 		}
 		fs.DurationVar(d.p, d.name, def, d.help+" (env "+d.env+")")
+	}
+	if err := f.alert.register(fs); err != nil {
+		return f, err
 	}
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -220,6 +224,10 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 			log.Info("quotas discovered", "regions", strings.Join(regions, ","), "budgets", len(b.Budgets()), "skipped_quotas", len(st.Skipped))
 		}
 	}
+	alerts, err := newAlerting(f.alert, b, log)
+	if err != nil {
+		return err
+	}
 	scfg := server.Config{Logger: log}
 	if f.tokens != "" {
 		if scfg.Tokens, err = server.LoadTokens(f.tokens); err != nil {
@@ -249,6 +257,7 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	var httpLis net.Listener
 	if f.httpAddr != "" {
 		reg := server.NewRegistry(b)
+		alerts.register(reg)
 		scfg.Metrics = reg
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", server.MetricsHandler(reg))
@@ -264,6 +273,7 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	runCtx, stopRun := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { b.Run(runCtx) })
+	alerts.start(runCtx, &wg)
 	if src != nil {
 		wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
 	}
