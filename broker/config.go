@@ -35,6 +35,10 @@ type Config struct {
 	// 14 days; at least a day, which Activity reads. A busy budget writes a
 	// record of about 60-150 bytes per client per minute.
 	HistoryRetention time.Duration
+	// ClientHistoryRetention is how long history per client is kept (the
+	// report's top clients, for example); the per-budget sums are kept for
+	// HistoryRetention. Default 48 hours, at most HistoryRetention.
+	ClientHistoryRetention time.Duration
 	// SweepInterval is how often Run expires leases and forgets old ones.
 	// Default 1 second.
 	SweepInterval time.Duration
@@ -79,6 +83,7 @@ func (c *Config) setDefaults() error {
 	def(&c.Retention, 5*time.Minute)
 	def(&c.UsageRetention, 48*time.Hour)
 	def(&c.HistoryRetention, 14*24*time.Hour)
+	def(&c.ClientHistoryRetention, min(48*time.Hour, c.HistoryRetention))
 	def(&c.SweepInterval, time.Second)
 	switch {
 	case c.LeaseTTL < time.Second:
@@ -93,6 +98,8 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("config UsageRetention: %v is below %v", c.UsageRetention, daySpan)
 	case c.HistoryRetention < daySpan:
 		return fmt.Errorf("config HistoryRetention: %v is below %v", c.HistoryRetention, daySpan)
+	case c.ClientHistoryRetention < time.Hour || c.ClientHistoryRetention > c.HistoryRetention:
+		return fmt.Errorf("config ClientHistoryRetention: %v is outside 1h..HistoryRetention (%v)", c.ClientHistoryRetention, c.HistoryRetention)
 	case c.SweepInterval <= 0:
 		return fmt.Errorf("config SweepInterval: %v is not positive", c.SweepInterval)
 	}

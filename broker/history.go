@@ -189,11 +189,15 @@ type StatsRecord struct {
 	Stats
 }
 
-// StatsReader is implemented by stores that keep usage history.
+// StatsReader is implemented by stores that keep usage history. A store
+// keeps each delta twice: per client, and summed over clients per budget
+// (Client ""), so that reading a day of a busy broker reads one record per
+// budget and minute, not one per client as well.
 type StatsReader interface {
 	// ReadStats calls fn for every record with from <= Minute < to, in
-	// minute order, until fn returns an error.
-	ReadStats(ctx context.Context, from, to int64, fn func(*StatsRecord) error) error
+	// minute order, until fn returns an error: the per-client records when
+	// perClient is set, the per-budget ones otherwise.
+	ReadStats(ctx context.Context, from, to int64, perClient bool, fn func(*StatsRecord) error) error
 }
 
 // pendingCap bounds the records a budget gathers between two flushes; beyond
@@ -250,8 +254,9 @@ func (b *Broker) takeStats(now time.Time) []StatsRecord {
 	return out
 }
 
-// pendingStats copies what is not yet written, for readers. Caller holds b.mu.
-func (b *Broker) pendingStats(from, to int64, match func(Key) bool) []StatsRecord {
+// pendingStats copies what is not yet written, for readers: per client, or
+// with Client "" when !perClient. Caller holds b.mu.
+func (b *Broker) pendingStats(from, to int64, perClient bool, match func(Key) bool) []StatsRecord {
 	var out []StatsRecord
 	for k, bg := range b.budgets {
 		if !match(k) {
@@ -259,7 +264,11 @@ func (b *Broker) pendingStats(from, to int64, match func(Key) bool) []StatsRecor
 		}
 		for slot, s := range bg.pending {
 			if slot.minute >= from && slot.minute < to {
-				out = append(out, StatsRecord{Key: k, Minute: slot.minute, Client: slot.client, Stats: *s})
+				r := StatsRecord{Key: k, Minute: slot.minute, Client: slot.client, Stats: *s}
+				if !perClient {
+					r.Client = ""
+				}
+				out = append(out, r)
 			}
 		}
 	}
@@ -268,13 +277,13 @@ func (b *Broker) pendingStats(from, to int64, match func(Key) bool) []StatsRecor
 
 // readStats calls fn for every record from <= Minute < to of the budgets
 // match selects: the store's, then those still in memory. Records of one
-// (budget, minute, client) may come twice; callers add them up.
-func (b *Broker) readStats(ctx context.Context, from, to int64, match func(Key) bool, fn func(*StatsRecord)) error {
+// (budget, minute, client) may come more than once; callers add them up.
+func (b *Broker) readStats(ctx context.Context, from, to int64, perClient bool, match func(Key) bool, fn func(*StatsRecord)) error {
 	b.mu.Lock()
-	pending := b.pendingStats(from, to, match)
+	pending := b.pendingStats(from, to, perClient, match)
 	b.mu.Unlock()
 	if r, ok := b.store.(StatsReader); ok {
-		err := r.ReadStats(ctx, from, to, func(rec *StatsRecord) error {
+		err := r.ReadStats(ctx, from, to, perClient, func(rec *StatsRecord) error {
 			if match(rec.Key) {
 				fn(rec)
 			}
@@ -341,7 +350,7 @@ func (b *Broker) History(ctx context.Context, q HistoryQuery) ([]Series, error) 
 	fromM, stepM := minuteOf(from), int64(step/time.Minute)
 	toM := fromM + int64(n)*stepM
 	byKey := map[Key]*Series{}
-	err := b.readStats(ctx, fromM, toM, q.Filter.matcher(), func(r *StatsRecord) {
+	err := b.readStats(ctx, fromM, toM, false, q.Filter.matcher(), func(r *StatsRecord) {
 		s := byKey[r.Key]
 		if s == nil {
 			s = &Series{Key: r.Key, From: from, Step: step, Points: make([]Stats, n)}
@@ -399,28 +408,38 @@ const (
 func (b *Broker) Activity(ctx context.Context, f ReportFilter) (map[Key]*Activity, time.Time, error) {
 	now := b.clock.Now()
 	cur := minuteOf(now)
-	clients := map[Key]map[string]*Stats{}
+	match := f.matcher()
 	out := map[Key]*Activity{}
-	err := b.readStats(ctx, cur-24*60, cur, f.matcher(), func(r *StatsRecord) {
+	err := b.readStats(ctx, cur-24*60, cur, false, match, func(r *StatsRecord) {
 		a := out[r.Key]
 		if a == nil {
 			a = &Activity{}
 			out[r.Key] = a
-			clients[r.Key] = map[string]*Stats{}
 		}
 		a.LastDay.Add(&r.Stats)
 		if r.Minute >= cur-60 {
 			a.LastHour.Add(&r.Stats)
-			c := clients[r.Key][r.Client]
-			if c == nil {
-				c = &Stats{}
-				clients[r.Key][r.Client] = c
-			}
-			c.Add(&r.Stats)
 		}
 		if r.Minute == cur-1 {
 			a.LastMinute.Add(&r.Stats)
 		}
+	})
+	if err != nil {
+		return nil, now, err
+	}
+	clients := map[Key]map[string]*Stats{}
+	err = b.readStats(ctx, cur-60, cur, true, match, func(r *StatsRecord) {
+		byClient := clients[r.Key]
+		if byClient == nil {
+			byClient = map[string]*Stats{}
+			clients[r.Key] = byClient
+		}
+		c := byClient[r.Client]
+		if c == nil {
+			c = &Stats{}
+			byClient[r.Client] = c
+		}
+		c.Add(&r.Stats)
 	})
 	if err != nil {
 		return nil, now, err

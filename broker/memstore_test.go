@@ -25,9 +25,10 @@ type memStore struct {
 }
 
 type statsKey struct {
-	k      broker.Key
-	m      int64
-	client string
+	k         broker.Key
+	m         int64
+	client    string
+	perClient bool
 }
 
 type usageKey struct {
@@ -112,21 +113,21 @@ func (s *memStore) Commit(_ context.Context, c broker.Change) error {
 		s.usage[k] = old
 	}
 	for _, r := range c.Stats {
-		k := statsKey{r.Key, r.Minute, r.Client}
-		old, ok := s.stats[k]
-		if !ok {
-			old = broker.StatsRecord{Key: r.Key, Minute: r.Minute, Client: r.Client}
-		}
-		tpm, rpm := old.LimitTPM, old.LimitRPM
-		old.Add(&r.Stats)
-		old.LimitTPM, old.LimitRPM = cmp.Or(r.LimitTPM, tpm), cmp.Or(r.LimitRPM, rpm)
-		s.stats[k] = old
-	}
-	if c.DeleteStatsBefore > 0 {
-		for k := range s.stats {
-			if k.m < c.DeleteStatsBefore {
-				delete(s.stats, k)
+		// Per client, and the per-budget sum (client "" with perClient false).
+		for _, k := range []statsKey{{r.Key, r.Minute, r.Client, true}, {r.Key, r.Minute, "", false}} {
+			old, ok := s.stats[k]
+			if !ok {
+				old = broker.StatsRecord{Key: r.Key, Minute: r.Minute, Client: k.client}
 			}
+			tpm, rpm := old.LimitTPM, old.LimitRPM
+			old.Add(&r.Stats)
+			old.LimitTPM, old.LimitRPM = cmp.Or(r.LimitTPM, tpm), cmp.Or(r.LimitRPM, rpm)
+			s.stats[k] = old
+		}
+	}
+	for k := range s.stats {
+		if (!k.perClient && k.m < c.DeleteStatsBefore) || (k.perClient && k.m < c.DeleteClientStatsBefore) {
+			delete(s.stats, k)
 		}
 	}
 	if c.DeleteUsageBefore > 0 {
@@ -140,11 +141,11 @@ func (s *memStore) Commit(_ context.Context, c broker.Change) error {
 }
 
 // ReadStats implements broker.StatsReader.
-func (s *memStore) ReadStats(_ context.Context, from, to int64, fn func(*broker.StatsRecord) error) error {
+func (s *memStore) ReadStats(_ context.Context, from, to int64, perClient bool, fn func(*broker.StatsRecord) error) error {
 	s.mu.Lock()
 	var recs []broker.StatsRecord
 	for k, r := range s.stats {
-		if k.m >= from && k.m < to {
+		if k.m >= from && k.m < to && k.perClient == perClient {
 			recs = append(recs, r)
 		}
 	}

@@ -40,14 +40,15 @@ type Change struct {
 	Adaptive          []AdaptiveRecord // upserted by Key
 	// Stats are history deltas (see StatsRecord), for stores that keep it.
 	Stats []StatsRecord
-	// DeleteStatsBefore drops history older than this minute (0: none).
-	DeleteStatsBefore int64
+	// DeleteStatsBefore drops per-budget history older than this minute,
+	// DeleteClientStatsBefore per-client history (0: none).
+	DeleteStatsBefore, DeleteClientStatsBefore int64
 }
 
 func (c *Change) empty() bool {
 	return len(c.Specs) == 0 && len(c.Overrides) == 0 && len(c.Leases) == 0 &&
 		len(c.DeleteLeases) == 0 && len(c.Usage) == 0 && c.DeleteUsageBefore == 0 && len(c.Adaptive) == 0 &&
-		len(c.Stats) == 0 && c.DeleteStatsBefore == 0
+		len(c.Stats) == 0 && c.DeleteStatsBefore == 0 && c.DeleteClientStatsBefore == 0
 }
 
 // OverrideRecord is the override of one budget; Override nil means none.

@@ -63,6 +63,7 @@ func (b *Broker) Sweep(ctx context.Context) {
 		b.usageGCAt = now
 		c.DeleteUsageBefore = minuteOf(now.Add(-b.cfg.UsageRetention))
 		c.DeleteStatsBefore = minuteOf(now.Add(-b.cfg.HistoryRetention))
+		c.DeleteClientStatsBefore = minuteOf(now.Add(-b.cfg.ClientHistoryRetention))
 	}
 	c.Stats = append(c.Stats, b.takeStats(now)...)
 	b.mu.Unlock()
@@ -71,7 +72,7 @@ func (b *Broker) Sweep(ctx context.Context) {
 	}
 	if err := b.store.Commit(context.WithoutCancel(ctx), c); err != nil {
 		b.log.Error("sweep commit failed; will retry", "err", err)
-		c.DeleteUsageBefore, c.DeleteStatsBefore = 0, 0
+		c.DeleteUsageBefore, c.DeleteStatsBefore, c.DeleteClientStatsBefore = 0, 0, 0
 		b.mu.Lock()
 		b.retry = append(b.retry, c)
 		b.mu.Unlock()

@@ -600,3 +600,39 @@ func decodeStats(key, val []byte) (broker.StatsRecord, error) {
 	s, err := decodeStatsBody(body)
 	return broker.StatsRecord{Key: k, Minute: m, Client: client, Stats: s}, err
 }
+
+// statsKeyCache decodes stats records, decoding the names in each distinct
+// key once.
+type statsKeyCache struct {
+	keys map[string]statsKeyParts
+}
+
+type statsKeyParts struct {
+	k      broker.Key
+	client string
+}
+
+func (c *statsKeyCache) decode(key, val []byte) (broker.StatsRecord, error) {
+	if len(key) < 8 {
+		return broker.StatsRecord{}, fmt.Errorf("stats key: %w", errShort)
+	}
+	m, _ := usageMinute(key)
+	parts, ok := c.keys[string(key[8:])] // no allocation for the lookup
+	if !ok {
+		_, k, client, err := decodeStatsKey(key)
+		if err != nil {
+			return broker.StatsRecord{}, fmt.Errorf("stats key: %w", err)
+		}
+		parts = statsKeyParts{k, client}
+		if c.keys == nil {
+			c.keys = map[string]statsKeyParts{}
+		}
+		c.keys[string(key[8:])] = parts
+	}
+	body, err := unseal(key, val)
+	if err != nil {
+		return broker.StatsRecord{}, err
+	}
+	st, err := decodeStatsBody(body)
+	return broker.StatsRecord{Key: parts.k, Minute: m, Client: parts.client, Stats: st}, err
+}

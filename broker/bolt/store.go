@@ -33,10 +33,12 @@ var (
 	// bucketAdaptive arrived after schema 1 was first written; it is
 	// additive, so Open creates it in older files instead of migrating.
 	bucketAdaptive = []byte("adaptive")
-	// bucketStats holds usage history (broker.StatsRecord), read by
-	// ReadStats rather than Load; like "adaptive", it is created when
-	// missing, so schema 1 files gain it without a migration.
-	bucketStats = []byte("stats")
+	// bucketStats holds usage history per client (broker.StatsRecord) and
+	// bucketStatsTotal the same summed per budget (client ""). ReadStats
+	// reads them, not Load; like "adaptive", they are created when missing,
+	// so schema 1 files gain them without a migration.
+	bucketStats      = []byte("stats")
+	bucketStatsTotal = []byte("stats-total")
 	keySchema   = []byte("schema")
 )
 
@@ -235,7 +237,7 @@ func (s *Store) init() (err error) {
 		case v < schemaVersion:
 			return fmt.Errorf("open store %s: %w: schema version %d has no migration to %d", s.path, errSchema, v, schemaVersion)
 		}
-		for _, name := range append(dataBuckets[:len(dataBuckets):len(dataBuckets)], bucketStats) {
+		for _, name := range append(dataBuckets[:len(dataBuckets):len(dataBuckets)], bucketStats, bucketStatsTotal) {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("open store %s: create bucket %s: %w", s.path, name, err)
 			}
@@ -349,7 +351,7 @@ func describeKey(bucket, k []byte) string {
 		if m, bk, err := decodeUsageKey(k); err == nil {
 			return fmt.Sprintf("%s minute %d (%x)", bk, m, k)
 		}
-	case string(bucketStats):
+	case string(bucketStats), string(bucketStatsTotal):
 		if m, bk, client, err := decodeStatsKey(k); err == nil {
 			return fmt.Sprintf("%s minute %d client %q (%x)", bk, m, client, k)
 		}
@@ -533,11 +535,13 @@ type write struct {
 	deleteUsageBefore int64
 	stats             []statsDelta
 	deleteStatsBefore int64
+	deleteClientStats int64
 }
 
+// statsDelta is added to the client's record (k) and the budget's (total).
 type statsDelta struct {
-	k []byte
-	s *broker.Stats
+	k, total []byte
+	s        *broker.Stats
 }
 
 type kv struct{ k, v []byte }
@@ -555,7 +559,7 @@ type usageDelta struct {
 
 func (w *write) empty() bool {
 	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage)+len(w.adaptive)+len(w.stats) == 0 &&
-		w.deleteUsageBefore == 0 && w.deleteStatsBefore == 0
+		w.deleteUsageBefore == 0 && w.deleteStatsBefore == 0 && w.deleteClientStats == 0
 }
 
 func checkKey(what string, k []byte) error {
@@ -569,14 +573,14 @@ func checkKey(what string, k []byte) error {
 }
 
 func prepare(c *broker.Change) (*write, error) {
-	w := &write{deleteUsageBefore: c.DeleteUsageBefore, deleteStatsBefore: c.DeleteStatsBefore}
+	w := &write{deleteUsageBefore: c.DeleteUsageBefore, deleteStatsBefore: c.DeleteStatsBefore, deleteClientStats: c.DeleteClientStatsBefore}
 	for i := range c.Stats {
 		r := &c.Stats[i]
 		k := statsKey(r.Minute, r.Key, r.Client)
 		if err := checkKey("stats "+r.Key.String(), k); err != nil {
 			return nil, err
 		}
-		w.stats = append(w.stats, statsDelta{k, &r.Stats})
+		w.stats = append(w.stats, statsDelta{k, statsKey(r.Minute, r.Key, ""), &r.Stats})
 	}
 	for i := range c.Specs {
 		s := &c.Specs[i]
@@ -708,25 +712,13 @@ func (w *write) apply(tx *bbolt.Tx) error {
 		}
 	}
 	if len(w.stats) > 0 {
-		stats := tx.Bucket(bucketStats)
+		stats, totals := tx.Bucket(bucketStats), tx.Bucket(bucketStatsTotal)
 		for _, d := range w.stats {
-			var total broker.Stats
-			if old := stats.Get(d.k); old != nil {
-				r, err := decodeStats(d.k, old)
-				if err != nil {
-					// A damaged history record is replaced by the delta:
-					// losing one client-minute of statistics beats failing
-					// the sweep's commit, which carries lease expiries.
-					r = broker.StatsRecord{}
-				}
-				total = r.Stats
+			if err := addStats(stats, bucketStats, d.k, d.s); err != nil {
+				return err
 			}
-			lim := total
-			total.Add(d.s)
-			// Gauges replace: the latest write knows the limits in force.
-			total.LimitTPM, total.LimitRPM = cmpOr(d.s.LimitTPM, lim.LimitTPM), cmpOr(d.s.LimitRPM, lim.LimitRPM)
-			if err := stats.Put(d.k, encodeStats(d.k, &total)); err != nil {
-				return fmt.Errorf("put stats %s: %w", describeKey(bucketStats, d.k), err)
+			if err := addStats(totals, bucketStatsTotal, d.total, d.s); err != nil {
+				return err
 			}
 		}
 	}
@@ -743,9 +735,37 @@ func (w *write) apply(tx *bbolt.Tx) error {
 		}
 	}
 	if w.deleteStatsBefore != 0 {
-		if err := deleteBefore(tx.Bucket(bucketStats), bucketStats, w.deleteStatsBefore); err != nil {
+		if err := deleteBefore(tx.Bucket(bucketStatsTotal), bucketStatsTotal, w.deleteStatsBefore); err != nil {
 			return err
 		}
+	}
+	if w.deleteClientStats != 0 {
+		if err := deleteBefore(tx.Bucket(bucketStats), bucketStats, w.deleteClientStats); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addStats adds delta to the record at k of bucket b (named name).
+func addStats(b *bbolt.Bucket, name, k []byte, delta *broker.Stats) error {
+	var total broker.Stats
+	if old := b.Get(k); old != nil {
+		r, err := decodeStats(k, old)
+		if err != nil {
+			// A damaged history record is replaced by the delta: losing
+			// one minute of statistics beats failing the sweep's commit,
+			// which carries lease expiries.
+			r = broker.StatsRecord{}
+		}
+		total = r.Stats
+	}
+	prev := total
+	total.Add(delta)
+	// Gauges replace: the latest write knows the limits in force.
+	total.LimitTPM, total.LimitRPM = cmpOr(delta.LimitTPM, prev.LimitTPM), cmpOr(delta.LimitRPM, prev.LimitRPM)
+	if err := b.Put(k, encodeStats(k, &total)); err != nil {
+		return fmt.Errorf("put %s %s: %w", name, describeKey(name, k), err)
 	}
 	return nil
 }
@@ -780,7 +800,7 @@ func deleteBefore(b *bbolt.Bucket, name []byte, minute int64) error {
 // ReadStats calls fn for every history record from <= Minute < to, in
 // minute order (broker.StatsReader). It reads in one read transaction,
 // which does not block commits.
-func (s *Store) ReadStats(ctx context.Context, from, to int64, fn func(*broker.StatsRecord) error) (err error) {
+func (s *Store) ReadStats(ctx context.Context, from, to int64, perClient bool, fn func(*broker.StatsRecord) error) (err error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
@@ -793,12 +813,19 @@ func (s *Store) ReadStats(ctx context.Context, from, to int64, fn func(*broker.S
 		}
 	}()
 	return s.db.View(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketStats)
+		name := bucketStatsTotal
+		if perClient {
+			name = bucketStats
+		}
+		b := tx.Bucket(name)
 		if b == nil {
 			return nil
 		}
 		c := b.Cursor()
 		n := 0
+		// A day of history repeats the same few budgets and clients: decode
+		// each key's names once, not once per record.
+		var keys statsKeyCache
 		for k, v := c.Seek(usageKey(from, broker.Key{})[:8]); k != nil; k, v = c.Next() {
 			if m, _ := usageMinute(k); m >= to {
 				break
@@ -808,9 +835,9 @@ func (s *Store) ReadStats(ctx context.Context, from, to int64, fn func(*broker.S
 					return err
 				}
 			}
-			r, err := decodeStats(k, v)
+			r, err := keys.decode(k, v)
 			if err != nil {
-				return &corruptError{s.path, fmt.Sprintf("bucket %s, key %s", bucketStats, describeKey(bucketStats, k)), err}
+				return &corruptError{s.path, fmt.Sprintf("bucket %s, key %s", name, describeKey(name, k)), err}
 			}
 			if err := fn(&r); err != nil {
 				return err

@@ -623,10 +623,10 @@ func TestCommitInvalid(t *testing.T) {
 	}
 }
 
-func readStats(tb testing.TB, s *Store, from, to int64) []broker.StatsRecord {
+func readStats(tb testing.TB, s *Store, from, to int64, perClient bool) []broker.StatsRecord {
 	tb.Helper()
 	var out []broker.StatsRecord
-	if err := s.ReadStats(context.Background(), from, to, func(r *broker.StatsRecord) error {
+	if err := s.ReadStats(context.Background(), from, to, perClient, func(r *broker.StatsRecord) error {
 		out = append(out, *r)
 		return nil
 	}); err != nil {
@@ -649,7 +649,7 @@ func TestStatsHistory(t *testing.T) {
 	}
 	commit(t, s, broker.Change{Stats: []broker.StatsRecord{rec(100, keyA, "a", 1, 500, 7), rec(100, keyB, "a", 2, 0), rec(101, keyA, "b", 3, 0)}})
 	commit(t, s, broker.Change{Stats: []broker.StatsRecord{rec(100, keyA, "a", 4, 400, 9000), rec(102, keyA, "a", 5, 0)}})
-	got := readStats(t, s, 100, 102)
+	got := readStats(t, s, 100, 102, true)
 	if len(got) != 3 {
 		t.Fatalf("minutes 100..101: %d records; want 3: %+v", len(got), got)
 	}
@@ -667,17 +667,34 @@ func TestStatsHistory(t *testing.T) {
 	if a100 == nil || a100.Client != "a" || a100.Granted != 5 || a100.WindowTokens != 50 || a100.LimitTPM != 400 || a100.OutputHist.Count() != 2 {
 		t.Fatalf("minute 100 keyA: %+v; want 1+4 grants, 50 tokens, TPM gauge 400 (the latest), 2 outputs", a100)
 	}
+	// The per-budget view sums clients: keyA minute 101 has client b only,
+	// and minute 100 keyA has a's 5.
+	totals := readStats(t, s, 0, 1<<40, false)
+	if len(totals) != 4 {
+		t.Fatalf("per-budget records %+v; want 4 (budget x minute)", totals)
+	}
+	for _, r := range totals {
+		if r.Client != "" {
+			t.Fatalf("per-budget record with a client: %+v", r)
+		}
+		if r.Minute == 100 && r.Key == keyA && r.Granted != 5 {
+			t.Fatalf("per-budget minute 100 keyA: %+v", r)
+		}
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	s = openTest(t, path, Options{})
-	if n := len(readStats(t, s, 0, 1<<40)); n != 4 {
+	if n := len(readStats(t, s, 0, 1<<40, true)); n != 4 {
 		t.Fatalf("after reopen: %d records; want 4", n)
 	}
-	commit(t, s, broker.Change{DeleteStatsBefore: 101})
-	left := readStats(t, s, 0, 1<<40)
+	commit(t, s, broker.Change{DeleteStatsBefore: 101, DeleteClientStatsBefore: 102})
+	left := readStats(t, s, 0, 1<<40, false)
 	if len(left) != 2 || left[0].Minute != 101 || left[1].Minute != 102 {
-		t.Fatalf("after deleting before 101: %+v", left)
+		t.Fatalf("per-budget after deleting before 101: %+v", left)
+	}
+	if left := readStats(t, s, 0, 1<<40, true); len(left) != 1 || left[0].Minute != 102 {
+		t.Fatalf("per-client after deleting before 102: %+v", left)
 	}
 	// History is not part of the snapshot the broker rebuilds from.
 	if snap := load(t, s); len(snap.Usage) != 0 {
