@@ -80,6 +80,16 @@ func (s Step) String() string {
 // MarshalText writes the step as ParseStep reads it.
 func (s Step) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText reads what MarshalText wrote.
+func (s *Step) UnmarshalText(b []byte) error {
+	v, err := ParseStep(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
 func (s Step) next(rpm float64) float64 {
 	if s.Increment > 0 {
 		return rpm + s.Increment
@@ -137,6 +147,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.StepDuration < time.Second {
 		bad("StepDuration: %v is under 1s", cfg.StepDuration)
+	}
+	if cfg.StartRPM > 0 && cfg.StepDuration >= time.Second && stepCalls(cfg.StartRPM, cfg.StepDuration) < 1 {
+		bad("StartRPM: %v RPM for %v makes no call; start higher or step longer", cfg.StartRPM, cfg.StepDuration)
 	}
 	if cfg.MaxSteps < 1 || cfg.MaxSteps > 100 {
 		bad("MaxSteps: %d is outside [1, 100]", cfg.MaxSteps)

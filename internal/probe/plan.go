@@ -79,7 +79,7 @@ func FetchBudget(ctx context.Context, r Reporter, model, region string) (*Budget
 			continue
 		}
 		out := &Budget{
-			Key:            fmt.Sprintf("%s/%s/%s", k.GetRegion(), strings.TrimPrefix(strings.ToLower(k.GetScope().String()), "scope_"), k.GetModel()),
+			Key:            fmt.Sprintf("%s/%s/%s", k.GetRegion(), scopeName(k.GetScope()), k.GetModel()),
 			Effective:      limits(b.GetEffective()),
 			Static:         limits(b.GetStatic()),
 			Quota:          limits(b.GetQuota()),
@@ -98,7 +98,13 @@ func FetchBudget(ctx context.Context, r Reporter, model, region string) (*Budget
 		return out, nil
 	}
 	return nil, fmt.Errorf("the broker has no budget for %s (scope %s, model %s) in region %q: calls would be refused",
-		model, strings.TrimPrefix(strings.ToLower(scope.String()), "scope_"), base, region)
+		model, scopeName(scope), base, region)
+}
+
+// scopeName is the broker's spelling of a scope: on-demand, cross-region,
+// global.
+func scopeName(s pb.Scope) string {
+	return strings.ReplaceAll(strings.TrimPrefix(strings.ToLower(s.String()), "scope_"), "_", "-")
 }
 
 func limits(l *pb.Limits) Limits {
@@ -150,8 +156,8 @@ func NewPlan(cfg Config, b *Budget) (Plan, error) {
 	p.ChargedTokensPerCall = p.InputTokensPerCall + int64(math.Ceil(float64(cfg.MaxTokens)*burndown))
 	rpm := cfg.StartRPM
 	for i := range cfg.MaxSteps {
-		calls := int64(math.Round(rpm * cfg.StepDuration.Minutes()))
-		s := PlannedStep{Step: i + 1, TargetRPM: math.Round(rpm*10) / 10, Calls: calls}
+		calls := stepCalls(rpm, cfg.StepDuration)
+		s := PlannedStep{Step: i + 1, TargetRPM: rpm, Calls: calls}
 		if b != nil {
 			s.OverBudget = (b.Static.RequestsPerMinute > 0 && rpm > float64(b.Static.RequestsPerMinute)) ||
 				(b.Static.TokensPerMinute > 0 && rpm*float64(p.ChargedTokensPerCall) > float64(b.Static.TokensPerMinute))

@@ -83,7 +83,6 @@ type StepResult struct {
 	InputTokens  int64   `json:"input_tokens"`
 	OutputTokens int64   `json:"output_tokens"`
 	FirstError   string  `json:"first_error,omitempty"`
-	end          time.Time
 }
 
 func (s StepResult) line(of int) string {

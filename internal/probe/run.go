@@ -69,7 +69,7 @@ func Run(ctx context.Context, plan Plan, bedrock Converser, broker Reporter) (*R
 	}
 	var runErr error
 	for i, ps := range plan.Steps {
-		calls := runStep(ctx, cfg, bedrock, in, ps.TargetRPM)
+		calls, end := runStep(ctx, cfg, bedrock, in, ps.TargetRPM)
 		st := summarise(i+1, ps.TargetRPM, cfg, calls, burndown)
 		res.Steps = append(res.Steps, st)
 		fmt.Fprintln(cfg.Progress, st.line(len(plan.Steps)))
@@ -86,7 +86,7 @@ func Run(ctx context.Context, plan Plan, bedrock Converser, broker Reporter) (*R
 		if stop, ok := stopAfter(cfg, st, i == len(plan.Steps)-1); ok {
 			res.Stop = stop
 			if stop.Reason == StopThrottled || st.Throttles > 0 {
-				res.AfterFirstThrottle = afterFirstThrottle(calls, st.end, cfg.StepDuration, burndown)
+				res.AfterFirstThrottle = afterFirstThrottle(calls, end, cfg.StepDuration, burndown)
 			}
 			break
 		}
@@ -102,10 +102,9 @@ func Run(ctx context.Context, plan Plan, bedrock Converser, broker Reporter) (*R
 }
 
 // runStep holds rpm for one step duration (open loop), then waits for the
-// step's calls to end, and returns them.
-func runStep(ctx context.Context, cfg Config, bedrock Converser, in *bedrockruntime.ConverseInput, rpm float64) []callRec {
+// step's calls to end, and returns them with the step's end.
+func runStep(ctx context.Context, cfg Config, bedrock Converser, in *bedrockruntime.ConverseInput, rpm float64) ([]callRec, time.Time) {
 	clock := cfg.Clock
-	interval := time.Duration(float64(time.Minute) / rpm)
 	start := clock.Now()
 	end := start.Add(cfg.StepDuration)
 	var (
@@ -114,13 +113,11 @@ func runStep(ctx context.Context, cfg Config, bedrock Converser, in *bedrockrunt
 		wg    sync.WaitGroup
 	)
 	slots := make(chan struct{}, cfg.Concurrency)
-	// The n-th call starts at start + n x interval: no drift from the
-	// time a loop turn takes.
-	for n := 0; ; n++ {
-		at := start.Add(time.Duration(n) * interval)
-		if !at.Before(end) {
-			break
-		}
+	// The step makes the plan's number of calls, the n-th at start +
+	// n x duration/count: no drift from the time a loop turn takes.
+	count := stepCalls(rpm, cfg.StepDuration)
+	for n := range count {
+		at := start.Add(time.Duration(float64(cfg.StepDuration) * float64(n) / float64(count)))
 		if clock.Sleep(ctx, at.Sub(clock.Now())) != nil {
 			break
 		}
@@ -134,7 +131,7 @@ func runStep(ctx context.Context, cfg Config, bedrock Converser, in *bedrockrunt
 		}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			cctx, cancel := context.WithTimeout(ctx, cfg.CallTimeout)
+			cctx, cancel := context.WithTimeout(context.WithValue(ctx, scheduledKey{}, at), cfg.CallTimeout)
 			defer cancel()
 			out, err := bedrock.Converse(cctx, in)
 			rec := classify(ctx, out, err)
@@ -144,11 +141,21 @@ func runStep(ctx context.Context, cfg Config, bedrock Converser, in *bedrockrunt
 			mu.Unlock()
 		})
 	}
-	// Hold the rest of the step if the loop left early on a full slot set
-	// or a cancelled ctx: the step's length is its duration either way.
+	// The last call starts one interval before the end: hold until the
+	// end, so that the step lasts its duration and its rate is right.
 	clock.Sleep(ctx, end.Sub(clock.Now()))
 	wg.Wait()
-	return calls
+	return calls, end
+}
+
+type scheduledKey struct{}
+
+// ScheduledAt returns the time (on the probe's clock) a call was scheduled
+// to start, from the ctx the probe passes to Converse: the call's place in
+// the load, whenever its goroutine actually ran.
+func ScheduledAt(ctx context.Context) (time.Time, bool) {
+	t, ok := ctx.Value(scheduledKey{}).(time.Time)
+	return t, ok
 }
 
 // classify reads one call's end; ctx is the probe's.
@@ -186,6 +193,9 @@ var transientClientError = map[string]bool{
 	"ModelErrorException": true, "RequestTimeout": true,
 }
 
+// stepCalls is how many calls a step of d at rpm makes.
+func stepCalls(rpm float64, d time.Duration) int64 { return int64(math.Round(rpm * d.Minutes())) }
+
 func i32(p *int32) int64 {
 	if p == nil {
 		return 0
@@ -204,12 +214,8 @@ func firstFatal(calls []callRec) error {
 
 // summarise turns a step's calls into its result.
 func summarise(n int, rpm float64, cfg Config, calls []callRec, burndown float64) StepResult {
-	st := StepResult{Step: n, TargetRPM: rpm, DurationSeconds: cfg.StepDuration.Seconds()}
-	var earliest time.Time
+	st := StepResult{Step: n, TargetRPM: math.Round(rpm*100) / 100, DurationSeconds: cfg.StepDuration.Seconds()}
 	for _, c := range calls {
-		if earliest.IsZero() || c.at.Before(earliest) {
-			earliest = c.at
-		}
 		switch c.outcome {
 		case outSkipped:
 			st.Skipped++
@@ -238,7 +244,6 @@ func summarise(n int, rpm float64, cfg Config, calls []callRec, burndown float64
 	mins := cfg.StepDuration.Minutes()
 	st.AchievedRPM = round1(float64(st.OK) / mins)
 	st.AchievedTPM = math.Round(charged(st.InputTokens, st.OutputTokens, burndown) / mins)
-	st.end = earliest.Add(cfg.StepDuration)
 	return st
 }
 
