@@ -39,7 +39,7 @@ var (
 	// so schema 1 files gain them without a migration.
 	bucketStats      = []byte("stats")
 	bucketStatsTotal = []byte("stats-total")
-	keySchema   = []byte("schema")
+	keySchema        = []byte("schema")
 )
 
 // dataBuckets are the buckets Load reads, in Snapshot order.

@@ -5,6 +5,7 @@
 //	quota-broker serve     run the broker (gRPC) on a bbolt file
 //	quota-broker discover  list the account's Bedrock quotas and the budgets they make
 //	quota-broker report    print a running broker's quota report
+//	quota-broker probe     find where Bedrock starts throttling a model
 //	quota-broker token     make a bearer token and its tokens-file entry
 //
 // Every flag has an environment fallback, named in its help text.
@@ -39,6 +40,7 @@ commands:
   serve     run the broker: gRPC on --listen, state in the bbolt file --data
   discover  list the account's Bedrock quotas and the budgets they make
   report    print a running broker's quota report (table or JSON)
+  probe     find where Bedrock starts throttling a model (a rising load through the broker)
   token     make a bearer token for a client, and its tokens-file entry
 
 Run "quota-broker <command> -h" for a command's flags.
@@ -58,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return discover(ctx, args[1:], stdout, stderr)
 	case "report":
 		return report(ctx, args[1:], stdout, stderr)
+	case "probe":
+		return probeCommand(ctx, args[1:], stdout, stderr)
 	case "token":
 		return token(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
