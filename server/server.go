@@ -69,6 +69,8 @@ type Config struct {
 	// codes, handling time per method) from go-grpc-middleware's
 	// Prometheus provider.
 	Metrics prometheus.Registerer
+	// CloudWatch, when set, adds CloudWatch's figures to GetUsageHistory.
+	CloudWatch CloudWatch
 }
 
 // Server is the gRPC face of the broker: it translates, calls the domain
