@@ -6,6 +6,7 @@
 //	quota-broker discover  list the account's Bedrock quotas and the budgets they make
 //	quota-broker report    print a running broker's quota report
 //	quota-broker token     make a bearer token and its tokens-file entry
+//	quota-broker increase  build the evidence for a quota increase and file it
 //
 // Every flag has an environment fallback, named in its help text.
 package main
@@ -40,6 +41,8 @@ commands:
   discover  list the account's Bedrock quotas and the budgets they make
   report    print a running broker's quota report (table or JSON)
   token     make a bearer token for a client, and its tokens-file entry
+  increase  show the evidence for a Bedrock quota increase from the broker's
+            history, and file the request with Service Quotas (--yes)
 
 Run "quota-broker <command> -h" for a command's flags.
 `
@@ -60,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return report(ctx, args[1:], stdout, stderr)
 	case "token":
 		return token(ctx, args[1:], stdout, stderr)
+	case "increase":
+		return increase(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
