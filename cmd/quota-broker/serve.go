@@ -43,8 +43,9 @@ type serveFlags struct {
 	aws              bool
 	regions, awsURL  string
 	refresh          time.Duration
-	cloudwatch       bool          // GetUsageHistory adds CloudWatch's figures
-	historyRetention time.Duration // broker.Config.HistoryRetention
+	// GetUsageHistory adds CloudWatch's figures.
+	cloudwatch       bool
+	historyRetention time.Duration
 	banner           func(w io.Writer, addr net.Addr) // extra lines after "listening on"
 	exampleWhenEmpty bool
 }
