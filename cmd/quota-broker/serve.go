@@ -43,11 +43,13 @@ type serveFlags struct {
 	aws              bool
 	regions, awsURL  string
 	refresh          time.Duration
-	// GetUsageHistory adds CloudWatch's figures.
-	cloudwatch       bool
-	historyRetention time.Duration
 	banner           func(w io.Writer, addr net.Addr) // extra lines after "listening on"
 	exampleWhenEmpty bool
+
+	// Usage history: how long it is kept, and whether GetUsageHistory adds
+	// CloudWatch's figures.
+	historyRetention time.Duration
+	cloudwatch       bool
 }
 
 func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
