@@ -146,8 +146,8 @@ func increase(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case !q.Adjustable:
 		problem = fmt.Errorf("quota %s (%s) is not adjustable: AWS does not take increase requests for it", q.QuotaCode, q.QuotaName)
 	case rep.Desired <= q.Value:
-		problem = fmt.Errorf("asking for %s is not an increase: the quota %s is %s already (%s); pass --desired to ask for more",
-			fmtNum(rep.Desired), q.QuotaCode, fmtNum(q.Value), rep.Rule)
+		problem = fmt.Errorf("asking for %s is not an increase: the quota %s is %s already; pass --desired to ask for more",
+			fmtNum(rep.Desired), q.QuotaCode, fmtNum(q.Value))
 	case *yes:
 		out, err := sq.RequestServiceQuotaIncrease(ctx, &servicequotas.RequestServiceQuotaIncreaseInput{
 			ServiceCode: aws.String("bedrock"), QuotaCode: aws.String(q.QuotaCode), DesiredValue: aws.Float64(rep.Desired),
