@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -351,7 +352,7 @@ func findQuota(qs []awsquota.Quota, key broker.Key, metric string) (awsquota.Quo
 		return awsquota.Quota{}, fmt.Errorf("Service Quotas in %s lists no %s quota for %s calls of %s (quota-broker discover lists what it has)",
 			key.Region, metric, key.Scope, key.Model)
 	}
-	slices.SortFunc(found, func(a, b awsquota.Quota) int { return int(math.Copysign(1, a.Value-b.Value)) })
+	slices.SortFunc(found, func(a, b awsquota.Quota) int { return cmp.Compare(a.Value, b.Value) })
 	return found[0], nil
 }
 
