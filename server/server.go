@@ -89,6 +89,8 @@ type Config struct {
 	// (waiting AcquireLease calls included); a client's further calls wait
 	// for a free stream. Default 1024.
 	MaxConcurrentStreams uint32
+	// CloudWatch, when set, adds CloudWatch's figures to GetUsageHistory.
+	CloudWatch CloudWatch
 }
 
 // Keepalive enforcement: a client may ping at most every 10 s (the

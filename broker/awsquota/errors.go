@@ -62,3 +62,12 @@ func describe(op operation, region string, err error) error {
 	}
 	return &awsError{msg: op.verb + " in " + region + ": " + what, err: err}
 }
+
+// Describe words err from an AWS call for an operator, as this package's
+// own errors are: verb says what the call does ("request a quota
+// increase"), action the IAM action it needs. Other AWS adapters and
+// commands use it so that every AWS error reads the same way; the result
+// still unwraps to the SDK's error.
+func Describe(verb, action, region string, err error) error {
+	return describe(operation{verb, action}, region, err)
+}

@@ -82,7 +82,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		data = filepath.Join(dir, "quota-broker.db")
 	}
 	f, err := parseServeFlags([]string{"--listen", *listen, "--http", *httpListen, "--data", data, "--aws-endpoint", simURL,
-		"--regions", *regions, "--region", firstRegion(*regions), "--refresh", "1m", "--log-level", *logLevel,
+		"--regions", *regions, "--region", firstRegion(*regions), "--refresh", "1m", "--cloudwatch", "--log-level", *logLevel,
 		"--alert-webhook", *alertWebhook}, stderr)
 	if err != nil {
 		return err

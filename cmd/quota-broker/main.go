@@ -7,6 +7,7 @@
 //	quota-broker report    print a running broker's quota report
 //	quota-broker probe     find where Bedrock starts throttling a model
 //	quota-broker token     make a bearer token and its tokens-file entry
+//	quota-broker increase  build the evidence for a quota increase and file it
 //
 // Every flag has an environment fallback, named in its help text.
 package main
@@ -42,6 +43,8 @@ commands:
   report    print a running broker's quota report (table or JSON)
   probe     find where Bedrock starts throttling a model (a rising load through the broker)
   token     make a bearer token for a client, and its tokens-file entry
+  increase  show the evidence for a Bedrock quota increase from the broker's
+            history, and file the request with Service Quotas (--yes)
 
 Run "quota-broker <command> -h" for a command's flags.
 `
@@ -64,6 +67,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return probeCommand(ctx, args[1:], stdout, stderr)
 	case "token":
 		return token(ctx, args[1:], stdout, stderr)
+	case "increase":
+		return increase(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

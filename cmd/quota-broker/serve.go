@@ -49,6 +49,11 @@ type serveFlags struct {
 	banner           func(w io.Writer, addr net.Addr) // extra lines after "listening on"
 	exampleWhenEmpty bool
 	alert            alertFlags
+
+	// Usage history: how long it is kept, and whether GetUsageHistory adds
+	// CloudWatch's figures.
+	historyRetention time.Duration
+	cloudwatch       bool
 }
 
 func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
@@ -87,6 +92,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	}
 	fs.BoolVar(&f.aws, "aws", envOr("QUOTA_BROKER_AWS", "") == "1", "discover quotas from AWS Service Quotas for --regions (env QUOTA_BROKER_AWS=1)")
 	fs.StringVar(&f.regions, "regions", envOr("QUOTA_BROKER_REGIONS", ""), "comma-separated Regions to discover (env QUOTA_BROKER_REGIONS); default --region")
+	fs.BoolVar(&f.cloudwatch, "cloudwatch", envOr("QUOTA_BROKER_CLOUDWATCH", "") == "1", "GetUsageHistory adds CloudWatch AWS/Bedrock metrics, so traffic that bypasses the broker shows; uses --aws-endpoint when set (env QUOTA_BROKER_CLOUDWATCH=1)")
 	fs.StringVar(&f.awsURL, "aws-endpoint", envOr("QUOTA_BROKER_AWS_ENDPOINT", ""), "base URL for every AWS client, e.g. the Bedrock simulator; implies --aws (env QUOTA_BROKER_AWS_ENDPOINT)")
 	for _, d := range []struct {
 		p         *time.Duration
@@ -98,6 +104,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 		{&f.leaseTTL, "lease-ttl", "QUOTA_BROKER_LEASE_TTL", 5 * time.Minute, "how long a lease lives unless renewed"},
 		{&f.drain, "drain", "QUOTA_BROKER_DRAIN", 10 * time.Second, "on SIGTERM, how long in-flight calls may take to finish"},
 		{&f.refresh, "refresh", "QUOTA_BROKER_REFRESH", 10 * time.Minute, "with --aws, how often quotas are discovered again"},
+		{&f.historyRetention, "history-retention", "QUOTA_BROKER_HISTORY_RETENTION", 14 * 24 * time.Hour, "how long per-minute usage history is kept (at least 24h)"},
 	} {
 		def, err := durEnv(d.env, d.def)
 		if err != nil {
@@ -132,6 +139,9 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	}
 	if f.aws && f.refresh < time.Second {
 		return f, fmt.Errorf("--refresh %v: at least 1s", f.refresh)
+	}
+	if f.historyRetention < 24*time.Hour {
+		return f, fmt.Errorf("--history-retention %v: at least 24h (reports read the last day)", f.historyRetention)
 	}
 	f.exampleWhenEmpty = !f.aws
 	return f, nil
@@ -168,7 +178,7 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	}
 	cfg := broker.Config{
 		DefaultRegion: f.region, Margin: f.margin, MaxWait: f.maxWait, LeaseTTL: f.leaseTTL,
-		MaxLeaseTTL: max(time.Hour, f.leaseTTL), Logger: log,
+		MaxLeaseTTL: max(time.Hour, f.leaseTTL), Logger: log, HistoryRetention: f.historyRetention,
 	}
 	if f.clients != "" {
 		p, err := policyfile.Load(f.clients)
@@ -229,6 +239,9 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 		return err
 	}
 	scfg := server.Config{Logger: log}
+	if f.cloudwatch {
+		scfg.CloudWatch = newCloudWatch(f.awsURL, log)
+	}
 	if f.tokens != "" {
 		if scfg.Tokens, err = server.LoadTokens(f.tokens); err != nil {
 			return err

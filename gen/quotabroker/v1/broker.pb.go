@@ -2730,6 +2730,526 @@ func (x *RefreshQuotasResponse) GetBudgets() int64 {
 	return 0
 }
 
+type GetUsageHistoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Optional filters, as in GetQuotaReport: the Region, and a substring of
+	// the base model id.
+	Region string `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	Model  string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	// Start of the span, rounded down to a whole minute. Default: an hour
+	// before to.
+	From *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	// End of the span (exclusive). Default: now.
+	To *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=to,proto3" json:"to,omitempty"`
+	// Length of one point: a whole number of minutes; default one minute.
+	// (to - from) / step may make at most 10,000 points.
+	Step          *durationpb.Duration `protobuf:"bytes,5,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageHistoryRequest) Reset() {
+	*x = GetUsageHistoryRequest{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageHistoryRequest) ProtoMessage() {}
+
+func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageHistoryRequest.ProtoReflect.Descriptor instead.
+func (*GetUsageHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetUsageHistoryRequest) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *GetUsageHistoryRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *GetUsageHistoryRequest) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *GetUsageHistoryRequest) GetTo() *timestamppb.Timestamp {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *GetUsageHistoryRequest) GetStep() *durationpb.Duration {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+type GetUsageHistoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Start of the first step (from rounded down to a minute) and the step:
+	// point i of a series covers [from + i x step, from + (i+1) x step).
+	From *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	Step *durationpb.Duration   `protobuf:"bytes,2,opt,name=step,proto3" json:"step,omitempty"`
+	// Number of steps in the span.
+	Steps int64 `protobuf:"varint,3,opt,name=steps,proto3" json:"steps,omitempty"`
+	// One series per budget with history in the span, in key order.
+	Series []*UsageSeries `protobuf:"bytes,4,rep,name=series,proto3" json:"series,omitempty"`
+	// Why the CloudWatch figures are missing when the broker runs with
+	// --cloudwatch and could not read them; the broker's own figures are
+	// complete regardless. Empty otherwise.
+	CloudwatchError string `protobuf:"bytes,5,opt,name=cloudwatch_error,json=cloudwatchError,proto3" json:"cloudwatch_error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GetUsageHistoryResponse) Reset() {
+	*x = GetUsageHistoryResponse{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageHistoryResponse) ProtoMessage() {}
+
+func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageHistoryResponse.ProtoReflect.Descriptor instead.
+func (*GetUsageHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetUsageHistoryResponse) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *GetUsageHistoryResponse) GetStep() *durationpb.Duration {
+	if x != nil {
+		return x.Step
+	}
+	return nil
+}
+
+func (x *GetUsageHistoryResponse) GetSteps() int64 {
+	if x != nil {
+		return x.Steps
+	}
+	return 0
+}
+
+func (x *GetUsageHistoryResponse) GetSeries() []*UsageSeries {
+	if x != nil {
+		return x.Series
+	}
+	return nil
+}
+
+func (x *GetUsageHistoryResponse) GetCloudwatchError() string {
+	if x != nil {
+		return x.CloudwatchError
+	}
+	return ""
+}
+
+// UsageSeries is one budget's history.
+type UsageSeries struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Budget *BudgetKey             `protobuf:"bytes,1,opt,name=budget,proto3" json:"budget,omitempty"`
+	// The steps with any activity (broker or CloudWatch), in time order;
+	// steps without activity are left out.
+	Points []*UsagePoint `protobuf:"bytes,2,rep,name=points,proto3" json:"points,omitempty"`
+	// The sum over the span (limits: the lowest in force).
+	Total *UsagePoint `protobuf:"bytes,3,opt,name=total,proto3" json:"total,omitempty"`
+	// The CloudWatch ModelId dimension values read for this budget: the ids
+	// callers invoke it by (the model id, or its inference profile ids),
+	// since CloudWatch counts a call under the id it was made with.
+	CloudwatchModelIds []string `protobuf:"bytes,4,rep,name=cloudwatch_model_ids,json=cloudwatchModelIds,proto3" json:"cloudwatch_model_ids,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *UsageSeries) Reset() {
+	*x = UsageSeries{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageSeries) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageSeries) ProtoMessage() {}
+
+func (x *UsageSeries) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageSeries.ProtoReflect.Descriptor instead.
+func (*UsageSeries) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *UsageSeries) GetBudget() *BudgetKey {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+func (x *UsageSeries) GetPoints() []*UsagePoint {
+	if x != nil {
+		return x.Points
+	}
+	return nil
+}
+
+func (x *UsageSeries) GetTotal() *UsagePoint {
+	if x != nil {
+		return x.Total
+	}
+	return nil
+}
+
+func (x *UsageSeries) GetCloudwatchModelIds() []string {
+	if x != nil {
+		return x.CloudwatchModelIds
+	}
+	return nil
+}
+
+// UsagePoint counts what happened to a budget in one step. Events count in
+// the minute they happened; window_tokens and window_requests count in the
+// minute of the grant, as Bedrock charges its per-minute quotas.
+type UsagePoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Start *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	// Calls made to Bedrock: settled leases that were not cancelled, plus
+	// throttles reported outside leases.
+	Calls int64 `protobuf:"varint,2,opt,name=calls,proto3" json:"calls,omitempty"`
+	// Settled calls that Bedrock served.
+	Successful int64 `protobuf:"varint,3,opt,name=successful,proto3" json:"successful,omitempty"`
+	Granted    int64 `protobuf:"varint,4,opt,name=granted,proto3" json:"granted,omitempty"`
+	// AcquireLease calls refused for lack of capacity: demand the quota did
+	// not cover (a caller that retries counts each refusal).
+	Refused int64 `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"`
+	// Settlements of every outcome; throttled, errors and cancelled are the
+	// settlements with those outcomes.
+	Completed int64 `protobuf:"varint,6,opt,name=completed,proto3" json:"completed,omitempty"`
+	Throttled int64 `protobuf:"varint,7,opt,name=throttled,proto3" json:"throttled,omitempty"`
+	Errors    int64 `protobuf:"varint,8,opt,name=errors,proto3" json:"errors,omitempty"`
+	Cancelled int64 `protobuf:"varint,9,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	// Throttles reported outside any lease (ReportThrottle).
+	ReportedThrottles int64 `protobuf:"varint,10,opt,name=reported_throttles,json=reportedThrottles,proto3" json:"reported_throttles,omitempty"`
+	// Leases that expired unsettled.
+	Expired int64 `protobuf:"varint,11,opt,name=expired,proto3" json:"expired,omitempty"`
+	// Token usage Bedrock reported for settled calls.
+	InputTokens           int64 `protobuf:"varint,12,opt,name=input_tokens,json=inputTokens,proto3" json:"input_tokens,omitempty"`
+	OutputTokens          int64 `protobuf:"varint,13,opt,name=output_tokens,json=outputTokens,proto3" json:"output_tokens,omitempty"`
+	CacheReadInputTokens  int64 `protobuf:"varint,14,opt,name=cache_read_input_tokens,json=cacheReadInputTokens,proto3" json:"cache_read_input_tokens,omitempty"`
+	CacheWriteInputTokens int64 `protobuf:"varint,15,opt,name=cache_write_input_tokens,json=cacheWriteInputTokens,proto3" json:"cache_write_input_tokens,omitempty"`
+	// Tokens reserved at grant and charged at settlement.
+	ReservedTokens int64 `protobuf:"varint,16,opt,name=reserved_tokens,json=reservedTokens,proto3" json:"reserved_tokens,omitempty"`
+	SettledTokens  int64 `protobuf:"varint,17,opt,name=settled_tokens,json=settledTokens,proto3" json:"settled_tokens,omitempty"`
+	// Successful calls whose output reached max_tokens.
+	Truncated int64 `protobuf:"varint,18,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	// Tokens and requests charged to the budget's per-minute windows: what
+	// the TPM and RPM quotas count (input + cache_write + output x burndown).
+	WindowTokens   int64 `protobuf:"varint,19,opt,name=window_tokens,json=windowTokens,proto3" json:"window_tokens,omitempty"`
+	WindowRequests int64 `protobuf:"varint,20,opt,name=window_requests,json=windowRequests,proto3" json:"window_requests,omitempty"`
+	// The effective limits in force (lowest over the step); 0: none.
+	LimitTpm int64 `protobuf:"varint,21,opt,name=limit_tpm,json=limitTpm,proto3" json:"limit_tpm,omitempty"`
+	LimitRpm int64 `protobuf:"varint,22,opt,name=limit_rpm,json=limitRpm,proto3" json:"limit_rpm,omitempty"`
+	// CloudWatch's AWS/Bedrock figures for the budget's model ids in the
+	// step; unset when the broker does not read CloudWatch or could not.
+	// Invocations counts the calls Bedrock served, whoever made them, so
+	// calls not made through the broker = cloudwatch_invocations - successful
+	// (and throttles seen by others = cloudwatch_throttles - throttled -
+	// reported_throttles). CloudWatch publishes a minute's data a few minutes
+	// late and keeps one-minute data for 15 days.
+	CloudwatchInvocations  *int64 `protobuf:"varint,23,opt,name=cloudwatch_invocations,json=cloudwatchInvocations,proto3,oneof" json:"cloudwatch_invocations,omitempty"`
+	CloudwatchThrottles    *int64 `protobuf:"varint,24,opt,name=cloudwatch_throttles,json=cloudwatchThrottles,proto3,oneof" json:"cloudwatch_throttles,omitempty"`
+	CloudwatchInputTokens  *int64 `protobuf:"varint,25,opt,name=cloudwatch_input_tokens,json=cloudwatchInputTokens,proto3,oneof" json:"cloudwatch_input_tokens,omitempty"`
+	CloudwatchOutputTokens *int64 `protobuf:"varint,26,opt,name=cloudwatch_output_tokens,json=cloudwatchOutputTokens,proto3,oneof" json:"cloudwatch_output_tokens,omitempty"`
+	// EstimatedTPMQuotaUsage: the tokens CloudWatch says the calls charged
+	// to the TPM quota.
+	CloudwatchEstimatedTpmQuotaUsage *int64 `protobuf:"varint,27,opt,name=cloudwatch_estimated_tpm_quota_usage,json=cloudwatchEstimatedTpmQuotaUsage,proto3,oneof" json:"cloudwatch_estimated_tpm_quota_usage,omitempty"`
+	unknownFields                    protoimpl.UnknownFields
+	sizeCache                        protoimpl.SizeCache
+}
+
+func (x *UsagePoint) Reset() {
+	*x = UsagePoint{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsagePoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsagePoint) ProtoMessage() {}
+
+func (x *UsagePoint) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsagePoint.ProtoReflect.Descriptor instead.
+func (*UsagePoint) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *UsagePoint) GetStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *UsagePoint) GetCalls() int64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetSuccessful() int64 {
+	if x != nil {
+		return x.Successful
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetGranted() int64 {
+	if x != nil {
+		return x.Granted
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetRefused() int64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetCompleted() int64 {
+	if x != nil {
+		return x.Completed
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetThrottled() int64 {
+	if x != nil {
+		return x.Throttled
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetErrors() int64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetCancelled() int64 {
+	if x != nil {
+		return x.Cancelled
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetReportedThrottles() int64 {
+	if x != nil {
+		return x.ReportedThrottles
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetExpired() int64 {
+	if x != nil {
+		return x.Expired
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetInputTokens() int64 {
+	if x != nil {
+		return x.InputTokens
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetOutputTokens() int64 {
+	if x != nil {
+		return x.OutputTokens
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetCacheReadInputTokens() int64 {
+	if x != nil {
+		return x.CacheReadInputTokens
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetCacheWriteInputTokens() int64 {
+	if x != nil {
+		return x.CacheWriteInputTokens
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetReservedTokens() int64 {
+	if x != nil {
+		return x.ReservedTokens
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetSettledTokens() int64 {
+	if x != nil {
+		return x.SettledTokens
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetTruncated() int64 {
+	if x != nil {
+		return x.Truncated
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetWindowTokens() int64 {
+	if x != nil {
+		return x.WindowTokens
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetWindowRequests() int64 {
+	if x != nil {
+		return x.WindowRequests
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetLimitTpm() int64 {
+	if x != nil {
+		return x.LimitTpm
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetLimitRpm() int64 {
+	if x != nil {
+		return x.LimitRpm
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetCloudwatchInvocations() int64 {
+	if x != nil && x.CloudwatchInvocations != nil {
+		return *x.CloudwatchInvocations
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetCloudwatchThrottles() int64 {
+	if x != nil && x.CloudwatchThrottles != nil {
+		return *x.CloudwatchThrottles
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetCloudwatchInputTokens() int64 {
+	if x != nil && x.CloudwatchInputTokens != nil {
+		return *x.CloudwatchInputTokens
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetCloudwatchOutputTokens() int64 {
+	if x != nil && x.CloudwatchOutputTokens != nil {
+		return *x.CloudwatchOutputTokens
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetCloudwatchEstimatedTpmQuotaUsage() int64 {
+	if x != nil && x.CloudwatchEstimatedTpmQuotaUsage != nil {
+		return *x.CloudwatchEstimatedTpmQuotaUsage
+	}
+	return 0
+}
+
 var File_quotabroker_v1_broker_proto protoreflect.FileDescriptor
 
 const file_quotabroker_v1_broker_proto_rawDesc = "" +
@@ -2945,7 +3465,61 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x14RefreshQuotasRequest\"j\n" +
 	"\x15RefreshQuotasResponse\x127\n" +
 	"\tdiscovery\x18\x01 \x01(\v2\x19.quotabroker.v1.DiscoveryR\tdiscovery\x12\x18\n" +
-	"\abudgets\x18\x02 \x01(\x03R\abudgets*i\n" +
+	"\abudgets\x18\x02 \x01(\x03R\abudgets\"\xd1\x01\n" +
+	"\x16GetUsageHistoryRequest\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12.\n" +
+	"\x04from\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
+	"\x02to\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12-\n" +
+	"\x04step\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x04step\"\xee\x01\n" +
+	"\x17GetUsageHistoryResponse\x12.\n" +
+	"\x04from\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12-\n" +
+	"\x04step\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04step\x12\x14\n" +
+	"\x05steps\x18\x03 \x01(\x03R\x05steps\x123\n" +
+	"\x06series\x18\x04 \x03(\v2\x1b.quotabroker.v1.UsageSeriesR\x06series\x12)\n" +
+	"\x10cloudwatch_error\x18\x05 \x01(\tR\x0fcloudwatchError\"\xd8\x01\n" +
+	"\vUsageSeries\x121\n" +
+	"\x06budget\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x06budget\x122\n" +
+	"\x06points\x18\x02 \x03(\v2\x1a.quotabroker.v1.UsagePointR\x06points\x120\n" +
+	"\x05total\x18\x03 \x01(\v2\x1a.quotabroker.v1.UsagePointR\x05total\x120\n" +
+	"\x14cloudwatch_model_ids\x18\x04 \x03(\tR\x12cloudwatchModelIds\"\xec\t\n" +
+	"\n" +
+	"UsagePoint\x120\n" +
+	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12\x14\n" +
+	"\x05calls\x18\x02 \x01(\x03R\x05calls\x12\x1e\n" +
+	"\n" +
+	"successful\x18\x03 \x01(\x03R\n" +
+	"successful\x12\x18\n" +
+	"\agranted\x18\x04 \x01(\x03R\agranted\x12\x18\n" +
+	"\arefused\x18\x05 \x01(\x03R\arefused\x12\x1c\n" +
+	"\tcompleted\x18\x06 \x01(\x03R\tcompleted\x12\x1c\n" +
+	"\tthrottled\x18\a \x01(\x03R\tthrottled\x12\x16\n" +
+	"\x06errors\x18\b \x01(\x03R\x06errors\x12\x1c\n" +
+	"\tcancelled\x18\t \x01(\x03R\tcancelled\x12-\n" +
+	"\x12reported_throttles\x18\n" +
+	" \x01(\x03R\x11reportedThrottles\x12\x18\n" +
+	"\aexpired\x18\v \x01(\x03R\aexpired\x12!\n" +
+	"\finput_tokens\x18\f \x01(\x03R\vinputTokens\x12#\n" +
+	"\routput_tokens\x18\r \x01(\x03R\foutputTokens\x125\n" +
+	"\x17cache_read_input_tokens\x18\x0e \x01(\x03R\x14cacheReadInputTokens\x127\n" +
+	"\x18cache_write_input_tokens\x18\x0f \x01(\x03R\x15cacheWriteInputTokens\x12'\n" +
+	"\x0freserved_tokens\x18\x10 \x01(\x03R\x0ereservedTokens\x12%\n" +
+	"\x0esettled_tokens\x18\x11 \x01(\x03R\rsettledTokens\x12\x1c\n" +
+	"\ttruncated\x18\x12 \x01(\x03R\ttruncated\x12#\n" +
+	"\rwindow_tokens\x18\x13 \x01(\x03R\fwindowTokens\x12'\n" +
+	"\x0fwindow_requests\x18\x14 \x01(\x03R\x0ewindowRequests\x12\x1b\n" +
+	"\tlimit_tpm\x18\x15 \x01(\x03R\blimitTpm\x12\x1b\n" +
+	"\tlimit_rpm\x18\x16 \x01(\x03R\blimitRpm\x12:\n" +
+	"\x16cloudwatch_invocations\x18\x17 \x01(\x03H\x00R\x15cloudwatchInvocations\x88\x01\x01\x126\n" +
+	"\x14cloudwatch_throttles\x18\x18 \x01(\x03H\x01R\x13cloudwatchThrottles\x88\x01\x01\x12;\n" +
+	"\x17cloudwatch_input_tokens\x18\x19 \x01(\x03H\x02R\x15cloudwatchInputTokens\x88\x01\x01\x12=\n" +
+	"\x18cloudwatch_output_tokens\x18\x1a \x01(\x03H\x03R\x16cloudwatchOutputTokens\x88\x01\x01\x12S\n" +
+	"$cloudwatch_estimated_tpm_quota_usage\x18\x1b \x01(\x03H\x04R cloudwatchEstimatedTpmQuotaUsage\x88\x01\x01B\x19\n" +
+	"\x17_cloudwatch_invocationsB\x17\n" +
+	"\x15_cloudwatch_throttlesB\x1a\n" +
+	"\x18_cloudwatch_input_tokensB\x1b\n" +
+	"\x19_cloudwatch_output_tokensB'\n" +
+	"%_cloudwatch_estimated_tpm_quota_usage*i\n" +
 	"\bPriority\x12\x18\n" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PRIORITY_INTERACTIVE\x10\x01\x12\x15\n" +
@@ -2967,7 +3541,7 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x0fOUTCOME_SUCCESS\x10\x01\x12\x15\n" +
 	"\x11OUTCOME_THROTTLED\x10\x02\x12\x11\n" +
 	"\rOUTCOME_ERROR\x10\x03\x12\x15\n" +
-	"\x11OUTCOME_CANCELLED\x10\x042\xeb\x05\n" +
+	"\x11OUTCOME_CANCELLED\x10\x042\xcf\x06\n" +
 	"\vQuotaBroker\x12Y\n" +
 	"\fAcquireLease\x12#.quotabroker.v1.AcquireLeaseRequest\x1a$.quotabroker.v1.AcquireLeaseResponse\x12\\\n" +
 	"\rCompleteLease\x12$.quotabroker.v1.CompleteLeaseRequest\x1a%.quotabroker.v1.CompleteLeaseResponse\x12S\n" +
@@ -2977,7 +3551,8 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x0eGetQuotaReport\x12%.quotabroker.v1.GetQuotaReportRequest\x1a&.quotabroker.v1.GetQuotaReportResponse\x12V\n" +
 	"\vListBudgets\x12\".quotabroker.v1.ListBudgetsRequest\x1a#.quotabroker.v1.ListBudgetsResponse\x12V\n" +
 	"\vSetOverride\x12\".quotabroker.v1.SetOverrideRequest\x1a#.quotabroker.v1.SetOverrideResponse\x12\\\n" +
-	"\rRefreshQuotas\x12$.quotabroker.v1.RefreshQuotasRequest\x1a%.quotabroker.v1.RefreshQuotasResponseB\xbd\x01\n" +
+	"\rRefreshQuotas\x12$.quotabroker.v1.RefreshQuotasRequest\x1a%.quotabroker.v1.RefreshQuotasResponse\x12b\n" +
+	"\x0fGetUsageHistory\x12&.quotabroker.v1.GetUsageHistoryRequest\x1a'.quotabroker.v1.GetUsageHistoryResponseB\xbd\x01\n" +
 	"\x12com.quotabroker.v1B\vBrokerProtoP\x01ZAgithub.com/bedrockqb/quotabroker/gen/quotabroker/v1;quotabrokerv1\xa2\x02\x03QXX\xaa\x02\x0eQuotabroker.V1\xca\x02\x0eQuotabroker\\V1\xe2\x02\x1aQuotabroker\\V1\\GPBMetadata\xea\x02\x0fQuotabroker::V1b\x06proto3"
 
 var (
@@ -2993,68 +3568,72 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
-	(Priority)(0),                  // 0: quotabroker.v1.Priority
-	(Scope)(0),                     // 1: quotabroker.v1.Scope
-	(Limit)(0),                     // 2: quotabroker.v1.Limit
-	(Outcome)(0),                   // 3: quotabroker.v1.Outcome
-	(*BudgetKey)(nil),              // 4: quotabroker.v1.BudgetKey
-	(*Limits)(nil),                 // 5: quotabroker.v1.Limits
-	(*AcquireLeaseRequest)(nil),    // 6: quotabroker.v1.AcquireLeaseRequest
-	(*Lease)(nil),                  // 7: quotabroker.v1.Lease
-	(*AcquireLeaseResponse)(nil),   // 8: quotabroker.v1.AcquireLeaseResponse
-	(*Usage)(nil),                  // 9: quotabroker.v1.Usage
-	(*CompleteLeaseRequest)(nil),   // 10: quotabroker.v1.CompleteLeaseRequest
-	(*CompleteLeaseResponse)(nil),  // 11: quotabroker.v1.CompleteLeaseResponse
-	(*RenewLeaseRequest)(nil),      // 12: quotabroker.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),     // 13: quotabroker.v1.RenewLeaseResponse
-	(*ReportThrottleRequest)(nil),  // 14: quotabroker.v1.ReportThrottleRequest
-	(*ReportThrottleResponse)(nil), // 15: quotabroker.v1.ReportThrottleResponse
-	(*GetQuotaReportRequest)(nil),  // 16: quotabroker.v1.GetQuotaReportRequest
-	(*GetQuotaReportResponse)(nil), // 17: quotabroker.v1.GetQuotaReportResponse
-	(*Discovery)(nil),              // 18: quotabroker.v1.Discovery
-	(*ProvisionedThroughput)(nil),  // 19: quotabroker.v1.ProvisionedThroughput
-	(*SkippedQuota)(nil),           // 20: quotabroker.v1.SkippedQuota
-	(*WindowUsage)(nil),            // 21: quotabroker.v1.WindowUsage
-	(*Counters)(nil),               // 22: quotabroker.v1.Counters
-	(*BudgetReport)(nil),           // 23: quotabroker.v1.BudgetReport
-	(*Activity)(nil),               // 24: quotabroker.v1.Activity
-	(*UsageStats)(nil),             // 25: quotabroker.v1.UsageStats
-	(*ClientUsage)(nil),            // 26: quotabroker.v1.ClientUsage
-	(*Budget)(nil),                 // 27: quotabroker.v1.Budget
-	(*QuotaRef)(nil),               // 28: quotabroker.v1.QuotaRef
-	(*Adaptive)(nil),               // 29: quotabroker.v1.Adaptive
-	(*LimitOverride)(nil),          // 30: quotabroker.v1.LimitOverride
-	(*ListBudgetsRequest)(nil),     // 31: quotabroker.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),    // 32: quotabroker.v1.ListBudgetsResponse
-	(*SetOverrideRequest)(nil),     // 33: quotabroker.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),    // 34: quotabroker.v1.SetOverrideResponse
-	(*RefreshQuotasRequest)(nil),   // 35: quotabroker.v1.RefreshQuotasRequest
-	(*RefreshQuotasResponse)(nil),  // 36: quotabroker.v1.RefreshQuotasResponse
-	(*durationpb.Duration)(nil),    // 37: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 38: google.protobuf.Timestamp
+	(Priority)(0),                   // 0: quotabroker.v1.Priority
+	(Scope)(0),                      // 1: quotabroker.v1.Scope
+	(Limit)(0),                      // 2: quotabroker.v1.Limit
+	(Outcome)(0),                    // 3: quotabroker.v1.Outcome
+	(*BudgetKey)(nil),               // 4: quotabroker.v1.BudgetKey
+	(*Limits)(nil),                  // 5: quotabroker.v1.Limits
+	(*AcquireLeaseRequest)(nil),     // 6: quotabroker.v1.AcquireLeaseRequest
+	(*Lease)(nil),                   // 7: quotabroker.v1.Lease
+	(*AcquireLeaseResponse)(nil),    // 8: quotabroker.v1.AcquireLeaseResponse
+	(*Usage)(nil),                   // 9: quotabroker.v1.Usage
+	(*CompleteLeaseRequest)(nil),    // 10: quotabroker.v1.CompleteLeaseRequest
+	(*CompleteLeaseResponse)(nil),   // 11: quotabroker.v1.CompleteLeaseResponse
+	(*RenewLeaseRequest)(nil),       // 12: quotabroker.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),      // 13: quotabroker.v1.RenewLeaseResponse
+	(*ReportThrottleRequest)(nil),   // 14: quotabroker.v1.ReportThrottleRequest
+	(*ReportThrottleResponse)(nil),  // 15: quotabroker.v1.ReportThrottleResponse
+	(*GetQuotaReportRequest)(nil),   // 16: quotabroker.v1.GetQuotaReportRequest
+	(*GetQuotaReportResponse)(nil),  // 17: quotabroker.v1.GetQuotaReportResponse
+	(*Discovery)(nil),               // 18: quotabroker.v1.Discovery
+	(*ProvisionedThroughput)(nil),   // 19: quotabroker.v1.ProvisionedThroughput
+	(*SkippedQuota)(nil),            // 20: quotabroker.v1.SkippedQuota
+	(*WindowUsage)(nil),             // 21: quotabroker.v1.WindowUsage
+	(*Counters)(nil),                // 22: quotabroker.v1.Counters
+	(*BudgetReport)(nil),            // 23: quotabroker.v1.BudgetReport
+	(*Activity)(nil),                // 24: quotabroker.v1.Activity
+	(*UsageStats)(nil),              // 25: quotabroker.v1.UsageStats
+	(*ClientUsage)(nil),             // 26: quotabroker.v1.ClientUsage
+	(*Budget)(nil),                  // 27: quotabroker.v1.Budget
+	(*QuotaRef)(nil),                // 28: quotabroker.v1.QuotaRef
+	(*Adaptive)(nil),                // 29: quotabroker.v1.Adaptive
+	(*LimitOverride)(nil),           // 30: quotabroker.v1.LimitOverride
+	(*ListBudgetsRequest)(nil),      // 31: quotabroker.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),     // 32: quotabroker.v1.ListBudgetsResponse
+	(*SetOverrideRequest)(nil),      // 33: quotabroker.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),     // 34: quotabroker.v1.SetOverrideResponse
+	(*RefreshQuotasRequest)(nil),    // 35: quotabroker.v1.RefreshQuotasRequest
+	(*RefreshQuotasResponse)(nil),   // 36: quotabroker.v1.RefreshQuotasResponse
+	(*GetUsageHistoryRequest)(nil),  // 37: quotabroker.v1.GetUsageHistoryRequest
+	(*GetUsageHistoryResponse)(nil), // 38: quotabroker.v1.GetUsageHistoryResponse
+	(*UsageSeries)(nil),             // 39: quotabroker.v1.UsageSeries
+	(*UsagePoint)(nil),              // 40: quotabroker.v1.UsagePoint
+	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 42: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	37, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	41, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
 	4,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	38, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	38, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	42, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	42, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	37, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	41, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
 	3,  // 8: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
 	9,  // 9: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	37, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	38, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	41, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	42, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 12: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	38, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	42, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
 	23, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
 	18, // 15: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
-	38, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
-	38, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
-	37, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
+	42, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
+	42, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
+	41, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
 	20, // 19: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
 	19, // 20: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
 	27, // 21: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
@@ -3070,38 +3649,50 @@ var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	5,  // 31: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
 	5,  // 32: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
 	30, // 33: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	38, // 34: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	42, // 34: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
 	5,  // 35: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
 	29, // 36: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
 	28, // 37: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
 	5,  // 38: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
-	38, // 39: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
-	38, // 40: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	42, // 39: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	42, // 40: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
 	27, // 41: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
 	30, // 42: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
 	27, // 43: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
 	18, // 44: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
-	6,  // 45: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	10, // 46: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	12, // 47: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	14, // 48: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	16, // 49: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	31, // 50: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	33, // 51: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	35, // 52: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
-	8,  // 53: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	11, // 54: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	13, // 55: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	15, // 56: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	17, // 57: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	32, // 58: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	34, // 59: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	36, // 60: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
-	53, // [53:61] is the sub-list for method output_type
-	45, // [45:53] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	42, // 45: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
+	42, // 46: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
+	41, // 47: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
+	42, // 48: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
+	41, // 49: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
+	39, // 50: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
+	4,  // 51: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
+	40, // 52: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
+	40, // 53: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
+	42, // 54: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
+	6,  // 55: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	10, // 56: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	12, // 57: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	14, // 58: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	16, // 59: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	31, // 60: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	33, // 61: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	35, // 62: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
+	37, // 63: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
+	8,  // 64: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	11, // 65: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	13, // 66: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	15, // 67: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	17, // 68: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	32, // 69: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	34, // 70: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	36, // 71: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
+	38, // 72: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
+	64, // [64:73] is the sub-list for method output_type
+	55, // [55:64] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -3110,13 +3701,14 @@ func file_quotabroker_v1_broker_proto_init() {
 		return
 	}
 	file_quotabroker_v1_broker_proto_msgTypes[26].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[36].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   33,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

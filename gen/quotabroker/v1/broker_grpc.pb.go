@@ -28,14 +28,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	QuotaBroker_AcquireLease_FullMethodName   = "/quotabroker.v1.QuotaBroker/AcquireLease"
-	QuotaBroker_CompleteLease_FullMethodName  = "/quotabroker.v1.QuotaBroker/CompleteLease"
-	QuotaBroker_RenewLease_FullMethodName     = "/quotabroker.v1.QuotaBroker/RenewLease"
-	QuotaBroker_ReportThrottle_FullMethodName = "/quotabroker.v1.QuotaBroker/ReportThrottle"
-	QuotaBroker_GetQuotaReport_FullMethodName = "/quotabroker.v1.QuotaBroker/GetQuotaReport"
-	QuotaBroker_ListBudgets_FullMethodName    = "/quotabroker.v1.QuotaBroker/ListBudgets"
-	QuotaBroker_SetOverride_FullMethodName    = "/quotabroker.v1.QuotaBroker/SetOverride"
-	QuotaBroker_RefreshQuotas_FullMethodName  = "/quotabroker.v1.QuotaBroker/RefreshQuotas"
+	QuotaBroker_AcquireLease_FullMethodName    = "/quotabroker.v1.QuotaBroker/AcquireLease"
+	QuotaBroker_CompleteLease_FullMethodName   = "/quotabroker.v1.QuotaBroker/CompleteLease"
+	QuotaBroker_RenewLease_FullMethodName      = "/quotabroker.v1.QuotaBroker/RenewLease"
+	QuotaBroker_ReportThrottle_FullMethodName  = "/quotabroker.v1.QuotaBroker/ReportThrottle"
+	QuotaBroker_GetQuotaReport_FullMethodName  = "/quotabroker.v1.QuotaBroker/GetQuotaReport"
+	QuotaBroker_ListBudgets_FullMethodName     = "/quotabroker.v1.QuotaBroker/ListBudgets"
+	QuotaBroker_SetOverride_FullMethodName     = "/quotabroker.v1.QuotaBroker/SetOverride"
+	QuotaBroker_RefreshQuotas_FullMethodName   = "/quotabroker.v1.QuotaBroker/RefreshQuotas"
+	QuotaBroker_GetUsageHistory_FullMethodName = "/quotabroker.v1.QuotaBroker/GetUsageHistory"
 )
 
 // QuotaBrokerClient is the client API for QuotaBroker service.
@@ -68,6 +69,12 @@ type QuotaBrokerClient interface {
 	// RefreshQuotas discovers the quotas now instead of at the next refresh
 	// interval. FAILED_PRECONDITION when the broker has no quota source.
 	RefreshQuotas(ctx context.Context, in *RefreshQuotasRequest, opts ...grpc.CallOption) (*RefreshQuotasResponse, error)
+	// GetUsageHistory returns each budget's usage step by step over [from,
+	// to): what the broker granted, refused and settled, kept per minute for
+	// the broker's history retention (serve --history-retention), and, when
+	// the broker runs with --cloudwatch, what CloudWatch counted for the same
+	// model ids, so that traffic that bypasses the broker shows up too.
+	GetUsageHistory(ctx context.Context, in *GetUsageHistoryRequest, opts ...grpc.CallOption) (*GetUsageHistoryResponse, error)
 }
 
 type quotaBrokerClient struct {
@@ -158,6 +165,16 @@ func (c *quotaBrokerClient) RefreshQuotas(ctx context.Context, in *RefreshQuotas
 	return out, nil
 }
 
+func (c *quotaBrokerClient) GetUsageHistory(ctx context.Context, in *GetUsageHistoryRequest, opts ...grpc.CallOption) (*GetUsageHistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUsageHistoryResponse)
+	err := c.cc.Invoke(ctx, QuotaBroker_GetUsageHistory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QuotaBrokerServer is the server API for QuotaBroker service.
 // All implementations must embed UnimplementedQuotaBrokerServer
 // for forward compatibility.
@@ -188,6 +205,12 @@ type QuotaBrokerServer interface {
 	// RefreshQuotas discovers the quotas now instead of at the next refresh
 	// interval. FAILED_PRECONDITION when the broker has no quota source.
 	RefreshQuotas(context.Context, *RefreshQuotasRequest) (*RefreshQuotasResponse, error)
+	// GetUsageHistory returns each budget's usage step by step over [from,
+	// to): what the broker granted, refused and settled, kept per minute for
+	// the broker's history retention (serve --history-retention), and, when
+	// the broker runs with --cloudwatch, what CloudWatch counted for the same
+	// model ids, so that traffic that bypasses the broker shows up too.
+	GetUsageHistory(context.Context, *GetUsageHistoryRequest) (*GetUsageHistoryResponse, error)
 	mustEmbedUnimplementedQuotaBrokerServer()
 }
 
@@ -221,6 +244,9 @@ func (UnimplementedQuotaBrokerServer) SetOverride(context.Context, *SetOverrideR
 }
 func (UnimplementedQuotaBrokerServer) RefreshQuotas(context.Context, *RefreshQuotasRequest) (*RefreshQuotasResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RefreshQuotas not implemented")
+}
+func (UnimplementedQuotaBrokerServer) GetUsageHistory(context.Context, *GetUsageHistoryRequest) (*GetUsageHistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUsageHistory not implemented")
 }
 func (UnimplementedQuotaBrokerServer) mustEmbedUnimplementedQuotaBrokerServer() {}
 func (UnimplementedQuotaBrokerServer) testEmbeddedByValue()                     {}
@@ -387,6 +413,24 @@ func _QuotaBroker_RefreshQuotas_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QuotaBroker_GetUsageHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QuotaBrokerServer).GetUsageHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QuotaBroker_GetUsageHistory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QuotaBrokerServer).GetUsageHistory(ctx, req.(*GetUsageHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // QuotaBroker_ServiceDesc is the grpc.ServiceDesc for QuotaBroker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -425,6 +469,10 @@ var QuotaBroker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RefreshQuotas",
 			Handler:    _QuotaBroker_RefreshQuotas_Handler,
+		},
+		{
+			MethodName: "GetUsageHistory",
+			Handler:    _QuotaBroker_GetUsageHistory_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
