@@ -232,4 +232,3 @@ func TestShortNumber(t *testing.T) {
 		}
 	}
 }
-

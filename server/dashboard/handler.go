@@ -321,4 +321,3 @@ figure.chart svg { max-width: 100%; height: auto; }
 </body>
 </html>
 `))
-
