@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/font"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
@@ -68,7 +69,8 @@ var (
 	colThrottled = color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff} // red
 	colErrors    = color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff} // orange
 	colRefused   = color.RGBA{R: 0x59, G: 0x59, B: 0x59, A: 0xff} // grey, dashed
-	colTokens    = color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff} // blue
+	colTokens    = color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff} // blue outline
+	colTokenFill = color.RGBA{R: 0x9e, G: 0xca, B: 0xe1, A: 0xff} // light blue area
 	colEffective = color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff} // purple
 	colStatic    = color.RGBA{R: 0x22, G: 0x22, B: 0x22, A: 0xff} // near black, dashed
 )
@@ -234,14 +236,21 @@ func addLegend(p *plot.Plot, entries []legendEntry) {
 
 func newPanel(ch *Chart) *plot.Plot {
 	p := plot.New()
-	p.Title.TextStyle.Font.Size = vg.Points(10)
+	// Sans at small sizes reads better on screen than plot's default
+	// serif; the browser substitutes its own sans if Liberation is absent.
+	for _, f := range []struct {
+		f    *font.Font
+		size vg.Length
+	}{
+		{&p.Title.TextStyle.Font, 10}, {&p.X.Tick.Label.Font, 8}, {&p.Y.Tick.Label.Font, 8},
+		{&p.X.Label.TextStyle.Font, 8}, {&p.Y.Label.TextStyle.Font, 8}, {&p.Legend.TextStyle.Font, 7},
+	} {
+		f.f.Variant = "Sans"
+		f.f.Size = f.size
+	}
 	p.X.Tick.Marker = clockTicks(ch.Series.Step)
-	p.X.Tick.Label.Font.Size = vg.Points(8)
-	p.Y.Tick.Label.Font.Size = vg.Points(8)
-	p.Y.Label.TextStyle.Font.Size = vg.Points(8)
 	p.Y.Tick.Marker = plot.TickerFunc(yTicks)
 	p.Legend.Top, p.Legend.Left = true, true
-	p.Legend.TextStyle.Font.Size = vg.Points(7)
 	p.Legend.ThumbnailWidth = vg.Points(12)
 	p.Legend.XOffs = vg.Points(4)
 	p.Add(plotter.NewGrid())
@@ -275,7 +284,7 @@ func (ch *Chart) addUse(p *plot.Plot, mins []float64) error {
 		return err
 	}
 	area.StepStyle = plotter.PostStep
-	area.FillColor = color.NRGBA{R: colTokens.R, G: colTokens.G, B: colTokens.B, A: 0x80}
+	area.FillColor = colTokenFill
 	area.LineStyle = draw.LineStyle{Color: colTokens, Width: vg.Points(0.8)}
 	p.Add(area)
 	entries := []legendEntry{{"charged to the minute window", area}}

@@ -93,14 +93,16 @@ func (f *fixture) drive(t testing.TB, minutes int) {
 	for m := range minutes {
 		wave := 1 + math.Sin(float64(m)/5) // 0..2
 		f.calls(t, sonnet, 10+int(6*wave), func(i int) broker.Outcome {
-			if i%3 == 2 {
+			if i%5 == 4 {
 				return broker.OutcomeThrottled
 			}
 			return broker.OutcomeSuccess
 		})
 		f.calls(t, novaPro, 6+int(2*wave), func(int) broker.Outcome { return broker.OutcomeSuccess })
 		f.calls(t, haiku, 11, func(int) broker.Outcome { return broker.OutcomeSuccess })
-		f.clock.Advance(time.Minute)
+		// A second over the minute, so the sliding minute window has
+		// let the last minute's calls go.
+		f.clock.Advance(time.Minute + time.Second)
 		f.b.Sweep(ctx)
 	}
 }
