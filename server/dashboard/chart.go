@@ -81,20 +81,20 @@ func WriteSVG(w io.Writer, charts []Chart, message string) error {
 	if len(charts) == 0 {
 		return writeMessage(w, message)
 	}
-	rows := make([][]*plot.Plot, 0, 2*len(charts))
+	figure := 2 * panelHeight
+	c := vgsvg.New(figureWidth, figure*vg.Length(len(charts)))
+	dc := draw.New(c)
+	tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: 4, PadBottom: 4, PadLeft: 4, PadRight: 8}
 	for i := range charts {
 		calls, use, err := charts[i].plots()
 		if err != nil {
 			return fmt.Errorf("chart %s: %w", charts[i].Series.Key, err)
 		}
-		rows = append(rows, []*plot.Plot{calls}, []*plot.Plot{use})
-	}
-	c := vgsvg.New(figureWidth, panelHeight*vg.Length(len(rows)))
-	dc := draw.New(c)
-	tiles := draw.Tiles{Rows: len(rows), Cols: 1, PadTop: 4, PadBottom: 4, PadLeft: 4, PadRight: 8}
-	canvases := plot.Align(rows, tiles, dc)
-	for i, row := range rows {
-		row[0].Draw(canvases[i][0])
+		// Figure i's band, counted from the top.
+		band := draw.Crop(dc, 0, 0, figure*vg.Length(len(charts)-1-i), -figure*vg.Length(i))
+		canvases := plot.Align([][]*plot.Plot{{calls}, {use}}, tiles, band)
+		calls.Draw(canvases[0][0])
+		use.Draw(canvases[1][0])
 	}
 	_, err := c.WriteTo(w)
 	return err
@@ -177,6 +177,8 @@ func (ch *Chart) plots() (calls, use *plot.Plot, err error) {
 
 	calls = newPanel(ch)
 	calls.Title.Text = ch.Title
+	// The panels share the time axis: its labels are on the lower one.
+	calls.X.Tick.Marker = unlabelled{calls.X.Tick.Marker}
 	calls.Y.Label.Text = "calls / min"
 	// Stacked areas: each layer is drawn as the cumulative sum up to it,
 	// the tallest first, so the next one down covers all but its own band.
@@ -353,6 +355,17 @@ func clockTicks(step time.Duration) plot.Ticker {
 		}
 		return ticks
 	})
+}
+
+// unlabelled keeps a ticker's marks and drops their labels.
+type unlabelled struct{ plot.Ticker }
+
+func (u unlabelled) Ticks(lo, hi float64) []plot.Tick {
+	ticks := u.Ticker.Ticks(lo, hi)
+	for i := range ticks {
+		ticks[i].Label = ""
+	}
+	return ticks
 }
 
 // yTicks are plot's default ticks with labels as plain, short numbers
