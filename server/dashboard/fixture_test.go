@@ -49,7 +49,9 @@ type fixture struct {
 func start(t testing.TB, cfg dashboard.Config) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	store, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
+	// A real bbolt file; durability is not under test here, so no fsync
+	// per lease (minutes of traffic would otherwise take seconds).
+	store, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}

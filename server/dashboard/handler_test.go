@@ -41,7 +41,7 @@ func figures(page string) [][2]string {
 func TestPageChartsBusiestBudgetsFirstAndListsIdleOnes(t *testing.T) {
 	t.Parallel()
 	f := start(t, dashboard.Config{})
-	f.drive(t, 20)
+	f.drive(t, 10)
 	resp, page := get(t, f.url+"/dashboard")
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
 		t.Fatalf("GET /dashboard: %s %s\n%s", resp.Status, resp.Header.Get("Content-Type"), page)
