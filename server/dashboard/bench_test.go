@@ -86,4 +86,3 @@ func BenchmarkPage(b *testing.B) {
 		}
 	})
 }
-
