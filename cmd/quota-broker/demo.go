@@ -24,7 +24,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", envOr("QUOTA_BROKER_LISTEN", "127.0.0.1:50051"), "broker gRPC address (env QUOTA_BROKER_LISTEN)")
-	httpListen := fs.String("http", envOr("QUOTA_BROKER_HTTP", "127.0.0.1:9464"), "HTTP address for /metrics (env QUOTA_BROKER_HTTP)")
+	httpListen := fs.String("http", envOr("QUOTA_BROKER_HTTP", "127.0.0.1:9464"), "HTTP address for /metrics and /dashboard (env QUOTA_BROKER_HTTP)")
 	simListen := fs.String("sim-listen", envOr("BEDROCK_SIM_LISTEN", "127.0.0.1:8566"), "simulator address (env BEDROCK_SIM_LISTEN)")
 	dataDir := fs.String("data", envOr("QUOTA_BROKER_DATA", ""), "state file; default a temporary one, removed at exit (env QUOTA_BROKER_DATA)")
 	scenario := fs.String("scenario", envOr("BEDROCK_SIM_SCENARIO", ""), "simulator scenario file; default the built-in account (env BEDROCK_SIM_SCENARIO)")

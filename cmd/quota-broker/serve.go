@@ -26,6 +26,7 @@ import (
 	"github.com/bedrockqb/quotabroker/broker/policyfile"
 	"github.com/bedrockqb/quotabroker/internal/sysclock"
 	"github.com/bedrockqb/quotabroker/server"
+	"github.com/bedrockqb/quotabroker/server/dashboard"
 )
 
 // exampleBudgets is served when neither --budgets nor the store names any
@@ -61,7 +62,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.listen, "listen", envOr("QUOTA_BROKER_LISTEN", "127.0.0.1:50051"), "gRPC listen address (env QUOTA_BROKER_LISTEN)")
-	fs.StringVar(&f.httpAddr, "http", envOr("QUOTA_BROKER_HTTP", ""), "HTTP listen address for /metrics (Prometheus); empty: none (env QUOTA_BROKER_HTTP)")
+	fs.StringVar(&f.httpAddr, "http", envOr("QUOTA_BROKER_HTTP", ""), "HTTP listen address for /metrics (Prometheus) and /dashboard; empty: none (env QUOTA_BROKER_HTTP)")
 	fs.StringVar(&f.data, "data", envOr("QUOTA_BROKER_DATA", "quota-broker.db"), "bbolt state file (env QUOTA_BROKER_DATA)")
 	fs.StringVar(&f.budgets, "budgets", envOr("QUOTA_BROKER_BUDGETS", ""), "JSON file of static budgets (env QUOTA_BROKER_BUDGETS); default: the stored budgets, or a built-in example set")
 	fs.StringVar(&f.clients, "clients", envOr("QUOTA_BROKER_CLIENTS", ""), "JSON file of client policies: weights, max_concurrent caps, daily_reserve, aging (env QUOTA_BROKER_CLIENTS)")
@@ -274,6 +275,7 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 		scfg.Metrics = reg
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", server.MetricsHandler(reg))
+		dashboard.New(b, dashboard.Config{Logger: log}).Register(mux)
 		if httpLis, err = net.Listen("tcp", f.httpAddr); err != nil {
 			lis.Close()
 			return fmt.Errorf("listen on %s (--http): %w", f.httpAddr, err)
@@ -317,6 +319,7 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 
 	if httpLis != nil {
 		fmt.Fprintf(stdout, "metrics on http://%s/metrics\n", httpLis.Addr())
+		fmt.Fprintf(stdout, "dashboard on http://%s/dashboard\n", httpLis.Addr())
 	}
 	// Last: tools and tests wait for this line.
 	fmt.Fprintf(stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(b.Budgets()))

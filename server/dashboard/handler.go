@@ -1,0 +1,350 @@
+package dashboard
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/bedrockqb/quotabroker/broker"
+)
+
+// Config tunes the dashboard; the zero value works.
+type Config struct {
+	// MaxCharts bounds the budgets charted per request; 0 or less: 50.
+	MaxCharts int
+	// MaxRenders bounds requests rendering at once; others wait for a
+	// turn or for their client to go away. 0 or less: 2.
+	MaxRenders int
+	// Version is shown in the header; empty: the binary's build info.
+	Version string
+	// Logger receives failures to read history; nil: silent.
+	Logger *slog.Logger
+}
+
+// Dashboard serves the page and the SVG charts.
+type Dashboard struct {
+	src     Source
+	cfg     Config
+	renders chan struct{} // a token per render in progress
+}
+
+// New returns a dashboard of src.
+func New(src Source, cfg Config) *Dashboard {
+	if cfg.MaxCharts <= 0 {
+		cfg.MaxCharts = 50
+	}
+	if cfg.MaxRenders <= 0 {
+		cfg.MaxRenders = 2
+	}
+	if cfg.Version == "" {
+		cfg.Version = buildVersion()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Dashboard{src: src, cfg: cfg, renders: make(chan struct{}, cfg.MaxRenders)}
+}
+
+// Register adds the dashboard's routes to mux: the page at /dashboard, one
+// SVG of the charts at /dashboard/chart.svg, and / redirecting to the page.
+func (d *Dashboard) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /dashboard", d.servePage)
+	mux.HandleFunc("GET /dashboard/chart.svg", d.serveSVG)
+	mux.Handle("GET /{$}", http.RedirectHandler("/dashboard", http.StatusFound))
+}
+
+// maxModelFilter bounds the ?model= filter; model ids are far shorter.
+const maxModelFilter = 256
+
+// params reads ?model= and ?span=; allowBoth lets an empty span mean every
+// span (the page), otherwise it means the last hour (the SVG).
+func params(r *http.Request, allowBoth bool) (broker.ReportFilter, []Span, error) {
+	q := r.URL.Query()
+	f := broker.ReportFilter{Model: strings.TrimSpace(q.Get("model")), Region: strings.TrimSpace(q.Get("region"))}
+	if len(f.Model) > maxModelFilter || len(f.Region) > maxModelFilter {
+		return f, nil, fmt.Errorf("model or region: longer than %d bytes", maxModelFilter)
+	}
+	switch name := q.Get("span"); name {
+	case "":
+		if allowBoth {
+			return f, Spans, nil
+		}
+		return f, []Span{LastHour}, nil
+	default:
+		for _, s := range Spans {
+			if s.Name == name {
+				return f, []Span{s}, nil
+			}
+		}
+		return f, nil, fmt.Errorf("span %q: want hour or day", name)
+	}
+}
+
+// acquire waits for a render token; release it with <-d.renders.
+func (d *Dashboard) acquire(ctx context.Context) error {
+	select {
+	case d.renders <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (d *Dashboard) collect(w http.ResponseWriter, r *http.Request, allowBoth bool) (*view, bool) {
+	f, spans, err := params(r, allowBoth)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	v, err := collect(r.Context(), d.src, f, spans, d.cfg.MaxCharts)
+	if err != nil {
+		if r.Context().Err() == nil {
+			d.cfg.Logger.Error("dashboard: read usage history", "err", err)
+		}
+		// The cause may name files or internals: it goes to the log.
+		http.Error(w, "usage history could not be read; the broker's log has the cause", http.StatusServiceUnavailable)
+		return nil, false
+	}
+	return v, true
+}
+
+func (d *Dashboard) serveSVG(w http.ResponseWriter, r *http.Request) {
+	if err := d.acquire(r.Context()); err != nil {
+		return
+	}
+	defer func() { <-d.renders }()
+	v, ok := d.collect(w, r, false)
+	if !ok {
+		return
+	}
+	var b bytes.Buffer
+	if err := WriteSVG(&b, v.charts(0), v.emptyMessage(0)); err != nil {
+		d.fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "image/svg+xml")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
+	send(w, r, &b)
+}
+
+// send writes b, gzipped when the client takes it: SVG is verbose text
+// that shrinks about tenfold.
+func send(w http.ResponseWriter, r *http.Request, b *bytes.Buffer) {
+	w.Header().Add("Vary", "Accept-Encoding")
+	if !acceptsGzip(r) {
+		b.WriteTo(w)
+		return
+	}
+	w.Header().Set("Content-Encoding", "gzip")
+	zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed) // a valid level: no error
+	b.WriteTo(zw)
+	zw.Close()
+}
+
+func acceptsGzip(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept-Encoding") {
+		for _, enc := range strings.Split(v, ",") {
+			name, q, _ := strings.Cut(strings.TrimSpace(enc), ";")
+			if strings.TrimSpace(name) == "gzip" && strings.ReplaceAll(q, " ", "") != "q=0" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (d *Dashboard) fail(w http.ResponseWriter, err error) {
+	d.cfg.Logger.Error("dashboard: render", "err", err)
+	http.Error(w, "the charts could not be drawn; the broker's log has the cause", http.StatusInternalServerError)
+}
+
+// pageData is what the template shows.
+type pageData struct {
+	Generated, Version string
+	Model, Region      string
+	Span               string // the ?span= asked for, "" for all
+	Spans              []Span
+	Budgets            int
+	Rows               []row
+	More, Idle         []listed
+	Empty              string
+	Longest            string // name of the longest span shown
+}
+
+type row struct {
+	Key     string
+	Summary string
+	Charts  []figure
+}
+
+type figure struct {
+	Span string
+	SVG  template.HTML
+}
+
+type listed struct {
+	Key, Note string
+}
+
+func (d *Dashboard) servePage(w http.ResponseWriter, r *http.Request) {
+	if err := d.acquire(r.Context()); err != nil {
+		return
+	}
+	defer func() { <-d.renders }()
+	v, ok := d.collect(w, r, true)
+	if !ok {
+		return
+	}
+	pd := pageData{
+		Generated: v.Now.UTC().Format(time.RFC3339), Version: d.cfg.Version,
+		Model: v.Filter.Model, Region: v.Filter.Region, Span: r.URL.Query().Get("span"),
+		Spans: v.Spans, Budgets: v.Budgets, Longest: v.Spans[len(v.Spans)-1].Name,
+	}
+	for _, b := range v.Charted {
+		rw := row{Key: b.Key.String(), Summary: summary(&b)}
+		for si, c := range b.Charts {
+			svg, err := inlineSVG([]Chart{c}, "")
+			if err != nil {
+				d.fail(w, err)
+				return
+			}
+			// The SVG is trusted markup: gonum/plot wrote it from numbers,
+			// escaping every text it drew (the budget key in the title).
+			rw.Charts = append(rw.Charts, figure{Span: v.Spans[si].Name, SVG: template.HTML(svg)})
+		}
+		pd.Rows = append(pd.Rows, rw)
+	}
+	for _, b := range v.More {
+		pd.More = append(pd.More, listed{Key: b.Key.String(), Note: fmt.Sprintf("%d requests", b.Traffic)})
+	}
+	for _, b := range v.Idle {
+		pd.Idle = append(pd.Idle, listed{Key: b.Key.String(), Note: limitsNote(b.Report)})
+	}
+	if len(v.Charted) == 0 {
+		pd.Empty = v.emptyMessage(len(v.Spans)-1) + "."
+		if v.Budgets > 0 {
+			pd.Empty += " Charts appear once callers acquire leases; the broker records history every second."
+		}
+	}
+	var buf bytes.Buffer
+	if err := pageTemplate.Execute(&buf, pd); err != nil {
+		d.fail(w, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	// The page runs no script and loads nothing: say so to the browser.
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	send(w, r, &buf)
+}
+
+// summary is a budget's line above its charts: traffic over the longest
+// span, and its state now.
+func summary(b *budgetView) string {
+	t := &b.Total
+	s := fmt.Sprintf("%d calls, %d throttled (%.1f%%), %d refused by the broker", t.Calls(),
+		t.Throttled+t.ReportedThrottles, 100*t.ThrottleRate(), t.Refused)
+	if r := b.Report; r != nil {
+		s += fmt.Sprintf("; now %.0f%% of the tightest limit, %s", 100*r.Utilisation, limitsNote(r))
+	} else {
+		s += "; no longer configured"
+	}
+	return s
+}
+
+func limitsNote(r *broker.BudgetReport) string {
+	if r == nil {
+		return ""
+	}
+	var parts []string
+	if l := r.Effective.TPM; l > 0 {
+		parts = append(parts, fmt.Sprintf("%s TPM", shortNumber(float64(l))))
+	}
+	if l := r.Effective.RPM; l > 0 {
+		parts = append(parts, fmt.Sprintf("%s RPM", shortNumber(float64(l))))
+	}
+	if len(parts) == 0 {
+		return "no limit"
+	}
+	return "limit " + strings.Join(parts, ", ")
+}
+
+// buildVersion is the module version and VCS revision the binary was built
+// from, as far as the build recorded them.
+func buildVersion() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := info.Main.Version
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += " " + s.Value[:12]
+		}
+		if s.Key == "vcs.modified" && s.Value == "true" {
+			v += "+dirty"
+		}
+	}
+	return v
+}
+
+var pageTemplate = template.Must(template.New("page").Parse(`<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="refresh" content="60">
+<link rel="icon" href="data:,">
+<title>Quota broker dashboard</title>
+<style>
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1em 1.5em; color: #222; }
+header { display: flex; flex-wrap: wrap; gap: 0.5em 2em; align-items: baseline; border-bottom: 1px solid #ccc; padding-bottom: 0.5em; }
+header h1 { font-size: 1.3em; margin: 0; }
+header .meta { color: #666; }
+form { display: inline; }
+section.budget { margin: 1em 0 1.5em; }
+section.budget h2 { font-size: 1em; margin: 0; font-family: ui-monospace, monospace; }
+.summary { color: #555; margin: 0.2em 0 0.4em; }
+.charts { display: flex; flex-wrap: wrap; gap: 1em; }
+figure.chart { margin: 0; }
+figure.chart svg { max-width: 100%; height: auto; }
+.listed { font-family: ui-monospace, monospace; font-size: 0.9em; color: #444; }
+.listed span { white-space: nowrap; margin-right: 1.5em; }
+.empty { padding: 2em 0; font-size: 1.1em; color: #555; }
+</style>
+</head>
+<body>
+<header>
+<h1>Quota broker dashboard</h1>
+<span class="meta">generated {{.Generated}} &middot; version {{.Version}} &middot; {{.Budgets}} budgets &middot; <a href="/metrics">/metrics</a></span>
+<span>span:
+<a href="?span=hour&amp;model={{.Model}}&amp;region={{.Region}}">hour</a> |
+<a href="?span=day&amp;model={{.Model}}&amp;region={{.Region}}">day</a> |
+<a href="?model={{.Model}}&amp;region={{.Region}}">both</a></span>
+<form method="get" action="/dashboard"><input type="hidden" name="span" value="{{.Span}}">
+<input type="hidden" name="region" value="{{.Region}}">
+<input name="model" value="{{.Model}}" placeholder="model contains" size="24"> <button>filter</button></form>
+</header>
+{{if .Empty}}<p class="empty" id="empty">{{.Empty}}</p>{{end}}
+{{range .Rows}}{{$key := .Key}}<section class="budget">
+<h2>{{.Key}}</h2>
+<p class="summary">{{.Summary}}</p>
+<div class="charts">{{range .Charts}}<figure class="chart" data-budget="{{$key}}" data-span="{{.Span}}">{{.SVG}}</figure>{{end}}</div>
+</section>
+{{end}}
+{{if .More}}<h3>{{len .More}} more budgets with traffic (not charted; narrow with the model filter)</h3>
+<p class="listed" id="more">{{range .More}}<span>{{.Key}} ({{.Note}})</span> {{end}}</p>{{end}}
+{{if .Idle}}<h3>{{len .Idle}} idle budgets (no history in the last {{.Longest}})</h3>
+<p class="listed" id="idle">{{range .Idle}}<span>{{.Key}} ({{.Note}})</span> {{end}}</p>{{end}}
+</body>
+</html>
+`))
