@@ -154,7 +154,7 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	}
 	store, err := bolt.Open(f.data, bolt.Options{})
 	if err != nil {
-		return err
+		return fmt.Errorf("state file (--data): %w", err)
 	}
 	defer store.Close()
 	clock := sysclock.Clock{}
