@@ -13,6 +13,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 )
 
 // A data directory the broker cannot use must stop it at start with the
@@ -152,5 +158,99 @@ func TestUnusableDataDirectoryFailsAtStart(t *testing.T) {
 	// its store is corrupt.
 	if _, err := os.Stat(full); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the partial store file is left behind: %v", err)
+	}
+}
+
+// TestOutOfSpaceMidRun fills the disk (the child's file size limit) under a
+// running broker: grants fail with UNAVAILABLE "lease could not be
+// recorded", reads and settlements go on, and grants resume once space
+// returns. A restart then finds the file intact, with every lease it
+// granted.
+func TestOutOfSpaceMidRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	dir := t.TempDir()
+	budgets := filepath.Join(dir, "budgets.json")
+	os.WriteFile(budgets, []byte(fmt.Sprintf(`{"budgets":[{"region":"us-east-1","model":%q,"rpm":1000000,"tpm":1000000000}]}`, crashModel)), 0o600)
+	data := filepath.Join(dir, "state.db")
+	args := []string{"serve", "--listen", "127.0.0.1:0", "--data", data, "--budgets", budgets, "--margin", "1"}
+	// Room for the new store and a few hundred leases; the file grows by
+	// doubling, so the limit is met at a grant, not at start.
+	t.Setenv(fsizeEnv, strconv.Itoa(64<<10))
+	p := startBroker(t, args...)
+	t.Setenv(fsizeEnv, "")
+	c := dial(t, p.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a guard against a hang
+	defer cancel()
+	acquire := func() (*pb.AcquireLeaseResponse, error) {
+		return c.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: crashModel, InputTokens: 100, MaxOutputTokens: 100})
+	}
+
+	var leases []string
+	var refusal error
+	for range 20_000 {
+		resp, err := acquire()
+		if err != nil {
+			refusal = err
+			break
+		}
+		leases = append(leases, resp.GetLease().GetLeaseId())
+	}
+	if refusal == nil {
+		t.Fatalf("%d grants fitted in the file size limit; the test needs a smaller one", len(leases))
+	}
+	if st := status.Convert(refusal); st.Code() != codes.Unavailable || st.Message() != "lease could not be recorded" {
+		t.Fatalf("after %d grants: %v, want UNAVAILABLE \"lease could not be recorded\"", len(leases), refusal)
+	}
+	t.Logf("the disk filled after %d grants", len(leases))
+	if _, err := acquire(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a grant while the disk is full: %v, want UNAVAILABLE", err)
+	}
+
+	// Reads are served from memory; a settlement is answered and retried.
+	rep, err := c.GetQuotaReport(ctx, &pb.GetQuotaReportRequest{})
+	if err != nil {
+		t.Fatalf("report while the disk is full: %v", err)
+	}
+	if got := rep.GetBudgets()[0].GetOutstandingLeases(); got != int64(len(leases)) {
+		t.Fatalf("report counts %d outstanding leases; %d were granted (failed grants must be undone)", got, len(leases))
+	}
+	if _, err := c.CompleteLease(ctx, &pb.CompleteLeaseRequest{LeaseId: leases[0], Outcome: pb.Outcome_OUTCOME_SUCCESS,
+		Usage: &pb.Usage{InputTokens: 100, OutputTokens: 10}}); err != nil {
+		t.Fatalf("completion while the disk is full: %v", err)
+	}
+
+	// Space returns: the next grant is recorded.
+	inf := unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}
+	if err := unix.Prlimit(p.cmd.Process.Pid, unix.RLIMIT_FSIZE, &inf, nil); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := acquire()
+	if err != nil {
+		t.Fatalf("a grant once space returned: %v", err)
+	}
+	leases = append(leases, resp.GetLease().GetLeaseId())
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-p.done; err != nil {
+		t.Fatalf("graceful stop: %v\n%s", err, p.output())
+	}
+	if out := p.output(); !strings.Contains(out, "out of space") || !strings.Contains(out, "quota-broker stopped") {
+		t.Fatalf("the log should name the cause, and the broker stop cleanly:\n%s", out)
+	}
+
+	// The file survived the failed writes: the restarted broker loads it and
+	// holds every granted lease but the completed one.
+	again := startBroker(t, args...)
+	rep, err = dial(t, again.addr).GetQuotaReport(ctx, &pb.GetQuotaReportRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rep.GetBudgets()[0].GetOutstandingLeases(); got != int64(len(leases)-1) {
+		t.Fatalf("after restart %d outstanding leases, want %d", got, len(leases)-1)
+	}
+	again.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-again.done; err != nil {
+		t.Fatalf("graceful stop: %v\n%s", err, again.output())
 	}
 }
