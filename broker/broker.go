@@ -325,8 +325,9 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 	b.dispatch(bg, now)
 	if w.queued && wait > 0 {
 		if limit := b.waiting.over(req.Client, b.policy(req.Client).MaxWaiters, b.cfg.MaxWaiters); limit != LimitNone {
-			// Refused at once, before it costs a timer and a goroutine:
-			// the flood bounds are what keeps memory bounded.
+			// Refused at once, before it holds a place in the queue, a
+			// timer and its caller's goroutine for up to MaxWait: the
+			// flood bounds are what keep memory bounded.
 			d, err := b.settleWait(bg, w, now)
 			d.Blocked = limit
 			b.mu.Unlock()
