@@ -94,6 +94,7 @@ type Broker struct {
 	discovery DiscoveryStatus
 	source    QuotaSource      // for RefreshNow; nil: static budgets
 	active    map[string]int64 // active leases per client, for MaxConcurrent
+	waiting   waiting          // callers waiting in Acquire, for MaxWaiters
 }
 
 type lease struct {
@@ -128,6 +129,7 @@ func Open(ctx context.Context, store Store, clock Clock, cfg Config) (*Broker, e
 		budgets: make(map[Key]*budget),
 		leases:  make(map[string]*lease),
 		active:  make(map[string]int64),
+		waiting: waiting{byClient: make(map[string]int)},
 	}
 	b.restore(snap)
 	return b, nil
@@ -322,12 +324,24 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 	w := &waiter{client: req.Client, weight: b.policy(req.Client).Weight, priority: req.Priority, need: n, enqueued: now, ready: make(chan struct{})}
 	bg.queue.push(w)
 	b.dispatch(bg, now)
+	if w.queued && wait > 0 {
+		if limit := b.waiting.over(req.Client, b.policy(req.Client).MaxWaiters, b.cfg.MaxWaiters); limit != LimitNone {
+			// Refused at once, before it holds a place in the queue, a
+			// timer and its caller's goroutine for up to MaxWait: the
+			// flood bounds are what keep memory bounded.
+			d, err := b.settleWait(bg, w, now)
+			d.Blocked = limit
+			b.mu.Unlock()
+			return d, err
+		}
+	}
 	if !w.queued || wait <= 0 {
 		d, err := b.settleWait(bg, w, now)
 		rec := w.record()
 		b.mu.Unlock()
 		return b.finish(ctx, d, err, w.lease, rec)
 	}
+	b.waiting.add(req.Client)
 	b.mu.Unlock()
 
 	timeout, stop := after(b.clock, wait)
@@ -338,6 +352,7 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 	case <-ctx.Done():
 		b.mu.Lock()
 		defer b.mu.Unlock()
+		b.waiting.done(req.Client)
 		if w.lease != nil {
 			b.undoGrant(w.lease, b.clock.Now())
 		} else if w.queued {
@@ -347,6 +362,7 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 		return Decision{}, ctx.Err()
 	}
 	b.mu.Lock()
+	b.waiting.done(req.Client)
 	d, err := b.settleWait(bg, w, b.clock.Now())
 	rec := w.record()
 	b.mu.Unlock()
@@ -376,7 +392,11 @@ func (b *Broker) settleWait(bg *budget, w *waiter, now time.Time) (Decision, err
 	bg.counters.Refused++
 	b.stat(bg, w.client, now).Refused++
 	limit, d := bg.fit(now, w.need)
-	if limit == LimitNone {
+	switch {
+	case !b.eligible(w.client):
+		// The client's own cap holds it back, whatever the windows say.
+		limit = LimitClientLeases
+	case limit == LimitNone:
 		// It fits on the windows but waiters ahead of it have the capacity.
 		limit, d = LimitConcurrency, 0
 		if head := bg.queue.peek(now, b.eligible); head != nil {

@@ -45,9 +45,26 @@ type Config struct {
 	// Adaptive tunes the ceilings learned from throttles.
 	Adaptive AdaptiveConfig
 	// Clients sets per-client policies by client name; others get
-	// DefaultClient.
+	// DefaultClient. A field an entry leaves zero takes the built-in
+	// default, not DefaultClient's.
 	Clients       map[string]ClientPolicy
 	DefaultClient ClientPolicy
+	// MaxWaiters bounds the callers waiting in Acquire across all clients
+	// and budgets, so that a flood under many client names (which are
+	// self-declared without Tokens) cannot exhaust memory;
+	// ClientPolicy.MaxWaiters bounds each client's share of it. A caller
+	// that would wait beyond either bound is refused at once (LimitWaiters,
+	// LimitClientWaiters). Default 20,000.
+	//
+	// Measured (go test -run 'WaiterMemory|FloodOverGRPC' -v ./broker/
+	// ./server/): a waiter costs about 1.5 KB of heap in the broker plus
+	// the 8 KB stack of the caller's goroutine; a waiting gRPC call about
+	// 13.5 KB of heap and 17 KB of stacks, counting the client's side as
+	// well as the server's. The default thus bounds waiters to 20,000 x
+	// 30 KB = 600 MB at worst, and 20,000 x 10 KB = 200 MB in the broker.
+	// More waiters would rarely be served anyway: 20,000 callers fill
+	// 4,000 RPM of budgets for the whole of the default MaxWait.
+	MaxWaiters int
 	// Aging promotes a waiter one priority level per Aging waited, so low
 	// priority is delayed, never starved. Default 30 s; negative disables.
 	Aging time.Duration
@@ -114,6 +131,12 @@ func (c *Config) setDefaults() error {
 			return fmt.Errorf("config DailyReserve[%v]: %v must be a priority and a share in [0, 1)", p, r)
 		}
 	}
+	if c.MaxWaiters == 0 {
+		c.MaxWaiters = DefaultMaxWaiters
+	}
+	if c.MaxWaiters < 0 {
+		return fmt.Errorf("config MaxWaiters: %d is negative", c.MaxWaiters)
+	}
 	if err := c.DefaultClient.validate("DefaultClient"); err != nil {
 		return err
 	}
@@ -136,11 +159,29 @@ type ClientPolicy struct {
 	// Weight is the client's share of a budget relative to other clients of
 	// the same priority waiting on it. Default 1.
 	Weight float64
-	// MaxConcurrent caps the client's active leases across all budgets;
-	// 0 means no cap. A capped client's waiters wait (fairly) while others
-	// are served.
+	// MaxConcurrent caps the client's active leases across all budgets.
+	// A capped client's waiters wait (fairly) while others are served; one
+	// whose wait runs out is refused with LimitClientLeases. Default
+	// 10,000: far beyond one client's legitimate share of a Bedrock quota
+	// (10,000 calls of 60 s at once is 10,000 RPM), low enough that a
+	// client leaking leases and renewing them, which the budgets' windows
+	// do not bound, holds at most about 3 MB. Negative means no cap.
 	MaxConcurrent int64
+	// MaxWaiters caps the client's callers waiting in Acquire across all
+	// budgets; a caller beyond it is refused at once with
+	// LimitClientWaiters. Default 1,000: a flooding client holds at most
+	// 1,000 x 30 KB = 30 MB (see Config.MaxWaiters) and 5% of the global
+	// bound, so it takes 20 flooding clients to fill it. Negative means no
+	// per-client cap (Config.MaxWaiters still applies).
+	MaxWaiters int
 }
+
+// Defaults of the flood bounds; see Config.MaxWaiters and ClientPolicy.
+const (
+	DefaultMaxWaiters          = 20_000
+	DefaultClientMaxWaiters    = 1_000
+	DefaultClientMaxConcurrent = 10_000
+)
 
 func (p *ClientPolicy) validate(name string) error {
 	if p.Weight == 0 {
@@ -149,8 +190,11 @@ func (p *ClientPolicy) validate(name string) error {
 	if !(p.Weight > 0 && p.Weight <= 1000) {
 		return fmt.Errorf("config %s.Weight: %v is outside (0, 1000]", name, p.Weight)
 	}
-	if p.MaxConcurrent < 0 {
-		return fmt.Errorf("config %s.MaxConcurrent: %d is negative", name, p.MaxConcurrent)
+	if p.MaxConcurrent == 0 {
+		p.MaxConcurrent = DefaultClientMaxConcurrent
+	}
+	if p.MaxWaiters == 0 {
+		p.MaxWaiters = DefaultClientMaxWaiters
 	}
 	return nil
 }

@@ -59,6 +59,15 @@
 // out of reach of a priority (batch, say), so it cannot spend the day's
 // tokens early.
 //
+// Waiting costs memory, so it is bounded: a client may have
+// ClientPolicy.MaxWaiters callers waiting (default 1,000) and the broker
+// Config.MaxWaiters (default 20,000); a caller beyond either is refused at
+// once, with a retry delay and LimitClientWaiters or LimitWaiters, before
+// it costs a timer. A client's active leases are capped by
+// ClientPolicy.MaxConcurrent (default 10,000), which renewals cannot
+// escape; its waiters wait under the cap and, if the wait runs out, are
+// refused with LimitClientLeases.
+//
 // The head of the queue is served first and is not overtaken, so a large
 // request cannot be starved by small ones. The queue is re-examined whenever
 // capacity can return: at a settlement, a cancellation, an expiry, a limit

@@ -101,8 +101,8 @@ func TestMaxConcurrentCapsAClient(t *testing.T) {
 		req := broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: "greedy"}
 		a, _ := b.Acquire(ctx, req)
 		b.Acquire(ctx, req)
-		if d, _ := b.Acquire(ctx, req); d.Granted {
-			t.Fatal("a third lease beyond the client's cap")
+		if d, _ := b.Acquire(ctx, req); d.Granted || d.Blocked != broker.LimitClientLeases {
+			t.Fatalf("a third lease beyond the client's cap: %+v, want a refusal blocked by client leases", d)
 		}
 		if d, _ := b.Acquire(ctx, broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: "other"}); !d.Granted {
 			t.Fatal("another client was held back by greedy's cap")

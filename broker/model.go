@@ -65,7 +65,8 @@ type Limits struct {
 	Concurrency int64 // leases outstanding at once
 }
 
-// Limit names one of the limits.
+// Limit names one of the limits: a budget's, or one of the bounds that
+// protect the broker from a flood (ClientPolicy, Config.MaxWaiters).
 type Limit int
 
 const (
@@ -74,6 +75,14 @@ const (
 	LimitTPM
 	LimitTPD
 	LimitConcurrency
+	// LimitClientWaiters: the client has ClientPolicy.MaxWaiters callers
+	// waiting already.
+	LimitClientWaiters
+	// LimitWaiters: the broker has Config.MaxWaiters callers waiting.
+	LimitWaiters
+	// LimitClientLeases: the client holds ClientPolicy.MaxConcurrent
+	// active leases.
+	LimitClientLeases
 )
 
 func (l Limit) String() string {
@@ -86,6 +95,12 @@ func (l Limit) String() string {
 		return "TPD"
 	case LimitConcurrency:
 		return "concurrency"
+	case LimitClientWaiters:
+		return "client waiters"
+	case LimitWaiters:
+		return "waiters"
+	case LimitClientLeases:
+		return "client leases"
 	default:
 		return "none"
 	}

@@ -189,3 +189,37 @@ func (q *queue) all(f func(*waiter)) {
 		}
 	}
 }
+
+// waiting counts the callers waiting in Acquire, per client and in all,
+// for the flood bounds (Config.MaxWaiters, ClientPolicy.MaxWaiters). A
+// caller counts from when it starts to wait until its Acquire settles,
+// whichever budget it waits on. Guarded by Broker.mu.
+type waiting struct {
+	total    int
+	byClient map[string]int
+}
+
+// over names the bound a new waiter of client would exceed, or LimitNone.
+// perClient <= 0 means no per-client bound. The client's own bound is
+// checked first: a flooder is told that it is the one flooding.
+func (c *waiting) over(client string, perClient, total int) Limit {
+	switch {
+	case perClient > 0 && c.byClient[client] >= perClient:
+		return LimitClientWaiters
+	case c.total >= total:
+		return LimitWaiters
+	}
+	return LimitNone
+}
+
+func (c *waiting) add(client string) {
+	c.total++
+	c.byClient[client]++
+}
+
+func (c *waiting) done(client string) {
+	c.total--
+	if c.byClient[client]--; c.byClient[client] <= 0 {
+		delete(c.byClient, client)
+	}
+}

@@ -15,7 +15,9 @@
 // -> NOT_FOUND, expired -> FAILED_PRECONDITION, unavailable -> UNAVAILABLE,
 // anything else -> INTERNAL with the cause logged, not sent. A refused lease
 // is RESOURCE_EXHAUSTED with google.rpc.RetryInfo and google.rpc.ErrorInfo
-// (reason LIMIT_RPM, LIMIT_TPM, LIMIT_TPD or LIMIT_CONCURRENCY).
+// (reason LIMIT_RPM, LIMIT_TPM, LIMIT_TPD or LIMIT_CONCURRENCY for a budget's
+// limit; LIMIT_CLIENT_WAITERS, LIMIT_WAITERS or LIMIT_CLIENT_LEASES for the
+// bounds that protect the broker from a flood).
 //
 // AcquireLease waits at most the request's wait, the broker's maximum, and
 // the RPC deadline less Config.DeadlineMargin, so a caller with a deadline

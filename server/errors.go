@@ -58,9 +58,19 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 
 // refusal is the status of an AcquireLease that found no capacity in time:
 // RESOURCE_EXHAUSTED with google.rpc.RetryInfo (when to try again) and
-// google.rpc.ErrorInfo (reason LIMIT_TPM etc.: which limit blocked).
+// google.rpc.ErrorInfo (reason LIMIT_TPM etc.: which limit blocked). The
+// reasons are the names of the proto's Limit values.
 func refusal(key broker.Key, d broker.Decision) error {
-	msg := "no capacity on " + d.Blocked.String() + " of " + key.String() + " within the wait; retry after " + d.RetryAfter.Round(time.Millisecond).String()
+	retry := "; retry after " + d.RetryAfter.Round(time.Millisecond).String()
+	msg := "no capacity on " + d.Blocked.String() + " of " + key.String() + " within the wait" + retry
+	switch d.Blocked {
+	case broker.LimitClientWaiters:
+		msg = "too many calls of this client are waiting for capacity already" + retry
+	case broker.LimitWaiters:
+		msg = "too many calls are waiting for capacity on the broker" + retry
+	case broker.LimitClientLeases:
+		msg = "this client holds as many leases as it may (max_concurrent); complete some" + retry
+	}
 	st := status.New(codes.ResourceExhausted, msg)
 	withDetails, err := st.WithDetails(
 		&errdetails.RetryInfo{RetryDelay: durationpb.New(d.RetryAfter)},
@@ -91,6 +101,12 @@ func limitReason(l broker.Limit) string {
 		return "TPD"
 	case broker.LimitConcurrency:
 		return "CONCURRENCY"
+	case broker.LimitClientWaiters:
+		return "CLIENT_WAITERS"
+	case broker.LimitWaiters:
+		return "WAITERS"
+	case broker.LimitClientLeases:
+		return "CLIENT_LEASES"
 	}
 	return "UNKNOWN"
 }

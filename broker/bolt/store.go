@@ -6,11 +6,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/bedrockqb/quotabroker/broker"
@@ -140,22 +144,26 @@ func (e *corruptError) Error() string {
 func (e *corruptError) Unwrap() error { return e.err }
 
 // Open opens the store at path, creating the file if it does not exist.
-// It fails if another process has the file open, or if the file is not a
-// store this build can read.
+// It fails if another process has the file open, if the file is not a
+// store this build can read, or if it cannot be written; the error names
+// the path and the cause an operator can act on (permissions, a missing
+// directory, a full disk).
 func Open(path string, opts Options) (*Store, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	_, statErr := os.Stat(path)
+	created := errors.Is(statErr, fs.ErrNotExist)
 	db, err := openDB(path, opts)
 	if err != nil {
-		return nil, err
+		return nil, removeNew(path, created, err)
 	}
 	db.MaxBatchSize = opts.MaxBatchSize
 	s := &Store{path: path, db: db, maxGroup: opts.MaxBatchSize,
 		queue: make(chan *groupCall, opts.MaxBatchSize), loopDone: make(chan struct{})}
 	if err := s.init(); err != nil {
 		_ = db.Close()
-		return nil, err
+		return nil, removeNew(path, created, err)
 	}
 	go s.commitLoop()
 	return s, nil
@@ -188,7 +196,58 @@ func openDB(path string, opts Options) (db *bbolt.DB, err error) {
 		bytes.Contains([]byte(err.Error()), []byte("file size too small")):
 		return nil, &corruptError{path, "not a readable bbolt file", err}
 	}
-	return nil, fmt.Errorf("open store %s: %w", path, err)
+	return nil, openError(path, err)
+}
+
+// removeNew removes the file Open created before it failed, typically
+// half-written for want of space, so that the next start does not take it
+// for a corrupt store. A file that existed, or that another broker holds
+// (errLocked: it may have created it meanwhile), is never touched.
+func removeNew(path string, created bool, err error) error {
+	if created && !errors.Is(err, errLocked) {
+		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			return fmt.Errorf("%w (and the partial file could not be removed: %v)", err, rerr)
+		}
+	}
+	return err
+}
+
+// openError explains an error opening path for writing by its cause.
+func openError(path string, err error) error {
+	dir := filepath.Dir(path)
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		if _, serr := os.Stat(path); serr == nil {
+			return fmt.Errorf("open store %s: the file is not writable by this process (uid %d): %w", path, os.Geteuid(), err)
+		}
+		return fmt.Errorf("open store %s: cannot create the file: directory %s is not writable by this process (uid %d): %w", path, dir, os.Geteuid(), err)
+	case errors.Is(err, syscall.EROFS):
+		return fmt.Errorf("open store %s: the file system is read-only: %w", path, err)
+	case noSpace(err):
+		return fmt.Errorf("open store %s: %s: %w", path, noSpaceHelp, err)
+	case errors.Is(err, syscall.EISDIR):
+		return fmt.Errorf("open store %s: this is a directory; name the store file in it, e.g. %s: %w", path, filepath.Join(path, "quota-broker.db"), err)
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("open store %s: directory %s does not exist: %w", path, dir, err)
+	}
+	return fmt.Errorf("open store %s: %w", path, err)
+}
+
+const noSpaceHelp = "out of space: the disk is full, or a disk quota or file size limit (ulimit -f) is reached"
+
+// noSpace reports whether err means a write found no room. bbolt formats
+// some errors with %s (file resize), so the message is checked too.
+func noSpace(err error) bool {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EFBIG) || errors.Is(err, syscall.EDQUOT) {
+		return true
+	}
+	msg := err.Error()
+	for _, e := range []syscall.Errno{syscall.ENOSPC, syscall.EFBIG, syscall.EDQUOT} {
+		if strings.Contains(msg, e.Error()) {
+			return true
+		}
+	}
+	return false
 }
 
 // init checks the file's size and schema, and gives a new file the current
@@ -204,46 +263,58 @@ func (s *Store) init() (err error) {
 	if err != nil {
 		return fmt.Errorf("open store %s: %w", s.path, err)
 	}
-	return s.db.Update(func(tx *bbolt.Tx) error {
-		// bbolt maps pages up to its high-water mark without checking that
-		// the file reaches that far; a truncated file would fault later.
-		if tx.Size() > st.Size() {
-			return &corruptError{s.path, "truncated", fmt.Errorf("the file has %d bytes but its pages reach %d", st.Size(), tx.Size())}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if meta == nil {
-			var names []string
-			_ = tx.ForEach(func(name []byte, _ *bbolt.Bucket) error {
-				names = append(names, strconv.Quote(string(name)))
-				return nil
-			})
-			if len(names) > 0 {
-				return fmt.Errorf("open store %s: %w: not a quota broker store (buckets %v, no %q)", s.path, errSchema, names, bucketMeta)
-			}
-			var err error
-			if meta, err = tx.CreateBucket(bucketMeta); err != nil {
-				return fmt.Errorf("open store %s: create bucket %s: %w", s.path, bucketMeta, err)
-			}
-			if err := meta.Put(keySchema, binary.AppendUvarint(nil, schemaVersion)); err != nil {
-				return fmt.Errorf("open store %s: write schema version: %w", s.path, err)
-			}
-		}
-		v, n := binary.Uvarint(meta.Get(keySchema))
-		switch {
-		case n <= 0:
-			return &corruptError{s.path, fmt.Sprintf("bucket %s, key %s", bucketMeta, keySchema), fmt.Errorf("missing or malformed schema version %x", meta.Get(keySchema))}
-		case v > schemaVersion:
-			return fmt.Errorf("open store %s: %w: schema version %d is newer than this build's %d; run the broker version that wrote it", s.path, errSchema, v, schemaVersion)
-		case v < schemaVersion:
-			return fmt.Errorf("open store %s: %w: schema version %d has no migration to %d", s.path, errSchema, v, schemaVersion)
-		}
-		for _, name := range append(dataBuckets[:len(dataBuckets):len(dataBuckets)], bucketStats, bucketStatsTotal) {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return fmt.Errorf("open store %s: create bucket %s: %w", s.path, name, err)
-			}
-		}
-		return nil
+	var checkErr error
+	err = s.db.Update(func(tx *bbolt.Tx) error {
+		checkErr = s.check(tx, st.Size())
+		return checkErr
 	})
+	if err != nil && err != checkErr { // identity: the check failed, or the commit after it
+		return openError(s.path, err) // writing the file failed: space, I/O
+	}
+	return err
+}
+
+// check verifies the file's schema within tx, and gives a new file the
+// schema and buckets.
+func (s *Store) check(tx *bbolt.Tx, fileSize int64) error {
+	// bbolt maps pages up to its high-water mark without checking that
+	// the file reaches that far; a truncated file would fault later.
+	if tx.Size() > fileSize {
+		return &corruptError{s.path, "truncated", fmt.Errorf("the file has %d bytes but its pages reach %d", fileSize, tx.Size())}
+	}
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		var names []string
+		_ = tx.ForEach(func(name []byte, _ *bbolt.Bucket) error {
+			names = append(names, strconv.Quote(string(name)))
+			return nil
+		})
+		if len(names) > 0 {
+			return fmt.Errorf("open store %s: %w: not a quota broker store (buckets %v, no %q)", s.path, errSchema, names, bucketMeta)
+		}
+		var err error
+		if meta, err = tx.CreateBucket(bucketMeta); err != nil {
+			return fmt.Errorf("open store %s: create bucket %s: %w", s.path, bucketMeta, err)
+		}
+		if err := meta.Put(keySchema, binary.AppendUvarint(nil, schemaVersion)); err != nil {
+			return fmt.Errorf("open store %s: write schema version: %w", s.path, err)
+		}
+	}
+	v, n := binary.Uvarint(meta.Get(keySchema))
+	switch {
+	case n <= 0:
+		return &corruptError{s.path, fmt.Sprintf("bucket %s, key %s", bucketMeta, keySchema), fmt.Errorf("missing or malformed schema version %x", meta.Get(keySchema))}
+	case v > schemaVersion:
+		return fmt.Errorf("open store %s: %w: schema version %d is newer than this build's %d; run the broker version that wrote it", s.path, errSchema, v, schemaVersion)
+	case v < schemaVersion:
+		return fmt.Errorf("open store %s: %w: schema version %d has no migration to %d", s.path, errSchema, v, schemaVersion)
+	}
+	for _, name := range append(dataBuckets[:len(dataBuckets):len(dataBuckets)], bucketStats, bucketStatsTotal) {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("open store %s: create bucket %s: %w", s.path, name, err)
+		}
+	}
+	return nil
 }
 
 // Close waits for Commits in flight and closes the file. Commit and Load
@@ -519,6 +590,9 @@ func (s *Store) wrap(err error) error {
 	var ce *corruptError
 	if err == nil || errors.As(err, &ce) {
 		return err
+	}
+	if noSpace(err) {
+		return fmt.Errorf("commit to store %s: %s: %w", s.path, noSpaceHelp, err)
 	}
 	return fmt.Errorf("commit to store %s: %w", s.path, err)
 }

@@ -4,18 +4,24 @@
 //	{
 //	  "default": {"weight": 1},
 //	  "clients": {
-//	    "checkout-svc":  {"weight": 3, "max_concurrent": 200},
+//	    "checkout-svc":  {"weight": 3, "max_concurrent": 200, "max_waiters": 5000},
 //	    "nightly-batch": {"max_concurrent": 20}
 //	  },
 //	  "daily_reserve": {"batch": 0.2, "standard": 0.05},
-//	  "aging": "30s"
+//	  "aging": "30s",
+//	  "max_waiters": 20000
 //	}
 //
 // weight is a client's share of a budget against other clients of the same
-// priority; max_concurrent caps its active leases; daily_reserve keeps a
-// share of every TPD out of reach of a priority; aging is how long a waiter
-// waits before it is ranked one priority higher. Unknown fields are errors,
-// and every error names the file (and, for syntax, the line).
+// priority; max_concurrent caps its active leases (default 10,000; -1 for no
+// cap); max_waiters caps its calls waiting for capacity (default 1,000; -1
+// for no cap of its own); daily_reserve keeps a share of every TPD out of
+// reach of a priority; aging is how long a waiter waits before it is ranked
+// one priority higher; the top-level max_waiters bounds the calls waiting
+// over all clients (default 20,000). A client's entry does not inherit from
+// "default": what it leaves out takes the built-in default (see
+// broker.ClientPolicy). Unknown fields are errors, and every error names
+// the file (and, for syntax, the line).
 package policyfile
 
 import (
@@ -35,11 +41,13 @@ type Policies struct {
 	Clients      map[string]broker.ClientPolicy
 	DailyReserve map[broker.Priority]float64
 	Aging        time.Duration // 0: the broker's default
+	MaxWaiters   int           // 0: the broker's default
 }
 
 type policyJSON struct {
 	Weight        *float64 `json:"weight"`
 	MaxConcurrent *int64   `json:"max_concurrent"`
+	MaxWaiters    *int     `json:"max_waiters"`
 }
 
 type fileJSON struct {
@@ -47,6 +55,7 @@ type fileJSON struct {
 	Clients      map[string]*policyJSON `json:"clients"`
 	DailyReserve map[string]float64     `json:"daily_reserve"`
 	Aging        string                 `json:"aging"`
+	MaxWaiters   *int                   `json:"max_waiters"`
 }
 
 // Load reads the file at path.
@@ -102,6 +111,11 @@ func Parse(name string, data []byte) (Policies, error) {
 			return Policies{}, fmt.Errorf("%s: aging: %q is not a positive duration such as \"30s\"", name, f.Aging)
 		}
 	}
+	if f.MaxWaiters != nil {
+		if p.MaxWaiters = *f.MaxWaiters; p.MaxWaiters <= 0 {
+			return Policies{}, fmt.Errorf("%s: max_waiters: %d is not positive", name, p.MaxWaiters)
+		}
+	}
 	return p, nil
 }
 
@@ -122,11 +136,19 @@ func (pj *policyJSON) policy(name, field string) (broker.ClientPolicy, error) {
 		}
 		cp.Weight = *pj.Weight
 	}
+	// 0 would mean "the default" to the broker, which is not what a file
+	// saying 0 means; -1 is the explicit "no cap".
 	if pj.MaxConcurrent != nil {
-		if *pj.MaxConcurrent < 0 {
-			return cp, fmt.Errorf("%s: %s.max_concurrent: %d is negative", name, field, *pj.MaxConcurrent)
+		if v := *pj.MaxConcurrent; v == 0 || v < -1 {
+			return cp, fmt.Errorf("%s: %s.max_concurrent: %d is neither positive nor -1 (no cap)", name, field, v)
 		}
 		cp.MaxConcurrent = *pj.MaxConcurrent
+	}
+	if pj.MaxWaiters != nil {
+		if v := *pj.MaxWaiters; v == 0 || v < -1 {
+			return cp, fmt.Errorf("%s: %s.max_waiters: %d is neither positive nor -1 (no cap of its own)", name, field, v)
+		}
+		cp.MaxWaiters = *pj.MaxWaiters
 	}
 	return cp, nil
 }

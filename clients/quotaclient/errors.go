@@ -46,6 +46,12 @@ const (
 	LimitTPM
 	LimitTPD
 	LimitConcurrency
+	// The bounds that protect the broker from a flood: too many calls of
+	// this client waiting, too many calls waiting in all, too many leases
+	// held by this client.
+	LimitClientWaiters
+	LimitWaiters
+	LimitClientLeases
 )
 
 func (l Limit) String() string {
@@ -58,6 +64,12 @@ func (l Limit) String() string {
 		return "TPD"
 	case LimitConcurrency:
 		return "concurrency"
+	case LimitClientWaiters:
+		return "client waiters"
+	case LimitWaiters:
+		return "waiters"
+	case LimitClientLeases:
+		return "client leases"
 	}
 	return "unknown"
 }
@@ -169,6 +181,12 @@ func limitOfReason(reason string) Limit {
 		return LimitTPD
 	case "LIMIT_CONCURRENCY":
 		return LimitConcurrency
+	case "LIMIT_CLIENT_WAITERS":
+		return LimitClientWaiters
+	case "LIMIT_WAITERS":
+		return LimitWaiters
+	case "LIMIT_CLIENT_LEASES":
+		return LimitClientLeases
 	}
 	return LimitUnknown
 }

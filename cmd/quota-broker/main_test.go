@@ -27,6 +27,7 @@ import (
 // executable re-executes itself with QUOTA_BROKER_AS_MAIN=1.
 func TestMain(m *testing.M) {
 	if os.Getenv("QUOTA_BROKER_AS_MAIN") == "1" {
+		limitFileSize() // datadir_test.go: a full disk, for this process only
 		main()
 		os.Exit(0)
 	}

@@ -186,11 +186,11 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 		if err != nil {
 			return err
 		}
-		cfg.DefaultClient, cfg.Clients, cfg.DailyReserve, cfg.Aging = p.Default, p.Clients, p.DailyReserve, p.Aging
+		cfg.DefaultClient, cfg.Clients, cfg.DailyReserve, cfg.Aging, cfg.MaxWaiters = p.Default, p.Clients, p.DailyReserve, p.Aging, p.MaxWaiters
 	}
 	store, err := bolt.Open(f.data, bolt.Options{})
 	if err != nil {
-		return err
+		return fmt.Errorf("state file (--data): %w", err)
 	}
 	defer store.Close()
 	clock := sysclock.Clock{}

@@ -10,8 +10,8 @@
 // lease for one request and its tokens from the budget of the model it will
 // call; after the call it settles real usage with CompleteLease. A refused
 // AcquireLease fails with RESOURCE_EXHAUSTED and carries google.rpc.RetryInfo
-// (how long to wait) and google.rpc.ErrorInfo (reason LIMIT_RPM, LIMIT_TPM,
-// LIMIT_TPD or LIMIT_CONCURRENCY: which limit blocked) as status details.
+// (how long to wait) and google.rpc.ErrorInfo (reason: the name of the Limit
+// that blocked, e.g. LIMIT_TPM) as status details.
 
 package quotabrokerv1
 
@@ -141,7 +141,10 @@ func (Scope) EnumDescriptor() ([]byte, []int) {
 	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{1}
 }
 
-// Limit names one limit of a budget.
+// Limit names one limit of a budget, or one of the bounds that protect the
+// broker from a flood. Its value names are the ErrorInfo reasons of a
+// refused AcquireLease; new values may be added, so treat an unknown one as
+// a refusal to retry after its RetryInfo delay.
 type Limit int32
 
 const (
@@ -150,6 +153,14 @@ const (
 	Limit_LIMIT_TPM         Limit = 2
 	Limit_LIMIT_TPD         Limit = 3
 	Limit_LIMIT_CONCURRENCY Limit = 4
+	// The client has as many calls waiting for capacity as it may
+	// (max_waiters of its policy): refused at once.
+	Limit_LIMIT_CLIENT_WAITERS Limit = 5
+	// The broker has as many calls waiting as it may, over all clients.
+	Limit_LIMIT_WAITERS Limit = 6
+	// The client holds as many active leases as it may (max_concurrent of
+	// its policy) and waited in vain for one of them to end.
+	Limit_LIMIT_CLIENT_LEASES Limit = 7
 )
 
 // Enum value maps for Limit.
@@ -160,13 +171,19 @@ var (
 		2: "LIMIT_TPM",
 		3: "LIMIT_TPD",
 		4: "LIMIT_CONCURRENCY",
+		5: "LIMIT_CLIENT_WAITERS",
+		6: "LIMIT_WAITERS",
+		7: "LIMIT_CLIENT_LEASES",
 	}
 	Limit_value = map[string]int32{
-		"LIMIT_UNSPECIFIED": 0,
-		"LIMIT_RPM":         1,
-		"LIMIT_TPM":         2,
-		"LIMIT_TPD":         3,
-		"LIMIT_CONCURRENCY": 4,
+		"LIMIT_UNSPECIFIED":    0,
+		"LIMIT_RPM":            1,
+		"LIMIT_TPM":            2,
+		"LIMIT_TPD":            3,
+		"LIMIT_CONCURRENCY":    4,
+		"LIMIT_CLIENT_WAITERS": 5,
+		"LIMIT_WAITERS":        6,
+		"LIMIT_CLIENT_LEASES":  7,
 	}
 )
 
@@ -3529,13 +3546,16 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x11SCOPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fSCOPE_ON_DEMAND\x10\x01\x12\x16\n" +
 	"\x12SCOPE_CROSS_REGION\x10\x02\x12\x10\n" +
-	"\fSCOPE_GLOBAL\x10\x03*b\n" +
+	"\fSCOPE_GLOBAL\x10\x03*\xa8\x01\n" +
 	"\x05Limit\x12\x15\n" +
 	"\x11LIMIT_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tLIMIT_RPM\x10\x01\x12\r\n" +
 	"\tLIMIT_TPM\x10\x02\x12\r\n" +
 	"\tLIMIT_TPD\x10\x03\x12\x15\n" +
-	"\x11LIMIT_CONCURRENCY\x10\x04*x\n" +
+	"\x11LIMIT_CONCURRENCY\x10\x04\x12\x18\n" +
+	"\x14LIMIT_CLIENT_WAITERS\x10\x05\x12\x11\n" +
+	"\rLIMIT_WAITERS\x10\x06\x12\x17\n" +
+	"\x13LIMIT_CLIENT_LEASES\x10\a*x\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fOUTCOME_SUCCESS\x10\x01\x12\x15\n" +

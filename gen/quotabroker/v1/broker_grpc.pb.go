@@ -10,8 +10,8 @@
 // lease for one request and its tokens from the budget of the model it will
 // call; after the call it settles real usage with CompleteLease. A refused
 // AcquireLease fails with RESOURCE_EXHAUSTED and carries google.rpc.RetryInfo
-// (how long to wait) and google.rpc.ErrorInfo (reason LIMIT_RPM, LIMIT_TPM,
-// LIMIT_TPD or LIMIT_CONCURRENCY: which limit blocked) as status details.
+// (how long to wait) and google.rpc.ErrorInfo (reason: the name of the Limit
+// that blocked, e.g. LIMIT_TPM) as status details.
 
 package quotabrokerv1
 

@@ -1,0 +1,213 @@
+package broker_test
+
+import (
+	"context"
+	"runtime"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/bedrockqb/quotabroker/broker"
+)
+
+// The flood bounds: a client that opens thousands of waiting Acquires is
+// refused beyond its own bound at once, and the others are still served.
+
+func TestFloodBeyondClientWaitersIsRefused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := bubbleBroker(t, spec(haiku3, broker.Limits{Concurrency: 1}))
+		ctx := context.Background()
+		first, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: "flood"})
+		if err != nil || !first.Granted {
+			t.Fatalf("first lease: %+v %v", first, err)
+		}
+		const n = 3 * broker.DefaultClientMaxWaiters
+		results := make(chan result, n)
+		for range n {
+			go func() {
+				d, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: "flood", Wait: time.Hour})
+				results <- result{d, err}
+			}()
+		}
+		synctest.Wait()
+		// Every call beyond the bound has its answer already; the others wait.
+		refused := 0
+		for len(results) > 0 {
+			r := <-results
+			if r.err != nil || r.d.Granted || r.d.Blocked != broker.LimitClientWaiters || r.d.RetryAfter <= 0 {
+				t.Fatalf("a call beyond the client's waiters: %+v %v, want a refusal blocked by client waiters with a retry delay", r.d, r.err)
+			}
+			refused++
+		}
+		if refused != n-broker.DefaultClientMaxWaiters {
+			t.Fatalf("%d of %d calls refused at once, want all beyond %d", refused, n, broker.DefaultClientMaxWaiters)
+		}
+		rep, _ := b.Report(broker.ReportFilter{Model: haiku3})
+		if rep[0].Waiters != broker.DefaultClientMaxWaiters || rep[0].Counters.Refused != int64(refused) {
+			t.Fatalf("report: %d waiters, %d refused; want %d and %d", rep[0].Waiters, rep[0].Counters.Refused, broker.DefaultClientMaxWaiters, refused)
+		}
+
+		// Another client has a bound of its own: it waits, and fair
+		// queuing serves it within the next two grants despite the flood.
+		quiet := goAcquire(b, ctx, broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: "quiet", Wait: time.Hour})
+		synctest.Wait()
+		lease := first.Lease
+		for i := 0; ; i++ {
+			if i == 2 {
+				t.Fatal("the quiet client was not served within two grants")
+			}
+			if _, err := b.Complete(ctx, lease.ID, broker.OutcomeSuccess, broker.Usage{}); err != nil {
+				t.Fatal(err)
+			}
+			synctest.Wait()
+			select {
+			case r := <-quiet:
+				if r.err != nil || !r.d.Granted {
+					t.Fatalf("quiet client: %+v %v", r.d, r.err)
+				}
+			case r := <-results:
+				lease = r.d.Lease
+				continue
+			}
+			break
+		}
+		b.Close()
+		synctest.Wait()
+	})
+}
+
+func TestGlobalWaitersBoundHoldsAcrossClients(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := broker.Config{Margin: 1, MaxWaiters: 100, DefaultClient: broker.ClientPolicy{MaxWaiters: 40}}
+		b := bubbleBrokerWith(t, cfg, spec(haiku3, broker.Limits{Concurrency: 1}))
+		bg := context.Background()
+		if d, _ := b.Acquire(bg, broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1}); !d.Granted {
+			t.Fatal("first lease refused")
+		}
+		// Many clients, each within its own bound of 40: the broker's bound
+		// of 100 refuses the rest. Half of the calls can be cancelled.
+		ctx, cancel := context.WithCancel(bg)
+		results := make(chan result, 200)
+		for i := range 200 {
+			c := bg
+			if i%2 == 0 {
+				c = ctx
+			}
+			req := broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: string(rune('a' + i%10)), Wait: time.Minute}
+			go func() {
+				d, err := b.Acquire(c, req)
+				results <- result{d, err}
+			}()
+		}
+		synctest.Wait()
+		counts := func() (waitersRefused, other int) {
+			for len(results) > 0 {
+				r := <-results
+				switch {
+				case r.err == nil && !r.d.Granted && r.d.Blocked == broker.LimitWaiters:
+					waitersRefused++
+				default:
+					other++
+				}
+			}
+			return
+		}
+		if w, o := counts(); w != 100 || o != 0 {
+			t.Fatalf("%d refused by the broker's waiters bound, %d otherwise; want 100 and 0", w, o)
+		}
+		// Waiters that leave, cancelled or timed out, free their places.
+		cancel()
+		synctest.Wait()
+		w, o := counts()
+		if w != 0 || o == 0 {
+			t.Fatalf("after cancelling: %d refused, %d returned", w, o)
+		}
+		time.Sleep(time.Minute + time.Second)
+		synctest.Wait()
+		if _, o2 := counts(); o+o2 != 100 {
+			t.Fatalf("%d waiters returned after cancel and timeout, want 100", o+o2)
+		}
+		for range 100 {
+			go func() {
+				d, err := b.Acquire(bg, broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: "late", Wait: time.Minute})
+				results <- result{d, err}
+			}()
+		}
+		synctest.Wait()
+		// "late" has its own bound of 40, the broker room for all 100.
+		if len(results) != 60 {
+			t.Fatalf("%d of 100 calls answered at once, want the 60 beyond the client's bound of 40", len(results))
+		}
+		for len(results) > 0 {
+			if r := <-results; r.d.Blocked != broker.LimitClientWaiters {
+				t.Fatalf("late client refused for %v, want client waiters", r.d.Blocked)
+			}
+		}
+		b.Close()
+		synctest.Wait()
+	})
+}
+
+func TestClientLeasesHaveADefaultCap(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.Clients = map[string]broker.ClientPolicy{"uncapped": {MaxConcurrent: -1}}
+	e.open()
+	e.b.SetSpecs(context.Background(), []broker.Spec{spec(haiku3, broker.Limits{TPM: 1 << 40})})
+	for _, client := range []string{"leaky", "uncapped"} {
+		for range broker.DefaultClientMaxConcurrent {
+			e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: client})
+		}
+	}
+	d, err := e.acquire(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: "leaky"})
+	if err != nil || d.Granted || d.Blocked != broker.LimitClientLeases || d.RetryAfter <= 0 {
+		t.Fatalf("a lease beyond the default cap: %+v %v, want a refusal blocked by client leases", d, err)
+	}
+	e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: "uncapped"})
+	e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: "other"})
+}
+
+// TestWaiterMemory measures what one waiting Acquire costs, the figure
+// behind the default bounds (Config.MaxWaiters). The caller's goroutine is
+// counted: a server has one per waiting call anyway.
+func TestWaiterMemory(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := broker.Config{Margin: 1, DefaultClient: broker.ClientPolicy{MaxWaiters: -1}}
+		b := bubbleBrokerWith(t, cfg, spec(haiku3, broker.Limits{Concurrency: 1}))
+		ctx := context.Background()
+		if d, _ := b.Acquire(ctx, broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1}); !d.Granted {
+			t.Fatal("first lease refused")
+		}
+		const n = 5000
+		done := make(chan struct{}, n)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for i := range n {
+			req := broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1, Client: clientName(i % 100), Wait: time.Hour}
+			go func() {
+				b.Acquire(ctx, req)
+				done <- struct{}{}
+			}()
+		}
+		synctest.Wait()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		heap := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
+		stack := (int64(after.StackInuse) - int64(before.StackInuse)) / n
+		t.Logf("per waiter: %d B heap, %d B stack", heap, stack)
+		if rep, _ := b.Report(broker.ReportFilter{}); rep[0].Waiters != n {
+			t.Fatalf("%d waiters, want %d", rep[0].Waiters, n)
+		}
+		// The bound documented on Config.MaxWaiters assumes a waiter costs
+		// well under 2 KB of heap besides its goroutine's stack.
+		if heap > 2048 {
+			t.Fatalf("a waiter costs %d B of heap; the documented bounds assume under 2 KB", heap)
+		}
+		b.Close()
+		for range n {
+			<-done
+		}
+	})
+}
+
+func clientName(i int) string { return "client-" + string(rune('A'+i/26%26)) + string(rune('a'+i%26)) }
