@@ -25,7 +25,9 @@
 //   - stability: over the steady state (after -retention plus 30 s, when
 //     ended leases start to be forgotten as fast as they end), the average
 //     live heap and goroutine count of its second half are within
-//     -heap-tolerance and -goroutine-tolerance of its first half.
+//     -heap-tolerance and -goroutine-tolerance of its first half. Judged
+//     only when the steady state lasts as long as the warm-up: 5 minutes
+//     with the default 2-minute retention.
 //
 // It prints a table and exits non-zero if a check fails.
 //
@@ -499,9 +501,16 @@ func verdict(out io.Writer, cfg config, samples []sample, t *tally, final *pb.Bu
 	// Stability: the steady state starts once ended leases are forgotten
 	// as fast as they end (retention), plus 30 s for the adaptive ceiling's
 	// recovery and the sweep to settle.
-	steady := slices.DeleteFunc(slices.Clone(samples), func(s sample) bool { return s.at < cfg.retention+30*time.Second })
-	if len(steady) < 4 {
-		fmt.Fprintf(out, "  --   stability not judged: %d samples after the warm-up (retention %v + 30 s), need 4\n", len(steady), cfg.retention)
+	//
+	// Comparing halves finds growth that goes on; a leak that began at the
+	// start shows as the ratio of the halves' midpoints, (W + 3S/4) / (W +
+	// S/4) for a warm-up W and a steady state S, so the steady state must
+	// last at least as long as the warm-up for the limits to mean anything
+	// (then a leak that is the whole heap shows as +40%).
+	warmup := cfg.retention + 30*time.Second
+	steady := slices.DeleteFunc(slices.Clone(samples), func(s sample) bool { return s.at < warmup })
+	if len(steady) < 4 || steady[len(steady)-1].at-warmup < warmup-cfg.sample {
+		fmt.Fprintf(out, "  --   stability not judged: the steady state (after the retention %v + 30 s) needs to last as long as that warm-up and hold 4 samples\n", cfg.retention)
 	} else {
 		first, second := steady[:len(steady)/2], steady[len(steady)/2:]
 		h1, h2 := mean(first, heapMiB), mean(second, heapMiB)
