@@ -267,5 +267,19 @@ func (b *Broker) adaptiveState(bg *budget, now time.Time) AdaptiveState {
 func (bg *budget) adaptiveRecord() AdaptiveRecord {
 	a := &bg.adaptive
 	return AdaptiveRecord{Key: bg.spec.Key, TokensWmax: a.tokens.Wmax, RequestsWmax: a.requests.Wmax,
-		LastDecrease: a.lastDecrease, Throttles: a.throttles}
+		LastDecrease: a.lastDecrease, Throttles: a.throttles,
+		Depth: int64(a.depth), TokensCut: a.tokens.cut, RequestsCut: a.requests.cut}
+}
+
+// restoreAdaptive continues a stored ceiling where it was.
+func (bg *budget) restoreAdaptive(r AdaptiveRecord) {
+	a := adaptive{tokens: ceiling{Wmax: r.TokensWmax, cut: r.TokensCut}, requests: ceiling{Wmax: r.RequestsWmax, cut: r.RequestsCut},
+		lastDecrease: r.LastDecrease, throttles: r.Throttles, depth: int(r.Depth)}
+	static := bg.static()
+	if static.TPM > 0 {
+		a.lastWmaxShare = a.tokens.Wmax / float64(static.TPM)
+	} else if static.RPM > 0 {
+		a.lastWmaxShare = a.requests.Wmax / float64(static.RPM)
+	}
+	bg.adaptive = a
 }

@@ -152,8 +152,7 @@ func (b *Broker) restore(snap Snapshot) {
 	}
 	for _, a := range snap.Adaptive {
 		if bg := b.budgets[a.Key]; bg != nil {
-			bg.adaptive = adaptive{tokens: ceiling{Wmax: a.TokensWmax}, requests: ceiling{Wmax: a.RequestsWmax},
-				lastDecrease: a.LastDecrease, throttles: a.Throttles}
+			bg.restoreAdaptive(a)
 		}
 	}
 	for _, u := range snap.Usage {

@@ -116,4 +116,11 @@ type AdaptiveRecord struct {
 	TokensWmax, RequestsWmax float64
 	LastDecrease             time.Time
 	Throttles                int64
+	// Depth is how many decreases in a row came before the ceiling had
+	// recovered, and TokensCut and RequestsCut the share of Wmax each
+	// ceiling was cut to: without them a restart would resume a deepened
+	// cut (0.81, 0.73, ...) as a first one (0.9), raising the ceiling.
+	// Zero in records written before they were kept: a first cut.
+	Depth                  int64
+	TokensCut, RequestsCut float64
 }

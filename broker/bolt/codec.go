@@ -478,7 +478,15 @@ func appendAdaptiveBody(b []byte, a *broker.AdaptiveRecord) []byte {
 	b = appendFloat(b, a.TokensWmax)
 	b = appendFloat(b, a.RequestsWmax)
 	b = appendTime(b, a.LastDecrease)
-	return binary.AppendVarint(b, a.Throttles)
+	b = binary.AppendVarint(b, a.Throttles)
+	// Depth and cuts came later: present only when Depth > 0, so older
+	// records (which end here) still read, and every body has one encoding.
+	if a.Depth > 0 {
+		b = binary.AppendVarint(b, a.Depth)
+		b = appendFloat(b, a.TokensCut)
+		b = appendFloat(b, a.RequestsCut)
+	}
+	return b
 }
 
 func decodeAdaptiveBody(k broker.Key, body []byte) (broker.AdaptiveRecord, error) {
@@ -488,6 +496,13 @@ func decodeAdaptiveBody(k broker.Key, body []byte) (broker.AdaptiveRecord, error
 	a.RequestsWmax = d.float()
 	a.LastDecrease = d.time()
 	a.Throttles = d.varint()
+	if d.err == nil && len(d.b) > 0 {
+		if a.Depth = d.varint(); a.Depth <= 0 {
+			d.fail(fmt.Errorf("adaptive depth %d is not positive", a.Depth))
+		}
+		a.TokensCut = d.float()
+		a.RequestsCut = d.float()
+	}
 	return a, d.end()
 }
 

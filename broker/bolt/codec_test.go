@@ -165,6 +165,8 @@ func FuzzDecodeAdaptive(f *testing.F) {
 	a := broker.AdaptiveRecord{Key: keyA, TokensWmax: 1.5e6, RequestsWmax: 12, LastDecrease: t0, Throttles: 4}
 	k := appendKey(nil, a.Key)
 	f.Add(k, encodeAdaptive(k, &a))
+	a.Depth, a.TokensCut, a.RequestsCut = 3, 0.729, 0.9
+	f.Add(k, encodeAdaptive(k, &a))
 	f.Fuzz(func(t *testing.T, key, val []byte) {
 		if r, err := decodeAdaptive(key, val); err == nil {
 			if got := encodeAdaptive(appendKey(nil, r.Key), &r); !bytes.Equal(got, val) || !bytes.Equal(appendKey(nil, r.Key), key) {

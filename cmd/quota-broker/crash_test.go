@@ -419,19 +419,12 @@ func TestCrashKeepsAdaptiveCeiling(t *testing.T) {
 
 // TestCrashKeepsDeepenedAdaptiveCut is the same with a second throttle
 // while the ceiling is still recovering, which deepens the cut to
-// Beta^2 = 0.81 of the level throttled.
-//
-// Known bug, skipped until fixed: the store keeps Wmax, the last decrease
-// and the count, not the depth of the cut (AdaptiveRecord), and the restored
-// ceiling takes the cut as Beta, so a restart right after a deepened cut
-// raises the ceiling by about 11% of Wmax (measured: 193,669 -> 215,229 TPM
-// within 20 ms). QUOTA_BROKER_KNOWN_BUGS=1 runs it.
+// Beta^2 = 0.81 of the level throttled. Before AdaptiveRecord kept the
+// depth and the cuts, a restart resumed the cut as Beta and raised the
+// ceiling by about 11% of Wmax (measured: 193,669 -> 215,229 TPM).
 func TestCrashKeepsDeepenedAdaptiveCut(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts real processes")
-	}
-	if os.Getenv("QUOTA_BROKER_KNOWN_BUGS") != "1" {
-		t.Skip("known bug: the depth of an adaptive cut is not persisted (see the comment); QUOTA_BROKER_KNOWN_BUGS=1 runs it")
 	}
 	crashKeepsAdaptiveCeiling(t, 2, 0.81)
 }
