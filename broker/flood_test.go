@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"math"
 	"runtime"
 	"testing"
 	"testing/synctest"
@@ -168,8 +169,23 @@ func TestClientLeasesHaveADefaultCap(t *testing.T) {
 
 // TestWaiterMemory measures what one waiting Acquire costs, the figure
 // behind the default bounds (Config.MaxWaiters). The caller's goroutine is
-// counted: a server has one per waiting call anyway.
+// counted: a server has one per waiting call anyway. Anything else the
+// process allocates meanwhile only adds to a measurement, so the least of
+// three is the estimate.
 func TestWaiterMemory(t *testing.T) {
+	best := int64(math.MaxInt64)
+	for range 3 {
+		best = min(best, measureWaiters(t))
+	}
+	// The bound documented on Config.MaxWaiters assumes a waiter costs
+	// well under 2 KB of heap besides its goroutine's stack.
+	if best > 2048 {
+		t.Fatalf("a waiter costs %d B of heap; the documented bounds assume under 2 KB", best)
+	}
+}
+
+// measureWaiters returns the heap bytes per waiter of 5,000 waiters.
+func measureWaiters(t *testing.T) (heap int64) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := broker.Config{Margin: 1, DefaultClient: broker.ClientPolicy{MaxWaiters: -1}}
 		b := bubbleBrokerWith(t, cfg, spec(haiku3, broker.Limits{Concurrency: 1}))
@@ -192,22 +208,18 @@ func TestWaiterMemory(t *testing.T) {
 		synctest.Wait()
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		heap := (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
+		heap = (int64(after.HeapAlloc) - int64(before.HeapAlloc)) / n
 		stack := (int64(after.StackInuse) - int64(before.StackInuse)) / n
 		t.Logf("per waiter: %d B heap, %d B stack", heap, stack)
 		if rep, _ := b.Report(broker.ReportFilter{}); rep[0].Waiters != n {
 			t.Fatalf("%d waiters, want %d", rep[0].Waiters, n)
-		}
-		// The bound documented on Config.MaxWaiters assumes a waiter costs
-		// well under 2 KB of heap besides its goroutine's stack.
-		if heap > 2048 {
-			t.Fatalf("a waiter costs %d B of heap; the documented bounds assume under 2 KB", heap)
 		}
 		b.Close()
 		for range n {
 			<-done
 		}
 	})
+	return heap
 }
 
 func clientName(i int) string { return "client-" + string(rune('A'+i/26%26)) + string(rune('a'+i%26)) }
