@@ -94,6 +94,7 @@ type Broker struct {
 	discovery DiscoveryStatus
 	source    QuotaSource      // for RefreshNow; nil: static budgets
 	active    map[string]int64 // active leases per client, for MaxConcurrent
+	settled   chan struct{}    // closed when no lease is active (see Settled)
 	waiting   waiting          // callers waiting in Acquire, for MaxWaiters
 }
 
@@ -214,6 +215,24 @@ func (b *Broker) Close() {
 			close(w.ready)
 		}
 	}
+}
+
+// Settled returns a channel that is closed once no lease is active (at
+// once if none is). A shutdown waits on it, bounded, after Close: calls in
+// flight then settle their leases instead of leaving them charged at their
+// reservation until they expire.
+func (b *Broker) Settled() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.active) == 0 {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	if b.settled == nil {
+		b.settled = make(chan struct{})
+	}
+	return b.settled
 }
 
 // AcquireRequest asks for one lease.
@@ -473,6 +492,10 @@ func (b *Broker) released(client string, now time.Time) {
 	capped := !b.eligible(client)
 	if b.active[client]--; b.active[client] <= 0 {
 		delete(b.active, client)
+	}
+	if len(b.active) == 0 && b.settled != nil {
+		close(b.settled)
+		b.settled = nil
 	}
 	if capped {
 		for _, bg := range b.budgets {

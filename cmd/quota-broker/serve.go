@@ -344,6 +344,13 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	srv.Drain()
 	b.Close()
 	drainCtx, cancel := context.WithTimeout(context.Background(), f.drain)
+	// New leases are refused now; leases held by calls in flight may still
+	// be settled (and renewed) until they all are or the drain runs out.
+	select {
+	case <-b.Settled():
+	case <-drainCtx.Done():
+		log.Warn("drain ended with leases still held; they stay charged at their reservation until settled after a restart or expired")
+	}
 	srv.Shutdown(drainCtx)
 	if httpSrv != nil {
 		httpSrv.Shutdown(drainCtx)
