@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"time"
@@ -282,4 +283,33 @@ func (bg *budget) restoreAdaptive(r AdaptiveRecord) {
 		a.lastWmaxShare = a.requests.Wmax / float64(static.RPM)
 	}
 	bg.adaptive = a
+}
+
+// ResetAdaptive forgets the ceiling the budget modelID names has learned
+// from throttles: its effective limits are the static ones again. The
+// cleared state is stored first, so a restart does not bring it back.
+func (b *Broker) ResetAdaptive(ctx context.Context, modelID, region string) (BudgetInfo, error) {
+	key, err := ParseModelID(modelID, region, b.cfg.DefaultRegion)
+	if err != nil {
+		return BudgetInfo{}, err
+	}
+	b.mu.Lock()
+	_, ok := b.budgets[key]
+	b.mu.Unlock()
+	if !ok {
+		return BudgetInfo{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
+	}
+	if err := b.store.Commit(ctx, Change{Adaptive: []AdaptiveRecord{{Key: key}}}); err != nil {
+		return BudgetInfo{}, &Error{Kind: KindUnavailable, Message: "adaptive reset could not be recorded", Err: err}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	bg := b.budgets[key]
+	bg.adaptive = adaptive{}
+	now := b.clock.Now()
+	bg.tokenPace.restart(now)
+	bg.requestPace.restart(now)
+	b.log.Info("adaptive ceiling reset by an operator", "budget", key.String())
+	b.dispatch(bg, now)
+	return b.info(bg), nil
 }

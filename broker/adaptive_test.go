@@ -200,6 +200,31 @@ func TestLearnedCeilingSurvivesRestart(t *testing.T) {
 	}
 }
 
+func TestResetForgetsTheCeilingAcrossRestarts(t *testing.T) {
+	e := newEnv(t, spec(haiku3, broker.Limits{TPM: 100_000}))
+	ls := e.fill(21)
+	e.clock.Advance(time.Millisecond)
+	e.b.Complete(context.Background(), ls[0].ID, broker.OutcomeThrottled, broker.Usage{})
+	if r := e.report(haiku3); r.Effective.TPM >= r.Static.TPM {
+		t.Fatalf("no ceiling engaged: %+v", r.Effective)
+	}
+	info, err := e.b.ResetAdaptive(context.Background(), haiku3, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Effective != info.Static || info.Adaptive.Throttles != 0 {
+		t.Fatalf("after reset: effective %+v static %+v adaptive %+v", info.Effective, info.Static, info.Adaptive)
+	}
+	e.b.Close()
+	e.open()
+	if r := e.report(haiku3); r.Effective != r.Static || r.Adaptive.Throttles != 0 {
+		t.Fatalf("the reset ceiling came back after a restart: %+v %+v", r.Effective, r.Adaptive)
+	}
+	if _, err := e.b.ResetAdaptive(context.Background(), "anthropic.claude-unknown-v1:0", ""); err == nil {
+		t.Fatal("reset of an unknown budget succeeded")
+	}
+}
+
 func TestAdaptationCanBeDisabled(t *testing.T) {
 	e := newEnv(t)
 	e.cfg.Adaptive.Disabled = true

@@ -147,6 +147,17 @@ func TestAuthorization(t *testing.T) {
 	if _, err := f.client.SetOverride(as(f.admin), override); err != nil {
 		t.Fatalf("admin setting an override: %v", err)
 	}
+	// Likewise resetting a learned ceiling.
+	if _, err := f.client.ReportThrottle(as(f.bob), &pb.ReportThrottleRequest{ModelId: sonnet}); err != nil {
+		t.Fatal(err)
+	}
+	reset := &pb.ResetAdaptiveRequest{ModelId: sonnet}
+	if _, err := f.client.ResetAdaptive(as(f.alice), reset); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("client resetting the adaptive ceiling: %v", err)
+	}
+	if b, err := f.client.ResetAdaptive(as(f.admin), reset); err != nil || b.GetBudget().GetAdaptive().GetDecreases() != 0 {
+		t.Fatalf("admin resetting the adaptive ceiling: %v %v", b, err)
+	}
 	// Reports are for everyone with a token.
 	if _, err := f.client.GetQuotaReport(as(f.bob), &pb.GetQuotaReportRequest{}); err != nil {
 		t.Fatal(err)

@@ -39,6 +39,7 @@ type Broker interface {
 	Budgets() []broker.BudgetInfo
 	SetOverride(ctx context.Context, modelID, region string, o broker.Override) (broker.BudgetInfo, error)
 	RefreshNow(ctx context.Context) error
+	ResetAdaptive(ctx context.Context, modelID, region string) (broker.BudgetInfo, error)
 	DiscoveryStatus() broker.DiscoveryStatus
 	LeaseClient(leaseID string) string
 }
@@ -381,6 +382,17 @@ func (s *Server) SetOverride(ctx context.Context, req *pb.SetOverrideRequest) (*
 		return nil, toStatus(ctx, s.log, err)
 	}
 	return &pb.SetOverrideResponse{Budget: budgetToPB(info)}, nil
+}
+
+func (s *Server) ResetAdaptive(ctx context.Context, req *pb.ResetAdaptiveRequest) (*pb.ResetAdaptiveResponse, error) {
+	if err := s.requireAdmin(ctx); err != nil {
+		return nil, err
+	}
+	info, err := s.b.ResetAdaptive(ctx, req.GetModelId(), req.GetRegion())
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	return &pb.ResetAdaptiveResponse{Budget: budgetToPB(info)}, nil
 }
 
 func (s *Server) RefreshQuotas(ctx context.Context, _ *pb.RefreshQuotasRequest) (*pb.RefreshQuotasResponse, error) {

@@ -2659,6 +2659,103 @@ func (x *SetOverrideResponse) GetBudget() *Budget {
 	return nil
 }
 
+type ResetAdaptiveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The budget, named like AcquireLease's model_id and region.
+	ModelId       string `protobuf:"bytes,1,opt,name=model_id,json=modelId,proto3" json:"model_id,omitempty"`
+	Region        string `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetAdaptiveRequest) Reset() {
+	*x = ResetAdaptiveRequest{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetAdaptiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetAdaptiveRequest) ProtoMessage() {}
+
+func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetAdaptiveRequest.ProtoReflect.Descriptor instead.
+func (*ResetAdaptiveRequest) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ResetAdaptiveRequest) GetModelId() string {
+	if x != nil {
+		return x.ModelId
+	}
+	return ""
+}
+
+func (x *ResetAdaptiveRequest) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+type ResetAdaptiveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Budget        *Budget                `protobuf:"bytes,1,opt,name=budget,proto3" json:"budget,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetAdaptiveResponse) Reset() {
+	*x = ResetAdaptiveResponse{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetAdaptiveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetAdaptiveResponse) ProtoMessage() {}
+
+func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetAdaptiveResponse.ProtoReflect.Descriptor instead.
+func (*ResetAdaptiveResponse) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ResetAdaptiveResponse) GetBudget() *Budget {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
 type RefreshQuotasRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2667,7 +2764,7 @@ type RefreshQuotasRequest struct {
 
 func (x *RefreshQuotasRequest) Reset() {
 	*x = RefreshQuotasRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2679,7 +2776,7 @@ func (x *RefreshQuotasRequest) String() string {
 func (*RefreshQuotasRequest) ProtoMessage() {}
 
 func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2692,7 +2789,7 @@ func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasRequest.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 type RefreshQuotasResponse struct {
@@ -2705,7 +2802,7 @@ type RefreshQuotasResponse struct {
 
 func (x *RefreshQuotasResponse) Reset() {
 	*x = RefreshQuotasResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2717,7 +2814,7 @@ func (x *RefreshQuotasResponse) String() string {
 func (*RefreshQuotasResponse) ProtoMessage() {}
 
 func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +2827,7 @@ func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasResponse.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RefreshQuotasResponse) GetDiscovery() *Discovery {
@@ -2767,7 +2864,7 @@ type GetUsageHistoryRequest struct {
 
 func (x *GetUsageHistoryRequest) Reset() {
 	*x = GetUsageHistoryRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2779,7 +2876,7 @@ func (x *GetUsageHistoryRequest) String() string {
 func (*GetUsageHistoryRequest) ProtoMessage() {}
 
 func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2792,7 +2889,7 @@ func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetUsageHistoryRequest) GetRegion() string {
@@ -2850,7 +2947,7 @@ type GetUsageHistoryResponse struct {
 
 func (x *GetUsageHistoryResponse) Reset() {
 	*x = GetUsageHistoryResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +2959,7 @@ func (x *GetUsageHistoryResponse) String() string {
 func (*GetUsageHistoryResponse) ProtoMessage() {}
 
 func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +2972,7 @@ func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetUsageHistoryResponse) GetFrom() *timestamppb.Timestamp {
@@ -2932,7 +3029,7 @@ type UsageSeries struct {
 
 func (x *UsageSeries) Reset() {
 	*x = UsageSeries{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2944,7 +3041,7 @@ func (x *UsageSeries) String() string {
 func (*UsageSeries) ProtoMessage() {}
 
 func (x *UsageSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2957,7 +3054,7 @@ func (x *UsageSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageSeries.ProtoReflect.Descriptor instead.
 func (*UsageSeries) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *UsageSeries) GetBudget() *BudgetKey {
@@ -3050,7 +3147,7 @@ type UsagePoint struct {
 
 func (x *UsagePoint) Reset() {
 	*x = UsagePoint{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3062,7 +3159,7 @@ func (x *UsagePoint) String() string {
 func (*UsagePoint) ProtoMessage() {}
 
 func (x *UsagePoint) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3075,7 +3172,7 @@ func (x *UsagePoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsagePoint.ProtoReflect.Descriptor instead.
 func (*UsagePoint) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *UsagePoint) GetStart() *timestamppb.Timestamp {
@@ -3478,6 +3575,11 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x06region\x18\x02 \x01(\tR\x06region\x129\n" +
 	"\boverride\x18\x03 \x01(\v2\x1d.quotabroker.v1.LimitOverrideR\boverride\"E\n" +
 	"\x13SetOverrideResponse\x12.\n" +
+	"\x06budget\x18\x01 \x01(\v2\x16.quotabroker.v1.BudgetR\x06budget\"I\n" +
+	"\x14ResetAdaptiveRequest\x12\x19\n" +
+	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x12\x16\n" +
+	"\x06region\x18\x02 \x01(\tR\x06region\"G\n" +
+	"\x15ResetAdaptiveResponse\x12.\n" +
 	"\x06budget\x18\x01 \x01(\v2\x16.quotabroker.v1.BudgetR\x06budget\"\x16\n" +
 	"\x14RefreshQuotasRequest\"j\n" +
 	"\x15RefreshQuotasResponse\x127\n" +
@@ -3561,7 +3663,7 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x0fOUTCOME_SUCCESS\x10\x01\x12\x15\n" +
 	"\x11OUTCOME_THROTTLED\x10\x02\x12\x11\n" +
 	"\rOUTCOME_ERROR\x10\x03\x12\x15\n" +
-	"\x11OUTCOME_CANCELLED\x10\x042\xcf\x06\n" +
+	"\x11OUTCOME_CANCELLED\x10\x042\xad\a\n" +
 	"\vQuotaBroker\x12Y\n" +
 	"\fAcquireLease\x12#.quotabroker.v1.AcquireLeaseRequest\x1a$.quotabroker.v1.AcquireLeaseResponse\x12\\\n" +
 	"\rCompleteLease\x12$.quotabroker.v1.CompleteLeaseRequest\x1a%.quotabroker.v1.CompleteLeaseResponse\x12S\n" +
@@ -3571,7 +3673,8 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x0eGetQuotaReport\x12%.quotabroker.v1.GetQuotaReportRequest\x1a&.quotabroker.v1.GetQuotaReportResponse\x12V\n" +
 	"\vListBudgets\x12\".quotabroker.v1.ListBudgetsRequest\x1a#.quotabroker.v1.ListBudgetsResponse\x12V\n" +
 	"\vSetOverride\x12\".quotabroker.v1.SetOverrideRequest\x1a#.quotabroker.v1.SetOverrideResponse\x12\\\n" +
-	"\rRefreshQuotas\x12$.quotabroker.v1.RefreshQuotasRequest\x1a%.quotabroker.v1.RefreshQuotasResponse\x12b\n" +
+	"\rRefreshQuotas\x12$.quotabroker.v1.RefreshQuotasRequest\x1a%.quotabroker.v1.RefreshQuotasResponse\x12\\\n" +
+	"\rResetAdaptive\x12$.quotabroker.v1.ResetAdaptiveRequest\x1a%.quotabroker.v1.ResetAdaptiveResponse\x12b\n" +
 	"\x0fGetUsageHistory\x12&.quotabroker.v1.GetUsageHistoryRequest\x1a'.quotabroker.v1.GetUsageHistoryResponseB\xbd\x01\n" +
 	"\x12com.quotabroker.v1B\vBrokerProtoP\x01ZAgithub.com/bedrockqb/quotabroker/gen/quotabroker/v1;quotabrokerv1\xa2\x02\x03QXX\xaa\x02\x0eQuotabroker.V1\xca\x02\x0eQuotabroker\\V1\xe2\x02\x1aQuotabroker\\V1\\GPBMetadata\xea\x02\x0fQuotabroker::V1b\x06proto3"
 
@@ -3588,7 +3691,7 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(Priority)(0),                   // 0: quotabroker.v1.Priority
 	(Scope)(0),                      // 1: quotabroker.v1.Scope
@@ -3625,35 +3728,37 @@ var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(*ListBudgetsResponse)(nil),     // 32: quotabroker.v1.ListBudgetsResponse
 	(*SetOverrideRequest)(nil),      // 33: quotabroker.v1.SetOverrideRequest
 	(*SetOverrideResponse)(nil),     // 34: quotabroker.v1.SetOverrideResponse
-	(*RefreshQuotasRequest)(nil),    // 35: quotabroker.v1.RefreshQuotasRequest
-	(*RefreshQuotasResponse)(nil),   // 36: quotabroker.v1.RefreshQuotasResponse
-	(*GetUsageHistoryRequest)(nil),  // 37: quotabroker.v1.GetUsageHistoryRequest
-	(*GetUsageHistoryResponse)(nil), // 38: quotabroker.v1.GetUsageHistoryResponse
-	(*UsageSeries)(nil),             // 39: quotabroker.v1.UsageSeries
-	(*UsagePoint)(nil),              // 40: quotabroker.v1.UsagePoint
-	(*durationpb.Duration)(nil),     // 41: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 42: google.protobuf.Timestamp
+	(*ResetAdaptiveRequest)(nil),    // 35: quotabroker.v1.ResetAdaptiveRequest
+	(*ResetAdaptiveResponse)(nil),   // 36: quotabroker.v1.ResetAdaptiveResponse
+	(*RefreshQuotasRequest)(nil),    // 37: quotabroker.v1.RefreshQuotasRequest
+	(*RefreshQuotasResponse)(nil),   // 38: quotabroker.v1.RefreshQuotasResponse
+	(*GetUsageHistoryRequest)(nil),  // 39: quotabroker.v1.GetUsageHistoryRequest
+	(*GetUsageHistoryResponse)(nil), // 40: quotabroker.v1.GetUsageHistoryResponse
+	(*UsageSeries)(nil),             // 41: quotabroker.v1.UsageSeries
+	(*UsagePoint)(nil),              // 42: quotabroker.v1.UsagePoint
+	(*durationpb.Duration)(nil),     // 43: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	41, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	43, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
 	4,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	42, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	42, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	44, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	44, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	41, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	43, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
 	3,  // 8: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
 	9,  // 9: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	41, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	42, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	43, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	44, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 12: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	42, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	44, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
 	23, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
 	18, // 15: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
-	42, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
-	42, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
-	41, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
+	44, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
+	44, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
+	43, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
 	20, // 19: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
 	19, // 20: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
 	27, // 21: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
@@ -3669,50 +3774,53 @@ var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	5,  // 31: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
 	5,  // 32: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
 	30, // 33: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	42, // 34: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	44, // 34: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
 	5,  // 35: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
 	29, // 36: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
 	28, // 37: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
 	5,  // 38: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
-	42, // 39: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
-	42, // 40: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	44, // 39: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	44, // 40: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
 	27, // 41: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
 	30, // 42: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
 	27, // 43: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
-	18, // 44: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
-	42, // 45: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
-	42, // 46: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
-	41, // 47: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
-	42, // 48: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
-	41, // 49: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
-	39, // 50: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
-	4,  // 51: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
-	40, // 52: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
-	40, // 53: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
-	42, // 54: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
-	6,  // 55: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	10, // 56: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	12, // 57: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	14, // 58: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	16, // 59: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	31, // 60: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	33, // 61: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	35, // 62: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
-	37, // 63: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
-	8,  // 64: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	11, // 65: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	13, // 66: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	15, // 67: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	17, // 68: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	32, // 69: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	34, // 70: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	36, // 71: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
-	38, // 72: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
-	64, // [64:73] is the sub-list for method output_type
-	55, // [55:64] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	27, // 44: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
+	18, // 45: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
+	44, // 46: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
+	44, // 47: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
+	43, // 48: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
+	44, // 49: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
+	43, // 50: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
+	41, // 51: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
+	4,  // 52: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
+	42, // 53: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
+	42, // 54: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
+	44, // 55: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
+	6,  // 56: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	10, // 57: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	12, // 58: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	14, // 59: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	16, // 60: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	31, // 61: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	33, // 62: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	37, // 63: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
+	35, // 64: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
+	39, // 65: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
+	8,  // 66: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	11, // 67: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	13, // 68: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	15, // 69: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	17, // 70: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	32, // 71: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	34, // 72: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	38, // 73: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
+	36, // 74: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
+	40, // 75: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
+	66, // [66:76] is the sub-list for method output_type
+	56, // [56:66] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -3721,14 +3829,14 @@ func file_quotabroker_v1_broker_proto_init() {
 		return
 	}
 	file_quotabroker_v1_broker_proto_msgTypes[26].OneofWrappers = []any{}
-	file_quotabroker_v1_broker_proto_msgTypes[36].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[38].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   37,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,7 @@ const (
 	QuotaBroker_ListBudgets_FullMethodName     = "/quotabroker.v1.QuotaBroker/ListBudgets"
 	QuotaBroker_SetOverride_FullMethodName     = "/quotabroker.v1.QuotaBroker/SetOverride"
 	QuotaBroker_RefreshQuotas_FullMethodName   = "/quotabroker.v1.QuotaBroker/RefreshQuotas"
+	QuotaBroker_ResetAdaptive_FullMethodName   = "/quotabroker.v1.QuotaBroker/ResetAdaptive"
 	QuotaBroker_GetUsageHistory_FullMethodName = "/quotabroker.v1.QuotaBroker/GetUsageHistory"
 )
 
@@ -69,6 +70,10 @@ type QuotaBrokerClient interface {
 	// RefreshQuotas discovers the quotas now instead of at the next refresh
 	// interval. FAILED_PRECONDITION when the broker has no quota source.
 	RefreshQuotas(ctx context.Context, in *RefreshQuotasRequest, opts ...grpc.CallOption) (*RefreshQuotasResponse, error)
+	// ResetAdaptive forgets the ceiling a budget learned from throttles, so
+	// its effective limits are the static ones again (after a quota raise, or
+	// a probe that drove the ceiling down). Admin only.
+	ResetAdaptive(ctx context.Context, in *ResetAdaptiveRequest, opts ...grpc.CallOption) (*ResetAdaptiveResponse, error)
 	// GetUsageHistory returns each budget's usage step by step over [from,
 	// to): what the broker granted, refused and settled, kept per minute for
 	// the broker's history retention (serve --history-retention), and, when
@@ -165,6 +170,16 @@ func (c *quotaBrokerClient) RefreshQuotas(ctx context.Context, in *RefreshQuotas
 	return out, nil
 }
 
+func (c *quotaBrokerClient) ResetAdaptive(ctx context.Context, in *ResetAdaptiveRequest, opts ...grpc.CallOption) (*ResetAdaptiveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResetAdaptiveResponse)
+	err := c.cc.Invoke(ctx, QuotaBroker_ResetAdaptive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *quotaBrokerClient) GetUsageHistory(ctx context.Context, in *GetUsageHistoryRequest, opts ...grpc.CallOption) (*GetUsageHistoryResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetUsageHistoryResponse)
@@ -205,6 +220,10 @@ type QuotaBrokerServer interface {
 	// RefreshQuotas discovers the quotas now instead of at the next refresh
 	// interval. FAILED_PRECONDITION when the broker has no quota source.
 	RefreshQuotas(context.Context, *RefreshQuotasRequest) (*RefreshQuotasResponse, error)
+	// ResetAdaptive forgets the ceiling a budget learned from throttles, so
+	// its effective limits are the static ones again (after a quota raise, or
+	// a probe that drove the ceiling down). Admin only.
+	ResetAdaptive(context.Context, *ResetAdaptiveRequest) (*ResetAdaptiveResponse, error)
 	// GetUsageHistory returns each budget's usage step by step over [from,
 	// to): what the broker granted, refused and settled, kept per minute for
 	// the broker's history retention (serve --history-retention), and, when
@@ -244,6 +263,9 @@ func (UnimplementedQuotaBrokerServer) SetOverride(context.Context, *SetOverrideR
 }
 func (UnimplementedQuotaBrokerServer) RefreshQuotas(context.Context, *RefreshQuotasRequest) (*RefreshQuotasResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RefreshQuotas not implemented")
+}
+func (UnimplementedQuotaBrokerServer) ResetAdaptive(context.Context, *ResetAdaptiveRequest) (*ResetAdaptiveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResetAdaptive not implemented")
 }
 func (UnimplementedQuotaBrokerServer) GetUsageHistory(context.Context, *GetUsageHistoryRequest) (*GetUsageHistoryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetUsageHistory not implemented")
@@ -413,6 +435,24 @@ func _QuotaBroker_RefreshQuotas_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QuotaBroker_ResetAdaptive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResetAdaptiveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QuotaBrokerServer).ResetAdaptive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QuotaBroker_ResetAdaptive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QuotaBrokerServer).ResetAdaptive(ctx, req.(*ResetAdaptiveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _QuotaBroker_GetUsageHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetUsageHistoryRequest)
 	if err := dec(in); err != nil {
@@ -469,6 +509,10 @@ var QuotaBroker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RefreshQuotas",
 			Handler:    _QuotaBroker_RefreshQuotas_Handler,
+		},
+		{
+			MethodName: "ResetAdaptive",
+			Handler:    _QuotaBroker_ResetAdaptive_Handler,
 		},
 		{
 			MethodName: "GetUsageHistory",
