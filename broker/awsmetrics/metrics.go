@@ -84,28 +84,11 @@ const cacheMax = 256
 
 // New returns a Reader. It makes no AWS call.
 func New(cfg Config) *Reader {
-	var (
-		mu   sync.Mutex // guards base
-		base *aws.Config
-	)
-	if cfg.AWS != nil {
-		c := cfg.AWS.Copy()
-		base = &c
-	}
+	configFor := awsquota.RegionConfigs(cfg.AWS, cfg.Endpoint)
 	connect := func(ctx context.Context, region string) (metricDataGetter, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if base == nil {
-			c, err := awsquota.LoadAWSConfig(ctx, region, cfg.Endpoint)
-			if err != nil {
-				return nil, err
-			}
-			base = &c
-		}
-		c := base.Copy()
-		c.Region = region
-		if cfg.Endpoint != "" {
-			c.BaseEndpoint = aws.String(cfg.Endpoint)
+		c, err := configFor(ctx, region)
+		if err != nil {
+			return nil, err
 		}
 		return cloudwatch.NewFromConfig(c), nil
 	}

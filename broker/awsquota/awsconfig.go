@@ -3,6 +3,7 @@ package awsquota
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -48,4 +49,37 @@ func LoadAWSConfig(ctx context.Context, region, endpoint string) (aws.Config, er
 
 func dummyCredentials() aws.CredentialsProvider {
 	return aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider("AKIDSIMULATOR", "simulator-secret", ""))
+}
+
+// RegionConfigs returns a function giving the SDK configuration for a
+// Region: base (nil: LoadAWSConfig's, loaded once, at the first call) with
+// the Region set and, when endpoint is set, every client pointed at it.
+// Loading lazily keeps constructors free of AWS calls and credential
+// lookups; the function is safe for concurrent use.
+func RegionConfigs(base *aws.Config, endpoint string) func(ctx context.Context, region string) (aws.Config, error) {
+	var (
+		mu     sync.Mutex // guards loaded
+		loaded *aws.Config
+	)
+	if base != nil {
+		c := base.Copy()
+		loaded = &c
+	}
+	return func(ctx context.Context, region string) (aws.Config, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if loaded == nil {
+			c, err := LoadAWSConfig(ctx, region, endpoint)
+			if err != nil {
+				return aws.Config{}, err
+			}
+			loaded = &c
+		}
+		c := loaded.Copy()
+		c.Region = region
+		if endpoint != "" {
+			c.BaseEndpoint = aws.String(endpoint)
+		}
+		return c, nil
+	}
 }

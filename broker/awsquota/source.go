@@ -102,28 +102,11 @@ var regionRE = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d{1,2}$`)
 // New validates cfg and returns a Source. It makes no AWS call: clients are
 // built, and credentials looked for, at the first Discover.
 func New(cfg Config) (*Source, error) {
-	var (
-		mu   sync.Mutex // guards base
-		base *aws.Config
-	)
-	if cfg.AWS != nil {
-		c := cfg.AWS.Copy()
-		base = &c
-	}
+	configFor := RegionConfigs(cfg.AWS, cfg.Endpoint)
 	connect := func(ctx context.Context, region string) (clients, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if base == nil {
-			c, err := LoadAWSConfig(ctx, region, cfg.Endpoint)
-			if err != nil {
-				return clients{}, err
-			}
-			base = &c
-		}
-		c := base.Copy()
-		c.Region = region
-		if cfg.Endpoint != "" {
-			c.BaseEndpoint = aws.String(cfg.Endpoint)
+		c, err := configFor(ctx, region)
+		if err != nil {
+			return clients{}, err
 		}
 		sq := servicequotas.NewFromConfig(c)
 		br := bedrock.NewFromConfig(c)
