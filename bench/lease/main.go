@@ -70,7 +70,10 @@ func run(args []string, out io.Writer) error {
 	}
 	defer store.Close()
 	ctx := context.Background()
-	b, err := broker.Open(ctx, store, sysclock.Clock{}, broker.Config{Margin: 1, LeaseTTL: time.Hour})
+	// One client holds every outstanding lease of the memory measurement:
+	// no per-client cap on leases (the default is 10,000).
+	b, err := broker.Open(ctx, store, sysclock.Clock{}, broker.Config{Margin: 1, LeaseTTL: time.Hour,
+		DefaultClient: broker.ClientPolicy{MaxConcurrent: -1}})
 	if err != nil {
 		return err
 	}
