@@ -86,6 +86,15 @@
 // then the store errs on the side of charging. A grant whose commit fails is
 // undone and reported as KindUnavailable.
 //
+// # History
+//
+// Every event on a budget is also counted per minute and client (Stats, in
+// history.go): in memory, then written by the sweep once a second as
+// deltas. History is statistics, not grants: a crash loses at most that
+// second of it, and the grant invariant never reads it. Reports (Activity),
+// the dashboard and quota-increase evidence (History) read it back, adding
+// what is still in memory, so they are exact up to the call.
+//
 // # Concurrency
 //
 // One mutex (Broker.mu) guards all budgets, leases and waiters; it is never

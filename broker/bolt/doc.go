@@ -2,13 +2,22 @@
 //
 // # Model
 //
-// The file holds five buckets:
+// The file holds these buckets:
 //
-//	meta       "schema" -> uvarint schema version (1)
-//	specs      budget key -> Spec (quota, source, burndown, max output)
-//	overrides  budget key -> Override (absent: no override)
-//	leases     lease ID -> LeaseRecord
-//	usage      minute | budget key -> usage totals (tokens, requests)
+//	meta         "schema" -> uvarint schema version (1)
+//	specs        budget key -> Spec (quota, source, burndown, max output, AWS quota refs)
+//	overrides    budget key -> Override (absent: no override)
+//	leases       lease ID -> LeaseRecord
+//	usage        minute | budget key -> usage totals (tokens, requests)
+//	adaptive     budget key -> AdaptiveRecord (learned ceiling, depth, cuts)
+//	stats        minute | budget key | client -> history (broker.Stats)
+//	stats-total  minute | budget key | "" -> history summed over clients
+//
+// Load reads the first six; history is read by ReadStats, a range scan by
+// minute, and is never needed to rebuild the broker's windows. Buckets and
+// record fields added after schema 1 was first written (adaptive, the
+// stats buckets, quota refs, adaptive depth) are created when missing or
+// written only when set, so older files open and read unchanged.
 //
 // A budget key is the region, scope and model, each string length-prefixed
 // so that no model id can make two keys collide. A usage key starts with the
