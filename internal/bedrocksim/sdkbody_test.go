@@ -130,7 +130,10 @@ func (c *gatedConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// Close reports only after the socket is closed: the server then writes the
+// response body, which must not reach a client read before that.
 func (c *gatedConn) Close() error {
+	err := c.Conn.Close()
 	c.closeOnce.Do(c.onClose)
-	return c.Conn.Close()
+	return err
 }
