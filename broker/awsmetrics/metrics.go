@@ -90,7 +90,7 @@ func New(cfg Config) *Reader {
 		if err != nil {
 			return nil, err
 		}
-		return cloudwatch.NewFromConfig(c), nil
+		return cloudwatch.NewFromConfig(c, func(o *cloudwatch.Options) { o.HTTPClient = awsquota.SafeBodies(o.HTTPClient) }), nil
 	}
 	return newReader(cfg, connect)
 }

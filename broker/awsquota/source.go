@@ -108,8 +108,8 @@ func New(cfg Config) (*Source, error) {
 		if err != nil {
 			return clients{}, err
 		}
-		sq := servicequotas.NewFromConfig(c)
-		br := bedrock.NewFromConfig(c)
+		sq := servicequotas.NewFromConfig(c, func(o *servicequotas.Options) { o.HTTPClient = SafeBodies(o.HTTPClient) })
+		br := bedrock.NewFromConfig(c, func(o *bedrock.Options) { o.HTTPClient = SafeBodies(o.HTTPClient) })
 		return clients{quotas: sq, defaults: sq, models: br, profiles: br, provisioned: br, creds: c.Credentials}, nil
 	}
 	return newSource(cfg, connect)

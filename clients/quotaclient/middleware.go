@@ -29,6 +29,7 @@ import (
 func WithLeases(c *Client) func(*bedrockruntime.Options) {
 	return func(o *bedrockruntime.Options) {
 		o.APIOptions = append(o.APIOptions, c.addToStack)
+		o.HTTPClient = withSafeBodies(o.HTTPClient)
 	}
 }
 

@@ -141,7 +141,7 @@ func increase(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	sq := servicequotas.NewFromConfig(cfg)
+	sq := servicequotas.NewFromConfig(cfg, func(o *servicequotas.Options) { o.HTTPClient = awsquota.SafeBodies(o.HTTPClient) })
 	var problem error
 	switch {
 	case !q.Adjustable:
