@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/awsquota"
 	"github.com/bedrockqb/quotabroker/broker/bolt"
 	"github.com/bedrockqb/quotabroker/clients/quotaclient"
 	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
@@ -182,6 +183,10 @@ func runStrategy(ctx context.Context, p *plan, name string) (*result, error) {
 		all := append([]func(*bedrockruntime.Options){func(o *bedrockruntime.Options) {
 			o.BaseEndpoint = aws.String(srv.URL)
 			o.APIOptions = append(o.APIOptions, r.recordAttempts)
+			// Every strategy gets the smithy-go body-race workaround that
+			// WithLeases installs, so a connection closed mid-response
+			// cannot count against one strategy only.
+			o.HTTPClient = awsquota.SafeBodies(o.HTTPClient)
 		}}, opts...)
 		return bedrockruntime.NewFromConfig(cfg, all...)
 	}
