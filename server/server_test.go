@@ -42,6 +42,12 @@ type fixture struct {
 // loopback, with one budget for sonnet.
 func start(t *testing.T, clock broker.Clock, cfg broker.Config, limits broker.Limits) *fixture {
 	t.Helper()
+	return startWith(t, clock, cfg, limits, server.Config{})
+}
+
+// startWith is start with a server configuration.
+func startWith(t *testing.T, clock broker.Clock, cfg broker.Config, limits broker.Limits, scfg server.Config) *fixture {
+	t.Helper()
 	ctx := context.Background()
 	store, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
 	if err != nil {
@@ -60,7 +66,7 @@ func start(t *testing.T, clock broker.Clock, cfg broker.Config, limits broker.Li
 	if err := b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: limits, Source: "test"}}); err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(b, server.Config{})
+	srv := server.New(b, scfg)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -259,11 +265,15 @@ func TestWaitIsClampedToServerMaximum(t *testing.T) {
 // TestDeadlineBoundsWait: a caller whose RPC deadline is shorter than its
 // wait gets a refusal before the deadline, not DEADLINE_EXCEEDED.
 func TestDeadlineBoundsWait(t *testing.T) {
-	f := start(t, sysclock.Clock{}, broker.Config{}, broker.Limits{Concurrency: 1})
+	// The margin kept back from the deadline is what the refusal has to
+	// travel back in: a wide one, so a loaded machine's scheduling delays
+	// cannot turn the refusal into DEADLINE_EXCEEDED (seen with the 50 ms
+	// default and a 400 ms deadline).
+	f := startWith(t, sysclock.Clock{}, broker.Config{}, broker.Limits{Concurrency: 1}, server.Config{DeadlineMargin: time.Second})
 	if _, err := f.client.AcquireLease(context.Background(), &pb.AcquireLeaseRequest{ModelId: sonnet, MaxOutputTokens: 1}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
 	_, err := f.client.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: sonnet, MaxOutputTokens: 1, Wait: durationpb.New(time.Minute)})
 	if st := status.Convert(err); st.Code() != codes.ResourceExhausted {
