@@ -48,8 +48,11 @@ type Stats struct {
 	WaitMillis int64 // summed wait of granted calls
 	// Charges to the minute windows (by grant minute).
 	WindowTokens, WindowRequests int64
-	// OutputHist is the distribution of output tokens of successful calls.
-	OutputHist Histogram
+	// OutputHist is the distribution of output tokens of successful calls;
+	// nil when there were none. A pointer, so that the many Stats without
+	// outputs (and History's points, which never carry one) stay small.
+	// Add allocates its own; Stats sharing one are never added into.
+	OutputHist *Histogram
 	// LimitTPM and LimitRPM are gauges, not counts: the effective limits
 	// when the minute was last written (0: none). Adding Stats keeps the
 	// lowest non-zero value, the limit that bound in that span.
@@ -76,9 +79,39 @@ func (s *Stats) Add(o *Stats) {
 	s.WaitMillis += o.WaitMillis
 	s.WindowTokens += o.WindowTokens
 	s.WindowRequests += o.WindowRequests
-	s.OutputHist.Add(&o.OutputHist)
+	s.addOutputs(o.OutputHist)
 	s.LimitTPM = minNonZero(s.LimitTPM, o.LimitTPM)
 	s.LimitRPM = minNonZero(s.LimitRPM, o.LimitRPM)
+}
+
+// addOutputs adds h to s's histogram, which s owns: a copy is made the
+// first time, never shared with the Stats h came from.
+func (s *Stats) addOutputs(h *Histogram) {
+	if h == nil {
+		return
+	}
+	if s.OutputHist == nil {
+		c := *h
+		s.OutputHist = &c
+		return
+	}
+	s.OutputHist.Add(h)
+}
+
+// ObserveOutput counts one successful call's output tokens.
+func (s *Stats) ObserveOutput(v int64) {
+	if s.OutputHist == nil {
+		s.OutputHist = new(Histogram)
+	}
+	s.OutputHist.Observe(v)
+}
+
+// clone returns a copy of s that shares nothing with it.
+func (s *Stats) clone() Stats {
+	c := *s
+	c.OutputHist = nil
+	c.addOutputs(s.OutputHist)
+	return c
 }
 
 func minNonZero(a, b int64) int64 {
@@ -144,15 +177,21 @@ func histogramBucket(v int64) int {
 // Observe counts v.
 func (h *Histogram) Observe(v int64) { h[histogramBucket(v)]++ }
 
-// Add adds o to h.
+// Add adds o to h; o may be nil.
 func (h *Histogram) Add(o *Histogram) {
+	if o == nil {
+		return
+	}
 	for i, n := range o {
 		h[i] += n
 	}
 }
 
-// Count is the number of values counted.
+// Count is the number of values counted; 0 for a nil Histogram.
 func (h *Histogram) Count() int64 {
+	if h == nil {
+		return 0
+	}
 	var n int64
 	for _, c := range h {
 		n += c
@@ -161,7 +200,7 @@ func (h *Histogram) Count() int64 {
 }
 
 // Quantile is the upper bound of the bucket holding the q-quantile (0..1);
-// 0 when empty.
+// 0 when empty or nil.
 func (h *Histogram) Quantile(q float64) int64 {
 	n := h.Count()
 	if n == 0 {
@@ -245,7 +284,7 @@ func (b *Broker) takeStats(now time.Time) []StatsRecord {
 		}
 		lim := bg.limits(now)
 		for slot, s := range bg.pending {
-			r := StatsRecord{Key: bg.spec.Key, Minute: slot.minute, Client: slot.client, Stats: *s}
+			r := StatsRecord{Key: bg.spec.Key, Minute: slot.minute, Client: slot.client, Stats: *s} // s leaves pending: no copy needed
 			r.LimitTPM, r.LimitRPM = lim.TPM, lim.RPM
 			out = append(out, r)
 		}
@@ -264,7 +303,9 @@ func (b *Broker) pendingStats(from, to int64, perClient bool, match func(Key) bo
 		}
 		for slot, s := range bg.pending {
 			if slot.minute >= from && slot.minute < to {
-				r := StatsRecord{Key: k, Minute: slot.minute, Client: slot.client, Stats: *s}
+				// A deep copy: the pending Stats go on changing under b.mu
+				// while the reader uses this one without it.
+				r := StatsRecord{Key: k, Minute: slot.minute, Client: slot.client, Stats: s.clone()}
 				if !perClient {
 					r.Client = ""
 				}
@@ -320,7 +361,8 @@ type HistoryQuery struct {
 const maxHistoryPoints = 10_000
 
 // Series is the history of one budget: Points[i] covers the Step starting
-// at From + i x Step, summed over clients.
+// at From + i x Step, summed over clients, without OutputHist; Total
+// covers the whole span, with it.
 type Series struct {
 	Key    Key
 	From   time.Time
@@ -356,7 +398,11 @@ func (b *Broker) History(ctx context.Context, q HistoryQuery) ([]Series, error) 
 			s = &Series{Key: r.Key, From: from, Step: step, Points: make([]Stats, n)}
 			byKey[r.Key] = s
 		}
-		s.Points[(r.Minute-fromM)/stepM].Add(&r.Stats)
+		// Points leave the output histogram out: a series of a day holds
+		// thousands of them, and no chart reads it. Total has it.
+		point := r.Stats
+		point.OutputHist = nil
+		s.Points[(r.Minute-fromM)/stepM].Add(&point)
 		s.Total.Add(&r.Stats)
 	})
 	if err != nil {
@@ -492,7 +538,7 @@ func (b *Broker) noteSettlement(l *lease, now time.Time, outcome Outcome, u Usag
 	case OutcomeCancelled:
 		st.Cancelled++
 	case OutcomeSuccess:
-		st.OutputHist.Observe(u.OutputTokens)
+		st.ObserveOutput(u.OutputTokens)
 		if l.MaxOutput > 0 && u.OutputTokens >= l.MaxOutput {
 			st.Truncated++
 		}

@@ -57,7 +57,7 @@ func TestHistoryCountsEveryEvent(t *testing.T) {
 			ReservedTokens: 4 * 500, SettledTokens: 250 + 500, InputTokens: 300, OutputTokens: 550, Truncated: 1,
 			WindowTokens: 250 + 500 + 500, WindowRequests: 3}
 		got := h
-		got.OutputHist, got.LimitTPM, got.LimitRPM = broker.Histogram{}, 0, 0
+		got.OutputHist, got.LimitTPM, got.LimitRPM = nil, 0, 0
 		if got != want {
 			t.Errorf("%s: last hour\n got %+v\nwant %+v", when, got, want)
 		}
@@ -181,6 +181,53 @@ func TestHistoryQueryBounds(t *testing.T) {
 	} {
 		if _, err := e.b.History(context.Background(), q); err == nil {
 			t.Errorf("History(%+v) succeeded; want an invalid-argument error", q)
+		}
+	}
+}
+
+// TestHistoryReadersShareNothingWithPending reads history while settlements
+// keep changing the minute in memory; under -race, a reader holding the
+// pending histogram instead of a copy is reported.
+func TestHistoryReadersShareNothingWithPending(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, spec("anthropic.claude-3-haiku-20240307-v1:0", broker.Limits{RPM: 100_000, TPM: 1 << 40}))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 300 {
+			l, err := e.b.Acquire(ctx, broker.AcquireRequest{ModelID: haiku3, Client: "a", InputTokens: 10, MaxOutputTokens: 1000})
+			if err != nil || !l.Granted {
+				t.Errorf("acquire: %+v %v", l, err)
+				return
+			}
+			e.b.Complete(ctx, l.Lease.ID, broker.OutcomeSuccess, broker.Usage{InputTokens: 10, OutputTokens: int64(i)})
+		}
+	}()
+	for reading := true; reading; {
+		select {
+		case <-done:
+			reading = false
+		default:
+		}
+		if _, err := e.b.History(ctx, broker.HistoryQuery{From: t0, To: t0.Add(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		series, err := e.b.History(ctx, broker.HistoryQuery{From: t0, To: t0.Add(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range series {
+			s.Total.OutputHist.Count()
+		}
+	}
+	e.clock.Advance(time.Minute)
+	act, _, err := e.b.Activity(ctx, broker.ReportFilter{})
+	if err != nil || len(act) != 1 {
+		t.Fatalf("activity %v %v", act, err)
+	}
+	for _, a := range act {
+		if n := a.LastMinute.OutputHist.Count(); n != 300 {
+			t.Fatalf("output histogram counts %d; want 300", n)
 		}
 	}
 }

@@ -555,15 +555,19 @@ func appendStatsBody(b []byte, s *broker.Stats) []byte {
 	for _, f := range statsFields(s) {
 		b = binary.AppendVarint(b, *f)
 	}
+	var hist broker.Histogram
+	if s.OutputHist != nil {
+		hist = *s.OutputHist
+	}
 	n := 0
-	for _, c := range s.OutputHist {
+	for _, c := range hist {
 		if c != 0 {
 			n++
 		}
 	}
 	b = binary.AppendUvarint(b, uint64(n))
 	prev := -1
-	for i, c := range s.OutputHist {
+	for i, c := range hist {
 		if c != 0 {
 			b = binary.AppendUvarint(b, uint64(i-prev-1))
 			b = binary.AppendVarint(b, c)
@@ -594,6 +598,9 @@ func decodeStatsBody(body []byte) (broker.Stats, error) {
 			break
 		}
 		prev += 1 + int(gap)
+		if s.OutputHist == nil {
+			s.OutputHist = new(broker.Histogram)
+		}
 		s.OutputHist[prev] = c
 	}
 	return s, d.end()

@@ -100,6 +100,7 @@ func FuzzDecodeUsage(f *testing.F) {
 
 func FuzzDecodeStats(f *testing.F) {
 	st := broker.Stats{Granted: 3, Refused: -1, WindowTokens: 1 << 40, LimitTPM: 5}
+	st.OutputHist = new(broker.Histogram)
 	st.OutputHist[0], st.OutputHist[7], st.OutputHist[broker.HistogramBuckets-1] = 1, -2, 3
 	k := statsKey(29_000_000, keyA, "svc")
 	f.Add(k, encodeStats(k, &st))

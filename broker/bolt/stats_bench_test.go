@@ -29,7 +29,7 @@ func BenchmarkReadStatsDay(b *testing.B) {
 			for j := 0; j < clients; j++ {
 				r := broker.StatsRecord{Key: broker.Key{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: fmt.Sprintf("model-%d", i)}, Minute: int64(m), Client: fmt.Sprintf("client-%d", j)}
 				r.Granted, r.WindowTokens, r.Completed = 10, 1000, 10
-				r.OutputHist.Observe(300)
+				r.ObserveOutput(300)
 				c.Stats = append(c.Stats, r)
 			}
 		}

@@ -643,7 +643,7 @@ func TestStatsHistory(t *testing.T) {
 	rec := func(m int64, k broker.Key, client string, granted, tpm int64, out ...int64) broker.StatsRecord {
 		r := broker.StatsRecord{Key: k, Minute: m, Client: client, Stats: broker.Stats{Granted: granted, WindowTokens: 10 * granted, LimitTPM: tpm}}
 		for _, v := range out {
-			r.OutputHist.Observe(v)
+			r.ObserveOutput(v)
 		}
 		return r
 	}
