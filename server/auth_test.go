@@ -3,14 +3,12 @@ package server_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -71,15 +69,7 @@ func startWithAuth(t *testing.T) *authFixture {
 	f.b = b
 	key, _ := broker.ParseModelID(sonnet, "", "us-east-1")
 	b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: broker.Limits{TPM: 1_000_000}, Source: "test"}})
-	srv := server.New(b, server.Config{Tokens: tokens})
-	lis, _ := net.Listen("tcp", "127.0.0.1:0")
-	go srv.Serve(lis)
-	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := serve(t, b, server.Config{Tokens: tokens})
 	f.conn, f.client = conn, pb.NewQuotaBrokerClient(conn)
 	return f
 }

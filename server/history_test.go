@@ -3,15 +3,12 @@ package server_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -24,19 +21,7 @@ import (
 // serveWith puts a second server with cfg in front of f's broker.
 func serveWith(t *testing.T, f *fixture, cfg server.Config) pb.QuotaBrokerClient {
 	t.Helper()
-	srv := server.New(f.b, cfg)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return pb.NewQuotaBrokerClient(conn)
+	return pb.NewQuotaBrokerClient(serve(t, f.b, cfg))
 }
 
 // historyTraffic makes two minutes of traffic on sonnet (RPM 3) and

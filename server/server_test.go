@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -66,23 +65,24 @@ func startWith(t *testing.T, clock broker.Clock, cfg broker.Config, limits broke
 	if err := b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: limits, Source: "test"}}); err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(b, scfg)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := serve(t, b, scfg)
 	f := &fixture{client: pb.NewQuotaBrokerClient(conn), conn: conn, b: b}
 	if c, ok := clock.(*clocktest.Clock); ok {
 		f.clock = c
 	}
 	return f
+}
+
+// serve runs a server with scfg in front of b on loopback for the test and
+// returns a connection to it.
+func serve(t *testing.T, b server.Broker, scfg server.Config) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(serveOn(t, server.New(b, scfg)), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func fakeClock() *clocktest.Clock {
@@ -340,15 +340,9 @@ func TestMetricsEndpoint(t *testing.T) {
 	key, _ := broker.ParseModelID(sonnet, "", "us-east-1")
 	b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: broker.Limits{RPM: 10, TPM: 100_000}, Source: "test"}})
 	reg := server.NewRegistry(b)
-	srv := server.New(b, server.Config{Metrics: reg})
-	lis, _ := net.Listen("tcp", "127.0.0.1:0")
-	go srv.Serve(lis)
-	defer srv.Shutdown(ctx)
+	c := pb.NewQuotaBrokerClient(serve(t, b, server.Config{Metrics: reg}))
 	hs := httptest.NewServer(server.MetricsHandler(reg))
 	defer hs.Close()
-	conn, _ := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	defer conn.Close()
-	c := pb.NewQuotaBrokerClient(conn)
 	if _, err := c.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: sonnet, InputTokens: 100, MaxOutputTokens: 100}); err != nil {
 		t.Fatal(err)
 	}
