@@ -275,7 +275,9 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 		scfg.Metrics = reg
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", server.MetricsHandler(reg))
-		dashboard.New(b, dashboard.Config{Logger: log}).Register(mux)
+		// Renders are reused for 10 s: the page reloads itself every minute
+		// and a render costs hundreds of milliseconds of CPU.
+		dashboard.New(b, dashboard.Config{Logger: log, CacheFor: 10 * time.Second}).Register(mux)
 		if httpLis, err = net.Listen("tcp", f.httpAddr); err != nil {
 			lis.Close()
 			return fmt.Errorf("listen on %s (--http): %w", f.httpAddr, err)

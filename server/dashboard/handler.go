@@ -26,6 +26,11 @@ type Config struct {
 	Version string
 	// Logger receives failures to read history; nil: silent.
 	Logger *slog.Logger
+	// CacheFor is how long a render is served again to requests for the
+	// same page or chart; 0 or less: every request renders.
+	CacheFor time.Duration
+	// Now is the cache's clock; nil: time.Now.
+	Now func() time.Time
 }
 
 // Dashboard serves the page and the SVG charts.
@@ -33,6 +38,7 @@ type Dashboard struct {
 	src     Source
 	cfg     Config
 	renders chan struct{} // a token per render in progress
+	cache   renderCache
 }
 
 // New returns a dashboard of src.
@@ -48,6 +54,9 @@ func New(src Source, cfg Config) *Dashboard {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	return &Dashboard{src: src, cfg: cfg, renders: make(chan struct{}, cfg.MaxRenders)}
 }
@@ -116,6 +125,9 @@ func (d *Dashboard) collect(w http.ResponseWriter, r *http.Request, allowBoth bo
 }
 
 func (d *Dashboard) serveSVG(w http.ResponseWriter, r *http.Request) {
+	if d.serveCached(w, r) {
+		return
+	}
 	if err := d.acquire(r.Context()); err != nil {
 		return
 	}
@@ -132,7 +144,7 @@ func (d *Dashboard) serveSVG(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "image/svg+xml")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
-	send(w, r, &b)
+	d.respond(w, r, &b)
 }
 
 // send writes b, gzipped when the client takes it: SVG is verbose text
@@ -195,6 +207,9 @@ type listed struct {
 }
 
 func (d *Dashboard) servePage(w http.ResponseWriter, r *http.Request) {
+	if d.serveCached(w, r) {
+		return
+	}
 	if err := d.acquire(r.Context()); err != nil {
 		return
 	}
@@ -245,7 +260,7 @@ func (d *Dashboard) servePage(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
-	send(w, r, &buf)
+	d.respond(w, r, &buf)
 }
 
 // summary is a budget's line above its charts: traffic over the longest

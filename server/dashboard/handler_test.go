@@ -7,7 +7,9 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/bedrockqb/quotabroker/server/dashboard"
 )
@@ -171,5 +173,31 @@ func TestChartSVGHasOneChartPerBudgetWithTraffic(t *testing.T) {
 		if !slices.Equal(titles, c.titles) {
 			t.Errorf("chart.svg%s titles = %q, want %q", c.query, titles, c.titles)
 		}
+	}
+}
+
+// TestRendersAreCachedForCacheFor checks that a page asked for again
+// within CacheFor is the earlier render (new traffic does not show), that
+// it is rendered anew after, and that another query is its own entry.
+func TestRendersAreCachedForCacheFor(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	f := start(t, dashboard.Config{CacheFor: 10 * time.Second, Now: clock})
+	f.drive(t, 5)
+	_, first := get(t, f.url+"/dashboard")
+	f.drive(t, 5)
+	if _, again := get(t, f.url+"/dashboard"); again != first {
+		t.Fatal("a page asked for again within CacheFor was rendered anew")
+	}
+	if _, hour := get(t, f.url+"/dashboard?span=hour"); hour == first {
+		t.Fatal("another query was answered from the first one's entry")
+	}
+	mu.Lock()
+	now = now.Add(10 * time.Second)
+	mu.Unlock()
+	if _, later := get(t, f.url+"/dashboard"); later == first {
+		t.Fatal("the page was still served from the cache after CacheFor")
 	}
 }
