@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -162,6 +163,10 @@ func fromStatus(err error) error {
 		}
 		return r
 	}
+	if st.Code() == codes.Unavailable && tlsRefused(st.Message()) {
+		return &Error{Code: codes.Unauthenticated, kind: ErrUnauthenticated, cause: err,
+			Message: "TLS credentials refused (a client certificate the broker does not accept, or a broker certificate this client does not trust): " + st.Message()}
+	}
 	e := &Error{Code: st.Code(), Message: st.Message(), kind: kindOf[st.Code()]}
 	for _, d := range st.Details() {
 		if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 0 {
@@ -169,6 +174,18 @@ func fromStatus(err error) error {
 		}
 	}
 	return e
+}
+
+// tlsRefused reports whether an UNAVAILABLE from the transport is a TLS
+// handshake that one side refused, which gRPC reports like an outage. It is
+// not one: retrying will not help, and FailOpen must not take it for one,
+// or a client whose certificate was revoked would go on calling Bedrock
+// outside the broker. The wordings are grpc-go's ("authentication handshake
+// failed", this side refusing) and crypto/tls's alerts ("remote error: tls:
+// ...", the other side refusing: with TLS 1.3 a refused client certificate
+// shows only when the first frame is read).
+func tlsRefused(msg string) bool {
+	return strings.Contains(msg, "authentication handshake failed") || strings.Contains(msg, "remote error: tls:")
 }
 
 func limitOfReason(reason string) Limit {

@@ -120,6 +120,7 @@ type brokerOpts struct {
 	addr   string // "" means any port
 	specs  []broker.Spec
 	config broker.Config
+	server server.Config
 }
 
 func startBroker(t testing.TB, o brokerOpts) *brokerProc {
@@ -148,7 +149,7 @@ func startBroker(t testing.TB, o brokerOpts) *brokerProc {
 			t.Fatal(err)
 		}
 	}
-	srv := server.New(b, server.Config{})
+	srv := server.New(b, o.server)
 	lis, err := net.Listen("tcp", o.addr)
 	if err != nil {
 		t.Fatal(err)
