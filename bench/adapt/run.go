@@ -28,6 +28,7 @@ import (
 	"github.com/bedrockqb/quotabroker/broker/bolt"
 	"github.com/bedrockqb/quotabroker/clients/quotaclient"
 	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
+	"github.com/bedrockqb/quotabroker/internal/clocktest"
 	"github.com/bedrockqb/quotabroker/server"
 )
 
@@ -198,7 +199,7 @@ func runStrategy(ctx context.Context, p *plan, name string) (*result, error) {
 	case stratSDK:
 		st = &sdkAdaptive{base: base, speed: p.cfg.speed}
 	case stratBroker:
-		bp, err = startBroker(ctx, p, scaledClock{start: realStart, speed: p.cfg.speed})
+		bp, err = startBroker(ctx, p, clocktest.Scaled{Start: realStart, Speed: p.cfg.speed})
 		if err != nil {
 			return nil, err
 		}
@@ -460,20 +461,6 @@ func (v *viaBroker) retryAfter(err error, n int, rng *rand.Rand) time.Duration {
 		return 0 // the client has already backed off
 	}
 	return time.Second
-}
-
-// scaledClock runs the broker's time at the simulator's speed.
-type scaledClock struct {
-	start time.Time
-	speed float64
-}
-
-func (c scaledClock) Now() time.Time {
-	return c.start.Add(time.Duration(float64(time.Since(c.start)) * c.speed))
-}
-
-func (c scaledClock) AfterFunc(d time.Duration, f func()) broker.Timer {
-	return time.AfterFunc(time.Duration(float64(d)/c.speed), f)
 }
 
 // brokerProc is the broker in-process: bbolt file in a temp dir, Run loop,

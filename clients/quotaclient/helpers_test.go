@@ -22,6 +22,7 @@ import (
 	"github.com/bedrockqb/quotabroker/broker/bolt"
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
+	"github.com/bedrockqb/quotabroker/internal/clocktest"
 	"github.com/bedrockqb/quotabroker/server"
 )
 
@@ -31,21 +32,6 @@ const (
 )
 
 func f64(v float64) *float64 { return &v }
-
-// scaledClock runs the broker's time at the simulator's speed, so that a
-// simulated minute is a broker minute too.
-type scaledClock struct {
-	start time.Time
-	speed float64
-}
-
-func (c scaledClock) Now() time.Time {
-	return c.start.Add(time.Duration(float64(time.Since(c.start)) * c.speed))
-}
-
-func (c scaledClock) AfterFunc(d time.Duration, f func()) broker.Timer {
-	return time.AfterFunc(time.Duration(float64(d)/c.speed), f)
-}
 
 // testScenario: Claude 3 Haiku on demand (burndown 1) and Sonnet 4.5
 // through the us. profile (burndown 5), with the given per-minute quotas
@@ -133,7 +119,7 @@ func startBroker(t testing.TB, o brokerOpts) *brokerProc {
 		o.addr = "127.0.0.1:0"
 	}
 	if o.clock == nil {
-		o.clock = scaledClock{start: time.Now(), speed: 1}
+		o.clock = clocktest.NewScaled(1)
 	}
 	store, err := bolt.Open(o.path, bolt.Options{NoSync: true})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/clients/quotaclient"
+	"github.com/bedrockqb/quotabroker/internal/clocktest"
 )
 
 // tally is what the workload saw, from the SDK's own outputs.
@@ -183,7 +184,7 @@ func TestWorkloadThroughBroker(t *testing.T) {
 	// Through the broker, whose clock runs at the simulator's speed.
 	sim, url := startSim(t, testScenario(rpm, tpm, 1e6), speed)
 	bp := startBroker(t, brokerOpts{
-		clock: scaledClock{start: time.Now(), speed: speed},
+		clock: clocktest.NewScaled(speed),
 		specs: []broker.Spec{spec(t, haiku3, broker.Limits{RPM: rpm, TPM: tpm})},
 	})
 	conn := dial(t, bp.addr)

@@ -18,6 +18,7 @@ import (
 	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/broker/bolt"
 	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
+	"github.com/bedrockqb/quotabroker/internal/clocktest"
 	"github.com/bedrockqb/quotabroker/internal/probe"
 	"github.com/bedrockqb/quotabroker/server"
 )
@@ -33,33 +34,13 @@ const (
 	publishedRPMRow = 20000
 )
 
-// scaledClock runs time speed times faster than the wall clock, as the
-// simulator's Speed does; the broker and the probe both run on it, so the
-// three agree on what a minute is.
-type scaledClock struct {
-	start time.Time
-	speed float64
-}
-
-func (c scaledClock) Now() time.Time {
-	return c.start.Add(time.Duration(float64(time.Since(c.start)) * c.speed))
-}
-
-func (c scaledClock) AfterFunc(d time.Duration, f func()) broker.Timer {
-	return time.AfterFunc(time.Duration(float64(d)/c.speed), f)
-}
-
-func (c scaledClock) Sleep(ctx context.Context, d time.Duration) error {
-	return probe.Wall.Sleep(ctx, time.Duration(float64(d)/c.speed))
-}
-
 // probeWorld is the simulator and an in-process broker (bbolt file, gRPC on
 // 127.0.0.1) whose budget is what discovery would find: the published quota.
 type probeWorld struct {
 	sim     *bedrocksim.Sim
 	simURL  string
 	broker  string
-	clock   scaledClock
+	clock   clocktest.Scaled
 	brokerB *broker.Broker
 }
 
@@ -76,7 +57,7 @@ func startProbeWorld(t *testing.T, speed float64) *probeWorld {
 	hs := httptest.NewServer(sim.Handler())
 	t.Cleanup(hs.Close)
 
-	clock := scaledClock{start: time.Now(), speed: speed}
+	clock := clocktest.NewScaled(speed)
 	store, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{NoSync: true})
 	if err != nil {
 		t.Fatal(err)
