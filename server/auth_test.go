@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/bedrockqb/quotabroker/broker"
-	"github.com/bedrockqb/quotabroker/broker/bolt"
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 	"github.com/bedrockqb/quotabroker/server"
 )
@@ -44,7 +43,6 @@ func writeTokens(t *testing.T, path string, entries ...[3]string) {
 
 func startWithAuth(t *testing.T) *authFixture {
 	t.Helper()
-	ctx := context.Background()
 	f := &authFixture{path: filepath.Join(t.TempDir(), "tokens.json")}
 	var aliceSum, bobSum, adminSum string
 	f.alice, aliceSum = server.NewToken()
@@ -56,20 +54,8 @@ func startWithAuth(t *testing.T) *authFixture {
 		t.Fatal(err)
 	}
 	f.tokens = tokens
-	store, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	b, err := broker.Open(ctx, store, fakeClock(), broker.Config{Margin: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	f.b = b
-	key, _ := broker.ParseModelID(sonnet, "", "us-east-1")
-	b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: broker.Limits{TPM: 1_000_000}, Source: "test"}})
-	conn := serve(t, b, server.Config{Tokens: tokens})
+	f.b = newBroker(t)
+	conn := serve(t, f.b, server.Config{Tokens: tokens})
 	f.conn, f.client = conn, pb.NewQuotaBrokerClient(conn)
 	return f
 }

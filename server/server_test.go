@@ -47,6 +47,19 @@ func start(t *testing.T, clock broker.Clock, cfg broker.Config, limits broker.Li
 // startWith is start with a server configuration.
 func startWith(t *testing.T, clock broker.Clock, cfg broker.Config, limits broker.Limits, scfg server.Config) *fixture {
 	t.Helper()
+	b := openBroker(t, clock, cfg, limits)
+	conn := serve(t, b, scfg)
+	f := &fixture{client: pb.NewQuotaBrokerClient(conn), conn: conn, b: b}
+	if c, ok := clock.(*clocktest.Clock); ok {
+		f.clock = c
+	}
+	return f
+}
+
+// openBroker opens a broker on a real bbolt file, with full margin unless
+// cfg sets one, and one budget for sonnet with limits.
+func openBroker(t *testing.T, clock broker.Clock, cfg broker.Config, limits broker.Limits) *broker.Broker {
+	t.Helper()
 	ctx := context.Background()
 	store, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
 	if err != nil {
@@ -65,12 +78,12 @@ func startWith(t *testing.T, clock broker.Clock, cfg broker.Config, limits broke
 	if err := b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: limits, Source: "test"}}); err != nil {
 		t.Fatal(err)
 	}
-	conn := serve(t, b, scfg)
-	f := &fixture{client: pb.NewQuotaBrokerClient(conn), conn: conn, b: b}
-	if c, ok := clock.(*clocktest.Clock); ok {
-		f.clock = c
-	}
-	return f
+	return b
+}
+
+// newBroker is openBroker on a fake clock with one generous TPM limit.
+func newBroker(t *testing.T) *broker.Broker {
+	return openBroker(t, fakeClock(), broker.Config{}, broker.Limits{TPM: 1_000_000})
 }
 
 // serve runs a server with scfg in front of b on loopback for the test and
@@ -327,18 +340,7 @@ func TestOverrideOverGRPC(t *testing.T) {
 
 func TestMetricsEndpoint(t *testing.T) {
 	ctx := context.Background()
-	store, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	b, err := broker.Open(ctx, store, fakeClock(), broker.Config{Margin: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	key, _ := broker.ParseModelID(sonnet, "", "us-east-1")
-	b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: broker.Limits{RPM: 10, TPM: 100_000}, Source: "test"}})
+	b := openBroker(t, fakeClock(), broker.Config{}, broker.Limits{RPM: 10, TPM: 100_000})
 	reg := server.NewRegistry(b)
 	c := pb.NewQuotaBrokerClient(serve(t, b, server.Config{Metrics: reg}))
 	hs := httptest.NewServer(server.MetricsHandler(reg))

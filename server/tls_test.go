@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/bedrockqb/quotabroker/broker"
-	"github.com/bedrockqb/quotabroker/broker/bolt"
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 	"github.com/bedrockqb/quotabroker/internal/certtest"
 	"github.com/bedrockqb/quotabroker/server"
@@ -44,27 +43,6 @@ type tlsFixture struct {
 	files       server.TLSFiles
 	alice, bob  [2]string // client certificate and key files
 	ops, others [2]string // ops is an admin; others is signed by another CA
-}
-
-// newBroker opens a broker on a real bbolt file with one sonnet budget.
-func newBroker(t *testing.T) *broker.Broker {
-	t.Helper()
-	ctx := context.Background()
-	store, err := bolt.Open(filepath.Join(t.TempDir(), "state.db"), bolt.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	b, err := broker.Open(ctx, store, fakeClock(), broker.Config{Margin: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-	key, _ := broker.ParseModelID(sonnet, "", "us-east-1")
-	if err := b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: broker.Limits{TPM: 1_000_000}, Source: "test"}}); err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 // serveOn runs srv on a loopback port until the test ends.
