@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -57,16 +56,7 @@ func TestFloodOverGRPC(t *testing.T) {
 		if st.Code() != codes.ResourceExhausted {
 			t.Fatalf("a flooding call: %v %v, want RESOURCE_EXHAUSTED", r.resp, r.err)
 		}
-		var retry *errdetails.RetryInfo
-		var info *errdetails.ErrorInfo
-		for _, d := range st.Details() {
-			switch d := d.(type) {
-			case *errdetails.RetryInfo:
-				retry = d
-			case *errdetails.ErrorInfo:
-				info = d
-			}
-		}
+		retry, info := refusalDetails(st)
 		if retry == nil || retry.GetRetryDelay().AsDuration() <= 0 || info.GetReason() != pb.Limit_LIMIT_CLIENT_WAITERS.String() {
 			t.Fatalf("refusal details: %v %v", retry, info)
 		}

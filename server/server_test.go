@@ -171,6 +171,17 @@ func TestRefusalCarriesRetryInfoAndLimit(t *testing.T) {
 	if st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "RPM") {
 		t.Fatalf("got %v", err)
 	}
+	retry, info := refusalDetails(st)
+	if retry == nil || retry.GetRetryDelay().AsDuration() != 40250*time.Millisecond {
+		t.Fatalf("RetryInfo %v, want 40.25s", retry)
+	}
+	if info == nil || info.GetReason() != "LIMIT_RPM" || info.GetDomain() != server.ErrorDomain || info.GetMetadata()["scope"] != "cross-region" {
+		t.Fatalf("ErrorInfo %v", info)
+	}
+}
+
+// refusalDetails returns a refusal's RetryInfo and ErrorInfo (nil if absent).
+func refusalDetails(st *status.Status) (*errdetails.RetryInfo, *errdetails.ErrorInfo) {
 	var retry *errdetails.RetryInfo
 	var info *errdetails.ErrorInfo
 	for _, d := range st.Details() {
@@ -181,12 +192,7 @@ func TestRefusalCarriesRetryInfoAndLimit(t *testing.T) {
 			info = d
 		}
 	}
-	if retry == nil || retry.GetRetryDelay().AsDuration() != 40250*time.Millisecond {
-		t.Fatalf("RetryInfo %v, want 40.25s", retry)
-	}
-	if info == nil || info.GetReason() != "LIMIT_RPM" || info.GetDomain() != server.ErrorDomain || info.GetMetadata()["scope"] != "cross-region" {
-		t.Fatalf("ErrorInfo %v", info)
-	}
+	return retry, info
 }
 
 // TestBadInput checks that every kind of malformed request gets the right
