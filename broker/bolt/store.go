@@ -2,6 +2,7 @@ package bolt
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -837,18 +838,11 @@ func addStats(b *bbolt.Bucket, name, k []byte, delta *broker.Stats) error {
 	prev := total
 	total.Add(delta)
 	// Gauges replace: the latest write knows the limits in force.
-	total.LimitTPM, total.LimitRPM = cmpOr(delta.LimitTPM, prev.LimitTPM), cmpOr(delta.LimitRPM, prev.LimitRPM)
+	total.LimitTPM, total.LimitRPM = cmp.Or(delta.LimitTPM, prev.LimitTPM), cmp.Or(delta.LimitRPM, prev.LimitRPM)
 	if err := b.Put(k, encodeStats(k, &total)); err != nil {
 		return fmt.Errorf("put %s %s: %w", name, describeKey(name, k), err)
 	}
 	return nil
-}
-
-func cmpOr(a, b int64) int64 {
-	if a != 0 {
-		return a
-	}
-	return b
 }
 
 // deleteBefore deletes the keys of a minute-first bucket before minute.

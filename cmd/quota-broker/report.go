@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -137,7 +138,7 @@ func printReport(w io.Writer, rep *pb.GetQuotaReportResponse) {
 		fmt.Fprintln(w)
 		for _, p := range d.GetProvisioned() {
 			fmt.Fprintf(w, "provisioned throughput %s (%s): %s, %d model units, %s %s\n", p.GetName(), p.GetRegion(),
-				p.GetModel(), p.GetModelUnits(), p.GetStatus(), cmpOr(p.GetCommitment(), "no commitment"))
+				p.GetModel(), p.GetModelUnits(), p.GetStatus(), cmp.Or(p.GetCommitment(), "no commitment"))
 		}
 		for _, n := range d.GetNotes() {
 			fmt.Fprintf(w, "note: %s\n", n)
@@ -197,7 +198,7 @@ func printActivity(w io.Writer, rep *pb.GetQuotaReportResponse) {
 		k := b.GetBudget().GetKey()
 		var top []string
 		for _, c := range b.GetActivity().GetTopClients() {
-			top = append(top, fmt.Sprintf("%s %d tokens/%d calls", cmpOr(c.GetClient(), "(unnamed)"), c.GetUsage().GetWindowTokens(), c.GetUsage().GetCalls()))
+			top = append(top, fmt.Sprintf("%s %d tokens/%d calls", cmp.Or(c.GetClient(), "(unnamed)"), c.GetUsage().GetWindowTokens(), c.GetUsage().GetCalls()))
 		}
 		if len(top) > 0 {
 			fmt.Fprintf(w, "top clients, last hour, %s %s: %s\n", k.GetRegion(), k.GetModel(), strings.Join(top, "; "))
@@ -214,13 +215,6 @@ func printActivity(w io.Writer, rep *pb.GetQuotaReportResponse) {
 			fmt.Fprintf(w, "  %s quota %s %q: applied %d, %s, %s\n", q.GetLimit(), q.GetQuotaCode(), q.GetQuotaName(), q.GetAppliedValue(), def, adj)
 		}
 	}
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 func usedOf(used, limit int64) string {
