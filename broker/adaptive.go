@@ -289,15 +289,9 @@ func (bg *budget) restoreAdaptive(r AdaptiveRecord) {
 // from throttles: its effective limits are the static ones again. The
 // cleared state is stored first, so a restart does not bring it back.
 func (b *Broker) ResetAdaptive(ctx context.Context, modelID, region string) (BudgetInfo, error) {
-	key, err := ParseModelID(modelID, region, b.cfg.DefaultRegion)
+	key, err := b.knownBudget(modelID, region)
 	if err != nil {
 		return BudgetInfo{}, err
-	}
-	b.mu.Lock()
-	_, ok := b.budgets[key]
-	b.mu.Unlock()
-	if !ok {
-		return BudgetInfo{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
 	if err := b.store.Commit(ctx, Change{Adaptive: []AdaptiveRecord{{Key: key}}}); err != nil {
 		return BudgetInfo{}, &Error{Kind: KindUnavailable, Message: "adaptive reset could not be recorded", Err: err}

@@ -39,7 +39,7 @@ func (b *Broker) SetSpecs(ctx context.Context, specs []Spec) error {
 // SetOverride sets the operator override of the budget modelID names; an
 // empty override clears it.
 func (b *Broker) SetOverride(ctx context.Context, modelID, region string, o Override) (BudgetInfo, error) {
-	key, err := ParseModelID(modelID, region, b.cfg.DefaultRegion)
+	key, err := b.knownBudget(modelID, region)
 	if err != nil {
 		return BudgetInfo{}, err
 	}
@@ -53,12 +53,6 @@ func (b *Broker) SetOverride(ctx context.Context, modelID, region string, o Over
 	}
 	if len(o.Reason) > 1024 {
 		return BudgetInfo{}, invalidf("override.reason", "is %d bytes long; at most 1024", len(o.Reason))
-	}
-	b.mu.Lock()
-	_, ok := b.budgets[key]
-	b.mu.Unlock()
-	if !ok {
-		return BudgetInfo{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
 	var op *Override
 	if !o.empty() {
@@ -76,6 +70,21 @@ func (b *Broker) SetOverride(ctx context.Context, modelID, region string, o Over
 	now := b.clock.Now()
 	b.dispatch(bg, now)
 	return b.info(bg), nil
+}
+
+// knownBudget resolves modelID to the key of a budget the broker has.
+func (b *Broker) knownBudget(modelID, region string) (Key, error) {
+	key, err := ParseModelID(modelID, region, b.cfg.DefaultRegion)
+	if err != nil {
+		return Key{}, err
+	}
+	b.mu.Lock()
+	_, ok := b.budgets[key]
+	b.mu.Unlock()
+	if !ok {
+		return Key{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
+	}
+	return key, nil
 }
 
 // BudgetInfo describes a budget's configuration.
