@@ -103,17 +103,7 @@ func (r *runner) now() time.Duration { return r.sim.Now().Sub(r.t0) }
 
 // sleep waits a simulated duration.
 func (r *runner) sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(time.Duration(float64(d) / r.speed))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return clocktest.Scaled{Speed: r.speed}.Sleep(ctx, d)
 }
 
 // recordAttempts is a Finalize middleware placed last, after the SDK's
