@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"fmt"
 	"math"
 	"time"
@@ -166,7 +165,7 @@ func (c ceiling) at(cfg *AdaptiveConfig, since, now time.Time, static float64) (
 // throttled lowers the ceilings of bg after a throttle at now; grantedAt is
 // the throttled lease's grant time (zero for a throttle reported without a
 // lease). It reports whether it lowered them.
-func (b *Broker) throttled(bg *budget, now, grantedAt time.Time) bool {
+func (b *Core) throttled(bg *budget, now, grantedAt time.Time) bool {
 	cfg := &b.cfg.Adaptive
 	if cfg.Disabled {
 		return false
@@ -238,7 +237,7 @@ type AdaptiveState struct {
 	Reason string
 }
 
-func (b *Broker) adaptiveState(bg *budget, now time.Time) AdaptiveState {
+func (b *Core) adaptiveState(bg *budget, now time.Time) AdaptiveState {
 	a := &bg.adaptive
 	st := AdaptiveState{TokensWmax: a.tokens.Wmax, RequestsWmax: a.requests.Wmax, LastDecrease: a.lastDecrease, Throttles: a.throttles}
 	static := bg.static()
@@ -285,17 +284,9 @@ func (bg *budget) restoreAdaptive(r AdaptiveRecord) {
 	bg.adaptive = a
 }
 
-// ResetAdaptive forgets the ceiling the budget modelID names has learned
-// from throttles: its effective limits are the static ones again. The
-// cleared state is stored first, so a restart does not bring it back.
-func (b *Broker) ResetAdaptive(ctx context.Context, modelID, region string) (BudgetInfo, error) {
-	key, err := b.knownBudget(modelID, region)
-	if err != nil {
-		return BudgetInfo{}, err
-	}
-	if err := b.store.Commit(ctx, Change{Adaptive: []AdaptiveRecord{{Key: key}}}); err != nil {
-		return BudgetInfo{}, &Error{Kind: KindUnavailable, Message: "adaptive reset could not be recorded", Err: err}
-	}
+// resetAdaptive forgets the ceiling of the budget key, already cleared in
+// the store (see Operator.ResetAdaptive).
+func (b *Core) resetAdaptive(key Key) BudgetInfo {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	bg := b.budgets[key]
@@ -305,5 +296,5 @@ func (b *Broker) ResetAdaptive(ctx context.Context, modelID, region string) (Bud
 	bg.requestPace.restart(now)
 	b.log.Info("adaptive ceiling reset by an operator", "budget", key.String())
 	b.dispatch(bg, now)
-	return b.info(bg), nil
+	return b.info(bg)
 }

@@ -8,38 +8,33 @@ import (
 	"time"
 )
 
-// SetSpecs adds or updates budgets. They are stored first, then take effect;
-// waiters are re-examined, since a limit may have grown. Budgets not named
-// keep their current spec.
-func (b *Broker) SetSpecs(ctx context.Context, specs []Spec) error {
-	for _, s := range specs {
-		if err := s.validate(); err != nil {
-			return &Error{Kind: KindInvalid, Message: err.Error()}
-		}
-	}
-	if err := b.store.Commit(ctx, Change{Specs: specs}); err != nil {
-		return &Error{Kind: KindUnavailable, Message: "budgets could not be recorded", Err: err}
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := b.clock.Now()
-	for _, s := range specs {
-		bg := b.budgets[s.Key]
-		if bg == nil {
-			b.budgets[s.Key] = newBudget(s, &b.cfg)
-			continue
-		}
-		bg.spec = s
-		bg.recompute(b.cfg.Margin)
-		b.dispatch(bg, now)
-	}
-	return nil
+// Operator carries out operator actions (overrides, adaptive resets) and
+// answers reports on the budgets. It holds no state: everything it reads or
+// changes is the core's, through operatorCore, so the core's lock and the
+// budgets' invariants stay the core's business. Actions are stored before
+// they take effect.
+type Operator struct {
+	core operatorCore
+}
+
+// operatorCore is what Operator needs of the core.
+type operatorCore interface {
+	// knownBudget resolves modelID to the key of a budget the core has.
+	knownBudget(modelID, region string) (Key, error)
+	commit(ctx context.Context, c Change) error
+	now() time.Time
+	// setOverride and resetAdaptive apply a stored change and return the
+	// budget as it now is.
+	setOverride(key Key, o *Override) BudgetInfo
+	resetAdaptive(key Key) BudgetInfo
+	budgetInfos() []BudgetInfo
+	reports(match func(Key) bool) ([]BudgetReport, time.Time)
 }
 
 // SetOverride sets the operator override of the budget modelID names; an
 // empty override clears it.
-func (b *Broker) SetOverride(ctx context.Context, modelID, region string, o Override) (BudgetInfo, error) {
-	key, err := b.knownBudget(modelID, region)
+func (op *Operator) SetOverride(ctx context.Context, modelID, region string, o Override) (BudgetInfo, error) {
+	key, err := op.core.knownBudget(modelID, region)
 	if err != nil {
 		return BudgetInfo{}, err
 	}
@@ -54,26 +49,47 @@ func (b *Broker) SetOverride(ctx context.Context, modelID, region string, o Over
 	if len(o.Reason) > 1024 {
 		return BudgetInfo{}, invalidf("override.reason", "is %d bytes long; at most 1024", len(o.Reason))
 	}
-	var op *Override
+	var p *Override
 	if !o.empty() {
-		o.SetAt = b.clock.Now()
-		op = &o
+		o.SetAt = op.core.now()
+		p = &o
 	}
-	if err := b.store.Commit(ctx, Change{Overrides: []OverrideRecord{{Key: key, Override: op}}}); err != nil {
+	if err := op.core.commit(ctx, Change{Overrides: []OverrideRecord{{Key: key, Override: p}}}); err != nil {
 		return BudgetInfo{}, &Error{Kind: KindUnavailable, Message: "override could not be recorded", Err: err}
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	bg := b.budgets[key]
-	bg.override = op
-	bg.recompute(b.cfg.Margin)
-	now := b.clock.Now()
-	b.dispatch(bg, now)
-	return b.info(bg), nil
+	return op.core.setOverride(key, p), nil
 }
 
-// knownBudget resolves modelID to the key of a budget the broker has.
-func (b *Broker) knownBudget(modelID, region string) (Key, error) {
+// ResetAdaptive forgets the ceiling the budget modelID names has learned
+// from throttles: its effective limits are the static ones again. The
+// cleared state is stored first, so a restart does not bring it back.
+func (op *Operator) ResetAdaptive(ctx context.Context, modelID, region string) (BudgetInfo, error) {
+	key, err := op.core.knownBudget(modelID, region)
+	if err != nil {
+		return BudgetInfo{}, err
+	}
+	if err := op.core.commit(ctx, Change{Adaptive: []AdaptiveRecord{{Key: key}}}); err != nil {
+		return BudgetInfo{}, &Error{Kind: KindUnavailable, Message: "adaptive reset could not be recorded", Err: err}
+	}
+	return op.core.resetAdaptive(key), nil
+}
+
+// Budgets lists every budget, sorted by key.
+func (op *Operator) Budgets() []BudgetInfo { return op.core.budgetInfos() }
+
+// Report describes every budget the filter selects, sorted by key, as of
+// the returned time.
+func (op *Operator) Report(f ReportFilter) ([]BudgetReport, time.Time) {
+	return op.core.reports(f.matcher())
+}
+
+// The core's side of operatorCore.
+
+func (b *Core) commit(ctx context.Context, c Change) error { return b.store.Commit(ctx, c) }
+
+func (b *Core) now() time.Time { return b.clock.Now() }
+
+func (b *Core) knownBudget(modelID, region string) (Key, error) {
 	key, err := ParseModelID(modelID, region, b.cfg.DefaultRegion)
 	if err != nil {
 		return Key{}, err
@@ -85,6 +101,16 @@ func (b *Broker) knownBudget(modelID, region string) (Key, error) {
 		return Key{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
 	return key, nil
+}
+
+func (b *Core) setOverride(key Key, o *Override) BudgetInfo {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	bg := b.budgets[key]
+	bg.override = o
+	bg.recompute(b.cfg.Margin)
+	b.dispatch(bg, b.clock.Now())
+	return b.info(bg)
 }
 
 // BudgetInfo describes a budget's configuration.
@@ -100,7 +126,7 @@ type BudgetInfo struct {
 	MaxOutputTokens   int64
 }
 
-func (b *Broker) info(bg *budget) BudgetInfo {
+func (b *Core) info(bg *budget) BudgetInfo {
 	var o *Override
 	if bg.override != nil {
 		c := *bg.override
@@ -111,8 +137,7 @@ func (b *Broker) info(bg *budget) BudgetInfo {
 		Burndown: bg.spec.burndown(), MaxOutputTokens: bg.spec.maxOutput(), Adaptive: b.adaptiveState(bg, now)}
 }
 
-// Budgets lists every budget, sorted by key.
-func (b *Broker) Budgets() []BudgetInfo {
+func (b *Core) budgetInfos() []BudgetInfo {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := make([]BudgetInfo, 0, len(b.budgets))
@@ -155,14 +180,11 @@ type ReportFilter struct {
 	Model  string
 }
 
-// Report describes every budget the filter selects, sorted by key, as of
-// the returned time.
-func (b *Broker) Report(f ReportFilter) ([]BudgetReport, time.Time) {
+func (b *Core) reports(match func(Key) bool) ([]BudgetReport, time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.clock.Now()
 	var out []BudgetReport
-	match := f.matcher()
 	for k, bg := range b.budgets {
 		if !match(k) {
 			continue
@@ -188,14 +210,4 @@ func (b *Broker) Report(f ReportFilter) ([]BudgetReport, time.Time) {
 // String renders limits compactly for logs and messages.
 func (l Limits) String() string {
 	return fmt.Sprintf("rpm=%d tpm=%d tpd=%d concurrency=%d", l.RPM, l.TPM, l.TPD, l.Concurrency)
-}
-
-// LeaseClient returns the client a lease was granted to ("" if unknown).
-func (b *Broker) LeaseClient(id string) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if l := b.leases[id]; l != nil {
-		return l.Client
-	}
-	return ""
 }

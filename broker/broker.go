@@ -72,27 +72,40 @@ const (
 	maxLeaseIDLen    = 64
 )
 
-// Broker grants and settles leases against budgets. It is safe for
-// concurrent use. Start Run to expire leases; Close it when done.
+// Broker is the assembled domain: the lease core and the three parts around
+// it, each a type of its own with its own state (see the package doc's
+// Structure). It declares no methods: its method set is the union of its
+// parts', so a caller that needs all of them (cmd, tests) holds one value,
+// and a consumer that needs one job declares an interface that one part
+// satisfies. Open builds it; Run (the core's) expires leases and writes
+// history; Close it when done.
 type Broker struct {
+	*Core      // leases: acquire, settle, renew, queue, windows, adaptive ceilings
+	*Recorder  // usage history, fed by the core's events
+	*Refresher // quota discovery and its refresh loop
+	*Operator  // operator actions and reports
+}
+
+// Core grants, settles and renews leases against budgets: the hot centre
+// every AcquireLease goes through. It is safe for concurrent use.
+type Core struct {
 	store Store
 	clock Clock
 	cfg   Config
 	log   *slog.Logger
+	rec   *Recorder // receives an event for everything that happens to a budget
 
 	// mu guards everything below, and the state of every budget, lease and
-	// waiter. It is never held during a Store call.
-	mu      sync.Mutex
-	budgets map[Key]*budget
-	leases  map[string]*lease
-	expiry  expiryHeap // active leases by ExpiresAt (stale entries skipped)
-	ended   []endedRef // ended leases in EndedAt order, for forgetting
-	retry   []Change   // commits that failed after the answer was given
-	closed  bool
-
-	usageGCAt time.Time // when Sweep last dropped old usage
-	discovery DiscoveryStatus
-	source    QuotaSource      // for RefreshNow; nil: static budgets
+	// waiter. It is never held during a Store call, and the only other lock
+	// taken under it is the Recorder's hand-over lock (see Recorder).
+	mu        sync.Mutex
+	budgets   map[Key]*budget
+	leases    map[string]*lease
+	expiry    expiryHeap // active leases by ExpiresAt (stale entries skipped)
+	ended     []endedRef // ended leases in EndedAt order, for forgetting
+	retry     []Change   // commits that failed after the answer was given
+	closed    bool
+	usageGCAt time.Time        // when Sweep last dropped old usage
 	active    map[string]int64 // active leases per client, for MaxConcurrent
 	settled   chan struct{}    // closed when no lease is active (see Settled)
 	waiting   waiting          // callers waiting in Acquire, for MaxWaiters
@@ -122,25 +135,32 @@ func Open(ctx context.Context, store Store, clock Clock, cfg Config) (*Broker, e
 	if err != nil {
 		return nil, fmt.Errorf("load state: %w", err)
 	}
-	b := &Broker{
+	rec := newRecorder(store, clock)
+	b := &Core{
 		store:   store,
 		clock:   clock,
 		cfg:     cfg,
 		log:     cfg.Logger,
+		rec:     rec,
 		budgets: make(map[Key]*budget),
 		leases:  make(map[string]*lease),
 		active:  make(map[string]int64),
 		waiting: waiting{byClient: make(map[string]int)},
 	}
 	b.restore(snap)
-	return b, nil
+	return &Broker{
+		Core:      b,
+		Recorder:  rec,
+		Refresher: &Refresher{core: b, clock: clock, log: cfg.Logger},
+		Operator:  &Operator{core: b},
+	}, nil
 }
 
 // restore rebuilds the windows from what was granted before the restart:
 // the minute windows from the leases granted in the last minute, the day
 // window from per-minute usage. This is what keeps the grant invariant
 // across a crash.
-func (b *Broker) restore(snap Snapshot) {
+func (b *Core) restore(snap Snapshot) {
 	now := b.clock.Now()
 	for _, s := range snap.Specs {
 		b.budgets[s.Key] = newBudget(s, &b.cfg)
@@ -195,7 +215,7 @@ func (b *Broker) restore(snap Snapshot) {
 
 // Close stops the broker: waiting callers are answered with KindUnavailable
 // and new calls refused. Outstanding leases stay on record.
-func (b *Broker) Close() {
+func (b *Core) Close() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -221,7 +241,7 @@ func (b *Broker) Close() {
 // once if none is). A shutdown waits on it, bounded, after Close: calls in
 // flight then settle their leases instead of leaving them charged at their
 // reservation until they expire.
-func (b *Broker) Settled() <-chan struct{} {
+func (b *Core) Settled() <-chan struct{} {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.active) == 0 {
@@ -233,6 +253,34 @@ func (b *Broker) Settled() <-chan struct{} {
 		b.settled = make(chan struct{})
 	}
 	return b.settled
+}
+
+// SetSpecs adds or updates budgets. They are stored first, then take effect;
+// waiters are re-examined, since a limit may have grown. Budgets not named
+// keep their current spec.
+func (b *Core) SetSpecs(ctx context.Context, specs []Spec) error {
+	for _, s := range specs {
+		if err := s.validate(); err != nil {
+			return &Error{Kind: KindInvalid, Message: err.Error()}
+		}
+	}
+	if err := b.store.Commit(ctx, Change{Specs: specs}); err != nil {
+		return &Error{Kind: KindUnavailable, Message: "budgets could not be recorded", Err: err}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.clock.Now()
+	for _, s := range specs {
+		bg := b.budgets[s.Key]
+		if bg == nil {
+			b.budgets[s.Key] = newBudget(s, &b.cfg)
+			continue
+		}
+		bg.spec = s
+		bg.recompute(b.cfg.Margin)
+		b.dispatch(bg, now)
+	}
+	return nil
 }
 
 // AcquireRequest asks for one lease.
@@ -301,7 +349,7 @@ func (r *AcquireRequest) validate() error {
 // Config.MaxWait) for capacity. It returns a refusal Decision when the wait
 // runs out, and an error when the request is invalid, can never fit, or the
 // broker cannot serve; ctx ending abandons the wait with ctx's error.
-func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, error) {
+func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error) {
 	if req.Priority == 0 {
 		req.Priority = PriorityStandard
 	}
@@ -311,6 +359,8 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 	if err := req.validate(); err != nil {
 		return Decision{}, err
 	}
+	// Runs after every unlock below: history is folded off the lock.
+	defer b.rec.tidy()
 	key, err := ParseModelID(req.ModelID, req.Region, b.cfg.DefaultRegion)
 	if err != nil {
 		return Decision{}, err
@@ -334,7 +384,7 @@ func (b *Broker) Acquire(ctx context.Context, req AcquireRequest) (Decision, err
 	n.tokens = reservation(req.InputTokens, req.CacheWriteTokens, n.maxOutput, n.burndown)
 	if err := bg.neverFits(n); err != nil {
 		bg.counters.Refused++
-		b.stat(bg, req.Client, b.clock.Now()).Refused++
+		b.rec.note(event{kind: eventRefused, key: key, client: req.Client, at: b.clock.Now()})
 		b.mu.Unlock()
 		return Decision{}, err
 	}
@@ -398,7 +448,7 @@ func (w *waiter) record() LeaseRecord {
 
 // settleWait turns a waiter into a Decision once its wait is over: granted,
 // failed, or refused with the time until it would fit. Caller holds b.mu.
-func (b *Broker) settleWait(bg *budget, w *waiter, now time.Time) (Decision, error) {
+func (b *Core) settleWait(bg *budget, w *waiter, now time.Time) (Decision, error) {
 	switch {
 	case w.lease != nil:
 		return Decision{Key: bg.spec.Key, Granted: true, Lease: w.lease.public(), Waited: now.Sub(w.enqueued)}, nil
@@ -408,7 +458,7 @@ func (b *Broker) settleWait(bg *budget, w *waiter, now time.Time) (Decision, err
 	bg.queue.remove(w)
 	b.dispatch(bg, now) // w may have been the head that held others back
 	bg.counters.Refused++
-	b.stat(bg, w.client, now).Refused++
+	b.rec.note(event{kind: eventRefused, key: bg.spec.Key, client: w.client, at: now})
 	limit, d := bg.fit(now, w.need)
 	switch {
 	case !b.eligible(w.client):
@@ -433,7 +483,7 @@ func (b *Broker) settleWait(bg *budget, w *waiter, now time.Time) (Decision, err
 // the hot path takes the lock no second time) before it is returned. If the
 // store fails, the grant is undone: a lease the caller never heard of must
 // not hold capacity, and one it did hear of must be on disk.
-func (b *Broker) finish(ctx context.Context, d Decision, err error, l *lease, rec LeaseRecord) (Decision, error) {
+func (b *Core) finish(ctx context.Context, d Decision, err error, l *lease, rec LeaseRecord) (Decision, error) {
 	if err != nil || !d.Granted {
 		return d, err
 	}
@@ -452,7 +502,7 @@ func (b *Broker) finish(ctx context.Context, d Decision, err error, l *lease, re
 
 // dispatch grants waiters of bg in queue order while they fit, and arms a
 // timer for when the head will fit. Caller holds b.mu.
-func (b *Broker) dispatch(bg *budget, now time.Time) {
+func (b *Core) dispatch(bg *budget, now time.Time) {
 	for w := bg.queue.peek(now, b.eligible); w != nil; w = bg.queue.peek(now, b.eligible) {
 		if err := bg.neverFits(w.need); err != nil {
 			// The limits were lowered under it.
@@ -481,14 +531,14 @@ func (b *Broker) dispatch(bg *budget, now time.Time) {
 
 // eligible reports whether client may be granted another lease under its
 // MaxConcurrent cap. Caller holds b.mu.
-func (b *Broker) eligible(client string) bool {
+func (b *Core) eligible(client string) bool {
 	c := b.policy(client).MaxConcurrent
 	return c <= 0 || b.active[client] < c
 }
 
 // released notes that a lease of client ended; if the client was at its
 // cap, its waiters on every budget may now be served. Caller holds b.mu.
-func (b *Broker) released(client string, now time.Time) {
+func (b *Core) released(client string, now time.Time) {
 	capped := !b.eligible(client)
 	if b.active[client]--; b.active[client] <= 0 {
 		delete(b.active, client)
@@ -507,7 +557,7 @@ func (b *Broker) released(client string, now time.Time) {
 }
 
 // wakeAt makes sure dispatch runs on bg at at. Caller holds b.mu.
-func (b *Broker) wakeAt(bg *budget, now, at time.Time) {
+func (b *Core) wakeAt(bg *budget, now, at time.Time) {
 	if bg.timer != nil {
 		if !bg.timerAt.After(at) && bg.timerAt.After(now) {
 			return // an earlier wake-up is pending; it will re-arm
@@ -530,7 +580,7 @@ func (b *Broker) wakeAt(bg *budget, now, at time.Time) {
 	})
 }
 
-func (b *Broker) grant(bg *budget, w *waiter, now time.Time) *lease {
+func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 	l := &lease{b: bg, LeaseRecord: LeaseRecord{
 		ID:        newLeaseID(now),
 		Version:   1,
@@ -554,19 +604,15 @@ func (b *Broker) grant(bg *budget, w *waiter, now time.Time) *lease {
 	if w.need.unsetMax {
 		bg.counters.UnsetMaxTokens++
 	}
-	st := b.stat(bg, l.Client, now)
-	st.Granted++
-	st.ReservedTokens += l.Reserved
-	st.WindowTokens += l.Charged
-	st.WindowRequests += l.Requests
-	st.WaitMillis += now.Sub(w.enqueued).Milliseconds()
+	b.rec.note(event{kind: eventGranted, key: l.Key, client: l.Client, at: now,
+		reserved: l.Reserved, tokens: l.Charged, requests: l.Requests, waited: now.Sub(w.enqueued)})
 	b.leases[l.ID] = l
 	heap.Push(&b.expiry, expiryRef{id: l.ID, at: l.ExpiresAt})
 	return l
 }
 
 // undoGrant takes back a grant the caller never received. Caller holds b.mu.
-func (b *Broker) undoGrant(l *lease, now time.Time) {
+func (b *Core) undoGrant(l *lease, now time.Time) {
 	if b.leases[l.ID] != l || l.State != LeaseActive {
 		return
 	}
@@ -577,11 +623,8 @@ func (b *Broker) undoGrant(l *lease, now time.Time) {
 	b.released(l.Client, now)
 	bg.counters.Granted--
 	bg.counters.ReservedTokens -= l.Reserved
-	st := b.stat(bg, l.Client, l.GrantedAt)
-	st.Granted--
-	st.ReservedTokens -= l.Reserved
-	st.WindowTokens -= l.Charged
-	st.WindowRequests -= l.Requests
+	b.rec.note(event{kind: eventUngranted, key: l.Key, client: l.Client, at: l.GrantedAt,
+		reserved: l.Reserved, tokens: l.Charged, requests: l.Requests})
 	l.State = LeaseCompleted // so that a stale expiry entry skips it
 	b.dispatch(bg, now)
 }

@@ -95,7 +95,7 @@ const (
 )
 
 // budget is the live state of one budget. All fields are guarded by
-// Broker.mu.
+// Core.mu.
 type budget struct {
 	spec      Spec
 	override  *Override
@@ -118,8 +118,6 @@ type budget struct {
 	timerGen uint64    // counts armed timers, so a stale one does not clear a newer
 
 	counters Counters
-	// pending is history not yet written (see history.go).
-	pending map[statsSlot]*Stats
 }
 
 // Counters are a budget's totals since the broker started.

@@ -199,7 +199,7 @@ func (p *ClientPolicy) validate(name string) error {
 	return nil
 }
 
-func (b *Broker) policy(client string) ClientPolicy {
+func (b *Core) policy(client string) ClientPolicy {
 	if p, ok := b.cfg.Clients[client]; ok {
 		return p
 	}

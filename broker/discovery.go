@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
 )
 
@@ -52,81 +54,100 @@ type DiscoveryStatus struct {
 	Enabled     bool // a source is configured
 }
 
+// Refresher runs the quota source and hands what it finds to the core
+// (SetSpecs, the one method it needs of it). It owns its loop (RunRefresh)
+// and its state: mu guards the status and the source, and is never held
+// while discovering or while calling the core.
+type Refresher struct {
+	core  specSetter
+	clock Clock
+	log   *slog.Logger
+
+	mu     sync.Mutex
+	status DiscoveryStatus
+	source QuotaSource // for RefreshNow; nil: static budgets
+}
+
+// specSetter is what the Refresher needs of the core.
+type specSetter interface {
+	SetSpecs(ctx context.Context, specs []Spec) error
+}
+
 // Refresh runs src once and applies what it found. Budgets the source no
 // longer reports keep their last spec (and its age shows in the report):
 // a quota that vanished from one listing is likelier a glitch than a
 // revocation.
-func (b *Broker) Refresh(ctx context.Context, src QuotaSource) error {
-	now := b.clock.Now()
+func (r *Refresher) Refresh(ctx context.Context, src QuotaSource) error {
+	now := r.clock.Now()
 	d, err := src.Discover(ctx)
-	b.mu.Lock()
-	b.discovery.LastAttempt = now
+	r.mu.Lock()
+	r.status.LastAttempt = now
 	if err != nil {
-		b.discovery.LastError = err.Error()
-		b.mu.Unlock()
+		r.status.LastError = err.Error()
+		r.mu.Unlock()
 		return fmt.Errorf("discover quotas: %w", err)
 	}
-	b.mu.Unlock()
-	if err := b.SetSpecs(ctx, d.Specs); err != nil {
-		b.mu.Lock()
-		b.discovery.LastError = err.Error()
-		b.mu.Unlock()
+	r.mu.Unlock()
+	if err := r.core.SetSpecs(ctx, d.Specs); err != nil {
+		r.mu.Lock()
+		r.status.LastError = err.Error()
+		r.mu.Unlock()
 		return err
 	}
-	b.mu.Lock()
-	b.discovery.LastSuccess, b.discovery.LastError, b.discovery.Skipped = now, "", d.Skipped
-	b.discovery.Provisioned, b.discovery.Notes = d.Provisioned, d.Notes
-	b.mu.Unlock()
+	r.mu.Lock()
+	r.status.LastSuccess, r.status.LastError, r.status.Skipped = now, "", d.Skipped
+	r.status.Provisioned, r.status.Notes = d.Provisioned, d.Notes
+	r.mu.Unlock()
 	return nil
 }
 
 // RefreshNow runs the source that RunRefresh was started with, at once.
 // It fails with KindPrecondition when there is none.
-func (b *Broker) RefreshNow(ctx context.Context) error {
-	b.mu.Lock()
-	src := b.source
-	b.mu.Unlock()
+func (r *Refresher) RefreshNow(ctx context.Context) error {
+	r.mu.Lock()
+	src := r.source
+	r.mu.Unlock()
 	if src == nil {
 		return &Error{Kind: KindPrecondition, Message: "no quota source: budgets are static (start the broker with --aws or --aws-endpoint)"}
 	}
-	if err := b.Refresh(ctx, src); err != nil {
+	if err := r.Refresh(ctx, src); err != nil {
 		return &Error{Kind: KindUnavailable, Message: "quota discovery failed; serving the last known quotas", Err: err}
 	}
 	return nil
 }
 
-// UseSource makes src the broker's quota source for RefreshNow without
-// starting a loop (RunRefresh does both).
-func (b *Broker) UseSource(src QuotaSource) {
-	b.mu.Lock()
-	b.source = src
-	b.mu.Unlock()
+// UseSource makes src the quota source for RefreshNow without starting a
+// loop (RunRefresh does both).
+func (r *Refresher) UseSource(src QuotaSource) {
+	r.mu.Lock()
+	r.source = src
+	r.mu.Unlock()
 }
 
 // RunRefresh refreshes from src every interval until ctx ends, starting at
 // once unless a refresh already succeeded. A failed refresh is retried
 // sooner, with exponential backoff from 5 s up to the interval; the broker
 // keeps serving the last known quotas meanwhile.
-func (b *Broker) RunRefresh(ctx context.Context, src QuotaSource, interval time.Duration) error {
-	b.UseSource(src)
+func (r *Refresher) RunRefresh(ctx context.Context, src QuotaSource, interval time.Duration) error {
+	r.UseSource(src)
 	backoff := 5 * time.Second
 	next := interval
-	if b.DiscoveryStatus().LastSuccess.IsZero() {
+	if r.DiscoveryStatus().LastSuccess.IsZero() {
 		next = 0
 	}
 	for {
-		tick, stop := after(b.clock, next)
+		tick, stop := after(r.clock, next)
 		select {
 		case <-ctx.Done():
 			stop()
 			return ctx.Err()
 		case <-tick:
 		}
-		if err := b.Refresh(ctx, src); err != nil {
+		if err := r.Refresh(ctx, src); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			b.log.Warn("quota refresh failed; serving the last known quotas", "err", err, "retry_in", backoff)
+			r.log.Warn("quota refresh failed; serving the last known quotas", "err", err, "retry_in", backoff)
 			next = backoff
 			backoff = min(2*backoff, interval)
 			continue
@@ -137,11 +158,11 @@ func (b *Broker) RunRefresh(ctx context.Context, src QuotaSource, interval time.
 }
 
 // DiscoveryStatus reports the last refresh.
-func (b *Broker) DiscoveryStatus() DiscoveryStatus {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.discovery
+func (r *Refresher) DiscoveryStatus() DiscoveryStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.status
 	s.Skipped = append([]SkippedQuota(nil), s.Skipped...)
-	s.Enabled = b.source != nil
+	s.Enabled = r.source != nil
 	return s
 }

@@ -86,19 +86,48 @@
 // then the store errs on the side of charging. A grant whose commit fails is
 // undone and reported as KindUnavailable.
 //
+// # Structure
+//
+// Open returns a Broker, which assembles four types, one per job, each with
+// its own state and lock:
+//
+//   - Core is the hot centre: Acquire, Complete, Renew, ReportThrottle, the
+//     queue, the windows and the adaptive ceilings, SetSpecs, and Run (the
+//     sweep). Core.mu guards every budget, lease and waiter.
+//   - Recorder keeps usage history (history.go), fed by events the core
+//     hands it; it answers History and Activity.
+//   - Refresher runs the quota source (discovery.go) and hands what it finds
+//     to the core with SetSpecs, the one method it needs of it; RunRefresh
+//     is its loop.
+//   - Operator carries out operator actions (SetOverride, ResetAdaptive) and
+//     reports (Budgets, Report) through operatorCore, a narrow unexported
+//     interface onto the core (admin.go).
+//
+// Broker declares no methods of its own; its method set is its parts', so
+// one value serves cmd and the server, whose two interfaces (lease service,
+// operator service) are each met by one or more parts.
+//
 // # History
 //
 // Every event on a budget is also counted per minute and client (Stats, in
-// history.go): in memory, then written by the sweep once a second as
-// deltas. History is statistics, not grants: a crash loses at most that
-// second of it, and the grant invariant never reads it. Reports (Activity),
-// the dashboard and quota-increase evidence (History) read it back, adding
-// what is still in memory, so they are exact up to the call.
+// history.go): the core hands the Recorder an event under its lock (an
+// append, nothing more), the Recorder folds events into per-minute Stats off
+// that lock, and the sweep writes them once a second as deltas. History is
+// statistics, not grants: a crash loses at most that second of it, and the
+// grant invariant never reads it. Reports (Activity), the dashboard and
+// quota-increase evidence (History) read it back, adding what is still in
+// memory, so they are exact up to the call.
 //
 // # Concurrency
 //
-// One mutex (Broker.mu) guards all budgets, leases and waiters; it is never
-// held across a Store call or a wait. Run owns the sweep loop; timers armed by
-// the queue run on the injected Clock and take the same mutex. Nothing here
-// reads the system time: the Clock is injected, so tests run on a fake one.
+// Core.mu guards all budgets, leases and waiters; it is never held across a
+// Store call or a wait. The only lock taken under it is Recorder.mu, held for
+// an append or a slice swap; the Recorder folds and answers readers under
+// its own Recorder.foldMu and never takes Core.mu. Refresher.mu guards the
+// discovery status and source and is never held while discovering or
+// calling the core. Operator has no state. Core.Run owns the sweep loop,
+// Refresher.RunRefresh the refresh loop, each started and stopped by its
+// caller's ctx; timers armed by the queue run on the injected Clock and take
+// Core.mu. Nothing here reads the system time: the Clock is injected, so
+// tests run on a fake one.
 package broker

@@ -6,6 +6,8 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -253,63 +255,222 @@ type statsSlot struct {
 	client string
 }
 
-// stat returns the pending Stats of bg for client in the minute of t.
-// Caller holds b.mu.
-func (b *Broker) stat(bg *budget, client string, t time.Time) *Stats {
+// Recorder keeps usage history. The core hands it an event for everything
+// that happens to a budget (note); the recorder folds events into
+// per-minute Stats, hands them to the sweep to write (take), and answers
+// History and Activity from the store plus what it still holds.
+//
+// Events are kept off the grant path: under the core's lock a grant costs
+// one append to events under mu, a lock that is only ever held for an
+// append or a swap of the slice, never for folding. Folding (a map lookup
+// per event, the work the core used to do under its own lock) happens under
+// foldMu, outside the core's lock: in the sweep, in readers, and in the
+// core's callers once the backlog reaches foldBacklog (tidy), which bounds
+// the memory of events not yet folded. The lock order is Core.mu, then mu;
+// the recorder never takes the core's lock.
+type Recorder struct {
+	reader StatsReader // the store's history; nil when it keeps none
+	clock  Clock
+
+	mu      sync.Mutex // guards events
+	events  []event    // handed over, not yet folded
+	backlog atomic.Int64
+
+	foldMu  sync.Mutex // guards pending and spare
+	pending map[Key]map[statsSlot]*Stats
+	spare   []event // the last folded slice, reused for the next events
+}
+
+// foldBacklog is how many events the core's callers let pile up before
+// one of them folds them (about 200 KB).
+const foldBacklog = 1024
+
+func newRecorder(store Store, clock Clock) *Recorder {
+	r := &Recorder{clock: clock, pending: make(map[Key]map[statsSlot]*Stats)}
+	r.reader, _ = store.(StatsReader)
+	return r
+}
+
+type eventKind uint8
+
+const (
+	eventGranted   eventKind = iota + 1
+	eventUngranted           // a grant undone: its caller never received it
+	eventRefused
+	eventSettled
+	eventReportedThrottle
+	eventExpired
+)
+
+// event is one thing that happened to a budget, as the core hands it over.
+type event struct {
+	kind   eventKind
+	key    Key
+	client string
+	at     time.Time // when it happened; for eventUngranted, the grant's time
+	// Grants: the reservation and the window charges, and the wait.
+	// Settlements: the change to the window charges (tokens, requests),
+	// counted in the grant's minute (grantedAt).
+	reserved, tokens, requests int64
+	waited                     time.Duration
+	grantedAt                  time.Time
+	outcome                    Outcome
+	usage                      Usage
+	charge                     int64 // settled charge
+	maxOutput                  int64
+}
+
+// note hands e over. Called with the core's lock held: it only appends.
+func (r *Recorder) note(e event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.backlog.Add(1)
+	r.mu.Unlock()
+}
+
+// tidy folds the events once foldBacklog of them wait. The core calls it
+// after releasing its lock.
+func (r *Recorder) tidy() {
+	if r.backlog.Load() >= foldBacklog {
+		r.fold()
+	}
+}
+
+// fold moves every handed-over event into pending.
+func (r *Recorder) fold() {
+	r.foldMu.Lock()
+	defer r.foldMu.Unlock()
+	r.mu.Lock()
+	evs := r.events
+	r.events = r.spare[:0]
+	r.backlog.Store(0)
+	r.mu.Unlock()
+	for i := range evs {
+		r.apply(&evs[i])
+		evs[i] = event{} // drop the strings it holds
+	}
+	r.spare = evs[:0]
+}
+
+// apply counts e in pending. Caller holds foldMu.
+func (r *Recorder) apply(e *event) {
+	switch e.kind {
+	case eventGranted:
+		st := r.stat(e.key, e.client, e.at)
+		st.Granted++
+		st.ReservedTokens += e.reserved
+		st.WindowTokens += e.tokens
+		st.WindowRequests += e.requests
+		st.WaitMillis += e.waited.Milliseconds()
+	case eventUngranted:
+		st := r.stat(e.key, e.client, e.at)
+		st.Granted--
+		st.ReservedTokens -= e.reserved
+		st.WindowTokens -= e.tokens
+		st.WindowRequests -= e.requests
+	case eventRefused:
+		r.stat(e.key, e.client, e.at).Refused++
+	case eventReportedThrottle:
+		r.stat(e.key, e.client, e.at).ReportedThrottles++
+	case eventExpired:
+		r.stat(e.key, e.client, e.at).Expired++
+	case eventSettled:
+		// The event in the current minute, the change to the window
+		// charge in the grant's.
+		st := r.stat(e.key, e.client, e.at)
+		st.Completed++
+		switch e.outcome {
+		case OutcomeThrottled:
+			st.Throttled++
+		case OutcomeError:
+			st.Errors++
+		case OutcomeCancelled:
+			st.Cancelled++
+		case OutcomeSuccess:
+			st.ObserveOutput(e.usage.OutputTokens)
+			if e.maxOutput > 0 && e.usage.OutputTokens >= e.maxOutput {
+				st.Truncated++
+			}
+		}
+		st.SettledTokens += e.charge
+		st.InputTokens += e.usage.InputTokens
+		st.OutputTokens += e.usage.OutputTokens
+		st.CacheReadTokens += e.usage.CacheReadInputTokens
+		st.CacheWriteTokens += e.usage.CacheWriteInputTokens
+		if e.tokens != 0 || e.requests != 0 {
+			g := r.stat(e.key, e.client, e.grantedAt)
+			g.WindowTokens += e.tokens
+			g.WindowRequests += e.requests
+		}
+	}
+}
+
+// stat returns the pending Stats of key for client in the minute of t.
+// Caller holds foldMu.
+func (r *Recorder) stat(key Key, client string, t time.Time) *Stats {
 	slot := statsSlot{minuteOf(t), client}
-	if s := bg.pending[slot]; s != nil {
+	byKey := r.pending[key]
+	if s := byKey[slot]; s != nil {
 		return s
 	}
-	if bg.pending == nil {
-		bg.pending = make(map[statsSlot]*Stats)
+	if byKey == nil {
+		byKey = make(map[statsSlot]*Stats)
+		r.pending[key] = byKey
 	}
-	if len(bg.pending) >= pendingCap {
+	if len(byKey) >= pendingCap {
 		slot.client = OtherClients
-		if s := bg.pending[slot]; s != nil {
+		if s := byKey[slot]; s != nil {
 			return s
 		}
 	}
 	s := new(Stats)
-	bg.pending[slot] = s
+	byKey[slot] = s
 	return s
 }
 
-// takeStats moves every budget's pending history into records, stamped with
-// the limits in force. Caller holds b.mu.
-func (b *Broker) takeStats(now time.Time) []StatsRecord {
+// take folds, then moves every budget's pending history into records,
+// stamped with the limits in force (limits, by budget, as the core read
+// them).
+func (r *Recorder) take(limits map[Key]Limits) []StatsRecord {
+	r.fold()
+	r.foldMu.Lock()
+	defer r.foldMu.Unlock()
 	var out []StatsRecord
-	for _, bg := range b.budgets {
-		if len(bg.pending) == 0 {
+	for k, byKey := range r.pending {
+		if len(byKey) == 0 {
 			continue
 		}
-		lim := bg.limits(now)
-		for slot, s := range bg.pending {
-			r := StatsRecord{Key: bg.spec.Key, Minute: slot.minute, Client: slot.client, Stats: *s} // s leaves pending: no copy needed
-			r.LimitTPM, r.LimitRPM = lim.TPM, lim.RPM
-			out = append(out, r)
+		lim := limits[k]
+		for slot, s := range byKey {
+			rec := StatsRecord{Key: k, Minute: slot.minute, Client: slot.client, Stats: *s} // s leaves pending: no copy needed
+			rec.LimitTPM, rec.LimitRPM = lim.TPM, lim.RPM
+			out = append(out, rec)
 		}
-		clear(bg.pending)
+		clear(byKey)
 	}
 	return out
 }
 
-// pendingStats copies what is not yet written, for readers: per client, or
-// with Client "" when !perClient. Caller holds b.mu.
-func (b *Broker) pendingStats(from, to int64, perClient bool, match func(Key) bool) []StatsRecord {
+// pendingStats folds, then copies what is not yet written, for readers:
+// per client, or with Client "" when !perClient.
+func (r *Recorder) pendingStats(from, to int64, perClient bool, match func(Key) bool) []StatsRecord {
+	r.fold()
+	r.foldMu.Lock()
+	defer r.foldMu.Unlock()
 	var out []StatsRecord
-	for k, bg := range b.budgets {
+	for k, byKey := range r.pending {
 		if !match(k) {
 			continue
 		}
-		for slot, s := range bg.pending {
+		for slot, s := range byKey {
 			if slot.minute >= from && slot.minute < to {
-				// A deep copy: the pending Stats go on changing under b.mu
-				// while the reader uses this one without it.
-				r := StatsRecord{Key: k, Minute: slot.minute, Client: slot.client, Stats: s.clone()}
+				// A deep copy: the pending Stats go on changing under
+				// foldMu while the reader uses this one without it.
+				rec := StatsRecord{Key: k, Minute: slot.minute, Client: slot.client, Stats: s.clone()}
 				if !perClient {
-					r.Client = ""
+					rec.Client = ""
 				}
-				out = append(out, r)
+				out = append(out, rec)
 			}
 		}
 	}
@@ -319,12 +480,10 @@ func (b *Broker) pendingStats(from, to int64, perClient bool, match func(Key) bo
 // readStats calls fn for every record from <= Minute < to of the budgets
 // match selects: the store's, then those still in memory. Records of one
 // (budget, minute, client) may come more than once; callers add them up.
-func (b *Broker) readStats(ctx context.Context, from, to int64, perClient bool, match func(Key) bool, fn func(*StatsRecord)) error {
-	b.mu.Lock()
-	pending := b.pendingStats(from, to, perClient, match)
-	b.mu.Unlock()
-	if r, ok := b.store.(StatsReader); ok {
-		err := r.ReadStats(ctx, from, to, perClient, func(rec *StatsRecord) error {
+func (r *Recorder) readStats(ctx context.Context, from, to int64, perClient bool, match func(Key) bool, fn func(*StatsRecord)) error {
+	pending := r.pendingStats(from, to, perClient, match)
+	if r.reader != nil {
+		err := r.reader.ReadStats(ctx, from, to, perClient, func(rec *StatsRecord) error {
 			if match(rec.Key) {
 				fn(rec)
 			}
@@ -373,7 +532,7 @@ type Series struct {
 
 // History returns the series of every budget the query selects that has
 // any history in the span, sorted by key.
-func (b *Broker) History(ctx context.Context, q HistoryQuery) ([]Series, error) {
+func (r *Recorder) History(ctx context.Context, q HistoryQuery) ([]Series, error) {
 	step := q.Step
 	if step == 0 {
 		step = time.Minute
@@ -392,7 +551,7 @@ func (b *Broker) History(ctx context.Context, q HistoryQuery) ([]Series, error) 
 	fromM, stepM := minuteOf(from), int64(step/time.Minute)
 	toM := fromM + int64(n)*stepM
 	byKey := map[Key]*Series{}
-	err := b.readStats(ctx, fromM, toM, false, q.Filter.matcher(), func(r *StatsRecord) {
+	err := r.readStats(ctx, fromM, toM, false, q.Filter.matcher(), func(r *StatsRecord) {
 		s := byKey[r.Key]
 		if s == nil {
 			s = &Series{Key: r.Key, From: from, Step: step, Points: make([]Stats, n)}
@@ -451,12 +610,12 @@ const (
 
 // Activity returns the recent history of the budgets f selects, and the
 // time it describes.
-func (b *Broker) Activity(ctx context.Context, f ReportFilter) (map[Key]*Activity, time.Time, error) {
-	now := b.clock.Now()
+func (r *Recorder) Activity(ctx context.Context, f ReportFilter) (map[Key]*Activity, time.Time, error) {
+	now := r.clock.Now()
 	cur := minuteOf(now)
 	match := f.matcher()
 	out := map[Key]*Activity{}
-	err := b.readStats(ctx, cur-24*60, cur, false, match, func(r *StatsRecord) {
+	err := r.readStats(ctx, cur-24*60, cur, false, match, func(r *StatsRecord) {
 		a := out[r.Key]
 		if a == nil {
 			a = &Activity{}
@@ -474,7 +633,7 @@ func (b *Broker) Activity(ctx context.Context, f ReportFilter) (map[Key]*Activit
 		return nil, now, err
 	}
 	clients := map[Key]map[string]*Stats{}
-	err = b.readStats(ctx, cur-60, cur, true, match, func(r *StatsRecord) {
+	err = r.readStats(ctx, cur-60, cur, true, match, func(r *StatsRecord) {
 		byClient := clients[r.Key]
 		if byClient == nil {
 			byClient = map[string]*Stats{}
@@ -522,35 +681,5 @@ func (a *Activity) recommend() {
 		// up to a multiple of 64 to give a readable figure.
 		a.RecommendedMaxTokens = (a.OutputP99 + 63) / 64 * 64
 		a.RecommendationNote = "covers the 99th percentile of the last day's outputs"
-	}
-}
-
-// noteSettlement counts a settlement in history: the event in the current
-// minute, the change to the window charge in the grant's. Caller holds b.mu.
-func (b *Broker) noteSettlement(l *lease, now time.Time, outcome Outcome, u Usage, charge, dTokens, dRequests int64) {
-	st := b.stat(l.b, l.Client, now)
-	st.Completed++
-	switch outcome {
-	case OutcomeThrottled:
-		st.Throttled++
-	case OutcomeError:
-		st.Errors++
-	case OutcomeCancelled:
-		st.Cancelled++
-	case OutcomeSuccess:
-		st.ObserveOutput(u.OutputTokens)
-		if l.MaxOutput > 0 && u.OutputTokens >= l.MaxOutput {
-			st.Truncated++
-		}
-	}
-	st.SettledTokens += charge
-	st.InputTokens += u.InputTokens
-	st.OutputTokens += u.OutputTokens
-	st.CacheReadTokens += u.CacheReadInputTokens
-	st.CacheWriteTokens += u.CacheWriteInputTokens
-	if dTokens != 0 || dRequests != 0 {
-		g := b.stat(l.b, l.Client, l.GrantedAt)
-		g.WindowTokens += dTokens
-		g.WindowRequests += dRequests
 	}
 }

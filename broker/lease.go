@@ -47,7 +47,7 @@ func validateUsage(u Usage) error {
 // nothing. Completing an expired lease records the usage and corrects the
 // charge, but fails with KindPrecondition: the lease still counts as expired
 // against its client.
-func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, u Usage) (Settlement, error) {
+func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u Usage) (Settlement, error) {
 	if err := validateLeaseID(leaseID); err != nil {
 		return Settlement{}, err
 	}
@@ -97,7 +97,8 @@ func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, 
 	}
 	bg.counters.SettledTokens += charge
 	bg.counters.ReturnedTokens -= dTokens
-	b.noteSettlement(l, now, outcome, u, charge, dTokens, dRequests)
+	b.rec.note(event{kind: eventSettled, key: l.Key, client: l.Client, at: now, grantedAt: l.GrantedAt,
+		outcome: outcome, usage: u, charge: charge, tokens: dTokens, requests: dRequests, maxOutput: l.MaxOutput})
 	c := Change{Usage: []UsageRecord{{Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests}}}
 	if outcome == OutcomeThrottled && b.throttled(bg, now, l.GrantedAt) {
 		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
@@ -106,6 +107,7 @@ func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, 
 	rec := l.LeaseRecord
 	c.Leases = []LeaseRecord{rec}
 	b.mu.Unlock()
+	b.rec.tidy()
 
 	b.commitOrRetry(ctx, c)
 	s := Settlement{Charged: charge, Returned: rec.Reserved - charge}
@@ -118,7 +120,7 @@ func (b *Broker) Complete(ctx context.Context, leaseID string, outcome Outcome, 
 // commitOrRetry persists a change the caller has already been promised. If
 // the store fails, the change is kept and retried by Run: the in-memory
 // state is already ahead of the store, which errs on the side of charging.
-func (b *Broker) commitOrRetry(ctx context.Context, c Change) {
+func (b *Core) commitOrRetry(ctx context.Context, c Change) {
 	if err := b.store.Commit(context.WithoutCancel(ctx), c); err != nil {
 		b.log.Error("commit failed; will retry", "err", err)
 		b.mu.Lock()
@@ -129,7 +131,7 @@ func (b *Broker) commitOrRetry(ctx context.Context, c Change) {
 
 // Renew extends an active lease to now + extend (Config.LeaseTTL when
 // extend is 0; at most Config.MaxLeaseTTL). A lease is never shortened.
-func (b *Broker) Renew(ctx context.Context, leaseID string, extend time.Duration) (time.Time, error) {
+func (b *Core) Renew(ctx context.Context, leaseID string, extend time.Duration) (time.Time, error) {
 	if err := validateLeaseID(leaseID); err != nil {
 		return time.Time{}, err
 	}
@@ -170,7 +172,7 @@ func (b *Broker) Renew(ctx context.Context, leaseID string, extend time.Duration
 
 // ReportThrottle records a throttle Bedrock returned outside any lease.
 // client is who reports it, for history ("" if unknown).
-func (b *Broker) ReportThrottle(ctx context.Context, modelID, region, client string) (Key, error) {
+func (b *Core) ReportThrottle(ctx context.Context, modelID, region, client string) (Key, error) {
 	key, err := ParseModelID(modelID, region, b.cfg.DefaultRegion)
 	if err != nil {
 		return Key{}, err
@@ -182,14 +184,25 @@ func (b *Broker) ReportThrottle(ctx context.Context, modelID, region, client str
 		return Key{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
 	bg.counters.ReportedThrottles++
-	b.stat(bg, client, b.clock.Now()).ReportedThrottles++
+	b.rec.note(event{kind: eventReportedThrottle, key: key, client: client, at: b.clock.Now()})
 	var c Change
 	if b.throttled(bg, b.clock.Now(), time.Time{}) {
 		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
 	}
 	b.mu.Unlock()
+	b.rec.tidy()
 	if !c.empty() {
 		b.commitOrRetry(ctx, c)
 	}
 	return key, nil
+}
+
+// LeaseClient returns the client a lease was granted to ("" if unknown).
+func (b *Core) LeaseClient(id string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if l := b.leases[id]; l != nil {
+		return l.Client
+	}
+	return ""
 }

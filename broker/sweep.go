@@ -10,7 +10,7 @@ import (
 
 // Run expires leases, forgets old ones and retries failed commits until ctx
 // ends. It returns ctx's error.
-func (b *Broker) Run(ctx context.Context) error {
+func (b *Core) Run(ctx context.Context) error {
 	for {
 		tick, stop := after(b.clock, b.cfg.SweepInterval)
 		select {
@@ -25,7 +25,7 @@ func (b *Broker) Run(ctx context.Context) error {
 
 // Sweep does one round of Run's work. It is exported for tests and tools
 // that drive the broker without Run.
-func (b *Broker) Sweep(ctx context.Context) {
+func (b *Core) Sweep(ctx context.Context) {
 	b.mu.Lock()
 	now := b.clock.Now()
 	var c Change
@@ -65,8 +65,12 @@ func (b *Broker) Sweep(ctx context.Context) {
 		c.DeleteStatsBefore = minuteOf(now.Add(-b.cfg.HistoryRetention))
 		c.DeleteClientStatsBefore = minuteOf(now.Add(-b.cfg.ClientHistoryRetention))
 	}
-	c.Stats = append(c.Stats, b.takeStats(now)...)
+	limits := make(map[Key]Limits, len(b.budgets)) // to stamp history with
+	for k, bg := range b.budgets {
+		limits[k] = bg.limits(now)
+	}
 	b.mu.Unlock()
+	c.Stats = append(c.Stats, b.rec.take(limits)...) // folded here, off the lock
 	if c.empty() {
 		return
 	}
@@ -81,14 +85,14 @@ func (b *Broker) Sweep(ctx context.Context) {
 
 // expire ends an active lease that outlived its TTL. It stays charged at
 // its reservation: the call may have happened. Caller holds b.mu.
-func (b *Broker) expire(l *lease, now time.Time) {
+func (b *Core) expire(l *lease, now time.Time) {
 	l.State = LeaseExpired
 	l.EndedAt = now
 	l.Version++
 	l.b.concurrent--
 	b.released(l.Client, now)
 	l.b.counters.Expired++
-	b.stat(l.b, l.Client, now).Expired++
+	b.rec.note(event{kind: eventExpired, key: l.Key, client: l.Client, at: now})
 	b.ended = append(b.ended, endedRef{id: l.ID, at: now})
 	b.log.Warn("lease expired unsettled", "lease_id", l.ID, "client", l.Client, "budget", l.Key.String())
 }

@@ -194,7 +194,7 @@ func (s *Server) requireAdmin(ctx context.Context) error {
 // unguessable, so a foreign id is evidence of a bug or of a leak; either way
 // the caller learns nothing more than "permission denied".
 func (s *Server) requireOwner(ctx context.Context, leaseID string) error {
-	owner := s.b.LeaseClient(leaseID)
+	owner := s.leases.LeaseClient(leaseID)
 	if owner == "" { // unknown: let the domain say not found
 		return nil
 	}

@@ -4,6 +4,13 @@
 // so tests and production run the same chain; health and reflection are
 // registered so that grpcurl needs no proto files.
 //
+// The server sees the domain through two interfaces of its own: the lease
+// calls through LeaseService (the broker's core), the report and admin calls
+// through OperatorService (its operator, history and discovery parts). New
+// takes one value that is both (a *broker.Broker); each handler uses one.
+// Time comes from Config.Clock (the broker's, in production), never from
+// the system clock, except for RPC deadlines, which are on it.
+//
 // Callers authenticate with bearer tokens (Tokens), client certificates
 // (mutual TLS, TLS), or both; the identity they prove is the client that
 // fairness, caps and lease ownership use, and its role gates SetOverride and

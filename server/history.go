@@ -44,7 +44,7 @@ func (s *Server) GetUsageHistory(ctx context.Context, req *pb.GetUsageHistoryReq
 	if len(req.GetModel()) > 2048 {
 		return nil, status.Errorf(codes.InvalidArgument, "model: is %d bytes long; at most 2048", len(req.GetModel()))
 	}
-	to := time.Now()
+	to := s.clock.Now()
 	if req.GetTo() != nil {
 		if err := req.GetTo().CheckValid(); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "to: %v", err)
@@ -69,7 +69,7 @@ func (s *Server) GetUsageHistory(ctx context.Context, req *pb.GetUsageHistoryReq
 	}
 	// The domain checks the rest (whole minutes, from before to, at most
 	// 10,000 points) and names the field.
-	series, err := s.b.History(ctx, broker.HistoryQuery{
+	series, err := s.ops.History(ctx, broker.HistoryQuery{
 		Filter: broker.ReportFilter{Region: req.GetRegion(), Model: req.GetModel()},
 		From:   from, To: to, Step: step,
 	})

@@ -249,3 +249,44 @@ func fieldViolation(st *status.Status, field string) bool {
 	}
 	return false
 }
+
+// sourceFunc is a broker.QuotaSource.
+type sourceFunc func(ctx context.Context) (broker.Discovery, error)
+
+func (f sourceFunc) Discover(ctx context.Context) (broker.Discovery, error) { return f(ctx) }
+
+// TestServerTimeFromClock: the server reads time from Config.Clock, not the
+// system clock: a history request without a span covers the clock's last
+// hour, and a refresh's quota age is measured on it. The fake clock is days
+// away from the system time, so either reading the system time would miss.
+func TestServerTimeFromClock(t *testing.T) {
+	f := start(t, fakeClock(), broker.Config{}, broker.Limits{RPM: 3, TPM: 1_000_000})
+	historyTraffic(t, f)
+	c := serveWith(t, f, server.Config{Clock: f.clock})
+	ctx := context.Background()
+
+	resp, err := c.GetUsageHistory(ctx, &pb.GetUsageHistoryRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if to := resp.GetFrom().AsTime().Add(time.Duration(resp.GetSteps()) * time.Minute); to.Before(f.clock.Now()) || to.After(f.clock.Now().Add(time.Minute)) {
+		t.Errorf("default span ends %v; the clock says %v", to, f.clock.Now())
+	}
+	// The span ends at the clock's now, where the second minute of traffic
+	// starts: it holds the first minute's 3 grants.
+	if len(resp.GetSeries()) != 1 || resp.GetSeries()[0].GetTotal().GetGranted() != 3 {
+		t.Fatalf("default span: %v, want the 3 grants of the last minute", resp.GetSeries())
+	}
+
+	key, _ := broker.ParseModelID(sonnet, "", "us-east-1")
+	f.b.UseSource(sourceFunc(func(context.Context) (broker.Discovery, error) {
+		return broker.Discovery{Specs: []broker.Spec{{Key: key, Quota: broker.Limits{RPM: 3, TPM: 1_000_000}, Source: "test"}}}, nil
+	}))
+	r, err := c.RefreshQuotas(ctx, &pb.RefreshQuotasRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if age := r.GetDiscovery().GetQuotaAge().AsDuration(); age != 0 {
+		t.Errorf("quota age right after a refresh: %v, want 0 on the server's clock", age)
+	}
+}

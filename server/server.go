@@ -27,22 +27,47 @@ import (
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 )
 
-// Broker is what the server needs of the domain.
-type Broker interface {
+// LeaseService is what the lease calls need of the domain (broker.Core):
+// acquire, settle, renew, report a throttle, and a lease's owner for the
+// ownership check.
+type LeaseService interface {
 	Acquire(ctx context.Context, req broker.AcquireRequest) (broker.Decision, error)
 	Complete(ctx context.Context, leaseID string, outcome broker.Outcome, u broker.Usage) (broker.Settlement, error)
 	Renew(ctx context.Context, leaseID string, extend time.Duration) (time.Time, error)
 	ReportThrottle(ctx context.Context, modelID, region, client string) (broker.Key, error)
-	Activity(ctx context.Context, f broker.ReportFilter) (map[broker.Key]*broker.Activity, time.Time, error)
-	History(ctx context.Context, q broker.HistoryQuery) ([]broker.Series, error)
+	LeaseClient(leaseID string) string
+}
+
+// OperatorService is what the report and admin calls need of the domain:
+// budgets and their state (broker.Operator), usage history
+// (broker.Recorder) and quota discovery (broker.Refresher).
+type OperatorService interface {
 	Report(f broker.ReportFilter) ([]broker.BudgetReport, time.Time)
 	Budgets() []broker.BudgetInfo
 	SetOverride(ctx context.Context, modelID, region string, o broker.Override) (broker.BudgetInfo, error)
-	RefreshNow(ctx context.Context) error
 	ResetAdaptive(ctx context.Context, modelID, region string) (broker.BudgetInfo, error)
+	Activity(ctx context.Context, f broker.ReportFilter) (map[broker.Key]*broker.Activity, time.Time, error)
+	History(ctx context.Context, q broker.HistoryQuery) ([]broker.Series, error)
+	RefreshNow(ctx context.Context) error
 	DiscoveryStatus() broker.DiscoveryStatus
-	LeaseClient(leaseID string) string
 }
+
+// Broker is both services in one value, as *broker.Broker assembles them;
+// the server keeps them apart (each handler uses one).
+type Broker interface {
+	LeaseService
+	OperatorService
+}
+
+// Clock is the server's source of time (a broker.Clock satisfies it).
+type Clock interface {
+	Now() time.Time
+}
+
+// systemClock reads the system time: the default Config.Clock.
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
 
 // ClientHeader is the metadata key a caller names itself with when the
 // server does not authenticate (no Tokens, no mutual TLS); otherwise the
@@ -92,6 +117,11 @@ type Config struct {
 	MaxConcurrentStreams uint32
 	// CloudWatch, when set, adds CloudWatch's figures to GetUsageHistory.
 	CloudWatch CloudWatch
+	// Clock gives the time the server stamps answers with and defaults
+	// GetUsageHistory's span to; wire the broker's. Default: the system
+	// clock. (Waits are bounded by RPC deadlines, which are on the system
+	// clock whatever this is.)
+	Clock Clock
 }
 
 // Keepalive enforcement: a client may ping at most every 10 s (the
@@ -108,7 +138,9 @@ func (c Config) authenticates() bool { return c.Tokens != nil || c.TLS.Mutual() 
 // grpcurl works without proto files.
 type Server struct {
 	pb.UnimplementedQuotaBrokerServer
-	b      Broker
+	leases LeaseService
+	ops    OperatorService
+	clock  Clock
 	cfg    Config
 	log    *slog.Logger
 	grpc   *grpc.Server
@@ -140,7 +172,10 @@ func New(b Broker, cfg Config) *Server {
 	if cfg.MaxConcurrentStreams == 0 {
 		cfg.MaxConcurrentStreams = 1024
 	}
-	s := &Server{b: b, cfg: cfg, log: cfg.Logger, health: health.NewServer()}
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
+	}
+	s := &Server{leases: b, ops: b, clock: cfg.Clock, cfg: cfg, log: cfg.Logger, health: health.NewServer()}
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
@@ -260,6 +295,7 @@ func (s *Server) AcquireLease(ctx context.Context, req *pb.AcquireLeaseRequest) 
 		wait = req.GetWait().AsDuration()
 	}
 	if dl, ok := ctx.Deadline(); ok {
+		// The deadline is on the system clock, not on Config.Clock.
 		wait = min(wait, time.Until(dl)-s.cfg.DeadlineMargin)
 		wait = max(wait, 0)
 	}
@@ -267,7 +303,7 @@ func (s *Server) AcquireLease(ctx context.Context, req *pb.AcquireLeaseRequest) 
 	if err != nil {
 		return nil, err
 	}
-	d, err := s.b.Acquire(ctx, broker.AcquireRequest{
+	d, err := s.leases.Acquire(ctx, broker.AcquireRequest{
 		ModelID:          req.GetModelId(),
 		Region:           req.GetRegion(),
 		Client:           clientOf(ctx),
@@ -295,7 +331,7 @@ func (s *Server) CompleteLease(ctx context.Context, req *pb.CompleteLeaseRequest
 		return nil, err
 	}
 	u := req.GetUsage()
-	st, err := s.b.Complete(ctx, req.GetLeaseId(), outcome, broker.Usage{
+	st, err := s.leases.Complete(ctx, req.GetLeaseId(), outcome, broker.Usage{
 		InputTokens:           u.GetInputTokens(),
 		OutputTokens:          u.GetOutputTokens(),
 		CacheReadInputTokens:  u.GetCacheReadInputTokens(),
@@ -318,7 +354,7 @@ func (s *Server) RenewLease(ctx context.Context, req *pb.RenewLeaseRequest) (*pb
 		}
 		extend = req.GetExtend().AsDuration()
 	}
-	at, err := s.b.Renew(ctx, req.GetLeaseId(), extend)
+	at, err := s.leases.Renew(ctx, req.GetLeaseId(), extend)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
@@ -329,7 +365,7 @@ func (s *Server) ReportThrottle(ctx context.Context, req *pb.ReportThrottleReque
 	if len(req.GetMessage()) > 4096 {
 		return nil, status.Errorf(codes.InvalidArgument, "message: is %d bytes long; at most 4096", len(req.GetMessage()))
 	}
-	key, err := s.b.ReportThrottle(ctx, req.GetModelId(), req.GetRegion(), clientOf(ctx))
+	key, err := s.leases.ReportThrottle(ctx, req.GetModelId(), req.GetRegion(), clientOf(ctx))
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
@@ -341,11 +377,11 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 		return nil, status.Error(codes.InvalidArgument, "region or model filter too long")
 	}
 	f := broker.ReportFilter{Region: req.GetRegion(), Model: req.GetModel()}
-	reports, at := s.b.Report(f)
-	out := &pb.GetQuotaReportResponse{GeneratedAt: timestampPB(at), Discovery: discoveryToPB(s.b.DiscoveryStatus(), at)}
+	reports, at := s.ops.Report(f)
+	out := &pb.GetQuotaReportResponse{GeneratedAt: timestampPB(at), Discovery: discoveryToPB(s.ops.DiscoveryStatus(), at)}
 	// The budgets' state is answered even when history cannot be read; the
 	// response then says why activity is missing.
-	activity, _, err := s.b.Activity(ctx, f)
+	activity, _, err := s.ops.Activity(ctx, f)
 	if err != nil {
 		s.log.Warn("report without activity: usage history unreadable", "err", err)
 		out.HistoryError = err.Error()
@@ -362,7 +398,7 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 
 func (s *Server) ListBudgets(ctx context.Context, _ *pb.ListBudgetsRequest) (*pb.ListBudgetsResponse, error) {
 	out := &pb.ListBudgetsResponse{}
-	for _, b := range s.b.Budgets() {
+	for _, b := range s.ops.Budgets() {
 		out.Budgets = append(out.Budgets, budgetToPB(b))
 	}
 	return out, nil
@@ -377,7 +413,7 @@ func (s *Server) SetOverride(ctx context.Context, req *pb.SetOverrideRequest) (*
 	if o != nil {
 		ov = broker.Override{RPM: o.RequestsPerMinute, TPM: o.TokensPerMinute, TPD: o.TokensPerDay, Concurrency: o.Concurrency, Reason: o.GetReason()}
 	}
-	info, err := s.b.SetOverride(ctx, req.GetModelId(), req.GetRegion(), ov)
+	info, err := s.ops.SetOverride(ctx, req.GetModelId(), req.GetRegion(), ov)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
@@ -388,7 +424,7 @@ func (s *Server) ResetAdaptive(ctx context.Context, req *pb.ResetAdaptiveRequest
 	if err := s.requireAdmin(ctx); err != nil {
 		return nil, err
 	}
-	info, err := s.b.ResetAdaptive(ctx, req.GetModelId(), req.GetRegion())
+	info, err := s.ops.ResetAdaptive(ctx, req.GetModelId(), req.GetRegion())
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
@@ -399,11 +435,11 @@ func (s *Server) RefreshQuotas(ctx context.Context, _ *pb.RefreshQuotasRequest) 
 	if err := s.requireAdmin(ctx); err != nil {
 		return nil, err
 	}
-	if err := s.b.RefreshNow(ctx); err != nil {
+	if err := s.ops.RefreshNow(ctx); err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
 	return &pb.RefreshQuotasResponse{
-		Discovery: discoveryToPB(s.b.DiscoveryStatus(), time.Now()),
-		Budgets:   int64(len(s.b.Budgets())),
+		Discovery: discoveryToPB(s.ops.DiscoveryStatus(), s.clock.Now()),
+		Budgets:   int64(len(s.ops.Budgets())),
 	}, nil
 }

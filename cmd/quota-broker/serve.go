@@ -239,7 +239,7 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	scfg := server.Config{Logger: log}
+	scfg := server.Config{Logger: log, Clock: clock}
 	if f.cloudwatch {
 		scfg.CloudWatch = newCloudWatch(f.awsURL, log)
 	}
