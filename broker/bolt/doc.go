@@ -66,8 +66,8 @@
 // fsync. A lone Commit pays one transaction and no batching delay; under
 // load a group holds whatever queued while the previous group was being
 // synced, so throughput grows with concurrency. Durability is the same in
-// every mode: Commit returns only after fsync (NoSync is for tests and
-// benchmarks).
+// every mode the benchmark compares: a Commit returns only after fsync
+// (NoSync is for tests and benchmarks).
 //
 // We first used bbolt's DB.Batch, the library's own group commit. Its
 // groups start on a timer (MaxBatchDelay after the first call) or at
@@ -76,8 +76,9 @@
 // committers 1 ms measured best, 500 µs and 250 µs worse, 10 ms (bbolt's
 // default) 2-4x worse). The loop has no delay to tune and measured as good
 // as or better than the best Batch setting under load, and as fast as a
-// plain transaction for a lone Commit. Batch stays in the benchmark as the
-// comparison.
+// plain transaction for a lone Commit. Batch and a plain transaction per
+// Commit stay in the benchmark (commitVia in bench_test.go) as the
+// comparison; the store itself has only the loop.
 //
 // A failed group is re-run member by member. Each run is a fresh
 // transaction (a failed one is rolled back), and a Change is encoded before
@@ -100,6 +101,14 @@
 // Reproduce with
 //
 //	go test -run='^$' -bench=Commit -benchtime=2s ./broker/bolt/
+//
+// # Files
+//
+// store.go has Open, Close and the options; open.go opens a file and checks
+// its schema; corrupt.go turns damage into errors that say what to do;
+// load.go and stats.go read (state at start-up, history); commit.go is
+// Commit and the commit loop; write.go encodes a Change before its
+// transaction and applies it inside; codec.go is the record format.
 //
 // # Damage and recovery
 //

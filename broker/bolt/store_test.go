@@ -245,16 +245,18 @@ func TestUsageDeltas(t *testing.T) {
 // count once.
 func TestBatchRetry(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []commitMode{modeGroup, modeBatch} {
-		t.Run(fmt.Sprint("mode", mode), func(t *testing.T) { testBatchRetry(t, mode) })
-	}
+	t.Run("loop", func(t *testing.T) { testBatchRetry(t, false) })
+	t.Run("batch", func(t *testing.T) { testBatchRetry(t, true) })
 }
 
-func testBatchRetry(t *testing.T, mode commitMode) {
+func testBatchRetry(t *testing.T, batch bool) {
 	path := filepath.Join(t.TempDir(), "state.db")
 	s := openTest(t, path, Options{NoSync: true})
-	s.mode = mode
-	s.db.MaxBatchDelay = 5 * time.Millisecond
+	commitOne := s.Commit
+	if batch {
+		commitOne = commitVia(s, s.db.Batch)
+		s.db.MaxBatchDelay = 5 * time.Millisecond
+	}
 	commit(t, s, broker.Change{Usage: []broker.UsageRecord{{Key: keyA, Minute: 1, Tokens: 1}}})
 	const good, bad = 50, 5
 	var wg sync.WaitGroup
@@ -264,7 +266,7 @@ func testBatchRetry(t *testing.T, mode commitMode) {
 			if i >= good {
 				c.Usage = append(c.Usage, broker.UsageRecord{Key: keyA, Minute: 1, Tokens: math.MaxInt64})
 			}
-			err := s.Commit(context.Background(), c)
+			err := commitOne(context.Background(), c)
 			if (err != nil) != (i >= good) {
 				t.Errorf("commit %d: %v", i, err)
 			}
