@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -702,4 +703,67 @@ func TestStatsHistory(t *testing.T) {
 	if snap := load(t, s); len(snap.Usage) != 0 {
 		t.Fatalf("history leaked into Load: %+v", snap.Usage)
 	}
+}
+
+// TestCommitEveryField commits, into a store holding a little of
+// everything, Changes of one field each, taken from a Change with every
+// field set: each must change what the file holds. A field that Commit
+// ignores would be acknowledged and never written; the test fails while
+// full leaves any field of broker.Change zero, so a new field is covered
+// as soon as it exists.
+func TestCommitEveryField(t *testing.T) {
+	t.Parallel()
+	tpm := int64(7)
+	full := broker.Change{
+		Specs:                   []broker.Spec{{Key: keyB, Quota: broker.Limits{TPM: 100}}},
+		Overrides:               []broker.OverrideRecord{{Key: keyB, Override: &broker.Override{TPM: &tpm, SetAt: t0}}},
+		Leases:                  []broker.LeaseRecord{lease("new", 1)},
+		DeleteLeases:            []string{"old"},
+		Usage:                   []broker.UsageRecord{{Key: keyB, Minute: 5, Tokens: 1, Requests: 1}},
+		DeleteUsageBefore:       2,
+		Adaptive:                []broker.AdaptiveRecord{{Key: keyB, TokensWmax: 1}},
+		Stats:                   []broker.StatsRecord{{Key: keyB, Minute: 5, Client: "c", Stats: broker.Stats{Granted: 1}}},
+		DeleteStatsBefore:       2,
+		DeleteClientStatsBefore: 2,
+	}
+	base := broker.Change{
+		Leases: []broker.LeaseRecord{lease("old", 1)},
+		Usage:  []broker.UsageRecord{{Key: keyA, Minute: 1, Tokens: 1}},
+		Stats:  []broker.StatsRecord{{Key: keyA, Minute: 1, Client: "c", Stats: broker.Stats{Granted: 1}}},
+	}
+	v := reflect.ValueOf(full)
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Name
+		if v.Field(i).IsZero() {
+			t.Errorf("full leaves %s zero: set it, so that this test covers it", name)
+			continue
+		}
+		s, _ := newTest(t)
+		commit(t, s, base)
+		before := dump(t, s)
+		var one broker.Change
+		reflect.ValueOf(&one).Elem().Field(i).Set(v.Field(i))
+		commit(t, s, one)
+		if after := dump(t, s); maps.Equal(before, after) {
+			t.Errorf("a Change of %s alone left the file as it was", name)
+		}
+	}
+}
+
+// dump returns every record of every bucket, by bucket and key.
+func dump(tb testing.TB, s *Store) map[string]string {
+	tb.Helper()
+	out := map[string]string{}
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bbolt.Bucket) error {
+			return b.ForEach(func(k, v []byte) error {
+				out[string(name)+"/"+string(k)] = string(v)
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return out
 }
