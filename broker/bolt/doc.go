@@ -16,8 +16,9 @@
 // Load reads the first six; history is read by ReadStats, a range scan by
 // minute, and is never needed to rebuild the broker's windows. Buckets and
 // record fields added after schema 1 was first written (adaptive, the
-// stats buckets, quota refs, adaptive depth) are created when missing or
-// written only when set, so older files open and read unchanged.
+// stats buckets, quota refs, adaptive depth) are read as empty when
+// missing, created by the first Commit that writes to them, or written only
+// when set, so older files open and read unchanged.
 //
 // A budget key is the region, scope and model, each string length-prefixed
 // so that no model id can make two keys collide. A usage key starts with the
@@ -37,8 +38,9 @@
 // # Versions
 //
 // Open gives a new file the current schema version and refuses a file with
-// a newer one, an older one (there is no migration yet), or buckets but no
-// meta bucket (a bbolt file of something else). A layout change bumps
+// a newer one, an older one (there is no migration yet), buckets but no
+// meta bucket (a bbolt file of something else), or a meta bucket without
+// one of schema 1's data buckets (damage). A layout change bumps
 // schemaVersion and adds a migration in Open; a change to one record's
 // body bumps its format byte, which the decoder checks.
 //
@@ -112,15 +114,20 @@
 //
 // # Damage and recovery
 //
-// Open refuses a file bbolt cannot read (bad meta pages, too short), one
-// truncated below its high-water mark, and one whose pages make bbolt panic
-// or fault while opening; Load refuses a record whose checksum or body is
-// wrong, or pages that panic or fault while read. The error names the file
-// and the damage. The store never repairs or removes a file: the operator
-// either restores it from a backup, or moves it aside and starts empty,
-// accepting that the broker forgets outstanding leases and recent usage
-// and may overrun limits until a day has passed. `bbolt check FILE` and
-// `bbolt pages FILE` (go.etcd.io/bbolt/cmd/bbolt) show more. A panic
-// inside bbolt's Open keeps the file mapped and locked until the process
-// exits, which it should do anyway.
+// Open refuses an empty file (0 bytes: bbolt would silently make it a new
+// store, forgetting every lease), a file bbolt cannot read (bad meta
+// pages, too short), one truncated below its high-water mark, and one
+// whose pages make bbolt panic or fault while opening; Load refuses a
+// record whose checksum or body is wrong, or pages that panic or fault
+// while read. The error names the file and the damage. Nothing is written
+// to an existing file before its first Commit, which the broker makes only
+// after Load has read every record: a refused start leaves the file as it
+// was, the older meta page included, which a recovery may need. The store
+// never repairs or removes a file: the operator either restores it from a
+// backup, or moves it aside and starts empty, accepting that the broker
+// forgets outstanding leases and recent usage and may overrun limits until
+// a day has passed. `bbolt check FILE` and `bbolt pages FILE`
+// (go.etcd.io/bbolt/cmd/bbolt) show more. A panic inside bbolt's Open
+// keeps the file mapped and locked until the process exits, which it
+// should do anyway.
 package bolt

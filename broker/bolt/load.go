@@ -1,9 +1,11 @@
 package bolt
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/bedrockqb/quotabroker/broker"
@@ -25,6 +27,9 @@ func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
 		for _, name := range dataBuckets {
 			b := tx.Bucket(name)
 			if b == nil {
+				if slices.ContainsFunc(addedBuckets, func(a []byte) bool { return bytes.Equal(a, name) }) {
+					continue // a file older than the bucket: nothing of it yet
+				}
 				return &corruptError{s.path, fmt.Sprintf("bucket %s", name), errors.New("missing")}
 			}
 			c := b.Cursor()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,6 +42,21 @@ func openDB(path string, opts Options) (db *bbolt.DB, err error) {
 		return nil, &corruptError{path, "not a readable bbolt file", err}
 	}
 	return nil, openError(path, err)
+}
+
+// refuseEmpty explains why an empty file is not opened. bbolt would make it
+// a new store, silently; but a store file is never empty, so the state the
+// operator expects is elsewhere or lost, and starting empty would forget
+// every lease without a word. A file this process may not write is
+// reported as that first, as it would be with content.
+func refuseEmpty(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return openError(path, err)
+	}
+	_ = f.Close()
+	return &corruptError{path, "empty (0 bytes)",
+		errors.New("a store file is never empty; it was truncated, made by another program, or the broker was killed while creating it")}
 }
 
 // removeNew removes the file Open created before it failed, typically
@@ -94,33 +110,41 @@ func noSpace(err error) bool {
 	return false
 }
 
-// init checks the file's size and schema, and gives a new file the current
-// schema and the buckets.
-func (s *Store) init() (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer catchDamage(s.path, "reading pages", &err)
+// init checks the file before anything is written to it: that its pages
+// lie within it, its schema, and that it has the buckets of a store. Only
+// a new file, one without buckets, is written here: given the schema and
+// the buckets. An existing store is not written until its first Commit,
+// so a start refused after Open (Load finding a damaged record, say)
+// leaves the file as it was, both meta pages included, for a recovery.
+func (s *Store) init() error {
 	st, err := os.Stat(s.path)
 	if err != nil {
 		return fmt.Errorf("open store %s: %w", s.path, err)
 	}
-	var checkErr error
-	err = s.db.Update(func(tx *bbolt.Tx) error {
-		checkErr = s.check(tx, st.Size())
-		return checkErr
-	})
-	if err != nil && err != checkErr { // identity: the check failed, or the commit after it
+	var fresh bool
+	if err := s.read(func(tx *bbolt.Tx) (err error) {
+		fresh, err = s.check(tx, st.Size())
+		return err
+	}); err != nil || !fresh {
+		return err
+	}
+	if err := s.db.Update(s.guard(create)); err != nil {
+		var ce *corruptError
+		if errors.As(err, &ce) {
+			return err
+		}
 		return openError(s.path, err) // writing the file failed: space, I/O
 	}
-	return err
+	return nil
 }
 
-// check verifies the file's schema within tx, and gives a new file the
-// schema and buckets.
-func (s *Store) check(tx *bbolt.Tx, fileSize int64) error {
+// check verifies within tx that the file is a store this build can use,
+// and reports whether it is new: a bbolt file without buckets.
+func (s *Store) check(tx *bbolt.Tx, fileSize int64) (fresh bool, err error) {
 	// bbolt maps pages up to its high-water mark without checking that
 	// the file reaches that far; a truncated file would fault later.
 	if tx.Size() > fileSize {
-		return &corruptError{s.path, "truncated", fmt.Errorf("the file has %d bytes but its pages reach %d", fileSize, tx.Size())}
+		return false, &corruptError{s.path, "truncated", fmt.Errorf("the file has %d bytes but its pages reach %d", fileSize, tx.Size())}
 	}
 	meta := tx.Bucket(bucketMeta)
 	if meta == nil {
@@ -130,29 +154,53 @@ func (s *Store) check(tx *bbolt.Tx, fileSize int64) error {
 			return nil
 		})
 		if len(names) > 0 {
-			return fmt.Errorf("open store %s: %w: not a quota broker store (buckets %v, no %q)", s.path, errSchema, names, bucketMeta)
+			return false, fmt.Errorf("open store %s: %w: not a quota broker store (buckets %v, no %q)", s.path, errSchema, names, bucketMeta)
 		}
-		var err error
-		if meta, err = tx.CreateBucket(bucketMeta); err != nil {
-			return fmt.Errorf("open store %s: create bucket %s: %w", s.path, bucketMeta, err)
-		}
-		if err := meta.Put(keySchema, binary.AppendUvarint(nil, schemaVersion)); err != nil {
-			return fmt.Errorf("open store %s: write schema version: %w", s.path, err)
-		}
+		return true, nil
 	}
 	v, n := binary.Uvarint(meta.Get(keySchema))
 	switch {
 	case n <= 0:
-		return &corruptError{s.path, fmt.Sprintf("bucket %s, key %s", bucketMeta, keySchema), fmt.Errorf("missing or malformed schema version %x", meta.Get(keySchema))}
+		return false, &corruptError{s.path, fmt.Sprintf("bucket %s, key %s", bucketMeta, keySchema), fmt.Errorf("missing or malformed schema version %x", meta.Get(keySchema))}
 	case v > schemaVersion:
-		return fmt.Errorf("open store %s: %w: schema version %d is newer than this build's %d; run the broker version that wrote it", s.path, errSchema, v, schemaVersion)
+		return false, fmt.Errorf("open store %s: %w: schema version %d is newer than this build's %d; run the broker version that wrote it", s.path, errSchema, v, schemaVersion)
 	case v < schemaVersion:
-		return fmt.Errorf("open store %s: %w: schema version %d has no migration to %d", s.path, errSchema, v, schemaVersion)
+		return false, fmt.Errorf("open store %s: %w: schema version %d has no migration to %d", s.path, errSchema, v, schemaVersion)
 	}
-	for _, name := range append(dataBuckets[:len(dataBuckets):len(dataBuckets)], bucketStats, bucketStatsTotal) {
-		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-			return fmt.Errorf("open store %s: create bucket %s: %w", s.path, name, err)
+	for _, name := range schemaBuckets {
+		if tx.Bucket(name) == nil {
+			return false, &corruptError{s.path, fmt.Sprintf("bucket %s", name), errors.New("missing")}
+		}
+	}
+	return false, nil
+}
+
+// create gives a new file the schema version and every bucket.
+func create(tx *bbolt.Tx) error {
+	meta, err := tx.CreateBucket(bucketMeta)
+	if err != nil {
+		return fmt.Errorf("create bucket %s: %w", bucketMeta, err)
+	}
+	if err := meta.Put(keySchema, binary.AppendUvarint(nil, schemaVersion)); err != nil {
+		return fmt.Errorf("write schema version: %w", err)
+	}
+	for _, name := range slices.Concat(schemaBuckets, addedBuckets) {
+		if _, err := tx.CreateBucket(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+// bucket returns tx's bucket name, creating it if it is one of the
+// addedBuckets that an older file lacks.
+func bucket(tx *bbolt.Tx, name []byte) (*bbolt.Bucket, error) {
+	if b := tx.Bucket(name); b != nil {
+		return b, nil
+	}
+	b, err := tx.CreateBucket(name)
+	if err != nil {
+		return nil, fmt.Errorf("create bucket %s: %w", name, err)
+	}
+	return b, nil
 }

@@ -25,12 +25,11 @@ var (
 	bucketLeases    = []byte("leases")
 	bucketUsage     = []byte("usage")
 	// bucketAdaptive arrived after schema 1 was first written; it is
-	// additive, so Open creates it in older files instead of migrating.
+	// additive (see addedBuckets).
 	bucketAdaptive = []byte("adaptive")
 	// bucketStats holds usage history per client (broker.StatsRecord) and
 	// bucketStatsTotal the same summed per budget (client ""). ReadStats
-	// reads them, not Load; like "adaptive", they are created when missing,
-	// so schema 1 files gain them without a migration.
+	// reads them, not Load; like "adaptive", they are additive.
 	bucketStats      = []byte("stats")
 	bucketStatsTotal = []byte("stats-total")
 	keySchema        = []byte("schema")
@@ -38,6 +37,16 @@ var (
 
 // dataBuckets are the buckets Load reads, in Snapshot order.
 var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage, bucketAdaptive}
+
+// schemaBuckets are in every store since schema 1 was first written: Open
+// refuses a file without one. addedBuckets came later without a migration:
+// a file written before lacks them, reads treat a missing one as empty, and
+// the first Commit that writes to one creates it, so that Open never writes
+// to an existing file.
+var (
+	schemaBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage}
+	addedBuckets  = [][]byte{bucketAdaptive, bucketStats, bucketStatsTotal}
+)
 
 // Defaults; see doc.go for the measurements behind group commit.
 const (
@@ -101,13 +110,17 @@ var (
 // It fails if another process has the file open, if the file is not a
 // store this build can read, or if it cannot be written; the error names
 // the path and the cause an operator can act on (permissions, a missing
-// directory, a full disk).
+// directory, a full disk, damage). It writes nothing to an existing store:
+// the first write is the first Commit.
 func Open(path string, opts Options) (*Store, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	_, statErr := os.Stat(path)
+	st, statErr := os.Stat(path)
 	created := errors.Is(statErr, fs.ErrNotExist)
+	if statErr == nil && st.Mode().IsRegular() && st.Size() == 0 {
+		return nil, refuseEmpty(path)
+	}
 	db, err := openDB(path, opts)
 	if err != nil {
 		return nil, removeNew(path, created, err)

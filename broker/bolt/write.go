@@ -148,7 +148,10 @@ func (w *write) apply(tx *bbolt.Tx) error {
 		}
 	}
 	if len(w.adaptive) > 0 {
-		adaptive := tx.Bucket(bucketAdaptive)
+		adaptive, err := bucket(tx, bucketAdaptive)
+		if err != nil {
+			return err
+		}
 		for _, a := range w.adaptive {
 			if err := adaptive.Put(a.k, a.v); err != nil {
 				return fmt.Errorf("put adaptive %s: %w", describeKey(bucketAdaptive, a.k), err)
@@ -199,7 +202,14 @@ func (w *write) apply(tx *bbolt.Tx) error {
 		}
 	}
 	if len(w.stats) > 0 {
-		stats, totals := tx.Bucket(bucketStats), tx.Bucket(bucketStatsTotal)
+		stats, err := bucket(tx, bucketStats)
+		if err != nil {
+			return err
+		}
+		totals, err := bucket(tx, bucketStatsTotal)
+		if err != nil {
+			return err
+		}
 		for _, d := range w.stats {
 			if err := addStats(stats, bucketStats, d.k, d.s); err != nil {
 				return err
@@ -257,8 +267,13 @@ func addStats(b *bbolt.Bucket, name, k []byte, delta *broker.Stats) error {
 	return nil
 }
 
-// deleteBefore deletes the keys of a minute-first bucket before minute.
+// deleteBefore deletes the keys of a minute-first bucket before minute. A
+// nil b is an added bucket that the file does not have yet: nothing to
+// delete.
 func deleteBefore(b *bbolt.Bucket, name []byte, minute int64) error {
+	if b == nil {
+		return nil
+	}
 	// Collect, then delete: deleting under a bbolt cursor can make Next
 	// skip a key.
 	var dead [][]byte
