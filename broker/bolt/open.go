@@ -18,6 +18,7 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
+// openDB opens path with bbolt, its errors worded for an operator.
 func openDB(path string, opts Options) (db *bbolt.DB, err error) {
 	// bbolt panics on some damaged pages while opening (a bad freelist
 	// page), and a truncated file can fault when mapped: turn both into
