@@ -45,10 +45,31 @@ type Change struct {
 	DeleteStatsBefore, DeleteClientStatsBefore int64
 }
 
+// empty and merge are the broker's code that must know every field of
+// Change, and a Store's Commit the other: a field one of them misses is
+// silently never written, or dropped from a retry. TestChangeFields, and
+// bolt's TestCommitEveryField for its store, fail when a field is added to
+// Change without being handled.
 func (c *Change) empty() bool {
 	return len(c.Specs) == 0 && len(c.Overrides) == 0 && len(c.Leases) == 0 &&
 		len(c.DeleteLeases) == 0 && len(c.Usage) == 0 && c.DeleteUsageBefore == 0 && len(c.Adaptive) == 0 &&
 		len(c.Stats) == 0 && c.DeleteStatsBefore == 0 && c.DeleteClientStatsBefore == 0
+}
+
+// merge adds o to c, o's upserts after c's, so that a failed commit is
+// retried within a later one. Of two cut-offs the later is kept: deleting
+// up to it covers both.
+func (c *Change) merge(o Change) {
+	c.Specs = append(c.Specs, o.Specs...)
+	c.Overrides = append(c.Overrides, o.Overrides...)
+	c.Leases = append(c.Leases, o.Leases...)
+	c.DeleteLeases = append(c.DeleteLeases, o.DeleteLeases...)
+	c.Usage = append(c.Usage, o.Usage...)
+	c.DeleteUsageBefore = max(c.DeleteUsageBefore, o.DeleteUsageBefore)
+	c.Adaptive = append(c.Adaptive, o.Adaptive...)
+	c.Stats = append(c.Stats, o.Stats...)
+	c.DeleteStatsBefore = max(c.DeleteStatsBefore, o.DeleteStatsBefore)
+	c.DeleteClientStatsBefore = max(c.DeleteClientStatsBefore, o.DeleteClientStatsBefore)
 }
 
 // OverrideRecord is the override of one budget; Override nil means none.

@@ -30,11 +30,7 @@ func (b *Core) Sweep(ctx context.Context) {
 	now := b.clock.Now()
 	var c Change
 	for _, r := range b.retry {
-		c.Adaptive = append(c.Adaptive, r.Adaptive...)
-		c.Leases = append(c.Leases, r.Leases...)
-		c.Usage = append(c.Usage, r.Usage...)
-		c.DeleteLeases = append(c.DeleteLeases, r.DeleteLeases...)
-		c.Stats = append(c.Stats, r.Stats...)
+		c.merge(r)
 	}
 	b.retry = nil
 	touched := map[*budget]bool{}
@@ -76,7 +72,6 @@ func (b *Core) Sweep(ctx context.Context) {
 	}
 	if err := b.store.Commit(context.WithoutCancel(ctx), c); err != nil {
 		b.log.Error("sweep commit failed; will retry", "err", err)
-		c.DeleteUsageBefore, c.DeleteStatsBefore, c.DeleteClientStatsBefore = 0, 0, 0
 		b.mu.Lock()
 		b.retry = append(b.retry, c)
 		b.mu.Unlock()

@@ -24,7 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/bedrockqb/quotabroker/broker"
-	"github.com/bedrockqb/quotabroker/broker/awsquota"
+	"github.com/bedrockqb/quotabroker/broker/awsclient"
 	"github.com/bedrockqb/quotabroker/broker/bolt"
 	"github.com/bedrockqb/quotabroker/clients/quotaclient"
 	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
@@ -177,7 +177,7 @@ func runStrategy(ctx context.Context, p *plan, name string) (*result, error) {
 			// Every strategy gets the smithy-go body-race workaround that
 			// WithLeases installs, so a connection closed mid-response
 			// cannot count against one strategy only.
-			o.HTTPClient = awsquota.SafeBodies(o.HTTPClient)
+			o.HTTPClient = awsclient.SafeBodies(o.HTTPClient)
 		}}, opts...)
 		return bedrockruntime.NewFromConfig(cfg, all...)
 	}

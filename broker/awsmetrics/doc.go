@@ -30,6 +30,6 @@
 //
 // # Errors
 //
-// AWS errors are worded by awsquota.Describe: AccessDenied names the IAM
+// AWS errors are worded by awsclient.Describe: AccessDenied names the IAM
 // action cloudwatch:GetMetricData. A Reader holds no goroutines.
 package awsmetrics

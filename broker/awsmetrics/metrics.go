@@ -14,7 +14,7 @@ import (
 	cwtypes "github.com/aws/aws-sdk-go-v2/service/cloudwatch/types"
 
 	"github.com/bedrockqb/quotabroker/broker"
-	"github.com/bedrockqb/quotabroker/broker/awsquota"
+	"github.com/bedrockqb/quotabroker/broker/awsclient"
 )
 
 // Point is what CloudWatch counted for a budget in one step.
@@ -36,7 +36,7 @@ type Usage struct {
 // credential chain.
 type Config struct {
 	// AWS is the base SDK configuration; its Region is replaced by each
-	// budget's. Nil means awsquota.LoadAWSConfig at the first read.
+	// budget's. Nil means awsclient.LoadConfig at the first read.
 	AWS *aws.Config
 	// Endpoint, when set, is the base URL of the CloudWatch clients (the
 	// Bedrock simulator, say).
@@ -84,13 +84,13 @@ const cacheMax = 256
 
 // New returns a Reader. It makes no AWS call.
 func New(cfg Config) *Reader {
-	configFor := awsquota.RegionConfigs(cfg.AWS, cfg.Endpoint)
+	configFor := awsclient.RegionConfigs(cfg.AWS, cfg.Endpoint)
 	connect := func(ctx context.Context, region string) (metricDataGetter, error) {
 		c, err := configFor(ctx, region)
 		if err != nil {
 			return nil, err
 		}
-		return cloudwatch.NewFromConfig(c, func(o *cloudwatch.Options) { o.HTTPClient = awsquota.SafeBodies(o.HTTPClient) }), nil
+		return cloudwatch.NewFromConfig(c, func(o *cloudwatch.Options) { o.HTTPClient = awsclient.SafeBodies(o.HTTPClient) }), nil
 	}
 	return newReader(cfg, connect)
 }
@@ -180,7 +180,7 @@ func (r *Reader) Usage(ctx context.Context, key broker.Key, from time.Time, step
 			ScanBy: cwtypes.ScanByTimestampAscending, NextToken: token,
 		})
 		if err != nil {
-			return Usage{}, awsquota.Describe("read CloudWatch metrics", "cloudwatch:GetMetricData", key.Region, err)
+			return Usage{}, awsclient.Describe("read CloudWatch metrics", "cloudwatch:GetMetricData", key.Region, err)
 		}
 		for _, res := range out.MetricDataResults {
 			var i, j int

@@ -88,7 +88,6 @@
 // is still classified and listed, with reason "no catalogue given". Saved
 // files carry applied values only, so DefaultValue is null there.
 //
-// LoadAWSConfig is the one place the SDK configuration is built, for this
-// package and for anything else that talks to AWS or to the simulator
-// (--aws-endpoint).
+// The SDK configuration, the HTTP client's body workaround and the wording
+// of AWS errors come from awsclient, which every AWS adapter shares.
 package awsquota

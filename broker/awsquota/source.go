@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/servicequotas"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/awsclient"
 	"github.com/bedrockqb/quotabroker/broker/quotaname"
 )
 
@@ -29,7 +30,7 @@ type Config struct {
 	Regions []string
 	// AWS is the base SDK configuration (credentials, retryer, HTTP
 	// client); its Region is replaced by each of Regions. Nil means
-	// LoadAWSConfig(ctx, Regions[0], Endpoint) at the first discovery.
+	// awsclient.LoadConfig(ctx, Regions[0], Endpoint) at the first discovery.
 	AWS *aws.Config
 	// Endpoint, when set, is the base URL of every AWS client (the Bedrock
 	// simulator, say). It overrides AWS.BaseEndpoint.
@@ -102,14 +103,14 @@ var regionRE = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d{1,2}$`)
 // New validates cfg and returns a Source. It makes no AWS call: clients are
 // built, and credentials looked for, at the first Discover.
 func New(cfg Config) (*Source, error) {
-	configFor := RegionConfigs(cfg.AWS, cfg.Endpoint)
+	configFor := awsclient.RegionConfigs(cfg.AWS, cfg.Endpoint)
 	connect := func(ctx context.Context, region string) (clients, error) {
 		c, err := configFor(ctx, region)
 		if err != nil {
 			return clients{}, err
 		}
-		sq := servicequotas.NewFromConfig(c, func(o *servicequotas.Options) { o.HTTPClient = SafeBodies(o.HTTPClient) })
-		br := bedrock.NewFromConfig(c, func(o *bedrock.Options) { o.HTTPClient = SafeBodies(o.HTTPClient) })
+		sq := servicequotas.NewFromConfig(c, func(o *servicequotas.Options) { o.HTTPClient = awsclient.SafeBodies(o.HTTPClient) })
+		br := bedrock.NewFromConfig(c, func(o *bedrock.Options) { o.HTTPClient = awsclient.SafeBodies(o.HTTPClient) })
 		return clients{quotas: sq, defaults: sq, models: br, profiles: br, provisioned: br, creds: c.Credentials}, nil
 	}
 	return newSource(cfg, connect)

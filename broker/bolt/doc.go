@@ -16,8 +16,9 @@
 // Load reads the first six; history is read by ReadStats, a range scan by
 // minute, and is never needed to rebuild the broker's windows. Buckets and
 // record fields added after schema 1 was first written (adaptive, the
-// stats buckets, quota refs, adaptive depth) are created when missing or
-// written only when set, so older files open and read unchanged.
+// stats buckets, quota refs, adaptive depth) are read as empty when
+// missing, created by the first Commit that writes to them, or written only
+// when set, so older files open and read unchanged.
 //
 // A budget key is the region, scope and model, each string length-prefixed
 // so that no model id can make two keys collide. A usage key starts with the
@@ -37,8 +38,9 @@
 // # Versions
 //
 // Open gives a new file the current schema version and refuses a file with
-// a newer one, an older one (there is no migration yet), or buckets but no
-// meta bucket (a bbolt file of something else). A layout change bumps
+// a newer one, an older one (there is no migration yet), buckets but no
+// meta bucket (a bbolt file of something else), or a meta bucket without
+// one of schema 1's data buckets (damage). A layout change bumps
 // schemaVersion and adds a migration in Open; a change to one record's
 // body bumps its format byte, which the decoder checks.
 //
@@ -66,8 +68,8 @@
 // fsync. A lone Commit pays one transaction and no batching delay; under
 // load a group holds whatever queued while the previous group was being
 // synced, so throughput grows with concurrency. Durability is the same in
-// every mode: Commit returns only after fsync (NoSync is for tests and
-// benchmarks).
+// every mode the benchmark compares: a Commit returns only after fsync
+// (NoSync is for tests and benchmarks).
 //
 // We first used bbolt's DB.Batch, the library's own group commit. Its
 // groups start on a timer (MaxBatchDelay after the first call) or at
@@ -76,8 +78,9 @@
 // committers 1 ms measured best, 500 µs and 250 µs worse, 10 ms (bbolt's
 // default) 2-4x worse). The loop has no delay to tune and measured as good
 // as or better than the best Batch setting under load, and as fast as a
-// plain transaction for a lone Commit. Batch stays in the benchmark as the
-// comparison.
+// plain transaction for a lone Commit. Batch and a plain transaction per
+// Commit stay in the benchmark (commitVia in bench_test.go) as the
+// comparison; the store itself has only the loop.
 //
 // A failed group is re-run member by member. Each run is a fresh
 // transaction (a failed one is rolled back), and a Change is encoded before
@@ -101,17 +104,30 @@
 //
 //	go test -run='^$' -bench=Commit -benchtime=2s ./broker/bolt/
 //
+// # Files
+//
+// store.go has Open, Close and the options; open.go opens a file and checks
+// its schema; corrupt.go turns damage into errors that say what to do;
+// load.go and stats.go read (state at start-up, history); commit.go is
+// Commit and the commit loop; write.go encodes a Change before its
+// transaction and applies it inside; codec.go is the record format.
+//
 // # Damage and recovery
 //
-// Open refuses a file bbolt cannot read (bad meta pages, too short), one
-// truncated below its high-water mark, and one whose pages make bbolt panic
-// or fault while opening; Load refuses a record whose checksum or body is
-// wrong, or pages that panic or fault while read. The error names the file
-// and the damage. The store never repairs or removes a file: the operator
-// either restores it from a backup, or moves it aside and starts empty,
-// accepting that the broker forgets outstanding leases and recent usage
-// and may overrun limits until a day has passed. `bbolt check FILE` and
-// `bbolt pages FILE` (go.etcd.io/bbolt/cmd/bbolt) show more. A panic
-// inside bbolt's Open keeps the file mapped and locked until the process
-// exits, which it should do anyway.
+// Open refuses an empty file (0 bytes: bbolt would silently make it a new
+// store, forgetting every lease), a file bbolt cannot read (bad meta
+// pages, too short), one truncated below its high-water mark, and one
+// whose pages make bbolt panic or fault while opening; Load refuses a
+// record whose checksum or body is wrong, or pages that panic or fault
+// while read. The error names the file and the damage. Nothing is written
+// to an existing file before its first Commit, which the broker makes only
+// after Load has read every record: a refused start leaves the file as it
+// was, the older meta page included, which a recovery may need. The store
+// never repairs or removes a file: the operator either restores it from a
+// backup, or moves it aside and starts empty, accepting that the broker
+// forgets outstanding leases and recent usage and may overrun limits until
+// a day has passed. `bbolt check FILE` and `bbolt pages FILE`
+// (go.etcd.io/bbolt/cmd/bbolt) show more. A panic inside bbolt's Open
+// keeps the file mapped and locked until the process exits, which it
+// should do anyway.
 package bolt

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -245,16 +246,18 @@ func TestUsageDeltas(t *testing.T) {
 // count once.
 func TestBatchRetry(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []commitMode{modeGroup, modeBatch} {
-		t.Run(fmt.Sprint("mode", mode), func(t *testing.T) { testBatchRetry(t, mode) })
-	}
+	t.Run("loop", func(t *testing.T) { testBatchRetry(t, false) })
+	t.Run("batch", func(t *testing.T) { testBatchRetry(t, true) })
 }
 
-func testBatchRetry(t *testing.T, mode commitMode) {
+func testBatchRetry(t *testing.T, batch bool) {
 	path := filepath.Join(t.TempDir(), "state.db")
 	s := openTest(t, path, Options{NoSync: true})
-	s.mode = mode
-	s.db.MaxBatchDelay = 5 * time.Millisecond
+	commitOne := s.Commit
+	if batch {
+		commitOne = commitVia(s, s.db.Batch)
+		s.db.MaxBatchDelay = 5 * time.Millisecond
+	}
 	commit(t, s, broker.Change{Usage: []broker.UsageRecord{{Key: keyA, Minute: 1, Tokens: 1}}})
 	const good, bad = 50, 5
 	var wg sync.WaitGroup
@@ -264,7 +267,7 @@ func testBatchRetry(t *testing.T, mode commitMode) {
 			if i >= good {
 				c.Usage = append(c.Usage, broker.UsageRecord{Key: keyA, Minute: 1, Tokens: math.MaxInt64})
 			}
-			err := s.Commit(context.Background(), c)
+			err := commitOne(context.Background(), c)
 			if (err != nil) != (i >= good) {
 				t.Errorf("commit %d: %v", i, err)
 			}
@@ -459,6 +462,25 @@ func openAndLoad(path string) error {
 	return err
 }
 
+// refusedOpen is openAndLoad of a file that must be refused, checking that
+// the refusal wrote nothing: a start that fails must leave the damaged
+// file, both its meta pages included, as it was for a recovery.
+func refusedOpen(t *testing.T, path string) error {
+	t.Helper()
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = openAndLoad(path)
+	if err == nil {
+		t.Fatalf("%s: opened and loaded", path)
+	}
+	if after, rerr := os.ReadFile(path); rerr != nil || !bytes.Equal(after, before) {
+		t.Errorf("%s: the refused open changed the file (%v)", path, rerr)
+	}
+	return err
+}
+
 func wantCorrupt(t *testing.T, path string, err error, parts ...string) {
 	t.Helper()
 	var ce *corruptError
@@ -491,7 +513,7 @@ func TestCorruptRecord(t *testing.T) {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	wantCorrupt(t, path, openAndLoad(path), "bucket leases", `"lease-1234"`, "checksum")
+	wantCorrupt(t, path, refusedOpen(t, path), "bucket leases", `"lease-1234"`, "checksum")
 
 	// A damaged page header, in a page of leases that Open does not read.
 	page := bytes.Clone(data)
@@ -503,7 +525,7 @@ func TestCorruptRecord(t *testing.T) {
 	if err := os.WriteFile(pagePath, page, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	wantCorrupt(t, pagePath, openAndLoad(pagePath))
+	wantCorrupt(t, pagePath, refusedOpen(t, pagePath))
 
 	// Commit refuses to build on the damaged record too.
 	s := openTest(t, path, Options{})
@@ -549,7 +571,7 @@ func TestCorruptFile(t *testing.T) {
 			if err := os.WriteFile(path, damaged, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			wantCorrupt(t, path, openAndLoad(path))
+			wantCorrupt(t, path, refusedOpen(t, path))
 			// Never repaired or wiped.
 			if after, err := os.ReadFile(path); err != nil || !bytes.Equal(after, damaged) {
 				t.Errorf("file changed (%v)", err)
@@ -700,4 +722,172 @@ func TestStatsHistory(t *testing.T) {
 	if snap := load(t, s); len(snap.Usage) != 0 {
 		t.Fatalf("history leaked into Load: %+v", snap.Usage)
 	}
+}
+
+// TestCommitEveryField commits, into a store holding a little of
+// everything, Changes of one field each, taken from a Change with every
+// field set: each must change what the file holds. A field that Commit
+// ignores would be acknowledged and never written; the test fails while
+// full leaves any field of broker.Change zero, so a new field is covered
+// as soon as it exists.
+func TestCommitEveryField(t *testing.T) {
+	t.Parallel()
+	tpm := int64(7)
+	full := broker.Change{
+		Specs:                   []broker.Spec{{Key: keyB, Quota: broker.Limits{TPM: 100}}},
+		Overrides:               []broker.OverrideRecord{{Key: keyB, Override: &broker.Override{TPM: &tpm, SetAt: t0}}},
+		Leases:                  []broker.LeaseRecord{lease("new", 1)},
+		DeleteLeases:            []string{"old"},
+		Usage:                   []broker.UsageRecord{{Key: keyB, Minute: 5, Tokens: 1, Requests: 1}},
+		DeleteUsageBefore:       2,
+		Adaptive:                []broker.AdaptiveRecord{{Key: keyB, TokensWmax: 1}},
+		Stats:                   []broker.StatsRecord{{Key: keyB, Minute: 5, Client: "c", Stats: broker.Stats{Granted: 1}}},
+		DeleteStatsBefore:       2,
+		DeleteClientStatsBefore: 2,
+	}
+	base := broker.Change{
+		Leases: []broker.LeaseRecord{lease("old", 1)},
+		Usage:  []broker.UsageRecord{{Key: keyA, Minute: 1, Tokens: 1}},
+		Stats:  []broker.StatsRecord{{Key: keyA, Minute: 1, Client: "c", Stats: broker.Stats{Granted: 1}}},
+	}
+	v := reflect.ValueOf(full)
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Name
+		if v.Field(i).IsZero() {
+			t.Errorf("full leaves %s zero: set it, so that this test covers it", name)
+			continue
+		}
+		s, _ := newTest(t)
+		commit(t, s, base)
+		before := dump(t, s)
+		var one broker.Change
+		reflect.ValueOf(&one).Elem().Field(i).Set(v.Field(i))
+		commit(t, s, one)
+		if after := dump(t, s); maps.Equal(before, after) {
+			t.Errorf("a Change of %s alone left the file as it was", name)
+		}
+	}
+}
+
+// dump returns every record of every bucket, by bucket and key.
+func dump(tb testing.TB, s *Store) map[string]string {
+	tb.Helper()
+	out := map[string]string{}
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bbolt.Bucket) error {
+			return b.ForEach(func(k, v []byte) error {
+				out[string(name)+"/"+string(k)] = string(v)
+				return nil
+			})
+		})
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// TestEmptyFile: a zero-byte file is refused, not made a new store, and
+// left as it is.
+func TestEmptyFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "state.db")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantCorrupt(t, path, refusedOpen(t, path), "empty (0 bytes)")
+}
+
+// writeOldLayout writes a store as the first schema-1 build did: the meta
+// bucket and the four data buckets, none of the buckets added since
+// (adaptive, stats, stats-total), and lease l.
+func writeOldLayout(tb testing.TB, path string, l broker.LeaseRecord, buckets ...[]byte) {
+	tb.Helper()
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		meta, err := tx.CreateBucket(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if err := meta.Put(keySchema, []byte{1}); err != nil {
+			return err
+		}
+		for _, name := range buckets {
+			if _, err := tx.CreateBucket(name); err != nil {
+				return err
+			}
+		}
+		if b := tx.Bucket(bucketLeases); b != nil {
+			return b.Put([]byte(l.ID), encodeLease(&l))
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// TestOldLayout opens a file from before the added buckets: opening and
+// loading it writes nothing (so a damaged record in it is refused with the
+// file untouched), and the first Commit that needs an added bucket creates
+// it. A file that lacks one of schema 1's own buckets is damaged.
+func TestOldLayout(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	l := lease("old-1", 1)
+	path := filepath.Join(dir, "old.db")
+	writeOldLayout(t, path, l, schemaBuckets...)
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openTest(t, path, Options{})
+	if got := load(t, s).Leases; len(got) != 1 || !reflect.DeepEqual(got[0], l) {
+		t.Fatalf("leases %+v, want %+v", got, l)
+	}
+	if got := readStats(t, s, 0, 100, true); len(got) != 0 {
+		t.Fatalf("history %+v in a file without its buckets", got)
+	}
+	if after, err := os.ReadFile(path); err != nil || !bytes.Equal(after, before) {
+		t.Fatalf("opening and loading changed the file (%v)", err)
+	}
+
+	// Cut-offs on buckets the file lacks delete nothing; then writes
+	// create them.
+	commit(t, s, broker.Change{DeleteStatsBefore: 9, DeleteClientStatsBefore: 9})
+	stats := broker.StatsRecord{Key: keyA, Minute: 10, Client: "c", Stats: broker.Stats{Granted: 2}}
+	adaptive := broker.AdaptiveRecord{Key: keyA, TokensWmax: 5e5, LastDecrease: t0, Throttles: 1}
+	commit(t, s, broker.Change{Adaptive: []broker.AdaptiveRecord{adaptive}, Stats: []broker.StatsRecord{stats}})
+	if got := load(t, s).Adaptive; !reflect.DeepEqual(got, []broker.AdaptiveRecord{adaptive}) {
+		t.Errorf("adaptive %+v, want %+v", got, adaptive)
+	}
+	if got := readStats(t, s, 0, 100, true); len(got) != 1 || got[0].Granted != 2 {
+		t.Errorf("history %+v, want one record of 2 grants", got)
+	}
+
+	damaged := filepath.Join(dir, "old-damaged.db")
+	writeOldLayout(t, damaged, l, schemaBuckets...)
+	data, err := os.ReadFile(damaged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(data, []byte("svc-old-1"))
+	if i < 0 {
+		t.Fatal("lease not found in the file")
+	}
+	data[i+4] = 'X'
+	if err := os.WriteFile(damaged, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantCorrupt(t, damaged, refusedOpen(t, damaged), "bucket leases", "checksum")
+
+	missing := filepath.Join(dir, "no-leases.db")
+	writeOldLayout(t, missing, l, bucketSpecs, bucketOverrides, bucketUsage)
+	wantCorrupt(t, missing, refusedOpen(t, missing), "bucket leases", "missing")
 }

@@ -129,6 +129,10 @@ func TestUnusableDataDirectoryFailsAtStart(t *testing.T) {
 		}
 	}
 	full := filepath.Join(t.TempDir(), "state.db")
+	empty := filepath.Join(t.TempDir(), "state.db")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		data string
@@ -144,6 +148,8 @@ func TestUnusableDataDirectoryFailsAtStart(t *testing.T) {
 			[]string{"open store " + full + ": out of space", "file too large"}},
 		{"a directory", ro, nil, nil,
 			[]string{"open store " + ro + ": this is a directory", filepath.Join(ro, "quota-broker.db")}},
+		{"an empty file", empty, nil, nil,
+			[]string{"state file (--data): store " + empty + " is corrupt: empty (0 bytes)", "backup", "move it aside"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := runToFailure(t, bin, tc.attr, tc.env, "serve", "--listen", "127.0.0.1:0", "--data", tc.data)
@@ -158,6 +164,10 @@ func TestUnusableDataDirectoryFailsAtStart(t *testing.T) {
 	// its store is corrupt.
 	if _, err := os.Stat(full); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the partial store file is left behind: %v", err)
+	}
+	// The empty file is refused, not made a new store.
+	if st, err := os.Stat(empty); err != nil || st.Size() != 0 {
+		t.Fatalf("the empty store file was changed: %v", err)
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/awsclient"
 	"github.com/bedrockqb/quotabroker/broker/awsquota"
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 )
@@ -137,11 +138,11 @@ func increase(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	rep.Command = fmt.Sprintf("aws service-quotas request-service-quota-increase --region %s --service-code bedrock --quota-code %s --desired-value %s",
 		key.Region, q.QuotaCode, strconv.FormatFloat(rep.Desired, 'f', -1, 64))
 
-	cfg, err := awsquota.LoadAWSConfig(ctx, key.Region, *endpoint)
+	cfg, err := awsclient.LoadConfig(ctx, key.Region, *endpoint)
 	if err != nil {
 		return err
 	}
-	sq := servicequotas.NewFromConfig(cfg, func(o *servicequotas.Options) { o.HTTPClient = awsquota.SafeBodies(o.HTTPClient) })
+	sq := servicequotas.NewFromConfig(cfg, func(o *servicequotas.Options) { o.HTTPClient = awsclient.SafeBodies(o.HTTPClient) })
 	var problem error
 	switch {
 	case !q.Adjustable:
@@ -154,7 +155,7 @@ func increase(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			ServiceCode: aws.String("bedrock"), QuotaCode: aws.String(q.QuotaCode), DesiredValue: aws.Float64(rep.Desired),
 		})
 		if err != nil {
-			problem = awsquota.Describe("request a quota increase", "servicequotas:RequestServiceQuotaIncrease", key.Region, err)
+			problem = awsclient.Describe("request a quota increase", "servicequotas:RequestServiceQuotaIncrease", key.Region, err)
 		} else if rq := out.RequestedQuota; rq != nil {
 			rep.Filed = &requestedChange{ID: aws.ToString(rq.Id), Status: string(rq.Status), Desired: aws.ToFloat64(rq.DesiredValue),
 				Created: aws.ToTime(rq.Created), CaseID: aws.ToString(rq.CaseId)}
@@ -390,7 +391,7 @@ func changeHistory(ctx context.Context, sq *servicequotas.Client, region, code s
 			ServiceCode: aws.String("bedrock"), QuotaCode: aws.String(code), NextToken: token,
 		})
 		if err != nil {
-			return out, awsquota.Describe("list quota increase requests", "servicequotas:ListRequestedServiceQuotaChangeHistoryByQuota", region, err)
+			return out, awsclient.Describe("list quota increase requests", "servicequotas:ListRequestedServiceQuotaChangeHistoryByQuota", region, err)
 		}
 		for _, c := range resp.RequestedQuotas {
 			out = append(out, requestedChange{ID: aws.ToString(c.Id), Status: string(c.Status), Desired: aws.ToFloat64(c.DesiredValue),

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/bedrockqb/quotabroker/broker/awsquota"
+	"github.com/bedrockqb/quotabroker/broker/awsclient"
 	"github.com/bedrockqb/quotabroker/clients/quotaclient"
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 	"github.com/bedrockqb/quotabroker/internal/probe"
@@ -180,7 +180,7 @@ func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer, cloc
 	plan.Write(stderr)
 	fmt.Fprintln(stderr)
 
-	awsCfg, err := awsquota.LoadAWSConfig(ctx, *region, *endpoint)
+	awsCfg, err := awsclient.LoadConfig(ctx, *region, *endpoint)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package awsquota
+package awsclient
 
 import (
 	"context"
@@ -17,14 +17,14 @@ import (
 // service, which does not answer; waiting longer only delays the fallback.
 const credentialProbe = 2 * time.Second
 
-// LoadAWSConfig loads the SDK's default configuration (environment, shared
+// LoadConfig loads the SDK's default configuration (environment, shared
 // files, SSO, instance role) for region. With endpoint set, every client
 // built from the result talks to endpoint instead of AWS, and when no
 // credentials are configured it signs with fixed dummy ones: the simulator
 // reads the Region from the signature but checks nothing, so a laptop
 // without AWS credentials can use it. Without endpoint, missing credentials
 // stay an error, reported by the first call that needs them.
-func LoadAWSConfig(ctx context.Context, region, endpoint string) (aws.Config, error) {
+func LoadConfig(ctx context.Context, region, endpoint string) (aws.Config, error) {
 	opts := []func(*config.LoadOptions) error{config.WithRegion(region)}
 	if endpoint != "" {
 		// Not AWS: the instance metadata service has no business here, and
@@ -52,7 +52,7 @@ func dummyCredentials() aws.CredentialsProvider {
 }
 
 // RegionConfigs returns a function giving the SDK configuration for a
-// Region: base (nil: LoadAWSConfig's, loaded once, at the first call) with
+// Region: base (nil: LoadConfig's, loaded once, at the first call) with
 // the Region set and, when endpoint is set, every client pointed at it.
 // Loading lazily keeps constructors free of AWS calls and credential
 // lookups; the function is safe for concurrent use.
@@ -69,7 +69,7 @@ func RegionConfigs(base *aws.Config, endpoint string) func(ctx context.Context, 
 		mu.Lock()
 		defer mu.Unlock()
 		if loaded == nil {
-			c, err := LoadAWSConfig(ctx, region, endpoint)
+			c, err := LoadConfig(ctx, region, endpoint)
 			if err != nil {
 				return aws.Config{}, err
 			}

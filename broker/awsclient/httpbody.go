@@ -1,4 +1,4 @@
-package awsquota
+package awsclient
 
 import (
 	"io"
@@ -21,7 +21,7 @@ import (
 //
 // Use it as a client option, so that the SDK's own HTTP defaults stay:
 //
-//	servicequotas.NewFromConfig(cfg, func(o *servicequotas.Options) { o.HTTPClient = awsquota.SafeBodies(o.HTTPClient) })
+//	servicequotas.NewFromConfig(cfg, func(o *servicequotas.Options) { o.HTTPClient = awsclient.SafeBodies(o.HTTPClient) })
 func SafeBodies(c aws.HTTPClient) aws.HTTPClient {
 	if _, ok := c.(safeBodies); ok || c == nil {
 		return c

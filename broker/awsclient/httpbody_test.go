@@ -1,4 +1,4 @@
-package awsquota
+package awsclient
 
 import (
 	"bytes"
