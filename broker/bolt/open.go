@@ -45,6 +45,46 @@ func openDB(path string, opts Options) (db *bbolt.DB, err error) {
 	return nil, openError(path, err)
 }
 
+// createFile makes a new store at path: an initialised bbolt file (schema
+// and buckets) written and synced under a temporary name in the same
+// directory, then hard-linked to path and the directory synced. A link,
+// unlike a rename, fails when path exists: a broker that created the file
+// meanwhile keeps it, and createFile reports linked false. Only then is
+// path opened like any existing store.
+func createFile(path string, opts Options) (linked bool, err error) {
+	// The pid keeps two brokers starting at once apart; a file of that
+	// name is left by a crashed earlier process with the same pid (pid 1
+	// in a container, say), never in use, so it is removed first.
+	tmp := fmt.Sprintf("%s.creating-%d", path, os.Getpid())
+	_ = os.Remove(tmp)
+	defer func() { _ = os.Remove(tmp) }()
+	db, err := bbolt.Open(tmp, 0o600, &bbolt.Options{Timeout: opts.LockTimeout, FreelistType: bbolt.FreelistMapType})
+	if err != nil {
+		return false, openError(path, err)
+	}
+	if err := db.Update(create); err != nil {
+		_ = db.Close()
+		return false, openError(path, err)
+	}
+	if err := db.Close(); err != nil {
+		return false, openError(path, err)
+	}
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil
+		}
+		return false, openError(path, err)
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		err = d.Sync()
+		_ = d.Close()
+		if err != nil {
+			return true, openError(path, err)
+		}
+	}
+	return true, nil
+}
+
 // refuseEmpty explains why an empty file is not opened. bbolt would make it
 // a new store, silently; but a store file is never empty, so the state the
 // operator expects is elsewhere or lost, and starting empty would forget

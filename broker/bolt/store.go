@@ -121,6 +121,17 @@ func Open(path string, opts Options) (*Store, error) {
 	if statErr == nil && st.Mode().IsRegular() && st.Size() == 0 {
 		return nil, refuseEmpty(path)
 	}
+	if created {
+		// A new store is built under another name and linked into place
+		// whole, so a crash while creating it leaves no file (or a
+		// temporary one), never an empty or half-initialised store that
+		// the next start would refuse as damaged.
+		linked, err := createFile(path, opts)
+		if err != nil {
+			return nil, err
+		}
+		created = linked
+	}
 	db, err := openDB(path, opts)
 	if err != nil {
 		return nil, removeNew(path, created, err)

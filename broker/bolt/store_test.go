@@ -891,3 +891,45 @@ func TestOldLayout(t *testing.T) {
 	writeOldLayout(t, missing, l, bucketSpecs, bucketOverrides, bucketUsage)
 	wantCorrupt(t, missing, refusedOpen(t, missing), "bucket leases", "missing")
 }
+
+// TestCreateIsWhole: a new store appears whole under its name (built under
+// a temporary one and linked), so no crash while creating it can leave the
+// empty file that TestEmptyFile refuses; the temporary is gone afterwards,
+// and one left by a crashed process with the same pid is replaced.
+func TestCreateIsWhole(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.db")
+	stale := fmt.Sprintf("%s.creating-%d", path, os.Getpid())
+	if err := os.WriteFile(stale, []byte("half a file from a crash"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "state.db" {
+		t.Fatalf("directory holds %v, want only state.db", entries)
+	}
+	// The file is a complete store on its own: it opens again, unchanged.
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	_ = s.Close()
+	after, _ := os.ReadFile(path)
+	if !bytes.Equal(before, after) {
+		t.Fatal("reopening a new store rewrote it")
+	}
+}
