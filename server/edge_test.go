@@ -290,3 +290,34 @@ func TestHeaderNameStillNamesTheClient(t *testing.T) {
 		t.Fatalf("lease of %q", got)
 	}
 }
+
+// TestMalformedRequestIsInternalAndHarmless pins what gRPC does with a
+// request that is not valid protobuf, or whose string field is not UTF-8:
+// its decoder answers INTERNAL before any interceptor runs, and no codec can
+// change the code (see doc.go); the call never reaches the broker, and the
+// connection serves the next call.
+func TestMalformedRequestIsInternalAndHarmless(t *testing.T) {
+	f := start(t, fakeClock(), broker.Config{}, broker.Limits{TPM: 1_000_000})
+	c := dialGRPC(t, f.conn.Target())
+	acquire := "/quotabroker.v1.QuotaBroker/AcquireLease"
+	for name, body := range map[string][]byte{
+		"model_id not UTF-8": append([]byte{0x0a, 6}, "evil\xff\xfe"...),
+		"truncated field":    {0x0a, 50, 'x'},
+	} {
+		id := c.open(acquire, nil)
+		msg := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(body)))
+		if err := c.fr.WriteData(id, true, append(msg, body...)); err != nil {
+			t.Fatal(err)
+		}
+		if code, msg := c.status(id); code != codes.Internal || !strings.Contains(msg, "unmarshal") {
+			t.Errorf("%s: %v %q, want INTERNAL from the decoder", name, code, msg)
+		}
+	}
+	if code, msg := c.status(c.open(acquire, &pb.AcquireLeaseRequest{ModelId: sonnet, MaxOutputTokens: 10})); code != codes.OK {
+		t.Fatalf("a valid call after malformed ones: %v %s", code, msg)
+	}
+	rep, err := f.client.GetQuotaReport(context.Background(), &pb.GetQuotaReportRequest{})
+	if err != nil || rep.GetBudgets()[0].GetCounters().GetGranted() != 1 {
+		t.Fatalf("report %v %v, want the one valid grant", rep, err)
+	}
+}

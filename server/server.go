@@ -367,10 +367,15 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 		s.log.Warn("report without activity: usage history unreadable", "err", err)
 		out.HistoryError = err.Error()
 	}
+	all, self := s.seesEveryClient(ctx), clientOf(ctx)
 	for _, r := range reports {
 		pr := reportToPB(r)
 		if err == nil {
-			pr.Activity = activityToPB(activity[r.Spec.Key])
+			a := activity[r.Spec.Key]
+			if !all {
+				a = ownView(a, self)
+			}
+			pr.Activity = activityToPB(a)
 		}
 		out.Budgets = append(out.Budgets, pr)
 	}
