@@ -19,7 +19,9 @@
 // Config.MaxPendingStreams streams wait for theirs over all connections,
 // Config.MaxConcurrentStreams bound each connection and Config.MaxConnections
 // the connections: what header-only streams can hold is bounded (about
-// 11 KiB each, so ~11 MiB at the defaults) and short-lived.
+// 11 KiB each, so ~11 MiB at the defaults) and short-lived. Such refusals
+// are counted in quotabroker_grpc_streams_refused_total{reason} and logged
+// at debug only, so a flood of them cannot flood the log.
 //
 // Tenants: with authentication, a client that is not an admin sees in
 // GetQuotaReport every budget's limits, state and totals, and in an

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -74,6 +74,24 @@ type edge struct {
 	firstMessage  time.Duration
 	maxPending    int64
 	pending       atomic.Int64 // streams whose first message has not arrived
+	// refused counts streams ended here by reason (unauthenticated,
+	// invalid_client, too_many_pending, no_request): the interceptors that
+	// count and log calls never see them. Nil without Config.Metrics.
+	refused *prometheus.CounterVec
+}
+
+// refusedMetric is the counter of edge.refused.
+func refusedMetric() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "quotabroker_grpc_streams_refused_total",
+		Help: "gRPC calls ended when their headers arrived or before their request did, by reason.",
+	}, []string{"reason"})
+}
+
+func (e *edge) count(reason string) {
+	if e.refused != nil {
+		e.refused.WithLabelValues(reason).Inc()
+	}
 }
 
 var (
@@ -88,20 +106,31 @@ func (e *edge) tap(ctx context.Context, info *tap.Info) (context.Context, error)
 		if err != nil {
 			// Debug: a flood of bad credentials must not flood the log.
 			e.log.DebugContext(ctx, "call refused at stream start", "method", info.FullMethodName, "err", err)
+			if status.Code(err) == codes.InvalidArgument {
+				e.count("invalid_client")
+			} else {
+				e.count("unauthenticated")
+			}
 			return nil, err
 		}
 		ctx = context.WithValue(ctx, identityKey{}, id)
 	}
 	if e.pending.Add(1) > e.maxPending {
 		e.pending.Add(-1)
+		e.count("too_many_pending")
 		return nil, errTooManyPending
 	}
+	// The timer ends the wait either way: stopped when the request
+	// arrives, or firing after FirstMessageTimeout, also for a stream that
+	// ended without a request (its place is then taken until the timer
+	// fires, as if it were still open: no cheaper than holding it open).
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := &awaiting{edge: e}
-	w.mu.Lock()
-	w.stopOnEnd = context.AfterFunc(ctx, w.arrived) // the stream ended first
-	w.timer = time.AfterFunc(e.firstMessage, func() { cancel(errNoRequest) })
-	w.mu.Unlock()
+	w.timer = time.AfterFunc(e.firstMessage, func() {
+		e.count("no_request")
+		cancel(errNoRequest)
+		e.pending.Add(-1)
+	})
 	return context.WithValue(ctx, awaitingKey{}, w), nil
 }
 
@@ -125,22 +154,16 @@ type awaitingKey struct{}
 
 // awaiting is a stream waiting for its first message.
 type awaiting struct {
-	edge      *edge
-	once      sync.Once
-	mu        sync.Mutex // guards the two fields below until both are set
-	timer     *time.Timer
-	stopOnEnd func() bool
+	edge  *edge
+	timer *time.Timer // set before the stream starts; never changed
 }
 
-// arrived ends the wait: the request came, or the stream ended without it.
+// arrived ends the wait when the request came; only the first call counts
+// (Stop reports true once, and never after the timer fired).
 func (w *awaiting) arrived() {
-	w.once.Do(func() {
-		w.mu.Lock()
-		w.timer.Stop()
-		w.stopOnEnd()
-		w.mu.Unlock()
+	if w.timer.Stop() {
 		w.edge.pending.Add(-1)
-	})
+	}
 }
 
 func arrived(ctx context.Context) {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
@@ -207,7 +208,8 @@ func tokenFile(t *testing.T) (*server.Tokens, string) {
 // at most MaxPendingStreams with credentials wait at once.
 func TestHalfOpenStreams(t *testing.T) {
 	tokens, tok := tokenFile(t)
-	addr := serveOn(t, server.New(newBroker(t), server.Config{Tokens: tokens, MaxPendingStreams: 2}))
+	reg := prometheus.NewRegistry()
+	addr := serveOn(t, server.New(newBroker(t), server.Config{Tokens: tokens, MaxPendingStreams: 2, Metrics: reg}))
 	c := dialGRPC(t, addr)
 	var ids []uint32
 	for range 50 {
@@ -235,18 +237,47 @@ func TestHalfOpenStreams(t *testing.T) {
 	if code, msg := c.status(last); code != codes.OK {
 		t.Fatalf("a call after the waiting ones: %v %s", code, msg)
 	}
+	for reason, want := range map[string]float64{"unauthenticated": 50, "too_many_pending": 1, "no_request": 0} {
+		if got := refusedCount(t, reg, reason); got != want {
+			t.Errorf("streams refused for %s: %v, want %v", reason, got, want)
+		}
+	}
+}
+
+// refusedCount is quotabroker_grpc_streams_refused_total{reason} in reg.
+func refusedCount(t *testing.T, reg *prometheus.Registry, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "quotabroker_grpc_streams_refused_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == reason {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }
 
 // TestFirstMessageTimeout checks that a call with credentials that sends
 // no request is cancelled after FirstMessageTimeout, health checks too.
 func TestFirstMessageTimeout(t *testing.T) {
 	tokens, tok := tokenFile(t)
-	addr := serveOn(t, server.New(newBroker(t), server.Config{Tokens: tokens, FirstMessageTimeout: 100 * time.Millisecond}))
+	reg := prometheus.NewRegistry()
+	addr := serveOn(t, server.New(newBroker(t), server.Config{Tokens: tokens, FirstMessageTimeout: 100 * time.Millisecond, Metrics: reg}))
 	c := dialGRPC(t, addr)
 	for _, m := range []string{listBudgets, "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"} {
 		if code, msg := c.status(c.open(m, nil, "authorization", "Bearer "+tok)); code != codes.Canceled {
 			t.Fatalf("%s without its request: %v %s, want it cancelled", m, code, msg)
 		}
+	}
+	if got := refusedCount(t, reg, "no_request"); got != 3 {
+		t.Errorf("streams ended without a request: %v counted, want 3", got)
 	}
 }
 

@@ -72,7 +72,8 @@ type Config struct {
 	TLS *TLS
 	// Metrics, when set, receives the gRPC server metrics (requests,
 	// codes, handling time per method) from go-grpc-middleware's
-	// Prometheus provider.
+	// Prometheus provider, and quotabroker_grpc_streams_refused_total
+	// (calls ended at stream start, which those never see).
 	Metrics prometheus.Registerer
 	// Keepalive: the server pings a connection quiet for Time and closes
 	// it if the ping is not answered within Timeout, so that a vanished
@@ -187,8 +188,14 @@ func New(b Broker, cfg Config) *Server {
 		recovery.StreamServerInterceptor(recoverOpt),
 		logging.StreamServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
 	}
+	edge := &edge{
+		auth: authenticator{tokens: cfg.Tokens, tls: cfg.TLS}, authenticates: cfg.authenticates(), log: cfg.Logger,
+		firstMessage: cfg.FirstMessageTimeout, maxPending: int64(cfg.MaxPendingStreams),
+	}
 	var metrics *grpcprom.ServerMetrics
 	if cfg.Metrics != nil {
+		edge.refused = refusedMetric()
+		cfg.Metrics.MustRegister(edge.refused)
 		metrics = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 		cfg.Metrics.MustRegister(metrics)
 		// Outermost, so a panic is counted as the INTERNAL that recovery
@@ -203,10 +210,7 @@ func New(b Broker, cfg Config) *Server {
 		grpc.KeepaliveEnforcementPolicy(keepalivePolicy),
 		grpc.KeepaliveParams(cfg.Keepalive),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
-		grpc.InTapHandle((&edge{
-			auth: authenticator{tokens: cfg.Tokens, tls: cfg.TLS}, authenticates: cfg.authenticates(), log: cfg.Logger,
-			firstMessage: cfg.FirstMessageTimeout, maxPending: int64(cfg.MaxPendingStreams),
-		}).tap),
+		grpc.InTapHandle(edge.tap),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(cfg.TLS.credentials()))
