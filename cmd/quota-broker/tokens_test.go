@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -45,5 +46,20 @@ func TestTokensReloadKeepsTokensOnABrokenFile(t *testing.T) {
 		if _, err := c.ListBudgets(ctx, &pb.ListBudgetsRequest{}); err != nil {
 			t.Fatalf("after reloading %s: the token in force was dropped: %v", broken, err)
 		}
+	}
+}
+
+// TestTokenRefusesInvalidClientNames: quota-broker token checks the name
+// with the rule the broker loads the file with.
+func TestTokenRefusesInvalidClientNames(t *testing.T) {
+	for _, name := range []string{"evil\xff", "a\nb", "<x>"} {
+		var out, errOut strings.Builder
+		if err := token(context.Background(), []string{"--client", name}, &out, &errOut); err == nil || out.Len() > 0 {
+			t.Errorf("--client %q: %v, printed %q", name, err, out.String())
+		}
+	}
+	var out, errOut strings.Builder
+	if err := token(context.Background(), []string{"--client", "checkout-svc"}, &out, &errOut); err != nil || !strings.Contains(out.String(), `"client":"checkout-svc"`) {
+		t.Fatalf("a valid name: %v %q", err, out.String())
 	}
 }
