@@ -7,7 +7,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync/atomic"
 
@@ -50,9 +52,17 @@ func identityOf(ctx context.Context) (Identity, bool) {
 //	  {"client": "checkout-svc", "role": "client", "sha256": "9f86d0..."},
 //	  {"client": "ops",          "role": "admin",  "sha256": "60303a..."}
 //	]}
+//
+// The file is read strictly, because a mistake in it either locks everyone
+// out or hands a token to the wrong client: one JSON object and nothing
+// after it, no unknown keys, client names as CheckClient allows, hashes of
+// 64 hex digits compared in lower case (an upper-case copy of a hash is the
+// same token, so a duplicate), no hash twice. An empty or missing token list
+// is refused unless the file says "allow_empty": true, so that a truncated
+// file or a bad template cannot lock every caller out by accident.
 type Tokens struct {
 	path string
-	set  atomic.Pointer[map[string]Identity] // hex SHA-256 -> identity
+	set  atomic.Pointer[map[string]Identity] // lower-case hex SHA-256 -> identity
 }
 
 type tokenEntry struct {
@@ -76,33 +86,52 @@ func (t *Tokens) Reload() error {
 	if err != nil {
 		return fmt.Errorf("tokens file: %w", err)
 	}
-	var f struct {
-		Tokens []tokenEntry `json:"tokens"`
+	set, err := parseTokens(data)
+	if err != nil {
+		return fmt.Errorf("tokens file %s: %w", t.path, err)
+	}
+	t.set.Store(&set)
+	return nil
+}
+
+func parseTokens(data []byte) (map[string]Identity, error) {
+	var f *struct {
+		Tokens     []tokenEntry `json:"tokens"`
+		AllowEmpty bool         `json:"allow_empty"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
-		return fmt.Errorf("tokens file %s: %w", t.path, err)
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("more after the JSON object: want exactly one object")
+	}
+	switch {
+	case f == nil:
+		return nil, errors.New(`is null: want {"tokens": [...]}`)
+	case len(f.Tokens) == 0 && !f.AllowEmpty:
+		return nil, errors.New(`no tokens: every call would be refused; add "allow_empty": true if that is what you want`)
 	}
 	set := make(map[string]Identity, len(f.Tokens))
 	for i, e := range f.Tokens {
-		switch {
-		case e.Client == "" || len(e.Client) > maxClientLen:
-			return fmt.Errorf("tokens file %s: tokens[%d].client: want 1 to %d bytes", t.path, i, maxClientLen)
-		case e.Role != RoleClient && e.Role != RoleAdmin:
-			return fmt.Errorf("tokens file %s: tokens[%d].role: %q is not client or admin", t.path, i, e.Role)
+		if err := CheckClient(e.Client); err != nil {
+			return nil, fmt.Errorf("tokens[%d].client %q: %w", i, e.Client, err)
+		}
+		if e.Role != RoleClient && e.Role != RoleAdmin {
+			return nil, fmt.Errorf("tokens[%d].role: %q is not client or admin", i, e.Role)
 		}
 		h, err := hex.DecodeString(e.SHA256)
 		if err != nil || len(h) != sha256.Size {
-			return fmt.Errorf("tokens file %s: tokens[%d].sha256: want the 64 hex digits of a token's SHA-256 (quota-broker token prints it)", t.path, i)
+			return nil, fmt.Errorf("tokens[%d].sha256: want the 64 hex digits of a token's SHA-256 (quota-broker token prints it)", i)
 		}
-		if _, dup := set[e.SHA256]; dup {
-			return fmt.Errorf("tokens file %s: tokens[%d]: the same token as an earlier entry", t.path, i)
+		key := hex.EncodeToString(h) // canonical: lower case
+		if prev, dup := set[key]; dup {
+			return nil, fmt.Errorf("tokens[%d]: the same token as an earlier entry (client %q)", i, prev.Client)
 		}
-		set[hex.EncodeToString(h)] = Identity{Client: e.Client, Role: e.Role}
+		set[key] = Identity{Client: e.Client, Role: e.Role}
 	}
-	t.set.Store(&set)
-	return nil
+	return set, nil
 }
 
 // Len is the number of tokens in force.
@@ -134,35 +163,35 @@ type authenticator struct {
 	tls    *TLS    // nil or not mutual: no client certificates
 }
 
-func (a authenticator) authFunc(ctx context.Context) (context.Context, error) {
+func (a authenticator) identify(ctx context.Context) (Identity, error) {
 	var fromToken *Identity
 	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("authorization")) > 0 || !a.tls.Mutual() {
 		token, err := auth.AuthFromMD(ctx, "bearer")
 		if err != nil || a.tokens == nil {
-			return nil, errBadToken
+			return Identity{}, errBadToken
 		}
 		id, ok := a.tokens.lookup(token)
 		if !ok {
-			return nil, errBadToken
+			return Identity{}, errBadToken
 		}
 		fromToken = &id
 	}
 	if !a.tls.Mutual() {
-		return context.WithValue(ctx, identityKey{}, *fromToken), nil
+		return *fromToken, nil
 	}
 	id, err := a.tls.peerIdentity(ctx)
 	if err != nil {
-		return nil, err
+		return Identity{}, err
 	}
 	if fromToken != nil {
 		if fromToken.Client != id.Client {
-			return nil, errCredsDiffer
+			return Identity{}, errCredsDiffer
 		}
 		if fromToken.Role == RoleAdmin {
 			id.Role = RoleAdmin
 		}
 	}
-	return context.WithValue(ctx, identityKey{}, id), nil
+	return id, nil
 }
 
 // NewToken returns a new random bearer token and the hex SHA-256 to put in

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -176,11 +177,47 @@ func TestTokensFileErrors(t *testing.T) {
 		"short hash":  `{"tokens": [{"client": "a", "role": "client", "sha256": "abcd"}]}`,
 		"no client":   fmt.Sprintf(`{"tokens": [{"role": "client", "sha256": %q}]}`, sum),
 		"duplicate":   fmt.Sprintf(`{"tokens": [{"client": "a", "role": "client", "sha256": %q}, {"client": "b", "role": "client", "sha256": %q}]}`, sum, sum),
+		// An upper-case copy of a hash is the same token: before, it gave
+		// that token to a second (here admin) client.
+		"upper-case duplicate": fmt.Sprintf(`{"tokens": [{"client": "a", "role": "client", "sha256": %q}, {"client": "ops", "role": "admin", "sha256": %q}]}`, sum, strings.ToUpper(sum)),
+		"trailing garbage":     fmt.Sprintf(`{"tokens": [{"client": "a", "role": "client", "sha256": %q}]} {"tokens": []}`, sum),
+		"trailing bracket":     fmt.Sprintf(`{"tokens": [{"client": "a", "role": "client", "sha256": %q}]}]`, sum),
+		"empty list":           `{"tokens": []}`,
+		"null list":            `{"tokens": null}`,
+		"null":                 `null`,
+		"no list":              `{}`,
+		"client not UTF-8":     fmt.Sprintf(`{"tokens": [{"client": "evil\xff", "role": "client", "sha256": %q}]}`, sum),
+		"client with newline":  fmt.Sprintf(`{"tokens": [{"client": "a\nb", "role": "client", "sha256": %q}]}`, sum),
 	} {
 		p := filepath.Join(dir, "t.json")
 		os.WriteFile(p, []byte(body), 0o600)
 		if _, err := server.LoadTokens(p); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestTokensFileCanonicalAndEmpty checks what a strict file still allows:
+// an upper-case hash names the token (compared in lower case), and an
+// empty list when the file says so.
+func TestTokensFileCanonicalAndEmpty(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "t.json")
+	tok, sum := server.NewToken()
+	writeTokens(t, p, [3]string{"alice", "client", strings.ToUpper(sum)})
+	tokens, err := server.LoadTokens(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := serve(t, newBroker(t), server.Config{Tokens: tokens})
+	c := pb.NewQuotaBrokerClient(conn)
+	if _, err := c.ListBudgets(as(tok), &pb.ListBudgetsRequest{}); err != nil {
+		t.Fatalf("token with an upper-case hash: %v", err)
+	}
+	os.WriteFile(p, []byte(`{"tokens": [], "allow_empty": true}`), 0o600)
+	if err := tokens.Reload(); err != nil || tokens.Len() != 0 {
+		t.Fatalf("an explicitly empty file: %v (%d tokens)", err, tokens.Len())
+	}
+	if _, err := c.ListBudgets(as(tok), &pb.ListBudgetsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("after an explicitly empty file: %v", err)
 	}
 }

@@ -15,7 +15,36 @@
 // (mutual TLS, TLS), or both; the identity they prove is the client that
 // fairness, caps and lease ownership use, and its role gates SetOverride and
 // RefreshQuotas. Without either, callers name themselves (ClientHeader) and
-// are all trusted.
+// are all trusted. Every client name, from any of these sources, passes one
+// rule (CheckClient) or is refused: INVALID_ARGUMENT for the header,
+// UNAUTHENTICATED for a certificate, a load error for the tokens file.
+//
+// The edge (edge.go): identity is established when a stream's headers
+// arrive (grpc.InTapHandle), before its request is read, so a stream
+// without credentials costs nothing but its refusal. A stream then has
+// Config.FirstMessageTimeout to send its request, at most
+// Config.MaxPendingStreams streams wait for theirs over all connections,
+// Config.MaxConcurrentStreams bound each connection and Config.MaxConnections
+// the connections: what header-only streams can hold is bounded (about
+// 11 KiB each, so ~11 MiB at the defaults) and short-lived. Such refusals
+// are counted in quotabroker_grpc_streams_refused_total{reason} and logged
+// at debug only, so a flood of them cannot flood the log.
+//
+// Tenants: with authentication, a client that is not an admin sees in
+// GetQuotaReport every budget's limits, state and totals, and in an
+// activity's top_clients only its own entry (if it ranks) and one entry
+// named OtherClients summing the other ranked clients. Admins, and every
+// caller of a server that does not authenticate, see clients by name.
+//
+// A request that is not valid protobuf, or whose string field is not UTF-8,
+// is answered INTERNAL ("grpc: failed to unmarshal the received message")
+// by grpc-go's decoder, not INVALID_ARGUMENT: grpc-go wraps any codec error
+// in codes.Internal before an interceptor runs (rpc_util.go, recv), so a
+// custom codec cannot change the code, and gRPC's status-code table lists a
+// request that cannot be parsed as INTERNAL. Working around it (a codec
+// that swallows the error and flags the message for an interceptor) would
+// put a side channel into every call for a case no conforming client
+// produces; the call never reaches the broker either way.
 //
 // Errors map to gRPC codes in one table (errors.go): invalid ->
 // INVALID_ARGUMENT (with google.rpc.BadRequest naming the field), not found

@@ -8,18 +8,15 @@ import (
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -100,7 +97,8 @@ type Config struct {
 	TLS *TLS
 	// Metrics, when set, receives the gRPC server metrics (requests,
 	// codes, handling time per method) from go-grpc-middleware's
-	// Prometheus provider.
+	// Prometheus provider, and quotabroker_grpc_streams_refused_total
+	// (calls ended at stream start, which those never see).
 	Metrics prometheus.Registerer
 	// Keepalive: the server pings a connection quiet for Time and closes
 	// it if the ping is not answered within Timeout, so that a vanished
@@ -115,6 +113,18 @@ type Config struct {
 	// (waiting AcquireLease calls included); a client's further calls wait
 	// for a free stream. Default 1024.
 	MaxConcurrentStreams uint32
+	// MaxConnections bounds the connections open at once; further ones
+	// wait in the listen backlog until one closes. Default 1024.
+	MaxConnections int
+	// FirstMessageTimeout is how long a call may take to send its request
+	// after its headers; a call that sends none is cancelled then, so a
+	// half-open stream cannot hold the broker's memory. Default 10 s.
+	FirstMessageTimeout time.Duration
+	// MaxPendingStreams bounds the calls, over all connections, whose
+	// headers have arrived and whose request has not; further calls are
+	// refused with RESOURCE_EXHAUSTED. With FirstMessageTimeout it bounds
+	// what header-only streams can cost (see edge.go). Default 1024.
+	MaxPendingStreams int
 	// CloudWatch, when set, adds CloudWatch's figures to GetUsageHistory.
 	CloudWatch CloudWatch
 	// Clock gives the time the server stamps answers with and defaults
@@ -172,6 +182,15 @@ func New(b Broker, cfg Config) *Server {
 	if cfg.MaxConcurrentStreams == 0 {
 		cfg.MaxConcurrentStreams = 1024
 	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = 1024
+	}
+	if cfg.FirstMessageTimeout == 0 {
+		cfg.FirstMessageTimeout = 10 * time.Second
+	}
+	if cfg.MaxPendingStreams == 0 {
+		cfg.MaxPendingStreams = 1024
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}
 	}
@@ -192,24 +211,26 @@ func New(b Broker, cfg Config) *Server {
 		s.log.ErrorContext(ctx, "panic in handler", "panic", p, "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})
+	// Identity and authentication happen in the tap (edge.go), before the
+	// request is read; the first interceptor only notes that it was.
 	unary := []grpc.UnaryServerInterceptor{
+		arrivedUnary,
 		recovery.UnaryServerInterceptor(recoverOpt),
 		logging.UnaryServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
 	}
 	stream := []grpc.StreamServerInterceptor{
+		arrivedStream,
 		recovery.StreamServerInterceptor(recoverOpt),
 		logging.StreamServerInterceptor(logger, levels, logging.WithLogOnEvents(logging.FinishCall)),
 	}
-	if cfg.authenticates() {
-		authFunc := authenticator{tokens: cfg.Tokens, tls: cfg.TLS}.authFunc
-		onlyBroker := selector.MatchFunc(func(_ context.Context, c interceptors.CallMeta) bool {
-			return c.Service == pb.QuotaBroker_ServiceDesc.ServiceName
-		})
-		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(authFunc), onlyBroker))
-		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(authFunc), onlyBroker))
+	edge := &edge{
+		auth: authenticator{tokens: cfg.Tokens, tls: cfg.TLS}, authenticates: cfg.authenticates(), log: cfg.Logger,
+		firstMessage: cfg.FirstMessageTimeout, maxPending: int64(cfg.MaxPendingStreams),
 	}
 	var metrics *grpcprom.ServerMetrics
 	if cfg.Metrics != nil {
+		edge.refused = refusedMetric()
+		cfg.Metrics.MustRegister(edge.refused)
 		metrics = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 		cfg.Metrics.MustRegister(metrics)
 		// Outermost, so a panic is counted as the INTERNAL that recovery
@@ -224,6 +245,7 @@ func New(b Broker, cfg Config) *Server {
 		grpc.KeepaliveEnforcementPolicy(keepalivePolicy),
 		grpc.KeepaliveParams(cfg.Keepalive),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.InTapHandle(edge.tap),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(cfg.TLS.credentials()))
@@ -240,8 +262,11 @@ func New(b Broker, cfg Config) *Server {
 	return s
 }
 
-// Serve accepts connections on lis until Stop or GracefulStop.
-func (s *Server) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
+// Serve accepts connections on lis, at most Config.MaxConnections at once,
+// until Stop or GracefulStop.
+func (s *Server) Serve(lis net.Listener) error {
+	return s.grpc.Serve(netutil.LimitListener(lis, s.cfg.MaxConnections))
+}
 
 // Drain marks the server NOT_SERVING so that load balancers and health
 // checks move traffic away, before the broker is closed.
@@ -268,15 +293,11 @@ func (s *Server) Shutdown(ctx context.Context) {
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
 
 // clientOf is the caller's client name: from its credentials when the
-// server authenticates, else as the caller declares it.
+// server authenticates, else as the caller declares it, checked by
+// CheckClient at stream start (edge.go).
 func clientOf(ctx context.Context) string {
 	if id, ok := identityOf(ctx); ok {
 		return id.Client
-	}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(ClientHeader); len(v) > 0 && v[0] != "" {
-			return v[0]
-		}
 	}
 	return AnonymousClient
 }
@@ -386,10 +407,15 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 		s.log.Warn("report without activity: usage history unreadable", "err", err)
 		out.HistoryError = err.Error()
 	}
+	all, self := s.seesEveryClient(ctx), clientOf(ctx)
 	for _, r := range reports {
 		pr := reportToPB(r)
 		if err == nil {
-			pr.Activity = activityToPB(activity[r.Spec.Key])
+			a := activity[r.Spec.Key]
+			if !all {
+				a = ownView(a, self)
+			}
+			pr.Activity = activityToPB(a)
 		}
 		out.Budgets = append(out.Budgets, pr)
 	}

@@ -60,8 +60,8 @@ func LoadTLS(f TLSFiles) (*TLS, error) {
 	}
 	t := &TLS{files: f, admins: make(map[string]bool, len(f.Admins))}
 	for i, a := range f.Admins {
-		if a == "" || len(a) > maxClientLen {
-			return nil, fmt.Errorf("tls: admins[%d]: want 1 to %d bytes", i, maxClientLen)
+		if err := CheckClient(a); err != nil {
+			return nil, fmt.Errorf("tls: admins[%d] %q: %w", i, a, err)
 		}
 		t.admins[a] = true
 	}
@@ -120,16 +120,13 @@ func (t *TLS) credentials() credentials.TransportCredentials {
 	return credentials.NewTLS(base)
 }
 
-// maxClientLen bounds a client name, from a token entry or a certificate.
-const maxClientLen = 256
-
-var errNoCertIdentity = status.Error(codes.Unauthenticated, "client certificate names no client")
+var errNoCertIdentity = status.Error(codes.Unauthenticated, "client certificate names no valid client")
 
 // Identity is the identity a verified client certificate gives its holder.
 // The client is the certificate's first URI SAN (e.g. a SPIFFE id such as
 // spiffe://example.org/ns/prod/sa/checkout), else its first DNS SAN, else
-// its Subject Common Name; a certificate with none of them, or with a name
-// longer than 256 bytes, is refused. The role is admin when that client is
+// its Subject Common Name; a certificate with none of them, or whose name
+// CheckClient refuses, is refused. The role is admin when that client is
 // one of TLSFiles.Admins, else client.
 func (t *TLS) Identity(cert *x509.Certificate) (Identity, bool) {
 	var name string
@@ -141,7 +138,7 @@ func (t *TLS) Identity(cert *x509.Certificate) (Identity, bool) {
 	default:
 		name = cert.Subject.CommonName
 	}
-	if name == "" || len(name) > maxClientLen {
+	if CheckClient(name) != nil {
 		return Identity{}, false
 	}
 	role := RoleClient

@@ -270,6 +270,10 @@ func TestCertificateIdentityRule(t *testing.T) {
 		{"admin by another name only", x509.Certificate{URIs: []*url.URL{u("spiffe://x/a")}, DNSNames: []string{"spiffe://x/admin"}}, server.Identity{Client: "spiffe://x/a", Role: server.RoleClient}, true},
 		{"no name", x509.Certificate{}, server.Identity{}, false},
 		{"too long", x509.Certificate{Subject: pkix.Name{CommonName: strings.Repeat("x", 257)}}, server.Identity{}, false},
+		{"CN with spaces", x509.Certificate{Subject: pkix.Name{CommonName: "Build Bot"}}, server.Identity{Client: "Build Bot", Role: server.RoleClient}, true},
+		{"not UTF-8", x509.Certificate{Subject: pkix.Name{CommonName: "evil\xff\xfe"}}, server.Identity{}, false},
+		{"control character", x509.Certificate{DNSNames: []string{"a\nb"}}, server.Identity{}, false},
+		{"markup", x509.Certificate{Subject: pkix.Name{CommonName: "<script>"}}, server.Identity{}, false},
 	} {
 		got, ok := tl.Identity(&c.cert)
 		if got != c.want || ok != c.ok {
@@ -290,6 +294,7 @@ func TestLoadTLSErrors(t *testing.T) {
 		"client CA not PEM":   {CertFile: cert, KeyFile: key, ClientCAFile: notPEM},
 		"admins without mTLS": {CertFile: cert, KeyFile: key, Admins: []string{"ops"}},
 		"empty admin":         {CertFile: cert, KeyFile: key, ClientCAFile: ca.CertFile, Admins: []string{""}},
+		"admin not a name":    {CertFile: cert, KeyFile: key, ClientCAFile: ca.CertFile, Admins: []string{"ops\x00"}},
 	} {
 		if _, err := server.LoadTLS(files); err == nil {
 			t.Errorf("%s: accepted", name)

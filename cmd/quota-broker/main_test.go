@@ -41,6 +41,8 @@ type proc struct {
 	out  *strings.Builder
 	mu   *sync.Mutex
 	done chan error
+	// wrote has a value after stderr was written to (waitFor reads it).
+	wrote chan struct{}
 }
 
 func startBroker(t *testing.T, args ...string) *proc {
@@ -51,8 +53,8 @@ func startBroker(t *testing.T, args ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, out: &strings.Builder{}, mu: &sync.Mutex{}, done: make(chan error, 1)}
-	cmd.Stderr = &lockedWriter{p.mu, p.out}
+	p := &proc{cmd: cmd, out: &strings.Builder{}, mu: &sync.Mutex{}, done: make(chan error, 1), wrote: make(chan struct{}, 1)}
+	cmd.Stderr = &lockedWriter{p.mu, p.out, p.wrote}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -93,15 +95,35 @@ func (p *proc) output() string {
 	return p.out.String()
 }
 
+// waitFor waits until the output holds s at least n times, at most d; it
+// reports whether it does.
+func (p *proc) waitFor(s string, n int, d time.Duration) bool {
+	deadline := time.After(d)
+	for strings.Count(p.output(), s) < n {
+		select {
+		case <-p.wrote:
+		case <-deadline:
+			return false
+		}
+	}
+	return true
+}
+
 type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
+	mu     *sync.Mutex
+	w      io.Writer
+	notify chan struct{} // nil, or told of every write without blocking
 }
 
 func (l *lockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.w.Write(b)
+	n, err := l.w.Write(b)
+	select {
+	case l.notify <- struct{}{}:
+	default:
+	}
+	return n, err
 }
 
 func dial(t *testing.T, addr string) pb.QuotaBrokerClient {

@@ -282,8 +282,7 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 			lis.Close()
 			return fmt.Errorf("listen on %s (--http): %w", f.httpAddr, err)
 		}
-		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		httpSrv = server.NewHTTPServer(mux, log)
 	}
 	srv := server.New(b, scfg)
 

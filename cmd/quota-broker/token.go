@@ -24,6 +24,9 @@ func token(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if *client == "" {
 		return fmt.Errorf("token: --client is required")
 	}
+	if err := server.CheckClient(*client); err != nil {
+		return fmt.Errorf("token: --client %q: %w", *client, err)
+	}
 	if *role != string(server.RoleClient) && *role != string(server.RoleAdmin) {
 		return fmt.Errorf("token: --role %q: want client or admin", *role)
 	}

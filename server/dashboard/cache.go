@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"sync"
 	"time"
+
+	"github.com/bedrockqb/quotabroker/broker"
 )
 
 // renderCache keeps recent renders for Config.CacheFor. The page reloads
@@ -27,27 +29,28 @@ type cached struct {
 
 const cacheMax = 32
 
-// cacheKey is the request's path and the query parameters that change the
-// answer, in a fixed order.
-func cacheKey(r *http.Request) string {
-	q := r.URL.Query()
+// cacheKey is the request's path and what changes the answer: the filter
+// as params normalised it (the one the render uses, so ?model=%20x is the
+// entry of ?model=x rather than a new render) and the span asked for, which
+// params has checked.
+func cacheKey(path string, f broker.ReportFilter, span string) string {
 	v := url.Values{}
-	for _, k := range []string{"model", "region", "span"} {
-		if s := q.Get(k); s != "" {
+	for k, s := range map[string]string{"model": f.Model, "region": f.Region, "span": span} {
+		if s != "" {
 			v.Set(k, s)
 		}
 	}
-	return r.URL.Path + "?" + v.Encode()
+	return path + "?" + v.Encode() // Encode sorts by key
 }
 
 // serveCached answers r from the cache if a render for it is younger than
 // the cache's lifetime.
-func (d *Dashboard) serveCached(w http.ResponseWriter, r *http.Request) bool {
+func (d *Dashboard) serveCached(w http.ResponseWriter, r *http.Request, key string) bool {
 	if d.cfg.CacheFor <= 0 {
 		return false
 	}
 	d.cache.mu.Lock()
-	e, ok := d.cache.entries[cacheKey(r)]
+	e, ok := d.cache.entries[key]
 	d.cache.mu.Unlock()
 	if !ok || d.cfg.Now().Sub(e.at) >= d.cfg.CacheFor {
 		return false
@@ -59,7 +62,7 @@ func (d *Dashboard) serveCached(w http.ResponseWriter, r *http.Request) bool {
 
 // respond sends body with the headers already set on w, keeping a copy for
 // the cache.
-func (d *Dashboard) respond(w http.ResponseWriter, r *http.Request, body *bytes.Buffer) {
+func (d *Dashboard) respond(w http.ResponseWriter, r *http.Request, key string, body *bytes.Buffer) {
 	if d.cfg.CacheFor > 0 {
 		now := d.cfg.Now()
 		e := cached{at: now, header: w.Header().Clone(), body: bytes.Clone(body.Bytes())}
@@ -73,7 +76,7 @@ func (d *Dashboard) respond(w http.ResponseWriter, r *http.Request, body *bytes.
 			}
 		}
 		if len(d.cache.entries) < cacheMax {
-			d.cache.entries[cacheKey(r)] = e
+			d.cache.entries[key] = e
 		}
 		d.cache.mu.Unlock()
 	}

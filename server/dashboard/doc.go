@@ -28,7 +28,11 @@
 // Config.MaxCharts of them; the rest with traffic and every idle budget are
 // listed by name without a chart, so a page of 150 budgets stays readable
 // and its cost bounded. Config.MaxRenders bounds concurrent renders, so
-// reloads cannot take the CPU the broker needs.
+// reloads cannot take the CPU the broker needs; at most Config.MaxQueued
+// requests wait for one, each at most Config.QueueWait, and the others are
+// answered 503 with Retry-After. Renders are cached under the filter as
+// normalised for the render. The listener's timeouts are
+// server.NewHTTPServer's.
 //
 // Why gonum.org/v1/plot: it is a maintained, pure-Go plotting library with
 // an SVG back end (vg/vgsvg) that writes self-contained SVG on the server,

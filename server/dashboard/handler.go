@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"html/template"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/bedrockqb/quotabroker/broker"
@@ -19,9 +21,14 @@ import (
 type Config struct {
 	// MaxCharts bounds the budgets charted per request; 0 or less: 50.
 	MaxCharts int
-	// MaxRenders bounds requests rendering at once; others wait for a
-	// turn or for their client to go away. 0 or less: 2.
+	// MaxRenders bounds requests rendering at once. 0 or less: 2.
 	MaxRenders int
+	// MaxQueued bounds the requests waiting for a render slot; one more is
+	// answered 503 with Retry-After at once. 0 or less: 8.
+	MaxQueued int
+	// QueueWait bounds how long a request waits for a render slot before
+	// it is answered 503 with Retry-After. 0 or less: 30 s.
+	QueueWait time.Duration
 	// Version is shown in the header; empty: the binary's build info.
 	Version string
 	// Logger receives failures to read history; nil: silent.
@@ -38,6 +45,7 @@ type Dashboard struct {
 	src     Source
 	cfg     Config
 	renders chan struct{} // a token per render in progress
+	queued  atomic.Int64  // requests waiting for a token
 	cache   renderCache
 }
 
@@ -48,6 +56,12 @@ func New(src Source, cfg Config) *Dashboard {
 	}
 	if cfg.MaxRenders <= 0 {
 		cfg.MaxRenders = 2
+	}
+	if cfg.MaxQueued <= 0 {
+		cfg.MaxQueued = 8
+	}
+	if cfg.QueueWait <= 0 {
+		cfg.QueueWait = 30 * time.Second
 	}
 	if cfg.Version == "" {
 		cfg.Version = buildVersion()
@@ -96,22 +110,51 @@ func params(r *http.Request, allowBoth bool) (broker.ReportFilter, []Span, error
 	}
 }
 
-// acquire waits for a render token; release it with <-d.renders.
+// errBusy answers a request that found the render queue full or waited
+// QueueWait in it.
+var errBusy = errors.New("the dashboard is busy rendering for others; retry in a few seconds")
+
+// acquire waits for a render token, in a queue of at most MaxQueued
+// requests, for at most QueueWait; release it with <-d.renders. Without
+// the bound, a thousand requests at once were answered one by one over
+// minutes, each holding a connection and a goroutine.
 func (d *Dashboard) acquire(ctx context.Context) error {
 	select {
 	case d.renders <- struct{}{}:
 		return nil
+	default:
+	}
+	if d.queued.Add(1) > int64(d.cfg.MaxQueued) {
+		d.queued.Add(-1)
+		return errBusy
+	}
+	defer d.queued.Add(-1)
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.QueueWait)
+	defer cancel()
+	select {
+	case d.renders <- struct{}{}:
+		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return errBusy
+		}
+		return ctx.Err() // the client went away
 	}
 }
 
-func (d *Dashboard) collect(w http.ResponseWriter, r *http.Request, allowBoth bool) (*view, bool) {
-	f, spans, err := params(r, allowBoth)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return nil, false
+// wait is acquire answering a request that gets no token: 503 with
+// Retry-After when busy, nothing to a client that left. It reports whether
+// the caller holds a token.
+func (d *Dashboard) wait(w http.ResponseWriter, r *http.Request) bool {
+	err := d.acquire(r.Context())
+	if errors.Is(err, errBusy) {
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 	}
+	return err == nil
+}
+
+func (d *Dashboard) collect(w http.ResponseWriter, r *http.Request, f broker.ReportFilter, spans []Span) (*view, bool) {
 	v, err := collect(r.Context(), d.src, f, spans, d.cfg.MaxCharts)
 	if err != nil {
 		if r.Context().Err() == nil {
@@ -125,14 +168,20 @@ func (d *Dashboard) collect(w http.ResponseWriter, r *http.Request, allowBoth bo
 }
 
 func (d *Dashboard) serveSVG(w http.ResponseWriter, r *http.Request) {
-	if d.serveCached(w, r) {
+	f, spans, err := params(r, false)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if err := d.acquire(r.Context()); err != nil {
+	key := cacheKey(r.URL.Path, f, r.URL.Query().Get("span"))
+	if d.serveCached(w, r, key) {
+		return
+	}
+	if !d.wait(w, r) {
 		return
 	}
 	defer func() { <-d.renders }()
-	v, ok := d.collect(w, r, false)
+	v, ok := d.collect(w, r, f, spans)
 	if !ok {
 		return
 	}
@@ -144,7 +193,7 @@ func (d *Dashboard) serveSVG(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "image/svg+xml")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
-	d.respond(w, r, &b)
+	d.respond(w, r, key, &b)
 }
 
 // send writes b, gzipped when the client takes it: SVG is verbose text
@@ -207,14 +256,20 @@ type listed struct {
 }
 
 func (d *Dashboard) servePage(w http.ResponseWriter, r *http.Request) {
-	if d.serveCached(w, r) {
+	f, spans, err := params(r, true)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if err := d.acquire(r.Context()); err != nil {
+	key := cacheKey(r.URL.Path, f, r.URL.Query().Get("span"))
+	if d.serveCached(w, r, key) {
+		return
+	}
+	if !d.wait(w, r) {
 		return
 	}
 	defer func() { <-d.renders }()
-	v, ok := d.collect(w, r, true)
+	v, ok := d.collect(w, r, f, spans)
 	if !ok {
 		return
 	}
@@ -260,7 +315,7 @@ func (d *Dashboard) servePage(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
-	d.respond(w, r, &buf)
+	d.respond(w, r, key, &buf)
 }
 
 // summary is a budget's line above its charts: traffic over the longest
