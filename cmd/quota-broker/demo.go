@@ -139,10 +139,10 @@ Synthetic traffic is running (--traffic=false turns it off); what to look for:
   - nightly-batch pushes Claude Sonnet 4, whose real capacity here is half its published quota:
     Bedrock throttles it within seconds and the budget's adaptive ceiling settles near the real limit
     (quota-broker report --model sonnet-4-2025: THROTTLED, CEILING; its adaptive reason says so).
-  - legacy-summariser calls Sonnet 4.5 straight to Bedrock, bypassing the broker, in 2-minute bursts
-    from 0:45, every 8 minutes: Bedrock throttles chat-frontend too, the ceiling drops, then recovers
-    (quota-broker report --model sonnet-4-5; GetUsageHistory's cloudwatchInvocations exceed the
-    broker's calls; the dashboard's calls and tokens panels).
+  - legacy-summariser calls Sonnet 4.5 straight to Bedrock, bypassing the broker, for 75 s from 0:45
+    and every 15 minutes: Bedrock throttles chat-frontend too, the ceiling drops, then climbs back
+    over the next minutes (quota-broker report --model sonnet-4-5: THROTTLED, CEILING; the dashboard's
+    calls and tokens panels; GetUsageHistory's cloudwatchInvocations exceed the broker's calls).
   - report-writer leaves max_tokens unset: see the report's MAX_TOKENS ADVICE.
 `
 
