@@ -152,18 +152,25 @@ type alarmBudget struct {
 
 // alarmBudgets pairs each discovered budget with the ids its quotas were
 // matched to (the ids callers name, which are CloudWatch's ModelId
-// dimension); without any, the ids awsmetrics reads for the budget.
+// dimension) that have the budget's scope: a quota shared by two scopes
+// (a TPD quota "doubled for cross-region calls") names the ids of both.
+// Without any, the budget gets every id awsmetrics reads for it.
 func alarmBudgets(res awsquota.Result) []alarmBudget {
 	out := make([]alarmBudget, 0, len(res.Specs))
 	for _, s := range res.Specs {
+		scoped := awsmetrics.ModelIDs(s.Key)
 		var ids []string
 		for _, q := range res.Quotas {
-			if q.Runtime && q.Region == s.Key.Region && q.Scope == s.Key.Scope.String() && q.ModelID == s.Key.Model {
-				ids = append(ids, q.ModelIDs...)
+			if q.Runtime && q.Region == s.Key.Region && q.ModelID == s.Key.Model {
+				for _, id := range q.ModelIDs {
+					if slices.Contains(scoped, id) {
+						ids = append(ids, id)
+					}
+				}
 			}
 		}
 		if len(ids) == 0 {
-			ids = awsmetrics.ModelIDs(s.Key)
+			ids = scoped
 		}
 		slices.Sort(ids)
 		out = append(out, alarmBudget{spec: s, modelIDs: slices.Compact(ids)})

@@ -87,9 +87,11 @@ func alarmTestBudgets(t *testing.T) []alarmBudget {
 		Quotas: []awsquota.Quota{
 			{Region: "us-east-1", Scope: "on-demand", ModelID: haikuModel, ModelIDs: []string{haikuModel}, Runtime: true},
 			{Region: "us-east-1", Scope: "cross-region", ModelID: sonnetModel, ModelIDs: []string{"us." + sonnetModel}, Runtime: true},
-			{Region: "us-east-1", Scope: "cross-region", ModelID: sonnetModel, ModelIDs: []string{"us." + sonnetModel, "global-ish." + sonnetModel}, Runtime: true},
+			{Region: "us-east-1", Scope: "cross-region", ModelID: sonnetModel, ModelIDs: []string{"us." + sonnetModel, "eu." + sonnetModel}, Runtime: true},
+			// A quota of two scopes names the ids of both.
+			{Region: "us-east-1", Scope: "on-demand", ModelID: haikuModel, ModelIDs: []string{haikuModel, "us." + haikuModel}, Runtime: true},
 			// Not brokered: its ids must not join the budget's.
-			{Region: "us-east-1", Scope: "cross-region", ModelID: sonnetModel, ModelIDs: []string{"eu." + sonnetModel}, Runtime: false},
+			{Region: "us-east-1", Scope: "global", ModelID: sonnetModel, ModelIDs: []string{"apac." + sonnetModel}, Runtime: false},
 		},
 	}
 	return alarmBudgets(res)
@@ -114,7 +116,7 @@ func runAlarmsWith(t *testing.T, fake *fakeAlarms, budgets []alarmBudget, args .
 func TestAlarmBudgetsModelIDs(t *testing.T) {
 	t.Parallel()
 	b := alarmTestBudgets(t)
-	want := [][]string{{haikuModel}, {"global-ish." + sonnetModel, "us." + sonnetModel}}
+	want := [][]string{{haikuModel}, {"eu." + sonnetModel, "us." + sonnetModel}}
 	for i, w := range want {
 		if !slices.Equal(b[i].modelIDs, w) {
 			t.Errorf("budget %s: ModelIds %v, want %v", b[i].spec.Key, b[i].modelIDs, w)
@@ -146,7 +148,7 @@ func TestAlarmsDryRunChangesNothing(t *testing.T) {
 		"create  quota-broker/throttles/us-east-1/on-demand/" + haikuModel,
 		"create  quota-broker/tpm-usage/us-east-1/on-demand/" + haikuModel,
 		"EstimatedTPMQuotaUsage{" + haikuModel + "} >= 1.6e+06 a minute, 3 of 5 minutes",
-		"InvocationThrottles{global-ish." + sonnetModel + "} + InvocationThrottles{us." + sonnetModel + "} > 5 a minute",
+		"InvocationThrottles{eu." + sonnetModel + "} + InvocationThrottles{us." + sonnetModel + "} > 5 a minute",
 		"create  quota-broker/throttles/us-east-1/on-demand/amazon.nova-micro-v1:0",
 		"delete  quota-broker/throttles/us-east-1/on-demand/gone-model",
 		"5 to create, 0 to update, 0 unchanged, 1 to delete. Dry run: nothing changed; --apply makes these changes.",
