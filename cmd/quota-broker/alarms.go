@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -401,6 +402,6 @@ func watched(in *cloudwatch.PutMetricAlarmInput) []string {
 func describeAlarm(in *cloudwatch.PutMetricAlarmInput) string {
 	sign := map[cwtypes.ComparisonOperator]string{cwtypes.ComparisonOperatorGreaterThanThreshold: ">",
 		cwtypes.ComparisonOperatorGreaterThanOrEqualToThreshold: ">="}[in.ComparisonOperator]
-	return fmt.Sprintf("%s %s %g a minute, %d of %d minutes", strings.Join(watched(in), " + "), cmp.Or(sign, string(in.ComparisonOperator)),
-		aws.ToFloat64(in.Threshold), aws.ToInt32(in.DatapointsToAlarm), aws.ToInt32(in.EvaluationPeriods))
+	return fmt.Sprintf("%s %s %s a minute, %d of %d minutes", strings.Join(watched(in), " + "), cmp.Or(sign, string(in.ComparisonOperator)),
+		strconv.FormatFloat(aws.ToFloat64(in.Threshold), 'f', -1, 64), aws.ToInt32(in.DatapointsToAlarm), aws.ToInt32(in.EvaluationPeriods))
 }

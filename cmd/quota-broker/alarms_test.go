@@ -147,7 +147,7 @@ func TestAlarmsDryRunChangesNothing(t *testing.T) {
 	for _, want := range []string{
 		"create  quota-broker/throttles/us-east-1/on-demand/" + haikuModel,
 		"create  quota-broker/tpm-usage/us-east-1/on-demand/" + haikuModel,
-		"EstimatedTPMQuotaUsage{" + haikuModel + "} >= 1.6e+06 a minute, 3 of 5 minutes",
+		"EstimatedTPMQuotaUsage{" + haikuModel + "} >= 1600000 a minute, 3 of 5 minutes",
 		"InvocationThrottles{eu." + sonnetModel + "} + InvocationThrottles{us." + sonnetModel + "} > 5 a minute",
 		"create  quota-broker/throttles/us-east-1/on-demand/amazon.nova-micro-v1:0",
 		"delete  quota-broker/throttles/us-east-1/on-demand/gone-model",
