@@ -42,7 +42,7 @@ func TestDemoBursts(t *testing.T) {
 
 // TestDemoStory runs the demo's pieces (the simulator on its default
 // scenario, a broker that discovers its budgets from it, the demo's
-// traffic) 10 times faster than real time, and checks the story the README
+// traffic) 5 times faster than real time, and checks the story the README
 // tells: Bedrock throttles the model whose real capacity is below its quota
 // within the first two minutes and its ceiling engages; the
 // service that bypasses the broker gets Sonnet 4.5 throttled for the
@@ -50,7 +50,7 @@ func TestDemoBursts(t *testing.T) {
 // back after it, and CloudWatch counts requests the broker never granted.
 func TestDemoStory(t *testing.T) {
 	t.Parallel()
-	const speed = 10
+	const speed = 5
 	ctx := context.Background()
 	sim, err := bedrocksim.New(bedrocksim.Config{Speed: speed, Seed: 1})
 	if err != nil {
@@ -182,11 +182,12 @@ func TestDemoStory(t *testing.T) {
 		t.Errorf("Sonnet 4's ceiling %d TPM is not below quota x margin", sonnet4Ceiling)
 	}
 	// Chat-frontend alone fits Sonnet 4.5 with room to spare: its throttles
-	// come from the burst, and stop soon after it (the bypass's last
-	// retries); then the ceiling climbs back.
+	// come from the burst and the emptied bucket just after it (the
+	// bypass's last retries), and stop soon after; then the ceiling climbs
+	// back.
 	switch {
-	case sonnet45Engaged < bypass.bursts.start || sonnet45Engaged > burstEnd:
-		t.Errorf("Sonnet 4.5's ceiling engaged at %v (-1: never), not during the bypass's burst (%v to %v)", sonnet45Engaged, bypass.bursts.start, burstEnd)
+	case sonnet45Engaged < bypass.bursts.start || sonnet45Engaged > burstEnd+30*time.Second:
+		t.Errorf("Sonnet 4.5's ceiling engaged at %v (-1: never), not during the bypass's burst (%v to %v) or just after", sonnet45Engaged, bypass.bursts.start, burstEnd)
 	case lastCut45 > burstEnd+45*time.Second:
 		t.Errorf("Sonnet 4.5's ceiling was still cut at %v, long after the burst ended at %v", lastCut45, burstEnd)
 	case final45 != 0 && final45 <= lowest45:
