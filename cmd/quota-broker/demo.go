@@ -109,7 +109,7 @@ Stop with Ctrl-C.
 	banner := f.banner
 	f.banner = func(w io.Writer, addr net.Addr) {
 		banner(w, addr)
-		fmt.Fprintf(w, "Synthetic traffic from %d services is running (--traffic=false to turn it off).\n", len(demoServices))
+		fmt.Fprint(w, demoStory)
 		ready <- addr
 	}
 	tctx, stopTraffic := context.WithCancel(ctx)
@@ -118,7 +118,9 @@ Stop with Ctrl-C.
 		defer close(trafficDone)
 		select {
 		case addr := <-ready:
-			if err := runDemoTraffic(tctx, addr.String(), simURL, firstRegion(*regions), log.With("component", "demo-traffic")); err != nil {
+			// The broker's clock is the system's: the services keep its
+			// time whatever the simulator's --speed.
+			if err := runDemoTraffic(tctx, addr.String(), simURL, firstRegion(*regions), 1, log.With("component", "demo-traffic")); err != nil {
 				log.Warn("demo traffic stopped", "err", err)
 			}
 		case <-tctx.Done():
@@ -129,6 +131,20 @@ Stop with Ctrl-C.
 	<-trafficDone
 	return err
 }
+
+// demoStory tells what the demo's traffic will show, and where (see
+// demoServices).
+const demoStory = `
+Synthetic traffic is running (--traffic=false turns it off); what to look for:
+  - nightly-batch pushes Claude Sonnet 4, whose real capacity here is half its published quota:
+    Bedrock throttles it within seconds and the budget's adaptive ceiling settles near the real limit
+    (quota-broker report --model sonnet-4-2025: THROTTLED, CEILING; its adaptive reason says so).
+  - legacy-summariser calls Sonnet 4.5 straight to Bedrock, bypassing the broker, for 75 s from 0:45
+    and every 15 minutes: Bedrock throttles chat-frontend too, the ceiling drops, then climbs back
+    over the next minutes (quota-broker report --model sonnet-4-5: THROTTLED, CEILING; the dashboard's
+    calls and tokens panels; GetUsageHistory's cloudwatchInvocations exceed the broker's calls).
+  - report-writer leaves max_tokens unset: see the report's MAX_TOKENS ADVICE.
+`
 
 func webhookNote(url string) string {
 	if url == "" {

@@ -8,6 +8,7 @@
 //	quota-broker probe     find where Bedrock starts throttling a model
 //	quota-broker token     make a bearer token and its tokens-file entry
 //	quota-broker increase  build the evidence for a quota increase and file it
+//	quota-broker alarms    CloudWatch alarms for every budget (dry run unless --apply)
 //
 // Every flag has an environment fallback, named in its help text.
 package main
@@ -45,6 +46,8 @@ commands:
   token     make a bearer token for a client, and its tokens-file entry
   increase  show the evidence for a Bedrock quota increase from the broker's
             history, and file the request with Service Quotas (--yes)
+  alarms    create (or --delete) CloudWatch alarms on throttles and TPM quota
+            usage for every budget; prints the plan unless --apply
 
 Run "quota-broker <command> -h" for a command's flags.
 `
@@ -69,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return token(ctx, args[1:], stdout, stderr)
 	case "increase":
 		return increase(ctx, args[1:], stdout, stderr)
+	case "alarms":
+		return alarms(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
