@@ -19,6 +19,7 @@ import (
 
 	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/broker/awsmetrics"
+	"github.com/bedrockqb/quotabroker/broker/awsclient"
 	"github.com/bedrockqb/quotabroker/broker/awsquota"
 )
 
@@ -133,13 +134,13 @@ func alarms(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		budgets = alarmBudgets(res)
 	}
-	configFor := awsquota.RegionConfigs(nil, f.endpoint)
+	configFor := awsclient.RegionConfigs(nil, f.endpoint)
 	connect := func(ctx context.Context, region string) (alarmAPI, error) {
 		c, err := configFor(ctx, region)
 		if err != nil {
 			return nil, err
 		}
-		return cloudwatch.NewFromConfig(c, func(o *cloudwatch.Options) { o.HTTPClient = awsquota.SafeBodies(o.HTTPClient) }), nil
+		return cloudwatch.NewFromConfig(c, func(o *cloudwatch.Options) { o.HTTPClient = awsclient.SafeBodies(o.HTTPClient) }), nil
 	}
 	return runAlarms(ctx, f, budgets, connect, stdout)
 }
@@ -255,7 +256,7 @@ func runAlarms(ctx context.Context, f alarmsFlags, budgets []alarmBudget, connec
 		switch a.verb {
 		case "create", "update":
 			if _, err := api.PutMetricAlarm(ctx, a.put); err != nil {
-				return fmt.Errorf("alarms: %w", awsquota.Describe("put alarm "+a.name, "cloudwatch:PutMetricAlarm (and cloudwatch:TagResource)", a.region, err))
+				return fmt.Errorf("alarms: %w", awsclient.Describe("put alarm "+a.name, "cloudwatch:PutMetricAlarm (and cloudwatch:TagResource)", a.region, err))
 			}
 		}
 	}
@@ -269,7 +270,7 @@ func runAlarms(ctx context.Context, f alarmsFlags, budgets []alarmBudget, connec
 		}
 		for batch := range slices.Chunk(names, 100) {
 			if _, err := apis[region].DeleteAlarms(ctx, &cloudwatch.DeleteAlarmsInput{AlarmNames: batch}); err != nil {
-				return fmt.Errorf("alarms: %w", awsquota.Describe("delete alarms", "cloudwatch:DeleteAlarms", region, err))
+				return fmt.Errorf("alarms: %w", awsclient.Describe("delete alarms", "cloudwatch:DeleteAlarms", region, err))
 			}
 		}
 	}
@@ -291,7 +292,7 @@ func ownAlarms(ctx context.Context, api alarmAPI, prefix, region string) (map[st
 		}
 		res, err := api.DescribeAlarms(ctx, in)
 		if err != nil {
-			return nil, fmt.Errorf("alarms: %w", awsquota.Describe("list alarms", "cloudwatch:DescribeAlarms", region, err))
+			return nil, fmt.Errorf("alarms: %w", awsclient.Describe("list alarms", "cloudwatch:DescribeAlarms", region, err))
 		}
 		for _, a := range res.MetricAlarms {
 			if strings.Contains(aws.ToString(a.AlarmDescription), alarmMarker) {

@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/bedrockqb/quotabroker/broker/awsquota"
+	"github.com/bedrockqb/quotabroker/broker/awsclient"
 	"github.com/bedrockqb/quotabroker/clients/quotaclient"
 )
 
@@ -118,7 +118,7 @@ func runDemoTraffic(ctx context.Context, brokerAddr, simURL, region string, spee
 		var call func(context.Context) error
 		if s.bypass {
 			rt := bedrockruntime.New(opts, func(o *bedrockruntime.Options) {
-				o.HTTPClient = awsquota.SafeBodies(o.HTTPClient)
+				o.HTTPClient = awsclient.SafeBodies(o.HTTPClient)
 				// The SDK's standard retries, their backoff at the
 				// traffic's pace.
 				o.Retryer = retry.AddWithMaxBackoffDelay(retry.NewStandard(), paced(20*time.Second))
