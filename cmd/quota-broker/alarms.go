@@ -18,8 +18,8 @@ import (
 	cwtypes "github.com/aws/aws-sdk-go-v2/service/cloudwatch/types"
 
 	"github.com/bedrockqb/quotabroker/broker"
-	"github.com/bedrockqb/quotabroker/broker/awsmetrics"
 	"github.com/bedrockqb/quotabroker/broker/awsclient"
+	"github.com/bedrockqb/quotabroker/broker/awsmetrics"
 	"github.com/bedrockqb/quotabroker/broker/awsquota"
 )
 
