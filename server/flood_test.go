@@ -135,18 +135,18 @@ func TestFloodOverGRPC(t *testing.T) {
 // a minute and both failed. The clock is real: the stall was CPU time.
 // Latency figures: BenchmarkAcquireUnderFlood in broker.
 //
-// 1,000 of the flooding calls come over gRPC; the other 19,000 call the
-// broker in-process, as the server's handlers would (the broker cannot tell
-// them apart). 20,000 gRPC calls under the race detector would need more
-// CPU than a two-core machine has, whatever the broker does, and would hold
-// up the unrelated client's calls on their own.
+// One flooding call in 20 comes over gRPC; the other 19,000 call the broker
+// in-process, as the server's handlers would (the broker cannot tell them
+// apart). 20,000 gRPC calls under the race detector would need more CPU
+// than a two-core machine has, whatever the broker does, and would hold up
+// the unrelated client's calls on their own.
 func TestFloodOfNamesOverGRPC(t *testing.T) {
 	const (
 		n         = broker.DefaultMaxWaiters // exactly the broker's bound: none is refused at once
 		viaGRPC   = 1_000                    // on one connection, within its default 1,024 streams
-		floodWait = 3 * time.Second
-		grace     = 10 * time.Second // the flood's deadline beyond its wait
-		quietDL   = 5 * time.Second  // the unrelated client's deadline per call
+		floodWait = 3 * time.Second          // outlasts the flood's arrival, so it all waits at once
+		grace     = 10 * time.Second         // the flood's deadline beyond its wait
+		quietDL   = 10 * time.Second         // the unrelated client's deadline per call
 	)
 	b := openBroker(t, sysclock.Clock{}, broker.Config{}, broker.Limits{Concurrency: 1})
 	bg := context.Background()
@@ -177,24 +177,35 @@ func TestFloodOfNamesOverGRPC(t *testing.T) {
 		refused bool
 		what    string
 	}
+	// The flood arrives over a second, in batches of 1,000 (and so its
+	// waits run out over a second): in one burst, 20,000 goroutines would
+	// queue on the broker's lock at the same instant however little each
+	// holds it.
 	results := make(chan floodResult, n)
-	for i := range n {
-		name := fmt.Sprintf("flood-%05d", i)
-		go func() {
-			ctx, cancel := context.WithTimeout(bg, floodWait+grace)
-			defer cancel()
-			if i < viaGRPC {
-				ctx = metadata.AppendToOutgoingContext(ctx, server.ClientHeader, name)
-				_, err := floodClient.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: sonnet, MaxOutputTokens: 10, Wait: durationpb.New(floodWait)})
-				st := status.Convert(err)
-				_, info := refusalDetails(st)
-				results <- floodResult{st.Code() == codes.ResourceExhausted && info.GetReason() == pb.Limit_LIMIT_CONCURRENCY.String(), fmt.Sprint(err)}
-				return
+	go func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for i := range n {
+			if i > 0 && i%1_000 == 0 {
+				<-tick.C
 			}
-			d, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: sonnet, MaxOutputTokens: 10, Client: name, Wait: floodWait})
-			results <- floodResult{err == nil && !d.Granted && d.Blocked == broker.LimitConcurrency, fmt.Sprintf("in-process: %+v %v", d, err)}
-		}()
-	}
+			name := fmt.Sprintf("flood-%05d", i)
+			go func() {
+				ctx, cancel := context.WithTimeout(bg, floodWait+grace)
+				defer cancel()
+				if i%(n/viaGRPC) == 0 {
+					ctx = metadata.AppendToOutgoingContext(ctx, server.ClientHeader, name)
+					_, err := floodClient.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: sonnet, MaxOutputTokens: 10, Wait: durationpb.New(floodWait)})
+					st := status.Convert(err)
+					_, info := refusalDetails(st)
+					results <- floodResult{st.Code() == codes.ResourceExhausted && info.GetReason() == pb.Limit_LIMIT_CONCURRENCY.String(), fmt.Sprint(err)}
+					return
+				}
+				d, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: sonnet, MaxOutputTokens: 10, Client: name, Wait: floodWait})
+				results <- floodResult{err == nil && !d.Granted && d.Blocked == broker.LimitConcurrency, fmt.Sprintf("in-process: %+v %v", d, err)}
+			}()
+		}
+	}()
 
 	// The unrelated client acquires and completes, one call after another,
 	// for as long as the flood lasts.
