@@ -55,9 +55,11 @@
 // tokens, weighted by ClientPolicy.Weight: equal clients get equal token
 // shares whatever their request sizes, and a flood from one client does not
 // delay another. A client at its ClientPolicy.MaxConcurrent cap is skipped,
-// not allowed to block others. Config.DailyReserve keeps a share of each TPD
-// out of reach of a priority (batch, say), so it cannot spend the day's
-// tokens early.
+// not allowed to block others. The queue's operations cost O(log c) for c
+// waiting clients (a heap of clients, a list per client), so a flood under
+// thousands of self-declared names does not hold the broker's lock for
+// long. Config.DailyReserve keeps a share of each TPD out of reach of a
+// priority (batch, say), so it cannot spend the day's tokens early.
 //
 // Waiting costs memory, so it is bounded: a client may have
 // ClientPolicy.MaxWaiters callers waiting (default 1,000) and the broker

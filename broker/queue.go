@@ -1,7 +1,7 @@
 package broker
 
 import (
-	"math"
+	"container/heap"
 	"time"
 )
 
@@ -9,16 +9,17 @@ import (
 // guarded by Broker.mu; ready is closed once the waiter is decided (granted,
 // or failed with err).
 type waiter struct {
-	client   string
-	weight   float64
-	priority Priority
-	need     need
-	enqueued time.Time
-	seq      uint64 // arrival order, for ties
-	ready    chan struct{}
-	lease    *lease // set when granted
-	err      error  // set when it can never be granted
-	queued   bool
+	client     string
+	weight     float64
+	priority   Priority
+	need       need
+	enqueued   time.Time
+	seq        uint64 // arrival order, for ties
+	ready      chan struct{}
+	lease      *lease // set when granted
+	err        error  // set when it can never be granted
+	queued     bool
+	prev, next *waiter // its client's FIFO at its priority, while queued
 }
 
 // need is what one lease takes from a budget.
@@ -45,11 +46,21 @@ type need struct {
 // their request sizes, a client of weight 2 twice the share, and a flood
 // from one client delays another's next request by at most about one
 // request of each flooding client. A client that was idle starts at the
-// level's virtual time: idleness earns no credit, and costs nothing.
+// level's virtual time: idleness earns no credit, and costs nothing. Within
+// a client, first come first served.
 //
 // The waiter peek returns stays the one served next until it is served or
 // leaves (the broker does not let smaller requests overtake it when it does
 // not fit yet), so large requests cannot starve.
+//
+// Cost: client names are self-declared, so a flood can bring tens of
+// thousands of clients (issue 16), and every operation runs under the
+// broker's lock. Each level therefore keeps its waiting clients in a heap
+// by the finish tag of their first waiter, and each client its waiters in
+// a linked list: push, take and remove cost O(log c) for c waiting clients
+// at that priority, and peek O(1) (plus O(k log k) when the k clients
+// ahead of the first eligible one are at their MaxConcurrent cap, which
+// takes MaxConcurrent active leases each).
 type queue struct {
 	levels [PriorityBatch + 1]level
 	n      int
@@ -57,17 +68,29 @@ type queue struct {
 	aging  time.Duration // 0: no aging
 }
 
+// level is one priority's waiters. Every client in clients is in exactly
+// one of the two heaps: ready if it has waiters, idle if it has none but is
+// ahead of the virtual time (it keeps its debt until vtime catches up;
+// then it is forgotten, which is the same as restarting at vtime).
 type level struct {
 	clients map[string]*clientQueue
-	vtime   float64 // virtual time: the start tag of the last waiter served
+	ready   clientHeap // by finish tag of the first waiter, then its arrival
+	idle    clientHeap // by vfinish, to forget clients vtime has passed
+	vtime   float64    // virtual time: the start tag of the last waiter served
 	n       int
 }
 
 type clientQueue struct {
+	name string
 	// vfinish is the finish tag of the client's last served waiter, which
 	// is the start tag of its next one.
-	vfinish float64
-	ws      []*waiter
+	vfinish    float64
+	head, tail *waiter
+	// key and tie order the client in its heap: in ready, the finish tag
+	// of its first waiter and that waiter's arrival; in idle, vfinish.
+	key   float64
+	tie   uint64
+	index int // position in its heap
 }
 
 func (q *queue) len() int { return q.n }
@@ -79,19 +102,27 @@ func (q *queue) push(w *waiter) {
 	}
 	cq := lv.clients[w.client]
 	if cq == nil {
-		cq = &clientQueue{}
+		cq = &clientQueue{name: w.client, index: -1}
 		lv.clients[w.client] = cq
 	}
-	if len(cq.ws) == 0 {
+	q.seq++
+	w.seq = q.seq
+	if cq.head == nil {
+		if cq.index >= 0 {
+			heap.Remove(&lv.idle, cq.index)
+		}
 		// The client becomes backlogged: its start tag is the virtual time
 		// of its arrival (or its own debt, if it is ahead). Taking the
 		// virtual time at selection instead would push every waiting
 		// client back behind whoever is being served.
 		cq.vfinish = max(cq.vfinish, lv.vtime)
+		cq.head, cq.tail = w, w
+		cq.key, cq.tie = cq.vfinish+w.size(), w.seq
+		heap.Push(&lv.ready, cq)
+	} else {
+		w.prev, cq.tail.next = cq.tail, w
+		cq.tail = w
 	}
-	q.seq++
-	w.seq = q.seq
-	cq.ws = append(cq.ws, w)
 	w.queued = true
 	lv.n++
 	q.n++
@@ -105,19 +136,28 @@ func (w *waiter) size() float64 {
 // candidate returns the level's next waiter under fair queuing, skipping
 // clients for which eligible is false (those at their cap).
 func (lv *level) candidate(eligible func(string) bool) *waiter {
-	var best *waiter
-	bestFinish := math.Inf(1)
-	for name, cq := range lv.clients {
-		if len(cq.ws) == 0 || (eligible != nil && !eligible(name)) {
-			continue
-		}
-		w := cq.ws[0]
-		finish := cq.vfinish + w.size()
-		if finish < bestFinish || (finish == bestFinish && w.seq < best.seq) {
-			best, bestFinish = w, finish
-		}
+	h := lv.ready
+	if len(h) == 0 {
+		return nil
 	}
-	return best
+	if eligible == nil || eligible(h[0].name) {
+		return h[0].head
+	}
+	// Best first through the heap's tree without changing it: no child is
+	// ahead of its parent, so the first eligible client out of the
+	// frontier is the first eligible client of all.
+	f := frontier{h: h}
+	f.add(1)
+	f.add(2)
+	for f.Len() > 0 {
+		i := heap.Pop(&f).(int)
+		if eligible(h[i].name) {
+			return h[i].head
+		}
+		f.add(2*i + 1)
+		f.add(2*i + 2)
+	}
+	return nil
 }
 
 // peek returns the waiter served next at now, or nil.
@@ -153,6 +193,10 @@ func (q *queue) take(w *waiter) {
 	cq.vfinish = start + w.size()
 	lv.vtime = max(lv.vtime, start)
 	q.remove(w)
+	// Idle clients that vtime has caught up with owe nothing any more.
+	for len(lv.idle) > 0 && lv.idle[0].vfinish <= lv.vtime {
+		delete(lv.clients, heap.Pop(&lv.idle).(*clientQueue).name)
+	}
 }
 
 // remove takes w out of the queue without charging its client (its caller
@@ -163,31 +207,102 @@ func (q *queue) remove(w *waiter) {
 	}
 	lv := &q.levels[w.priority]
 	cq := lv.clients[w.client]
-	for i, x := range cq.ws {
-		if x == w {
-			cq.ws = append(cq.ws[:i], cq.ws[i+1:]...)
-			break
-		}
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		cq.head = w.next
 	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	} else {
+		cq.tail = w.prev
+	}
+	w.prev, w.next = nil, nil
 	w.queued = false
 	lv.n--
 	q.n--
-	// Forget an idle client that owes nothing: it would restart at the
-	// level's virtual time anyway. One that is ahead keeps its debt.
-	if len(cq.ws) == 0 && cq.vfinish <= lv.vtime {
+	switch {
+	case cq.head != nil:
+		// Its first waiter or its vfinish (take) may have changed.
+		cq.key, cq.tie = cq.vfinish+cq.head.size(), cq.head.seq
+		heap.Fix(&lv.ready, cq.index)
+	case cq.vfinish <= lv.vtime:
+		// Forget an idle client that owes nothing: it would restart at
+		// the level's virtual time anyway.
+		heap.Remove(&lv.ready, cq.index)
 		delete(lv.clients, w.client)
+	default:
+		// One that is ahead keeps its debt until vtime catches up.
+		heap.Remove(&lv.ready, cq.index)
+		cq.key, cq.tie = cq.vfinish, 0
+		heap.Push(&lv.idle, cq)
 	}
 }
 
 // all calls f for every waiter, in no particular order.
 func (q *queue) all(f func(*waiter)) {
 	for p := range q.levels {
-		for _, cq := range q.levels[p].clients {
-			for _, w := range cq.ws {
+		for _, cq := range q.levels[p].ready {
+			for w := cq.head; w != nil; w = w.next {
 				f(w)
 			}
 		}
 	}
+}
+
+// clientHeap is a container/heap of clients by (key, tie); each client
+// knows its index, so that a change to it is fixed in O(log n).
+type clientHeap []*clientQueue
+
+func (h clientHeap) Len() int { return len(h) }
+
+func (h clientHeap) Less(i, j int) bool {
+	return h[i].key < h[j].key || (h[i].key == h[j].key && h[i].tie < h[j].tie)
+}
+
+func (h clientHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+
+func (h *clientHeap) Push(x any) {
+	cq := x.(*clientQueue)
+	cq.index = len(*h)
+	*h = append(*h, cq)
+}
+
+func (h *clientHeap) Pop() any {
+	old := *h
+	cq := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	cq.index = -1
+	return cq
+}
+
+// frontier is a container/heap of positions in a clientHeap, ordered as the
+// clients there are.
+type frontier struct {
+	h  clientHeap
+	is []int
+}
+
+// add puts position i on the frontier if the heap has it.
+func (f *frontier) add(i int) {
+	if i < len(f.h) {
+		heap.Push(f, i)
+	}
+}
+
+func (f frontier) Len() int           { return len(f.is) }
+func (f frontier) Less(a, b int) bool { return f.h.Less(f.is[a], f.is[b]) }
+func (f frontier) Swap(a, b int)      { f.is[a], f.is[b] = f.is[b], f.is[a] }
+func (f *frontier) Push(x any)        { f.is = append(f.is, x.(int)) }
+
+func (f *frontier) Pop() any {
+	i := f.is[len(f.is)-1]
+	f.is = f.is[:len(f.is)-1]
+	return i
 }
 
 // waiting counts the callers waiting in Acquire, per client and in all,
