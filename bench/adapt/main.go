@@ -69,6 +69,7 @@ type config struct {
 	scenario   *bedrocksim.Scenario
 	strategies []string
 	verbose    bool
+	short      bool // CI mode: targets are information only
 }
 
 func run(args []string, out io.Writer) error {
@@ -107,7 +108,7 @@ func run(args []string, out io.Writer) error {
 		return err
 	}
 	cfg := config{duration: *duration, speed: *speed, equal: *clients, workers: *workers, batch: *batch,
-		seed: *seed, scenario: sc, verbose: *verbose}
+		seed: *seed, scenario: sc, verbose: *verbose, short: *short}
 	for _, s := range strings.Split(*strategies, ",") {
 		s = strings.TrimSpace(s)
 		switch s {

@@ -290,7 +290,7 @@ func printTable(out io.Writer, p *plan, results []*result) {
 		m := ms[i]
 		fmt.Fprintf(out, "Equal clients' settled tokens (k): %s\n", fmtShares(m.equalShares))
 	}
-	checkTargets(out, results, ms)
+	checkTargets(out, p.cfg.short, results, ms)
 }
 
 func fmtShares(v []float64) string {
@@ -301,8 +301,12 @@ func fmtShares(v []float64) string {
 	return strings.Join(s, " ")
 }
 
-// checkTargets prints the targets for the broker, met or not.
-func checkTargets(out io.Writer, results []*result, ms []metrics) {
+// checkTargets prints the targets for the broker, met or not. In
+// -short mode (CI) they are information only, and say so: 20x time
+// compression on a shared 2-core machine is a smoke test of the whole
+// comparison, not the measurement the targets are judged on (RESULTS.md
+// holds the full runs).
+func checkTargets(out io.Writer, short bool, results []*result, ms []metrics) {
 	bi := -1
 	for i, r := range results {
 		if r.name == stratBroker {
@@ -318,9 +322,16 @@ func checkTargets(out io.Writer, results []*result, ms []metrics) {
 		if ok {
 			return "met"
 		}
+		if short {
+			return "not met in this short run (information only)"
+		}
 		return "NOT met"
 	}
-	fmt.Fprintf(out, "\nTargets for the broker:\n")
+	if short {
+		fmt.Fprintf(out, "\nTargets for the broker (information only: -short compresses time 20x on a shared machine; the targets are judged on the full run, see bench/adapt/RESULTS.md):\n")
+	} else {
+		fmt.Fprintf(out, "\nTargets for the broker:\n")
+	}
 	fmt.Fprintf(out, "  goodput >= 90%% of hidden capacity: %.1f%% %s\n", 100*b.goodput, mark(b.goodput >= 0.9))
 	fmt.Fprintf(out, "  throttle rate <= 1%%: %.2f%% %s\n", 100*rate(b), mark(rate(b) <= 0.01))
 	fmt.Fprintf(out, "  Jain >= 0.95: %.3f %s\n", b.jain, mark(b.jain >= 0.95))
