@@ -411,11 +411,23 @@ func (ch *Chart) addLimits(p *plot.Plot, unit string, limit func(st *broker.Stat
 			return nil, err
 		}
 		l.LineStyle = draw.LineStyle{Color: colStatic, Width: vg.Points(1), Dashes: []vg.Length{vg.Points(4), vg.Points(3)}}
-		p.Add(l)
-		entries = append(entries, legendEntry{ch.StaticLabel + " " + unit, l})
+		name := ch.StaticLabel + " " + unit
+		// A static limit far above the traffic and the effective limit
+		// (an adaptive ceiling engaged, or a quiet budget) would flatten
+		// both into the axis: name it instead of drawing it.
+		if top := p.Y.Max; top > 0 && float64(static) > staticScale*top {
+			name += " " + shortNumber(float64(static)) + ", off the scale"
+		} else {
+			p.Add(l)
+		}
+		entries = append(entries, legendEntry{name, l})
 	}
 	return entries, nil
 }
+
+// staticScale is how far above the rest of a panel a static limit may
+// be and still be drawn.
+const staticScale = 2.5
 
 // area is a stepped area between zero and its values (below the axis
 // where they are negative). plotter.Line fills down to the axis minimum
@@ -497,9 +509,31 @@ func (u unlabelled) Ticks(lo, hi float64) []plot.Tick {
 
 // yTicks are plot's default ticks with labels as plain, short numbers
 // (12k rather than 12000), which keeps the axes of all charts aligned.
-// Below zero are refusals: their labels are counts, without the sign.
+// Below zero are refusals: their labels are counts, without the sign, and
+// zero is always labelled, so the two sides of the axis read apart.
 func yTicks(lo, hi float64) []plot.Tick {
 	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	if lo < 0 {
+		// Default ticks over [lo, hi] need not fall on zero: step from
+		// zero by the labelled step of the larger side.
+		var labelled []float64
+		for _, t := range (plot.DefaultTicks{}).Ticks(0, max(hi, -lo)) {
+			if t.Label != "" {
+				labelled = append(labelled, t.Value)
+			}
+		}
+		step := max(hi, -lo)
+		if len(labelled) > 1 {
+			step = labelled[1] - labelled[0]
+		}
+		ticks = ticks[:0]
+		for v := math.Ceil(lo/step) * step; v <= hi+step/1e9; v += step {
+			if math.Abs(v) < step/1e9 {
+				v = 0
+			}
+			ticks = append(ticks, plot.Tick{Value: v, Label: "x"})
+		}
+	}
 	for i := range ticks {
 		if ticks[i].Label != "" {
 			ticks[i].Label = shortNumber(math.Abs(ticks[i].Value))
