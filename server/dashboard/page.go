@@ -427,9 +427,12 @@ func summary(b *budgetView, spans []Span) string {
 	s := fmt.Sprintf("last %s: %d calls, %d throttled by Bedrock (%.1f%%), %d refused by the broker", spans[len(spans)-1].Name,
 		t.Calls(), t.Throttled+t.ReportedThrottles, 100*t.ThrottleRate(), t.Refused)
 	if r := b.Report; r != nil {
-		name, u := tightest(r)
-		s += fmt.Sprintf("; now %.0f%% of %s (the tightest limit, over the sliding last minute, calls in flight at their reservation), %s",
-			100*u, name, limitsNote(r))
+		if name, u := tightest(r); u > 0 {
+			s += fmt.Sprintf("; now %.0f%% of %s (the tightest limit, over the sliding last minute, calls in flight at their reservation), %s",
+				100*u, name, limitsNote(r))
+		} else {
+			s += "; nothing in the sliding last minute, " + limitsNote(r)
+		}
 	} else {
 		s += "; no longer configured"
 	}
