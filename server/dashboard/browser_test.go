@@ -103,7 +103,7 @@ const readSummary = `(() => {
   if (!t) return [];
   const head = {Budget: 'header', Cells: [...t.querySelectorAll('thead th')].map(c => c.innerText.replace(/\s+/g, ' '))};
   return [head, ...[...t.querySelectorAll('tbody tr')].map(r => ({
-    Budget: r.dataset.budget, Cells: [...r.querySelectorAll('td')].map(c => c.innerText),
+    Budget: r.dataset.key, Cells: [...r.querySelectorAll('td')].map(c => c.innerText),
   }))];
 })()`
 

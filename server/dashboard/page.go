@@ -533,7 +533,7 @@ p.note { color: #555; font-size: 0.88em; margin: 0 0 1em; max-width: 75em; }
 <th>busiest minute<br><small>last {{.Recent}}, as charted</small></th>
 <th>throttled by Bedrock<br><small>last {{.Recent}}</small></th><th>refused by broker<br><small>last {{.Recent}}</small></th>
 <th>waiting<br><small>now</small></th><th>adaptive<br><small>now</small></th></tr></thead>
-<tbody>{{range .Table}}<tr class="{{.Attention}}" data-budget="{{.Key}}">
+<tbody>{{range .Table}}<tr class="{{.Attention}}" data-key="{{.Key}}">
 <td class="key">{{if .Anchor}}<a href="#{{.Anchor}}">{{.Model}}</a>{{else}}{{.Model}}{{end}}<br><small>{{.Where}}{{if not .Configured}}, no longer configured{{end}}</small></td>
 <td class="word">{{.Attention}}</td>{{if $.Alerting}}<td{{if ne .Alerts "none"}} class="firing"{{end}}>{{.Alerts}}</td>{{end}}
 <td>{{.RPMNow}}</td><td>{{.TPMNow}}</td><td>{{.Busiest}}</td><td>{{.Throttled}}</td><td>{{.Refused}}</td>
