@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bedrockqb/quotabroker/internal/alert"
+	"github.com/bedrockqb/quotabroker/server/dashboard"
 )
 
 // alertFlags configure alerting: always to the log, and to a webhook when
@@ -121,6 +122,17 @@ func (a *alerting) register(reg *prometheus.Registry) {
 	if a != nil {
 		reg.MustRegister(a.alerter.Collector())
 	}
+}
+
+// Firing adapts the alerter to the dashboard: the alerts firing now.
+func (a *alerting) Firing() []dashboard.Firing {
+	var out []dashboard.Firing
+	for _, al := range a.alerter.Alerts() {
+		if al.Firing {
+			out = append(out, dashboard.Firing{Region: al.Budget.Region, Scope: al.Budget.Scope, Model: al.Budget.Model, Rule: string(al.Rule)})
+		}
+	}
+	return out
 }
 
 // start runs the alerter and the webhook worker in wg until ctx ends.

@@ -61,6 +61,10 @@ func TestDashboardAndReportSVG(t *testing.T) {
 	if n := strings.Count(string(page), `data-budget="`+sonnetKey+`"`); n != 2 {
 		t.Errorf("dashboard has %d charts of %s, want 2 (hour and day):\n%s", n, sonnetKey, page)
 	}
+	// serve hands the dashboard its alerter: the summary has the column.
+	if !strings.Contains(string(page), "<th>alerts firing</th>") || !strings.Contains(string(page), `data-key="`+sonnetKey+`"`) {
+		t.Errorf("dashboard summary lacks the alerts column or the sonnet row:\n%s", page)
+	}
 
 	file := filepath.Join(t.TempDir(), "sonnet.svg")
 	var out strings.Builder

@@ -277,7 +277,11 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 		mux.Handle("GET /metrics", server.MetricsHandler(reg))
 		// Renders are reused for 10 s: the page reloads itself every minute
 		// and a render costs hundreds of milliseconds of CPU.
-		dashboard.New(b, dashboard.Config{Logger: log, CacheFor: 10 * time.Second}).Register(mux)
+		dcfg := dashboard.Config{Logger: log, CacheFor: 10 * time.Second}
+		if alerts != nil { // a nil *alerting in the interface would not be nil
+			dcfg.Alerts = alerts
+		}
+		dashboard.New(b, dcfg).Register(mux)
 		if httpLis, err = net.Listen("tcp", f.httpAddr); err != nil {
 			lis.Close()
 			return fmt.Errorf("listen on %s (--http): %w", f.httpAddr, err)

@@ -80,7 +80,7 @@ func BenchmarkPage(b *testing.B) {
 	}
 	b.Run("collect-only", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := collect(context.Background(), src, broker.ReportFilter{}, Spans, 50); err != nil {
+			if _, err := collect(context.Background(), src, nil, broker.ReportFilter{}, Spans, 50); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
+	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/server/dashboard"
 )
 
@@ -85,14 +86,34 @@ type rendered struct {
 	Paths, Texts           int
 	Success, Throttled     float64 // tallest filled area of the layer's colour, SVG units
 	Tokens, EffectiveWidth float64
+	Refused                float64 // the area below the axis
+	Legend                 float64 // height of the legend's "successful" text, CSS pixels
 	Title                  string
 }
 
+// summaryRow is a row of the summary table, as the browser shows it.
+type summaryRow struct {
+	Budget string
+	Cells  []string
+}
+
+// readSummary runs in the page: the header and every row of the table.
+const readSummary = `(() => {
+  const t = document.getElementById('summary');
+  if (!t) return [];
+  const head = {Budget: 'header', Cells: [...t.querySelectorAll('thead th')].map(c => c.innerText.replace(/\s+/g, ' '))};
+  return [head, ...[...t.querySelectorAll('tbody tr')].map(r => ({
+    Budget: r.dataset.key, Cells: [...r.querySelectorAll('td')].map(c => c.innerText),
+  }))];
+})()`
+
 // measure runs in the page: the layers are found by the colours chart.go
-// gives them (getComputedStyle reports them as rgb()).
+// gives them (getComputedStyle reports them as rgb()); the legend's
+// swatches, 14 units wide, are told from the areas, which span the time
+// axis, by their width.
 const measure = `(() => {
   const tallest = (svg, prop, col) => Math.max(0, ...[...svg.querySelectorAll('path')]
-    .filter(p => getComputedStyle(p)[prop] === col).map(p => p.getBBox().height));
+    .filter(p => getComputedStyle(p)[prop] === col && p.getBBox().width > 20).map(p => p.getBBox().height));
   const widest = (svg, prop, col) => Math.max(0, ...[...svg.querySelectorAll('path')]
     .filter(p => getComputedStyle(p)[prop] === col).map(p => p.getBBox().width));
   return [...document.querySelectorAll('figure.chart')].map(f => {
@@ -105,6 +126,9 @@ const measure = `(() => {
       Throttled: tallest(svg, 'fill', 'rgb(214, 39, 40)'),
       Tokens: tallest(svg, 'fill', 'rgb(158, 202, 225)'),
       EffectiveWidth: widest(svg, 'stroke', 'rgb(148, 103, 189)'),
+      Refused: tallest(svg, 'fill', 'rgb(89, 89, 89)'),
+      Legend: Math.max(0, ...[...svg.querySelectorAll('text')].filter(t => t.textContent === 'successful')
+        .map(t => t.getBoundingClientRect().height)),
       Title: [...svg.querySelectorAll('text')].map(t => t.textContent).find(s => s.includes(' - last ')) || '',
     };
   });
@@ -143,6 +167,10 @@ func TestDashboardRendersInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatalf("measure the charts: %v", err)
 	}
+	table, err := chromedp.Run(bctx, chromedp.Evaluate[[]summaryRow](readSummary))
+	if err != nil {
+		t.Fatalf("read the summary table: %v", err)
+	}
 	idle, err := chromedp.Run(bctx, chromedp.Evaluate[string](`document.getElementById('idle').innerText`))
 	if err != nil {
 		t.Fatalf("read the idle list: %v", err)
@@ -178,8 +206,10 @@ func TestDashboardRendersInChromium(t *testing.T) {
 		t.Errorf("the page logged errors:\n%s", strings.Join(loaded, "\n"))
 	}
 
-	// Three budgets with traffic, busiest first, each over the hour and
-	// the day.
+	checkSummary(t, f, table)
+
+	// Three budgets with traffic, those needing attention first (as in the
+	// summary), each over the hour and the day.
 	var order []string
 	for _, c := range charts {
 		order = append(order, c.Budget+" "+c.Span)
@@ -210,10 +240,107 @@ func TestDashboardRendersInChromium(t *testing.T) {
 			t.Errorf("%s: throttled layer reaches %.1f, successful %.1f; throttles drawn: %v, want %v",
 				name, c.Throttled, c.Success, got, throttledBudget)
 		}
+		// Refusals are an area of their own below the axis, visible where
+		// the broker refused (haiku, and sonnet under its adaptive
+		// ceiling) and flat elsewhere.
+		refusedBudget := false
+		for m, k := range f.keys {
+			refusedBudget = refusedBudget || (c.Budget == k.String() && f.tally[m].refused > 0)
+		}
+		if got := c.Refused > 2; got != refusedBudget {
+			t.Errorf("%s: refused area %.1f tall; refusals drawn: %v, want %v", name, c.Refused, got, refusedBudget)
+		}
+		// The legend is text a person can read at the page's width.
+		if c.Legend < 10 {
+			t.Errorf("%s: legend text %.1f px tall, want at least 10", name, c.Legend)
+		}
 	}
 	for _, m := range []string{novaLite, llama} {
 		if !strings.Contains(idle, f.keys[m].String()) {
 			t.Errorf("idle list %q lacks %s", idle, m)
 		}
+	}
+}
+
+// checkSummary checks the summary table against what the fixture's callers
+// saw and what the broker and the alerter report.
+func checkSummary(t *testing.T, f *fixture, table []summaryRow) {
+	t.Helper()
+	if len(table) == 0 {
+		t.Fatal("the page has no summary table")
+	}
+	header, rows := table[0].Cells, table[1:]
+	col := map[string]int{}
+	for i, h := range header {
+		col[strings.Fields(h)[0]] = i
+	}
+	for _, h := range []string{"budget", "needs", "alerts", "RPM", "TPM", "busiest", "throttled", "refused", "waiting", "adaptive"} {
+		if _, ok := col[h]; !ok {
+			t.Fatalf("summary header %q lacks a %q column", header, h)
+		}
+	}
+	// Every budget with traffic, those needing attention first: sonnet
+	// has an alert firing (Bedrock throttles it), haiku is refused by the
+	// broker, nova-pro is fine; the idle budgets are not in the table.
+	var order []string
+	for _, r := range rows {
+		order = append(order, r.Budget)
+	}
+	want := []string{f.keys[sonnet].String(), f.keys[haiku].String(), f.keys[novaPro].String()}
+	if strings.Join(order, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("summary rows:\n%s\nwant:\n%s", strings.Join(order, "\n"), strings.Join(want, "\n"))
+	}
+	reports, _ := f.b.Report(broker.ReportFilter{})
+	byKey := map[string]broker.BudgetReport{}
+	for _, r := range reports {
+		byKey[r.Spec.Key.String()] = r
+	}
+	for i, m := range []string{sonnet, haiku, novaPro} {
+		cell := func(name string) string { return rows[i].Cells[col[name]] }
+		if k := f.keys[m]; cell("budget") != k.Model+"\n"+k.Region+" "+k.Scope.String() {
+			t.Errorf("row %d: budget cell %q, want the model and under it region and scope of %s", i, cell("budget"), k)
+		}
+		tl := f.tally[m]
+		wantNeeds, wantAlerts := map[string]string{sonnet: "alert", haiku: "refusing", novaPro: "ok"}[m], "none"
+		if m == sonnet {
+			wantAlerts = "throttle_rate"
+		}
+		rate := 0.0
+		if tl.calls > 0 {
+			rate = 100 * float64(tl.throttled) / float64(tl.calls)
+		}
+		refusal := 100 * float64(tl.refused) / float64(tl.calls+tl.refused)
+		r := byKey[f.keys[m].String()]
+		wantAdaptive := "no ceiling"
+		if r.Adaptive.Ceiling.TPM > 0 || r.Adaptive.Ceiling.RPM > 0 {
+			wantAdaptive = "ceiling"
+		}
+		for _, c := range []struct{ name, want string }{
+			{"needs", wantNeeds},
+			{"alerts", wantAlerts},
+			{"throttled", fmt.Sprintf("%d of %d (%.1f%%)", tl.throttled, tl.calls, rate)},
+			{"refused", fmt.Sprintf("%d (%.1f%%)", tl.refused, refusal)},
+			{"waiting", fmt.Sprint(r.Waiters)},
+			{"RPM", fmt.Sprintf("/%d)", r.Effective.RPM)},
+			{"TPM", "k)"},
+			{"busiest", "TPM"},
+			{"adaptive", wantAdaptive},
+		} {
+			got := cell(c.name)
+			if c.name == "RPM" || c.name == "TPM" || c.name == "busiest" || c.name == "adaptive" {
+				if !strings.Contains(got, c.want) {
+					t.Errorf("%s: %s cell %q lacks %q", m, c.name, got, c.want)
+				}
+				continue
+			}
+			if got != c.want {
+				t.Errorf("%s: %s cell %q, want %q", m, c.name, got, c.want)
+			}
+		}
+	}
+	// haiku's busiest minute is its whole RPM limit: the broker granted
+	// 9 of the 11 calls a minute against 10 x 0.9.
+	if got := rows[1].Cells[col["busiest"]]; !strings.HasPrefix(got, "RPM 100%") {
+		t.Errorf("haiku: busiest minute %q, want RPM 100%% (9 grants a minute against 9 RPM)", got)
 	}
 }

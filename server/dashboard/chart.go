@@ -11,6 +11,7 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/font"
 	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/text"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgsvg"
@@ -68,7 +69,7 @@ var (
 	colSuccess   = color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff} // green
 	colThrottled = color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff} // red
 	colErrors    = color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff} // orange
-	colRefused   = color.RGBA{R: 0x59, G: 0x59, B: 0x59, A: 0xff} // grey, dashed
+	colRefused   = color.RGBA{R: 0x59, G: 0x59, B: 0x59, A: 0xff} // dark grey, below the axis
 	colTokens    = color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff} // blue outline
 	colTokenFill = color.RGBA{R: 0x9e, G: 0xca, B: 0xe1, A: 0xff} // light blue area
 	colEffective = color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff} // purple
@@ -85,16 +86,23 @@ func WriteSVG(w io.Writer, charts []Chart, message string) error {
 	c := vgsvg.New(figureWidth, figure*vg.Length(len(charts)))
 	dc := draw.New(c)
 	tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: 4, PadBottom: 4, PadLeft: 4, PadRight: 8}
+	sty := legendStyle()
 	for i := range charts {
-		calls, use, err := charts[i].plots()
+		panels, err := charts[i].plots()
 		if err != nil {
 			return fmt.Errorf("chart %s: %w", charts[i].Series.Key, err)
 		}
 		// Figure i's band, counted from the top.
 		band := draw.Crop(dc, 0, 0, figure*vg.Length(len(charts)-1-i), -figure*vg.Length(i))
-		canvases := plot.Align([][]*plot.Plot{{calls}, {use}}, tiles, band)
-		calls.Draw(canvases[0][0])
-		use.Draw(canvases[1][0])
+		canvases := plot.Align([][]*plot.Plot{{panels[0].p}, {panels[1].p}}, tiles, band)
+		for j, pn := range panels {
+			// Each panel's legend is a strip under it, outside the data,
+			// so it never hides a line and can use a readable size.
+			tile := canvases[j][0]
+			rows, h := layoutLegend(pn.legend, tile.Max.X-tile.Min.X-legendIndent, sty)
+			pn.p.Draw(draw.Crop(tile, 0, 0, h, 0))
+			drawLegend(draw.Crop(tile, legendIndent, 0, 0, h-(tile.Max.Y-tile.Min.Y)), rows, sty)
+		}
 	}
 	_, err := c.WriteTo(w)
 	return err
@@ -162,10 +170,17 @@ func (ch *Chart) stepXY(v func(i int, st *broker.Stats) float64) plotter.XYs {
 
 func unix(t time.Time) float64 { return float64(t.UnixMilli()) / 1000 }
 
-// plots builds the two panels of a chart.
-func (ch *Chart) plots() (calls, use *plot.Plot, err error) {
+// panel is one plot of a chart and the legend drawn under it.
+type panel struct {
+	p      *plot.Plot
+	legend []legendEntry
+}
+
+// plots builds the two panels of a chart: calls, then use.
+func (ch *Chart) plots() ([2]panel, error) {
+	var out [2]panel
 	if len(ch.Series.Points) == 0 {
-		return nil, nil, fmt.Errorf("series has no points")
+		return out, fmt.Errorf("series has no points")
 	}
 	mins := ch.perMinute()
 	rate := func(f func(st *broker.Stats) int64) func(int, *broker.Stats) float64 {
@@ -175,7 +190,7 @@ func (ch *Chart) plots() (calls, use *plot.Plot, err error) {
 	throttled := rate(func(st *broker.Stats) int64 { return st.Throttled + st.ReportedThrottles })
 	errs := rate(func(st *broker.Stats) int64 { return st.Errors })
 
-	calls = newPanel(ch)
+	calls := newPanel(ch)
 	calls.Title.Text = ch.Title
 	// The panels share the time axis: its labels are on the lower one.
 	calls.X.Tick.Marker = unlabelled{calls.X.Tick.Marker}
@@ -187,37 +202,48 @@ func (ch *Chart) plots() (calls, use *plot.Plot, err error) {
 		col  color.Color
 		v    func(int, *broker.Stats) float64
 	}{
-		{"errors", colErrors, func(i int, st *broker.Stats) float64 { return success(i, st) + throttled(i, st) + errs(i, st) }},
-		{"throttled", colThrottled, func(i int, st *broker.Stats) float64 { return success(i, st) + throttled(i, st) }},
+		{"other errors", colErrors, func(i int, st *broker.Stats) float64 { return success(i, st) + throttled(i, st) + errs(i, st) }},
+		{"throttled by Bedrock", colThrottled, func(i int, st *broker.Stats) float64 { return success(i, st) + throttled(i, st) }},
 		{"successful", colSuccess, success},
 	}
 	var entries []legendEntry
 	for _, l := range layers {
-		line, err := plotter.NewLine(ch.stepXY(l.v))
-		if err != nil {
-			return nil, nil, err
-		}
-		line.StepStyle = plotter.PostStep
-		line.FillColor = l.col
-		line.LineStyle.Width = 0
-		calls.Add(line)
-		entries = append([]legendEntry{{l.name, line}}, entries...)
+		a := &area{xys: ch.stepXY(l.v), fill: l.col}
+		calls.Add(a)
+		entries = append([]legendEntry{{l.name, a}}, entries...)
 	}
-	refused, err := plotter.NewLine(ch.stepXY(rate(func(st *broker.Stats) int64 { return st.Refused })))
-	if err != nil {
-		return nil, nil, err
-	}
-	refused.StepStyle = plotter.PostStep
-	refused.LineStyle = draw.LineStyle{Color: colRefused, Width: vg.Points(1.2), Dashes: []vg.Length{vg.Points(3), vg.Points(2)}}
-	calls.Add(refused)
-	entries = append(entries, legendEntry{"refused by broker", refused})
-	addLegend(calls, entries)
+	// Refusals hang below the axis: a refused caller never reached
+	// Bedrock, so stacking it on the calls would overstate what Bedrock
+	// saw, and a line inside the stack was all but invisible.
+	refused := rate(func(st *broker.Stats) int64 { return st.Refused })
+	r := &area{xys: ch.stepXY(func(i int, st *broker.Stats) float64 { return -refused(i, st) }), fill: colRefused}
+	calls.Add(r)
+	entries = append(entries, legendEntry{"refused by broker (below 0)", r})
+	out[0] = panel{calls, entries}
 
-	use = newPanel(ch)
-	if err := ch.addUse(use, mins); err != nil {
-		return nil, nil, err
+	use := newPanel(ch)
+	use.X.Label.Text = "time (UTC)"
+	useEntries, rpmOnCalls, err := ch.addUse(use, mins)
+	if err != nil {
+		return out, err
 	}
-	return calls, use, nil
+	if rpmOnCalls {
+		// The use panel is tokens against TPM: the calls panel carries
+		// the RPM limits, the other limit Bedrock enforces per minute.
+		lim, err := ch.addLimits(calls, "RPM", func(st *broker.Stats) int64 { return st.LimitRPM }, ch.Static.RPM)
+		if err != nil {
+			return out, err
+		}
+		out[0].legend = append(out[0].legend, lim...)
+	}
+	out[1] = panel{use, useEntries}
+	for _, pn := range out {
+		pn.p.Y.Max *= 1.05 // room above the highest line
+		if pn.p.Y.Max == 0 {
+			pn.p.Y.Max = 1
+		}
+	}
+	return out, nil
 }
 
 type legendEntry struct {
@@ -225,14 +251,65 @@ type legendEntry struct {
 	th   plot.Thumbnailer
 }
 
-func addLegend(p *plot.Plot, entries []legendEntry) {
+// legendIndent is the legend's left margin within its panel's tile.
+const legendIndent = vg.Length(4)
+
+// legendStyle is the legend's text: the size of the axis labels.
+func legendStyle() text.Style {
+	sty := plot.New().Legend.TextStyle
+	sty.Font.Variant = "Sans"
+	sty.Font.Size = 9
+	sty.XAlign, sty.YAlign = draw.XLeft, draw.YCenter
+	return sty
+}
+
+// placed is a legend entry at its offset from the left of its row.
+type placed struct {
+	legendEntry
+	x vg.Length
+}
+
+const (
+	legendSwatch = vg.Length(14) // thumbnail width
+	legendGap    = vg.Length(4)  // between swatch and text
+	legendSep    = vg.Length(12) // between entries
+)
+
+// layoutLegend flows entries left to right in rows no wider than width,
+// and returns the rows and their height.
+func layoutLegend(entries []legendEntry, width vg.Length, sty text.Style) ([][]placed, vg.Length) {
+	var rows [][]placed
+	x := vg.Length(0)
 	for _, e := range entries {
-		p.Legend.Add(e.name, e.th)
+		// The browser may draw the text in a wider sans than the one
+		// measured here (DejaVu for Liberation): leave it room.
+		w := legendSwatch + legendGap + sty.Width(e.name)*1.2
+		if len(rows) == 0 || (x > 0 && x+w > width) {
+			rows = append(rows, nil)
+			x = 0
+		}
+		rows[len(rows)-1] = append(rows[len(rows)-1], placed{e, x})
+		x += w + legendSep
 	}
-	// Headroom above the data, so the legend rarely covers it.
-	p.Y.Max *= 1.45
-	if p.Y.Max == 0 {
-		p.Y.Max = 1
+	return rows, vg.Length(len(rows)) * legendLine(sty)
+}
+
+func legendLine(sty text.Style) vg.Length { return sty.Font.Size * 1.4 }
+
+// drawLegend draws rows from the top of c down, each swatch centred on
+// its text.
+func drawLegend(c draw.Canvas, rows [][]placed, sty text.Style) {
+	line := legendLine(sty)
+	h := sty.Font.Size * 0.75
+	for i, row := range rows {
+		mid := c.Max.Y - (vg.Length(i)+0.5)*line
+		for _, e := range row {
+			x := c.Min.X + e.x
+			icon := draw.Canvas{Canvas: c.Canvas, Rectangle: vg.Rectangle{
+				Min: vg.Point{X: x, Y: mid - h/2}, Max: vg.Point{X: x + legendSwatch, Y: mid + h/2}}}
+			e.th.Thumbnail(&icon)
+			c.FillText(sty, vg.Point{X: x + legendSwatch + legendGap, Y: mid}, e.name)
+		}
 	}
 }
 
@@ -245,16 +322,13 @@ func newPanel(ch *Chart) *plot.Plot {
 		size vg.Length
 	}{
 		{&p.Title.TextStyle.Font, 10}, {&p.X.Tick.Label.Font, 8}, {&p.Y.Tick.Label.Font, 8},
-		{&p.X.Label.TextStyle.Font, 8}, {&p.Y.Label.TextStyle.Font, 8}, {&p.Legend.TextStyle.Font, 7},
+		{&p.X.Label.TextStyle.Font, 9}, {&p.Y.Label.TextStyle.Font, 9},
 	} {
 		f.f.Variant = "Sans"
 		f.f.Size = f.size
 	}
 	p.X.Tick.Marker = clockTicks(ch.Series.Step)
 	p.Y.Tick.Marker = plot.TickerFunc(yTicks)
-	p.Legend.Top, p.Legend.Left = true, true
-	p.Legend.ThumbnailWidth = vg.Points(12)
-	p.Legend.XOffs = vg.Points(4)
 	p.Add(plotter.NewGrid())
 	p.Y.Min = 0
 	return p
@@ -262,11 +336,14 @@ func newPanel(ch *Chart) *plot.Plot {
 
 // addUse draws the window charges against the limits: tokens per minute
 // against TPM, or requests against RPM for a budget limited only by RPM.
-func (ch *Chart) addUse(p *plot.Plot, mins []float64) error {
+// rpmOnCalls says the calls panel should carry the RPM limits.
+func (ch *Chart) addUse(p *plot.Plot, mins []float64) (entries []legendEntry, rpmOnCalls bool, err error) {
 	tokens := true
 	hasLimit := ch.Static.TPM > 0
+	hasRPM := ch.Static.RPM > 0
 	for _, pt := range ch.Series.Points {
 		hasLimit = hasLimit || pt.LimitTPM > 0
+		hasRPM = hasRPM || pt.LimitRPM > 0
 	}
 	if !hasLimit && ch.Static.RPM > 0 {
 		tokens = false
@@ -281,16 +358,26 @@ func (ch *Chart) addUse(p *plot.Plot, mins []float64) error {
 		static, unit = ch.Static.RPM, "RPM"
 		p.Y.Label.Text = "requests / min"
 	}
-	area, err := plotter.NewLine(ch.stepXY(charged))
+	a, err := plotter.NewLine(ch.stepXY(charged))
 	if err != nil {
-		return err
+		return nil, false, err
 	}
-	area.StepStyle = plotter.PostStep
-	area.FillColor = colTokenFill
-	area.LineStyle = draw.LineStyle{Color: colTokens, Width: vg.Points(0.8)}
-	p.Add(area)
-	entries := []legendEntry{{"charged to the minute window", area}}
+	a.StepStyle = plotter.PostStep
+	a.FillColor = colTokenFill
+	a.LineStyle = draw.LineStyle{Color: colTokens, Width: vg.Points(0.8)}
+	p.Add(a)
+	entries = []legendEntry{{"charged to the minute window", a}}
+	lim, err := ch.addLimits(p, unit, limit, static)
+	if err != nil {
+		return nil, false, err
+	}
+	return append(entries, lim...), tokens && hasRPM, nil
+}
 
+// addLimits draws the effective limit recorded with the history and the
+// static limit, and returns their legend entries.
+func (ch *Chart) addLimits(p *plot.Plot, unit string, limit func(st *broker.Stats) int64, static int64) ([]legendEntry, error) {
+	var entries []legendEntry
 	// The effective limit is recorded with the history only in steps that
 	// saw traffic: carry the last one forward, and draw nothing before
 	// the first.
@@ -310,7 +397,7 @@ func (ch *Chart) addUse(p *plot.Plot, mins []float64) error {
 	if len(eff) > 0 {
 		l, err := plotter.NewLine(eff)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		l.StepStyle = plotter.PostStep
 		l.LineStyle = draw.LineStyle{Color: colEffective, Width: vg.Points(1.5)}
@@ -321,14 +408,66 @@ func (ch *Chart) addUse(p *plot.Plot, mins []float64) error {
 		first, end := xys[0].X, xys[len(xys)-1].X
 		l, err := plotter.NewLine(plotter.XYs{{X: first, Y: float64(static)}, {X: end, Y: float64(static)}})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		l.LineStyle = draw.LineStyle{Color: colStatic, Width: vg.Points(1), Dashes: []vg.Length{vg.Points(4), vg.Points(3)}}
-		p.Add(l)
-		entries = append(entries, legendEntry{ch.StaticLabel + " " + unit, l})
+		name := ch.StaticLabel + " " + unit
+		// A static limit far above the traffic and the effective limit
+		// (an adaptive ceiling engaged, or a quiet budget) would flatten
+		// both into the axis: name it instead of drawing it.
+		if top := p.Y.Max; top > 0 && float64(static) > staticScale*top {
+			name += " " + shortNumber(float64(static)) + ", off the scale"
+		} else {
+			p.Add(l)
+		}
+		entries = append(entries, legendEntry{name, l})
 	}
-	addLegend(p, entries)
-	return nil
+	return entries, nil
+}
+
+// staticScale is how far above the rest of a panel a static limit may
+// be and still be drawn.
+const staticScale = 2.5
+
+// area is a stepped area between zero and its values (below the axis
+// where they are negative). plotter.Line fills down to the axis minimum
+// instead, which would cover anything drawn below zero.
+type area struct {
+	xys  plotter.XYs // as stepXY makes them: the last point ends the span
+	fill color.Color
+}
+
+func (a *area) Plot(c draw.Canvas, p *plot.Plot) {
+	if len(a.xys) == 0 {
+		return
+	}
+	trX, trY := p.Transforms(&c)
+	zero := trY(0)
+	poly := make([]vg.Point, 0, 2*len(a.xys)+2)
+	poly = append(poly, vg.Point{X: trX(a.xys[0].X), Y: zero})
+	for i, xy := range a.xys {
+		x, y := trX(xy.X), trY(xy.Y)
+		if i > 0 {
+			// Post-step: the previous value holds until this point.
+			poly = append(poly, vg.Point{X: x, Y: poly[len(poly)-1].Y})
+		}
+		poly = append(poly, vg.Point{X: x, Y: y})
+	}
+	poly = append(poly, vg.Point{X: poly[len(poly)-1].X, Y: zero})
+	c.FillPolygon(a.fill, c.ClipPolygonXY(poly))
+}
+
+func (a *area) DataRange() (xmin, xmax, ymin, ymax float64) {
+	xmin, xmax = math.Inf(1), math.Inf(-1)
+	for _, xy := range a.xys {
+		xmin, xmax = min(xmin, xy.X), max(xmax, xy.X)
+		ymin, ymax = min(ymin, xy.Y), max(ymax, xy.Y)
+	}
+	return xmin, xmax, ymin, ymax
+}
+
+func (a *area) Thumbnail(c *draw.Canvas) {
+	c.FillPolygon(a.fill, []vg.Point{c.Min, {X: c.Min.X, Y: c.Max.Y}, c.Max, {X: c.Max.X, Y: c.Min.Y}})
 }
 
 // clockTicks labels the time axis at round clock times: every 10 minutes
@@ -370,11 +509,34 @@ func (u unlabelled) Ticks(lo, hi float64) []plot.Tick {
 
 // yTicks are plot's default ticks with labels as plain, short numbers
 // (12k rather than 12000), which keeps the axes of all charts aligned.
+// Below zero are refusals: their labels are counts, without the sign, and
+// zero is always labelled, so the two sides of the axis read apart.
 func yTicks(lo, hi float64) []plot.Tick {
 	ticks := plot.DefaultTicks{}.Ticks(lo, hi)
+	if lo < 0 {
+		// Default ticks over [lo, hi] need not fall on zero: step from
+		// zero by the labelled step of the larger side.
+		var labelled []float64
+		for _, t := range (plot.DefaultTicks{}).Ticks(0, max(hi, -lo)) {
+			if t.Label != "" {
+				labelled = append(labelled, t.Value)
+			}
+		}
+		step := max(hi, -lo)
+		if len(labelled) > 1 {
+			step = labelled[1] - labelled[0]
+		}
+		ticks = ticks[:0]
+		for v := math.Ceil(lo/step) * step; v <= hi+step/1e9; v += step {
+			if math.Abs(v) < step/1e9 {
+				v = 0
+			}
+			ticks = append(ticks, plot.Tick{Value: v, Label: "x"})
+		}
+	}
 	for i := range ticks {
 		if ticks[i].Label != "" {
-			ticks[i].Label = shortNumber(ticks[i].Value)
+			ticks[i].Label = shortNumber(math.Abs(ticks[i].Value))
 		}
 	}
 	return ticks

@@ -121,7 +121,7 @@ func TestWriteSVGDrawsEveryChartAndLayer(t *testing.T) {
 		{Series: hourSeries(key("model-clean"), calls(10, 0)), To: t0.Add(time.Hour), Title: "clean",
 			Static: broker.Limits{TPM: 100_000}, StaticLabel: "quota x 0.9"},
 		// A budget limited by RPM only is drawn against RPM.
-		{Series: hourSeries(key("model-rpm"), func(i int, s *broker.Stats) { s.Granted, s.Completed, s.WindowRequests = 3, 3, 3 }),
+		{Series: hourSeries(key("model-rpm"), func(i int, s *broker.Stats) { s.Granted, s.Completed, s.WindowRequests = 30, 30, 30 }),
 			To: t0.Add(time.Hour), Title: "rpm only", Static: broker.Limits{RPM: 50}, StaticLabel: "override"},
 	}
 	var b bytes.Buffer
@@ -136,7 +136,7 @@ func TestWriteSVGDrawsEveryChartAndLayer(t *testing.T) {
 		name, prop, colour string
 	}{
 		{"successful", "fill", "#2CA02C"}, {"throttled", "fill", "#D62728"}, {"errors", "fill", "#FF7F0E"},
-		{"refused", "stroke", "#595959"}, {"charged", "stroke", "#1F77B4"}, {"static limit", "stroke", "#222222"},
+		{"refused", "fill", "#595959"}, {"charged", "stroke", "#1F77B4"}, {"static limit", "stroke", "#222222"},
 	} {
 		if got := len(paths(root, c.prop, c.colour)); got != 2*len(charts) {
 			t.Errorf("%s: %d paths with %s %s, want %d (area and legend per chart)", c.name, got, c.prop, c.colour, 2*len(charts))
@@ -162,13 +162,93 @@ func TestWriteSVGDrawsEveryChartAndLayer(t *testing.T) {
 
 	txt := strings.Join(texts(root), "\n")
 	for _, want := range []string{"throttled", "clean", "rpm only", "tokens / min", "requests / min",
-		"effective TPM limit", "quota x 0.9 TPM", "override RPM", "refused by broker", "10:30"} {
+		"effective TPM limit", "quota x 0.9 TPM", "override RPM", "refused by broker", "10:30", "time (UTC)"} {
 		if !strings.Contains(txt, want) {
 			t.Errorf("SVG text lacks %q", want)
 		}
 	}
 	if strings.Contains(txt, "effective RPM limit") {
 		t.Error("an effective RPM limit is drawn although no history recorded one")
+	}
+}
+
+func TestWriteSVGDrawsRPMLimitsOnTheCallsPanel(t *testing.T) {
+	t.Parallel()
+	fill := calls(10, 0)
+	c := Chart{Series: hourSeries(key("m"), func(i int, s *broker.Stats) { fill(i, s); s.LimitRPM = 90 }), To: t0.Add(time.Hour),
+		Title: "both limits", Static: broker.Limits{TPM: 100_000, RPM: 100}, StaticLabel: "quota x 0.9"}
+	var b bytes.Buffer
+	if err := WriteSVG(&b, []Chart{c}, ""); err != nil {
+		t.Fatal(err)
+	}
+	saveArtifact(t, "rpm.svg", b.Bytes())
+	root := parseSVG(t, b.Bytes())
+	txt := strings.Join(texts(root), "\n")
+	for _, want := range []string{"effective TPM limit", "quota x 0.9 TPM", "effective RPM limit", "quota x 0.9 RPM", "tokens / min"} {
+		if !strings.Contains(txt, want) {
+			t.Errorf("SVG text lacks %q", want)
+		}
+	}
+	// Effective and static limits, each a line and a legend swatch, on
+	// both panels.
+	if got := len(paths(root, "stroke", "#9467BD")); got != 4 {
+		t.Errorf("effective limits: %d paths, want 4", got)
+	}
+	if got := len(paths(root, "stroke", "#222222")); got != 4 {
+		t.Errorf("static limits: %d paths, want 4", got)
+	}
+}
+
+func TestStaticLimitFarAboveIsNamedNotDrawn(t *testing.T) {
+	t.Parallel()
+	// 3 requests a minute against 50: drawn to scale, the traffic would be
+	// a line on the axis.
+	c := Chart{Series: hourSeries(key("m"), func(i int, s *broker.Stats) { s.Granted, s.Completed, s.WindowRequests = 3, 3, 3 }),
+		To: t0.Add(time.Hour), Title: "quiet", Static: broker.Limits{RPM: 50}, StaticLabel: "override"}
+	var b bytes.Buffer
+	if err := WriteSVG(&b, []Chart{c}, ""); err != nil {
+		t.Fatal(err)
+	}
+	root := parseSVG(t, b.Bytes())
+	if txt := strings.Join(texts(root), "\n"); !strings.Contains(txt, "override RPM 50, off the scale") {
+		t.Errorf("SVG text lacks the static limit named off the scale:\n%s", txt)
+	}
+	if got := len(paths(root, "stroke", "#222222")); got != 1 {
+		t.Errorf("static limit: %d paths, want the legend's alone", got)
+	}
+}
+
+func TestRefusalsHangBelowTheAxis(t *testing.T) {
+	t.Parallel()
+	c := Chart{Series: hourSeries(key("m"), calls(10, 0)), To: t0.Add(time.Hour), Title: "refused"}
+	panels, err := c.plots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := panels[0].p
+	if calls.Y.Min >= 0 {
+		t.Errorf("calls panel's axis starts at %v: refusals (1 a minute) are not below it", calls.Y.Min)
+	}
+	if calls.Y.Min < -1.1 {
+		t.Errorf("calls panel's axis reaches %v, below the refusals of 1 a minute", calls.Y.Min)
+	}
+	zero := false
+	for _, tk := range yTicks(calls.Y.Min, calls.Y.Max) {
+		if strings.HasPrefix(tk.Label, "-") {
+			t.Errorf("tick %v labelled %q: refusals are counts, without a sign", tk.Value, tk.Label)
+		}
+		zero = zero || (tk.Value == 0 && tk.Label == "0")
+	}
+	if !zero {
+		t.Errorf("no tick labels zero on an axis from %v to %v", calls.Y.Min, calls.Y.Max)
+	}
+	// An axis from -16 to 6 steps from zero.
+	var labels []string
+	for _, tk := range yTicks(-16, 6) {
+		labels = append(labels, tk.Label)
+	}
+	if got := strings.Join(labels, " "); got != "15 10 5 0 5" {
+		t.Errorf("ticks of -16..6 labelled %q, want 15 10 5 0 5", got)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/broker/bolt"
+	"github.com/bedrockqb/quotabroker/internal/alert"
 	"github.com/bedrockqb/quotabroker/internal/clocktest"
 	"github.com/bedrockqb/quotabroker/server"
 	"github.com/bedrockqb/quotabroker/server/dashboard"
@@ -37,13 +38,34 @@ var models = []struct {
 	{llama, broker.Limits{RPM: 400, TPM: 600_000}},
 }
 
-// fixture is a broker on a real bbolt file with a fake clock, and the
-// dashboard and /metrics on one mux behind a real HTTP server on loopback.
+// fixture is a broker on a real bbolt file with a fake clock, its alerter
+// with the default rules, and the dashboard and /metrics on one mux behind
+// a real HTTP server on loopback.
 type fixture struct {
-	b     *broker.Broker
-	clock *clocktest.Clock
-	url   string
-	keys  map[string]broker.Key
+	b      *broker.Broker
+	clock  *clocktest.Clock
+	alerts *alert.Alerter
+	url    string
+	keys   map[string]broker.Key
+	tally  map[string]*tally // by model id
+}
+
+// firing adapts the alerter to the dashboard, as cmd/quota-broker does.
+type firing struct{ a *alert.Alerter }
+
+func (f firing) Firing() []dashboard.Firing {
+	var out []dashboard.Firing
+	for _, al := range f.a.Alerts() {
+		if al.Firing {
+			out = append(out, dashboard.Firing{Region: al.Budget.Region, Scope: al.Budget.Scope, Model: al.Budget.Model, Rule: string(al.Rule)})
+		}
+	}
+	return out
+}
+
+// tally counts what the fixture's callers saw of a model.
+type tally struct {
+	calls, throttled, refused int64
 }
 
 func start(t testing.TB, cfg dashboard.Config) *fixture {
@@ -62,7 +84,11 @@ func start(t testing.TB, cfg dashboard.Config) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
-	f := &fixture{b: b, clock: clock, keys: map[string]broker.Key{}}
+	al, err := alert.New(b, nil, alert.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{b: b, clock: clock, alerts: al, keys: map[string]broker.Key{}, tally: map[string]*tally{}}
 	var specs []broker.Spec
 	for _, m := range models {
 		k, err := broker.ParseModelID(m.id, "", "us-east-1")
@@ -78,6 +104,9 @@ func start(t testing.TB, cfg dashboard.Config) *fixture {
 	// The same mux as serve builds: /metrics and the dashboard.
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", server.MetricsHandler(server.NewRegistry(b)))
+	if cfg.Alerts == nil {
+		cfg.Alerts = firing{al}
+	}
 	dashboard.New(b, cfg).Register(mux)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -86,9 +115,9 @@ func start(t testing.TB, cfg dashboard.Config) *fixture {
 }
 
 // drive runs minutes of traffic, a minute at a time, flushing history to
-// the store after each as the sweep does. Load rises and falls; sonnet's
-// calls are partly throttled by Bedrock, haiku's RPM makes the broker
-// refuse some.
+// the store after each as the sweep does, and evaluating the alerts. Load
+// rises and falls; sonnet's calls are partly throttled by Bedrock (its
+// throttle_rate alert fires), haiku's RPM makes the broker refuse some.
 func (f *fixture) drive(t testing.TB, minutes int) {
 	t.Helper()
 	ctx := context.Background()
@@ -106,6 +135,7 @@ func (f *fixture) drive(t testing.TB, minutes int) {
 		// let the last minute's calls go.
 		f.clock.Advance(time.Minute + time.Second)
 		f.b.Sweep(ctx)
+		f.alerts.Evaluate()
 	}
 }
 
@@ -114,18 +144,26 @@ func (f *fixture) drive(t testing.TB, minutes int) {
 func (f *fixture) calls(t testing.TB, model string, n int, outcome func(i int) broker.Outcome) {
 	t.Helper()
 	ctx := context.Background()
+	tl := f.tally[model]
+	if tl == nil {
+		tl = &tally{}
+		f.tally[model] = tl
+	}
 	for i := range n {
 		d, err := f.b.Acquire(ctx, broker.AcquireRequest{ModelID: model, Client: "svc-a", InputTokens: 2000, MaxOutputTokens: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !d.Granted {
+			tl.refused++
 			continue
 		}
 		u := broker.Usage{InputTokens: 2000, OutputTokens: 300}
 		o := outcome(i)
+		tl.calls++
 		if o == broker.OutcomeThrottled {
 			u = broker.Usage{}
+			tl.throttled++
 		}
 		if _, err := f.b.Complete(ctx, d.Lease.ID, o, u); err != nil {
 			t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"html/template"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -38,6 +37,9 @@ type Config struct {
 	CacheFor time.Duration
 	// Now is the cache's clock; nil: time.Now.
 	Now func() time.Time
+	// Alerts, when set, lets the summary show the alerts firing and rank
+	// budgets with firing alerts first; nil: the page does not show alerts.
+	Alerts Alerts
 }
 
 // Dashboard serves the page and the SVG charts.
@@ -155,7 +157,7 @@ func (d *Dashboard) wait(w http.ResponseWriter, r *http.Request) bool {
 }
 
 func (d *Dashboard) collect(w http.ResponseWriter, r *http.Request, f broker.ReportFilter, spans []Span) (*view, bool) {
-	v, err := collect(r.Context(), d.src, f, spans, d.cfg.MaxCharts)
+	v, err := collect(r.Context(), d.src, d.cfg.Alerts, f, spans, d.cfg.MaxCharts)
 	if err != nil {
 		if r.Context().Err() == nil {
 			d.cfg.Logger.Error("dashboard: read usage history", "err", err)
@@ -227,34 +229,6 @@ func (d *Dashboard) fail(w http.ResponseWriter, err error) {
 	http.Error(w, "the charts could not be drawn; the broker's log has the cause", http.StatusInternalServerError)
 }
 
-// pageData is what the template shows.
-type pageData struct {
-	Generated, Version string
-	Model, Region      string
-	Span               string // the ?span= asked for, "" for all
-	Spans              []Span
-	Budgets            int
-	Rows               []row
-	More, Idle         []listed
-	Empty              string
-	Longest            string // name of the longest span shown
-}
-
-type row struct {
-	Key     string
-	Summary string
-	Charts  []figure
-}
-
-type figure struct {
-	Span string
-	SVG  template.HTML
-}
-
-type listed struct {
-	Key, Note string
-}
-
 func (d *Dashboard) servePage(w http.ResponseWriter, r *http.Request) {
 	f, spans, err := params(r, true)
 	if err != nil {
@@ -273,39 +247,8 @@ func (d *Dashboard) servePage(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	pd := pageData{
-		Generated: v.Now.UTC().Format(time.RFC3339), Version: d.cfg.Version,
-		Model: v.Filter.Model, Region: v.Filter.Region, Span: r.URL.Query().Get("span"),
-		Spans: v.Spans, Budgets: v.Budgets, Longest: v.Spans[len(v.Spans)-1].Name,
-	}
-	for _, b := range v.Charted {
-		rw := row{Key: b.Key.String(), Summary: summary(&b)}
-		for si, c := range b.Charts {
-			svg, err := inlineSVG([]Chart{c}, "")
-			if err != nil {
-				d.fail(w, err)
-				return
-			}
-			// The SVG is trusted markup: gonum/plot wrote it from numbers,
-			// escaping every text it drew (the budget key in the title).
-			rw.Charts = append(rw.Charts, figure{Span: v.Spans[si].Name, SVG: template.HTML(svg)})
-		}
-		pd.Rows = append(pd.Rows, rw)
-	}
-	for _, b := range v.More {
-		pd.More = append(pd.More, listed{Key: b.Key.String(), Note: fmt.Sprintf("%d requests", b.Traffic)})
-	}
-	for _, b := range v.Idle {
-		pd.Idle = append(pd.Idle, listed{Key: b.Key.String(), Note: limitsNote(b.Report)})
-	}
-	if len(v.Charted) == 0 {
-		pd.Empty = v.emptyMessage(len(v.Spans)-1) + "."
-		if v.Budgets > 0 {
-			pd.Empty += " Charts appear once callers acquire leases; the broker records history every second."
-		}
-	}
-	var buf bytes.Buffer
-	if err := pageTemplate.Execute(&buf, pd); err != nil {
+	buf, err := d.page(v, r.URL.Query().Get("span"))
+	if err != nil {
 		d.fail(w, err)
 		return
 	}
@@ -315,38 +258,7 @@ func (d *Dashboard) servePage(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
-	d.respond(w, r, key, &buf)
-}
-
-// summary is a budget's line above its charts: traffic over the longest
-// span, and its state now.
-func summary(b *budgetView) string {
-	t := &b.Total
-	s := fmt.Sprintf("%d calls, %d throttled (%.1f%%), %d refused by the broker", t.Calls(),
-		t.Throttled+t.ReportedThrottles, 100*t.ThrottleRate(), t.Refused)
-	if r := b.Report; r != nil {
-		s += fmt.Sprintf("; now %.0f%% of the tightest limit, %s", 100*r.Utilisation, limitsNote(r))
-	} else {
-		s += "; no longer configured"
-	}
-	return s
-}
-
-func limitsNote(r *broker.BudgetReport) string {
-	if r == nil {
-		return ""
-	}
-	var parts []string
-	if l := r.Effective.TPM; l > 0 {
-		parts = append(parts, fmt.Sprintf("%s TPM", shortNumber(float64(l))))
-	}
-	if l := r.Effective.RPM; l > 0 {
-		parts = append(parts, fmt.Sprintf("%s RPM", shortNumber(float64(l))))
-	}
-	if len(parts) == 0 {
-		return "no limit"
-	}
-	return "limit " + strings.Join(parts, ", ")
+	d.respond(w, r, key, buf)
 }
 
 // buildVersion is the module version and VCS revision the binary was built
@@ -367,54 +279,3 @@ func buildVersion() string {
 	}
 	return v
 }
-
-var pageTemplate = template.Must(template.New("page").Parse(`<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="refresh" content="60">
-<link rel="icon" href="data:,">
-<title>Quota broker dashboard</title>
-<style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1em 1.5em; color: #222; }
-header { display: flex; flex-wrap: wrap; gap: 0.5em 2em; align-items: baseline; border-bottom: 1px solid #ccc; padding-bottom: 0.5em; }
-header h1 { font-size: 1.3em; margin: 0; }
-header .meta { color: #666; }
-form { display: inline; }
-section.budget { margin: 1em 0 1.5em; }
-section.budget h2 { font-size: 1em; margin: 0; font-family: ui-monospace, monospace; }
-.summary { color: #555; margin: 0.2em 0 0.4em; }
-.charts { display: flex; flex-wrap: wrap; gap: 1em; }
-figure.chart { margin: 0; }
-figure.chart svg { max-width: 100%; height: auto; }
-.listed { font-family: ui-monospace, monospace; font-size: 0.9em; color: #444; }
-.listed span { white-space: nowrap; margin-right: 1.5em; }
-.empty { padding: 2em 0; font-size: 1.1em; color: #555; }
-</style>
-</head>
-<body>
-<header>
-<h1>Quota broker dashboard</h1>
-<span class="meta">generated {{.Generated}} &middot; version {{.Version}} &middot; {{.Budgets}} budgets &middot; <a href="/metrics">/metrics</a></span>
-<span>span:
-<a href="?span=hour&amp;model={{.Model}}&amp;region={{.Region}}">hour</a> |
-<a href="?span=day&amp;model={{.Model}}&amp;region={{.Region}}">day</a> |
-<a href="?model={{.Model}}&amp;region={{.Region}}">both</a></span>
-<form method="get" action="/dashboard"><input type="hidden" name="span" value="{{.Span}}">
-<input type="hidden" name="region" value="{{.Region}}">
-<input name="model" value="{{.Model}}" placeholder="model contains" size="24"> <button>filter</button></form>
-</header>
-{{if .Empty}}<p class="empty" id="empty">{{.Empty}}</p>{{end}}
-{{range .Rows}}{{$key := .Key}}<section class="budget">
-<h2>{{.Key}}</h2>
-<p class="summary">{{.Summary}}</p>
-<div class="charts">{{range .Charts}}<figure class="chart" data-budget="{{$key}}" data-span="{{.Span}}">{{.SVG}}</figure>{{end}}</div>
-</section>
-{{end}}
-{{if .More}}<h3>{{len .More}} more budgets with traffic (not charted; narrow with the model filter)</h3>
-<p class="listed" id="more">{{range .More}}<span>{{.Key}} ({{.Note}})</span> {{end}}</p>{{end}}
-{{if .Idle}}<h3>{{len .Idle}} idle budgets (no history in the last {{.Longest}})</h3>
-<p class="listed" id="idle">{{range .Idle}}<span>{{.Key}} ({{.Note}})</span> {{end}}</p>{{end}}
-</body>
-</html>
-`))
