@@ -42,7 +42,7 @@ var (
 // Limit names the limit of a budget that refused a lease. Its values are
 // the proto's Limit values, and its names derive from them, so a limit the
 // broker adds later decodes and prints without a change here.
-type Limit int32
+type Limit int
 
 // Limits, as ErrorInfo reasons LIMIT_RPM ... name them.
 const (
