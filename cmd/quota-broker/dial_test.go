@@ -74,4 +74,10 @@ func TestEveryClientCommandDialsTLSWithToken(t *testing.T) {
 			}
 		}
 	}
+	// probe's old --broker still names the address, with a warning.
+	var out, errOut strings.Builder
+	err = run(context.Background(), []string{"probe", "--model", model, "--region", "us-east-1", "--broker", addr, "--tls-ca", ca.CertFile, "--token", tok}, &out, &errOut)
+	if !commands[1].reached(out.String(), err) || !strings.Contains(errOut.String(), "--broker is deprecated; use --addr") {
+		t.Errorf("probe --broker: err %v, stderr %q\n%s", err, errOut.String(), out.String())
+	}
 }
