@@ -53,7 +53,9 @@
 // is RESOURCE_EXHAUSTED with google.rpc.RetryInfo and google.rpc.ErrorInfo
 // (reason LIMIT_RPM, LIMIT_TPM, LIMIT_TPD or LIMIT_CONCURRENCY for a budget's
 // limit; LIMIT_CLIENT_WAITERS, LIMIT_WAITERS or LIMIT_CLIENT_LEASES for the
-// bounds that protect the broker from a flood).
+// bounds that protect the broker from a flood). The reason is the name of
+// the proto's Limit value, found through one table from the domain's limits
+// (limit.go); a limit kind of either side without a row fails its test.
 //
 // AcquireLease waits at most the request's wait, the broker's maximum, and
 // the RPC deadline less Config.DeadlineMargin, so a caller with a deadline

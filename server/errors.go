@@ -59,7 +59,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 // refusal is the status of an AcquireLease that found no capacity in time:
 // RESOURCE_EXHAUSTED with google.rpc.RetryInfo (when to try again) and
 // google.rpc.ErrorInfo (reason LIMIT_TPM etc.: which limit blocked). The
-// reasons are the names of the proto's Limit values.
+// reasons are the names of the proto's Limit values (limit.go).
 func refusal(key broker.Key, d broker.Decision) error {
 	retry := "; retry after " + d.RetryAfter.Round(time.Millisecond).String()
 	msg := "no capacity on " + d.Blocked.String() + " of " + key.String() + " within the wait" + retry
@@ -75,7 +75,7 @@ func refusal(key broker.Key, d broker.Decision) error {
 	withDetails, err := st.WithDetails(
 		&errdetails.RetryInfo{RetryDelay: durationpb.New(d.RetryAfter)},
 		&errdetails.ErrorInfo{
-			Reason: "LIMIT_" + limitReason(d.Blocked),
+			Reason: limitReason(d.Blocked),
 			Domain: ErrorDomain,
 			Metadata: map[string]string{
 				"limit":  d.Blocked.String(),
@@ -89,24 +89,4 @@ func refusal(key broker.Key, d broker.Decision) error {
 		return st.Err() // details are an aid; the code and message stand alone
 	}
 	return withDetails.Err()
-}
-
-func limitReason(l broker.Limit) string {
-	switch l {
-	case broker.LimitRPM:
-		return "RPM"
-	case broker.LimitTPM:
-		return "TPM"
-	case broker.LimitTPD:
-		return "TPD"
-	case broker.LimitConcurrency:
-		return "CONCURRENCY"
-	case broker.LimitClientWaiters:
-		return "CLIENT_WAITERS"
-	case broker.LimitWaiters:
-		return "WAITERS"
-	case broker.LimitClientLeases:
-		return "CLIENT_LEASES"
-	}
-	return "UNKNOWN"
 }

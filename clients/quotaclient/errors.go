@@ -10,6 +10,8 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 )
 
 // Sentinels for errors.Is. A refusal is matched by ErrRefused and carries
@@ -37,42 +39,39 @@ var (
 	ErrPermission = errors.New("quotaclient: permission denied")
 )
 
-// Limit names the limit of a budget that refused a lease.
+// Limit names the limit of a budget that refused a lease. Its values are
+// the proto's Limit values, and its names derive from them, so a limit the
+// broker adds later decodes and prints without a change here.
 type Limit int
 
 // Limits, as ErrorInfo reasons LIMIT_RPM ... name them.
 const (
-	LimitUnknown Limit = iota
-	LimitRPM
-	LimitTPM
-	LimitTPD
-	LimitConcurrency
+	LimitUnknown     = Limit(pb.Limit_LIMIT_UNSPECIFIED)
+	LimitRPM         = Limit(pb.Limit_LIMIT_RPM)
+	LimitTPM         = Limit(pb.Limit_LIMIT_TPM)
+	LimitTPD         = Limit(pb.Limit_LIMIT_TPD)
+	LimitConcurrency = Limit(pb.Limit_LIMIT_CONCURRENCY)
 	// The bounds that protect the broker from a flood: too many calls of
 	// this client waiting, too many calls waiting in all, too many leases
 	// held by this client.
-	LimitClientWaiters
-	LimitWaiters
-	LimitClientLeases
+	LimitClientWaiters = Limit(pb.Limit_LIMIT_CLIENT_WAITERS)
+	LimitWaiters       = Limit(pb.Limit_LIMIT_WAITERS)
+	LimitClientLeases  = Limit(pb.Limit_LIMIT_CLIENT_LEASES)
 )
 
+// String is the proto name without its LIMIT_ prefix, in lower case with
+// spaces ("client waiters"); the three-letter names are the rate units and
+// stay upper case (RPM, TPM, TPD).
 func (l Limit) String() string {
-	switch l {
-	case LimitRPM:
-		return "RPM"
-	case LimitTPM:
-		return "TPM"
-	case LimitTPD:
-		return "TPD"
-	case LimitConcurrency:
-		return "concurrency"
-	case LimitClientWaiters:
-		return "client waiters"
-	case LimitWaiters:
-		return "waiters"
-	case LimitClientLeases:
-		return "client leases"
+	name, ok := pb.Limit_name[int32(l)]
+	if !ok || l == LimitUnknown {
+		return "unknown"
 	}
-	return "unknown"
+	name = strings.TrimPrefix(name, "LIMIT_")
+	if len(name) == 3 {
+		return name
+	}
+	return strings.ReplaceAll(strings.ToLower(name), "_", " ")
 }
 
 // RefusedError is a lease refused for want of capacity: try again after
@@ -188,22 +187,11 @@ func tlsRefused(msg string) bool {
 	return strings.Contains(msg, "authentication handshake failed") || strings.Contains(msg, "remote error: tls:")
 }
 
+// limitOfReason reads an ErrorInfo reason: the name of a proto Limit value.
+// A name this client's generated code does not know is LimitUnknown.
 func limitOfReason(reason string) Limit {
-	switch reason {
-	case "LIMIT_RPM":
-		return LimitRPM
-	case "LIMIT_TPM":
-		return LimitTPM
-	case "LIMIT_TPD":
-		return LimitTPD
-	case "LIMIT_CONCURRENCY":
-		return LimitConcurrency
-	case "LIMIT_CLIENT_WAITERS":
-		return LimitClientWaiters
-	case "LIMIT_WAITERS":
-		return LimitWaiters
-	case "LIMIT_CLIENT_LEASES":
-		return LimitClientLeases
+	if v, ok := pb.Limit_value[reason]; ok {
+		return Limit(v)
 	}
 	return LimitUnknown
 }

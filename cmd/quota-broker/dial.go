@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"google.golang.org/grpc"
@@ -36,9 +37,21 @@ func addDialFlags(fs *flag.FlagSet) *dialFlags {
 	return d
 }
 
-// dial connects to the broker as the flags say. gRPC connects lazily, so a
-// wrong address or a refused certificate shows on the first call.
-func (d *dialFlags) dial() (*grpc.ClientConn, error) {
+// deprecatedAddr registers --name as an old spelling of --addr that still
+// works, so that scripts written for it do not break, and says so on stderr
+// each time it is used.
+func (d *dialFlags) deprecatedAddr(fs *flag.FlagSet, name string, stderr io.Writer) {
+	fs.Func(name, "deprecated: use --addr", func(v string) error {
+		fmt.Fprintf(stderr, "quota-broker %s: --%s is deprecated; use --addr\n", fs.Name(), name)
+		d.addr = v
+		return nil
+	})
+}
+
+// dial connects to the broker as the flags say; opts come after the flags'
+// (e.g. a larger message size). gRPC connects lazily, so a wrong address or
+// a refused certificate shows on the first call.
+func (d *dialFlags) dial(opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	if (d.cert == "") != (d.key == "") {
 		return nil, errors.New("--tls-cert and --tls-key go together")
 	}
@@ -64,11 +77,11 @@ func (d *dialFlags) dial() (*grpc.ClientConn, error) {
 		}
 		creds = credentials.NewTLS(cfg)
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	all := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
 	if d.token != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(quotaclient.BearerToken(d.token)))
+		all = append(all, grpc.WithPerRPCCredentials(quotaclient.BearerToken(d.token)))
 	}
-	conn, err := grpc.NewClient(d.addr, opts...)
+	conn, err := grpc.NewClient(d.addr, append(all, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("broker %s: %w", d.addr, err)
 	}

@@ -22,10 +22,10 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/clients/quotaclient"
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
+	"github.com/bedrockqb/quotabroker/internal/increase"
 )
 
 const sonnetTPMCode = "L-CCB5CBE9" // cross-region TPM of Sonnet 4.5, default scenario
@@ -101,12 +101,12 @@ func TestIncreaseAgainstSimulator(t *testing.T) {
 			total.GetCloudwatchInvocations(), total.GetCloudwatchInputTokens(), total.GetCloudwatchOutputTokens(), calls, input, output)
 	}
 
-	increaseJSON := func(args ...string) (increaseReport, error) {
+	increaseJSON := func(args ...string) (increase.Report, error) {
 		t.Helper()
 		var out strings.Builder
-		err := run(ctx, append([]string{"increase", "--model", sonnetProfile, "--broker", addr, "--aws-endpoint", hs.URL,
+		err := run(ctx, append([]string{"increase", "--model", sonnetProfile, "--addr", addr, "--aws-endpoint", hs.URL,
 			"--period", "1h", "--output", "json"}, args...), &out, io.Discard)
-		var rep increaseReport
+		var rep increase.Report
 		if jerr := json.Unmarshal([]byte(out.String()), &rep); jerr != nil {
 			t.Fatalf("increase %v: output is not JSON (%v): %q, error %v", args, jerr, out.String(), err)
 		}
@@ -178,9 +178,14 @@ func TestIncreaseAgainstSimulator(t *testing.T) {
 	}
 
 	// The table names the evidence and the request.
-	var out strings.Builder
-	if err := run(ctx, []string{"increase", "--model", sonnetProfile, "--broker", addr, "--aws-endpoint", hs.URL, "--period", "1h", "--desired", "900000"}, &out, io.Discard); err != nil {
+	// (With --broker, the old name of --addr: it still works, and says it
+	// is deprecated.)
+	var out, errOut strings.Builder
+	if err := run(ctx, []string{"increase", "--model", sonnetProfile, "--broker", addr, "--aws-endpoint", hs.URL, "--period", "1h", "--desired", "900000"}, &out, &errOut); err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(errOut.String(), "--broker is deprecated; use --addr") {
+		t.Errorf("--broker: stderr %q, want a deprecation warning", errOut.String())
 	}
 	for _, want := range []string{"tokens (TPM)", "refused by the broker 2", sonnetTPMCode, "Not filed (add --yes", "750,000", "PENDING"} {
 		if !strings.Contains(out.String(), want) {
@@ -189,54 +194,13 @@ func TestIncreaseAgainstSimulator(t *testing.T) {
 	}
 
 	// No traffic, no evidence.
-	err = run(ctx, []string{"increase", "--model", "us.anthropic.claude-haiku-4-5-20251001-v1:0", "--broker", addr, "--aws-endpoint", hs.URL, "--period", "1h"}, io.Discard, io.Discard)
+	err = run(ctx, []string{"increase", "--model", "us.anthropic.claude-haiku-4-5-20251001-v1:0", "--addr", addr, "--aws-endpoint", hs.URL, "--period", "1h"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "no usage") {
 		t.Errorf("increase without history: %v", err)
 	}
 }
 
-func TestBuildEvidence(t *testing.T) {
-	key := broker.Key{Region: "us-east-1", Scope: broker.ScopeCrossRegion, Model: "m"}
-	// Five minutes with traffic (one refusing), one with a settlement only.
-	points := []*pb.UsagePoint{
-		{Granted: 2, WindowRequests: 2, WindowTokens: 1000, Calls: 1, Successful: 1, InputTokens: 300, OutputTokens: 40},
-		{Granted: 4, WindowRequests: 4, WindowTokens: 4000, Calls: 4, Successful: 3, Throttled: 1, InputTokens: 900, OutputTokens: 100},
-		{Granted: 1, WindowRequests: 1, WindowTokens: 500, Calls: 1, Successful: 1, InputTokens: 300, OutputTokens: 20},
-		{Granted: 3, WindowRequests: 3, WindowTokens: 3000, Refused: 2, Calls: 3, Successful: 3, InputTokens: 900, OutputTokens: 60},
-		{Granted: 2, WindowRequests: 2, WindowTokens: 1500, Calls: 2, Successful: 2, ReportedThrottles: 1, InputTokens: 600, OutputTokens: 30},
-		{Calls: 1, Successful: 1, InputTokens: 300, OutputTokens: 10}, // settled a call of the minute before
-	}
-	ev := buildEvidence(key, time.Time{}, time.Time{}, points, 0.8)
-	if ev.Minutes != 5 || ev.Calls != 12 || ev.Successful != 11 || ev.Throttles != 2 || ev.Refused != 2 {
-		t.Fatalf("counts %+v", ev)
-	}
-	if ev.AvgInputTokens != 3300.0/11 || ev.AvgOutputTokens != 260.0/11 {
-		t.Errorf("averages %v %v", ev.AvgInputTokens, ev.AvgOutputTokens)
-	}
-	// Per-minute TPM sorted: 500 1000 1500 3000 4000.
-	if ev.TPM.Steady != 1500 || ev.TPM.Peak != 4000 || ev.TPM.P95 != 4000 {
-		t.Errorf("TPM %+v", ev.TPM)
-	}
-	// Refusals priced at the average charge, 10000/12 per request:
-	// 3000 + 2 x 833.3 = 4666.7, above the 4000 charged.
-	if ev.TPM.PeakDemand != 4667 || ev.RPM.PeakDemand != 5 || ev.RPM.Steady != 2 || ev.RPM.Peak != 4 {
-		t.Errorf("TPM %+v RPM %+v", ev.TPM, ev.RPM)
-	}
-	// 4667 / 0.8 = 5833.75, rounded up to two digits.
-	if v, rule := ev.suggest("TPM"); v != 5900 || !strings.Contains(rule, "margin 0.8") {
-		t.Errorf("suggested %v (%s)", v, rule)
-	}
-	if v, _ := ev.suggest("RPM"); v != 7 { // 5 / 0.8 = 6.25
-		t.Errorf("suggested RPM %v", v)
-	}
-}
-
-func TestRoundUpAndPeriod(t *testing.T) {
-	for in, want := range map[float64]float64{1_234_567: 1_300_000, 1_200_000: 1_200_000, 5833.75: 5900, 7: 7, 6.25: 7, 99.1: 100} {
-		if got := roundUp2(in); got != want {
-			t.Errorf("roundUp2(%v) = %v, want %v", in, got, want)
-		}
-	}
+func TestParsePeriod(t *testing.T) {
 	for in, want := range map[string]time.Duration{"7d": 7 * 24 * time.Hour, "36h": 36 * time.Hour, "90m": 90 * time.Minute} {
 		if got, err := parsePeriod(in); err != nil || got != want {
 			t.Errorf("parsePeriod(%q) = %v, %v", in, got, err)
@@ -246,8 +210,5 @@ func TestRoundUpAndPeriod(t *testing.T) {
 		if _, err := parsePeriod(bad); err == nil {
 			t.Errorf("parsePeriod(%q) accepted", bad)
 		}
-	}
-	if got := fmtNum(1234567); got != "1,234,567" {
-		t.Errorf("fmtNum: %s", got)
 	}
 }

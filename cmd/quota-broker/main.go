@@ -71,7 +71,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "token":
 		return token(ctx, args[1:], stdout, stderr)
 	case "increase":
-		return increase(ctx, args[1:], stdout, stderr)
+		return increaseCommand(ctx, args[1:], stdout, stderr)
 	case "alarms":
 		return alarms(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/bedrockruntime"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/bedrockqb/quotabroker/broker/awsclient"
 	"github.com/bedrockqb/quotabroker/clients/quotaclient"
@@ -65,8 +63,8 @@ func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer, cloc
 		fs.PrintDefaults()
 	}
 	env := func(name, def string) string { return envOr("QUOTA_BROKER_PROBE_"+name, def) }
-	addr := fs.String("broker", envOr("QUOTA_BROKER_ADDR", "127.0.0.1:50051"), "broker gRPC address (env QUOTA_BROKER_ADDR)")
-	token := fs.String("token", envOr("QUOTA_BROKER_TOKEN", ""), "bearer token for a broker started with --tokens (env QUOTA_BROKER_TOKEN)")
+	brokerFlags := addDialFlags(fs)
+	brokerFlags.deprecatedAddr(fs, "broker", stderr)
 	name := fs.String("name", env("NAME", "quota-broker-probe"), "client name the broker accounts the probe under (env QUOTA_BROKER_PROBE_NAME)")
 	model := fs.String("model", env("MODEL", ""), "model or inference profile id to call, e.g. us.anthropic.claude-haiku-4-5-20251001-v1:0 (env QUOTA_BROKER_PROBE_MODEL)")
 	region := fs.String("region", envOr("AWS_REGION", "us-east-1"), "AWS Region of the calls (env AWS_REGION)")
@@ -146,13 +144,9 @@ func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer, cloc
 	cfg := probe.Config{Model: *model, Region: *region, StartRPM: startRPM, Step: step, StepDuration: stepDur, MaxSteps: maxSteps,
 		MaxTokens: int32(maxTokens), Threshold: threshold, Concurrency: conc, Clock: clock, Progress: stderr}
 
-	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	if *token != "" {
-		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(quotaclient.BearerToken(*token)))
-	}
-	conn, err := grpc.NewClient(*addr, dialOpts...)
+	conn, err := brokerFlags.dial()
 	if err != nil {
-		return fmt.Errorf("broker %s: %w", *addr, err)
+		return err
 	}
 	defer conn.Close()
 	rep := pb.NewQuotaBrokerClient(conn)
@@ -168,7 +162,7 @@ func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer, cloc
 		return fmt.Errorf("probe: %w", err)
 	}
 	if budgetErr != nil {
-		plan.BudgetErr = fmt.Sprintf("broker %s: %v", *addr, budgetErr)
+		plan.BudgetErr = fmt.Sprintf("broker %s: %v", brokerFlags.addr, budgetErr)
 	}
 	if !*confirm {
 		plan.Write(stdout)

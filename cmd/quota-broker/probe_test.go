@@ -108,7 +108,7 @@ func (w *probeWorld) stats(t *testing.T) bedrocksim.Stats {
 }
 
 func (w *probeWorld) args(extra ...string) []string {
-	return append([]string{"--broker", w.broker, "--bedrock-endpoint", w.simURL, "--region", "us-east-1", "--model", probeModel}, extra...)
+	return append([]string{"--addr", w.broker, "--bedrock-endpoint", w.simURL, "--region", "us-east-1", "--model", probeModel}, extra...)
 }
 
 func TestProbeWithoutConfirmPrintsThePlanAndSendsNothing(t *testing.T) {

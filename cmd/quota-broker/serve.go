@@ -156,15 +156,20 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
-// serve runs the broker until ctx ends, then shuts down in reverse order of
-// start-up: stop accepting and mark NOT_SERVING, answer waiters with
-// UNAVAILABLE, drain in-flight calls, stop the sweep loop, close the store.
+// serve runs the broker until ctx ends (see Main).
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f, err := parseServeFlags(args, stderr)
-	if err != nil {
+	m := NewMain(stdout, stderr)
+	if err := m.ParseFlags(args); err != nil {
 		return err
 	}
-	return runBroker(ctx, f, stdout, stderr)
+	return m.Serve(ctx)
+}
+
+// runBroker serves with flags already parsed (demo sets its own).
+func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) error {
+	m := NewMain(stdout, stderr)
+	m.flags = f
+	return m.Serve(ctx)
 }
 
 // discoveryTimeout bounds the first discovery at start-up; after it the
@@ -172,11 +177,77 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // background.
 const discoveryTimeout = 30 * time.Second
 
-func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) error {
-	log, err := newLogger(stderr, f.logLevel)
+// Main is the serve command as a value: ParseFlags, Run (open and start
+// everything, return once serving), Close (shut down in reverse order of
+// start-up). Its fields are what Run opened, so that Close undoes exactly
+// that, also after a Run that failed half way.
+type Main struct {
+	flags          serveFlags
+	stdout, stderr io.Writer
+
+	log     *slog.Logger
+	store   *bolt.Store
+	broker  *broker.Broker
+	scfg    server.Config
+	srv     *server.Server
+	lis     net.Listener
+	httpLis net.Listener
+	httpSrv *http.Server
+
+	// The background loops (sweep, refresh, alerts, SIGHUP, the servers)
+	// run on runCtx; Close cancels it and waits for them.
+	stopRun  context.CancelFunc
+	wg       sync.WaitGroup
+	serveErr chan error // a server that stopped by itself
+}
+
+// NewMain returns a Main that prints to stdout (the lines tools wait for)
+// and logs to stderr.
+func NewMain(stdout, stderr io.Writer) *Main {
+	return &Main{stdout: stdout, stderr: stderr, serveErr: make(chan error, 2)}
+}
+
+// ParseFlags reads serve's flags and their environment fallbacks.
+func (m *Main) ParseFlags(args []string) error {
+	f, err := parseServeFlags(args, m.stderr)
 	if err != nil {
 		return err
 	}
+	m.flags = f
+	return nil
+}
+
+// Serve runs the broker until ctx ends or a server fails, then closes it.
+func (m *Main) Serve(ctx context.Context) error {
+	if err := m.Run(ctx); err != nil {
+		m.Close()
+		return err
+	}
+	var result error
+	select {
+	case <-ctx.Done():
+		m.log.Info("shutting down", "drain", m.flags.drain)
+	case err := <-m.serveErr:
+		result = fmt.Errorf("serve: %w", err)
+	}
+	if err := m.Close(); err != nil && result == nil {
+		result = err
+	}
+	if result == nil {
+		fmt.Fprintln(m.stdout, "quota-broker stopped")
+	}
+	return result
+}
+
+// Run opens the store and the broker, discovers quotas, starts the
+// background loops and the servers, and prints the "listening" line. ctx
+// bounds start-up only (discovery); the broker runs until Close.
+func (m *Main) Run(ctx context.Context) (err error) {
+	f := m.flags
+	if m.log, err = newLogger(m.stderr, f.logLevel); err != nil {
+		return err
+	}
+	log := m.log
 	cfg := broker.Config{
 		DefaultRegion: f.region, Margin: f.margin, MaxWait: f.maxWait, LeaseTTL: f.leaseTTL,
 		MaxLeaseTTL: max(time.Hour, f.leaseTTL), Logger: log, HistoryRetention: f.historyRetention,
@@ -188,17 +259,14 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 		}
 		cfg.DefaultClient, cfg.Clients, cfg.DailyReserve, cfg.Aging, cfg.MaxWaiters = p.Default, p.Clients, p.DailyReserve, p.Aging, p.MaxWaiters
 	}
-	store, err := bolt.Open(f.data, bolt.Options{})
-	if err != nil {
+	if m.store, err = bolt.Open(f.data, bolt.Options{}); err != nil {
 		return fmt.Errorf("state file (--data): %w", err)
 	}
-	defer store.Close()
 	clock := sysclock.Clock{}
-	b, err := broker.Open(ctx, store, clock, cfg)
-	if err != nil {
+	if m.broker, err = broker.Open(ctx, m.store, clock, cfg); err != nil {
 		return err
 	}
-	defer b.Close()
+	b := m.broker
 	var specs []broker.Spec
 	switch {
 	case f.budgets != "":
@@ -239,7 +307,8 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	scfg := server.Config{Logger: log, Clock: clock}
+	m.scfg = server.Config{Logger: log, Clock: clock}
+	scfg := &m.scfg
 	if f.cloudwatch {
 		scfg.CloudWatch = newCloudWatch(f.awsURL, log)
 	}
@@ -267,7 +336,6 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 	if warn != "" {
 		log.Warn(warn, "addr", lis.Addr().String())
 	}
-	var httpSrv *http.Server
 	var httpLis net.Listener
 	if f.httpAddr != "" {
 		reg := server.NewRegistry(b)
@@ -286,20 +354,23 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 			lis.Close()
 			return fmt.Errorf("listen on %s (--http): %w", f.httpAddr, err)
 		}
-		httpSrv = server.NewHTTPServer(mux, log)
+		m.httpSrv = server.NewHTTPServer(mux, log)
 	}
-	srv := server.New(b, scfg)
+	m.srv = server.New(b, *scfg)
+	m.lis, m.httpLis = lis, httpLis
 
 	runCtx, stopRun := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
+	m.stopRun = stopRun
+	wg := &m.wg
 	wg.Go(func() { b.Run(runCtx) })
-	alerts.start(runCtx, &wg)
+	alerts.start(runCtx, wg)
 	if src != nil {
 		wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
 	}
 	if scfg.Tokens != nil || scfg.TLS != nil {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
+		reloadCfg := *scfg
 		wg.Go(func() {
 			defer signal.Stop(hup)
 			for {
@@ -307,70 +378,79 @@ func runBroker(ctx context.Context, f serveFlags, stdout, stderr io.Writer) erro
 				case <-runCtx.Done():
 					return
 				case <-hup:
-					reload(log, scfg)
+					reload(log, reloadCfg)
 				}
 			}
 		})
 	}
-	serveErr := make(chan error, 2)
-	wg.Go(func() { serveErr <- srv.Serve(lis) })
-	if httpSrv != nil {
+	srv := m.srv
+	wg.Go(func() { m.serveErr <- srv.Serve(lis) })
+	if m.httpSrv != nil {
+		httpSrv := m.httpSrv
 		wg.Go(func() {
 			if err := httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
-				serveErr <- fmt.Errorf("http: %w", err)
+				m.serveErr <- fmt.Errorf("http: %w", err)
 			}
 		})
 	}
 
 	if httpLis != nil {
-		fmt.Fprintf(stdout, "metrics on http://%s/metrics\n", httpLis.Addr())
-		fmt.Fprintf(stdout, "dashboard on http://%s/dashboard\n", httpLis.Addr())
+		fmt.Fprintf(m.stdout, "metrics on http://%s/metrics\n", httpLis.Addr())
+		fmt.Fprintf(m.stdout, "dashboard on http://%s/dashboard\n", httpLis.Addr())
 	}
 	// Last: tools and tests wait for this line.
-	fmt.Fprintf(stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(b.Budgets()))
+	fmt.Fprintf(m.stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(b.Budgets()))
 	switch {
 	case f.banner != nil:
-		f.banner(stdout, lis.Addr())
+		f.banner(m.stdout, lis.Addr())
 	case scfg.TLS.Mutual():
-		fmt.Fprintf(stdout, "try: grpcurl -cacert CA.pem -cert CLIENT.pem -key CLIENT-KEY.pem %s list\n", lis.Addr())
+		fmt.Fprintf(m.stdout, "try: grpcurl -cacert CA.pem -cert CLIENT.pem -key CLIENT-KEY.pem %s list\n", lis.Addr())
 	case scfg.TLS != nil:
-		fmt.Fprintf(stdout, "try: grpcurl -cacert CA.pem %s list\n", lis.Addr())
+		fmt.Fprintf(m.stdout, "try: grpcurl -cacert CA.pem %s list\n", lis.Addr())
 	default:
-		fmt.Fprintf(stdout, "try: grpcurl -plaintext %s list\n", lis.Addr())
+		fmt.Fprintf(m.stdout, "try: grpcurl -plaintext %s list\n", lis.Addr())
 	}
+	return nil
+}
 
-	var result error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "drain", f.drain)
-	case err := <-serveErr:
-		result = fmt.Errorf("serve: %w", err)
+// Close shuts down in reverse order of start-up: stop accepting and mark
+// NOT_SERVING, answer waiters with UNAVAILABLE, drain in-flight calls,
+// stop the background loops, persist expiries, close the store. After a
+// Run that failed it closes what that Run opened.
+func (m *Main) Close() error {
+	b := m.broker
+	if m.srv == nil {
+		// Run failed before serving: nothing to drain.
+		if b != nil {
+			b.Close()
+		}
+		if m.store != nil {
+			m.store.Close()
+		}
+		return nil
 	}
-	srv.Drain()
+	m.srv.Drain()
 	b.Close()
-	drainCtx, cancel := context.WithTimeout(context.Background(), f.drain)
+	drainCtx, cancel := context.WithTimeout(context.Background(), m.flags.drain)
 	// New leases are refused now; leases held by calls in flight may still
 	// be settled (and renewed) until they all are or the drain runs out.
 	select {
 	case <-b.Settled():
 	case <-drainCtx.Done():
-		log.Warn("drain ended with leases still held; they stay charged at their reservation until settled after a restart or expired")
+		m.log.Warn("drain ended with leases still held; they stay charged at their reservation until settled after a restart or expired")
 	}
-	srv.Shutdown(drainCtx)
-	if httpSrv != nil {
-		httpSrv.Shutdown(drainCtx)
+	m.srv.Shutdown(drainCtx)
+	if m.httpSrv != nil {
+		m.httpSrv.Shutdown(drainCtx)
 	}
 	cancel()
-	stopRun()
-	wg.Wait()
+	m.stopRun()
+	m.wg.Wait()
 	b.Sweep(context.Background()) // persist expiries and pending retries
-	if err := store.Close(); err != nil && result == nil {
-		result = fmt.Errorf("close store: %w", err)
+	if err := m.store.Close(); err != nil {
+		return fmt.Errorf("close store: %w", err)
 	}
-	if result == nil {
-		fmt.Fprintln(stdout, "quota-broker stopped")
-	}
-	return result
+	return nil
 }
 
 // reload reads the tokens and TLS files again (SIGHUP); a file that fails
