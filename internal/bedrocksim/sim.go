@@ -143,7 +143,7 @@ func (s *Sim) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveRuntime(w, r)
 	case path == "/foundation-models" || strings.HasPrefix(path, "/foundation-models/") ||
 		path == "/inference-profiles" || strings.HasPrefix(path, "/inference-profiles/") ||
-		path == "/provisioned-model-throughputs":
+		path == "/provisioned-model-throughputs" || strings.HasPrefix(path, "/provisioned-model-throughput/"):
 		s.serveControl(w, r)
 	default:
 		writeRestError(w, http.StatusNotFound, "UnknownOperationException", "no simulated API at "+r.Method+" "+path)
