@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -187,6 +188,14 @@ except botocore.exceptions.ClientError as e:
     out["rate"] = e.response["Error"]["Code"] + ": " + e.response["Error"]["Message"]
 ms = cw.get_paginator("list_metrics").paginate(Namespace="AWS/Bedrock", MetricName="Invocations")
 out["metrics"] = sorted(d["Value"] for p in ms for m in p["Metrics"] for d in m["Dimensions"])
+cw.put_metric_alarm(AlarmName="llama-throttles", Namespace="AWS/Bedrock", MetricName="InvocationThrottles",
+    Dimensions=[{"Name": "ModelId", "Value": model}], Statistic="Sum", Period=60, EvaluationPeriods=1,
+    Threshold=1.0, ComparisonOperator="GreaterThanOrEqualToThreshold", ActionsEnabled=False)
+a = cw.describe_alarms(AlarmNames=["llama-throttles"])["MetricAlarms"][0]
+out["alarm"] = [a["StateValue"], a["Threshold"], a["Period"], a["ActionsEnabled"], a["StateUpdatedTimestamp"].year]
+out["history"] = [h["HistorySummary"] for h in cw.describe_alarm_history(AlarmName="llama-throttles", ScanBy="TimestampAscending")["AlarmHistoryItems"]]
+cw.delete_alarms(AlarmNames=["llama-throttles"])
+out["left"] = len(cw.describe_alarms()["MetricAlarms"])
 print(json.dumps(out))
 `
 
@@ -197,6 +206,9 @@ type boto3Out struct {
 	}
 	Rate    string
 	Metrics []string
+	Alarm   []any
+	History []string
+	Left    int
 }
 
 func runBoto3(t *testing.T, h *harness, env []string) boto3Out {
@@ -248,6 +260,10 @@ func checkBoto3(t *testing.T, out boto3Out) {
 	}
 	if strings.Join(out.Metrics, ",") != llama31 {
 		t.Fatalf("list_metrics dimensions = %v", out.Metrics)
+	}
+	if fmt.Sprint(out.Alarm) != "[ALARM 1 60 false 2026]" || out.Left != 0 ||
+		strings.Join(out.History, "; ") != `Alarm "llama-throttles" created; Alarm updated from INSUFFICIENT_DATA to ALARM` {
+		t.Fatalf("alarm %v, history %q, %d left after delete", out.Alarm, out.History, out.Left)
 	}
 }
 
