@@ -17,6 +17,10 @@ import (
 // Anything else is a ValidationError naming what is not supported, never a
 // "Complete" result with no values.
 
+// maxDatapoints is GetMetricData's limit per call; FILL, the one function
+// that makes datapoints, honours it.
+const maxDatapoints = 100800
+
 type series struct {
 	label  string
 	period int64
@@ -370,6 +374,9 @@ func (p *mathParser) call(name string) (mathValue, *cwError) {
 			return v, p.fail("FILL needs a time series")
 		}
 		for i, sr := range v.list {
+			if sr.period < 60 || (p.ev.end.Unix()-p.ev.start.Unix())/sr.period > maxDatapoints {
+				return v, p.fail("FILL over this time range would return more than %d datapoints; shorten it or use a longer period", maxDatapoints)
+			}
 			pts := make(map[int64]float64, len(sr.pts))
 			first := p.ev.start.Unix() - p.ev.start.Unix()%sr.period
 			for t := first; t < p.ev.end.Unix(); t += sr.period {
@@ -419,6 +426,9 @@ func aggregate(fn string, v mathValue) mathValue {
 			return mathValue{scalar: math.NaN(), isScalar: true}
 		}
 		return mathValue{scalar: pick(vals), isScalar: true}
+	}
+	if len(v.list) == 0 { // METRICS() or SEARCH matched nothing
+		return v
 	}
 	byTS := map[int64][]float64{}
 	out := series{}

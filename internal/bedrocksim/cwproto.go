@@ -256,7 +256,11 @@ func (queryCodec) decode(r *http.Request, body []byte) (string, map[string]any, 
 		}
 		setQueryPath(in, strings.Split(k, "."), form.Get(k))
 	}
-	return op, listify(in).(map[string]any), nil
+	top, ok := listify(in).(map[string]any)
+	if !ok {
+		return op, nil, cwErrorf("MalformedQueryString", "a form key starts with member.")
+	}
+	return op, top, nil
 }
 
 // setQueryPath stores v at a dotted form key. "member" levels become maps
