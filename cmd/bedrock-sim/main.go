@@ -1,7 +1,7 @@
 // Command bedrock-sim serves a simulated Amazon Bedrock account (Service
-// Quotas, the Bedrock control plane and runtime, CloudWatch) on loopback, so
-// the AWS SDKs and CLI work against it with --endpoint-url and dummy
-// credentials. See internal/bedrocksim for the model it simulates.
+// Quotas, the Bedrock control plane and runtime, CloudWatch in its three
+// protocols) on loopback, so the AWS SDKs, the AWS CLI and boto3 work
+// against it with --endpoint-url and dummy credentials. See internal/bedrocksim for the model it simulates.
 //
 // Usage:
 //
@@ -42,6 +42,33 @@ func main() {
 	}
 }
 
+const synopsis = `bedrock-sim serves a simulated Amazon Bedrock account on loopback: Service Quotas
+(awsJson1_1), the Bedrock control plane and runtime (restJson1), and CloudWatch (awsJson1_0,
+rpc-v2-cbor and query), so the AWS SDKs, the AWS CLI and boto3 work against it unchanged.
+
+Usage:
+  bedrock-sim [--listen 127.0.0.1:8566] [--scenario FILE] [--speed 1] [--seed 1] [--log-level info]
+
+Then, with any credentials:
+  AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x aws --region us-east-1 --endpoint-url http://127.0.0.1:8566 \
+      service-quotas list-service-quotas --service-code bedrock
+
+Flags (each falls back to the environment variable named):
+`
+
+// isHelp reports whether args ask for help before any other work.
+func isHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "-h", "-help", "--help", "--h", "help":
+			return true
+		case "--":
+			return false
+		}
+	}
+	return false
+}
+
 // run serves until ctx ends, then shuts the server down gracefully. It
 // prints the endpoint URL to stdout once the listener is open.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -60,6 +87,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	seed := fs.Uint64("seed", seedDefault, "random seed for output lengths, latencies and faults (env BEDROCK_SIM_SEED)")
 	level := fs.String("log-level", envOr("BEDROCK_SIM_LOG_LEVEL", "info"), "debug, info, warn or error (env BEDROCK_SIM_LOG_LEVEL)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), synopsis)
+		fs.PrintDefaults()
+	}
+	if isHelp(args) {
+		fs.SetOutput(stdout) // asked for: the synopsis is the output, and the exit status 0
+		fs.Usage()
+		return nil
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -87,7 +123,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", *listen, err)
+		return fmt.Errorf("listen %s: %w (is another bedrock-sim or a quota-broker demo running? "+
+			"choose another address with --listen or BEDROCK_SIM_LISTEN, e.g. --listen 127.0.0.1:0)", *listen, err)
 	}
 	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	url := "http://" + ln.Addr().String()

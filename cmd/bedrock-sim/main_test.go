@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -65,5 +67,29 @@ func TestRunRejectsBadInput(t *testing.T) {
 		if err := run(context.Background(), append([]string{"--listen", "127.0.0.1:0"}, args...), io.Discard, &stderr); err == nil {
 			t.Errorf("run %v: no error", args)
 		}
+	}
+}
+
+func TestRunHelp(t *testing.T) {
+	for _, arg := range []string{"--help", "-h", "help"} {
+		var stdout, stderr bytes.Buffer
+		if err := run(context.Background(), []string{arg}, &stdout, &stderr); err != nil {
+			t.Fatalf("run %s: %v", arg, err)
+		}
+		if !bytes.Contains(stdout.Bytes(), []byte("Usage:\n  bedrock-sim [--listen")) || !bytes.Contains(stdout.Bytes(), []byte("BEDROCK_SIM_LISTEN")) {
+			t.Fatalf("run %s printed %q", arg, stdout.String())
+		}
+	}
+}
+
+func TestRunPortInUseNamesTheFix(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	err = run(context.Background(), []string{"--listen", ln.Addr().String()}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--listen") {
+		t.Fatalf("listening on a used port: %v", err)
 	}
 }

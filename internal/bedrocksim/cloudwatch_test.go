@@ -127,10 +127,7 @@ func TestAdminEndpoint(t *testing.T) {
 // what the simulator sends.
 func TestAWSCLI(t *testing.T) {
 	t.Parallel()
-	aws, err := exec.LookPath("aws")
-	if err != nil {
-		t.Skip("aws CLI not on PATH; install awscli to run this check")
-	}
+	aws := tool(t, "aws")
 	h := newHarness(t, nil)
 	// Only dummy credentials and no config files: the CLI must not find
 	// anything of the machine's own AWS setup.

@@ -99,28 +99,40 @@ func (s *Sim) serveControl(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, "application/json", s.profileJSON(region, p))
-	case segs[0] == "provisioned-model-throughputs":
-		var out []map[string]any
-		for _, pt := range s.sc.ProvisionedModelThroughputs {
-			arn := fmt.Sprintf("arn:aws:bedrock:%s:%s:provisioned-model/%s", region, s.sc.AccountID, pt.Name)
-			fm := fmt.Sprintf("arn:aws:bedrock:%s::foundation-model/%s", region, pt.ModelID)
-			status := pt.Status
-			if status == "" {
-				status = "InService"
-			}
-			ts := profileEpoch.Format(time.RFC3339)
-			out = append(out, map[string]any{
-				"provisionedModelName": pt.Name, "provisionedModelArn": arn, "modelArn": fm, "desiredModelArn": fm,
-				"foundationModelArn": fm, "modelUnits": pt.ModelUnits, "desiredModelUnits": pt.ModelUnits,
-				"status": status, "creationTime": ts, "lastModifiedTime": ts,
-			})
-		}
-		if out == nil {
-			out = []map[string]any{}
+	case segs[0] == "provisioned-model-throughputs" && len(segs) == 1:
+		out := []map[string]any{}
+		for i := range s.sc.ProvisionedModelThroughputs {
+			out = append(out, s.provisionedJSON(region, &s.sc.ProvisionedModelThroughputs[i]))
 		}
 		writeJSON(w, http.StatusOK, "application/json", map[string]any{"provisionedModelSummaries": out})
+	case segs[0] == "provisioned-model-throughput" && len(segs) == 2:
+		// GetProvisionedModelThroughput takes the name or the ARN.
+		id, _ := url.PathUnescape(segs[1])
+		for i := range s.sc.ProvisionedModelThroughputs {
+			pt := &s.sc.ProvisionedModelThroughputs[i]
+			if j := s.provisionedJSON(region, pt); id == pt.Name || id == j["provisionedModelArn"] {
+				writeJSON(w, http.StatusOK, "application/json", j)
+				return
+			}
+		}
+		writeRestError(w, http.StatusNotFound, "ResourceNotFoundException", "Provisioned model "+id+" not found.")
 	default:
 		writeRestError(w, http.StatusNotFound, "UnknownOperationException", "no simulated API at GET "+r.URL.Path)
+	}
+}
+
+func (s *Sim) provisionedJSON(region string, pt *ProvisionedThroughput) map[string]any {
+	arn := fmt.Sprintf("arn:aws:bedrock:%s:%s:provisioned-model/%s", region, s.sc.AccountID, pt.Name)
+	fm := fmt.Sprintf("arn:aws:bedrock:%s::foundation-model/%s", region, pt.ModelID)
+	status := pt.Status
+	if status == "" {
+		status = "InService"
+	}
+	ts := profileEpoch.Format(time.RFC3339)
+	return map[string]any{
+		"provisionedModelName": pt.Name, "provisionedModelArn": arn, "modelArn": fm, "desiredModelArn": fm,
+		"foundationModelArn": fm, "modelUnits": pt.ModelUnits, "desiredModelUnits": pt.ModelUnits,
+		"status": status, "creationTime": ts, "lastModifiedTime": ts,
 	}
 }
 

@@ -10,11 +10,12 @@
 //
 //	POST /  X-Amz-Target: ServiceQuotasV20190624.<Op>    Service Quotas, awsJson1_1
 //	GET  /foundation-models[/{id}]                        Bedrock control plane, restJson1
-//	GET  /inference-profiles[/{id}], /provisioned-model-throughputs
+//	GET  /inference-profiles[/{id}], /provisioned-model-throughputs, /provisioned-model-throughput/{name or ARN}
 //	POST /model/{modelId}/invoke|converse|converse-stream|invoke-with-response-stream|count-tokens
 //	                                                      bedrock-runtime, restJson1 + event streams
-//	POST /service/GraniteServiceVersion20100801/operation/GetMetricData|GetMetricStatistics
-//	                                                      CloudWatch, Smithy RPC v2 CBOR
+//	POST /service/GraniteServiceVersion20100801/operation/<Op>   CloudWatch, rpc-v2-cbor (Go SDK)
+//	POST /  X-Amz-Target: GraniteServiceVersion20100801.<Op>     CloudWatch, awsJson1_0 (botocore, CLI v1)
+//	POST /  form Action=<Op>&Version=2010-08-01                  CloudWatch, query (older clients)
 //	GET  /_sim/stats, GET /_sim/scenario, POST /_sim/capacity   admin (tests, benchmarks)
 //
 // The Region of a request is read from its SigV4 credential scope, so one
@@ -91,4 +92,21 @@
 // InvocationLatency, InputTokenCount, OutputTokenCount,
 // EstimatedTPMQuotaUsage (the settled charge), CacheRead/WriteInputTokenCount.
 // A query without dimensions sums every model.
+//
+// One implementation of the operations serves all three protocols (thin
+// codecs in cwproto.go): GetMetricStatistics, GetMetricData, ListMetrics,
+// PutMetricAlarm, DescribeAlarms, DeleteAlarms, DescribeAlarmHistory and
+// ListTagsForResource. Statistics are SampleCount, Average, Sum, Minimum and
+// Maximum; a percentile is an InvalidParameterValue error. GetMetricData
+// evaluates arithmetic over query ids, SUM/AVG/MIN/MAX, FILL(x, number),
+// METRICS() and SEARCH('{AWS/Bedrock,ModelId} MetricName="..."', 'Sum', 60);
+// any other function is a ValidationError naming it, never an empty
+// "Complete" result. Metric alarms are evaluated on the simulated metrics
+// whenever a CloudWatch call of their Region observes the clock (the
+// current, partial period counts), with AWS's state reasons and a history
+// of state and configuration changes; their actions are never executed.
+//
+// InvokeModel bodies are checked against each model family's shape (Claude
+// messages API, Titan, Nova, Llama, ...) before admission; a wrong shape is
+// 400 ValidationException "Malformed input request: ...".
 package bedrocksim

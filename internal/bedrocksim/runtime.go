@@ -131,6 +131,12 @@ func (s *Sim) invoke(w http.ResponseWriter, r *http.Request, t target, op string
 		s.clientError(t.region, t.dim, w, err.Error())
 		return
 	}
+	if op == "invoke" || op == "invoke-with-response-stream" {
+		if msg := checkInvokeBody(m.ID, body); msg != "" {
+			s.clientError(t.region, t.dim, w, msg)
+			return
+		}
+	}
 	maxTokens := m.MaxOutputTokens
 	if scan.hasMax && !embedding {
 		if scan.maxTokens > m.MaxOutputTokens {

@@ -473,3 +473,43 @@ func FuzzScanBody(f *testing.F) {
 		}
 	})
 }
+
+func TestInvokeModelBodyValidation(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, nil) // the default scenario has every family
+	const tail = ", please reformat your input and try again."
+	cases := []struct {
+		model, body, want string // want "" means accepted
+	}{
+		{"anthropic.claude-3-haiku-20240307-v1:0", `{"anthropic_version":"bedrock-2023-05-31","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}`, ""},
+		{"anthropic.claude-3-haiku-20240307-v1:0", `{"anthropic_version":"bedrock-2023-05-31","messages":[{"role":"user","content":"hi"}]}`,
+			"Malformed input request: #: required key [max_tokens] not found" + tail},
+		{"anthropic.claude-3-haiku-20240307-v1:0", `{"max_tokens":"50","messages":[]}`,
+			"Malformed input request: #: required key [anthropic_version] not found, #/max_tokens: expected type: Integer, found: String" + tail},
+		{"anthropic.claude-3-haiku-20240307-v1:0", `{"anthropic_version":"2023-06-01","max_tokens":5,"messages":[],"prompt":"x"}`,
+			"Malformed input request: #/anthropic_version: 2023-06-01 is not a valid enum value, #: extraneous key [prompt] is not permitted" + tail},
+		{"amazon.titan-text-express-v1", `{"inputText":"hi","textGenerationConfig":{"maxTokenCount":20}}`, ""},
+		{"amazon.nova-lite-v1:0", `{"inputText":"hi","textGenerationConfig":{"maxTokenCount":20}}`,
+			"Malformed input request: #: required key [messages] not found, #: extraneous key [inputText] is not permitted, #: extraneous key [textGenerationConfig] is not permitted" + tail},
+		{"amazon.nova-lite-v1:0", `{"schemaVersion":"messages-v1","messages":[{"role":"user","content":[{"text":"hi"}]}],"inferenceConfig":{"max_new_tokens":20}}`, ""},
+		{"meta.llama3-1-8b-instruct-v1:0", `{"prompt":"hi","max_gen_len":20}`, ""},
+		{"meta.llama3-1-8b-instruct-v1:0", `{"messages":[{"role":"user","content":"hi"}],"max_tokens":20}`,
+			"Malformed input request: #: required key [prompt] not found, #: extraneous key [max_tokens] is not permitted, #: extraneous key [messages] is not permitted" + tail},
+		{"amazon.titan-embed-text-v2:0", `{"inputText":"hi","dimensions":256}`, ""},
+		{"amazon.titan-embed-text-v2:0", `[1]`, "Malformed input request: #: expected type: JSONObject" + tail},
+	}
+	for _, tc := range cases {
+		_, err := h.rt.InvokeModel(context.Background(), &bedrockruntime.InvokeModelInput{
+			ModelId: aws.String(tc.model), Body: []byte(tc.body), ContentType: aws.String("application/json")})
+		var ve *rttypes.ValidationException
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s %s: %v", tc.model, tc.body, err)
+		case tc.want != "" && (!errors.As(err, &ve) || ve.ErrorMessage() != tc.want):
+			t.Errorf("%s %s:\n got %v\nwant ValidationException %q", tc.model, tc.body, err, tc.want)
+		}
+	}
+	if st := h.sim.Stats(); st.Admitted != 5 {
+		t.Errorf("admitted %d requests, want the 5 well-formed ones (a malformed body is refused before admission)", st.Admitted)
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/bedrock"
+	brtypes "github.com/aws/aws-sdk-go-v2/service/bedrock/types"
 	"github.com/aws/aws-sdk-go-v2/service/servicequotas"
 	sqtypes "github.com/aws/aws-sdk-go-v2/service/servicequotas/types"
 )
@@ -258,5 +259,44 @@ func TestControlPlane(t *testing.T) {
 	pt, err := h.br.ListProvisionedModelThroughputs(ctx, &bedrock.ListProvisionedModelThroughputsInput{})
 	if err != nil || len(pt.ProvisionedModelSummaries) != 0 {
 		t.Fatalf("provisioned = %+v, %v", pt, err)
+	}
+}
+
+// TestControlPlaneGets covers the single-resource gets a capacity check
+// makes, through the Go SDK and the AWS CLI.
+func TestControlPlaneGets(t *testing.T) {
+	t.Parallel()
+	sc := testScenario()
+	sc.ProvisionedModelThroughputs = []ProvisionedThroughput{{Name: "haiku-pt", ModelID: haiku3, ModelUnits: 1}}
+	h := newHarness(t, sc)
+	ctx := context.Background()
+	fm, err := h.br.GetFoundationModel(ctx, &bedrock.GetFoundationModelInput{ModelIdentifier: aws.String(haiku3)})
+	if err != nil || aws.ToString(fm.ModelDetails.ModelId) != haiku3 {
+		t.Fatalf("GetFoundationModel: %+v %v", fm, err)
+	}
+	ip, err := h.br.GetInferenceProfile(ctx, &bedrock.GetInferenceProfileInput{InferenceProfileIdentifier: aws.String("us." + sonnet45)})
+	if err != nil || len(ip.Models) != 2 {
+		t.Fatalf("GetInferenceProfile: %+v %v", ip, err)
+	}
+	byName, err := h.br.GetProvisionedModelThroughput(ctx, &bedrock.GetProvisionedModelThroughputInput{ProvisionedModelId: aws.String("haiku-pt")})
+	if err != nil || aws.ToInt32(byName.ModelUnits) != 1 || byName.Status != "InService" || byName.CreationTime == nil {
+		t.Fatalf("GetProvisionedModelThroughput by name: %+v %v", byName, err)
+	}
+	byARN, err := h.br.GetProvisionedModelThroughput(ctx, &bedrock.GetProvisionedModelThroughputInput{ProvisionedModelId: byName.ProvisionedModelArn})
+	if err != nil || aws.ToString(byARN.ProvisionedModelName) != "haiku-pt" {
+		t.Fatalf("GetProvisionedModelThroughput by ARN: %+v %v", byARN, err)
+	}
+	_, err = h.br.GetProvisionedModelThroughput(ctx, &bedrock.GetProvisionedModelThroughputInput{ProvisionedModelId: aws.String("nope")})
+	var nf *brtypes.ResourceNotFoundException
+	if !errors.As(err, &nf) {
+		t.Fatalf("unknown provisioned model: %v", err)
+	}
+
+	awsBin := tool(t, "aws")
+	out, stderr, code := runTool(t, awsEnv(), awsBin, "bedrock", "get-provisioned-model-throughput", "--provisioned-model-id", "haiku-pt",
+		"--endpoint-url", h.url, "--output", "json")
+	var got struct{ ProvisionedModelName, Status string }
+	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || got.ProvisionedModelName != "haiku-pt" || got.Status != "InService" {
+		t.Fatalf("aws bedrock get-provisioned-model-throughput: exit %d %s %s", code, out, stderr)
 	}
 }

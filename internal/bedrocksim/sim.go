@@ -54,6 +54,7 @@ type Sim struct {
 	regions    map[string]*regionState
 	changeDone []bool
 	metrics    *metricStore
+	cw         map[string]*cwState  // Region -> alarms and their history
 	caches     map[string]time.Time // prompt-cache key -> expiry (simulated)
 	seq        int
 }
@@ -79,6 +80,7 @@ func New(cfg Config) (*Sim, error) {
 		profiles: make(map[string]*InferenceProfile, len(sc.InferenceProfiles)),
 		regions:  make(map[string]*regionState),
 		metrics:  newMetricStore(),
+		cw:       make(map[string]*cwState),
 		caches:   make(map[string]time.Time),
 	}
 	if s.now == nil {
@@ -129,15 +131,19 @@ func (s *Sim) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case strings.HasPrefix(path, "/_sim/"):
 		s.serveAdmin(w, r)
+	case strings.HasPrefix(r.Header.Get("X-Amz-Target"), cwTargetPrefix):
+		s.serveCloudWatch(w, r, jsonCodec{})
 	case r.Header.Get("X-Amz-Target") != "":
 		s.serveServiceQuotas(w, r)
-	case strings.HasPrefix(path, "/service/GraniteServiceVersion20100801/operation/"):
-		s.serveCloudWatch(w, r)
+	case strings.HasPrefix(path, cwCBORPrefix):
+		s.serveCloudWatch(w, r, cborCodec{})
+	case isCloudWatchQuery(r):
+		s.serveCloudWatch(w, r, queryCodec{})
 	case strings.HasPrefix(path, "/model/"):
 		s.serveRuntime(w, r)
 	case path == "/foundation-models" || strings.HasPrefix(path, "/foundation-models/") ||
 		path == "/inference-profiles" || strings.HasPrefix(path, "/inference-profiles/") ||
-		path == "/provisioned-model-throughputs":
+		path == "/provisioned-model-throughputs" || strings.HasPrefix(path, "/provisioned-model-throughput/"):
 		s.serveControl(w, r)
 	default:
 		writeRestError(w, http.StatusNotFound, "UnknownOperationException", "no simulated API at "+r.Method+" "+path)
