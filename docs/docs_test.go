@@ -7,7 +7,6 @@ package docs
 // docs/tutorial.md reuses them; keep them free of any one document.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -215,7 +214,7 @@ func splitCommands(file string, start int, body []string) ([]command, error) {
 // toolchain holds the binaries every scene runs, built once per test run.
 type toolchain struct {
 	once sync.Once
-	dir  string // on PATH first: quota-broker, bedrock-sim, quotaclient-example, grpcurl
+	dir  string // on PATH first: quota-broker, bedrock-sim, quotaclient-example, docs-example, grpcurl
 	err  error
 }
 
@@ -248,11 +247,13 @@ func binaries(t testing.TB) string {
 			tools.err = fmt.Errorf("go build: %v\n%s", err, out)
 			return
 		}
-		build = exec.Command("go", "build", "-o", filepath.Join(dir, "quotaclient-example"), "./clients/quotaclient/example")
-		build.Dir = root
-		if out, err := build.CombinedOutput(); err != nil {
-			tools.err = fmt.Errorf("go build: %v\n%s", err, out)
-			return
+		for pkg, name := range map[string]string{"./clients/quotaclient/example": "quotaclient-example", "./docs/example": "docs-example"} {
+			build = exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+			build.Dir = root
+			if out, err := build.CombinedOutput(); err != nil {
+				tools.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
 		}
 		tools.err = os.Symlink(grpcurl, filepath.Join(dir, "grpcurl"))
 	})
@@ -308,7 +309,7 @@ func newWorld(t testing.TB) *world {
 		"PATH="+w.bin+string(os.PathListSeparator)+os.Getenv("PATH"),
 		"HOME="+w.dir, // nothing a command writes for the user (caches, configs) outlives the scene
 		"GOCACHE="+goEnv(t, "GOCACHE"), "GOMODCACHE="+goEnv(t, "GOMODCACHE"), "GOPATH="+goEnv(t, "GOPATH"),
-		"QUOTA_BROKER_LISTEN="+w.broker, "QUOTA_BROKER_ADDR="+w.broker,
+		"QUOTA_BROKER_LISTEN="+w.broker, "QUOTA_BROKER_ADDR="+w.broker, "QUOTA_BROKER_HTTP="+w.http,
 		"QUOTA_BROKER_DATA="+filepath.Join(w.dir, "quota-broker.db"),
 		"BEDROCK_SIM_LISTEN="+w.sim,
 		"AWS_ACCESS_KEY_ID=AKIDDOCS", "AWS_SECRET_ACCESS_KEY=docs", "AWS_REGION=us-east-1",
@@ -343,33 +344,35 @@ func freeAddr(t testing.TB) string {
 }
 
 var (
-	goRun    = regexp.MustCompile(`go run \./(cmd/quota-broker|cmd/bedrock-sim|clients/quotaclient/example)\b`)
+	goRun    = regexp.MustCompile(`go run \./(cmd/quota-broker|cmd/bedrock-sim|clients/quotaclient/example|docs/example)\b`)
 	optional = regexp.MustCompile(` \[(-[^\[\]]*)\]`)
 )
 
 // rewrite turns a documented command into the one run here: the built
-// binaries for `go run` of the project's commands, the world's ports for
-// the documented ones, optional `[--flag value]` groups included, a
-// trailing `&` dropped (the scene decides what runs in the background),
-// then the scene's own substitutions.
+// binaries for `go run` of the project's commands, the scene's own
+// substitutions (placeholders), the world's ports for the documented ones,
+// optional `[--flag value]` groups included, a trailing `&` dropped (the
+// scene decides what runs in the background).
 func (w *world) rewrite(text string) string {
 	text = goRun.ReplaceAllStringFunc(text, func(s string) string {
 		switch {
-		case strings.HasSuffix(s, "example"):
+		case strings.HasSuffix(s, "quotaclient/example"):
 			return "quotaclient-example"
+		case strings.HasSuffix(s, "docs/example"):
+			return "docs-example"
 		default:
 			return filepath.Base(strings.TrimPrefix(s, "go run ./"))
 		}
 	})
+	if len(w.replace) > 0 {
+		text = strings.NewReplacer(w.replace...).Replace(text)
+	}
 	port := func(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 	text = regexp.MustCompile(`\b50051\b`).ReplaceAllString(text, port(w.broker))
 	text = regexp.MustCompile(`\b8566\b`).ReplaceAllString(text, port(w.sim))
 	text = regexp.MustCompile(`\b9464\b`).ReplaceAllString(text, port(w.http))
 	text = optional.ReplaceAllString(text, " $1")
 	text = strings.TrimSuffix(strings.TrimSpace(text), "&")
-	if len(w.replace) > 0 {
-		text = strings.NewReplacer(w.replace...).Replace(text)
-	}
 	return strings.TrimSpace(text)
 }
 
@@ -403,11 +406,11 @@ func (w *world) bash(text string, timeout time.Duration) result {
 // process is a command left running: a server, or a long campaign read
 // until its first lines.
 type process struct {
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	out    bytes.Buffer // stdout and stderr, interleaved
-	lines  chan string  // each line as it comes (dropped when nobody reads)
-	exited chan struct{}
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	out     bytes.Buffer  // stdout and stderr, interleaved
+	changed chan struct{} // a token after each piece of output
+	exited  chan struct{}
 }
 
 // start runs a command in the background; t.Cleanup stops it (SIGTERM to
@@ -426,32 +429,29 @@ func (w *world) start(text string) *process {
 		w.t.Fatal(err)
 	}
 	pw.Close()
-	p := &process{cmd: cmd, lines: make(chan string, 1024), exited: make(chan struct{})}
-	go func() { // owned by the process: ends when its output closes
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-		for sc.Scan() {
-			p.mu.Lock()
-			p.out.WriteString(sc.Text() + "\n")
-			p.mu.Unlock()
-			select {
-			case p.lines <- sc.Text():
-			default:
+	p := &process{cmd: cmd, changed: make(chan struct{}, 1), exited: make(chan struct{})}
+	go func() { // owned by the process: ends when its output closes, after it exits
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := pr.Read(buf)
+			if n > 0 {
+				p.mu.Lock()
+				p.out.Write(buf[:n])
+				p.mu.Unlock()
+				select {
+				case p.changed <- struct{}{}:
+				default:
+				}
+			}
+			if err != nil {
+				break
 			}
 		}
 		pr.Close()
 		cmd.Wait()
 		close(p.exited)
 	}()
-	w.t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-p.exited
-		}
-	})
+	w.t.Cleanup(func() { p.stop() })
 	return p
 }
 
@@ -462,40 +462,39 @@ func (p *process) output() string {
 	return p.out.String()
 }
 
-// waitLine waits for a line matching re and returns it; it fails the test
-// when the process ends or timeout passes first.
-func (w *world) waitLine(p *process, re *regexp.Regexp, timeout time.Duration) string {
+// waitOutput waits until what the process printed matches re (use (?m)
+// for ^ and $ at lines); it fails the test when the process ends or
+// timeout passes first.
+func (w *world) waitOutput(p *process, re *regexp.Regexp, timeout time.Duration) {
 	w.t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
+		if re.MatchString(p.output()) {
+			return
+		}
 		select {
-		case l := <-p.lines:
-			if re.MatchString(l) {
-				return l
-			}
+		case <-p.changed:
 		case <-p.exited:
-			// Lines may still be queued.
-			for {
-				select {
-				case l := <-p.lines:
-					if re.MatchString(l) {
-						return l
-					}
-				default:
-					w.t.Fatalf("%q ended before printing a line matching %q:\n%s", p.cmd.Args[2], re, p.output())
-				}
+			if re.MatchString(p.output()) {
+				return
 			}
+			w.t.Fatalf("%q ended before printing %q:\n%s", p.cmd.Args[2], re, p.output())
 		case <-deadline.C:
-			w.t.Fatalf("%q printed no line matching %q within %v:\n%s", p.cmd.Args[2], re, timeout, p.output())
+			w.t.Fatalf("%q did not print %q within %v:\n%s", p.cmd.Args[2], re, timeout, p.output())
 		}
 	}
 }
 
-// waitListening waits until addr accepts connections (the server is up)
-// while the process runs.
+// waitListening waits until addr accepts connections (the server is up),
+// failing the test if the process p (nil: none) ends first.
 func (w *world) waitListening(p *process, addr string, timeout time.Duration) {
 	w.t.Helper()
+	var exited <-chan struct{}
+	name := addr
+	if p != nil {
+		exited, name = p.exited, p.cmd.Args[2]
+	}
 	deadline := time.Now().Add(timeout)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -504,19 +503,24 @@ func (w *world) waitListening(p *process, addr string, timeout time.Duration) {
 			return
 		}
 		select {
-		case <-p.exited:
-			w.t.Fatalf("%q ended before listening on %s:\n%s", p.cmd.Args[2], addr, p.output())
-		case <-time.After(50 * time.Millisecond): // a retry interval while polling for a port, not a wait for an event
+		case <-exited:
+			w.t.Fatalf("%q ended before listening on %s:\n%s", name, addr, p.output())
+		case <-time.After(50 * time.Millisecond): // the retry interval of a poll for the port, not a wait for an event
 		}
 		if time.Now().After(deadline) {
-			w.t.Fatalf("%q is not listening on %s after %v:\n%s", p.cmd.Args[2], addr, timeout, p.output())
+			w.t.Fatalf("%q is not listening on %s after %v", name, addr, timeout)
 		}
 	}
 }
 
-// stop ends a process now (SIGTERM, then SIGKILL after 10 s) and returns
-// what it printed.
+// stop ends a process (SIGTERM to its group, SIGKILL after 10 s), waits for
+// it and returns what it printed. Stopping twice is harmless.
 func (p *process) stop() string {
+	select {
+	case <-p.exited:
+		return p.output()
+	default:
+	}
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
 	select {
 	case <-p.exited:

@@ -109,7 +109,7 @@ func (s *sceneRun) firstLines(file, match string, until *regexp.Regexp, timeout 
 	s.t.Helper()
 	c := s.cmd(file, match)
 	p := s.start(s.rewrite(c.text))
-	s.waitLine(p, until, timeout)
+	s.waitOutput(p, until, timeout)
 	return c, p.stop()
 }
 
