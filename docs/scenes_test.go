@@ -442,25 +442,28 @@ var scenes = []*scene{
 			{benchmarks, "go run ./bench/adapt -v"},
 			{benchmarks, "go run ./bench/adapt -speed 1 -strategies sdk-adaptive,broker"},
 			{benchmarks, "go run ./bench/soak -duration 5m -clients 300"},
+			{goClient, "go test -run='^$' -bench=SimulatorOverhead -benchtime=2s -count=6 ./clients/quotaclient/"},
 		},
 		run: func(s *sceneRun) {
 			// Campaigns of minutes: each runs with its documented flags
 			// until its first result, then is stopped; BENCHMARKS.md holds
 			// the full runs' figures.
 			for _, b := range []struct {
-				match string
-				first string // a line that shows the campaign measures
+				file, match string
+				first       string // a line that shows the campaign measures
 			}{
-				{"go run ./bench/lease -duration 3s -rounds 3 -concurrency 50 -outstanding 100000", `(?m)^empty RPC.*x$`},
-				{"go test -run='^$' -bench=Commit -benchtime=2s ./broker/bolt/", `(?m)^Benchmark\S+\s+\d+\s+\d+ ns/op`},
-				{"go test -run='^$' -bench=. -benchtime=2s ./clients/quotaclient/", `(?m)^Benchmark\S+\s+\d+\s+\d+ ns/op`},
+				{benchmarks, "go run ./bench/lease -duration 3s -rounds 3 -concurrency 50 -outstanding 100000", `(?m)^empty RPC.*x$`},
+				{benchmarks, "go test -run='^$' -bench=Commit -benchtime=2s ./broker/bolt/", `(?m)^Benchmark\S+\s+\d+\s+\d+ ns/op`},
+				{benchmarks, "go test -run='^$' -bench=. -benchtime=2s ./clients/quotaclient/", `(?m)^Benchmark\S+\s+\d+\s+\d+ ns/op`},
 				// adapt prints a strategy's name as it starts it and
 				// its figures after the whole campaign.
-				{"go run ./bench/adapt -v", `(?m)^running \S+ \.\.\. `},
-				{"go run ./bench/adapt -speed 1 -strategies sdk-adaptive,broker", `(?m)^running \S+ \.\.\. `},
-				{"go run ./bench/soak -duration 5m -clients 300", `(?m)^\s+10s\s+\d`},
+				{benchmarks, "go run ./bench/adapt -v", `(?m)^running \S+ \.\.\. `},
+				{benchmarks, "go run ./bench/adapt -speed 1 -strategies sdk-adaptive,broker", `(?m)^running \S+ \.\.\. `},
+				{benchmarks, "go run ./bench/soak -duration 5m -clients 300", `(?m)^\s+10s\s+\d`},
+
+				{goClient, "go test -run='^$' -bench=SimulatorOverhead -benchtime=2s -count=6 ./clients/quotaclient/", `(?m)^BenchmarkSimulatorOverhead\S+\s+\d+\s+\d+ ns/op.* p50-ms`},
 			} {
-				s.firstLines(benchmarks, b.match, regexp.MustCompile(b.first), 3*time.Minute)
+				s.firstLines(b.file, b.match, regexp.MustCompile(b.first), 3*time.Minute)
 			}
 		},
 	},
