@@ -308,7 +308,8 @@ func newWorld(t testing.TB) *world {
 	w.env = append(os.Environ(),
 		"PATH="+w.bin+string(os.PathListSeparator)+os.Getenv("PATH"),
 		"HOME="+w.dir, // nothing a command writes for the user (caches, configs) outlives the scene
-		"GOCACHE="+goEnv(t, "GOCACHE"), "GOMODCACHE="+goEnv(t, "GOMODCACHE"), "GOPATH="+goEnv(t, "GOPATH"),
+		// HOME moved, so the go command's settings are carried over.
+		"GOCACHE="+goEnv(t, "GOCACHE"), "GOMODCACHE="+goEnv(t, "GOMODCACHE"), "GOPATH="+goEnv(t, "GOPATH"), "GOENV="+goEnv(t, "GOENV"),
 		"QUOTA_BROKER_LISTEN="+w.broker, "QUOTA_BROKER_ADDR="+w.broker, "QUOTA_BROKER_HTTP="+w.http,
 		"QUOTA_BROKER_DATA="+filepath.Join(w.dir, "quota-broker.db"),
 		"BEDROCK_SIM_LISTEN="+w.sim,
@@ -321,13 +322,23 @@ func newWorld(t testing.TB) *world {
 // setenv adds variables (NAME=value) to every later command of the world.
 func (w *world) setenv(kv ...string) { w.env = append(w.env, kv...) }
 
+// goEnvs are the go command's settings that newWorld carries over, read once.
+var goEnvs = sync.OnceValues(func() (map[string]string, error) {
+	out, err := exec.Command("go", "env", "-json", "GOCACHE", "GOMODCACHE", "GOPATH", "GOENV").Output()
+	if err != nil {
+		return nil, fmt.Errorf("go env: %w", err)
+	}
+	m := map[string]string{}
+	return m, json.Unmarshal(out, &m)
+})
+
 func goEnv(t testing.TB, name string) string {
 	t.Helper()
-	out, err := exec.Command("go", "env", name).Output()
+	m, err := goEnvs()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(out))
+	return m[name]
 }
 
 // freeAddr returns a loopback address no one listens on now. Another
