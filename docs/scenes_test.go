@@ -199,7 +199,7 @@ var scenes = []*scene{
 			s.firstLines(readme, "quota-broker probe ... --confirm", plan, 2*time.Minute)
 			s.run(readme, "grpcurl -plaintext -d '{\"model_id\": \"us.amazon.nova-micro-v1:0\", \"override\": {}}' ...", time.Minute)
 
-			s.replace = []string{"ID", "us.amazon.nova-micro-v1:0"}
+			s.replace = []string{"--model ID", "--model us.amazon.nova-micro-v1:0"}
 			s.firstLines(readme, "quota-broker probe --model ID [--confirm]", plan, 2*time.Minute)
 			s.replace = nil
 		},
