@@ -107,6 +107,7 @@ type brokerOpts struct {
 	specs  []broker.Spec
 	config broker.Config
 	server server.Config
+	fsync  bool // the store syncs every commit, as quota-broker serve does; off by default to keep tests fast
 }
 
 func startBroker(t testing.TB, o brokerOpts) *brokerProc {
@@ -121,7 +122,7 @@ func startBroker(t testing.TB, o brokerOpts) *brokerProc {
 	if o.clock == nil {
 		o.clock = clocktest.NewScaled(1)
 	}
-	store, err := bolt.Open(o.path, bolt.Options{NoSync: true})
+	store, err := bolt.Open(o.path, bolt.Options{NoSync: !o.fsync})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -42,7 +43,7 @@ func main() {
 }
 
 func run() error {
-	brokerAddr := flag.String("broker", "127.0.0.1:50051", "quota broker gRPC address")
+	brokerAddr := flag.String("broker", cmp.Or(os.Getenv("QUOTA_BROKER_ADDR"), "127.0.0.1:50051"), "quota broker gRPC address (env QUOTA_BROKER_ADDR)")
 	endpoint := flag.String("endpoint", "", "Bedrock endpoint URL (e.g. the simulator); empty uses AWS")
 	region := flag.String("region", "us-east-1", "AWS Region")
 	model := flag.String("model", "us.anthropic.claude-haiku-4-5-20251001-v1:0", "model or inference profile id")
