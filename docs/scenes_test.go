@@ -173,7 +173,7 @@ var scenes = []*scene{
 		name: "probe and overrides against the probe scenario",
 		claims: []claim{
 			{readme, "go run ./cmd/quota-broker demo --scenario cmd/quota-broker/testdata/probe-scenario.json"},
-			{readme, "go run ./cmd/quota-broker probe --broker 127.0.0.1:50051 ..."},
+			{readme, "go run ./cmd/quota-broker probe --addr 127.0.0.1:50051 ..."},
 			{readme, "grpcurl -plaintext -d '{\"model_id\": \"us.amazon.nova-micro-v1:0\", \"override\": {\"tokens_per_minute\": 20000, \"reason\": \"probe\"}}' ..."},
 			{readme, "quota-broker probe ... --confirm"},
 			{readme, "grpcurl -plaintext -d '{\"model_id\": \"us.amazon.nova-micro-v1:0\", \"override\": {}}' ..."},
@@ -186,7 +186,7 @@ var scenes = []*scene{
 			// Steps of a minute: the scene reads the plan, which the
 			// document shows in full, and stops the probe.
 			plan := regexp.MustCompile(`(?m)^at most \d+ calls`)
-			c, out := s.firstLines(readme, "go run ./cmd/quota-broker probe --broker 127.0.0.1:50051 ...", plan, 2*time.Minute)
+			c, out := s.firstLines(readme, "go run ./cmd/quota-broker probe --addr 127.0.0.1:50051 ...", plan, 2*time.Minute)
 			inPlan := true
 			s.check(c, out, sameSkeleton(c.output, out, func(l string) bool {
 				keep := inPlan
@@ -442,6 +442,7 @@ var scenes = []*scene{
 			{benchmarks, "go run ./bench/adapt -v"},
 			{benchmarks, "go run ./bench/adapt -speed 1 -strategies sdk-adaptive,broker"},
 			{benchmarks, "go run ./bench/soak -duration 5m -clients 300"},
+			{benchmarks, "go test -run '^$' -bench AcquireUnderFlood -benchtime 400000x ./broker/"},
 			{goClient, "go test -run='^$' -bench=SimulatorOverhead -benchtime=2s -count=6 ./clients/quotaclient/"},
 		},
 		run: func(s *sceneRun) {
@@ -460,6 +461,7 @@ var scenes = []*scene{
 				{benchmarks, "go run ./bench/adapt -v", `(?m)^running \S+ \.\.\. `},
 				{benchmarks, "go run ./bench/adapt -speed 1 -strategies sdk-adaptive,broker", `(?m)^running \S+ \.\.\. `},
 				{benchmarks, "go run ./bench/soak -duration 5m -clients 300", `(?m)^\s+10s\s+\d`},
+				{benchmarks, "go test -run '^$' -bench AcquireUnderFlood -benchtime 400000x ./broker/", `(?m)^BenchmarkAcquireUnderFlood/waiters=0\S*\s+\d+\s+\d+ ns/op.* p99-ms`},
 
 				{goClient, "go test -run='^$' -bench=SimulatorOverhead -benchtime=2s -count=6 ./clients/quotaclient/", `(?m)^BenchmarkSimulatorOverhead\S+\s+\d+\s+\d+ ns/op.* p50-ms`},
 			} {
