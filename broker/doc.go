@@ -146,8 +146,8 @@
 // History is bounded against callers: a budget keeps at most
 // ClientsPerMinute clients by name in a minute (the rest are counted under
 // OtherClients), so self-declared names cannot grow the file or a report's
-// cost; one History call holds at most 200,000 points over all its series
-// (budgets x points; about 34 MB) and is refused with KindInvalid on step
+// cost; one History call holds at most 50,000 points over all its series
+// (budgets x points; about 8.4 MB) and is refused with KindInvalid on step
 // beyond that; window charges are never shown below zero (a crash can lose
 // a grant's second of history but keep its settlement's correction).
 //

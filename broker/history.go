@@ -603,12 +603,14 @@ type HistoryQuery struct {
 // a call are proportional to it, and without the second bound 400 budgets
 // of 10,000 points made one call allocate about 600 MB. A point is a Stats
 // without its histogram (168 bytes), so one call holds at most about
-// 34 MB of points, and about as much again in its encoded answer. The
-// dashboard's day (96 points) and hour (60) stay well inside it for 1,000
-// budgets; a day of minutes (1,440 points) for about 140.
+// 8.4 MB of points, and about as much again in its answer. The dashboard's
+// day (96 points) and hour (60) fit for 520 budgets; a day of minutes
+// (1,440 points, the quota-increase evidence) for 34. At 100,000 an
+// unrelated AcquireLease's p99 under history load went past 100 ms on the
+// 2-core machine (BenchmarkAcquireDuringHistory, BENCHMARKS.md).
 const (
 	maxHistoryPoints = 10_000
-	maxHistoryCells  = 200_000
+	maxHistoryCells  = 50_000
 )
 
 // HistorySteps is the number of steps of step from from to to: the points

@@ -46,7 +46,8 @@ func validateUsage(u Usage) error {
 // reservation returns to the budget. Completing a completed lease changes
 // nothing. Completing an expired lease records the usage and corrects the
 // charge, but fails with KindPrecondition: the lease still counts as expired
-// against its client.
+// against its client. Only the first late completion does so; later ones
+// change and count nothing, and fail the same way.
 func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u Usage) (Settlement, error) {
 	if err := validateLeaseID(leaseID); err != nil {
 		return Settlement{}, err

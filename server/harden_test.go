@@ -416,7 +416,7 @@ func TestUsageHistoryBoundsPointsOverAllBudgets(t *testing.T) {
 	to := fakeClock().Now()
 	from := to.Add(-10_000 * time.Minute)
 	_, err := c.GetUsageHistory(ctx, span(from, 10_000*time.Minute, time.Minute))
-	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "200000 points") || !fieldViolation(st, "step") {
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "50000 points") || !fieldViolation(st, "step") {
 		t.Fatalf("21 budgets x 10,000 points: %v, want INVALID_ARGUMENT on step", err)
 	}
 	// The same span for one budget, or for all at a wider step, is answered.

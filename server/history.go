@@ -39,7 +39,7 @@ const defaultHistorySpan = time.Hour
 const historyQueue = time.Second
 
 // historySlots bounds the GetUsageHistory calls at work at once. A call's
-// memory is bounded by the domain (at most 200,000 points, ~34 MB, and its
+// memory is bounded by the domain (at most 50,000 points, ~8.4 MB of points, and its
 // encoded answer); this bounds how many such calls run together, so the
 // broker's memory stays within slots x that, and the calls cannot take every
 // core from the lease path. A call beyond the slots waits briefly, then is
@@ -103,7 +103,7 @@ func (s *Server) GetUsageHistory(ctx context.Context, req *pb.GetUsageHistoryReq
 	}
 	defer release()
 	// The domain checks the rest (whole minutes, from before to, at most
-	// 10,000 points, at most 200,000 over all budgets) and names the field.
+	// 10,000 points, at most 50,000 over all budgets) and names the field.
 	series, err := s.ops.History(ctx, broker.HistoryQuery{
 		Filter: broker.ReportFilter{Region: req.GetRegion(), Model: req.GetModel()},
 		From:   from, To: to, Step: step,

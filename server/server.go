@@ -117,7 +117,9 @@ type Config struct {
 	MaxConcurrentStreams uint32
 	// MaxConcurrentHistory bounds the GetUsageHistory calls at work at
 	// once; one more waits up to a second for a slot, then is refused with
-	// RESOURCE_EXHAUSTED and a retry delay. Default 2.
+	// RESOURCE_EXHAUSTED and a retry delay. Default 1: a history call is
+	// CPU-bound for up to about a second, and one leaves the other cores to
+	// the lease path (measured in BenchmarkAcquireDuringHistory).
 	MaxConcurrentHistory int
 	// CloudWatch, when set, adds CloudWatch's figures to GetUsageHistory.
 	CloudWatch CloudWatch
@@ -181,7 +183,7 @@ func New(b Broker, cfg Config) *Server {
 		cfg.Clock = systemClock{}
 	}
 	if cfg.MaxConcurrentHistory <= 0 {
-		cfg.MaxConcurrentHistory = 2
+		cfg.MaxConcurrentHistory = 1
 	}
 	s := &Server{leases: b, ops: b, clock: cfg.Clock, cfg: cfg, log: cfg.Logger, health: health.NewServer(),
 		history: make(historySlots, cfg.MaxConcurrentHistory)}
