@@ -51,6 +51,17 @@ import (
 // again: they reflect the old rate, which was already cut (as TCP reacts
 // once per window). A throttle reported without a lease (ReportThrottle)
 // decreases at most once per MinInterval.
+//
+// A throttle is acted on only with evidence, and one client's influence is
+// bounded (see throttled): the reporter must hold a lease on the budget, or
+// have held one within the last minute (a throttled settlement's lease is
+// its own evidence if it was active or ended within that minute), and the
+// throttles of one client cause at most three decreases a minute. Throttles
+// without evidence or beyond the bound are counted (counters, history) and
+// change no ceiling. Real throttles come from calls the broker granted, so
+// they carry evidence; a client alone lowers a ceiling at most three times a
+// minute, each cut to no less than Beta^depth (at least MaxCut) of the use
+// of the minute, never below the Floor.
 type adaptive struct {
 	tokens, requests ceiling
 	lastDecrease     time.Time // zero: never throttled
@@ -137,8 +148,8 @@ func (cfg *AdaptiveConfig) cutAt(depth int) float64 {
 
 // at returns the ceiling at now, and false when it is not engaged (it has
 // climbed past static, or there never was a throttle); since is the last
-// decrease.
-func (c ceiling) at(cfg *AdaptiveConfig, since, now time.Time, static float64) (float64, bool) {
+// decrease. The ceiling never goes below Floor x floorBase.
+func (c ceiling) at(cfg *AdaptiveConfig, since, now time.Time, static, floorBase float64) (float64, bool) {
 	if c.Wmax <= 0 {
 		return 0, false
 	}
@@ -159,15 +170,42 @@ func (c ceiling) at(cfg *AdaptiveConfig, since, now time.Time, static float64) (
 	if static > 0 && w >= static {
 		return 0, false
 	}
-	return math.Max(w, cfg.Floor*static), true
+	return math.Max(w, cfg.Floor*floorBase), true
 }
 
-// throttled lowers the ceilings of bg after a throttle at now; grantedAt is
-// the throttled lease's grant time (zero for a throttle reported without a
-// lease). It reports whether it lowered them.
-func (b *Core) throttled(bg *budget, now, grantedAt time.Time) bool {
+// evidenceWindow is how recently a client must have held a lease on a
+// budget for its throttle reports to count, and the span over which its
+// decreases are bounded by maxClientCuts.
+const evidenceWindow = time.Minute
+
+// maxClientCuts is how many decreases the throttles of one client may cause
+// on a budget within evidenceWindow: enough for the deepening cuts of a real
+// capacity drop (three cuts take the ceiling to 0.53 of its use), too few
+// for one client to drive it to the floor in a burst of reports.
+const maxClientCuts = 3
+
+// throttled lowers the ceilings of bg after a throttle at now reported by
+// client; grantedAt is the throttled lease's grant time (zero for a
+// throttle reported without one, ReportThrottle), and held whether that
+// lease is itself evidence (it was active, or ended within evidenceWindow).
+// It reports whether it lowered them.
+func (b *Core) throttled(bg *budget, now, grantedAt time.Time, client string, held bool) bool {
 	cfg := &b.cfg.Adaptive
 	if cfg.Disabled {
+		return false
+	}
+	// Evidence: Bedrock throttles only calls that were made, so a
+	// throttle counts from a client that holds a lease on this budget, or
+	// held one within evidenceWindow (its grant came before the cut this
+	// would cause). Anyone else's report is counted and not acted on: a
+	// client name, self-declared or not, is not evidence.
+	m := bg.clients[client]
+	if !held && (m == nil || (m.active == 0 && now.Sub(m.lastGrant) > evidenceWindow)) {
+		return false
+	}
+	// Influence: one client causes at most maxClientCuts decreases per
+	// evidenceWindow, whatever leases it takes out to report with.
+	if m != nil && m.cuts >= maxClientCuts && now.Sub(m.cutsSince) <= evidenceWindow {
 		return false
 	}
 	a := &bg.adaptive
@@ -192,8 +230,8 @@ func (b *Core) throttled(bg *budget, now, grantedAt time.Time) bool {
 	}
 	static := bg.static()
 	cut := cfg.cutAt(a.depth)
-	used := func(c ceiling, w *window, staticLimit int64) ceiling {
-		cur, engaged := c.at(cfg, a.lastDecrease, now, float64(staticLimit))
+	used := func(c ceiling, w *window, staticLimit, floorBase int64) ceiling {
+		cur, engaged := c.at(cfg, a.lastDecrease, now, float64(staticLimit), float64(floorBase))
 		u := float64(w.used(now))
 		if engaged {
 			u = math.Min(u, cur) // never raise Wmax above the ceiling in force
@@ -206,12 +244,19 @@ func (b *Core) throttled(bg *budget, now, grantedAt time.Time) bool {
 	// Tokens are Bedrock's currency: their ceiling always moves. Requests
 	// get a ceiling only where the budget has an RPM limit (AWS no longer
 	// enforces RPM on bedrock-runtime; cutting tokens already cuts the flow).
-	a.tokens = used(a.tokens, bg.tokens, static.TPM)
+	floor := bg.floorBase()
+	a.tokens = used(a.tokens, bg.tokens, static.TPM, floor.TPM)
 	if static.RPM > 0 {
-		a.requests = used(a.requests, bg.requests, static.RPM)
+		a.requests = used(a.requests, bg.requests, static.RPM, floor.RPM)
 	}
 	a.lastDecrease = now
 	a.throttles++
+	if m != nil {
+		if now.Sub(m.cutsSince) > evidenceWindow {
+			m.cuts, m.cutsSince = 0, now
+		}
+		m.cuts++
+	}
 	bg.tokenPace.restart(now)
 	bg.requestPace.restart(now)
 	if static.TPM > 0 {
@@ -240,11 +285,11 @@ type AdaptiveState struct {
 func (b *Core) adaptiveState(bg *budget, now time.Time) AdaptiveState {
 	a := &bg.adaptive
 	st := AdaptiveState{TokensWmax: a.tokens.Wmax, RequestsWmax: a.requests.Wmax, LastDecrease: a.lastDecrease, Throttles: a.throttles}
-	static := bg.static()
-	if v, ok := a.tokens.at(&b.cfg.Adaptive, a.lastDecrease, now, float64(static.TPM)); ok {
+	static, floor := bg.static(), bg.floorBase()
+	if v, ok := a.tokens.at(&b.cfg.Adaptive, a.lastDecrease, now, float64(static.TPM), float64(floor.TPM)); ok {
 		st.Ceiling.TPM = int64(v)
 	}
-	if v, ok := a.requests.at(&b.cfg.Adaptive, a.lastDecrease, now, float64(static.RPM)); ok {
+	if v, ok := a.requests.at(&b.cfg.Adaptive, a.lastDecrease, now, float64(static.RPM), float64(floor.RPM)); ok {
 		st.Ceiling.RPM = max(1, int64(v))
 	}
 	switch {

@@ -197,10 +197,15 @@ func (b *Core) restore(snap Snapshot) {
 		bg.tokens.add(now, r.GrantedAt, r.Charged)
 		switch {
 		case r.State == LeaseActive && r.ExpiresAt.After(now):
-			bg.concurrent++
+			bg.started(r.Client, r.GrantedAt)
 			b.active[r.Client]++
 			heap.Push(&b.expiry, expiryRef{id: r.ID, at: r.ExpiresAt})
 		case r.State == LeaseActive:
+			// Started as it was, so that expire, which ends an active
+			// lease, leaves the counts where they were (it used to take
+			// concurrency and the client's active count below zero).
+			bg.started(r.Client, r.GrantedAt)
+			b.active[r.Client]++
 			b.expire(l, now)
 			expired.Leases = append(expired.Leases, l.LeaseRecord)
 		default:
@@ -597,7 +602,7 @@ func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 		ExpiresAt: now.Add(b.cfg.LeaseTTL),
 	}}
 	bg.charge(now, l.Charged, l.Requests)
-	bg.concurrent++
+	bg.started(l.Client, now)
 	b.active[l.Client]++
 	bg.counters.Granted++
 	bg.counters.ReservedTokens += l.Reserved
@@ -619,7 +624,7 @@ func (b *Core) undoGrant(l *lease, now time.Time) {
 	delete(b.leases, l.ID)
 	bg := l.b
 	bg.adjust(now, l.GrantedAt, -l.Charged, -l.Requests, false)
-	bg.concurrent--
+	bg.ended(l.Client)
 	b.released(l.Client, now)
 	bg.counters.Granted--
 	bg.counters.ReservedTokens -= l.Reserved

@@ -100,6 +100,7 @@ type budget struct {
 	spec      Spec
 	override  *Override
 	staticLim Limits // override or quota x margin; recomputed when spec or override changes
+	marginLim Limits // quota x margin, whatever the override
 	adaptive  adaptive
 	acfg      *AdaptiveConfig
 	// tokenPace and requestPace spread grants under an engaged adaptive
@@ -111,6 +112,11 @@ type budget struct {
 	tokens     *window // tokens in the last minute
 	dayTokens  *window // tokens in the last day
 	concurrent int64   // active leases
+	// clients are the clients that hold, or held within the last minute,
+	// a lease on this budget, and the decreases each caused: the evidence
+	// a throttle report needs, and its bound (adaptive.go). Started and
+	// ended with every lease (started, ended); forgotten by the sweep.
+	clients map[string]*clientMark
 
 	queue    queue
 	timer    Timer     // pending wake-up for the head waiter, or nil
@@ -128,8 +134,50 @@ type Counters struct {
 	UnsetMaxTokens                                                     int64
 }
 
+// clientMark is one client's leases on a budget, for throttle evidence.
+type clientMark struct {
+	active    int64     // leases active now
+	lastGrant time.Time // the latest grant
+	cuts      int       // decreases its throttles caused since cutsSince
+	cutsSince time.Time
+}
+
+// started notes a lease of client granted at. Caller holds Core.mu.
+func (b *budget) started(client string, at time.Time) {
+	b.concurrent++
+	m := b.clients[client]
+	if m == nil {
+		m = &clientMark{}
+		b.clients[client] = m
+	}
+	m.active++
+	if at.After(m.lastGrant) {
+		m.lastGrant = at
+	}
+}
+
+// ended notes that an active lease of client ended. Caller holds Core.mu.
+func (b *budget) ended(client string) {
+	b.concurrent--
+	if m := b.clients[client]; m != nil && m.active > 0 {
+		m.active--
+	}
+}
+
+// forgetClients drops the clients that no longer give evidence nor are
+// bounded: no active lease, no grant and no decrease within evidenceWindow.
+// Caller holds Core.mu.
+func (b *budget) forgetClients(now time.Time) {
+	for c, m := range b.clients {
+		if m.active == 0 && now.Sub(m.lastGrant) > evidenceWindow && now.Sub(m.cutsSince) > evidenceWindow {
+			delete(b.clients, c)
+		}
+	}
+}
+
 func newBudget(spec Spec, cfg *Config) *budget {
 	b := &budget{
+		clients:   make(map[string]*clientMark),
 		spec:      spec,
 		acfg:      &cfg.Adaptive,
 		reserve:   cfg.DailyReserve,
@@ -161,6 +209,7 @@ func (b *budget) recompute(margin float64) {
 	}
 	q := b.spec.Quota
 	e := Limits{RPM: scale(q.RPM), TPM: scale(q.TPM), TPD: scale(q.TPD), Concurrency: q.Concurrency}
+	b.marginLim = e
 	if o := b.override; o != nil {
 		e = Limits{RPM: pick(o.RPM, e.RPM), TPM: pick(o.TPM, e.TPM), TPD: pick(o.TPD, e.TPD), Concurrency: pick(o.Concurrency, e.Concurrency)}
 	}
@@ -170,6 +219,22 @@ func (b *budget) recompute(margin float64) {
 // static is the limit before adaptation: what no throttle can raise.
 func (b *budget) static() Limits { return b.staticLim }
 
+// floorBase is what the adaptive Floor is a share of: quota x margin, or
+// the static limit where that is lower or there is no quota. Not the
+// override alone: an operator's override is a number typed by hand and may
+// be anything up to "unlimited" (int64 max), and a floor of 2% of that held
+// the ceiling at 1.8e17 after a throttle, no ceiling at all.
+func (b *budget) floorBase() Limits {
+	pick := func(static, margin int64) int64 {
+		if margin > 0 && (static <= 0 || margin < static) {
+			return margin
+		}
+		return static
+	}
+	s, m := b.staticLim, b.marginLim
+	return Limits{RPM: pick(s.RPM, m.RPM), TPM: pick(s.TPM, m.TPM)}
+}
+
 // limits are the effective limits at now: static, lowered by the adaptive
 // ceilings in force.
 func (b *budget) limits(now time.Time) Limits {
@@ -178,10 +243,11 @@ func (b *budget) limits(now time.Time) Limits {
 	if a.lastDecrease.IsZero() {
 		return e
 	}
-	if v, ok := a.tokens.at(b.acfg, a.lastDecrease, now, float64(e.TPM)); ok {
+	floor := b.floorBase()
+	if v, ok := a.tokens.at(b.acfg, a.lastDecrease, now, float64(e.TPM), float64(floor.TPM)); ok {
 		e.TPM = int64(v)
 	}
-	if v, ok := a.requests.at(b.acfg, a.lastDecrease, now, float64(e.RPM)); ok {
+	if v, ok := a.requests.at(b.acfg, a.lastDecrease, now, float64(e.RPM), float64(floor.RPM)); ok {
 		e.RPM = max(1, int64(v))
 	}
 	return e

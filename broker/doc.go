@@ -25,6 +25,12 @@
 // against its client; a late completion corrects the charge but is still
 // answered with KindPrecondition.
 //
+// Settlement is idempotent in every state: an active lease is settled once;
+// completing a completed lease, or an expired one already settled late
+// (its Outcome is set), changes nothing, counts nothing and answers as the
+// first did. Usage above the reservation is charged in full, and Returned
+// is never negative.
+//
 // # Windows
 //
 // Each per-minute limit is a sliding window of 60 s in 250 ms slots, TPD a
@@ -42,6 +48,25 @@
 // from throttles (adaptive.go, persisted). The static limits are enforced on
 // the sliding windows; an engaged ceiling paces grants at its rate instead
 // (budget.go), so a cut never stalls every caller while the minute slides.
+// The adaptive Floor is a share of quota x margin (or of the static limit
+// when lower or without a quota), never of an operator's override alone,
+// which may be as large as int64.
+//
+// # Throttle evidence
+//
+// A throttle lowers a ceiling only with evidence and within a bound, since
+// anyone who can call ReportThrottle could otherwise shrink every budget
+// for everybody. Evidence: the reporter holds a lease on the budget, or
+// held one within the last minute (a throttled settlement's lease is its
+// own evidence while active or within a minute of its expiry); its grant
+// came before the cut the throttle would cause. Bound: the throttles of one
+// client cause at most three decreases per minute on a budget (enough for
+// the deepening cuts of a real capacity drop). Throttles without evidence
+// or beyond the bound are counted in counters and history and change no
+// ceiling. Real throttles come from calls the broker granted, so they
+// always carry evidence. The rest of the rule (one decrease per
+// MinInterval, none for leases granted before the last decrease) is in
+// adaptive.go.
 // A limit of 0 means absent. A request whose reservation exceeds the
 // effective TPM or TPD on its own can never fit, and fails at once with
 // KindInvalid naming max_output_tokens.
@@ -119,6 +144,14 @@
 // grant invariant never reads it. Reports (Activity), the dashboard and
 // quota-increase evidence (History) read it back, adding what is still in
 // memory, so they are exact up to the call.
+//
+// History is bounded against callers: a budget keeps at most
+// ClientsPerMinute clients by name in a minute (the rest are counted under
+// OtherClients), so self-declared names cannot grow the file or a report's
+// cost; one History call holds at most 50,000 points over all its series
+// (budgets x points; about 8.4 MB) and is refused with KindInvalid on step
+// beyond that; window charges are never shown below zero (a crash can lose
+// a grant's second of history but keep its settlement's correction).
 //
 // # Concurrency
 //

@@ -109,6 +109,17 @@ func (s *Stats) ObserveOutput(v int64) {
 }
 
 // clone returns a copy of s that shares nothing with it.
+// saturate clamps the window charges at zero. A settlement records the
+// change to its grant's charge (a return, mostly) in the grant's minute;
+// after a crash the grant's own count may be lost with the second of history
+// that was not yet written, while the correction, made after the restart,
+// is kept. The sum is then negative, which no window ever was: what was
+// lost cannot be restored, but a reader is never shown less than nothing.
+func (s *Stats) saturate() {
+	s.WindowTokens = max(0, s.WindowTokens)
+	s.WindowRequests = max(0, s.WindowRequests)
+}
+
 func (s *Stats) clone() Stats {
 	c := *s
 	c.OutputHist = nil
@@ -247,8 +258,67 @@ type StatsReader interface {
 const pendingCap = 1024
 
 // OtherClients is the client name under which history counts clients beyond
-// what one flush holds.
+// those it keeps by name (see ClientsPerMinute).
 const OtherClients = "(other)"
+
+// ClientsPerMinute is how many distinct clients a budget's history keeps by
+// name in one minute: the first to appear in that minute. Every later one
+// is counted under OtherClients. Client names are often self-declared, and
+// without this bound a caller inventing names made every refused call a
+// record of its own: the file grew by about 80 bytes a call for the 48 h it
+// keeps client history, and a report read them all. With it, a budget's
+// client history holds at most ClientsPerMinute + 1 records a minute (about
+// 95,000 over 48 h), and a report reads at most 60 x that many an hour.
+//
+// The names kept are remembered for the minutes a settlement can still
+// correct (nameMinutes): a settlement's correction to its grant's minute
+// goes to the name the grant was counted under. A lease settled later than
+// that (renewed past nameMinutes) has its correction counted under
+// OtherClients.
+const (
+	ClientsPerMinute = 32
+	nameMinutes      = 10
+)
+
+// minuteNames are the clients a budget's history keeps by name, by minute.
+type minuteNames struct {
+	newest   int64
+	byMinute map[int64]map[string]struct{}
+}
+
+// named reports whether client is (or now becomes) one of the names kept
+// for key in minute m. Caller holds foldMu.
+func (r *Recorder) named(key Key, m int64, client string) bool {
+	mn := r.names[key]
+	if mn == nil {
+		mn = &minuteNames{byMinute: make(map[int64]map[string]struct{})}
+		r.names[key] = mn
+	}
+	if m > mn.newest {
+		mn.newest = m
+		for old := range mn.byMinute {
+			if old < m-nameMinutes {
+				delete(mn.byMinute, old)
+			}
+		}
+	}
+	if m < mn.newest-nameMinutes {
+		return false // forgotten: which names that minute kept is unknown
+	}
+	set := mn.byMinute[m]
+	if _, ok := set[client]; ok {
+		return true
+	}
+	if len(set) >= ClientsPerMinute {
+		return false
+	}
+	if set == nil {
+		set = make(map[string]struct{}, ClientsPerMinute)
+		mn.byMinute[m] = set
+	}
+	set[client] = struct{}{}
+	return true
+}
 
 type statsSlot struct {
 	minute int64
@@ -276,8 +346,9 @@ type Recorder struct {
 	events  []event    // handed over, not yet folded
 	backlog atomic.Int64
 
-	foldMu  sync.Mutex // guards pending and spare
+	foldMu  sync.Mutex // guards pending, names and spare
 	pending map[Key]map[statsSlot]*Stats
+	names   map[Key]*minuteNames
 	spare   []event // the last folded slice, reused for the next events
 }
 
@@ -286,7 +357,7 @@ type Recorder struct {
 const foldBacklog = 1024
 
 func newRecorder(store Store, clock Clock) *Recorder {
-	r := &Recorder{clock: clock, pending: make(map[Key]map[statsSlot]*Stats)}
+	r := &Recorder{clock: clock, pending: make(map[Key]map[statsSlot]*Stats), names: make(map[Key]*minuteNames)}
 	r.reader, _ = store.(StatsReader)
 	return r
 }
@@ -409,6 +480,9 @@ func (r *Recorder) apply(e *event) {
 // Caller holds foldMu.
 func (r *Recorder) stat(key Key, client string, t time.Time) *Stats {
 	slot := statsSlot{minuteOf(t), client}
+	if client != OtherClients && !r.named(key, slot.minute, client) {
+		slot.client = OtherClients
+	}
 	byKey := r.pending[key]
 	if s := byKey[slot]; s != nil {
 		return s
@@ -480,21 +554,30 @@ func (r *Recorder) pendingStats(from, to int64, perClient bool, match func(Key) 
 // readStats calls fn for every record from <= Minute < to of the budgets
 // match selects: the store's, then those still in memory. Records of one
 // (budget, minute, client) may come more than once; callers add them up.
-func (r *Recorder) readStats(ctx context.Context, from, to int64, perClient bool, match func(Key) bool, fn func(*StatsRecord)) error {
+// An error fn returns ends the read and is returned as is.
+func (r *Recorder) readStats(ctx context.Context, from, to int64, perClient bool, match func(Key) bool, fn func(*StatsRecord) error) error {
 	pending := r.pendingStats(from, to, perClient, match)
+	var stop error // fn's, kept apart from the store's failures
 	if r.reader != nil {
 		err := r.reader.ReadStats(ctx, from, to, perClient, func(rec *StatsRecord) error {
 			if match(rec.Key) {
-				fn(rec)
+				if stop = fn(rec); stop != nil {
+					return stop
+				}
 			}
 			return ctx.Err()
 		})
+		if stop != nil {
+			return stop
+		}
 		if err != nil {
 			return &Error{Kind: KindUnavailable, Message: "usage history could not be read", Err: err}
 		}
 	}
 	for i := range pending {
-		fn(&pending[i])
+		if err := fn(&pending[i]); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -515,9 +598,38 @@ type HistoryQuery struct {
 	Step     time.Duration
 }
 
-// maxHistoryPoints bounds one answer, so no query can ask the broker to
-// build an arbitrarily large series.
-const maxHistoryPoints = 10_000
+// maxHistoryPoints bounds one series, and maxHistoryCells the points of
+// one answer over all its series (budgets x points): the work and memory of
+// a call are proportional to it, and without the second bound 400 budgets
+// of 10,000 points made one call allocate about 600 MB. A point is a Stats
+// without its histogram (168 bytes), so one call holds at most about
+// 8.4 MB of points, and about as much again in its answer. The dashboard's
+// day (96 points) and hour (60) fit for 520 budgets; a day of minutes
+// (1,440 points, the quota-increase evidence) for 34. At 100,000 an
+// unrelated AcquireLease's p99 under history load went past 100 ms on the
+// 2-core machine (BenchmarkAcquireDuringHistory, BENCHMARKS.md).
+const (
+	maxHistoryPoints = 10_000
+	maxHistoryCells  = 50_000
+)
+
+// HistorySteps is the number of steps of step from from to to: the points
+// of each series History answers for them (from already rounded down to a
+// minute; step positive). It never overflows: a span beyond what a
+// time.Duration holds counts as math.MaxInt64 steps, far over the maximum.
+func HistorySteps(from, to time.Time, step time.Duration) int64 {
+	span := to.Sub(from)
+	if !from.Add(span).Equal(to) {
+		// Beyond what a Duration holds (about 292 years): Sub saturated,
+		// and any count from it would be wrong. No step makes it few.
+		return math.MaxInt64
+	}
+	n := int64(span / step)
+	if span%step != 0 {
+		n++
+	}
+	return n
+}
 
 // Series is the history of one budget: Points[i] covers the Step starting
 // at From + i x Step, summed over clients, without OutputHist; Total
@@ -544,16 +656,23 @@ func (r *Recorder) History(ctx context.Context, q HistoryQuery) ([]Series, error
 	if !q.To.After(from) {
 		return nil, invalidf("to", "%v is not after from %v", q.To, from)
 	}
-	n := int((q.To.Sub(from) + step - 1) / step)
-	if n > maxHistoryPoints {
-		return nil, invalidf("step", "%v from %v to %v makes %d points; at most %d", step, from, q.To, n, maxHistoryPoints)
+	n64 := HistorySteps(from, q.To, step)
+	if n64 > maxHistoryPoints {
+		return nil, invalidf("step", "%v from %v to %v makes %d points; at most %d", step, from, q.To, n64, maxHistoryPoints)
 	}
+	n := int(n64)
 	fromM, stepM := minuteOf(from), int64(step/time.Minute)
 	toM := fromM + int64(n)*stepM
 	byKey := map[Key]*Series{}
-	err := r.readStats(ctx, fromM, toM, false, q.Filter.matcher(), func(r *StatsRecord) {
+	err := r.readStats(ctx, fromM, toM, false, q.Filter.matcher(), func(r *StatsRecord) error {
 		s := byKey[r.Key]
 		if s == nil {
+			// Checked before each series is allocated, so a call never
+			// holds more than maxHistoryCells points.
+			if (len(byKey)+1)*n > maxHistoryCells {
+				return invalidf("step", "more than %d budgets with history at %d points each: over %d points in one answer; narrow the region or model filter, shorten the span or widen the step",
+					len(byKey), n, maxHistoryCells)
+			}
 			s = &Series{Key: r.Key, From: from, Step: step, Points: make([]Stats, n)}
 			byKey[r.Key] = s
 		}
@@ -563,12 +682,17 @@ func (r *Recorder) History(ctx context.Context, q HistoryQuery) ([]Series, error
 		point.OutputHist = nil
 		s.Points[(r.Minute-fromM)/stepM].Add(&point)
 		s.Total.Add(&r.Stats)
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	out := make([]Series, 0, len(byKey))
 	for _, s := range byKey {
+		for i := range s.Points {
+			s.Points[i].saturate()
+		}
+		s.Total.saturate()
 		out = append(out, *s)
 	}
 	slices.SortFunc(out, func(x, y Series) int { return compareKeys(x.Key, y.Key) })
@@ -615,7 +739,7 @@ func (r *Recorder) Activity(ctx context.Context, f ReportFilter) (map[Key]*Activ
 	cur := minuteOf(now)
 	match := f.matcher()
 	out := map[Key]*Activity{}
-	err := r.readStats(ctx, cur-24*60, cur, false, match, func(r *StatsRecord) {
+	err := r.readStats(ctx, cur-24*60, cur, false, match, func(r *StatsRecord) error {
 		a := out[r.Key]
 		if a == nil {
 			a = &Activity{}
@@ -628,12 +752,13 @@ func (r *Recorder) Activity(ctx context.Context, f ReportFilter) (map[Key]*Activ
 		if r.Minute == cur-1 {
 			a.LastMinute.Add(&r.Stats)
 		}
+		return nil
 	})
 	if err != nil {
 		return nil, now, err
 	}
 	clients := map[Key]map[string]*Stats{}
-	err = r.readStats(ctx, cur-60, cur, true, match, func(r *StatsRecord) {
+	err = r.readStats(ctx, cur-60, cur, true, match, func(r *StatsRecord) error {
 		byClient := clients[r.Key]
 		if byClient == nil {
 			byClient = map[string]*Stats{}
@@ -645,12 +770,17 @@ func (r *Recorder) Activity(ctx context.Context, f ReportFilter) (map[Key]*Activ
 			byClient[r.Client] = c
 		}
 		c.Add(&r.Stats)
+		return nil
 	})
 	if err != nil {
 		return nil, now, err
 	}
 	for k, a := range out {
+		a.LastMinute.saturate()
+		a.LastHour.saturate()
+		a.LastDay.saturate()
 		for name, s := range clients[k] {
+			s.saturate()
 			a.TopClients = append(a.TopClients, ClientStats{Client: name, Stats: *s})
 		}
 		slices.SortFunc(a.TopClients, func(x, y ClientStats) int {

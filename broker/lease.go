@@ -46,7 +46,8 @@ func validateUsage(u Usage) error {
 // reservation returns to the budget. Completing a completed lease changes
 // nothing. Completing an expired lease records the usage and corrects the
 // charge, but fails with KindPrecondition: the lease still counts as expired
-// against its client.
+// against its client. Only the first late completion does so; later ones
+// change and count nothing, and fail the same way.
 func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u Usage) (Settlement, error) {
 	if err := validateLeaseID(leaseID); err != nil {
 		return Settlement{}, err
@@ -63,10 +64,19 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 		b.mu.Unlock()
 		return Settlement{}, notFoundf("lease %q not found: unknown, or forgotten %v after it ended", leaseID, b.cfg.Retention)
 	}
-	if l.State == LeaseCompleted {
-		s := Settlement{AlreadyCompleted: true, Charged: l.Charged, Returned: l.Reserved - l.Charged}
+	switch {
+	case l.State == LeaseCompleted:
+		s := Settlement{AlreadyCompleted: true, Charged: l.Charged, Returned: returned(l.Reserved, l.Charged)}
 		b.mu.Unlock()
 		return s, nil
+	case l.State == LeaseExpired && l.Outcome != OutcomeUnknown:
+		// Already settled late: the outcome on record is that settlement.
+		// Settling again would count another completion (and another
+		// throttle, feeding alerts and the adaptive ceiling) for one call.
+		s := Settlement{AlreadyCompleted: true, Charged: l.Charged, Returned: returned(l.Reserved, l.Charged)}
+		at := l.ExpiresAt
+		b.mu.Unlock()
+		return s, &Error{Kind: KindPrecondition, Message: fmt.Sprintf("lease %q expired at %s before it was completed; its usage was already recorded", leaseID, at.UTC().Format(time.RFC3339))}
 	}
 	now := b.clock.Now()
 	bg := l.b
@@ -78,7 +88,7 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	bg.adjust(now, l.GrantedAt, dTokens, dRequests, outcome == OutcomeThrottled)
 	wasExpired := l.State == LeaseExpired
 	if !wasExpired {
-		bg.concurrent--
+		bg.ended(l.Client)
 		b.released(l.Client, now)
 		l.State = LeaseCompleted
 		l.EndedAt = now
@@ -96,11 +106,14 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 		bg.counters.Cancelled++
 	}
 	bg.counters.SettledTokens += charge
-	bg.counters.ReturnedTokens -= dTokens
+	bg.counters.ReturnedTokens += max(0, -dTokens)
 	b.rec.note(event{kind: eventSettled, key: l.Key, client: l.Client, at: now, grantedAt: l.GrantedAt,
 		outcome: outcome, usage: u, charge: charge, tokens: dTokens, requests: dRequests, maxOutput: l.MaxOutput})
 	c := Change{Usage: []UsageRecord{{Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests}}}
-	if outcome == OutcomeThrottled && b.throttled(bg, now, l.GrantedAt) {
+	// The lease is the evidence: held until now, or expired within the
+	// window.
+	held := !wasExpired || now.Sub(l.EndedAt) <= evidenceWindow
+	if outcome == OutcomeThrottled && b.throttled(bg, now, l.GrantedAt, l.Client, held) {
 		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
 	}
 	b.dispatch(bg, now)
@@ -110,12 +123,17 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	b.rec.tidy()
 
 	b.commitOrRetry(ctx, c)
-	s := Settlement{Charged: charge, Returned: rec.Reserved - charge}
+	s := Settlement{Charged: charge, Returned: returned(rec.Reserved, charge)}
 	if wasExpired {
 		return s, &Error{Kind: KindPrecondition, Message: fmt.Sprintf("lease %q expired at %s before it was completed; its usage is recorded", leaseID, rec.ExpiresAt.UTC().Format(time.RFC3339))}
 	}
 	return s, nil
 }
+
+// returned is what a settlement gives back of a reservation: nothing, not
+// a negative amount, when the call used more than it reserved (the usage is
+// the caller's figure; the extra is charged to the window all the same).
+func returned(reserved, charged int64) int64 { return max(0, reserved-charged) }
 
 // commitOrRetry persists a change the caller has already been promised. If
 // the store fails, the change is kept and retried by Run: the in-memory
@@ -171,7 +189,9 @@ func (b *Core) Renew(ctx context.Context, leaseID string, extend time.Duration) 
 }
 
 // ReportThrottle records a throttle Bedrock returned outside any lease.
-// client is who reports it, for history ("" if unknown).
+// client is who reports it ("" is "anonymous", as in Acquire): it lowers the
+// ceiling only if client holds, or held within the last minute, a lease on
+// the budget (see the adaptive rules in adaptive.go and the package doc).
 func (b *Core) ReportThrottle(ctx context.Context, modelID, region, client string) (Key, error) {
 	key, err := ParseModelID(modelID, region, b.cfg.DefaultRegion)
 	if err != nil {
@@ -183,10 +203,13 @@ func (b *Core) ReportThrottle(ctx context.Context, modelID, region, client strin
 		b.mu.Unlock()
 		return Key{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
+	if client == "" {
+		client = "anonymous" // as Acquire names it, so its leases are its evidence
+	}
 	bg.counters.ReportedThrottles++
 	b.rec.note(event{kind: eventReportedThrottle, key: key, client: client, at: b.clock.Now()})
 	var c Change
-	if b.throttled(bg, b.clock.Now(), time.Time{}) {
+	if b.throttled(bg, b.clock.Now(), time.Time{}, client, false) {
 		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
 	}
 	b.mu.Unlock()

@@ -64,6 +64,7 @@ func (b *Core) Sweep(ctx context.Context) {
 	limits := make(map[Key]Limits, len(b.budgets)) // to stamp history with
 	for k, bg := range b.budgets {
 		limits[k] = bg.limits(now)
+		bg.forgetClients(now)
 	}
 	b.mu.Unlock()
 	c.Stats = append(c.Stats, b.rec.take(limits)...) // folded here, off the lock
@@ -84,7 +85,7 @@ func (b *Core) expire(l *lease, now time.Time) {
 	l.State = LeaseExpired
 	l.EndedAt = now
 	l.Version++
-	l.b.concurrent--
+	l.b.ended(l.Client)
 	b.released(l.Client, now)
 	l.b.counters.Expired++
 	b.rec.note(event{kind: eventExpired, key: l.Key, client: l.Client, at: now})

@@ -56,6 +56,16 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	return st.Err()
 }
 
+// busy is the status of a call refused because too many like it are at
+// work: RESOURCE_EXHAUSTED with google.rpc.RetryInfo.
+func busy(retry time.Duration) error {
+	st := status.New(codes.ResourceExhausted, "too many usage history calls at once; retry later")
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
 // refusal is the status of an AcquireLease that found no capacity in time:
 // RESOURCE_EXHAUSTED with google.rpc.RetryInfo (when to try again) and
 // google.rpc.ErrorInfo (reason LIMIT_TPM etc.: which limit blocked). The

@@ -34,6 +34,36 @@ type CloudWatchPoint struct {
 // defaultHistorySpan is the span of a GetUsageHistory that names no from.
 const defaultHistorySpan = time.Hour
 
+// historyQueue is how long a GetUsageHistory waits for one of the
+// Config.MaxConcurrentHistory slots before it is refused.
+const historyQueue = time.Second
+
+// historySlots bounds the GetUsageHistory calls at work at once. A call's
+// memory is bounded by the domain (at most 50,000 points, ~8.4 MB of points, and its
+// encoded answer); this bounds how many such calls run together, so the
+// broker's memory stays within slots x that, and the calls cannot take every
+// core from the lease path. A call beyond the slots waits briefly, then is
+// refused with RESOURCE_EXHAUSTED and a retry delay.
+type historySlots chan struct{}
+
+func (h historySlots) acquire(ctx context.Context) (release func(), err error) {
+	select {
+	case h <- struct{}{}:
+		return func() { <-h }, nil
+	default:
+	}
+	t := time.NewTimer(historyQueue) // system time, like the RPC deadline that also bounds it
+	defer t.Stop()
+	select {
+	case h <- struct{}{}:
+		return func() { <-h }, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-t.C:
+		return nil, busy(historyQueue)
+	}
+}
+
 // GetUsageHistory reads the broker's history and, with Config.CloudWatch,
 // adds CloudWatch's figures; a CloudWatch failure leaves the broker's
 // figures complete and says why in cloudwatch_error.
@@ -67,8 +97,13 @@ func (s *Server) GetUsageHistory(ctx context.Context, req *pb.GetUsageHistoryReq
 			return nil, status.Errorf(codes.InvalidArgument, "step: %v is not positive", step)
 		}
 	}
+	release, err := s.history.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	// The domain checks the rest (whole minutes, from before to, at most
-	// 10,000 points) and names the field.
+	// 10,000 points, at most 50,000 over all budgets) and names the field.
 	series, err := s.ops.History(ctx, broker.HistoryQuery{
 		Filter: broker.ReportFilter{Region: req.GetRegion(), Model: req.GetModel()},
 		From:   from, To: to, Step: step,
@@ -77,8 +112,7 @@ func (s *Server) GetUsageHistory(ctx context.Context, req *pb.GetUsageHistoryReq
 		return nil, toStatus(ctx, s.log, err)
 	}
 	from = from.Truncate(time.Minute)
-	n := int((to.Sub(from) + step - 1) / step)
-	out := &pb.GetUsageHistoryResponse{From: timestampPB(from), Step: durationPB(step), Steps: int64(n)}
+	out := &pb.GetUsageHistoryResponse{From: timestampPB(from), Step: durationPB(step), Steps: broker.HistorySteps(from, to, step)}
 	for _, sr := range series {
 		var cw *CloudWatchUsage
 		if s.cfg.CloudWatch != nil && out.CloudwatchError == "" {

@@ -125,6 +125,12 @@ type Config struct {
 	// refused with RESOURCE_EXHAUSTED. With FirstMessageTimeout it bounds
 	// what header-only streams can cost (see edge.go). Default 1024.
 	MaxPendingStreams int
+	// MaxConcurrentHistory bounds the GetUsageHistory calls at work at
+	// once; one more waits up to a second for a slot, then is refused with
+	// RESOURCE_EXHAUSTED and a retry delay. Default 1: a history call is
+	// CPU-bound for up to about a second, and one leaves the other cores to
+	// the lease path (measured in BenchmarkAcquireDuringHistory).
+	MaxConcurrentHistory int
 	// CloudWatch, when set, adds CloudWatch's figures to GetUsageHistory.
 	CloudWatch CloudWatch
 	// Clock gives the time the server stamps answers with and defaults
@@ -148,13 +154,14 @@ func (c Config) authenticates() bool { return c.Tokens != nil || c.TLS.Mutual() 
 // grpcurl works without proto files.
 type Server struct {
 	pb.UnimplementedQuotaBrokerServer
-	leases LeaseService
-	ops    OperatorService
-	clock  Clock
-	cfg    Config
-	log    *slog.Logger
-	grpc   *grpc.Server
-	health *health.Server
+	leases  LeaseService
+	ops     OperatorService
+	clock   Clock
+	cfg     Config
+	log     *slog.Logger
+	grpc    *grpc.Server
+	health  *health.Server
+	history historySlots
 }
 
 // New builds the server with its interceptor chain: metrics (when
@@ -194,7 +201,11 @@ func New(b Broker, cfg Config) *Server {
 	if cfg.Clock == nil {
 		cfg.Clock = systemClock{}
 	}
-	s := &Server{leases: b, ops: b, clock: cfg.Clock, cfg: cfg, log: cfg.Logger, health: health.NewServer()}
+	if cfg.MaxConcurrentHistory <= 0 {
+		cfg.MaxConcurrentHistory = 1
+	}
+	s := &Server{leases: b, ops: b, clock: cfg.Clock, cfg: cfg, log: cfg.Logger, health: health.NewServer(),
+		history: make(historySlots, cfg.MaxConcurrentHistory)}
 	logger := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		s.log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
@@ -315,10 +326,12 @@ func (s *Server) AcquireLease(ctx context.Context, req *pb.AcquireLeaseRequest) 
 		}
 		wait = req.GetWait().AsDuration()
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		// The deadline is on the system clock, not on Config.Clock.
-		wait = min(wait, time.Until(dl)-s.cfg.DeadlineMargin)
-		wait = max(wait, 0)
+	if dl, ok := ctx.Deadline(); ok && wait > 0 {
+		// The deadline is on the system clock, not on Config.Clock. A
+		// negative wait is left as asked, for the domain to refuse the
+		// same with a deadline as without; only the deadline's bound is
+		// clamped at zero (a deadline already close answers at once).
+		wait = max(min(wait, time.Until(dl)-s.cfg.DeadlineMargin), 0)
 	}
 	prio, err := priorityFromPB(req.GetPriority())
 	if err != nil {
@@ -404,8 +417,10 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 	// response then says why activity is missing.
 	activity, _, err := s.ops.Activity(ctx, f)
 	if err != nil {
-		s.log.Warn("report without activity: usage history unreadable", "err", err)
-		out.HistoryError = err.Error()
+		// The cause (a store error, naming the data file) goes to the
+		// log; callers learn only that activity is missing.
+		s.log.WarnContext(ctx, "report without activity: usage history unreadable", "err", err)
+		out.HistoryError = "usage history could not be read; see the broker's log"
 	}
 	all, self := s.seesEveryClient(ctx), clientOf(ctx)
 	for _, r := range reports {

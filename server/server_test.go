@@ -88,7 +88,7 @@ func newBroker(t *testing.T) *broker.Broker {
 
 // serve runs a server with scfg in front of b on loopback for the test and
 // returns a connection to it.
-func serve(t *testing.T, b server.Broker, scfg server.Config) *grpc.ClientConn {
+func serve(t testing.TB, b server.Broker, scfg server.Config) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(serveOn(t, server.New(b, scfg)), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

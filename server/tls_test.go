@@ -46,7 +46,7 @@ type tlsFixture struct {
 }
 
 // serveOn runs srv on a loopback port until the test ends.
-func serveOn(t *testing.T, srv *server.Server) string {
+func serveOn(t testing.TB, srv *server.Server) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
