@@ -402,9 +402,13 @@ func (s *Sim) evaluateLocked(region string, a *alarm, now time.Time) (state, rea
 			present++
 		}
 	}
-	data = mustJSON(map[string]any{"version": "1.0", "queryDate": now.UTC().Format("2006-01-02T15:04:05.000+0000"),
+	rd := map[string]any{"version": "1.0", "queryDate": now.UTC().Format("2006-01-02T15:04:05.000+0000"),
 		"startDate": time.Unix(start, 0).UTC().Format("2006-01-02T15:04:05.000+0000"), "statistic": a.stat,
-		"period": a.period, "recentDatapoints": nonNilF(recent), "threshold": a.threshold, "evaluatedDatapoints": evaluated})
+		"period": a.period, "recentDatapoints": nonNilF(recent), "threshold": a.threshold, "evaluatedDatapoints": evaluated}
+	if a.metrics != nil {
+		delete(rd, "statistic") // an expression has none
+	}
+	data = mustJSON(rd)
 	switch {
 	case present == 0 && a.treatMissing == "ignore":
 		return "", "", ""
