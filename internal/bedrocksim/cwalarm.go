@@ -17,8 +17,13 @@ import (
 // "missing" (default). "ignore" keeps the state; "breaching" and
 // "notBreaching" count a missing period as such. Every state change and
 // configuration change goes to the alarm history. Actions are stored and
-// echoed, never executed. Metric-math alarms and anomaly detection are
-// refused with a ValidationError.
+// echoed, never executed.
+//
+// A metric-math alarm (Metrics in place of MetricName) is evaluated with
+// GetMetricData's evaluator over the same window: its one query with
+// ReturnData true must give a single time series, and that series is the
+// alarm's datapoints. Its MetricStats share one period, the alarm's.
+// Anomaly detection (ThresholdMetricId) is refused with a ValidationError.
 
 type alarm struct {
 	name, description, arn             string
@@ -30,8 +35,13 @@ type alarm struct {
 	actionsEnabled                     bool
 	alarmActions, okActions, insuffAct []string
 	tags                               []any
-	state, reason, reasonData          string
-	stateUpdated, configUpdated        time.Time
+	// metrics is a metric-math alarm's queries, normalised (typed scalars,
+	// absent members left out) so they echo the same in every protocol and
+	// feed newMathEval as they are; nil for a single-metric alarm.
+	metrics                     []any
+	returnID                    string
+	state, reason, reasonData   string
+	stateUpdated, configUpdated time.Time
 }
 
 type alarmHistory struct {
@@ -62,18 +72,34 @@ var comparisons = map[string]string{
 }
 
 func (s *Sim) putMetricAlarmLocked(region string, now time.Time, in cwIn) (map[string]any, *cwError) {
-	if in.has("Metrics") || in.has("ThresholdMetricId") {
-		return nil, cwErrorf("ValidationError", "The simulator does not support metric-math or anomaly-detection alarms; "+
-			"give Namespace, MetricName, Dimensions, Period, Statistic and Threshold.")
+	if in.has("ThresholdMetricId") {
+		return nil, cwErrorf("ValidationError", "The simulator does not support anomaly-detection alarms (ThresholdMetricId); "+
+			"give a Threshold.")
 	}
-	if err := in.required("AlarmName", "EvaluationPeriods", "ComparisonOperator", "MetricName", "Namespace", "Period", "Threshold"); err != nil {
+	if err := in.required("AlarmName", "EvaluationPeriods", "ComparisonOperator", "Threshold"); err != nil {
 		return nil, err
 	}
-	if in.has("ExtendedStatistic") {
-		return nil, checkStat("ExtendedStatistic", in.str("ExtendedStatistic"))
-	}
-	if err := in.required("Statistic"); err != nil {
-		return nil, err
+	isMath := in.has("Metrics")
+	if isMath {
+		// AWS's words: "Statistic should not be set if list of Metrics is set."
+		for _, k := range []string{"Namespace", "MetricName", "Dimensions", "Period", "Unit", "Statistic", "ExtendedStatistic"} {
+			if in.has(k) {
+				return nil, cwErrorf("ValidationError", "%s should not be set if list of Metrics is set.", k)
+			}
+		}
+	} else {
+		if !in.has("MetricName") {
+			return nil, cwErrorf("ValidationError", "MetricName must not be null")
+		}
+		if err := in.required("Namespace", "Period"); err != nil {
+			return nil, err
+		}
+		if in.has("ExtendedStatistic") {
+			return nil, checkStat("ExtendedStatistic", in.str("ExtendedStatistic"))
+		}
+		if err := in.required("Statistic"); err != nil {
+			return nil, err
+		}
 	}
 	a := &alarm{name: in.str("AlarmName"), description: in.str("AlarmDescription"), namespace: in.str("Namespace"),
 		metric: in.str("MetricName"), stat: in.str("Statistic"), unit: in.str("Unit"),
@@ -83,7 +109,12 @@ func (s *Sim) putMetricAlarmLocked(region string, now time.Time, in cwIn) (map[s
 	if len(a.name) > 255 {
 		return nil, cwErrorf("InvalidParameterValue", "The parameter AlarmName must be at most 255 characters.")
 	}
-	if err := checkStat("Statistic", a.stat); err != nil {
+	var err *cwError
+	if isMath {
+		if a.metrics, a.returnID, a.period, err = s.alarmMetricsLocked(region, now, in); err != nil {
+			return nil, err
+		}
+	} else if err := checkStat("Statistic", a.stat); err != nil {
 		return nil, err
 	}
 	if _, ok := comparisons[a.comparison]; !ok {
@@ -100,12 +131,13 @@ func (s *Sim) putMetricAlarmLocked(region string, now time.Time, in cwIn) (map[s
 	default:
 		return nil, cwErrorf("ValidationError", "The value %s for parameter TreatMissingData is not valid.", a.treatMissing)
 	}
-	var err *cwError
-	if a.period, err = in.int("Period"); err != nil {
-		return nil, err
-	}
-	if err := checkPeriod("Period", a.period); err != nil {
-		return nil, err
+	if !isMath {
+		if a.period, err = in.int("Period"); err != nil {
+			return nil, err
+		}
+		if err := checkPeriod("Period", a.period); err != nil {
+			return nil, err
+		}
 	}
 	if a.evalPeriods, err = in.int("EvaluationPeriods"); err != nil {
 		return nil, err
@@ -151,6 +183,125 @@ func (s *Sim) putMetricAlarmLocked(region string, now time.Time, in cwIn) (map[s
 	return map[string]any{}, nil
 }
 
+// alarmMetricsLocked validates a metric-math alarm's Metrics and returns
+// them normalised, the id of the query the alarm watches and the alarm's
+// period. Callers hold mu.
+func (s *Sim) alarmMetricsLocked(region string, now time.Time, in cwIn) ([]any, string, int64, *cwError) {
+	qs := in.objs("Metrics")
+	if len(qs) == 0 || len(qs) > 20 {
+		return nil, "", 0, cwErrorf("ValidationError", "The Metrics list must hold between 1 and 20 queries.")
+	}
+	var out []any
+	var period int64
+	stats, exprs := 0, 0
+	for _, q := range qs {
+		m := map[string]any{"Id": q.str("Id")}
+		for _, k := range []string{"Label", "Expression", "AccountId"} {
+			if q.has(k) {
+				m[k] = q.str(k)
+			}
+		}
+		rd, err := q.bool("ReturnData", true)
+		if err != nil {
+			return nil, "", 0, err
+		}
+		m["ReturnData"] = rd
+		if q.has("Period") {
+			p, err := q.int("Period")
+			if err != nil {
+				return nil, "", 0, err
+			}
+			m["Period"] = p
+		}
+		if q.has("Expression") {
+			exprs++
+			if strings.Contains(strings.ToUpper(q.str("Expression")), "SEARCH(") {
+				return nil, "", 0, cwErrorf("ValidationError", "SEARCH expressions are not supported in alarms (query %s); "+
+					"name the metrics in MetricStat queries.", q.str("Id"))
+			}
+		}
+		if ms, ok := q.obj("MetricStat"); ok {
+			stats++
+			if err := ms.required("Metric", "Period", "Stat"); err != nil {
+				return nil, "", 0, err
+			}
+			metric, _ := ms.obj("Metric")
+			p, err := ms.int("Period")
+			if err != nil {
+				return nil, "", 0, err
+			}
+			if err := checkPeriod(ms.name("Period"), p); err != nil {
+				return nil, "", 0, err
+			}
+			if period != 0 && p != period {
+				return nil, "", 0, cwErrorf("ValidationError", "The Period of every MetricStat in Metrics must be the same "+
+					"(query %s has %d, an earlier one %d).", q.str("Id"), p, period)
+			}
+			period = p
+			ds, err := dims(metric, "Dimensions")
+			if err != nil {
+				return nil, "", 0, err
+			}
+			dl := []any{}
+			for _, d := range ds {
+				dl = append(dl, map[string]any{"Name": d.name, "Value": d.value})
+			}
+			mm := map[string]any{"MetricName": metric.str("MetricName"), "Dimensions": dl}
+			if metric.has("Namespace") {
+				mm["Namespace"] = metric.str("Namespace")
+			}
+			st := map[string]any{"Metric": mm, "Period": p, "Stat": ms.str("Stat")}
+			if ms.has("Unit") {
+				if u := ms.str("Unit"); !cwUnitOK(u) {
+					return nil, "", 0, cwErrorf("InvalidParameterValue", "The value %s for parameter %sUnit is not valid.", u, ms.path)
+				} else {
+					st["Unit"] = u
+				}
+			}
+			m["MetricStat"] = st
+		}
+		out = append(out, m)
+	}
+	if stats > 10 || exprs > 10 {
+		return nil, "", 0, cwErrorf("ValidationError", "The Metrics list may hold at most 10 MetricStat and 10 Expression queries.")
+	}
+	if period == 0 {
+		return nil, "", 0, cwErrorf("ValidationError", "The Metrics list must retrieve at least one metric with a MetricStat.")
+	}
+	// GetMetricData's evaluator checks the rest as it does there (ids,
+	// exactly one of MetricStat and Expression, statistics, expressions).
+	ev, err := s.newMathEval(region, now.Add(-time.Duration(period)*time.Second), now, alarmQueries(out))
+	if err != nil {
+		return nil, "", 0, err
+	}
+	var returning []string
+	for _, q := range ev.queries {
+		if q.returnData {
+			returning = append(returning, q.id)
+		}
+	}
+	if len(returning) != 1 {
+		return nil, "", 0, cwErrorf("ValidationError", "Exactly one element of the metrics list should return data.")
+	}
+	list, err := ev.eval(returning[0])
+	if err != nil {
+		return nil, "", 0, err
+	}
+	if len(list) != 1 {
+		return nil, "", 0, cwErrorf("ValidationError", "Error in expression %s: an alarm's expression must return a single time series, not %d.",
+			returning[0], len(list))
+	}
+	return out, returning[0], period, nil
+}
+
+func alarmQueries(metrics []any) []cwIn {
+	out := make([]cwIn, 0, len(metrics))
+	for i, m := range metrics {
+		out = append(out, cwIn{m: m.(map[string]any), path: fmt.Sprintf("Metrics.member.%d.", i+1)})
+	}
+	return out
+}
+
 func mustJSON(v any) string {
 	b, err := json.Marshal(jsonTimes(v))
 	if err != nil {
@@ -177,12 +328,16 @@ func (a *alarm) describe() map[string]any {
 		"OKActions": strsOut(a.okActions), "AlarmActions": strsOut(a.alarmActions), "InsufficientDataActions": strsOut(a.insuffAct),
 		"StateValue": a.state, "StateReason": a.reason, "StateUpdatedTimestamp": a.stateUpdated,
 		"StateTransitionedTimestamp": a.stateUpdated,
-		"MetricName":                 a.metric, "Namespace": a.namespace, "Statistic": a.stat, "Dimensions": ds,
-		"Period": a.period, "EvaluationPeriods": a.evalPeriods, "DatapointsToAlarm": a.datapoints,
+		"EvaluationPeriods":          a.evalPeriods, "DatapointsToAlarm": a.datapoints,
 		"Threshold": a.threshold, "ComparisonOperator": a.comparison, "TreatMissingData": a.treatMissing,
-		"EvaluationState": "", "Metrics": []any{},
+		"Dimensions": ds, "Metrics": []any{},
 	}
-	delete(m, "EvaluationState")
+	if a.metrics != nil {
+		// A metric-math alarm has no metric, statistic or period of its own.
+		m["Metrics"] = a.metrics
+	} else {
+		m["MetricName"], m["Namespace"], m["Statistic"], m["Period"] = a.metric, a.namespace, a.stat, a.period
+	}
 	if a.reasonData != "" {
 		m["StateReasonData"] = a.reasonData
 	}
@@ -224,7 +379,7 @@ func (s *Sim) evaluateAlarmsLocked(region string, now time.Time) {
 func (s *Sim) evaluateLocked(region string, a *alarm, now time.Time) (state, reason, data string) {
 	end := now.Unix() - now.Unix()%a.period + a.period // the end of the current period
 	start := end - a.evalPeriods*a.period
-	pts := s.seriesLocked(region, a.namespace, a.metric, a.dims, a.stat, a.period, time.Unix(start, 0), time.Unix(end, 0))
+	pts := s.alarmSeriesLocked(region, a, time.Unix(start, 0), time.Unix(end, 0))
 	breaching, present := 0, 0
 	var shown []string
 	var recent []float64
@@ -247,9 +402,13 @@ func (s *Sim) evaluateLocked(region string, a *alarm, now time.Time) (state, rea
 			present++
 		}
 	}
-	data = mustJSON(map[string]any{"version": "1.0", "queryDate": now.UTC().Format("2006-01-02T15:04:05.000+0000"),
+	rd := map[string]any{"version": "1.0", "queryDate": now.UTC().Format("2006-01-02T15:04:05.000+0000"),
 		"startDate": time.Unix(start, 0).UTC().Format("2006-01-02T15:04:05.000+0000"), "statistic": a.stat,
-		"period": a.period, "recentDatapoints": nonNilF(recent), "threshold": a.threshold, "evaluatedDatapoints": evaluated})
+		"period": a.period, "recentDatapoints": nonNilF(recent), "threshold": a.threshold, "evaluatedDatapoints": evaluated}
+	if a.metrics != nil {
+		delete(rd, "statistic") // an expression has none
+	}
+	data = mustJSON(rd)
 	switch {
 	case present == 0 && a.treatMissing == "ignore":
 		return "", "", ""
@@ -261,6 +420,26 @@ func (s *Sim) evaluateLocked(region string, a *alarm, now time.Time) (state, rea
 	}
 	return "OK", fmt.Sprintf("Threshold Crossed: %d out of the last %d datapoints [%s] %s not %s the threshold (%s) (minimum %d datapoints for ALARM -> OK transition).",
 		present-breaching, a.evalPeriods, strings.Join(shown, ", "), wasWere(present-breaching), comparisons[a.comparison], fmtNum(a.threshold), a.evalPeriods-a.datapoints+1), data
+}
+
+// alarmSeriesLocked returns the datapoints an alarm watches between start
+// and end, keyed by period start. Callers hold mu.
+func (s *Sim) alarmSeriesLocked(region string, a *alarm, start, end time.Time) map[int64]float64 {
+	if a.metrics == nil {
+		return s.seriesLocked(region, a.namespace, a.metric, a.dims, a.stat, a.period, start, end)
+	}
+	// The queries were checked when the alarm was put, on the same data
+	// model; an error now would be the simulator's own bug, and an alarm
+	// with no data is what CloudWatch shows for a query it cannot run.
+	ev, err := s.newMathEval(region, start, end, alarmQueries(a.metrics))
+	if err != nil {
+		return map[int64]float64{}
+	}
+	list, err := ev.eval(a.returnID)
+	if err != nil || len(list) != 1 {
+		return map[int64]float64{}
+	}
+	return list[0].pts
 }
 
 func wasWere(n int) string {

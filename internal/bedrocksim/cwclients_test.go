@@ -195,6 +195,20 @@ a = cw.describe_alarms(AlarmNames=["llama-throttles"])["MetricAlarms"][0]
 out["alarm"] = [a["StateValue"], a["Threshold"], a["Period"], a["ActionsEnabled"], a["StateUpdatedTimestamp"].year]
 out["history"] = [h["HistorySummary"] for h in cw.describe_alarm_history(AlarmName="llama-throttles", ScanBy="TimestampAscending")["AlarmHistoryItems"]]
 cw.delete_alarms(AlarmNames=["llama-throttles"])
+haiku = {"Id": "m1", "ReturnData": False, "MetricStat": {"Metric": {"Namespace": "AWS/Bedrock", "MetricName": "InvocationThrottles",
+         "Dimensions": [{"Name": "ModelId", "Value": "anthropic.claude-3-haiku-20240307-v1:0"}]}, "Period": 60, "Stat": "Sum"}}
+math = [stat("m0", "InvocationThrottles"), haiku, {"Id": "total", "Expression": "SUM([m0, m1])", "Label": "throttles", "ReturnData": True}]
+cw.put_metric_alarm(AlarmName="sum-throttles", EvaluationPeriods=1, Threshold=2.0, ComparisonOperator="GreaterThanThreshold", Metrics=math)
+a = cw.describe_alarms(AlarmNames=["sum-throttles"])["MetricAlarms"][0]
+out["math"] = [a["StateValue"], "MetricName" in a, len(a["Metrics"]), a["Metrics"][0]["MetricStat"]["Period"],
+    a["Metrics"][0]["ReturnData"], a["Metrics"][1]["MetricStat"]["Metric"]["Dimensions"][0]["Value"], a["Metrics"][2]["Expression"]]
+try:
+    cw.put_metric_alarm(AlarmName="both", EvaluationPeriods=1, Threshold=2.0, ComparisonOperator="GreaterThanThreshold", Metrics=math,
+        MetricName="InvocationThrottles")
+    out["mathErr"] = "no error"
+except botocore.exceptions.ClientError as e:
+    out["mathErr"] = e.response["Error"]["Code"] + ": " + e.response["Error"]["Message"]
+cw.delete_alarms(AlarmNames=["sum-throttles"])
 out["left"] = len(cw.describe_alarms()["MetricAlarms"])
 print(json.dumps(out))
 `
@@ -209,6 +223,8 @@ type boto3Out struct {
 	Alarm   []any
 	History []string
 	Left    int
+	Math    []any
+	MathErr string
 }
 
 func runBoto3(t *testing.T, h *harness, env []string) boto3Out {
@@ -264,6 +280,13 @@ func checkBoto3(t *testing.T, out boto3Out) {
 	if fmt.Sprint(out.Alarm) != "[ALARM 1 60 false 2026]" || out.Left != 0 ||
 		strings.Join(out.History, "; ") != `Alarm "llama-throttles" created; Alarm updated from INSUFFICIENT_DATA to ALARM` {
 		t.Fatalf("alarm %v, history %q, %d left after delete", out.Alarm, out.History, out.Left)
+	}
+	// The metric-math alarm: Llama's 3 throttles plus Haiku's none, above 2.
+	if got := fmt.Sprint(out.Math); got != "[ALARM false 3 60 false "+haiku3+" SUM([m0, m1])]" {
+		t.Fatalf("metric-math alarm reads back as %s", got)
+	}
+	if out.MathErr != "ValidationError: MetricName should not be set if list of Metrics is set." {
+		t.Fatalf("MetricName with Metrics answered %q", out.MathErr)
 	}
 }
 
@@ -351,12 +374,13 @@ func TestCloudWatchAlarmsGoSDK(t *testing.T) {
 	if err != nil || len(metrics.Metrics) != 2 { // per ModelId, and the sum without dimensions
 		t.Fatalf("ListMetrics: %v %+v", err, metrics)
 	}
+	// Metric math that retrieves no metric has nothing to watch.
 	_, err = h.cw.PutMetricAlarm(ctx, &cloudwatch.PutMetricAlarmInput{AlarmName: aws.String("math"), EvaluationPeriods: aws.Int32(1),
 		ComparisonOperator: cwtypes.ComparisonOperatorGreaterThanThreshold, Threshold: aws.Float64(1),
 		Metrics: []cwtypes.MetricDataQuery{{Id: aws.String("e"), Expression: aws.String("1")}}})
 	var apiErr smithy.APIError
 	if !errors.As(err, &apiErr) || apiErr.ErrorCode() != "ValidationError" {
-		t.Fatalf("metric-math alarm: %v", err)
+		t.Fatalf("metric-math alarm without a metric: %v", err)
 	}
 	if _, err := h.cw.DeleteAlarms(ctx, &cloudwatch.DeleteAlarmsInput{AlarmNames: []string{"tpm-near-quota"}}); err != nil {
 		t.Fatal(err)
@@ -364,5 +388,108 @@ func TestCloudWatchAlarmsGoSDK(t *testing.T) {
 	hist, err := h.cw.DescribeAlarmHistory(ctx, &cloudwatch.DescribeAlarmHistoryInput{AlarmName: aws.String("tpm-near-quota")})
 	if err != nil || len(hist.AlarmHistoryItems) != 4 || !strings.Contains(aws.ToString(hist.AlarmHistoryItems[0].HistorySummary), "deleted") {
 		t.Fatalf("history (newest first): %v %+v", err, hist)
+	}
+}
+
+// throttleStat is a MetricDataQuery retrieving a model's throttles a minute.
+func throttleStat(id, model string, period int32) cwtypes.MetricDataQuery {
+	return cwtypes.MetricDataQuery{Id: aws.String(id), ReturnData: aws.Bool(false), MetricStat: &cwtypes.MetricStat{
+		Period: aws.Int32(period), Stat: aws.String("Sum"), Metric: &cwtypes.Metric{Namespace: aws.String("AWS/Bedrock"),
+			MetricName: aws.String("InvocationThrottles"), Dimensions: []cwtypes.Dimension{{Name: aws.String("ModelId"), Value: aws.String(model)}}}}}
+}
+
+// TestCloudWatchMathAlarmGoSDK puts a metric-math alarm summing two
+// models' throttles (the form quota-broker alarms uses for a budget with
+// several ModelIds) over rpc-v2-cbor, reads it back, drives it to ALARM,
+// and checks the validation AWS does on the Metrics form.
+func TestCloudWatchMathAlarmGoSDK(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, testScenario())
+	ctx := context.Background()
+	sum := cwtypes.MetricDataQuery{Id: aws.String("total"), Label: aws.String("throttles"), Expression: aws.String("SUM([m0, m1])"), ReturnData: aws.Bool(true)}
+	put := func(name string, mutate func(*cloudwatch.PutMetricAlarmInput)) error {
+		in := &cloudwatch.PutMetricAlarmInput{AlarmName: aws.String(name), EvaluationPeriods: aws.Int32(2), DatapointsToAlarm: aws.Int32(1),
+			ComparisonOperator: cwtypes.ComparisonOperatorGreaterThanThreshold, Threshold: aws.Float64(2), TreatMissingData: aws.String("notBreaching"),
+			Metrics: []cwtypes.MetricDataQuery{throttleStat("m0", llama31, 60), throttleStat("m1", haiku3, 60), sum}}
+		if mutate != nil {
+			mutate(in)
+		}
+		_, err := h.cw.PutMetricAlarm(ctx, in)
+		return err
+	}
+	if err := put("sum-throttles", nil); err != nil {
+		t.Fatal(err)
+	}
+	describe := func() cwtypes.MetricAlarm {
+		t.Helper()
+		out, err := h.cw.DescribeAlarms(ctx, &cloudwatch.DescribeAlarmsInput{AlarmNames: []string{"sum-throttles"}})
+		if err != nil || len(out.MetricAlarms) != 1 {
+			t.Fatalf("DescribeAlarms: %v %+v", err, out)
+		}
+		return out.MetricAlarms[0]
+	}
+	a := describe()
+	if a.MetricName != nil || a.Period != nil || a.Statistic != "" || len(a.Metrics) != 3 {
+		t.Fatalf("a metric-math alarm reads back with MetricName %v, Period %v, Statistic %q and %d metrics",
+			aws.ToString(a.MetricName), a.Period, a.Statistic, len(a.Metrics))
+	}
+	m1, total := a.Metrics[1], a.Metrics[2]
+	if aws.ToString(m1.Id) != "m1" || aws.ToBool(m1.ReturnData) || m1.MetricStat == nil || aws.ToInt32(m1.MetricStat.Period) != 60 ||
+		aws.ToString(m1.MetricStat.Stat) != "Sum" || aws.ToString(m1.MetricStat.Metric.MetricName) != "InvocationThrottles" ||
+		aws.ToString(m1.MetricStat.Metric.Dimensions[0].Value) != haiku3 {
+		t.Fatalf("m1 reads back as %+v", m1)
+	}
+	if aws.ToString(total.Expression) != "SUM([m0, m1])" || !aws.ToBool(total.ReturnData) || aws.ToString(total.Label) != "throttles" || total.MetricStat != nil {
+		t.Fatalf("total reads back as %+v", total)
+	}
+	if a.StateValue != cwtypes.StateValueOk { // no throttles yet, and missing data is not breaching
+		t.Fatalf("new alarm: %s %s", a.StateValue, aws.ToString(a.StateReason))
+	}
+	// Llama (2 RPM) throttles 3 of 5 calls: 3 > 2 in one of 2 minutes.
+	llamaTraffic(t, h)
+	if a := describe(); a.StateValue != cwtypes.StateValueAlarm || !strings.Contains(aws.ToString(a.StateReason), "[3.0 (") {
+		t.Fatalf("after 3 throttles: %s %s", a.StateValue, aws.ToString(a.StateReason))
+	}
+	h.clock.Advance(2 * time.Minute)
+	if a := describe(); a.StateValue != cwtypes.StateValueOk {
+		t.Fatalf("two quiet minutes later: %s %s", a.StateValue, aws.ToString(a.StateReason))
+	}
+
+	for _, c := range []struct {
+		name, code, msg string
+		mutate          func(*cloudwatch.PutMetricAlarmInput)
+	}{
+		{"MetricName and Metrics", "ValidationError", "MetricName should not be set if list of Metrics is set.",
+			func(in *cloudwatch.PutMetricAlarmInput) { in.MetricName = aws.String("InvocationThrottles") }},
+		{"Statistic and Metrics", "ValidationError", "Statistic should not be set if list of Metrics is set.",
+			func(in *cloudwatch.PutMetricAlarmInput) { in.Statistic = cwtypes.StatisticSum }},
+		{"neither", "ValidationError", "MetricName must not be null",
+			func(in *cloudwatch.PutMetricAlarmInput) { in.Metrics = nil }},
+		{"no ReturnData", "ValidationError", "Exactly one element of the metrics list should return data.",
+			func(in *cloudwatch.PutMetricAlarmInput) { in.Metrics[2].ReturnData = aws.Bool(false) }},
+		{"two ReturnData", "ValidationError", "Exactly one element of the metrics list should return data.",
+			func(in *cloudwatch.PutMetricAlarmInput) { in.Metrics[0].ReturnData = aws.Bool(true) }},
+		{"period mismatch", "ValidationError", "The Period of every MetricStat in Metrics must be the same",
+			func(in *cloudwatch.PutMetricAlarmInput) { in.Metrics[1] = throttleStat("m1", haiku3, 300) }},
+		{"unknown id", "ValidationError", "unknown metric or expression id m2",
+			func(in *cloudwatch.PutMetricAlarmInput) { in.Metrics[2].Expression = aws.String("m0 + m2") }},
+		{"several series", "ValidationError", "single time series",
+			func(in *cloudwatch.PutMetricAlarmInput) { in.Metrics[2].Expression = aws.String("METRICS()") }},
+		{"SEARCH", "ValidationError", "SEARCH expressions are not supported in alarms",
+			func(in *cloudwatch.PutMetricAlarmInput) {
+				in.Metrics[2].Expression = aws.String(`SUM(SEARCH('{AWS/Bedrock,ModelId} MetricName="InvocationThrottles"', 'Sum', 60))`)
+			}},
+		{"MetricStat and Expression", "ValidationError", "exactly one of MetricStat and Expression",
+			func(in *cloudwatch.PutMetricAlarmInput) { in.Metrics[0].Expression = aws.String("m1") }},
+	} {
+		err := put("bad-"+strings.ReplaceAll(c.name, " ", "-"), c.mutate)
+		var apiErr smithy.APIError
+		if !errors.As(err, &apiErr) || apiErr.ErrorCode() != c.code || !strings.Contains(apiErr.ErrorMessage(), c.msg) {
+			t.Errorf("%s: %v, want %s containing %q", c.name, err, c.code, c.msg)
+		}
+	}
+	out, err := h.cw.DescribeAlarms(ctx, &cloudwatch.DescribeAlarmsInput{AlarmNamePrefix: aws.String("bad-")})
+	if err != nil || len(out.MetricAlarms) != 0 {
+		t.Fatalf("refused alarms were stored: %v %+v", err, out)
 	}
 }

@@ -61,6 +61,10 @@ func FuzzCloudWatchQueryForm(f *testing.F) {
 	f.Add("Action=ListMetrics&Version=2010-08-01&Dimensions.member.1.Name=ModelId")
 	f.Add("Action=GetMetricData&Version=2010-08-01&MetricDataQueries.member.1.Id=a&MetricDataQueries.member.1.Expression=1&StartTime=2026-01-01T00:00:00Z&EndTime=2027-01-01T00:00:00Z")
 	f.Add("Action=PutMetricAlarm&Version=2010-08-01&AlarmName=a&EvaluationPeriods=1&ComparisonOperator=LessThanThreshold&MetricName=m&Namespace=n&Period=60&Threshold=1&Statistic=Sum")
+	f.Add("Action=PutMetricAlarm&Version=2010-08-01&AlarmName=m&EvaluationPeriods=1&ComparisonOperator=GreaterThanThreshold&Threshold=1" +
+		"&Metrics.member.1.Id=a&Metrics.member.1.ReturnData=false&Metrics.member.1.MetricStat.Period=60&Metrics.member.1.MetricStat.Stat=Sum" +
+		"&Metrics.member.1.MetricStat.Metric.Namespace=AWS/Bedrock&Metrics.member.1.MetricStat.Metric.MetricName=InvocationThrottles" +
+		"&Metrics.member.2.Id=e&Metrics.member.2.Expression=SUM([a,a])&Metrics.member.2.ReturnData=true")
 	f.Add("Action=DescribeAlarms&Version=2010-08-01&AlarmNames.member.x=1&MaxRecords=0")
 	f.Add("Action=DescribeAlarms&Version=2010-08-01&AlarmNames.member=1&AlarmNames.member.1.member.2=3")
 	sim, err := New(Config{Scenario: testScenario(), Now: newFakeClock().Now, DisableLatency: true})

@@ -105,6 +105,10 @@
 // whenever a CloudWatch call of their Region observes the clock (the
 // current, partial period counts), with AWS's state reasons and a history
 // of state and configuration changes; their actions are never executed.
+// A metric-math alarm (Metrics: MetricStat queries and expressions, exactly
+// one with ReturnData true, returning one series) is checked and evaluated
+// with GetMetricData's evaluator and reads back with its Metrics; SEARCH in
+// an alarm and anomaly detection are ValidationErrors.
 //
 // InvokeModel bodies are checked against each model family's shape (Claude
 // messages API, Titan, Nova, Llama, ...) before admission; a wrong shape is
