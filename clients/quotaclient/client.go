@@ -175,7 +175,20 @@ func (c *Client) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	if c.o.mode == FailOpen {
 		return c.local.acquire(ctx, c, req)
 	}
-	return nil, err
+	return nil, failClosed(err)
+}
+
+// failClosed words FailClosed's error so that the log line a caller
+// writes says what happened and what the alternative is: the transport's
+// words alone ("connection refused") name neither the broker nor the mode.
+func failClosed(err error) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	fc := *e
+	fc.Message = "broker unavailable, so no lease and no Bedrock call (FailClosed; with WithFailureMode(FailOpen) the call would run on a local lease under FallbackLimits): " + e.Message
+	return &fc
 }
 
 func (c *Client) outgoing(ctx context.Context) context.Context {

@@ -99,7 +99,10 @@
 // returns ErrUnavailable and no Bedrock call is made. FailOpen grants leases
 // from a local limiter instead (FallbackLimits: per model, token buckets of
 // requests and tokens per minute, refusals as *RefusedError with Local set)
-// and marks those leases Local; they never reach the broker. While the
+// and marks those leases Local; they never reach the broker. A call made
+// through WithLeases tells its caller which lease it ran on: LeaseOf on the
+// output's ResultMetadata (CallLease.Local). FailClosed's error says
+// "broker unavailable" and what FailOpen would have done. While the
 // broker is down, one call per WithProbeInterval (1 s) tries it again (the
 // others go straight to the limiter, so an outage costs no latency), and
 // the first answer returns every caller to the broker. There is no

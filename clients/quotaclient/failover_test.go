@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,15 +34,31 @@ func TestBrokerOutageFailClosedAndFailOpen(t *testing.T) {
 		quotaclient.WithProbeInterval(20*time.Millisecond), quotaclient.WithWait(-1))
 	rtClosed := runtimeClient(url, quotaclient.WithLeases(closed))
 	rtOpen := runtimeClient(url, quotaclient.WithLeases(open))
+	// callLease makes a call and returns the lease its output says it ran on.
+	callLease := func(rt *bedrockruntime.Client) (quotaclient.CallLease, error) {
+		out, err := rt.Converse(ctx, converseIn(haiku3, "hello", 100))
+		if err != nil {
+			return quotaclient.CallLease{}, err
+		}
+		l, ok := quotaclient.LeaseOf(out.ResultMetadata)
+		if !ok {
+			t.Fatal("a leased call's output carries no lease")
+		}
+		return l, nil
+	}
 	call := func(rt *bedrockruntime.Client) error {
-		_, err := rt.Converse(ctx, converseIn(haiku3, "hello", 100))
+		_, err := callLease(rt)
 		return err
 	}
 
-	// Up: both go through the broker.
+	// Up: both go through the broker, on broker leases.
 	for _, rt := range []*bedrockruntime.Client{rtClosed, rtOpen} {
-		if err := call(rt); err != nil {
+		l, err := callLease(rt)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if l.Local || l.ID == "" || l.Model != haiku3 || l.Attempts != 1 || l.ReservedTokens <= 0 {
+			t.Fatalf("lease of a call with the broker up: %+v", l)
 		}
 	}
 	if g := report(t, conn, haiku3).GetCounters().GetGranted(); g != 2 {
@@ -56,10 +73,21 @@ func TestBrokerOutageFailClosedAndFailOpen(t *testing.T) {
 	if !errors.Is(err, quotaclient.ErrUnavailable) || sim.Stats().Requests != before {
 		t.Fatalf("fail-closed during the outage: %v (Bedrock requests %d -> %d)", err, before, sim.Stats().Requests)
 	}
-	// Down, FailOpen: three calls under the local limit, the fourth refused.
+	// Its words say so, and what FailOpen would do.
+	for _, want := range []string{"broker unavailable", "no Bedrock call", "FailClosed", "WithFailureMode(FailOpen) the call would run on a local lease"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("fail-closed error %q lacks %q", err, want)
+		}
+	}
+	// Down, FailOpen: three calls under the local limit, each told it ran
+	// on a local lease; the fourth refused.
 	for i := range 3 {
-		if err := call(rtOpen); err != nil {
+		l, err := callLease(rtOpen)
+		if err != nil {
 			t.Fatalf("fail-open call %d during the outage: %v", i, err)
+		}
+		if !l.Local || !strings.HasPrefix(l.ID, "local-") {
+			t.Fatalf("fail-open call %d during the outage ran on %+v, not a local lease", i, l)
 		}
 	}
 	err = call(rtOpen)

@@ -104,6 +104,7 @@ func (m *leaseMiddleware) HandleInitialize(ctx context.Context, in middleware.In
 		out, md, err := next.HandleInitialize(middleware.WithStackValue(ctx, callKey{}, cl), in)
 		if err == nil {
 			cl.settleSuccess(out.Result)
+			md.Set(callLeaseKey{}, callLeaseOf(lease, attempt))
 			return out, md, nil
 		}
 		if !isThrottle(err) {
@@ -118,6 +119,44 @@ func (m *leaseMiddleware) HandleInitialize(ctx context.Context, in middleware.In
 			return out, md, err // the caller gave up: report the throttle
 		}
 	}
+}
+
+// CallLease is the lease that covered a Bedrock call made through
+// WithLeases, as the call's output carries it (see LeaseOf).
+type CallLease struct {
+	// ID is the broker's lease id, or "local-N" for a local lease.
+	ID string
+	// Local is true when the broker was unreachable and FailOpen's
+	// fallback limiter granted the lease: the call ran under the local
+	// limit, and the broker neither granted nor counted it.
+	Local bool
+	// The budget the lease drew on (Local: Region and Model as requested).
+	Region, Scope, Model string
+	ReservedTokens       int64
+	Waited               time.Duration
+	// Attempts is the leases the call took: 1 plus its throttle retries
+	// (WithThrottleRetries).
+	Attempts int
+}
+
+type callLeaseKey struct{}
+
+func callLeaseOf(l *Lease, attempts int) CallLease {
+	return CallLease{ID: l.ID, Local: l.Local, Region: l.Region, Scope: l.Scope, Model: l.Model,
+		ReservedTokens: l.ReservedTokens, Waited: l.Waited, Attempts: attempts}
+}
+
+// LeaseOf returns the lease that covered a successful call made through
+// WithLeases, from the output's ResultMetadata; ok is false for a call the
+// middleware did not lease (another operation, another client). With
+// FailOpen this is how a caller learns that a call ran on a local lease
+// while the broker was away:
+//
+//	out, err := rt.Converse(ctx, in)
+//	if l, ok := quotaclient.LeaseOf(out.ResultMetadata); ok && l.Local { ... }
+func LeaseOf(md middleware.Metadata) (CallLease, bool) {
+	l, ok := md.Get(callLeaseKey{}).(CallLease)
+	return l, ok
 }
 
 // backoff is full jitter over base x 2^(attempt-1), capped at 10 s.

@@ -46,10 +46,11 @@ type alarmsFlags struct {
 	timeout                 time.Duration
 }
 
-func parseAlarmsFlags(args []string, stderr io.Writer) (alarmsFlags, error) {
+// parseAlarmsFlags reads alarms' flags; -h prints the help on out.
+func parseAlarmsFlags(args []string, out io.Writer) (alarmsFlags, error) {
 	var f alarmsFlags
 	fs := flag.NewFlagSet("alarms", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(out)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `usage: quota-broker alarms [--apply] [--delete] [flags]
 
@@ -80,7 +81,7 @@ flags:
 	fs.IntVar(&f.periods, "periods", 5, "one-minute periods an alarm looks at")
 	fs.IntVar(&f.datapoints, "datapoints", 3, "breaching minutes among --periods that fire an alarm")
 	fs.DurationVar(&f.timeout, "timeout", time.Minute, "give up on AWS after this long")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, out); err != nil {
 		return f, err
 	}
 	if fs.NArg() > 0 {
@@ -110,7 +111,7 @@ flags:
 
 // alarms is the "alarms" command.
 func alarms(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f, err := parseAlarmsFlags(args, stderr)
+	f, err := parseAlarmsFlags(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}

@@ -237,12 +237,12 @@ func TestAlarmsAWSErrorNamesThePermission(t *testing.T) {
 
 func TestAlarmsHelpAndFlags(t *testing.T) {
 	t.Parallel()
-	var stderr strings.Builder
-	if err := run(context.Background(), []string{"alarms", "--help"}, io.Discard, &stderr); err != nil {
+	var stdout strings.Builder // asked for, the help is the output
+	if err := run(context.Background(), []string{"alarms", "--help"}, &stdout, io.Discard); err != nil {
 		t.Fatalf("alarms --help: %v", err)
 	}
-	if !strings.Contains(stderr.String(), "usage: quota-broker alarms") || !strings.Contains(stderr.String(), "-apply") {
-		t.Fatalf("alarms --help:\n%s", stderr.String())
+	if !strings.Contains(stdout.String(), "usage: quota-broker alarms") || !strings.Contains(stdout.String(), "-apply") {
+		t.Fatalf("alarms --help:\n%s", stdout.String())
 	}
 	for _, args := range [][]string{{"--usage", "0"}, {"--usage", "1.5"}, {"--datapoints", "6"}, {"--prefix", "a/b"}, {"--regions", ""}, {"extra"}} {
 		if _, err := parseAlarmsFlags(args, io.Discard); err == nil {

@@ -23,6 +23,14 @@ import (
 func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setSynopsis(fs, `usage: quota-broker demo [flags]
+
+Runs the broker and the Bedrock simulator together in one process, with no
+AWS account: the broker discovers its budgets from the simulator as it would
+from AWS (real AWS SDK clients over loopback), and synthetic services
+(--traffic) call models through it and around it, so that report, the
+dashboard and the metrics have a story to show. The state file is temporary
+unless --data. Stop with Ctrl-C.`)
 	listen := fs.String("listen", envOr("QUOTA_BROKER_LISTEN", "127.0.0.1:50051"), "broker gRPC address (env QUOTA_BROKER_LISTEN)")
 	httpListen := fs.String("http", envOr("QUOTA_BROKER_HTTP", "127.0.0.1:9464"), "HTTP address for /metrics and /dashboard (env QUOTA_BROKER_HTTP)")
 	simListen := fs.String("sim-listen", envOr("BEDROCK_SIM_LISTEN", "127.0.0.1:8566"), "simulator address (env BEDROCK_SIM_LISTEN)")
@@ -33,7 +41,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	traffic := fs.Bool("traffic", true, "run a few synthetic services through the broker against the simulator, so the report, metrics and dashboard have something to show")
 	logLevel := fs.String("log-level", envOr("QUOTA_BROKER_LOG_LEVEL", "info"), "debug, info, warn or error")
 	alertWebhook := fs.String("alert-webhook", envOr("QUOTA_BROKER_ALERT_WEBHOOK", ""), "URL alerts are also POSTed to; they always go to the log (env QUOTA_BROKER_ALERT_WEBHOOK)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -54,7 +62,7 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	ln, err := net.Listen("tcp", *simListen)
 	if err != nil {
-		return fmt.Errorf("simulator: listen on %s: %w", *simListen, err)
+		return listenError(*simListen, "sim-listen", "BEDROCK_SIM_LISTEN", err)
 	}
 	simURL := "http://" + ln.Addr().String()
 	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 10 * time.Second,
@@ -103,8 +111,10 @@ Stop with Ctrl-C.
 	if !*traffic {
 		return runBroker(ctx, f, stdout, stderr)
 	}
-	// The traffic starts once the broker listens and stops when the broker
-	// has returned (it drains first, so the last calls settle).
+	// The traffic starts once the broker listens, and on Ctrl-C it stops
+	// before the broker does: its calls end and settle their leases while
+	// the broker still serves, so the broker's drain has nothing to refuse
+	// (answering the traffic's waiters "shutting down" logged a WARN each).
 	ready := make(chan net.Addr, 1)
 	banner := f.banner
 	f.banner = func(w io.Writer, addr net.Addr) {
@@ -113,6 +123,7 @@ Stop with Ctrl-C.
 		ready <- addr
 	}
 	tctx, stopTraffic := context.WithCancel(ctx)
+	defer stopTraffic()
 	trafficDone := make(chan struct{})
 	go func() {
 		defer close(trafficDone)
@@ -126,7 +137,25 @@ Stop with Ctrl-C.
 		case <-tctx.Done():
 		}
 	}()
-	err = runBroker(ctx, f, stdout, stderr)
+	// The broker's own context ends once the traffic has stopped after
+	// ctx ended, or when the broker returned by itself (a server failed).
+	bctx, stopBroker := context.WithCancel(context.WithoutCancel(ctx))
+	brokerDone := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		select {
+		case <-ctx.Done():
+			stopTraffic()
+			<-trafficDone
+			log.Info("demo traffic stopped; stopping the broker")
+		case <-brokerDone:
+		}
+		stopBroker()
+	}()
+	err = runBroker(bctx, f, stdout, stderr)
+	close(brokerDone)
+	<-stopped
 	stopTraffic()
 	<-trafficDone
 	return err

@@ -42,7 +42,7 @@ func TestEveryClientCommandDialsTLSWithToken(t *testing.T) {
 		args    []string
 		reached func(out string, err error) bool
 	}{
-		{"report", []string{"report", "--timeout", "10s"}, func(out string, err error) bool {
+		{"report", []string{"report", "--wide", "--timeout", "10s"}, func(out string, err error) bool {
 			return err == nil && strings.Contains(out, "TPM used/limit")
 		}},
 		// Without --confirm the probe prints its plan, with the broker's

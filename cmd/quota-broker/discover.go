@@ -21,12 +21,12 @@ type discoverFlags struct {
 	timeout                             time.Duration
 }
 
-func parseDiscoverFlags(args []string, stderr io.Writer) (discoverFlags, error) {
+// parseDiscoverFlags reads discover's flags; -h prints the help on out.
+func parseDiscoverFlags(args []string, out io.Writer) (discoverFlags, error) {
 	var f discoverFlags
 	fs := flag.NewFlagSet("discover", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `usage: quota-broker discover [flags]
+	fs.SetOutput(out)
+	setSynopsis(fs, `usage: quota-broker discover [flags]
 
 Lists the account's Amazon Bedrock quotas (Service Quotas), matches them to
 models and inference profiles (Bedrock control plane) and prints the budgets
@@ -34,12 +34,7 @@ the broker would enforce, and every runtime quota it would not, with why.
 Offline, --from-file reads a saved
   aws service-quotas list-service-quotas --service-code bedrock
 output instead, optionally with saved list-foundation-models and
-list-inference-profiles outputs.
-
-flags:
-`)
-		fs.PrintDefaults()
-	}
+list-inference-profiles outputs.`)
 	regions := fs.String("regions", envOr("QUOTA_BROKER_REGIONS", "us-east-1"), "comma-separated AWS Regions to discover (env QUOTA_BROKER_REGIONS)")
 	fs.StringVar(regions, "region", *regions, "the same as --regions")
 	fs.StringVar(&f.endpoint, "aws-endpoint", envOr("QUOTA_BROKER_AWS_ENDPOINT", ""), "base URL for every AWS client, e.g. the simulator's http://127.0.0.1:8566; without AWS credentials dummy ones are used (env QUOTA_BROKER_AWS_ENDPOINT)")
@@ -53,7 +48,7 @@ flags:
 		return f, fmt.Errorf("QUOTA_BROKER_DISCOVER_TIMEOUT: %w", err)
 	}
 	fs.DurationVar(&f.timeout, "timeout", d, "give up on AWS after this long (env QUOTA_BROKER_DISCOVER_TIMEOUT)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, fs.Output()); err != nil {
 		return f, err
 	}
 	if fs.NArg() > 0 {
@@ -83,7 +78,7 @@ flags:
 
 // discover is the "discover" command.
 func discover(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f, err := parseDiscoverFlags(args, stderr)
+	f, err := parseDiscoverFlags(args, stdout)
 	if err != nil {
 		return err
 	}

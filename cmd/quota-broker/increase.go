@@ -29,6 +29,14 @@ import (
 func increaseCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("increase", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setSynopsis(fs, `usage: quota-broker increase --model ID [--region R] [--yes] [flags]
+
+Shows the evidence AWS asks for with a Bedrock quota increase (steady and
+peak use per minute, tokens per call, throttles and refusals) from the
+broker's usage history over --period, next to the quota as Service Quotas
+holds it, and the requests already made for it. Only with --yes does it file
+the request (Service Quotas RequestServiceQuotaIncrease). The model must be
+one of the broker's budgets and have traffic through it.`)
 	model := fs.String("model", "", "the model or inference profile id as callers invoke it, e.g. us.anthropic.claude-sonnet-4-5-20250929-v1:0 (required)")
 	region := fs.String("region", envOr("QUOTA_BROKER_REGION", "us-east-1"), "AWS Region of the budget (env QUOTA_BROKER_REGION)")
 	brokerFlags := addDialFlags(fs)
@@ -40,7 +48,7 @@ func increaseCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	yes := fs.Bool("yes", false, "file the request with Service Quotas; without it nothing is filed")
 	output := fs.String("output", "table", "table or json")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -81,8 +89,12 @@ func increaseCommand(ctx context.Context, args []string, stdout, stderr io.Write
 	to := time.Now()
 	from := to.Add(-period)
 	ev, err := increase.Collect(ctx, pb.NewQuotaBrokerClient(conn), key, from, to)
-	if err != nil {
-		return fmt.Errorf("broker %s: %w", brokerFlags.addr, err)
+	var unknown *increase.UnknownBudgetError
+	switch {
+	case errors.As(err, &unknown):
+		return unknownModel(*model, brokerFlags.addr, unknown)
+	case err != nil:
+		return brokerError(brokerFlags.addr, err)
 	}
 	if ev.Minutes == 0 {
 		return fmt.Errorf("no usage of %s through the broker at %s from %s to %s: the evidence is the broker's history, so traffic must go through it (and history is kept for serve --history-retention)",
@@ -100,10 +112,39 @@ func increaseCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		if err := enc.Encode(rep); err != nil {
 			return err
 		}
-	} else {
-		printIncrease(stdout, rep, *yes)
+		return rep.Err()
 	}
-	return rep.Err()
+	printIncrease(stdout, rep, *yes)
+	if rep.Err() != nil {
+		// The table said why ("Not filed: ..."); saying it again on stderr
+		// printed AWS's error twice.
+		return errors.New("increase: nothing filed (the reason is above)")
+	}
+	return nil
+}
+
+// unknownModel is the error for a --model the broker has no budget for,
+// with the budgets whose ids come nearest.
+func unknownModel(model, addr string, e *increase.UnknownBudgetError) error {
+	var ids []string
+	byModel := map[string][]string{}
+	for _, k := range e.Known {
+		if _, ok := byModel[k.Model]; !ok {
+			ids = append(ids, k.Model)
+		}
+		byModel[k.Model] = append(byModel[k.Model], k.String())
+	}
+	// The id as given may carry a profile prefix (us.) or be an ARN: the
+	// budget's model is the part that counts.
+	var near []string
+	for _, id := range nearModels(e.Key.Model, ids, 2) {
+		near = append(near, byModel[id]...)
+	}
+	what := fmt.Sprintf("unknown model %q: the broker at %s has no budget %s", model, addr, e.Key)
+	if len(near) == 0 {
+		return fmt.Errorf("%s, nor one near it; quota-broker report --wide lists them all", what)
+	}
+	return fmt.Errorf("%s; the nearest are %s (call us.MODEL for cross-region, global.MODEL for global; quota-broker report --wide lists them all)", what, strings.Join(near, ", "))
 }
 
 // parsePeriod reads a duration that may be given in days ("7d").

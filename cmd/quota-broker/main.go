@@ -49,10 +49,19 @@ commands:
   alarms    create (or --delete) CloudWatch alarms on throttles and TPM quota
             usage for every budget; prints the plan unless --apply
 
-Run "quota-broker <command> -h" for a command's flags.
+Run "quota-broker <command> -h" (or "quota-broker help <command>") for a
+command's synopsis and flags; every flag names its environment fallback.
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	err := dispatch(ctx, args, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil // help was asked for and printed
+	}
+	return err
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no command given")
@@ -74,7 +83,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return increaseCommand(ctx, args[1:], stdout, stderr)
 	case "alarms":
 		return alarms(ctx, args[1:], stdout, stderr)
-	case "help", "-h", "--help":
+	case "help", "-h", "-help", "--help":
+		if len(args) > 1 && args[0] == "help" && args[1] != "help" {
+			return dispatch(ctx, []string{args[1], "-h"}, stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
 		return nil
 	}

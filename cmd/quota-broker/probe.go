@@ -44,8 +44,6 @@ around the broker, and clear it afterwards:
     BROKER quotabroker.v1.QuotaBroker/SetOverride
   ... quota-broker probe --confirm ...
   grpcurl -plaintext -d '{"model_id": "MODEL", "override": {}}' BROKER quotabroker.v1.QuotaBroker/SetOverride
-
-flags:
 `
 
 // probeCommand runs "quota-broker probe" on the real clock.
@@ -58,10 +56,7 @@ func probeCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer, clock probe.Clock) error {
 	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, probeHelp)
-		fs.PrintDefaults()
-	}
+	setSynopsis(fs, probeHelp)
 	env := func(name, def string) string { return envOr("QUOTA_BROKER_PROBE_"+name, def) }
 	brokerFlags := addDialFlags(fs)
 	brokerFlags.deprecatedAddr(fs, "broker", stderr)
@@ -119,7 +114,7 @@ func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer, cloc
 	floatFlag(&threshold, "threshold", "THRESHOLD", 0.01, "stop when more than this share of Bedrock's answers are throttles")
 	intFlag(&conc, "concurrency", "CONCURRENCY", 64, "the most calls in flight")
 	durFlag(&wait, "wait", "WAIT", time.Second, "how long a call may queue in the broker before it counts as refused")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if err := errors.Join(parseErrs...); err != nil {
@@ -162,7 +157,7 @@ func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer, cloc
 		return fmt.Errorf("probe: %w", err)
 	}
 	if budgetErr != nil {
-		plan.BudgetErr = fmt.Sprintf("broker %s: %v", brokerFlags.addr, budgetErr)
+		plan.BudgetErr = brokerError(brokerFlags.addr, budgetErr).Error()
 	}
 	if !*confirm {
 		plan.Write(stdout)

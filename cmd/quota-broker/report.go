@@ -6,9 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,6 +27,17 @@ import (
 func report(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("report", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setSynopsis(fs, `usage: quota-broker report [--model ID] [--region R] [--wide] [flags]
+
+Prints a running broker's quota report: for each budget with traffic its
+limits and use in the sliding minute and day, utilisation, leases, waiters,
+refusals, throttles and adaptive ceiling; the budgets without traffic in one
+line (--wide lists them, with every counter); then the activity of the last
+minute, hour and day, the max_tokens advice, the top clients, the AWS
+quotas behind each budget and the state of quota discovery. --model keeps
+the budgets whose model id contains it; a model no budget matches is an
+error that names the nearest ids. --output json prints the whole report.
+--svg writes the dashboard's usage chart instead (from the --http listener).`)
 	broker := addDialFlags(fs)
 	model := fs.String("model", "", "only budgets whose model id contains this")
 	region := fs.String("region", "", "only budgets of this Region")
@@ -32,7 +46,8 @@ func report(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	svg := fs.String("svg", "", "write the usage-history chart of the selected budgets (at most 50, busiest first) to this SVG file instead of printing the report; read from the broker's --http listener")
 	httpAddr := fs.String("http-addr", envOr("QUOTA_BROKER_HTTP", "127.0.0.1:9464"), "with --svg: the broker's HTTP address (its --http) (env QUOTA_BROKER_HTTP)")
 	span := fs.String("span", "hour", "with --svg: hour (1-minute steps) or day (15-minute steps)")
-	if err := fs.Parse(args); err != nil {
+	wide := fs.Bool("wide", false, "every budget, idle ones too, with every counter and the quotas' names (wider than 200 columns)")
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if *svg != "" {
@@ -50,9 +65,13 @@ func report(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	rep, err := pb.NewQuotaBrokerClient(conn).GetQuotaReport(ctx, &pb.GetQuotaReportRequest{Model: *model, Region: *region})
+	client := pb.NewQuotaBrokerClient(conn)
+	rep, err := client.GetQuotaReport(ctx, &pb.GetQuotaReportRequest{Model: *model, Region: *region})
 	if err != nil {
-		return fmt.Errorf("get quota report from %s: %w", broker.addr, err)
+		return brokerError(broker.addr, err)
+	}
+	if len(rep.GetBudgets()) == 0 && (*model != "" || *region != "") {
+		return unknownBudget(ctx, client, broker.addr, *model, *region)
 	}
 	if *output == "json" {
 		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(rep)
@@ -62,8 +81,38 @@ func report(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		_, err = fmt.Fprintln(stdout, string(b))
 		return err
 	}
-	printReport(stdout, rep)
+	printReport(stdout, rep, *wide || *model != "" || *region != "")
 	return nil
+}
+
+// unknownBudget is the error for a --model or --region no budget matches:
+// an empty table would read as "no traffic", so it says the name is
+// unknown and lists the nearest model ids the broker has.
+func unknownBudget(ctx context.Context, client pb.QuotaBrokerClient, addr, model, region string) error {
+	all, err := client.GetQuotaReport(ctx, &pb.GetQuotaReportRequest{})
+	if err != nil {
+		return brokerError(addr, err)
+	}
+	var models, regions []string
+	for _, b := range all.GetBudgets() {
+		k := b.GetBudget().GetKey()
+		models = append(models, k.GetModel())
+		if !slices.Contains(regions, k.GetRegion()) {
+			regions = append(regions, k.GetRegion())
+		}
+	}
+	if model == "" {
+		return fmt.Errorf("unknown region %q: the broker at %s has budgets in %s", region, addr, strings.Join(regions, ", "))
+	}
+	what := fmt.Sprintf("unknown model %q: no budget of the broker at %s has a model id containing it", model, addr)
+	if region != "" {
+		what = fmt.Sprintf("unknown model %q in %s: no budget of the broker at %s in that Region has a model id containing it", model, region, addr)
+	}
+	near := nearModels(model, models, 5)
+	if len(near) == 0 {
+		return fmt.Errorf("%s, nor one near it; quota-broker report --wide lists them all", what)
+	}
+	return fmt.Errorf("%s; did you mean %s? (quota-broker report --wide lists them all)", what, strings.Join(near, ", "))
 }
 
 // writeChart saves the chart the broker's dashboard serves. Usage history
@@ -107,25 +156,18 @@ func writeChart(ctx context.Context, addr string, q url.Values, path string, std
 // maxChartBytes bounds what report --svg reads: 50 charts are about 2 MB.
 const maxChartBytes = 32 << 20
 
-func printReport(w io.Writer, rep *pb.GetQuotaReportResponse) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REGION\tSCOPE\tMODEL\tRPM used/limit\tTPM used/limit\tTPD used/limit\tUTIL\tLEASES\tWAIT\tGRANTED\tREFUSED\tTHROTTLED\tEXPIRED\tCEILING\t")
-	for _, b := range rep.GetBudgets() {
-		k, e, u, c := b.GetBudget().GetKey(), b.GetBudget().GetEffective(), b.GetUsage(), b.GetCounters()
-		ceiling := "-"
-		if a := b.GetBudget().GetAdaptive(); a.GetCeiling().GetTokensPerMinute() > 0 {
-			ceiling = fmt.Sprintf("%d TPM", a.GetCeiling().GetTokensPerMinute())
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0f%%\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n",
-			k.GetRegion(), strings.TrimPrefix(strings.ToLower(k.GetScope().String()), "scope_"), k.GetModel(),
-			usedOf(u.GetRequestsLastMinute(), e.GetRequestsPerMinute()),
-			usedOf(u.GetTokensLastMinute(), e.GetTokensPerMinute()),
-			usedOf(u.GetTokensLastDay(), e.GetTokensPerDay()),
-			100*b.GetUtilisation(), b.GetOutstandingLeases(), b.GetWaiters(),
-			c.GetGranted(), c.GetRefused(), c.GetThrottled()+c.GetReportedThrottles(), c.GetExpired(), ceiling)
+// printReport prints the report as a table. The default fits 120 columns:
+// budgets without traffic are counted in one line rather than listed (an
+// account has about 50 budgets, most of them idle), numbers are short
+// (1.8M) and the rarer counters are left to the wide view, which lists
+// every budget with every counter (and is what --model and --region show).
+func printReport(w io.Writer, rep *pb.GetQuotaReportResponse, wide bool) {
+	if wide {
+		printBudgetsWide(w, rep)
+	} else {
+		printBudgets(w, rep)
 	}
-	tw.Flush()
-	printActivity(w, rep)
+	printActivity(w, rep, wide)
 	if d := rep.GetDiscovery(); d != nil {
 		age := "never"
 		if d.GetQuotaAge() != nil {
@@ -146,18 +188,127 @@ func printReport(w io.Writer, rep *pb.GetQuotaReportResponse) {
 	}
 }
 
+func printBudgetsWide(w io.Writer, rep *pb.GetQuotaReportResponse) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REGION\tSCOPE\tMODEL\tRPM used/limit\tTPM used/limit\tTPD used/limit\tUTIL\tLEASES\tWAIT\tGRANTED\tREFUSED\tTHROTTLED\tEXPIRED\tCEILING\t")
+	for _, b := range rep.GetBudgets() {
+		k, e, u, c := b.GetBudget().GetKey(), b.GetBudget().GetEffective(), b.GetUsage(), b.GetCounters()
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0f%%\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n",
+			k.GetRegion(), scopeName(k.GetScope()), k.GetModel(),
+			usedOf(u.GetRequestsLastMinute(), e.GetRequestsPerMinute()),
+			usedOf(u.GetTokensLastMinute(), e.GetTokensPerMinute()),
+			usedOf(u.GetTokensLastDay(), e.GetTokensPerDay()),
+			100*b.GetUtilisation(), b.GetOutstandingLeases(), b.GetWaiters(),
+			c.GetGranted(), c.GetRefused(), c.GetThrottled()+c.GetReportedThrottles(), c.GetExpired(), ceilingOf(b, strconv.FormatInt))
+	}
+	tw.Flush()
+}
+
+// printBudgets prints the budgets with traffic, narrowly; the Region
+// column only when the budgets span more than one.
+func printBudgets(w io.Writer, rep *pb.GetQuotaReportResponse) {
+	var busy []*pb.BudgetReport
+	regions := map[string]bool{}
+	for _, b := range rep.GetBudgets() {
+		regions[b.GetBudget().GetKey().GetRegion()] = true
+		if !idle(b) {
+			busy = append(busy, b)
+		}
+	}
+	if len(busy) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		region := func(k *pb.BudgetKey) string { return "" }
+		head := "MODEL\tSCOPE\tRPM\tTPM\tUTIL\tWAIT\tREFUSED\tTHROTTLED\tCEILING"
+		if len(regions) > 1 {
+			region = func(k *pb.BudgetKey) string { return k.GetRegion() + "\t" }
+			head = "REGION\t" + head
+		}
+		fmt.Fprintln(tw, head)
+		for _, b := range busy {
+			k, e, u, c := b.GetBudget().GetKey(), b.GetBudget().GetEffective(), b.GetUsage(), b.GetCounters()
+			fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%.0f%%\t%d\t%d\t%d\t%s\n",
+				region(k), k.GetModel(), scopeName(k.GetScope()),
+				shortOf(u.GetRequestsLastMinute(), e.GetRequestsPerMinute()),
+				shortOf(u.GetTokensLastMinute(), e.GetTokensPerMinute()),
+				100*b.GetUtilisation(), b.GetWaiters(),
+				c.GetRefused(), c.GetThrottled()+c.GetReportedThrottles(), ceilingOf(b, short))
+		}
+		tw.Flush()
+	}
+	if n := len(rep.GetBudgets()) - len(busy); n > 0 {
+		if len(busy) > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "%d idle budgets (no traffic in the last day) not shown: quota-broker report --wide lists every budget\n", n)
+	}
+	if len(busy) > 0 {
+		fmt.Fprintln(w, "RPM and TPM: used in the sliding minute / the broker's limit; REFUSED, THROTTLED: since the broker started")
+	}
+}
+
+// idle reports whether a budget has had no traffic in the last day and has
+// none now, and no adaptive ceiling to show.
+func idle(b *pb.BudgetReport) bool {
+	u, c := b.GetUsage(), b.GetCounters()
+	return u.GetRequestsLastMinute() == 0 && u.GetTokensLastDay() == 0 && b.GetOutstandingLeases() == 0 && b.GetWaiters() == 0 &&
+		c.GetGranted()+c.GetRefused()+c.GetThrottled()+c.GetReportedThrottles()+c.GetExpired() == 0 &&
+		b.GetBudget().GetAdaptive().GetCeiling().GetTokensPerMinute() == 0
+}
+
+func scopeName(s pb.Scope) string {
+	return strings.ReplaceAll(strings.TrimPrefix(strings.ToLower(s.String()), "scope_"), "_", "-")
+}
+
+func ceilingOf(b *pb.BudgetReport, format func(int64, int) string) string {
+	if a := b.GetBudget().GetAdaptive(); a.GetCeiling().GetTokensPerMinute() > 0 {
+		return format(a.GetCeiling().GetTokensPerMinute(), 10) + " TPM"
+	}
+	return "-"
+}
+
+// short writes n in at most four characters and a unit: 950, 9.5k, 95k,
+// 1.8M, 2.6G. (Its second argument is ignored: it has strconv.FormatInt's
+// shape so the two are interchangeable.)
+func short(n int64, _ int) string {
+	f := float64(n)
+	for _, u := range []struct {
+		div  float64
+		unit string
+	}{{1e9, "G"}, {1e6, "M"}, {1e3, "k"}} {
+		if f >= u.div {
+			v := f / u.div
+			if v < 10 && math.Round(v*10) < 100 {
+				return strconv.FormatFloat(math.Round(v*10)/10, 'f', -1, 64) + u.unit
+			}
+			return strconv.FormatFloat(math.Round(v), 'f', -1, 64) + u.unit
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func shortOf(used, limit int64) string {
+	if limit == 0 {
+		return short(used, 10) + "/-"
+	}
+	return short(used, 10) + "/" + short(limit, 10)
+}
+
 // printActivity adds, for budgets with traffic in the last day, what
 // happened over the last hour and day, what oversized max_tokens cost, who
-// used the budget and the AWS quotas behind it.
-func printActivity(w io.Writer, rep *pb.GetQuotaReportResponse) {
+// used the budget and the AWS quotas behind it. Narrow, the output lengths
+// and the max_tokens advice go on a line of their own, expiries and the
+// quotas' names are left to the wide view.
+func printActivity(w io.Writer, rep *pb.GetQuotaReportResponse, wide bool) {
 	if e := rep.GetHistoryError(); e != "" {
 		fmt.Fprintf(w, "\nno activity: %s\n", e)
 		return
 	}
 	var active []*pb.BudgetReport
+	regions := map[string]bool{}
 	for _, b := range rep.GetBudgets() {
 		if d := b.GetActivity().GetLastDay(); d.GetGranted()+d.GetRefused()+d.GetCalls() > 0 {
 			active = append(active, b)
+			regions[b.GetBudget().GetKey().GetRegion()] = true
 		}
 	}
 	if len(active) == 0 {
@@ -165,8 +316,16 @@ func printActivity(w io.Writer, rep *pb.GetQuotaReportResponse) {
 		return
 	}
 	fmt.Fprintln(w, "\nACTIVITY (whole minutes before now)")
+	num := strconv.FormatInt
+	if !wide {
+		num = short
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MODEL\tSPAN\tCALLS\tOK\tTHROTTLED\tREFUSED\tEXPIRED\tRESERVED->SETTLED TOKENS\tOUTPUT p50/p99\tMAX_TOKENS ADVICE\t")
+	if wide {
+		fmt.Fprintln(tw, "MODEL\tSPAN\tCALLS\tOK\tTHROTTLED\tREFUSED\tEXPIRED\tRESERVED->SETTLED TOKENS\tOUTPUT p50/p99\tMAX_TOKENS ADVICE\t")
+	} else {
+		fmt.Fprintln(tw, "MODEL\tSPAN\tCALLS\tOK\tTHROTTLED\tREFUSED\tRESERVED->SETTLED TOKENS")
+	}
 	for _, b := range active {
 		a := b.GetActivity()
 		for _, span := range []struct {
@@ -175,7 +334,10 @@ func printActivity(w io.Writer, rep *pb.GetQuotaReportResponse) {
 		}{{"minute", a.GetLastMinute()}, {"hour", a.GetLastHour()}, {"day", a.GetLastDay()}} {
 			model, pct, advice := "", "", ""
 			if span.name == "minute" {
-				model = b.GetBudget().GetKey().GetRegion() + " " + b.GetBudget().GetKey().GetModel()
+				model = b.GetBudget().GetKey().GetModel()
+				if wide || len(regions) > 1 {
+					model = b.GetBudget().GetKey().GetRegion() + " " + model
+				}
 			}
 			if r := span.s.GetReservedTokens(); r > 0 {
 				pct = fmt.Sprintf(" (%.0f%% held back)", 100*float64(r-span.s.GetSettledTokens())/float64(r))
@@ -188,9 +350,15 @@ func printActivity(w io.Writer, rep *pb.GetQuotaReportResponse) {
 					advice = fmt.Sprintf("%d: %s", n, advice)
 				}
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d (%.1f%%)\t%d\t%d\t%d->%d%s\t%s\t%s\t\n", model, span.name,
+			if wide {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d (%.1f%%)\t%d\t%d\t%d->%d%s\t%s\t%s\t\n", model, span.name,
+					span.s.GetCalls(), span.s.GetSuccessful(), span.s.GetThrottled(), 100*span.s.GetThrottleRate(),
+					span.s.GetRefused(), span.s.GetExpired(), span.s.GetReservedTokens(), span.s.GetSettledTokens(), pct, p, advice)
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d (%.1f%%)\t%d\t%s->%s%s\n", model, span.name,
 				span.s.GetCalls(), span.s.GetSuccessful(), span.s.GetThrottled(), 100*span.s.GetThrottleRate(),
-				span.s.GetRefused(), span.s.GetExpired(), span.s.GetReservedTokens(), span.s.GetSettledTokens(), pct, p, advice)
+				span.s.GetRefused(), num(span.s.GetReservedTokens(), 10), num(span.s.GetSettledTokens(), 10), pct)
 		}
 	}
 	tw.Flush()
@@ -198,10 +366,18 @@ func printActivity(w io.Writer, rep *pb.GetQuotaReportResponse) {
 		k := b.GetBudget().GetKey()
 		var top []string
 		for _, c := range b.GetActivity().GetTopClients() {
-			top = append(top, fmt.Sprintf("%s %d tokens/%d calls", cmp.Or(c.GetClient(), "(unnamed)"), c.GetUsage().GetWindowTokens(), c.GetUsage().GetCalls()))
+			top = append(top, fmt.Sprintf("%s %s tokens/%d calls", cmp.Or(c.GetClient(), "(unnamed)"), num(c.GetUsage().GetWindowTokens(), 10), c.GetUsage().GetCalls()))
 		}
 		if len(top) > 0 {
 			fmt.Fprintf(w, "top clients, last hour, %s %s: %s\n", k.GetRegion(), k.GetModel(), strings.Join(top, "; "))
+		}
+		if a := b.GetActivity(); !wide {
+			// Narrow, the advice (a sentence) is here rather than in the table.
+			advice := a.GetRecommendationNote()
+			if n := a.GetRecommendedMaxTokens(); n > 0 {
+				advice = fmt.Sprintf("%d: %s", n, advice)
+			}
+			fmt.Fprintf(w, "  max_tokens advice: %s (output tokens p50/p99 %d/%d)\n", advice, a.GetOutputTokensP50(), a.GetOutputTokensP99())
 		}
 		for _, q := range b.GetBudget().GetQuotas() {
 			def := "default unknown"
@@ -212,7 +388,11 @@ func printActivity(w io.Writer, rep *pb.GetQuotaReportResponse) {
 			if q.GetAdjustable() {
 				adj = "adjustable"
 			}
-			fmt.Fprintf(w, "  %s quota %s %q: applied %d, %s, %s\n", q.GetLimit(), q.GetQuotaCode(), q.GetQuotaName(), q.GetAppliedValue(), def, adj)
+			name := ""
+			if wide {
+				name = fmt.Sprintf(" %q", q.GetQuotaName())
+			}
+			fmt.Fprintf(w, "  %s quota %s%s: applied %d, %s, %s\n", q.GetLimit(), q.GetQuotaCode(), name, q.GetAppliedValue(), def, adj)
 		}
 	}
 }

@@ -57,10 +57,23 @@ type serveFlags struct {
 	cloudwatch       bool
 }
 
-func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
+const serveSynopsis = `usage: quota-broker serve [flags]
+
+Runs the broker: gRPC on --listen, state in the bbolt file --data. Budgets
+come from --budgets FILE, from AWS Service Quotas (--aws, --regions, or an
+endpoint such as the simulator with --aws-endpoint) or, with neither and an
+empty state file, a built-in example set. --http adds /metrics (Prometheus)
+and /dashboard. On SIGINT or SIGTERM it stops accepting, drains the calls in
+flight (--drain) and closes the state file. Callers are trusted unless
+--tokens or --tls-client-ca says otherwise; beyond loopback one is required.`
+
+// parseServeFlags reads serve's flags; -h prints the help on out (flag
+// errors are returned, not printed).
+func parseServeFlags(args []string, out io.Writer) (serveFlags, error) {
 	var f serveFlags
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(out)
+	setSynopsis(fs, serveSynopsis)
 	fs.StringVar(&f.listen, "listen", envOr("QUOTA_BROKER_LISTEN", "127.0.0.1:50051"), "gRPC listen address (env QUOTA_BROKER_LISTEN)")
 	fs.StringVar(&f.httpAddr, "http", envOr("QUOTA_BROKER_HTTP", ""), "HTTP listen address for /metrics (Prometheus) and /dashboard; empty: none (env QUOTA_BROKER_HTTP)")
 	fs.StringVar(&f.data, "data", envOr("QUOTA_BROKER_DATA", "quota-broker.db"), "bbolt state file (env QUOTA_BROKER_DATA)")
@@ -116,7 +129,7 @@ func parseServeFlags(args []string, stderr io.Writer) (serveFlags, error) {
 	if err := f.alert.register(fs); err != nil {
 		return f, err
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, out); err != nil {
 		return f, err
 	}
 	if fs.NArg() > 0 {
@@ -209,7 +222,7 @@ func NewMain(stdout, stderr io.Writer) *Main {
 
 // ParseFlags reads serve's flags and their environment fallbacks.
 func (m *Main) ParseFlags(args []string) error {
-	f, err := parseServeFlags(args, m.stderr)
+	f, err := parseServeFlags(args, m.stdout)
 	if err != nil {
 		return err
 	}
@@ -326,7 +339,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	lis, err := net.Listen("tcp", f.listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", f.listen, err)
+		return listenError(f.listen, "listen", "QUOTA_BROKER_LISTEN", err)
 	}
 	warn, err := checkExposure(lis.Addr(), f)
 	if err != nil {
@@ -352,7 +365,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		dashboard.New(b, dcfg).Register(mux)
 		if httpLis, err = net.Listen("tcp", f.httpAddr); err != nil {
 			lis.Close()
-			return fmt.Errorf("listen on %s (--http): %w", f.httpAddr, err)
+			return listenError(f.httpAddr, "http", "QUOTA_BROKER_HTTP", err)
 		}
 		m.httpSrv = server.NewHTTPServer(mux, log)
 	}

@@ -83,7 +83,7 @@ func TestReportOverMutualTLS(t *testing.T) {
 	addr, _ := inProcess(t, "serve", "--listen", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "s.db"),
 		"--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.CertFile, "--tls-admins", "spiffe://test.example/ops")
 	var out strings.Builder
-	if err := run(context.Background(), []string{"report", "--addr", addr, "--tls-ca", ca.CertFile, "--tls-cert", cliCert, "--tls-key", cliKey}, &out, io.Discard); err != nil {
+	if err := run(context.Background(), []string{"report", "--wide", "--addr", addr, "--tls-ca", ca.CertFile, "--tls-cert", cliCert, "--tls-key", cliKey}, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "TPM used/limit") {

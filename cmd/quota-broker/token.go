@@ -16,9 +16,16 @@ import (
 func token(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setSynopsis(fs, `usage: quota-broker token --client NAME [--role client|admin]
+
+Makes a random bearer token for a client and prints it with the entry to add
+to serve's --tokens file (JSON; the broker keeps only the token's SHA-256,
+so a leaked tokens file leaks no token). Send SIGHUP to the broker to reload
+the file. The client passes the token with --token or QUOTA_BROKER_TOKEN
+(commands) or quotaclient.BearerToken (Go).`)
 	client := fs.String("client", "", "the client name the token stands for (required)")
 	role := fs.String("role", "client", "client or admin")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if *client == "" {

@@ -54,21 +54,44 @@ type Evidence struct {
 // Collect reads key's per-minute history in [from, to) and its margin from
 // the broker. Evidence.Minutes is 0 when the budget had no traffic.
 func Collect(ctx context.Context, qb Broker, key broker.Key, from, to time.Time) (Evidence, error) {
-	points, err := readHistory(ctx, qb, key, from, to)
-	if err != nil {
-		return Evidence{}, err
-	}
-	margin := 1.0
+	// The budget first: a model the broker has no budget for has no
+	// history either, and "no usage" would send the user looking for
+	// traffic rather than at the name.
 	budgets, err := qb.ListBudgets(ctx, &pb.ListBudgetsRequest{})
 	if err != nil {
 		return Evidence{}, fmt.Errorf("list budgets: %w", err)
 	}
+	margin, found := 1.0, false
+	var known []broker.Key
 	for _, b := range budgets.GetBudgets() {
-		if keyOf(b.GetKey()) == key && b.GetMargin() > 0 {
-			margin = b.GetMargin()
+		k := keyOf(b.GetKey())
+		known = append(known, k)
+		if k == key {
+			found = true
+			if b.GetMargin() > 0 {
+				margin = b.GetMargin()
+			}
 		}
 	}
+	if !found {
+		return Evidence{}, &UnknownBudgetError{Key: key, Known: known}
+	}
+	points, err := readHistory(ctx, qb, key, from, to)
+	if err != nil {
+		return Evidence{}, err
+	}
 	return buildEvidence(key, from, to, points, margin), nil
+}
+
+// UnknownBudgetError is Collect's error for a key the broker has no budget
+// for; Known are the keys it has, for suggestions.
+type UnknownBudgetError struct {
+	Key   broker.Key
+	Known []broker.Key
+}
+
+func (e *UnknownBudgetError) Error() string {
+	return fmt.Sprintf("unknown model: the broker has no budget %s", e.Key)
 }
 
 // historyChunk is how much history one GetUsageHistory asks for: a day of
