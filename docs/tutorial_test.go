@@ -97,6 +97,21 @@ func tutorialMissing(want, got string) string {
 	return ""
 }
 
+func TestTutorialBlocks(t *testing.T) {
+	md := "text\n```sh\necho a\n```\n\n```text\na\n```\n```console\n$ skipped\n```\n" +
+		"```python\nprint(1)\n```\nprose between\n```text\nnot its output\n```\n"
+	got := tutorialBlocks(md)
+	want := []tutorialBlock{{lang: "sh", code: "echo a\n", want: "a\n", line: 2}, {lang: "python", code: "print(1)\n", line: 12}}
+	if len(got) != len(want) {
+		t.Fatalf("tutorialBlocks = %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("block %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}
+
 func TestTutorialMissing(t *testing.T) {
 	got := "Label: Invocations\nSum 12.0 at 10:41\nSum 3.0 at 10:42\nStateValue    ALARM\n"
 	for _, tc := range []struct{ want, missing string }{
@@ -121,12 +136,13 @@ func TestTutorial(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the whole tutorial (about two minutes)")
 	}
-	for _, check := range [][]string{{"aws", "--version"}, {"python3", "-c", "import boto3"}} {
+	// The reader's tools: the AWS CLI, boto3 in the default python3, jq.
+	for _, check := range [][]string{{"aws", "--version"}, {"python3", "-c", "import boto3"}, {"jq", "--version"}} {
 		if err := exec.Command(check[0], check[1:]...).Run(); err != nil {
 			if os.Getenv("CI") != "" {
-				t.Fatalf("the tutorial needs %q (the AWS CLI and boto3 of the default python3): %v", strings.Join(check, " "), err)
+				t.Fatalf("the tutorial needs %q: %v", strings.Join(check, " "), err)
 			}
-			t.Skipf("the tutorial needs %q (the AWS CLI and boto3 of the default python3); set CI to fail instead: %v", strings.Join(check, " "), err)
+			t.Skipf("the tutorial needs %q; set CI to fail instead: %v", strings.Join(check, " "), err)
 		}
 	}
 	md, err := os.ReadFile("tutorial.md")
