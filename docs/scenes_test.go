@@ -102,8 +102,15 @@ var scenes = []*scene{
 		name: "demo: report, charts, history, increase",
 		claims: []claim{
 			{readme, "go run ./cmd/quota-broker demo"},
-			{readme, "quota-broker report [--model sonnet] [--output json]"},
-			{readme, "quota-broker report --model sonnet-4-5"},
+			{readme, "quota-broker report [--model sonnet] [--wide] [--output json]"},
+			{readme, "quota-broker report"},
+			{readme, "quota-broker alarms [--apply] [--delete]"},
+			{readme, "quota-broker alarms --regions us-east-1"},
+			{readme, "quota-broker alarms --regions us-east-1 --apply --sns-topic arn:aws:sns:us-east-1:123456789012:bedrock-ops"},
+			{readme, "quota-broker alarms --regions us-east-1 --delete --apply"},
+			{readme, "quota-broker alarms --aws-endpoint http://127.0.0.1:8566"},
+			{readme, "quota-broker alarms --aws-endpoint http://127.0.0.1:8566 --apply --datapoints 1"},
+			{readme, "aws --endpoint-url http://127.0.0.1:8566 --region us-east-1 cloudwatch describe-alarms --state-value ALARM ..."},
 			{readme, "quota-broker report --svg chart.svg [--span day]"},
 			{readme, "grpcurl -plaintext -d '{\"model\": \"claude-sonnet-4-5\", \"step\": \"600s\"}' localhost:50051 quotabroker.v1.QuotaBroker/GetUsageHistory"},
 			{readme, "quota-broker increase --model us.anthropic.claude-sonnet-4-5-20250929-v1:0 --period 1d --desired 1000000 ..."},
@@ -113,7 +120,7 @@ var scenes = []*scene{
 			s.serve(readme, "go run ./cmd/quota-broker demo", s.broker)
 			s.waitListening(nil, s.http, time.Minute)
 
-			_, r := s.run(readme, "quota-broker report [--model sonnet] [--output json]", time.Minute)
+			_, r := s.run(readme, "quota-broker report [--model sonnet] [--wide] [--output json]", time.Minute)
 			var report struct{ Budgets []json.RawMessage }
 			if err := json.Unmarshal([]byte(r.stdout), &report); err != nil || len(report.Budgets) == 0 {
 				s.t.Errorf("report --output json: not a report with budgets (%v):\n%s", err, r.stdout)
@@ -121,8 +128,8 @@ var scenes = []*scene{
 
 			// The table's header; the ACTIVITY part needs whole minutes of
 			// traffic, which a test does not wait for.
-			c, r := s.run(readme, "quota-broker report --model sonnet-4-5", time.Minute)
-			s.check(c, r.stdout, sameHeader(c.output, r.stdout, "REGION"))
+			c, r := s.run(readme, "quota-broker report", time.Minute)
+			s.check(c, r.stdout, sameHeader(c.output, r.stdout, "MODEL"))
 
 			_, r = s.run(readme, "quota-broker report --svg chart.svg [--span day]", time.Minute)
 			if b, err := os.ReadFile(filepath.Join(s.dir, "chart.svg")); err != nil || !strings.Contains(string(b), "<svg") {
@@ -167,6 +174,34 @@ var scenes = []*scene{
 				!strings.Contains(r.err.Error(), "exit status 2") {
 				s.t.Errorf("%s: want the refusal the README quotes, exit status 2; got %v\n%s", c, r.err, r.stderr)
 			}
+
+			// Alarms: the synopsis and the AWS examples against the demo's
+			// simulator (QUOTA_BROKER_AWS_ENDPOINT above stands in for AWS),
+			// in an order that leaves each its precondition: the synopsis
+			// with both options removes what none made yet, the plan, an
+			// apply, a delete, then the demo's own examples.
+			s.run(readme, "quota-broker alarms [--apply] [--delete]", time.Minute)
+			c, r = s.run(readme, "quota-broker alarms --regions us-east-1", time.Minute)
+			if !strings.Contains(r.stdout, "Dry run: nothing changed") {
+				s.t.Errorf("%s: no dry-run summary:\n%s", c, r.stdout)
+			}
+			s.run(readme, "quota-broker alarms --regions us-east-1 --apply --sns-topic arn:aws:sns:us-east-1:123456789012:bedrock-ops", time.Minute)
+			c, r = s.run(readme, "quota-broker alarms --regions us-east-1 --delete --apply", time.Minute)
+			if strings.Contains(r.stdout, " 0 to delete") {
+				s.t.Errorf("%s: deleted nothing after an apply:\n%s", c, r.stdout)
+			}
+			c, r = s.run(readme, "quota-broker alarms --aws-endpoint http://127.0.0.1:8566", time.Minute)
+			s.check(c, r.stdout, sameLines(r.stdout, "ACTION", "create"))
+			if !strings.Contains(r.stdout, "quota-broker/throttles/us-east-1/cross-region/anthropic.claude-sonnet-4-5-20250929-v1:0") {
+				s.t.Errorf("%s: the plan has no throttles alarm for the Sonnet 4.5 profile:\n%s", c, r.stdout)
+			}
+			s.run(readme, "quota-broker alarms --aws-endpoint http://127.0.0.1:8566 --apply --datapoints 1", time.Minute)
+			// The burst that fires them starts 45 s into the demo and the
+			// README shows them firing minutes later; the scene checks the
+			// query runs, not that the alarms fire (TestAlarmsAgainstSimulator
+			// and TestDemoStory do).
+			s.setenv("AWS_ACCESS_KEY_ID=docs", "AWS_SECRET_ACCESS_KEY=docs", "AWS_SESSION_TOKEN=")
+			s.run(readme, "aws --endpoint-url http://127.0.0.1:8566 --region us-east-1 cloudwatch describe-alarms --state-value ALARM ...", 2*time.Minute)
 		},
 	},
 	{
