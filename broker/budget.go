@@ -111,6 +111,7 @@ type budget struct {
 	tokens     *window // tokens in the last minute
 	dayTokens  *window // tokens in the last day
 	concurrent int64   // active leases
+	esc        escrow  // capacity committed ahead of grants (escrow.go)
 
 	queue    queue
 	timer    Timer     // pending wake-up for the head waiter, or nil
@@ -137,6 +138,7 @@ func newBudget(spec Spec, cfg *Config) *budget {
 		requests:  newWindow(minuteSpan, minuteRes),
 		tokens:    newWindow(minuteSpan, minuteRes),
 		dayTokens: newWindow(daySpan, dayRes),
+		esc:       newEscrow(),
 	}
 	b.recompute(cfg.Margin)
 	return b
@@ -249,7 +251,7 @@ func (b *budget) fit(now time.Time, n need) (Limit, time.Duration) {
 	if engaged(e.RPM, st.RPM) {
 		note(LimitRPM, b.requestPace.wait(now, e.RPM))
 	}
-	if e.Concurrency > 0 && b.concurrent >= e.Concurrency && blocked == LimitNone {
+	if e.Concurrency > 0 && b.concurrent+b.esc.phantom(now) >= e.Concurrency && blocked == LimitNone {
 		blocked = LimitConcurrency
 	}
 	return blocked, wait

@@ -60,6 +60,9 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	b.mu.Lock()
 	l := b.leases[leaseID]
 	if l == nil {
+		l = b.recoverLease(leaseID, b.clock.Now())
+	}
+	if l == nil {
 		b.mu.Unlock()
 		return Settlement{}, notFoundf("lease %q not found: unknown, or forgotten %v after it ended", leaseID, b.cfg.Retention)
 	}
@@ -75,7 +78,12 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 		charge, requests = 0, 0
 	}
 	dTokens, dRequests := charge-l.Charged, requests-l.Requests
-	bg.adjust(now, l.GrantedAt, dTokens, dRequests, outcome == OutcomeThrottled)
+	if l.fixed {
+		// Its charge is its chunk's, in full, until the window slides.
+		dTokens, dRequests = 0, 0
+	} else {
+		bg.adjust(now, l.GrantedAt, dTokens, dRequests, outcome == OutcomeThrottled)
+	}
 	wasExpired := l.State == LeaseExpired
 	if !wasExpired {
 		bg.concurrent--
@@ -99,7 +107,10 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	bg.counters.ReturnedTokens -= dTokens
 	b.rec.note(event{kind: eventSettled, key: l.Key, client: l.Client, at: now, grantedAt: l.GrantedAt,
 		outcome: outcome, usage: u, charge: charge, tokens: dTokens, requests: dRequests, maxOutput: l.MaxOutput})
-	c := Change{Usage: []UsageRecord{{Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests}}}
+	var c Change
+	if !l.fixed {
+		c.Usage = []UsageRecord{{Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests}}
+	}
 	if outcome == OutcomeThrottled && b.throttled(bg, now, l.GrantedAt) {
 		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
 	}
@@ -144,6 +155,9 @@ func (b *Core) Renew(ctx context.Context, leaseID string, extend time.Duration) 
 	extend = min(extend, b.cfg.MaxLeaseTTL)
 	b.mu.Lock()
 	l := b.leases[leaseID]
+	if l == nil {
+		l = b.recoverLease(leaseID, b.clock.Now())
+	}
 	switch {
 	case l == nil:
 		b.mu.Unlock()

@@ -23,6 +23,8 @@ type write struct {
 	stats             []statsDelta
 	deleteStatsBefore int64
 	deleteClientStats int64
+	chunks            []kv
+	deleteChunks      [][]byte
 }
 
 // statsDelta is added to the client's record (k) and the budget's (total).
@@ -45,7 +47,8 @@ type usageDelta struct {
 }
 
 func (w *write) empty() bool {
-	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage)+len(w.adaptive)+len(w.stats) == 0 &&
+	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage)+len(w.adaptive)+len(w.stats)+
+		len(w.chunks)+len(w.deleteChunks) == 0 &&
 		w.deleteUsageBefore == 0 && w.deleteStatsBefore == 0 && w.deleteClientStats == 0
 }
 
@@ -125,6 +128,19 @@ func prepare(c *broker.Change) (*write, error) {
 		if id != "" {
 			w.deleteLeases = append(w.deleteLeases, []byte(id))
 		}
+	}
+	for i := range c.Chunks {
+		r := &c.Chunks[i]
+		for _, t := range []time.Time{r.Start, r.End, r.LeasesEnd} {
+			if err := checkTime("chunk "+r.Key.String()+" time", t); err != nil {
+				return nil, err
+			}
+		}
+		k := chunkKey(r.ID)
+		w.chunks = append(w.chunks, kv{k, encodeChunk(k, r)})
+	}
+	for _, id := range c.DeleteChunks {
+		w.deleteChunks = append(w.deleteChunks, chunkKey(id))
 	}
 	for _, u := range c.Usage {
 		k := usageKey(u.Minute, u.Key)
@@ -216,6 +232,24 @@ func (w *write) apply(tx *bbolt.Tx) error {
 			}
 			if err := addStats(totals, bucketStatsTotal, d.total, d.s); err != nil {
 				return err
+			}
+		}
+	}
+	if len(w.chunks)+len(w.deleteChunks) > 0 {
+		chunks, err := bucket(tx, bucketChunks)
+		if err != nil {
+			return err
+		}
+		for _, c := range w.chunks {
+			if err := chunks.Put(c.k, c.v); err != nil {
+				return fmt.Errorf("put chunk %s: %w", describeKey(bucketChunks, c.k), err)
+			}
+		}
+		// After the upserts, as the deletions below: a chunk closed and
+		// forgotten in one Change is gone.
+		for _, k := range w.deleteChunks {
+			if err := chunks.Delete(k); err != nil {
+				return fmt.Errorf("delete chunk %s: %w", describeKey(bucketChunks, k), err)
 			}
 		}
 	}
