@@ -220,6 +220,10 @@ func (b *Core) restore(snap Snapshot) {
 			b.active[r.Client]++
 			heap.Push(&b.expiry, expiryRef{id: r.ID, at: r.ExpiresAt})
 		case r.State == LeaseActive:
+			// Counted first, as expire releases it: uncounted, the budget
+			// would start below zero and grant beyond its concurrency.
+			bg.concurrent++
+			b.active[r.Client]++
 			b.expire(l, now)
 			expired.Leases = append(expired.Leases, l.LeaseRecord)
 		default:

@@ -111,7 +111,11 @@ type budget struct {
 	tokens     *window // tokens in the last minute
 	dayTokens  *window // tokens in the last day
 	concurrent int64   // active leases
-	esc        escrow  // capacity committed ahead of grants (escrow.go)
+	// settling counts settled leases whose settlement is not yet durable,
+	// on budgets with a concurrency limit: they still hold their place
+	// against it (see Core.Complete).
+	settling int64
+	esc      escrow // capacity committed ahead of grants (escrow.go)
 
 	queue    queue
 	timer    Timer     // pending wake-up for the head waiter, or nil
@@ -251,7 +255,7 @@ func (b *budget) fit(now time.Time, n need) (Limit, time.Duration) {
 	if engaged(e.RPM, st.RPM) {
 		note(LimitRPM, b.requestPace.wait(now, e.RPM))
 	}
-	if e.Concurrency > 0 && b.concurrent+b.esc.phantom(now) >= e.Concurrency && blocked == LimitNone {
+	if e.Concurrency > 0 && b.concurrent+b.settling+b.esc.phantom(now) >= e.Concurrency && blocked == LimitNone {
 		blocked = LimitConcurrency
 	}
 	return blocked, wait

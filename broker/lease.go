@@ -85,6 +85,15 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 		bg.adjust(now, l.GrantedAt, dTokens, dRequests, outcome == OutcomeThrottled)
 	}
 	wasExpired := l.State == LeaseExpired
+	// Until the settlement is durable, the lease still holds its place
+	// against the concurrency limit (settling): a lease granted into that
+	// place from a chunk has no record, and the restore's bound on such
+	// leases (see restorePhantoms) counts this one as active if a crash
+	// loses the settlement.
+	pinned := !wasExpired && bg.limits(now).Concurrency > 0
+	if pinned {
+		bg.settling++
+	}
 	if !wasExpired {
 		bg.concurrent--
 		b.released(l.Client, now)
@@ -120,7 +129,12 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	b.mu.Unlock()
 	b.rec.tidy()
 
-	b.commitOrRetry(ctx, c)
+	if b.commitOrRetry(ctx, c) && pinned {
+		b.mu.Lock()
+		bg.settling--
+		b.dispatch(bg, b.clock.Now())
+		b.mu.Unlock()
+	}
 	s := Settlement{Charged: charge, Returned: rec.Reserved - charge}
 	if wasExpired {
 		return s, &Error{Kind: KindPrecondition, Message: fmt.Sprintf("lease %q expired at %s before it was completed; its usage is recorded", leaseID, rec.ExpiresAt.UTC().Format(time.RFC3339))}
@@ -131,13 +145,16 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 // commitOrRetry persists a change the caller has already been promised. If
 // the store fails, the change is kept and retried by Run: the in-memory
 // state is already ahead of the store, which errs on the side of charging.
-func (b *Core) commitOrRetry(ctx context.Context, c Change) {
+// It reports whether c is durable now.
+func (b *Core) commitOrRetry(ctx context.Context, c Change) bool {
 	if err := b.store.Commit(context.WithoutCancel(ctx), c); err != nil {
 		b.log.Error("commit failed; will retry", "err", err)
 		b.mu.Lock()
 		b.retry = append(b.retry, c)
 		b.mu.Unlock()
+		return false
 	}
+	return true
 }
 
 // Renew extends an active lease to now + extend (Config.LeaseTTL when
