@@ -402,9 +402,9 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 		b.mu.Unlock()
 		return Decision{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
-	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.spec.burndown(), base: req.InputTokens + req.CacheWriteTokens, priority: req.Priority}
+	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.burndown, base: req.InputTokens + req.CacheWriteTokens, priority: req.Priority}
 	if n.maxOutput == 0 {
-		n.maxOutput, n.unsetMax = bg.spec.maxOutput(), true
+		n.maxOutput, n.unsetMax = bg.maxOutput, true
 	}
 	n.tokens = reservation(req.InputTokens, req.CacheWriteTokens, n.maxOutput, n.burndown)
 	if err := bg.neverFits(n); err != nil {

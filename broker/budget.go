@@ -100,6 +100,11 @@ type budget struct {
 	spec      Spec
 	override  *Override
 	staticLim Limits // override or quota x margin; recomputed when spec or override changes
+	// burndown and maxOutput are the spec's (or the model's defaults),
+	// derived once per spec: the defaults read the model id with a regexp,
+	// too slow for every Acquire.
+	burndown  float64
+	maxOutput int64
 	adaptive  adaptive
 	acfg      *AdaptiveConfig
 	// tokenPace and requestPace spread grants under an engaged adaptive
@@ -171,6 +176,7 @@ func (b *budget) recompute(margin float64) {
 		e = Limits{RPM: pick(o.RPM, e.RPM), TPM: pick(o.TPM, e.TPM), TPD: pick(o.TPD, e.TPD), Concurrency: pick(o.Concurrency, e.Concurrency)}
 	}
 	b.staticLim = e
+	b.burndown, b.maxOutput = b.spec.burndown(), b.spec.maxOutput()
 }
 
 // static is the limit before adaptation: what no throttle can raise.

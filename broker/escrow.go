@@ -287,7 +287,7 @@ func (b *Core) recoverLease(id string, now time.Time) *lease {
 	}
 	bg := c.b
 	l := &lease{b: bg, fixed: true, LeaseRecord: LeaseRecord{ID: id, Version: 1, Key: c.Key, State: LeaseActive,
-		Burndown: bg.spec.burndown(), MaxOutput: bg.spec.maxOutput(), GrantedAt: c.Start, ExpiresAt: c.LeasesEnd}}
+		Burndown: bg.burndown, MaxOutput: bg.maxOutput, GrantedAt: c.Start, ExpiresAt: c.LeasesEnd}}
 	c.unknown--
 	b.leases[id] = l
 	if !c.LeasesEnd.After(now) {
