@@ -119,9 +119,11 @@
 // What a crash costs: the unused part of the chunks not yet closed, charged
 // as if granted until they slide out of the minute: the chunk in use, the
 // next one, and those that ended since the last sweep; at most 4 chunks, so
-// at most 4/32 = 1/8 of a minute's RPM and TPM, and in practice about one
-// chunk of unused capacity. A chunk closed before the crash costs nothing
-// beyond its grants (charged at its End rather than at each grant's time).
+// at most 4/32 = 1/8 of a minute's RPM and TPM. Measured
+// (TestCrashEscrowRandomKills, 2,400 RPM so chunks of at most 75 requests,
+// kill -9 at random instants): 35 to 225 requests per crash, 1.5 to 9% of
+// the minute. A chunk closed before the crash costs nothing beyond its
+// grants (charged at its End rather than at each grant's time).
 //
 // Concurrency across a crash: a lease drawn from a chunk that no record
 // names may still be running. Its id is the chunk's ID, its index and an
