@@ -133,7 +133,8 @@
 // before it is answered) each chunk counts Requests minus its recorded
 // leases as running, bounded by the concurrency limit minus the known
 // active leases (at the crash, all of them were within the limit). A
-// client's MaxConcurrent does not count them: their clients are unknown.
+// client's MaxConcurrent does not count them: their clients are unknown, so
+// whoever holds such an id may settle or renew it (the id is unguessable).
 //
 // Settlements, renewals and expiries are committed as before: a settlement
 // before its answer, so an acknowledged one survives a crash. (Making them
