@@ -105,15 +105,27 @@ type Core struct {
 	ended     []endedRef // ended leases in EndedAt order, for forgetting
 	retry     []Change   // commits that failed after the answer was given
 	closed    bool
-	usageGCAt time.Time        // when Sweep last dropped old usage
-	active    map[string]int64 // active leases per client, for MaxConcurrent
-	settled   chan struct{}    // closed when no lease is active (see Settled)
-	waiting   waiting          // callers waiting in Acquire, for MaxWaiters
+	usageGCAt time.Time         // when Sweep last dropped old usage
+	active    map[string]int64  // active leases per client, for MaxConcurrent
+	settled   chan struct{}     // closed when no lease is active (see Settled)
+	waiting   waiting           // callers waiting in Acquire, for MaxWaiters
+	chunks    map[uint64]*chunk // committed chunks not yet forgotten (escrow.go)
+	nextChunk uint64            // the next chunk's ID is at least this
+	wanted    []*budget         // budgets asking the escrow loop for a chunk
+
+	// kick wakes the escrow loop (buffered, 1): a chunk is wanted.
+	kick chan struct{}
 }
 
 type lease struct {
 	LeaseRecord
 	b *budget
+	// chunk is the chunk it was drawn from in this life, nil if its grant
+	// was committed on its own.
+	chunk *chunk
+	// fixed: its charge is its chunk's, counted in full at restore, so
+	// settling it moves no window (see the package doc's Durability).
+	fixed bool
 }
 
 type endedRef struct {
@@ -146,6 +158,8 @@ func Open(ctx context.Context, store Store, clock Clock, cfg Config) (*Broker, e
 		leases:  make(map[string]*lease),
 		active:  make(map[string]int64),
 		waiting: waiting{byClient: make(map[string]int)},
+		chunks:  make(map[uint64]*chunk),
+		kick:    make(chan struct{}, 1),
 	}
 	b.restore(snap)
 	return &Broker{
@@ -181,9 +195,10 @@ func (b *Core) restore(snap Snapshot) {
 			bg.dayTokens.add(now, time.Unix(u.Minute*60, 0), u.Tokens)
 		}
 	}
+	var expired Change
+	b.restoreChunks(&snap, now, &expired)
 	recs := slices.Clone(snap.Leases)
 	slices.SortFunc(recs, func(x, y LeaseRecord) int { return x.EndedAt.Compare(y.EndedAt) })
-	var expired Change
 	for _, r := range recs {
 		bg := b.budgets[r.Key]
 		if bg == nil {
@@ -193,8 +208,12 @@ func (b *Core) restore(snap Snapshot) {
 		}
 		l := &lease{LeaseRecord: r, b: bg}
 		b.leases[r.ID] = l
-		bg.requests.add(now, r.GrantedAt, r.Requests)
-		bg.tokens.add(now, r.GrantedAt, r.Charged)
+		if c := b.restoredChunk(r.ID); c != nil {
+			l.fixed = true // charged with its chunk
+		} else {
+			bg.requests.add(now, r.GrantedAt, r.Requests)
+			bg.tokens.add(now, r.GrantedAt, r.Charged)
+		}
 		switch {
 		case r.State == LeaseActive && r.ExpiresAt.After(now):
 			bg.started(r.Client, r.GrantedAt)
@@ -212,10 +231,12 @@ func (b *Core) restore(snap Snapshot) {
 			b.ended = append(b.ended, endedRef{id: r.ID, at: r.EndedAt})
 		}
 	}
+	b.restorePhantoms(now)
 	if !expired.empty() {
 		b.retry = append(b.retry, expired)
 	}
-	b.log.Info("state restored", "budgets", len(b.budgets), "leases", len(b.leases), "usage_records", len(snap.Usage))
+	b.log.Info("state restored", "budgets", len(b.budgets), "leases", len(b.leases), "usage_records", len(snap.Usage),
+		"chunks", len(snap.Chunks))
 }
 
 // Close stops the broker: waiting callers are answered with KindUnavailable
@@ -382,9 +403,9 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 		b.mu.Unlock()
 		return Decision{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
-	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.spec.burndown(), base: req.InputTokens + req.CacheWriteTokens, priority: req.Priority}
+	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.burndown, base: req.InputTokens + req.CacheWriteTokens, priority: req.Priority}
 	if n.maxOutput == 0 {
-		n.maxOutput, n.unsetMax = bg.spec.maxOutput(), true
+		n.maxOutput, n.unsetMax = bg.maxOutput, true
 	}
 	n.tokens = reservation(req.InputTokens, req.CacheWriteTokens, n.maxOutput, n.burndown)
 	if err := bg.neverFits(n); err != nil {
@@ -492,6 +513,9 @@ func (b *Core) finish(ctx context.Context, d Decision, err error, l *lease, rec 
 	if err != nil || !d.Granted {
 		return d, err
 	}
+	if l.chunk != nil {
+		return d, nil // durable with its chunk (escrow.go)
+	}
 	c := Change{
 		Leases: []LeaseRecord{rec},
 		Usage:  []UsageRecord{{Key: rec.Key, Minute: minuteOf(rec.GrantedAt), Tokens: rec.Charged, Requests: rec.Requests}},
@@ -586,8 +610,16 @@ func (b *Core) wakeAt(bg *budget, now, at time.Time) {
 }
 
 func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
-	l := &lease{b: bg, LeaseRecord: LeaseRecord{
-		ID:        newLeaseID(now),
+	var id string
+	c := b.draw(bg, now, w.need.tokens)
+	if c != nil {
+		id = c.leaseID(c.usedReq - 1)
+	} else {
+		id = newLeaseID(now)
+	}
+	b.noteDemand(bg, now, w.need.tokens)
+	l := &lease{b: bg, chunk: c, LeaseRecord: LeaseRecord{
+		ID:        id,
 		Version:   1,
 		Key:       bg.spec.Key,
 		Client:    w.client,
@@ -613,6 +645,9 @@ func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 		reserved: l.Reserved, tokens: l.Charged, requests: l.Requests, waited: now.Sub(w.enqueued)})
 	b.leases[l.ID] = l
 	heap.Push(&b.expiry, expiryRef{id: l.ID, at: l.ExpiresAt})
+	if c != nil {
+		c.leases = append(c.leases, l)
+	}
 	return l
 }
 

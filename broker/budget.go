@@ -101,6 +101,11 @@ type budget struct {
 	override  *Override
 	staticLim Limits // override or quota x margin; recomputed when spec or override changes
 	marginLim Limits // quota x margin, whatever the override
+	// burndown and maxOutput are the spec's (or the model's defaults),
+	// derived once per spec: the defaults read the model id with a regexp,
+	// too slow for every Acquire.
+	burndown  float64
+	maxOutput int64
 	adaptive  adaptive
 	acfg      *AdaptiveConfig
 	// tokenPace and requestPace spread grants under an engaged adaptive
@@ -117,6 +122,11 @@ type budget struct {
 	// a throttle report needs, and its bound (adaptive.go). Started and
 	// ended with every lease (started, ended); forgotten by the sweep.
 	clients map[string]*clientMark
+	// settling counts settled leases whose settlement is not yet durable,
+	// on budgets with a concurrency limit: they still hold their place
+	// against it (see Core.Complete).
+	settling int64
+	esc      escrow // capacity committed ahead of grants (escrow.go)
 
 	queue    queue
 	timer    Timer     // pending wake-up for the head waiter, or nil
@@ -185,6 +195,7 @@ func newBudget(spec Spec, cfg *Config) *budget {
 		requests:  newWindow(minuteSpan, minuteRes),
 		tokens:    newWindow(minuteSpan, minuteRes),
 		dayTokens: newWindow(daySpan, dayRes),
+		esc:       newEscrow(),
 	}
 	b.recompute(cfg.Margin)
 	return b
@@ -214,6 +225,7 @@ func (b *budget) recompute(margin float64) {
 		e = Limits{RPM: pick(o.RPM, e.RPM), TPM: pick(o.TPM, e.TPM), TPD: pick(o.TPD, e.TPD), Concurrency: pick(o.Concurrency, e.Concurrency)}
 	}
 	b.staticLim = e
+	b.burndown, b.maxOutput = b.spec.burndown(), b.spec.maxOutput()
 }
 
 // static is the limit before adaptation: what no throttle can raise.
@@ -315,7 +327,7 @@ func (b *budget) fit(now time.Time, n need) (Limit, time.Duration) {
 	if engaged(e.RPM, st.RPM) {
 		note(LimitRPM, b.requestPace.wait(now, e.RPM))
 	}
-	if e.Concurrency > 0 && b.concurrent >= e.Concurrency && blocked == LimitNone {
+	if e.Concurrency > 0 && b.concurrent+b.settling+b.esc.phantom(now) >= e.Concurrency && blocked == LimitNone {
 		blocked = LimitConcurrency
 	}
 	return blocked, wait

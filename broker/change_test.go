@@ -24,6 +24,8 @@ func fullChange() Change {
 		Stats:                   []StatsRecord{{Key: k, Minute: 5, Client: "c", Stats: Stats{Granted: 1}}},
 		DeleteStatsBefore:       3,
 		DeleteClientStatsBefore: 4,
+		Chunks:                  []ChunkRecord{{ID: 9, Key: k, Start: t0, End: t0.Add(time.Second), Requests: 4, Tokens: 40}},
+		DeleteChunks:            []uint64{8},
 	}
 }
 

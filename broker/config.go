@@ -42,6 +42,11 @@ type Config struct {
 	// SweepInterval is how often Run expires leases and forgets old ones.
 	// Default 1 second.
 	SweepInterval time.Duration
+	// EscrowSpan is how long a chunk of escrowed capacity may be drawn
+	// from (see the package doc's Durability): the grant path commits a
+	// chunk ahead of use instead of each grant. Default 1 second; negative
+	// commits every grant before answering (no escrow).
+	EscrowSpan time.Duration
 	// Adaptive tunes the ceilings learned from throttles.
 	Adaptive AdaptiveConfig
 	// Clients sets per-client policies by client name; others get
@@ -102,6 +107,7 @@ func (c *Config) setDefaults() error {
 	def(&c.HistoryRetention, 14*24*time.Hour)
 	def(&c.ClientHistoryRetention, min(48*time.Hour, c.HistoryRetention))
 	def(&c.SweepInterval, time.Second)
+	def(&c.EscrowSpan, time.Second)
 	switch {
 	case c.LeaseTTL < time.Second:
 		return fmt.Errorf("config LeaseTTL: %v is below 1s", c.LeaseTTL)

@@ -61,6 +61,9 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	b.mu.Lock()
 	l := b.leases[leaseID]
 	if l == nil {
+		l = b.recoverLease(leaseID, b.clock.Now())
+	}
+	if l == nil {
 		b.mu.Unlock()
 		return Settlement{}, notFoundf("lease %q not found: unknown, or forgotten %v after it ended", leaseID, b.cfg.Retention)
 	}
@@ -85,8 +88,22 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 		charge, requests = 0, 0
 	}
 	dTokens, dRequests := charge-l.Charged, requests-l.Requests
-	bg.adjust(now, l.GrantedAt, dTokens, dRequests, outcome == OutcomeThrottled)
+	if l.fixed {
+		// Its charge is its chunk's, in full, until the window slides.
+		dTokens, dRequests = 0, 0
+	} else {
+		bg.adjust(now, l.GrantedAt, dTokens, dRequests, outcome == OutcomeThrottled)
+	}
 	wasExpired := l.State == LeaseExpired
+	// Until the settlement is durable, the lease still holds its place
+	// against the concurrency limit (settling): a lease granted into that
+	// place from a chunk has no record, and the restore's bound on such
+	// leases (see restorePhantoms) counts this one as active if a crash
+	// loses the settlement.
+	pinned := !wasExpired && bg.limits(now).Concurrency > 0
+	if pinned {
+		bg.settling++
+	}
 	if !wasExpired {
 		bg.ended(l.Client)
 		b.released(l.Client, now)
@@ -109,7 +126,10 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	bg.counters.ReturnedTokens += max(0, -dTokens)
 	b.rec.note(event{kind: eventSettled, key: l.Key, client: l.Client, at: now, grantedAt: l.GrantedAt,
 		outcome: outcome, usage: u, charge: charge, tokens: dTokens, requests: dRequests, maxOutput: l.MaxOutput})
-	c := Change{Usage: []UsageRecord{{Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests}}}
+	var c Change
+	if !l.fixed {
+		c.Usage = []UsageRecord{{Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests}}
+	}
 	// The lease is the evidence: held until now, or expired within the
 	// window.
 	held := !wasExpired || now.Sub(l.EndedAt) <= evidenceWindow
@@ -122,7 +142,12 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	b.mu.Unlock()
 	b.rec.tidy()
 
-	b.commitOrRetry(ctx, c)
+	if b.commitOrRetry(ctx, c) && pinned {
+		b.mu.Lock()
+		bg.settling--
+		b.dispatch(bg, b.clock.Now())
+		b.mu.Unlock()
+	}
 	s := Settlement{Charged: charge, Returned: returned(rec.Reserved, charge)}
 	if wasExpired {
 		return s, &Error{Kind: KindPrecondition, Message: fmt.Sprintf("lease %q expired at %s before it was completed; its usage is recorded", leaseID, rec.ExpiresAt.UTC().Format(time.RFC3339))}
@@ -138,13 +163,16 @@ func returned(reserved, charged int64) int64 { return max(0, reserved-charged) }
 // commitOrRetry persists a change the caller has already been promised. If
 // the store fails, the change is kept and retried by Run: the in-memory
 // state is already ahead of the store, which errs on the side of charging.
-func (b *Core) commitOrRetry(ctx context.Context, c Change) {
+// It reports whether c is durable now.
+func (b *Core) commitOrRetry(ctx context.Context, c Change) bool {
 	if err := b.store.Commit(context.WithoutCancel(ctx), c); err != nil {
 		b.log.Error("commit failed; will retry", "err", err)
 		b.mu.Lock()
 		b.retry = append(b.retry, c)
 		b.mu.Unlock()
+		return false
 	}
+	return true
 }
 
 // Renew extends an active lease to now + extend (Config.LeaseTTL when
@@ -162,6 +190,9 @@ func (b *Core) Renew(ctx context.Context, leaseID string, extend time.Duration) 
 	extend = min(extend, b.cfg.MaxLeaseTTL)
 	b.mu.Lock()
 	l := b.leases[leaseID]
+	if l == nil {
+		l = b.recoverLease(leaseID, b.clock.Now())
+	}
 	switch {
 	case l == nil:
 		b.mu.Unlock()

@@ -20,6 +20,7 @@ type memStore struct {
 	usage     map[usageKey]broker.UsageRecord
 	adaptive  map[broker.Key]broker.AdaptiveRecord
 	stats     map[statsKey]broker.StatsRecord
+	chunks    map[uint64]broker.ChunkRecord
 	fail      error
 	commits   int
 }
@@ -44,6 +45,7 @@ func newMemStore() *memStore {
 		usage:     map[usageKey]broker.UsageRecord{},
 		adaptive:  map[broker.Key]broker.AdaptiveRecord{},
 		stats:     map[statsKey]broker.StatsRecord{},
+		chunks:    map[uint64]broker.ChunkRecord{},
 	}
 }
 
@@ -71,6 +73,9 @@ func (s *memStore) Load(context.Context) (broker.Snapshot, error) {
 	}
 	for _, v := range s.adaptive {
 		snap.Adaptive = append(snap.Adaptive, v)
+	}
+	for _, v := range s.chunks {
+		snap.Chunks = append(snap.Chunks, v)
 	}
 	return snap, nil
 }
@@ -103,6 +108,12 @@ func (s *memStore) Commit(_ context.Context, c broker.Change) error {
 	}
 	for _, id := range c.DeleteLeases {
 		delete(s.leases, id)
+	}
+	for _, r := range c.Chunks {
+		s.chunks[r.ID] = r
+	}
+	for _, id := range c.DeleteChunks {
+		delete(s.chunks, id)
 	}
 	for _, u := range c.Usage {
 		k := usageKey{u.Key, u.Minute}

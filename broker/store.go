@@ -24,6 +24,7 @@ type Snapshot struct {
 	Leases    []LeaseRecord
 	Usage     []UsageRecord
 	Adaptive  []AdaptiveRecord
+	Chunks    []ChunkRecord
 }
 
 // Change is one atomic update.
@@ -43,6 +44,12 @@ type Change struct {
 	// DeleteStatsBefore drops per-budget history older than this minute,
 	// DeleteClientStatsBefore per-client history (0: none).
 	DeleteStatsBefore, DeleteClientStatsBefore int64
+	// Chunks are upserted by ID: one record when a chunk is committed, one
+	// when it is closed (never one per grant).
+	Chunks []ChunkRecord
+	// DeleteChunks are forgotten: closed chunks past their window and the
+	// leases they could have granted.
+	DeleteChunks []uint64
 }
 
 // empty and merge are the broker's code that must know every field of
@@ -53,7 +60,8 @@ type Change struct {
 func (c *Change) empty() bool {
 	return len(c.Specs) == 0 && len(c.Overrides) == 0 && len(c.Leases) == 0 &&
 		len(c.DeleteLeases) == 0 && len(c.Usage) == 0 && c.DeleteUsageBefore == 0 && len(c.Adaptive) == 0 &&
-		len(c.Stats) == 0 && c.DeleteStatsBefore == 0 && c.DeleteClientStatsBefore == 0
+		len(c.Stats) == 0 && c.DeleteStatsBefore == 0 && c.DeleteClientStatsBefore == 0 &&
+		len(c.Chunks) == 0 && len(c.DeleteChunks) == 0
 }
 
 // merge adds o to c, o's upserts after c's, so that a failed commit is
@@ -70,6 +78,8 @@ func (c *Change) merge(o Change) {
 	c.Stats = append(c.Stats, o.Stats...)
 	c.DeleteStatsBefore = max(c.DeleteStatsBefore, o.DeleteStatsBefore)
 	c.DeleteClientStatsBefore = max(c.DeleteClientStatsBefore, o.DeleteClientStatsBefore)
+	c.Chunks = append(c.Chunks, o.Chunks...)
+	c.DeleteChunks = append(c.DeleteChunks, o.DeleteChunks...)
 }
 
 // OverrideRecord is the override of one budget; Override nil means none.
@@ -144,4 +154,25 @@ type AdaptiveRecord struct {
 	// Zero in records written before they were kept: a first cut.
 	Depth                  int64
 	TokensCut, RequestsCut float64
+}
+
+// ChunkRecord is a commitment of capacity (escrow.go): from Start to End,
+// at most Requests requests and Tokens tokens of budget Key may be granted
+// from it, as leases whose ids derive from ID and Secret. It is durable
+// before the first of them is answered. Closed records are rewritten with
+// what was granted (Requests, Tokens) once every lease drawn from the chunk
+// is in the same Change.
+type ChunkRecord struct {
+	ID       uint64 // unique in the store, ascending with time
+	Key      Key
+	Start    time.Time
+	End      time.Time
+	Requests int64
+	Tokens   int64
+	// LeasesEnd bounds the expiry of every lease drawn from the chunk that
+	// no lease record names: granted by End, with the lease TTL in force,
+	// and never renewed (a renewal is committed before it is answered).
+	LeasesEnd time.Time
+	Secret    []byte // keys the lease ids of the chunk (see escrow.go)
+	Closed    bool
 }

@@ -5,12 +5,17 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
+	"sync"
 	"time"
 )
 
-// Run expires leases, forgets old ones and retries failed commits until ctx
-// ends. It returns ctx's error.
+// Run expires leases, forgets old ones, closes and forgets chunks, retries
+// failed commits, and runs the escrow loop that commits chunks ahead of
+// grants, until ctx ends. It returns ctx's error once both loops are done.
 func (b *Core) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { b.runEscrow(ctx) })
 	for {
 		tick, stop := after(b.clock, b.cfg.SweepInterval)
 		select {
@@ -43,6 +48,9 @@ func (b *Core) Sweep(ctx context.Context) {
 		b.expire(l, now)
 		touched[l.b] = true
 		c.Leases = append(c.Leases, l.LeaseRecord)
+	}
+	for _, bg := range b.sweepChunks(now, &c) {
+		touched[bg] = true
 	}
 	for bg := range touched {
 		b.dispatch(bg, now)

@@ -6,11 +6,15 @@
 //   - AcquireLease alone,
 //   - AcquireLease + CompleteLease pairs,
 //
-// each at the same concurrency, with persistence on (a real bbolt file with
-// fsync), and the ratio to the baseline. Then it holds many outstanding
-// leases and reports the memory each costs.
+// at the given concurrency and at 1 caller, with persistence on (a real
+// bbolt file with fsync) and the metrics interceptor on, as served in
+// production, for two brokers side by side: one that commits every grant
+// before answering (Config.EscrowSpan < 0, as before escrow) and one that
+// draws grants from escrowed chunks (the default). Then it holds many
+// outstanding leases, reports the memory each costs, and times a restart
+// with them on record: store and broker opened to a first grant.
 //
-//	go run ./bench/lease -duration 10s -concurrency 50 -outstanding 100000
+//	go run ./bench/lease -duration 3s -rounds 3 -concurrency 50 -outstanding 100000
 package main
 
 import (
@@ -28,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -48,14 +53,86 @@ func main() {
 	}
 }
 
+// served is one broker on its own store behind its own gRPC server.
+type served struct {
+	name   string
+	path   string
+	store  *bolt.Store
+	b      *broker.Broker
+	key    broker.Key
+	health healthpb.HealthClient
+	qb     pb.QuotaBrokerClient
+	stop   func() // stops the server, the broker's loops, the broker and the store
+}
+
+func serve(ctx context.Context, name, path string, cfg broker.Config, nosync, metrics bool) (*served, error) {
+	store, err := bolt.Open(path, bolt.Options{NoSync: nosync})
+	if err != nil {
+		return nil, err
+	}
+	// One client holds every outstanding lease of the memory measurement:
+	// no per-client cap on leases (the default is 10,000).
+	cfg.Margin, cfg.LeaseTTL, cfg.DefaultClient = 1, time.Hour, broker.ClientPolicy{MaxConcurrent: -1}
+	b, err := broker.Open(ctx, store, sysclock.Clock{}, cfg)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	key, _ := broker.ParseModelID(model, "", "us-east-1")
+	// Limits far above what the run can use: this measures overhead, not
+	// refusals.
+	if err := b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: broker.Limits{RPM: 1 << 40, TPM: 1 << 50}, Source: "bench"}}); err != nil {
+		b.Close()
+		store.Close()
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	var loops sync.WaitGroup
+	loops.Go(func() { b.Run(runCtx) })
+	scfg := server.Config{}
+	if metrics {
+		scfg.Metrics = prometheus.NewRegistry()
+	}
+	srv := server.New(b, scfg)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err == nil {
+		go srv.Serve(lis)
+	}
+	var conn *grpc.ClientConn
+	if err == nil {
+		conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	if err != nil {
+		srv.Shutdown(ctx)
+		b.Close()
+		cancel()
+		loops.Wait()
+		store.Close()
+		return nil, err
+	}
+	s := &served{name: name, path: path, store: store, b: b, key: key,
+		health: healthpb.NewHealthClient(conn), qb: pb.NewQuotaBrokerClient(conn)}
+	s.stop = func() {
+		conn.Close()
+		srv.Shutdown(ctx)
+		b.Close()
+		cancel()
+		loops.Wait()
+		b.Sweep(ctx) // closes chunks, writes what is pending, as serve does
+		store.Close()
+	}
+	return s, nil
+}
+
 func run(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("lease", flag.ContinueOnError)
 	duration := fs.Duration("duration", 5*time.Second, "how long each measurement runs")
-	concurrency := fs.Int("concurrency", 50, "concurrent callers")
-	outstanding := fs.Int("outstanding", 100_000, "leases to hold outstanding for the memory measurement (0 skips it)")
+	concurrency := fs.Int("concurrency", 50, "concurrent callers (each case also runs at 1 caller)")
+	outstanding := fs.Int("outstanding", 100_000, "leases to hold outstanding for the memory and restart measurements (0 skips them)")
 	rounds := fs.Int("rounds", 3, "measurement rounds; the median round is reported")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
 	nosync := fs.Bool("nosync", false, "skip fsync in the store (unsafe; shows what durability costs)")
+	metrics := fs.Bool("metrics", true, "serve with the metrics interceptor, as production does")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -64,63 +141,48 @@ func run(args []string, out io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	store, err := bolt.Open(filepath.Join(dir, "state.db"), bolt.Options{NoSync: *nosync})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
 	ctx := context.Background()
-	// One client holds every outstanding lease of the memory measurement:
-	// no per-client cap on leases (the default is 10,000).
-	b, err := broker.Open(ctx, store, sysclock.Clock{}, broker.Config{Margin: 1, LeaseTTL: time.Hour,
-		DefaultClient: broker.ClientPolicy{MaxConcurrent: -1}})
-	if err != nil {
-		return err
+	var brokers []*served
+	for i, m := range []struct {
+		name string
+		span time.Duration
+	}{{"per-grant commit", -1}, {"escrow", 0}} {
+		s, err := serve(ctx, m.name, filepath.Join(dir, fmt.Sprintf("state-%d.db", i)), broker.Config{EscrowSpan: m.span}, *nosync, *metrics)
+		if err != nil {
+			return err
+		}
+		defer func() { s.stop() }() // a no-op once stopped
+		brokers = append(brokers, s)
 	}
-	defer b.Close()
-	key, _ := broker.ParseModelID(model, "", "us-east-1")
-	// Limits far above what the run can use: this measures overhead, not
-	// refusals.
-	if err := b.SetSpecs(ctx, []broker.Spec{{Key: key, Quota: broker.Limits{RPM: 1 << 40, TPM: 1 << 50}, Source: "bench"}}); err != nil {
-		return err
-	}
-	srv := server.New(b, server.Config{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	go srv.Serve(lis)
-	defer srv.Shutdown(ctx)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	health := healthpb.NewHealthClient(conn)
-	qb := pb.NewQuotaBrokerClient(conn)
 
 	acquire := &pb.AcquireLeaseRequest{ModelId: model, InputTokens: 1000, MaxOutputTokens: 500}
-	cases := []struct {
+	type bcase struct {
 		name string
+		n    int
 		call func() error
-	}{
-		{"empty RPC (health Check)", func() error {
-			_, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
-			return err
-		}},
-		{"AcquireLease", func() error {
-			_, err := qb.AcquireLease(ctx, acquire)
-			return err
-		}},
-		{"AcquireLease+CompleteLease", func() error {
-			r, err := qb.AcquireLease(ctx, acquire)
-			if err != nil {
-				return err
-			}
-			_, err = qb.CompleteLease(ctx, &pb.CompleteLeaseRequest{LeaseId: r.GetLease().GetLeaseId(), Outcome: pb.Outcome_OUTCOME_SUCCESS,
-				Usage: &pb.Usage{InputTokens: 1000, OutputTokens: 200}})
-			return err
-		}},
+	}
+	var cases []bcase
+	for _, n := range []int{*concurrency, 1} {
+		for _, s := range brokers {
+			cases = append(cases,
+				bcase{fmt.Sprintf("%s: empty RPC (health Check)", s.name), n, func() error {
+					_, err := s.health.Check(ctx, &healthpb.HealthCheckRequest{})
+					return err
+				}},
+				bcase{fmt.Sprintf("%s: AcquireLease", s.name), n, func() error {
+					_, err := s.qb.AcquireLease(ctx, acquire)
+					return err
+				}},
+				bcase{fmt.Sprintf("%s: Acquire+Complete", s.name), n, func() error {
+					r, err := s.qb.AcquireLease(ctx, acquire)
+					if err != nil {
+						return err
+					}
+					_, err = s.qb.CompleteLease(ctx, &pb.CompleteLeaseRequest{LeaseId: r.GetLease().GetLeaseId(), Outcome: pb.Outcome_OUTCOME_SUCCESS,
+						Usage: &pb.Usage{InputTokens: 1000, OutputTokens: 200}})
+					return err
+				}})
+		}
 	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -133,30 +195,85 @@ func run(args []string, out io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	fmt.Fprintf(out, "lease path over gRPC on loopback, concurrency %d, %v per round, median of %d rounds, GOMAXPROCS %d, bbolt with fsync\n\n",
-		*concurrency, *duration, *rounds, runtime.GOMAXPROCS(0))
-	fmt.Fprintf(out, "%-28s %12s %10s %10s %10s\n", "call", "calls/s", "p50", "p99", "vs empty")
+	fmt.Fprintf(out, "lease path over gRPC on loopback, %v per round, median of %d rounds, GOMAXPROCS %d, bbolt with fsync %v, metrics %v\n",
+		*duration, *rounds, runtime.GOMAXPROCS(0), !*nosync, *metrics)
 	results := make([][]result, len(cases))
 	for r := 0; r < *rounds; r++ {
 		for i, c := range cases { // interleaved, so drift hits all cases alike
-			res, err := measure(c.call, *concurrency, *duration)
+			res, err := measure(c.call, c.n, *duration)
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
 			results[i] = append(results[i], res)
 		}
 	}
-	var base float64
+	var base result
 	for i, c := range cases {
-		m := median(results[i])
-		if i == 0 {
-			base = m.rate
+		if i == 0 || cases[i-1].n != c.n {
+			fmt.Fprintf(out, "\n%-38s %12s %10s %10s %10s %10s\n", fmt.Sprintf("call (%d callers)", c.n), "calls/s", "p50", "p99", "rate", "p50")
 		}
-		fmt.Fprintf(out, "%-28s %12.0f %10v %10v %9.2fx\n", c.name, m.rate, m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond), m.rate/base)
+		m := median(results[i])
+		if i%3 == 0 {
+			base = m // each broker's own empty RPC
+		}
+		fmt.Fprintf(out, "%-38s %12.0f %10v %10v %9.2fx %9.2fx\n", c.name, m.rate, m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond),
+			m.rate/base.rate, float64(m.p50)/float64(base.p50))
 	}
 	if *outstanding > 0 {
-		return measureOutstanding(ctx, out, b, key, *outstanding)
+		s := brokers[len(brokers)-1]
+		if err := measureOutstanding(ctx, out, s.b, s.key, *outstanding); err != nil {
+			return err
+		}
+		// As in a fresh process: the other brokers' leases would otherwise
+		// make every collection during the restore scan them too.
+		for _, s := range brokers {
+			s.stop()
+			s.stop = func() {}
+		}
+		brokers = nil
+		runtime.GC()
+		return measureRestart(ctx, out, filepath.Join(dir, "restart.db"), *outstanding, *nosync)
 	}
+	return nil
+}
+
+// measureRestart leaves n leases outstanding on a new broker at path, stops
+// it as serve does, then opens the store and a broker on it again and
+// grants one lease: the time from a stopped broker to serving.
+func measureRestart(ctx context.Context, out io.Writer, path string, n int, nosync bool) error {
+	s, err := serve(ctx, "restart", path, broker.Config{}, nosync, false)
+	if err != nil {
+		return err
+	}
+	if err := hold(ctx, s.b, n); err != nil {
+		s.stop()
+		return err
+	}
+	s.stop()
+	runtime.GC() // a fresh process would not carry the stopped broker's heap
+	start := time.Now()
+	store, err := bolt.Open(path, bolt.Options{})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	storeOpen := time.Since(start)
+	b, err := broker.Open(ctx, store, sysclock.Clock{}, broker.Config{Margin: 1, LeaseTTL: time.Hour, DefaultClient: broker.ClientPolicy{MaxConcurrent: -1}})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	opened := time.Since(start)
+	d, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: model, InputTokens: 10, MaxOutputTokens: 10})
+	if err != nil {
+		return err
+	}
+	if !d.Granted {
+		return fmt.Errorf("first grant after the restart refused on %v", d.Blocked)
+	}
+	reps, _ := b.Report(broker.ReportFilter{})
+	fmt.Fprintf(out, "restart with %d outstanding leases on record: store open in %v, broker (load and restore) in %v more, first grant after %v\n",
+		reps[0].Outstanding, storeOpen.Round(time.Millisecond), (opened - storeOpen).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -236,6 +353,21 @@ func measureOutstanding(ctx context.Context, out io.Writer, b *broker.Broker, ke
 	}
 	before := heap()
 	start := time.Now()
+	if err := hold(ctx, b, n); err != nil {
+		return err
+	}
+	took := time.Since(start)
+	after := heap()
+	reps, _ := b.Report(broker.ReportFilter{})
+	held := reps[0].Outstanding
+	fmt.Fprintf(out, "\n%d outstanding leases granted in %v; heap grew %.1f MiB: %d bytes per lease\n",
+		held, took.Round(time.Millisecond), float64(after-before)/(1<<20), int64(after-before)/max(held, 1))
+	return nil
+}
+
+// hold grants n leases directly on b from 50 goroutines and leaves them
+// outstanding.
+func hold(ctx context.Context, b *broker.Broker, n int) error {
 	var wg sync.WaitGroup
 	var failed atomic.Value
 	per := n / 50
@@ -257,11 +389,5 @@ func measureOutstanding(ctx context.Context, out io.Writer, b *broker.Broker, ke
 	if err, ok := failed.Load().(error); ok {
 		return err
 	}
-	took := time.Since(start)
-	after := heap()
-	reps, _ := b.Report(broker.ReportFilter{})
-	held := reps[0].Outstanding
-	fmt.Fprintf(out, "\n%d outstanding leases granted in %v; heap grew %.1f MiB: %d bytes per lease\n",
-		held, took.Round(time.Millisecond), float64(after-before)/(1<<20), int64(after-before)/max(held, 1))
 	return nil
 }

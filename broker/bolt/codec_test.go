@@ -181,3 +181,18 @@ func FuzzDecodeAdaptive(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeChunk(f *testing.F) {
+	c := broker.ChunkRecord{ID: 42, Key: keyA, Start: t0, End: t0.Add(time.Second), Requests: 12, Tokens: 90_000,
+		LeasesEnd: t0.Add(5 * time.Minute), Secret: []byte("0123456789abcdef")}
+	f.Add(chunkKey(c.ID), encodeChunk(chunkKey(c.ID), &c))
+	c.Closed = true
+	f.Add(chunkKey(c.ID), encodeChunk(chunkKey(c.ID), &c))
+	f.Fuzz(func(t *testing.T, key, val []byte) {
+		if r, err := decodeChunk(key, val); err == nil {
+			if got := encodeChunk(chunkKey(r.ID), &r); !bytes.Equal(got, val) || !bytes.Equal(chunkKey(r.ID), key) {
+				t.Fatalf("decode(%x, %x) = %+v encodes to %x", key, val, r, got)
+			}
+		}
+	})
+}

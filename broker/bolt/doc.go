@@ -12,11 +12,14 @@
 //	adaptive     budget key -> AdaptiveRecord (learned ceiling, depth, cuts)
 //	stats        minute | budget key | client -> history (broker.Stats)
 //	stats-total  minute | budget key | "" -> history summed over clients
+//	chunks       chunk ID (big-endian uint64) -> ChunkRecord (escrowed capacity)
 //
-// Load reads the first six; history is read by ReadStats, a range scan by
-// minute, and is never needed to rebuild the broker's windows. Buckets and
-// record fields added after schema 1 was first written (adaptive, the
-// stats buckets, quota refs, adaptive depth) are read as empty when
+// Load reads the first six and chunks; history is read by ReadStats, a
+// range scan by minute, and is never needed to rebuild the broker's windows.
+// A chunk is written when the broker commits it and once more when it
+// closes, never per grant. Buckets and record fields added after schema 1
+// was first written (adaptive, the stats buckets, chunks, quota refs,
+// adaptive depth) are read as empty when
 // missing, created by the first Commit that writes to them, or written only
 // when set, so older files open and read unchanged.
 //

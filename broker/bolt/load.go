@@ -3,6 +3,7 @@ package bolt
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -78,6 +79,10 @@ func addRecord(snap *broker.Snapshot, bucket, k, v []byte) error {
 		r, err := decodeAdaptive(k, v)
 		snap.Adaptive = append(snap.Adaptive, r)
 		return err
+	case string(bucketChunks):
+		r, err := decodeChunk(k, v)
+		snap.Chunks = append(snap.Chunks, r)
+		return err
 	}
 	return fmt.Errorf("unknown bucket %s", bucket)
 }
@@ -95,6 +100,10 @@ func describeKey(bucket, k []byte) string {
 	case string(bucketUsage):
 		if m, bk, err := decodeUsageKey(k); err == nil {
 			return fmt.Sprintf("%s minute %d (%x)", bk, m, k)
+		}
+	case string(bucketChunks):
+		if len(k) == 8 {
+			return fmt.Sprintf("%d (%x)", binary.BigEndian.Uint64(k), k)
 		}
 	case string(bucketStats), string(bucketStatsTotal):
 		if m, bk, client, err := decodeStatsKey(k); err == nil {

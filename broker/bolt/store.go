@@ -32,11 +32,14 @@ var (
 	// reads them, not Load; like "adaptive", they are additive.
 	bucketStats      = []byte("stats")
 	bucketStatsTotal = []byte("stats-total")
-	keySchema        = []byte("schema")
+	// bucketChunks holds escrowed capacity (broker.ChunkRecord), one
+	// record per chunk; additive.
+	bucketChunks = []byte("chunks")
+	keySchema    = []byte("schema")
 )
 
 // dataBuckets are the buckets Load reads, in Snapshot order.
-var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage, bucketAdaptive}
+var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage, bucketAdaptive, bucketChunks}
 
 // schemaBuckets are in every store since schema 1 was first written: Open
 // refuses a file without one. addedBuckets came later without a migration:
@@ -45,7 +48,7 @@ var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsa
 // to an existing file.
 var (
 	schemaBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage}
-	addedBuckets  = [][]byte{bucketAdaptive, bucketStats, bucketStatsTotal}
+	addedBuckets  = [][]byte{bucketAdaptive, bucketStats, bucketStatsTotal, bucketChunks}
 )
 
 // Defaults; see doc.go for the measurements behind group commit.

@@ -114,8 +114,13 @@ func TestRoundTripAndReopen(t *testing.T) {
 		Adaptive: []broker.AdaptiveRecord{
 			{Key: keyA, TokensWmax: 1.25e6, RequestsWmax: 80.5, LastDecrease: t0, Throttles: 3},
 		},
+		Chunks: []broker.ChunkRecord{
+			{ID: 1 << 60, Key: keyA, Start: t0, End: t0.Add(time.Second), Requests: 40, Tokens: 1 << 40,
+				LeasesEnd: t0.Add(5 * time.Minute), Secret: []byte("0123456789abcdef"), Closed: true},
+		},
 	}
-	commit(t, s, broker.Change{Specs: want.Specs, Overrides: want.Overrides, Leases: want.Leases, Usage: want.Usage, Adaptive: want.Adaptive})
+	commit(t, s, broker.Change{Specs: want.Specs, Overrides: want.Overrides, Leases: want.Leases, Usage: want.Usage, Adaptive: want.Adaptive,
+		Chunks: want.Chunks})
 	want = sorted(want)
 	if got := sorted(load(t, s)); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Load:\n got %+v\nwant %+v", got, want)
@@ -744,8 +749,11 @@ func TestCommitEveryField(t *testing.T) {
 		Stats:                   []broker.StatsRecord{{Key: keyB, Minute: 5, Client: "c", Stats: broker.Stats{Granted: 1}}},
 		DeleteStatsBefore:       2,
 		DeleteClientStatsBefore: 2,
+		Chunks:                  []broker.ChunkRecord{{ID: 9, Key: keyB, Start: t0, End: t0.Add(time.Second), Requests: 4, Tokens: 40, LeasesEnd: t0.Add(time.Minute), Secret: []byte("s")}},
+		DeleteChunks:            []uint64{8},
 	}
 	base := broker.Change{
+		Chunks: []broker.ChunkRecord{{ID: 8, Key: keyA, Start: t0, End: t0.Add(time.Second), Requests: 4, Tokens: 40, LeasesEnd: t0.Add(time.Minute)}},
 		Leases: []broker.LeaseRecord{lease("old", 1)},
 		Usage:  []broker.UsageRecord{{Key: keyA, Minute: 1, Tokens: 1}},
 		Stats:  []broker.StatsRecord{{Key: keyA, Minute: 1, Client: "c", Stats: broker.Stats{Granted: 1}}},

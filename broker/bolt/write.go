@@ -3,6 +3,7 @@ package bolt
 import (
 	"bytes"
 	"cmp"
+	"errors"
 	"fmt"
 	"time"
 
@@ -23,6 +24,8 @@ type write struct {
 	stats             []statsDelta
 	deleteStatsBefore int64
 	deleteClientStats int64
+	chunks            []kv
+	deleteChunks      [][]byte
 }
 
 // statsDelta is added to the client's record (k) and the budget's (total).
@@ -45,16 +48,19 @@ type usageDelta struct {
 }
 
 func (w *write) empty() bool {
-	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage)+len(w.adaptive)+len(w.stats) == 0 &&
+	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage)+len(w.adaptive)+len(w.stats)+
+		len(w.chunks)+len(w.deleteChunks) == 0 &&
 		w.deleteUsageBefore == 0 && w.deleteStatsBefore == 0 && w.deleteClientStats == 0
 }
 
-func checkKey(what string, k []byte) error {
+// checkKey fails an empty or oversized key; like checkTime, the caller
+// names it only on failure.
+func checkKey(k []byte) error {
 	if len(k) == 0 {
-		return fmt.Errorf("%s: empty key", what)
+		return errors.New("empty key")
 	}
 	if len(k) > bbolt.MaxKeySize {
-		return fmt.Errorf("%s: key is %d bytes; at most %d", what, len(k), bbolt.MaxKeySize)
+		return fmt.Errorf("key is %d bytes; at most %d", len(k), bbolt.MaxKeySize)
 	}
 	return nil
 }
@@ -64,42 +70,42 @@ func prepare(c *broker.Change) (*write, error) {
 	for i := range c.Stats {
 		r := &c.Stats[i]
 		k := statsKey(r.Minute, r.Key, r.Client)
-		if err := checkKey("stats "+r.Key.String(), k); err != nil {
-			return nil, err
+		if err := checkKey(k); err != nil {
+			return nil, fmt.Errorf("stats %s: %w", r.Key, err)
 		}
 		w.stats = append(w.stats, statsDelta{k, statsKey(r.Minute, r.Key, ""), &r.Stats})
 	}
 	for i := range c.Specs {
 		s := &c.Specs[i]
 		k := appendKey(nil, s.Key)
-		if err := checkKey("spec "+s.Key.String(), k); err != nil {
-			return nil, err
+		if err := checkKey(k); err != nil {
+			return nil, fmt.Errorf("spec %s: %w", s.Key, err)
 		}
-		if err := checkTime("spec "+s.Key.String()+" source time", s.SourceTime); err != nil {
-			return nil, err
+		if err := checkTime(s.SourceTime); err != nil {
+			return nil, fmt.Errorf("spec %s source time %w", s.Key, err)
 		}
 		w.specs = append(w.specs, kv{k, encodeSpec(k, s)})
 	}
 	for i := range c.Adaptive {
 		a := &c.Adaptive[i]
 		k := appendKey(nil, a.Key)
-		if err := checkKey("adaptive "+a.Key.String(), k); err != nil {
-			return nil, err
+		if err := checkKey(k); err != nil {
+			return nil, fmt.Errorf("adaptive %s: %w", a.Key, err)
 		}
-		if err := checkTime("adaptive "+a.Key.String()+" last decrease", a.LastDecrease); err != nil {
-			return nil, err
+		if err := checkTime(a.LastDecrease); err != nil {
+			return nil, fmt.Errorf("adaptive %s last decrease %w", a.Key, err)
 		}
 		w.adaptive = append(w.adaptive, kv{k, encodeAdaptive(k, a)})
 	}
 	for _, o := range c.Overrides {
 		k := appendKey(nil, o.Key)
-		if err := checkKey("override "+o.Key.String(), k); err != nil {
-			return nil, err
+		if err := checkKey(k); err != nil {
+			return nil, fmt.Errorf("override %s: %w", o.Key, err)
 		}
 		var v []byte
 		if o.Override != nil {
-			if err := checkTime("override "+o.Key.String()+" set at", o.Override.SetAt); err != nil {
-				return nil, err
+			if err := checkTime(o.Override.SetAt); err != nil {
+				return nil, fmt.Errorf("override %s set at %w", o.Key, err)
 			}
 			v = encodeOverride(k, o.Override)
 		}
@@ -108,15 +114,15 @@ func prepare(c *broker.Change) (*write, error) {
 	for i := range c.Leases {
 		r := &c.Leases[i]
 		k := []byte(r.ID)
-		if err := checkKey(fmt.Sprintf("lease %q", r.ID), k); err != nil {
-			return nil, err
+		if err := checkKey(k); err != nil {
+			return nil, fmt.Errorf("lease %q: %w", r.ID, err)
 		}
 		for _, t := range []struct {
 			name string
 			t    time.Time
 		}{{"granted at", r.GrantedAt}, {"expires at", r.ExpiresAt}, {"ended at", r.EndedAt}} {
-			if err := checkTime(fmt.Sprintf("lease %q %s", r.ID, t.name), t.t); err != nil {
-				return nil, err
+			if err := checkTime(t.t); err != nil {
+				return nil, fmt.Errorf("lease %q %s %w", r.ID, t.name, err)
 			}
 		}
 		w.leases = append(w.leases, leaseWrite{k, r.Version, encodeLease(r)})
@@ -126,10 +132,23 @@ func prepare(c *broker.Change) (*write, error) {
 			w.deleteLeases = append(w.deleteLeases, []byte(id))
 		}
 	}
+	for i := range c.Chunks {
+		r := &c.Chunks[i]
+		for _, t := range []time.Time{r.Start, r.End, r.LeasesEnd} {
+			if err := checkTime(t); err != nil {
+				return nil, fmt.Errorf("chunk %s time %w", r.Key, err)
+			}
+		}
+		k := chunkKey(r.ID)
+		w.chunks = append(w.chunks, kv{k, encodeChunk(k, r)})
+	}
+	for _, id := range c.DeleteChunks {
+		w.deleteChunks = append(w.deleteChunks, chunkKey(id))
+	}
 	for _, u := range c.Usage {
 		k := usageKey(u.Minute, u.Key)
-		if err := checkKey("usage "+u.Key.String(), k); err != nil {
-			return nil, err
+		if err := checkKey(k); err != nil {
+			return nil, fmt.Errorf("usage %s: %w", u.Key, err)
 		}
 		w.usage = append(w.usage, usageDelta{k, u.Tokens, u.Requests})
 	}
@@ -216,6 +235,24 @@ func (w *write) apply(tx *bbolt.Tx) error {
 			}
 			if err := addStats(totals, bucketStatsTotal, d.total, d.s); err != nil {
 				return err
+			}
+		}
+	}
+	if len(w.chunks)+len(w.deleteChunks) > 0 {
+		chunks, err := bucket(tx, bucketChunks)
+		if err != nil {
+			return err
+		}
+		for _, c := range w.chunks {
+			if err := chunks.Put(c.k, c.v); err != nil {
+				return fmt.Errorf("put chunk %s: %w", describeKey(bucketChunks, c.k), err)
+			}
+		}
+		// After the upserts, as the deletions below: a chunk closed and
+		// forgotten in one Change is gone.
+		for _, k := range w.deleteChunks {
+			if err := chunks.Delete(k); err != nil {
+				return fmt.Errorf("delete chunk %s: %w", describeKey(bucketChunks, k), err)
 			}
 		}
 	}
