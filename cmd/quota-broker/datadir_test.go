@@ -16,9 +16,11 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
+	"github.com/bedrockqb/quotabroker/server"
 )
 
 // A data directory the broker cannot use must stop it at start with the
@@ -193,14 +195,22 @@ func TestOutOfSpaceMidRun(t *testing.T) {
 	c := dial(t, p.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a guard against a hang
 	defer cancel()
+	// Grants are spread over clients of 5,000 leases each: with capacity
+	// escrow a grant drawn from a committed chunk writes nothing, so the
+	// file fills only when the chunks and the sweep's checkpoints of
+	// leases do, after more grants than one client may hold (10,000).
+	client := func(i int) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, server.ClientHeader, fmt.Sprintf("fill-%d", i/5_000))
+	}
+	const last = 1 << 20 // the client of every grant after the fill
 	acquire := func() (*pb.AcquireLeaseResponse, error) {
-		return c.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: crashModel, InputTokens: 100, MaxOutputTokens: 100})
+		return c.AcquireLease(client(last), &pb.AcquireLeaseRequest{ModelId: crashModel, InputTokens: 100, MaxOutputTokens: 100})
 	}
 
 	var leases []string
 	var refusal error
-	for range 20_000 {
-		resp, err := acquire()
+	for i := range 200_000 {
+		resp, err := c.AcquireLease(client(i), &pb.AcquireLeaseRequest{ModelId: crashModel, InputTokens: 100, MaxOutputTokens: 100})
 		if err != nil {
 			refusal = err
 			break
@@ -226,7 +236,7 @@ func TestOutOfSpaceMidRun(t *testing.T) {
 	if got := rep.GetBudgets()[0].GetOutstandingLeases(); got != int64(len(leases)) {
 		t.Fatalf("report counts %d outstanding leases; %d were granted (failed grants must be undone)", got, len(leases))
 	}
-	if _, err := c.CompleteLease(ctx, &pb.CompleteLeaseRequest{LeaseId: leases[0], Outcome: pb.Outcome_OUTCOME_SUCCESS,
+	if _, err := c.CompleteLease(client(0), &pb.CompleteLeaseRequest{LeaseId: leases[0], Outcome: pb.Outcome_OUTCOME_SUCCESS,
 		Usage: &pb.Usage{InputTokens: 100, OutputTokens: 10}}); err != nil {
 		t.Fatalf("completion while the disk is full: %v", err)
 	}
