@@ -87,11 +87,7 @@ flags:
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("alarms: unexpected argument %q", fs.Arg(0))
 	}
-	for r := range strings.SplitSeq(*regions, ",") {
-		if r = strings.TrimSpace(r); r != "" {
-			f.regions = append(f.regions, r)
-		}
-	}
+	f.regions = list(*regions)
 	switch {
 	case len(f.regions) == 0:
 		return f, errors.New("alarms: --regions names no Region")

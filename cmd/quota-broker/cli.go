@@ -140,3 +140,15 @@ func substringDistance(want, s string) int {
 	}
 	return slices.Min(prev)
 }
+
+// list splits a comma-separated flag value (Regions, admin identities)
+// into its non-empty, trimmed items.
+func list(s string) []string {
+	var items []string
+	for it := range strings.SplitSeq(s, ",") {
+		if it = strings.TrimSpace(it); it != "" {
+			items = append(items, it)
+		}
+	}
+	return items
+}

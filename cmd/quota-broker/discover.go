@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -54,11 +53,7 @@ list-inference-profiles outputs.`)
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("discover: unexpected argument %q", fs.Arg(0))
 	}
-	for r := range strings.SplitSeq(*regions, ",") {
-		if r = strings.TrimSpace(r); r != "" {
-			f.regions = append(f.regions, r)
-		}
-	}
+	f.regions = list(*regions)
 	switch {
 	case len(f.regions) == 0:
 		return f, errors.New("discover: --region names no Region")

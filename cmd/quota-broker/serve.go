@@ -138,11 +138,7 @@ func parseServeFlags(args []string, out io.Writer) (serveFlags, error) {
 	if f.awsURL != "" {
 		f.aws = true
 	}
-	for a := range strings.SplitSeq(admins, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			f.tlsAdmins = append(f.tlsAdmins, a)
-		}
-	}
+	f.tlsAdmins = list(admins)
 	switch {
 	case (f.tlsCert == "") != (f.tlsKey == ""):
 		return f, errors.New("--tls-cert and --tls-key go together")
@@ -299,7 +295,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	var src broker.QuotaSource
 	if f.aws {
-		regions := strings.Split(cmp.Or(f.regions, f.region), ",")
+		regions := list(cmp.Or(f.regions, f.region))
 		aq, err := awsquota.New(awsquota.Config{Regions: regions, Endpoint: f.awsURL, Logger: log})
 		if err != nil {
 			return err
