@@ -120,16 +120,9 @@ func (s *Sim) getMetricStatisticsLocked(region string, in cwIn) (map[string]any,
 	if err := checkPeriod("Period", period); err != nil {
 		return nil, err
 	}
-	start, err := in.time("StartTime")
+	start, end, err := in.span("InvalidParameterValue")
 	if err != nil {
 		return nil, err
-	}
-	end, err := in.time("EndTime")
-	if err != nil {
-		return nil, err
-	}
-	if !start.Before(end) {
-		return nil, cwErrorf("InvalidParameterValue", "The parameter StartTime must be less than the parameter EndTime.")
 	}
 	if ext := in.strs("ExtendedStatistics"); len(ext) > 0 {
 		return nil, checkStat("ExtendedStatistics.member.1", ext[0])
@@ -167,16 +160,9 @@ func (s *Sim) getMetricDataLocked(region string, in cwIn) (map[string]any, *cwEr
 	if err := in.required("MetricDataQueries", "StartTime", "EndTime"); err != nil {
 		return nil, err
 	}
-	start, err := in.time("StartTime")
+	start, end, err := in.span("ValidationError")
 	if err != nil {
 		return nil, err
-	}
-	end, err := in.time("EndTime")
-	if err != nil {
-		return nil, err
-	}
-	if !start.Before(end) {
-		return nil, cwErrorf("ValidationError", "The parameter StartTime must be less than the parameter EndTime.")
 	}
 	scanBy := in.str("ScanBy")
 	if scanBy == "" {
@@ -315,4 +301,20 @@ func cwUnitOK(u string) bool {
 
 func lowerFirst(s string) bool {
 	return s != "" && s[0] >= 'a' && s[0] <= 'z' && !strings.ContainsAny(s, " .")
+}
+
+// span reads StartTime and EndTime, which must be in that order; AWS names
+// the error code differently per operation (GetMetricStatistics says
+// InvalidParameterValue, GetMetricData ValidationError).
+func (in cwIn) span(code string) (start, end time.Time, err *cwError) {
+	if start, err = in.time("StartTime"); err != nil {
+		return
+	}
+	if end, err = in.time("EndTime"); err != nil {
+		return
+	}
+	if !start.Before(end) {
+		err = cwErrorf(code, "The parameter StartTime must be less than the parameter EndTime.")
+	}
+	return
 }
