@@ -3,7 +3,9 @@ package quotaclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -47,7 +49,8 @@ const (
 
 // Client asks a Quota Broker for leases. It is safe for concurrent use and
 // owns no goroutines, so it needs no Close; the gRPC connection stays the
-// caller's to close.
+// caller's to close. For a cluster of replicas, connect with NewConn and
+// add WithFailover.
 type Client struct {
 	rpc   pb.QuotaBrokerClient
 	o     options
@@ -205,6 +208,82 @@ func (c *Client) brokerCtx(ctx context.Context, wait time.Duration) (context.Con
 	return context.WithTimeout(c.outgoing(ctx), wait+c.o.brokerTimeout)
 }
 
+// Failover backoff: full jitter, doubling from failoverBase up to
+// failoverCap. The first retry comes quickly because it usually finds a
+// serving replica at once (round_robin picks another subchannel, and a
+// replica that died has already left READY); the cap keeps a cluster
+// without a leader from being hammered by every client.
+const (
+	failoverBase = 20 * time.Millisecond
+	failoverCap  = time.Second
+)
+
+// invoke runs one broker RPC. Without WithFailover it makes one attempt,
+// bounded by wait (the time the broker may queue it, when queues) plus the
+// broker timeout. With WithFailover an attempt that ends UNAVAILABLE (a
+// standby answering, a replica dying, no replica serving for a moment, or
+// no answer within the broker timeout) is tried again, on whichever
+// replica the balancer then picks, with backoff, for as long as wait
+// lasts: a retry never starts after the wait is over, and the caller's ctx
+// bounds everything. call gets what is left of the wait, for the request.
+func (c *Client) invoke(ctx context.Context, wait time.Duration, queues bool, call func(rctx context.Context, left time.Duration) error) error {
+	// Wall-clock time, not c.o.now: the bound is a context deadline and
+	// timers, which run on the real clock.
+	end := time.Now().Add(wait)
+	backoff := failoverBase
+	for attempt := 1; ; attempt++ {
+		left := wait // exactly as asked the first time
+		if attempt > 1 {
+			left = max(time.Until(end), 0)
+		}
+		bound := c.o.brokerTimeout
+		if queues {
+			bound += left
+		}
+		rctx, cancel := context.WithTimeout(c.outgoing(ctx), bound)
+		err := call(rctx, left)
+		if err != nil {
+			err = c.rpcError(ctx, rctx, err)
+		}
+		cancel()
+		if err == nil || !c.o.failover || !errors.Is(err, ErrUnavailable) {
+			return err
+		}
+		if ctx.Err() != nil {
+			// The caller's deadline, not the broker, ended the retries.
+			return ctxEnded(ctx, err)
+		}
+		sleep := rand.N(backoff) + time.Millisecond
+		if time.Until(end) < sleep {
+			return failedOver(err, attempt, wait)
+		}
+		t := time.NewTimer(sleep)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctxEnded(ctx, err)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, failoverCap)
+	}
+}
+
+func ctxEnded(ctx context.Context, last error) error {
+	return fmt.Errorf("quotaclient: waiting for a serving broker replica, the last said %q: %w", last.Error(), ctx.Err())
+}
+
+// failedOver says that the error is the last of several attempts, so that
+// a log line shows the client did try the other replicas.
+func failedOver(err error, attempts int, wait time.Duration) error {
+	var e *Error
+	if attempts < 2 || !errors.As(err, &e) {
+		return err
+	}
+	f := *e
+	f.Message = fmt.Sprintf("no broker replica served within %s (%d attempts), the last said: %s", wait, attempts, e.Message)
+	return &f
+}
+
 func (c *Client) rpcError(ctx, rctx context.Context, err error) error {
 	if rctx.Err() != nil && ctx.Err() == nil {
 		// Our broker timeout, not the caller's deadline: the broker is slow
@@ -215,19 +294,24 @@ func (c *Client) rpcError(ctx, rctx context.Context, err error) error {
 }
 
 func (c *Client) acquireRemote(ctx context.Context, req Request) (*Lease, error) {
-	rctx, cancel := c.brokerCtx(ctx, req.Wait)
-	defer cancel()
-	resp, err := c.rpc.AcquireLease(rctx, &pb.AcquireLeaseRequest{
-		ModelId:          req.ModelID,
-		Region:           req.Region,
-		Priority:         priorityPB(req.Priority),
-		InputTokens:      req.InputTokens,
-		MaxOutputTokens:  req.MaxOutputTokens,
-		CacheWriteTokens: req.CacheWriteTokens,
-		Wait:             durationpb.New(req.Wait),
+	var resp *pb.AcquireLeaseResponse
+	err := c.invoke(ctx, req.Wait, true, func(rctx context.Context, left time.Duration) error {
+		var err error
+		resp, err = c.rpc.AcquireLease(rctx, &pb.AcquireLeaseRequest{
+			ModelId:          req.ModelID,
+			Region:           req.Region,
+			Priority:         priorityPB(req.Priority),
+			InputTokens:      req.InputTokens,
+			MaxOutputTokens:  req.MaxOutputTokens,
+			CacheWriteTokens: req.CacheWriteTokens,
+			// What is left of the wait: a retry after a failover queues
+			// only for the rest of it.
+			Wait: durationpb.New(left),
+		})
+		return err
 	})
 	if err != nil {
-		return nil, c.rpcError(ctx, rctx, err)
+		return nil, err
 	}
 	pl := resp.GetLease()
 	l := &Lease{
@@ -264,16 +348,19 @@ func (l *Lease) Complete(ctx context.Context, outcome Outcome, u Usage) error {
 		return nil
 	}
 	c := l.c
-	rctx, cancel := c.brokerCtx(ctx, 0)
-	defer cancel()
-	_, err := c.rpc.CompleteLease(rctx, &pb.CompleteLeaseRequest{
+	req := &pb.CompleteLeaseRequest{
 		LeaseId: l.ID,
 		Outcome: outcomePB(outcome),
 		Usage: &pb.Usage{InputTokens: u.InputTokens, OutputTokens: u.OutputTokens,
 			CacheReadInputTokens: u.CacheReadInputTokens, CacheWriteInputTokens: u.CacheWriteInputTokens},
+	}
+	// Settling is idempotent at the broker (a second completion answers
+	// already_completed), so a retry after a failover is safe.
+	err := c.invoke(ctx, c.o.wait, false, func(rctx context.Context, _ time.Duration) error {
+		_, err := c.rpc.CompleteLease(rctx, req)
+		return err
 	})
 	if err != nil {
-		err = c.rpcError(ctx, rctx, err)
 		if errors.Is(err, ErrExpired) || errors.Is(err, ErrNotFound) {
 			l.done = true // nothing more will change at the broker
 		}
@@ -290,11 +377,16 @@ func (l *Lease) Renew(ctx context.Context, extend time.Duration) (time.Time, err
 		return l.ExpiresAt, nil
 	}
 	c := l.c
-	rctx, cancel := c.brokerCtx(ctx, 0)
-	defer cancel()
-	resp, err := c.rpc.RenewLease(rctx, &pb.RenewLeaseRequest{LeaseId: l.ID, Extend: durationpb.New(extend)})
+	// Renewing sets the expiry to now+extend, so a retry after a failover
+	// asks for the same thing again.
+	var resp *pb.RenewLeaseResponse
+	err := c.invoke(ctx, c.o.wait, false, func(rctx context.Context, _ time.Duration) error {
+		var err error
+		resp, err = c.rpc.RenewLease(rctx, &pb.RenewLeaseRequest{LeaseId: l.ID, Extend: durationpb.New(extend)})
+		return err
+	})
 	if err != nil {
-		return time.Time{}, c.rpcError(ctx, rctx, err)
+		return time.Time{}, err
 	}
 	at := resp.GetExpiresAt().AsTime()
 	l.mu.Lock()

@@ -110,6 +110,33 @@
 // that fail during an outage are logged; those leases expire at the broker,
 // charged at their reservation.
 //
+// # A cluster of replicas
+//
+// NewConn dials a broker cluster: a static list of replicas
+// ("broker-1:50051,broker-2:50051,broker-3:50051", held by a resolver of
+// that one connection) or a gRPC target whose resolver lists them
+// ("dns:///brokers.internal:50051"). Its service config asks for
+// round_robin with client-side health checking of
+// quotabroker.v1.QuotaBroker (grpc.health.v1 Watch): only a replica whose
+// health reports SERVING, the leader, is ever READY, so calls go to it
+// alone, and when leadership moves the old leader's subchannel leaves READY
+// and the new one's enters it without the client knowing who leads. The
+// health stream is gRPC's own, one per replica, on the connection's
+// goroutines; the Client still starts none.
+//
+// WithFailover covers the moments the balancer cannot: a standby that has
+// not yet flipped its health answers UNAVAILABLE naming the leader, a
+// leader dies mid-call, no replica serves for the second an election takes.
+// Such a call is retried (jittered exponential backoff, 20 ms to 1 s) on
+// whatever replica is then picked, for as long as the call's wait lasts
+// (Acquire: the request's wait, sending the broker what is left of it;
+// Complete and Renew, idempotent at the broker: WithWait), never past the
+// caller's ctx. An Acquire whose answer was lost with a dying leader may
+// have been granted there: that lease is never settled and expires at its
+// reservation (the cluster's new leader knows it when the grant was durable
+// before the answer, as the broker makes it). ReportThrottle is not
+// retried: a second report would count the throttle twice.
+//
 // # Concurrency
 //
 // Client and Lease are safe for concurrent use. Client.mu guards only the

@@ -85,3 +85,26 @@ func ExampleRefusedError() {
 	}
 	// Output: retry after 1.5s on TPM
 }
+
+// A cluster of three replicas: calls go to the one that leads (the only one
+// whose health reports SERVING), and a call that meets a failover is
+// retried on another replica within its wait.
+func ExampleNewConn() {
+	conn, err := quotaclient.NewConn("broker-1:50051,broker-2:50051,broker-3:50051",
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	qc := quotaclient.New(conn, quotaclient.WithName("checkout-svc"), quotaclient.WithFailover(), quotaclient.WithWait(10*time.Second))
+
+	lease, err := qc.Acquire(context.Background(), quotaclient.Request{ModelID: "anthropic.claude-3-haiku-20240307-v1:0", InputTokens: 1200, MaxOutputTokens: 512})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// ... the Bedrock call ...
+	err = lease.Complete(context.Background(), quotaclient.OutcomeSuccess, quotaclient.Usage{InputTokens: 1180, OutputTokens: 300})
+	if err != nil {
+		log.Print(err)
+	}
+}

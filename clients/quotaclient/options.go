@@ -20,6 +20,7 @@ type options struct {
 	mode             FailureMode
 	fallback         FallbackLimits
 	brokerTimeout    time.Duration
+	failover         bool
 	probeInterval    time.Duration
 	throttleAttempts int
 	throttleBackoff  time.Duration
@@ -158,3 +159,15 @@ func WithInputMargin(m float64) Option {
 		}
 	}
 }
+
+// WithFailover retries broker calls that end UNAVAILABLE (a cluster's
+// standby answering, a replica dying, no replica serving for a moment
+// during a failover, no answer within the broker timeout) with a jittered
+// exponential backoff from 20 ms to 1 s, on whichever replica the
+// connection then picks, for as long as the call's wait lasts: an
+// Acquire's wait (Request.Wait, else WithWait), and WithWait for Complete
+// and Renew, which are idempotent. The caller's ctx bounds it too. Only
+// then is the broker unreachable (FailClosed's error, FailOpen's local
+// limiter). Use it with a connection from NewConn. Off by default: a
+// single broker that is down then fails calls at once.
+func WithFailover() Option { return func(o *options) { o.failover = true } }
