@@ -10,7 +10,10 @@
 # CLIENTS_GEN=--buf forces buf, installing it), builds and starts the
 # broker on 127.0.0.1 with a temporary state file and small budgets, runs the
 # Node tests, the Python tests and both examples against it, then stops the
-# broker (SIGTERM, by PID) and exits non-zero if anything failed.
+# broker (SIGTERM, by PID) and exits non-zero if anything failed. The suites'
+# failover tests start their own standby replicas (in-process gRPC servers
+# answering UNAVAILABLE) and use a released port as a replica that is down,
+# in front of this broker as the leader.
 # Non-interactive; runs as root or with sudo; Debian/Ubuntu with Node >= 20 and Go.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -124,6 +124,22 @@ function refusalFromError(err) {
   };
 }
 
+/** Failover backoff (milliseconds): full jitter, doubling from BASE to CAP after each round of the replicas. */
+const FAILOVER_BASE_MS = 20;
+const FAILOVER_CAP_MS = 1000;
+
+/** The addresses of a constructor's address argument: 'h:p', 'h1:p,h2:p' or ['h1:p', 'h2:p']. */
+function parseAddresses(address) {
+  const list = (Array.isArray(address) ? address : String(address).split(',')).map((a) => String(a).trim());
+  if (list.length === 0 || list.some((a) => a === '')) {
+    throw new Error(`quotabroker: broker addresses ${JSON.stringify(address)}: an empty address in the list`);
+  }
+  if (new Set(list).size !== list.length) {
+    throw new Error(`quotabroker: broker addresses ${JSON.stringify(address)}: an address twice`);
+  }
+  return list;
+}
+
 /**
  * A QuotaBroker client. Every call carries the x-quotabroker-client header.
  *
@@ -131,29 +147,74 @@ function refusalFromError(err) {
  *   const { lease } = await qb.acquireLease({ modelId, inputTokens: 1200, maxOutputTokens: 1024, waitMs: 5000 });
  *   ... call Bedrock ...
  *   await qb.completeLease({ leaseId: lease.leaseId, outcome: 'OUTCOME_SUCCESS', usage: { inputTokens, outputTokens } });
+ *
+ * A broker cluster: give every replica's address ('broker-1:50051,broker-2:50051,broker-3:50051'
+ * or an array). The client keeps one channel per replica and sends calls to the one that last
+ * answered; a call answered UNAVAILABLE (a standby, which names the leader in its message; a
+ * replica that is down; a leader stepping down) moves on to the next replica at once, and after
+ * a whole round without an answer it backs off (full jitter, 20 ms doubling to 1 s) and goes
+ * round again, until the call's deadline (an acquire's waitMs + timeoutMs, else timeoutMs). A
+ * retried acquire asks the broker to queue only for what is left of its waitMs. Completing and
+ * renewing are idempotent, so their retries are safe. (No client-side health checking: grpc-js
+ * 1.14 does not implement grpc.health.v1 checks, so the first call after a failover may meet a
+ * standby and move on.)
  */
 class QuotaBrokerClient {
   /**
-   * @param {string} address host:port of the broker
+   * @param {string|string[]} address host:port of the broker, or of every replica of a cluster
+   *   (comma-separated, or an array)
    * @param {object} [opts]
    * @param {string} [opts.clientName] value of the x-quotabroker-client header
    * @param {grpc.ChannelCredentials} [opts.credentials] default: insecure (plaintext)
    * @param {number} [opts.timeoutMs] default RPC deadline, added to an acquire's wait (default 30s)
+   * @param {boolean} [opts.failover] retry UNAVAILABLE on the other replicas within the deadline
+   *   (default: true when there are several addresses; with one address, true retries it)
    */
   constructor(address, opts = {}) {
     const Service = loadService();
-    this.stub = new Service(address, opts.credentials || grpc.credentials.createInsecure());
+    const credentials = opts.credentials || grpc.credentials.createInsecure();
+    this.addresses = parseAddresses(address);
+    this.stubs = this.addresses.map((a) => new Service(a, credentials));
+    this.stub = this.stubs[0];
+    this.current = 0; // the replica calls go to first: the last one that answered
+    this.failover = opts.failover === undefined ? this.stubs.length > 1 : Boolean(opts.failover);
     this.clientName = opts.clientName || '';
     this.timeoutMs = opts.timeoutMs || 30000;
   }
 
-  _call(method, request, timeoutMs) {
+  _once(stub, method, request, md, deadline) {
+    return new Promise((resolve, reject) => {
+      stub[method](request, md, { deadline: new Date(deadline) }, (err, res) => (err ? reject(err) : resolve(res)));
+    });
+  }
+
+  /**
+   * One call, with failover: request is the message, or a function of the milliseconds left of
+   * waitMs that builds it (so that a retried acquire queues only for the rest of its wait).
+   */
+  async _call(method, request, timeoutMs, waitMs = 0) {
     const md = new grpc.Metadata();
     if (this.clientName) md.set(CLIENT_HEADER, this.clientName);
-    const deadline = new Date(Date.now() + (timeoutMs || this.timeoutMs));
-    return new Promise((resolve, reject) => {
-      this.stub[method](request, md, { deadline }, (err, res) => (err ? reject(err) : resolve(res)));
-    });
+    const start = Date.now();
+    const deadline = start + (timeoutMs || this.timeoutMs);
+    const build = typeof request === 'function' ? request : () => request;
+    let backoffMs = FAILOVER_BASE_MS;
+    let failed = 0; // replicas that answered UNAVAILABLE in this round
+    for (;;) {
+      const i = this.current;
+      try {
+        return await this._once(this.stubs[i], method, build(Math.max(0, start + waitMs - Date.now())), md, deadline);
+      } catch (err) {
+        if (!this.failover || err.code !== grpc.status.UNAVAILABLE) throw err;
+        if (this.current === i) this.current = (i + 1) % this.stubs.length; // unless another call moved on already
+        if (++failed < this.stubs.length) continue;
+        failed = 0;
+        const sleep = 1 + Math.random() * backoffMs;
+        if (Date.now() + sleep >= deadline) throw err; // the last replica's answer
+        await new Promise((resolve) => setTimeout(resolve, sleep));
+        backoffMs = Math.min(2 * backoffMs, FAILOVER_CAP_MS);
+      }
+    }
   }
 
   /**
@@ -163,8 +224,8 @@ class QuotaBrokerClient {
    */
   acquireLease(req) {
     const { waitMs = 0, ...rest } = req;
-    const request = { ...rest, wait: durationFromMs(waitMs) };
-    return this._call('AcquireLease', request, waitMs + this.timeoutMs);
+    const request = (leftMs) => ({ ...rest, wait: durationFromMs(leftMs) });
+    return this._call('AcquireLease', request, waitMs + this.timeoutMs, waitMs);
   }
 
   /** CompleteLease. req: { leaseId, outcome, usage: { inputTokens, outputTokens, ... } }. */
@@ -188,12 +249,13 @@ class QuotaBrokerClient {
   }
 
   close() {
-    this.stub.close();
+    for (const stub of this.stubs) stub.close();
   }
 }
 
 module.exports = {
   QuotaBrokerClient,
+  loadService,
   CLIENT_HEADER,
   ERROR_DOMAIN,
   decodeStatus,

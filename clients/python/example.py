@@ -7,6 +7,10 @@ Against the built-in example budgets (go run ./cmd/quota-broker serve) it leases
 for Claude Sonnet 4.5, settles the lease, prints the budget's report, then asks
 the tiny Claude 3 Haiku budget until it refuses and prints the refusal's retry
 delay and reason.
+
+For a broker cluster give every replica: host1:port,host2:port,host3:port. Calls
+go to the replica that answers; one answered UNAVAILABLE (a standby naming the
+leader, a replica that is down) moves on to the next within the call's deadline.
 """
 
 import os

@@ -13,6 +13,10 @@ else in ``$QUOTA_BROKER_PY_GEN``, else in ``_gen`` next to this file.
         ...  # call Bedrock
         qb.complete_lease(lease.lease_id, input_tokens=1180, output_tokens=312)
 
+A broker cluster: ``QuotaBrokerClient("broker-1:50051,broker-2:50051,broker-3:50051")`` sends
+calls to the replica that answers and moves on to the next on UNAVAILABLE (a standby, a replica
+that is down), within each call's deadline (see QuotaBrokerClient).
+
 A refusal raises grpc.RpcError with code RESOURCE_EXHAUSTED; ``Refusal.from_error``
 reads its google.rpc.RetryInfo and google.rpc.ErrorInfo.
 """
@@ -21,8 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import sys
-from typing import Dict, Optional
+import threading
+import time
+from typing import Dict, List, Optional
 
 import grpc
 
@@ -97,23 +104,91 @@ def status_from_error(err: grpc.RpcError):
     return None
 
 
+FAILOVER_BASE = 0.02  # seconds: full-jitter backoff after a round of the replicas, doubling...
+FAILOVER_CAP = 1.0  # ...up to this
+
+
+def parse_addresses(address) -> List[str]:
+    """The addresses of 'h:p', 'h1:p,h2:p' or ['h1:p', 'h2:p']."""
+    items = address.split(",") if isinstance(address, str) else list(address)
+    addrs = [a.strip() for a in items]
+    if not addrs or any(not a for a in addrs):
+        raise ValueError(f"broker addresses {address!r}: an empty address in the list")
+    if len(set(addrs)) != len(addrs):
+        raise ValueError(f"broker addresses {address!r}: an address twice")
+    return addrs
+
+
 class QuotaBrokerClient:
     """A QuotaBroker client; every call carries the x-quotabroker-client header.
 
     Messages are the generated protobuf classes (``pb``): leases have
     ``lease_id``, ``reserved_tokens``, ... Enums may be given by name
     (``"PRIORITY_INTERACTIVE"``, ``"OUTCOME_SUCCESS"``) or value.
+
+    A broker cluster: give every replica's address (``"broker-1:50051,broker-2:50051,broker-3:50051"``
+    or a list). The client keeps one channel per replica and sends calls to the one that last
+    answered; a call answered UNAVAILABLE (a standby, whose message names the leader; a replica
+    that is down; a leader stepping down) moves on to the next replica at once, and after a whole
+    round without an answer it backs off (full jitter, 20 ms doubling to 1 s) and goes round again,
+    until the call's deadline (an acquire's wait + timeout, else timeout). A retried acquire asks
+    the broker to queue only for what is left of its wait; completing and renewing are idempotent,
+    so their retries are safe. ``failover`` defaults to True with several addresses.
     """
 
-    def __init__(self, address: str, client_name: str = "", channel: Optional[grpc.Channel] = None,
-                 timeout: float = 30.0):
-        self._channel = channel or grpc.insecure_channel(address)
-        self._stub = pb_grpc.QuotaBrokerStub(self._channel)
+    def __init__(self, address, client_name: str = "", channel: Optional[grpc.Channel] = None,
+                 timeout: float = 30.0, failover: Optional[bool] = None,
+                 credentials: Optional[grpc.ChannelCredentials] = None):
+        if channel is not None:
+            self.addresses = [address]
+            self._channels = [channel]
+        else:
+            self.addresses = parse_addresses(address)
+            self._channels = [grpc.secure_channel(a, credentials) if credentials else grpc.insecure_channel(a)
+                              for a in self.addresses]
+        self._channel = self._channels[0]
+        self._stubs = [pb_grpc.QuotaBrokerStub(c) for c in self._channels]
+        self._stub = self._stubs[0]
+        self.current = 0  # the replica calls go to first: the last one that answered
+        self._lock = threading.Lock()  # guards current
+        self.failover = len(self._stubs) > 1 if failover is None else failover
         self._metadata = ((CLIENT_HEADER, client_name),) if client_name else ()
         self.timeout = timeout
 
+    def _call(self, method: str, request, timeout: float, wait: float = 0.0):
+        """One call with failover; request is the message, or a function of the seconds left of
+        wait that builds it (a retried acquire queues only for the rest of its wait)."""
+        start = time.monotonic()
+        deadline = start + timeout
+        build = request if callable(request) else (lambda _left: request)
+        backoff = FAILOVER_BASE
+        failed = 0  # replicas that answered UNAVAILABLE in this round
+        while True:
+            with self._lock:
+                i = self.current
+            now = time.monotonic()
+            try:
+                return getattr(self._stubs[i], method)(build(max(0.0, start + wait - now)),
+                                                       metadata=self._metadata, timeout=max(0.0, deadline - now))
+            except grpc.RpcError as err:
+                if not self.failover or err.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                with self._lock:
+                    if self.current == i:  # unless another call moved on already
+                        self.current = (i + 1) % len(self._stubs)
+                failed += 1
+                if failed < len(self._stubs):
+                    continue
+                failed = 0
+                sleep = 0.001 + random.random() * backoff
+                if time.monotonic() + sleep >= deadline:
+                    raise  # the last replica's answer
+                time.sleep(sleep)
+                backoff = min(2 * backoff, FAILOVER_CAP)
+
     def close(self):
-        self._channel.close()
+        for c in self._channels:
+            c.close()
 
     def __enter__(self):
         return self
@@ -127,13 +202,16 @@ class QuotaBrokerClient:
         """AcquireLease; wait is seconds the caller will queue for capacity.
 
         Returns AcquireLeaseResponse; raises grpc.RpcError (see Refusal.from_error)."""
-        req = pb.AcquireLeaseRequest(
-            model_id=model_id, region=region, input_tokens=input_tokens,
-            max_output_tokens=max_output_tokens, cache_write_tokens=cache_write_tokens,
-            priority=priority,
-        )
-        req.wait.FromNanoseconds(int(wait * 1e9))
-        return self._stub.AcquireLease(req, metadata=self._metadata, timeout=wait + self.timeout)
+        def build(left: float):
+            req = pb.AcquireLeaseRequest(
+                model_id=model_id, region=region, input_tokens=input_tokens,
+                max_output_tokens=max_output_tokens, cache_write_tokens=cache_write_tokens,
+                priority=priority,
+            )
+            req.wait.FromNanoseconds(int(left * 1e9))
+            return req
+
+        return self._call("AcquireLease", build, wait + self.timeout, wait)
 
     def complete_lease(self, lease_id: str, outcome="OUTCOME_SUCCESS", *, input_tokens: int = 0,
                        output_tokens: int = 0, cache_read_input_tokens: int = 0,
@@ -145,18 +223,16 @@ class QuotaBrokerClient:
                            cache_read_input_tokens=cache_read_input_tokens,
                            cache_write_input_tokens=cache_write_input_tokens),
         )
-        return self._stub.CompleteLease(req, metadata=self._metadata, timeout=self.timeout)
+        return self._call("CompleteLease", req, self.timeout)
 
     def renew_lease(self, lease_id: str, extend: float = 0.0):
         req = pb.RenewLeaseRequest(lease_id=lease_id)
         req.extend.FromNanoseconds(int(extend * 1e9))
-        return self._stub.RenewLease(req, metadata=self._metadata, timeout=self.timeout)
+        return self._call("RenewLease", req, self.timeout)
 
     def get_quota_report(self, *, region: str = "", model: str = ""):
         """GetQuotaReport, optionally filtered; returns GetQuotaReportResponse."""
-        return self._stub.GetQuotaReport(pb.GetQuotaReportRequest(region=region, model=model),
-                                         metadata=self._metadata, timeout=self.timeout)
+        return self._call("GetQuotaReport", pb.GetQuotaReportRequest(region=region, model=model), self.timeout)
 
     def list_budgets(self):
-        return self._stub.ListBudgets(pb.ListBudgetsRequest(), metadata=self._metadata,
-                                      timeout=self.timeout)
+        return self._call("ListBudgets", pb.ListBudgetsRequest(), self.timeout)

@@ -9,6 +9,9 @@ clients/python/generate.sh (QUOTA_BROKER_PY_GEN names where they are).
 """
 
 import os
+import socket
+import threading
+import time
 
 import grpc
 import pytest
@@ -151,3 +154,90 @@ def test_unknown_lease_is_not_found(qb):
     with pytest.raises(grpc.RpcError) as ei:
         qb.complete_lease("no-such-lease")
     assert ei.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+class Standby:
+    """A cluster's standby, as the broker runs one: every QuotaBroker call is answered
+    UNAVAILABLE with a message naming the leader. It counts the calls."""
+
+    def __init__(self, leader: str):
+        import concurrent.futures
+
+        self.calls = 0
+        self._lock = threading.Lock()
+
+        def refuse(_request, context):
+            with self._lock:
+                self.calls += 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"this replica is a standby; the leader is {leader}")
+
+        methods = pb.DESCRIPTOR.services_by_name["QuotaBroker"].methods_by_name
+        handler = grpc.method_handlers_generic_handler(
+            "quotabroker.v1.QuotaBroker", {name: grpc.unary_unary_rpc_method_handler(refuse) for name in methods})
+        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4), handlers=(handler,))
+        self.addr = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def stop(self):
+        self.server.stop(None)
+
+
+def dead_address() -> str:
+    """An address where nothing listens (a replica that is down): a port bound and released."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_address_lists():
+    for address, want in [("127.0.0.1:1", (["127.0.0.1:1"], False)),
+                          ("127.0.0.1:1, 127.0.0.1:2", (["127.0.0.1:1", "127.0.0.1:2"], True)),
+                          (["127.0.0.1:1", "127.0.0.1:2"], (["127.0.0.1:1", "127.0.0.1:2"], True))]:
+        with QuotaBrokerClient(address) as c:
+            assert (c.addresses, c.failover) == want
+    with pytest.raises(ValueError, match="empty address"):
+        QuotaBrokerClient("127.0.0.1:1,,127.0.0.1:2")
+    with pytest.raises(ValueError, match="an address twice"):
+        QuotaBrokerClient("127.0.0.1:1,127.0.0.1:1")
+
+
+def test_no_replica_serving_gives_up_within_the_deadline():
+    standby = Standby("127.0.0.1:1")
+    try:
+        with QuotaBrokerClient([dead_address(), standby.addr], timeout=0.5) as c:
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError) as exc:
+                c.acquire_lease(HAIKU3, max_output_tokens=10)
+            took = time.monotonic() - start
+        err = exc.value
+        assert (err.code() == grpc.StatusCode.UNAVAILABLE and "the leader is 127.0.0.1:1" in err.details()) or \
+            err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
+        assert took <= 0.5 + 0.3, f"gave up after {took:.3f}s, deadline 0.5s"
+        assert standby.calls >= 2, f"the standby saw {standby.calls} calls: the client went round more than once"
+    finally:
+        standby.stop()
+
+
+@needs_broker
+def test_failover_past_a_dead_replica_and_a_standby():
+    standby = Standby(ADDR)
+    try:
+        # Without failover the standby's answer is the caller's error, and names the leader.
+        with QuotaBrokerClient(standby.addr, client_name="py-failover-test") as plain:
+            with pytest.raises(grpc.RpcError) as exc:
+                plain.acquire_lease(SONNET, region=REGION, max_output_tokens=10)
+            assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert f"the leader is {ADDR}" in exc.value.details()
+        assert standby.calls == 1
+
+        # With the three addresses, calls pass the dead one and the standby and stay on the leader.
+        with QuotaBrokerClient(f"{dead_address()},{standby.addr},{ADDR}", client_name="py-failover-test",
+                               timeout=10.0) as c:
+            for _ in range(3):
+                lease = c.acquire_lease(SONNET, region=REGION, input_tokens=10, max_output_tokens=10, wait=1.0).lease
+                done = c.complete_lease(lease.lease_id, input_tokens=10, output_tokens=5)
+                assert not done.already_completed
+            assert c.addresses[c.current] == ADDR, "calls stay on the replica that answered"
+        assert standby.calls == 2, "the standby was asked once by the failover client, then never again"
+    finally:
+        standby.stop()

@@ -163,3 +163,85 @@ test('against a running broker', { skip: ADDR ? false : 'QUOTA_BROKER_ADDR is no
 test('CLIENT_HEADER is the broker header', () => {
   assert.equal(CLIENT_HEADER, 'x-quotabroker-client');
 });
+
+// A cluster's standby, as the broker runs one: every QuotaBroker call is
+// answered UNAVAILABLE with a message naming the leader. It counts the calls.
+async function startStandby(leader) {
+  const { loadService } = require('../quotabroker.js');
+  const server = new grpc.Server();
+  const standby = { calls: 0, server, addr: '' };
+  const refuse = (call, callback) => {
+    standby.calls++;
+    callback({ code: grpc.status.UNAVAILABLE, details: `this replica is a standby; the leader is ${leader}` });
+  };
+  const handlers = {};
+  for (const name of Object.keys(loadService().service)) handlers[name] = refuse;
+  server.addService(loadService().service, handlers);
+  const port = await new Promise((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  standby.addr = `127.0.0.1:${port}`;
+  return standby;
+}
+
+// An address where nothing listens (a replica that is down): a port that was
+// bound and released.
+async function deadAddress() {
+  const server = new grpc.Server();
+  const port = await new Promise((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  await new Promise((resolve) => server.tryShutdown(resolve));
+  return `127.0.0.1:${port}`;
+}
+
+test('address lists: one address, comma-separated, an array; empty or repeated addresses throw', () => {
+  const list = (a) => { const qb = new QuotaBrokerClient(a); qb.close(); return [qb.addresses, qb.failover]; };
+  assert.deepEqual(list('127.0.0.1:1'), [['127.0.0.1:1'], false]);
+  assert.deepEqual(list('127.0.0.1:1, 127.0.0.1:2'), [['127.0.0.1:1', '127.0.0.1:2'], true]);
+  assert.deepEqual(list(['127.0.0.1:1', '127.0.0.1:2']), [['127.0.0.1:1', '127.0.0.1:2'], true]);
+  assert.throws(() => new QuotaBrokerClient('127.0.0.1:1,,127.0.0.1:2'), /empty address/);
+  assert.throws(() => new QuotaBrokerClient('127.0.0.1:1,127.0.0.1:1'), /an address twice/);
+});
+
+test('no replica serving: UNAVAILABLE naming the leader, within the deadline', async (t) => {
+  const standby = await startStandby('127.0.0.1:1');
+  t.after(() => standby.server.forceShutdown());
+  const dead = await deadAddress();
+  const qb = new QuotaBrokerClient([dead, standby.addr], { timeoutMs: 500 });
+  t.after(() => qb.close());
+  const start = Date.now();
+  await assert.rejects(
+    qb.acquireLease({ modelId: HAIKU3, maxOutputTokens: 10 }),
+    (err) => (err.code === grpc.status.UNAVAILABLE && /the leader is 127\.0\.0\.1:1/.test(err.details)) ||
+      err.code === grpc.status.DEADLINE_EXCEEDED,
+  );
+  const took = Date.now() - start;
+  assert.ok(took <= 500 + 300, `gave up after ${took}ms, deadline 500ms`);
+  assert.ok(standby.calls >= 2, `the standby saw ${standby.calls} calls: the client went round more than once`);
+});
+
+test('failover: a dead replica and a standby before the leader', { skip: ADDR ? false : 'QUOTA_BROKER_ADDR is not set (bash clients/test.sh sets it)' }, async (t) => {
+  const standby = await startStandby(ADDR);
+  t.after(() => standby.server.forceShutdown());
+  const dead = await deadAddress();
+
+  // Without failover the standby's answer is the caller's error, and names the leader.
+  const plain = new QuotaBrokerClient(standby.addr, { clientName: 'node-failover-test' });
+  t.after(() => plain.close());
+  await assert.rejects(
+    plain.acquireLease({ modelId: SONNET, region: REGION, maxOutputTokens: 10 }),
+    (err) => err.code === grpc.status.UNAVAILABLE && err.details.includes(`the leader is ${ADDR}`),
+  );
+  assert.equal(standby.calls, 1);
+
+  // With the three addresses, calls pass the dead one and the standby and
+  // stay on the leader.
+  const qb = new QuotaBrokerClient(`${dead},${standby.addr},${ADDR}`, { clientName: 'node-failover-test', timeoutMs: 10000 });
+  t.after(() => qb.close());
+  for (let i = 0; i < 3; i++) {
+    const { lease } = await qb.acquireLease({ modelId: SONNET, region: REGION, inputTokens: 10, maxOutputTokens: 10, waitMs: 1000 });
+    const done = await qb.completeLease({ leaseId: lease.leaseId, outcome: 'OUTCOME_SUCCESS', usage: { inputTokens: 10, outputTokens: 5 } });
+    assert.equal(done.alreadyCompleted, false);
+  }
+  assert.equal(qb.addresses[qb.current], ADDR, 'calls stay on the replica that answered');
+  assert.equal(standby.calls, 2, 'the standby was asked once by the failover client, then never again');
+});
