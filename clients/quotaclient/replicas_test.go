@@ -363,3 +363,29 @@ func TestNewConnRejectsBadAddressLists(t *testing.T) {
 		t.Errorf("NewConn without credentials: %v", err)
 	}
 }
+
+// A target with a scheme goes through gRPC's own resolver (dns:///,
+// passthrough:///) with the same health-checked service config.
+func TestNewConnWithAResolverTarget(t *testing.T) {
+	t.Parallel()
+	leader := startBroker(t, brokerOpts{specs: []broker.Spec{spec(t, haiku3, broker.Limits{TPM: 100_000_000})}})
+	qc := quotaclient.New(replicaConn(t, "dns:///"+leader.addr), quotaclient.WithFailover())
+	l, err := qc.Acquire(context.Background(), quotaclient.Request{ModelID: haiku3, InputTokens: 10, MaxOutputTokens: 10})
+	if err != nil {
+		t.Fatalf("dns:///%s: %v", leader.addr, err)
+	}
+	if err := l.Complete(context.Background(), quotaclient.OutcomeSuccess, quotaclient.Usage{InputTokens: 10}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A NOT_SERVING replica behind passthrough:/// is never called: the
+	// call waits for it to serve, then gives up with its wait.
+	s := startStandby(t, "", leader.addr)
+	qc = quotaclient.New(replicaConn(t, "passthrough:///"+s.addr), quotaclient.WithFailover(), quotaclient.WithWait(300*time.Millisecond))
+	if _, err := qc.Acquire(context.Background(), quotaclient.Request{ModelID: haiku3, InputTokens: 10}); !errors.Is(err, quotaclient.ErrUnavailable) {
+		t.Fatalf("only a NOT_SERVING replica: %v, want ErrUnavailable", err)
+	}
+	if n := s.calls.Load(); n != 0 {
+		t.Fatalf("the NOT_SERVING replica received %d calls", n)
+	}
+}
