@@ -483,6 +483,18 @@ var scenes = []*scene{
 		},
 	},
 	{
+		name: "the Go client's failover tests",
+		claims: []claim{
+			{goClient, "go test -run 'Failover|NewConn' ./clients/quotaclient/"},
+		},
+		run: func(s *sceneRun) {
+			c, r := s.run(goClient, "go test -run 'Failover|NewConn' ./clients/quotaclient/", 5*time.Minute)
+			if !regexp.MustCompile(`(?m)^ok\s+github.com/bedrockqb/quotabroker/clients/quotaclient\s`).MatchString(r.stdout) {
+				s.t.Errorf("%s: no ok line:\n%s", c, r.stdout)
+			}
+		},
+	},
+	{
 		name: "benchmarks, their first lines",
 		claims: []claim{
 			{benchmarks, "go run ./bench/lease -duration 3s -rounds 3 -concurrency 50 -outstanding 100000"},
