@@ -248,7 +248,8 @@ func TestFailoverAcrossReplicasUnderLoad(t *testing.T) {
 // A replica whose health still says SERVING but which no longer leads (a
 // deposed leader in the moment before its health flips) answers
 // UNAVAILABLE naming the leader. Without WithFailover the caller sees that
-// error; with it the call moves to the other replica and succeeds.
+// error; with it acquiring, renewing and settling move to the other
+// replica and succeed.
 func TestFailoverRetriesAStandbyThatStillClaimsToServe(t *testing.T) {
 	t.Parallel()
 	leader := startBroker(t, brokerOpts{specs: []broker.Spec{spec(t, haiku3, broker.Limits{TPM: 100_000_000})}})
@@ -282,6 +283,9 @@ func TestFailoverRetriesAStandbyThatStillClaimsToServe(t *testing.T) {
 		l, err := fo.Acquire(ctx, req)
 		if err != nil {
 			t.Fatalf("call %d with failover: %v", i, err)
+		}
+		if _, err := l.Renew(ctx, time.Minute); err != nil {
+			t.Fatalf("renewing call %d with failover: %v", i, err)
 		}
 		if err := l.Complete(ctx, quotaclient.OutcomeSuccess, quotaclient.Usage{InputTokens: 10}); err != nil {
 			t.Fatalf("settling call %d with failover: %v", i, err)
