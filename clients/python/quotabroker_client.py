@@ -24,8 +24,10 @@ reads its google.rpc.RetryInfo and google.rpc.ErrorInfo.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -108,6 +110,17 @@ FAILOVER_BASE = 0.02  # seconds: full-jitter backoff after a round of the replic
 FAILOVER_CAP = 1.0  # ...up to this
 
 
+# A channel over several addresses that a gRPC resolver lists ("dns:///brokers:50051",
+# "ipv4:10.0.0.1:50051,10.0.0.2:50051") picks only the replicas whose standard health service
+# reports SERVING for the QuotaBroker service: gRPC C-core's client-side health checking under
+# round_robin. (A list of host names has no such resolver: one channel each, see _call.)
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": "quotabroker.v1.QuotaBroker"},
+})
+_RESOLVER_TARGET = re.compile(r"^(dns|ipv4|ipv6|unix|unix-abstract):")
+
+
 def parse_addresses(address) -> List[str]:
     """The addresses of 'h:p', 'h1:p,h2:p' or ['h1:p', 'h2:p']."""
     items = address.split(",") if isinstance(address, str) else list(address)
@@ -134,6 +147,11 @@ class QuotaBrokerClient:
     until the call's deadline (an acquire's wait + timeout, else timeout). A retried acquire asks
     the broker to queue only for what is left of its wait; completing and renewing are idempotent,
     so their retries are safe. ``failover`` defaults to True with several addresses.
+
+    A gRPC resolver target instead (``"dns:///brokers.internal:50051"``, or
+    ``"ipv4:10.0.0.1:50051,10.0.0.2:50051,10.0.0.3:50051"``) makes one channel over every address
+    it lists, with client-side health checking (SERVICE_CONFIG): calls go only to the replica whose
+    health reports SERVING, and an UNAVAILABLE is retried on the same channel as above.
     """
 
     def __init__(self, address, client_name: str = "", channel: Optional[grpc.Channel] = None,
@@ -142,6 +160,13 @@ class QuotaBrokerClient:
         if channel is not None:
             self.addresses = [address]
             self._channels = [channel]
+        elif isinstance(address, str) and _RESOLVER_TARGET.match(address.strip()):
+            self.addresses = [address.strip()]
+            options = [("grpc.service_config", SERVICE_CONFIG)]
+            self._channels = [grpc.secure_channel(self.addresses[0], credentials, options) if credentials
+                              else grpc.insecure_channel(self.addresses[0], options)]
+            if failover is None:
+                failover = True  # several replicas behind one channel
         else:
             self.addresses = parse_addresses(address)
             self._channels = [grpc.secure_channel(a, credentials) if credentials else grpc.insecure_channel(a)

@@ -171,10 +171,27 @@ class Standby:
                 self.calls += 1
             context.abort(grpc.StatusCode.UNAVAILABLE, f"this replica is a standby; the leader is {leader}")
 
+        # grpc.health.v1.Health by hand (no grpcio-health-checking package needed): a
+        # HealthCheckResponse is one field, status = 2 (NOT_SERVING): bytes 08 02.
+        not_serving = b"\x08\x02"
+
+        def check(_request, _context):
+            return not_serving
+
+        def watch(_request, context):
+            yield not_serving
+            ended = threading.Event()  # the client went away, or stop() cancelled the call
+            context.add_callback(ended.set)
+            ended.wait()
+
         methods = pb.DESCRIPTOR.services_by_name["QuotaBroker"].methods_by_name
         handler = grpc.method_handlers_generic_handler(
             "quotabroker.v1.QuotaBroker", {name: grpc.unary_unary_rpc_method_handler(refuse) for name in methods})
-        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4), handlers=(handler,))
+        health = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+            "Check": grpc.unary_unary_rpc_method_handler(check),
+            "Watch": grpc.unary_stream_rpc_method_handler(watch),
+        })
+        self.server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=8), handlers=(handler, health))
         self.addr = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
         self.server.start()
 
@@ -239,5 +256,21 @@ def test_failover_past_a_dead_replica_and_a_standby():
                 assert not done.already_completed
             assert c.addresses[c.current] == ADDR, "calls stay on the replica that answered"
         assert standby.calls == 2, "the standby was asked once by the failover client, then never again"
+    finally:
+        standby.stop()
+
+
+@needs_broker
+def test_resolver_target_calls_only_the_serving_replica():
+    standby = Standby(ADDR)
+    try:
+        # One channel over both, with client-side health checking: the standby reports
+        # NOT_SERVING, so no call reaches it (round_robin alone would send it every other one).
+        with QuotaBrokerClient(f"ipv4:{standby.addr},{ADDR}", client_name="py-failover-test", timeout=10.0) as c:
+            assert c.failover
+            for _ in range(6):
+                lease = c.acquire_lease(SONNET, region=REGION, input_tokens=10, max_output_tokens=10, wait=1.0).lease
+                c.complete_lease(lease.lease_id, input_tokens=10, output_tokens=5)
+        assert standby.calls == 0, f"the NOT_SERVING standby received {standby.calls} calls"
     finally:
         standby.stop()
