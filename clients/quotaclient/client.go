@@ -268,6 +268,8 @@ func (c *Client) invoke(ctx context.Context, wait time.Duration, queues bool, ca
 	}
 }
 
+// ctxEnded is the caller's context error (errors.Is finds it, as the
+// errors table promises), saying what the last replica answered.
 func ctxEnded(ctx context.Context, last error) error {
 	return fmt.Errorf("quotaclient: waiting for a serving broker replica, the last said %q: %w", last.Error(), ctx.Err())
 }
