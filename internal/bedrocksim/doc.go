@@ -9,6 +9,7 @@
 // # Routes (one http.Handler)
 //
 //	POST /  X-Amz-Target: ServiceQuotasV20190624.<Op>    Service Quotas, awsJson1_1
+//	POST /  X-Amz-Target: AWSPriceListService.<Op>       Price List Query API (GetProducts, DescribeServices), awsJson1_1
 //	GET  /foundation-models[/{id}]                        Bedrock control plane, restJson1
 //	GET  /inference-profiles[/{id}], /provisioned-model-throughputs, /provisioned-model-throughput/{name or ARN}
 //	POST /model/{modelId}/invoke|converse|converse-stream|invoke-with-response-stream|count-tokens
