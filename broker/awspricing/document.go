@@ -293,13 +293,14 @@ func splitWords(s string) []string {
 }
 
 // normName folds a display name for matching: lower case, one space
-// between runs of letters and digits ("Llama 3.1 8B Instruct" and
-// "llama-3.1-8b instruct" agree).
+// between runs of letters, digits, dots and pluses ("Llama 3.1 8B
+// Instruct" and "llama-3.1-8b instruct" agree; "Command R+" and "Command
+// R" do not).
 func normName(s string) string {
 	var b strings.Builder
 	space := false
 	for _, r := range strings.ToLower(s) {
-		if unicode.IsLetter(r) || unicode.IsDigit(r) || r == '.' {
+		if unicode.IsLetter(r) || unicode.IsDigit(r) || r == '.' || r == '+' {
 			if space && b.Len() > 0 {
 				b.WriteByte(' ')
 			}

@@ -113,6 +113,9 @@ func TestSimulatorPrices(t *testing.T) {
 		sonnet4 := "anthropic.claude-sonnet-4-20250514-v1:0"
 		checkPrice(t, p, region, "global."+sonnet4, broker.Price{Input: 0.003, Output: 0.015, CacheRead: 0.0003, CacheWrite: 0.00375, BatchInput: 0.0015, BatchOutput: 0.0075,
 			Has: all | broker.RateCacheRead | broker.RateCacheWrite | broker.RateBatchInput | broker.RateBatchOutput})
+		// "Command R" and "Command R+" are two models.
+		checkPrice(t, p, region, "cohere.command-r-v1:0", broker.Price{Input: 0.0005, Output: 0.0015, Has: all})
+		checkPrice(t, p, region, "cohere.command-r-plus-v1:0", broker.Price{Input: 0.003, Output: 0.015, Has: all})
 		// Embeddings list input only: a partial price, and unpriced.
 		checkPrice(t, p, region, "amazon.titan-embed-text-v2:0", broker.Price{Input: 0.00002, Has: broker.RateInput})
 	}
@@ -141,6 +144,9 @@ func TestSimulatorPrices(t *testing.T) {
 		if k.Region == "" || k.Model == "" {
 			t.Errorf("key %+v", k)
 		}
+	}
+	for _, n := range res.Notes {
+		t.Errorf("note: %s", n) // one product per rate: nothing to reconcile
 	}
 	for _, s := range res.Skipped {
 		t.Errorf("skipped: %+v", s) // the simulator lists only what is priced
