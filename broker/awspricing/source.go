@@ -211,17 +211,23 @@ func (s *Source) Inspect(ctx context.Context) (Result, error) {
 	return res, nil
 }
 
+// clientsFor returns region's clients, building them on first use. The
+// lock is not held while building: loading the SDK configuration may wait
+// on a credential provider.
 func (s *Source) clientsFor(ctx context.Context, region string) (clients, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c, ok := s.clients[region]; ok {
+	c, ok := s.clients[region]
+	s.mu.Unlock()
+	if ok {
 		return c, nil
 	}
 	c, err := s.connect(ctx, region)
 	if err != nil {
 		return clients{}, err
 	}
+	s.mu.Lock()
 	s.clients[region] = c
+	s.mu.Unlock()
 	return c, nil
 }
 

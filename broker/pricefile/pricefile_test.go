@@ -133,3 +133,27 @@ func TestLoad(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(good))
+	f.Add([]byte(`{"unit": "1K tokens", "mode": "replace", "prices": [{"region": "us-east-1", "model": "m", "input": 0.1}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		file, err := Parse("f.json", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "f.json:") {
+				t.Fatalf("error without the file's name: %v", err)
+			}
+			return
+		}
+		for k, p := range file.Prices {
+			if k.Region == "" || k.Model == "" || p.Has == 0 || p.Source != "f.json" {
+				t.Fatalf("%+v: %+v", k, p)
+			}
+			for _, v := range []float64{p.Input, p.Output, p.CacheRead, p.CacheWrite, p.BatchInput, p.BatchOutput} {
+				if v < 0 || v > maxPerK {
+					t.Fatalf("%+v: rate %v", k, v)
+				}
+			}
+		}
+	})
+}
