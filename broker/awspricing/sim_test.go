@@ -17,9 +17,9 @@ import (
 	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
 )
 
-func startSim(t testing.TB) (*bedrocksim.Sim, string) {
+func startSim(t testing.TB, sc *bedrocksim.Scenario) (*bedrocksim.Sim, string) {
 	t.Helper()
-	sim, err := bedrocksim.New(bedrocksim.Config{DisableLatency: true})
+	sim, err := bedrocksim.New(bedrocksim.Config{Scenario: sc, DisableLatency: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,6 +38,10 @@ func near(a, b float64) bool { return math.Abs(a-b) <= 1e-12*math.Max(1, math.Ab
 // claimed known.
 func checkPrice(t *testing.T, prices map[broker.PriceKey]broker.Price, region, model string, want broker.Price) {
 	t.Helper()
+	if f, ok := factor[region]; ok {
+		want.Input, want.Output, want.CacheRead, want.CacheWrite = want.Input*f, want.Output*f, want.CacheRead*f, want.CacheWrite*f
+		want.BatchInput, want.BatchOutput = want.BatchInput*f, want.BatchOutput*f
+	}
 	got, ok := prices[broker.PriceKey{Region: region, Model: model}]
 	if !ok {
 		t.Errorf("%s %s: no price", region, model)
@@ -60,13 +64,20 @@ func checkPrice(t *testing.T, prices map[broker.PriceKey]broker.Price, region, m
 
 const all = broker.RateInput | broker.RateOutput
 
+// factor is how much dearer than us-east-1 TestSimulatorPrices makes a
+// Region's prices.
+var factor = map[string]float64{"eu-central-1": 1.25}
+
 // TestSimulatorPrices reads the simulator's price lists with the real SDK
 // (pricing and bedrock clients) and checks prices from both service codes,
 // both usage-type styles, the global profiles' own rates, and that every
 // model of the catalogue that generates text is priced.
 func TestSimulatorPrices(t *testing.T) {
 	t.Parallel()
-	sim, url := startSim(t)
+	// Frankfurt a quarter dearer: prices must stay with their Region.
+	sc := bedrocksim.DefaultScenario()
+	sc.Pricing.RegionFactor = factor
+	sim, url := startSim(t, sc)
 	var regions []string
 	for r := range sim.Scenario().Quotas {
 		regions = append(regions, r)
@@ -158,7 +169,7 @@ func TestSimulatorPrices(t *testing.T) {
 // once the document is gone the prices read again.
 func TestSimulatorShapeError(t *testing.T) {
 	t.Parallel()
-	sim, url := startSim(t)
+	sim, url := startSim(t, nil)
 	src, err := New(Config{Regions: []string{"us-east-1"}, AWS: staticAWS(), Endpoint: url})
 	if err != nil {
 		t.Fatal(err)

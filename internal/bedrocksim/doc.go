@@ -120,7 +120,8 @@
 // The Price List Query API (pricing.go) lists, for every Region the
 // scenario has quotas in, the on-demand, cache and batch token rates AWS
 // publishes for the scenario's models (us-east-1 prices, November 2025,
-// the same in every Region), in AWS's price-document shape: Amazon's and
+// times pricing.regionFactor of the Region, 1 by default), in AWS's
+// price-document shape: Amazon's and
 // the open-weight models under service code AmazonBedrock (attributes
 // model, feature, inferenceType; per 1K tokens), Anthropic's and Cohere's
 // under AmazonBedrockFoundationModels (the model in servicename "...

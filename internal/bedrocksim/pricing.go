@@ -56,6 +56,17 @@ type modelPrice struct {
 	snake bool
 }
 
+// scaled returns p with every rate times f.
+func (p modelPrice) scaled(f float64) modelPrice {
+	q := p
+	q.in, q.out, q.cacheRead, q.cacheWrite, q.batchIn, q.batchOut = p.in*f, p.out*f, p.cacheRead*f, p.cacheWrite*f, p.batchIn*f, p.batchOut*f
+	if p.global != nil {
+		g := p.global.scaled(f)
+		q.global = &g
+	}
+	return q
+}
+
 // publishedPrices are the token prices of the default scenario's models.
 // The embedding models list input only, as AWS does.
 var publishedPrices = map[string]modelPrice{
@@ -150,6 +161,9 @@ func (s *Sim) pricingCatalogue() map[string][]priceProduct {
 			p, ok := publishedPrices[m.ID]
 			if !ok {
 				continue
+			}
+			if f, ok := s.sc.Pricing.RegionFactor[region]; ok {
+				p = p.scaled(f)
 			}
 			if marketplaceProviders[m.Provider] {
 				out[ServiceCodeFoundationModels] = append(out[ServiceCodeFoundationModels], marketplaceProducts(region, m, p)...)
