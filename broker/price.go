@@ -44,3 +44,12 @@ type PriceKey struct {
 	Region string
 	Model  string
 }
+
+// SetPrices replaces the prices the core knows, as a price source (AWS's
+// Price List, a prices file) read them. The map is the caller's no more:
+// it is stored as given, so the caller must not change it afterwards.
+func (c *Core) SetPrices(prices map[PriceKey]Price) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.prices = prices
+}

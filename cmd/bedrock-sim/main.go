@@ -43,8 +43,9 @@ func main() {
 }
 
 const synopsis = `bedrock-sim serves a simulated Amazon Bedrock account on loopback: Service Quotas
-(awsJson1_1), the Bedrock control plane and runtime (restJson1), and CloudWatch (awsJson1_0,
-rpc-v2-cbor and query), so the AWS SDKs, the AWS CLI and boto3 work against it unchanged.
+(awsJson1_1), the Bedrock control plane and runtime (restJson1), CloudWatch (awsJson1_0,
+rpc-v2-cbor and query) and the Price List Query API's Bedrock prices (awsJson1_1), so the AWS
+SDKs, the AWS CLI and boto3 work against it unchanged.
 
 Usage:
   bedrock-sim [--listen 127.0.0.1:8566] [--scenario FILE] [--speed 1] [--seed 1] [--log-level info]

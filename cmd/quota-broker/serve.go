@@ -20,10 +20,12 @@ import (
 	"time"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/awspricing"
 	"github.com/bedrockqb/quotabroker/broker/awsquota"
 	"github.com/bedrockqb/quotabroker/broker/bolt"
 	"github.com/bedrockqb/quotabroker/broker/budgetfile"
 	"github.com/bedrockqb/quotabroker/broker/policyfile"
+	"github.com/bedrockqb/quotabroker/broker/pricefile"
 	"github.com/bedrockqb/quotabroker/internal/sysclock"
 	"github.com/bedrockqb/quotabroker/server"
 	"github.com/bedrockqb/quotabroker/server/dashboard"
@@ -44,9 +46,12 @@ type serveFlags struct {
 	margin                       float64
 	maxWait, leaseTTL, drain     time.Duration
 	// Discovery from AWS (or an endpoint such as the simulator).
-	aws              bool
-	regions, awsURL  string
-	refresh          time.Duration
+	aws             bool
+	regions, awsURL string
+	refresh         time.Duration
+	// prices is a prices file: with --aws over AWS's Price List (or,
+	// "mode": "replace", instead of it), else the only prices.
+	prices           string
 	banner           func(w io.Writer, addr net.Addr) // extra lines after "listening on"
 	exampleWhenEmpty bool
 	alert            alertFlags
@@ -63,9 +68,11 @@ Runs the broker: gRPC on --listen, state in the bbolt file --data. Budgets
 come from --budgets FILE, from AWS Service Quotas (--aws, --regions, or an
 endpoint such as the simulator with --aws-endpoint) or, with neither and an
 empty state file, a built-in example set. --http adds /metrics (Prometheus)
-and /dashboard. On SIGINT or SIGTERM it stops accepting, drains the calls in
-flight (--drain) and closes the state file. Callers are trusted unless
---tokens or --tls-client-ca says otherwise; beyond loopback one is required.`
+and /dashboard. --prices FILE, and with --aws the AWS Price List at each
+refresh, tell the broker what calls cost. On SIGINT or SIGTERM it stops
+accepting, drains the calls in flight (--drain) and closes the state file.
+Callers are trusted unless --tokens or --tls-client-ca says otherwise;
+beyond loopback one is required.`
 
 // parseServeFlags reads serve's flags; -h prints the help on out (flag
 // errors are returned, not printed).
@@ -106,6 +113,7 @@ func parseServeFlags(args []string, out io.Writer) (serveFlags, error) {
 	}
 	fs.BoolVar(&f.aws, "aws", envOr("QUOTA_BROKER_AWS", "") == "1", "discover quotas from AWS Service Quotas for --regions (env QUOTA_BROKER_AWS=1)")
 	fs.StringVar(&f.regions, "regions", envOr("QUOTA_BROKER_REGIONS", ""), "comma-separated Regions to discover (env QUOTA_BROKER_REGIONS); default --region")
+	fs.StringVar(&f.prices, "prices", envOr("QUOTA_BROKER_PRICES", ""), "JSON prices file; with --aws it overrides the AWS Price List's prices (read at each refresh) rate by rate, or replaces them with \"mode\": \"replace\" (env QUOTA_BROKER_PRICES)")
 	fs.BoolVar(&f.cloudwatch, "cloudwatch", envOr("QUOTA_BROKER_CLOUDWATCH", "") == "1", "GetUsageHistory adds CloudWatch AWS/Bedrock metrics, so traffic that bypasses the broker shows; uses --aws-endpoint when set (env QUOTA_BROKER_CLOUDWATCH=1)")
 	fs.StringVar(&f.awsURL, "aws-endpoint", envOr("QUOTA_BROKER_AWS_ENDPOINT", ""), "base URL for every AWS client, e.g. the Bedrock simulator; implies --aws (env QUOTA_BROKER_AWS_ENDPOINT)")
 	for _, d := range []struct {
@@ -293,6 +301,19 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	var file *pricefile.File
+	if f.prices != "" {
+		pf, err := pricefile.Load(f.prices)
+		if err != nil {
+			return err
+		}
+		file = &pf
+		// Until (or unless) AWS's prices are read, the file's are all
+		// there is.
+		prices := pf.Apply(nil)
+		b.SetPrices(prices)
+		log.Info("prices from file", "file", f.prices, "entries", len(prices), "priced", countPriced(prices), "replace", pf.Replace)
+	}
 	var src broker.QuotaSource
 	if f.aws {
 		regions := list(cmp.Or(f.regions, f.region))
@@ -301,6 +322,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			return err
 		}
 		src = aq
+		if file == nil || !file.Replace {
+			ps, err := awspricing.New(awspricing.Config{Regions: regions, Endpoint: f.awsURL, Logger: log})
+			if err != nil {
+				return err
+			}
+			src = pricedSource{QuotaSource: aq, prices: ps, file: file, set: b.SetPrices, log: log}
+		}
 		b.UseSource(src)
 		dctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 		err = b.Refresh(dctx, src)

@@ -9,6 +9,7 @@
 // # Routes (one http.Handler)
 //
 //	POST /  X-Amz-Target: ServiceQuotasV20190624.<Op>    Service Quotas, awsJson1_1
+//	POST /  X-Amz-Target: AWSPriceListService.<Op>       Price List Query API (GetProducts, DescribeServices), awsJson1_1
 //	GET  /foundation-models[/{id}]                        Bedrock control plane, restJson1
 //	GET  /inference-profiles[/{id}], /provisioned-model-throughputs, /provisioned-model-throughput/{name or ARN}
 //	POST /model/{modelId}/invoke|converse|converse-stream|invoke-with-response-stream|count-tokens
@@ -113,4 +114,19 @@
 // InvokeModel bodies are checked against each model family's shape (Claude
 // messages API, Titan, Nova, Llama, ...) before admission; a wrong shape is
 // 400 ValidationException "Malformed input request: ...".
+//
+// # Prices
+//
+// The Price List Query API (pricing.go) lists, for every Region the
+// scenario has quotas in, the on-demand, cache and batch token rates AWS
+// publishes for the scenario's models (us-east-1 prices, November 2025,
+// times pricing.regionFactor of the Region, 1 by default), in AWS's
+// price-document shape: Amazon's and
+// the open-weight models under service code AmazonBedrock (attributes
+// model, feature, inferenceType; per 1K tokens), Anthropic's and Cohere's
+// under AmazonBedrockFoundationModels (the model in servicename "...
+// (Amazon Bedrock Edition)", the rate in the usagetype, per 1M tokens,
+// global-profile rates apart for the Claude 4.5 models). GetProducts takes
+// TERM_MATCH, EQUALS, CONTAINS, ANY_OF and NONE_OF filters and pages of up
+// to 100; InjectPriceDocument adds a raw document for tests.
 package bedrocksim

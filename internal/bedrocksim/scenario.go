@@ -45,6 +45,7 @@ type Scenario struct {
 	Quotas                      map[string][]Quota      `json:"quotas"`
 	ProvisionedModelThroughputs []ProvisionedThroughput `json:"provisionedModelThroughputs,omitempty"`
 	ServiceQuotas               ServiceQuotasBehaviour  `json:"serviceQuotas"`
+	Pricing                     PricingBehaviour        `json:"pricing,omitempty"`
 	Runtime                     Runtime                 `json:"runtime"`
 }
 
@@ -134,6 +135,13 @@ type ServiceQuotasBehaviour struct {
 	// this much simulated time with Outcome (APPROVED by default).
 	AutoApproveAfter Duration `json:"autoApproveAfter,omitempty"`
 	Outcome          string   `json:"outcome,omitempty"`
+}
+
+// PricingBehaviour tunes the Price List Query API.
+type PricingBehaviour struct {
+	// RegionFactor scales the published (us-east-1) prices in a Region,
+	// since AWS prices some Regions higher; a Region not listed is 1.
+	RegionFactor map[string]float64 `json:"regionFactor,omitempty"`
 }
 
 // Runtime is the behaviour of bedrock-runtime.
@@ -287,6 +295,11 @@ func (sc *Scenario) Validate() error {
 			return fmt.Errorf("scenario: models[%d].maxOutputTokens is negative", i)
 		}
 		models[m.ID] = true
+	}
+	for r, f := range sc.Pricing.RegionFactor {
+		if !(f > 0 && f <= 10) {
+			return fmt.Errorf("scenario: pricing.regionFactor[%q] %v: want more than 0 and at most 10", r, f)
+		}
 	}
 	for i, p := range sc.InferenceProfiles {
 		if p.ID == "" || len(p.Models) == 0 {

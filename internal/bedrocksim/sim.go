@@ -57,6 +57,9 @@ type Sim struct {
 	cw         map[string]*cwState  // Region -> alarms and their history
 	caches     map[string]time.Time // prompt-cache key -> expiry (simulated)
 	seq        int
+	// injectedPrices are raw price documents added by tests, by service
+	// code (InjectPriceDocument).
+	injectedPrices map[string][]string
 }
 
 // New builds a simulator from cfg.
@@ -133,6 +136,8 @@ func (s *Sim) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveAdmin(w, r)
 	case strings.HasPrefix(r.Header.Get("X-Amz-Target"), cwTargetPrefix):
 		s.serveCloudWatch(w, r, jsonCodec{})
+	case strings.HasPrefix(r.Header.Get("X-Amz-Target"), pricingTargetPrefix):
+		s.servePricing(w, r)
 	case r.Header.Get("X-Amz-Target") != "":
 		s.serveServiceQuotas(w, r)
 	case strings.HasPrefix(path, cwCBORPrefix):
