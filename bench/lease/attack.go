@@ -10,9 +10,9 @@ package main
 // counted as the broker's: the resident memory reported is this process's,
 // which holds the broker, its store, the server and the unrelated client
 // (a single connection). The child stops by itself when its stdin closes
-// (the parent closes it at the end of the measurement) or after -hold,
-// whichever comes first; the parent then waits for it by PID, and kills
-// it by PID if it has not exited within a few seconds.
+// (the parent closes it at the end of the measurement, or dies) or after
+// -hold, whichever comes first; the parent then waits for it, and kills
+// it by its PID if it has not exited within 10 s.
 //
 //	flood     20,000 calls under distinct client names wait on a full
 //	          budget, over 20 connections of 1,000 streams (the server's
@@ -24,8 +24,10 @@ package main
 //	halfopen  100 connections keep 1,000 header-only calls each open (as
 //	          bench/halfopen, with no credentials needed: the server names
 //	          clients by header, so every stream passes the edge as one
-//	          with a valid token would); a stream the server ends is
-//	          replaced at once, so the pending bound stays full.
+//	          with a valid token would). With -halfopen-refill (the
+//	          default) a stream the server ends is replaced at once, so
+//	          the attack lasts as long as the measurement; without, the
+//	          calls are sent once, as bench/halfopen sends them.
 //	history   8 callers ask, back to back, for GetUsageHistory over 400
 //	          budgets with 125 minutes of history each: 3 in 4 for the
 //	          largest answer allowed (400 x 125 = 50,000 points), 1 in 4
@@ -198,7 +200,7 @@ func attackRound1(ctx context.Context, s *served, kind string, cfg attackConfig)
 	debug.FreeOSMemory() // what the quiet broker holds, not what it freed
 	ar.rssBefore, ar.heapBefore = rss(), heapInuse()
 	liveBefore := liveHeap()
-	child, err := startAttacker(kind, s.addr, cfg, 4*d+time.Minute)
+	child, err := startAttacker(kind, s.addr, cfg, 4*d+3*time.Minute) // a bound, far beyond the setup and the measurement
 	if err != nil {
 		return ar, err
 	}
