@@ -147,11 +147,17 @@ func prepareAttacks(ctx context.Context, s *served) error {
 	}
 	specs := []broker.Spec{{Key: full, Quota: broker.Limits{Concurrency: 1}, Source: "bench"}}
 	now := time.Now().Unix() / 60
-	var recs []broker.StatsRecord
+	var keys []broker.Key
 	for i := range historyBudgets {
 		k := broker.Key{Region: historyRegion, Scope: broker.ScopeOnDemand, Model: fmt.Sprintf("amazon.bench-%03d-v1:0", i)}
+		keys = append(keys, k)
 		specs = append(specs, broker.Spec{Key: k, Quota: broker.Limits{TPM: 1_000_000_000}, Source: "bench"})
-		for m := range int64(historyMinutes) {
+	}
+	// Minute by minute, the order of the store's keys: 0.6 s to commit,
+	// against 3-6 s budget by budget.
+	var recs []broker.StatsRecord
+	for m := range int64(historyMinutes) {
+		for _, k := range keys {
 			recs = append(recs, broker.StatsRecord{Key: k, Minute: now - historyMinutes + m, Client: "svc",
 				Stats: broker.Stats{Granted: 1, Completed: 1, WindowTokens: 1000, WindowRequests: 1}})
 		}
@@ -708,6 +714,7 @@ func halfopen(ctx context.Context, addr string, refill bool, ready func()) (stri
 		}
 		wg.Wait()
 	}()
+	var hs []*headerOnly
 	for range halfopenConns {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -724,6 +731,12 @@ func halfopen(ctx context.Context, addr string, refill bool, ready func()) (stri
 				return "", err
 			}
 		}
+		hs = append(hs, h)
+	}
+	// Read (and refill) only once every connection has sent its calls:
+	// the refills of the first connections would otherwise hold up the
+	// opening of the others for many seconds.
+	for _, h := range hs {
 		wg.Go(func() { h.read(&ended) })
 	}
 	ready()
