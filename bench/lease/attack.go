@@ -432,7 +432,7 @@ func printAttack(out io.Writer, kind string, rs []attackRound, cfg attackConfig)
 	}
 	fmt.Fprintf(out, "%s: AcquireLease p99 by round %s; target < %v in every round, every call answered: %s\n", kind, strings.Join(p99s, " "), attackTargets[kind], verdict)
 	for i, r := range rs {
-		fmt.Fprintf(out, "  round %d: RSS %d MiB before, peak %d MiB (+%d); Go heap in use %d MiB before, peak %d MiB; live heap %.1f MiB before, %.1f MiB under the attack (+%.1f)",
+		fmt.Fprintf(out, "  round %d: RSS %d MiB before, peak %d MiB (%+d); Go heap in use %d MiB before, peak %d MiB; live heap %.1f MiB before, %.1f MiB under the attack (%+.1f)",
 			i+1, r.rssBefore>>20, r.rssPeak>>20, (r.rssPeak-r.rssBefore)>>20, r.heapBefore>>20, r.heapPeak>>20,
 			float64(r.liveBefore)/(1<<20), float64(r.live)/(1<<20), (float64(r.live)-float64(r.liveBefore))/(1<<20))
 		if kind == "flood" {
