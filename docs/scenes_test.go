@@ -505,6 +505,9 @@ var scenes = []*scene{
 			{benchmarks, "go run ./bench/adapt -speed 1 -strategies sdk-adaptive,broker"},
 			{benchmarks, "go run ./bench/soak -duration 5m -clients 300"},
 			{benchmarks, "go test -run '^$' -bench AcquireUnderFlood -benchtime 400000x ./broker/"},
+			{benchmarks, "go run ./bench/lease -attack flood,halfopen,history -duration 3s -rounds 3"},
+			{benchmarks, "go run ./bench/lease -attack halfopen -halfopen-refill=false -duration 3s -rounds 3"},
+			{benchmarks, "go run ./bench/lease -attack flood,halfopen,history -short"},
 			{goClient, "go test -run='^$' -bench=SimulatorOverhead -benchtime=2s -count=6 ./clients/quotaclient/"},
 		},
 		run: func(s *sceneRun) {
@@ -525,6 +528,11 @@ var scenes = []*scene{
 				{benchmarks, "go run ./bench/adapt -speed 1 -strategies sdk-adaptive,broker", `(?m)^running \S+ \.\.\. `},
 				{benchmarks, "go run ./bench/soak -duration 5m -clients 300", `(?m)^\s+10s\s+\d`},
 				{benchmarks, "go test -run '^$' -bench AcquireUnderFlood -benchtime 400000x ./broker/", `(?m)^BenchmarkAcquireUnderFlood/waiters=0\S*\s+\d+\s+\d+ ns/op.* p99-ms`},
+				{benchmarks, "go run ./bench/lease -attack flood,halfopen,history -duration 3s -rounds 3", `(?m)^unrelated client's AcquireLease over gRPC on loopback under attack, 3s per measurement`},
+				{benchmarks, "go run ./bench/lease -attack halfopen -halfopen-refill=false -duration 3s -rounds 3", `(?m)^unrelated client's AcquireLease over gRPC on loopback under attack, 3s per measurement`},
+				// The short form runs to its end (about 20 s): each
+				// attack set up, measured and stopped over gRPC.
+				{benchmarks, "go run ./bench/lease -attack flood,halfopen,history -short", `(?m)^history: AcquireLease p99 by round \S+; target < 100ms[^\n]*\n(?:.*\n)*load average at the end: `},
 
 				{goClient, "go test -run='^$' -bench=SimulatorOverhead -benchtime=2s -count=6 ./clients/quotaclient/", `(?m)^BenchmarkSimulatorOverhead\S+\s+\d+\s+\d+ ns/op.* p50-ms`},
 			} {

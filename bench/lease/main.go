@@ -15,6 +15,11 @@
 // with them on record: store and broker opened to a first grant.
 //
 //	go run ./bench/lease -duration 3s -rounds 3 -concurrency 50 -outstanding 100000
+//
+// With -attack it measures instead an unrelated client's AcquireLease
+// while an attacker, a child process, floods the same server (attack.go):
+//
+//	go run ./bench/lease -attack flood,halfopen,history -duration 3s -rounds 3
 package main
 
 import (
@@ -28,6 +33,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +63,7 @@ func main() {
 type served struct {
 	name   string
 	path   string
+	addr   string // the server's, on loopback
 	store  *bolt.Store
 	b      *broker.Broker
 	key    broker.Key
@@ -110,7 +117,7 @@ func serve(ctx context.Context, name, path string, cfg broker.Config, nosync, me
 		store.Close()
 		return nil, err
 	}
-	s := &served{name: name, path: path, store: store, b: b, key: key,
+	s := &served{name: name, path: path, addr: lis.Addr().String(), store: store, b: b, key: key,
 		health: healthpb.NewHealthClient(conn), qb: pb.NewQuotaBrokerClient(conn)}
 	s.stop = func() {
 		conn.Close()
@@ -125,6 +132,9 @@ func serve(ctx context.Context, name, path string, cfg broker.Config, nosync, me
 }
 
 func run(args []string, out io.Writer) error {
+	if len(args) > 0 && args[0] == "attacker" { // the child process of an -attack run (attack.go)
+		return attacker(args[1:])
+	}
 	fs := flag.NewFlagSet("lease", flag.ContinueOnError)
 	duration := fs.Duration("duration", 5*time.Second, "how long each measurement runs")
 	concurrency := fs.Int("concurrency", 50, "concurrent callers (each case also runs at 1 caller)")
@@ -133,6 +143,10 @@ func run(args []string, out io.Writer) error {
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
 	nosync := fs.Bool("nosync", false, "skip fsync in the store (unsafe; shows what durability costs)")
 	metrics := fs.Bool("metrics", true, "serve with the metrics interceptor, as production does")
+	attack := fs.String("attack", "none", "none, or the attacks (flood, halfopen, history; comma-separated) to measure an unrelated client under (attack.go)")
+	floodWait := fs.Duration("flood-wait", 20*time.Second, "with -attack flood: how long each flooding call waits before its refusal")
+	refill := fs.Bool("halfopen-refill", true, "with -attack halfopen: the attacker replaces each call the server ends (false: sends its calls once, as bench/halfopen)")
+	short := fs.Bool("short", false, "with -attack: one round of 1s measurements")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -142,6 +156,13 @@ func run(args []string, out io.Writer) error {
 	}
 	defer os.RemoveAll(dir)
 	ctx := context.Background()
+	if *attack != "none" {
+		if *short {
+			*duration, *rounds = time.Second, 1
+		}
+		return runAttacks(ctx, out, dir, attackConfig{kinds: strings.Split(*attack, ","), d: *duration, rounds: *rounds,
+			floodWait: *floodWait, refill: *refill, nosync: *nosync, metric: *metrics})
+	}
 	var brokers []*served
 	for i, m := range []struct {
 		name string
