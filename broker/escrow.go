@@ -319,6 +319,7 @@ func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change) {
 			continue // undone: the caller never had it
 		}
 		ch.Leases = append(ch.Leases, l.LeaseRecord)
+		ch.Spend = append(ch.Spend, l.grantRecs.spend)
 		m := minuteOf(l.GrantedAt)
 		u := usage[m]
 		if u == nil {
