@@ -61,7 +61,7 @@ const (
 // Validate checks every cap for sign and size, and every per-model cap
 // against known (nil: no check), naming the field that fails.
 func (c Caps) Validate(known func(model string) bool) error {
-	if err := c.Account.validate("account"); err != nil {
+	if err := c.Account.validate("account.money"); err != nil {
 		return err
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Clients)) {
@@ -70,11 +70,11 @@ func (c Caps) Validate(known func(model string) bool) error {
 			return fmt.Errorf("clients: a client name must have 1 to %d bytes, got %q", maxClientLen, name)
 		}
 		field := "clients." + name
-		if err := cc.All.validate(field); err != nil {
+		if err := cc.All.validate(field + ".caps"); err != nil {
 			return err
 		}
 		for _, m := range slices.Sorted(maps.Keys(cc.Models)) {
-			f := field + ".models." + m
+			f := field + ".caps.models." + m
 			if known != nil && !known(m) {
 				return fmt.Errorf("%s: no budget has model %q", f, m)
 			}
@@ -82,7 +82,7 @@ func (c Caps) Validate(known func(model string) bool) error {
 				return err
 			}
 		}
-		if err := cc.Money.validate(field); err != nil {
+		if err := cc.Money.validate(field + ".money"); err != nil {
 			return err
 		}
 	}
@@ -108,7 +108,7 @@ func (m Money) validate(field string) error {
 	for _, v := range []struct {
 		name string
 		v    float64
-	}{{"usd_per_day", m.USDPerDay}, {"usd_per_month", m.USDPerMonth}} {
+	}{{"per_day", m.USDPerDay}, {"per_month", m.USDPerMonth}} {
 		if math.IsNaN(v.v) || v.v < 0 {
 			return fmt.Errorf("%s.%s: %v is negative", field, v.name, v.v)
 		}

@@ -50,6 +50,7 @@ type OperatorService interface {
 	History(ctx context.Context, q broker.HistoryQuery) ([]broker.Series, error)
 	RefreshNow(ctx context.Context) error
 	DiscoveryStatus() broker.DiscoveryStatus
+	Spend() broker.SpendReport
 }
 
 // Broker is both services in one value, as *broker.Broker assembles them;
@@ -428,6 +429,10 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 			pr.Activity = activityToPB(a)
 		}
 		out.Budgets = append(out.Budgets, pr)
+	}
+	if all {
+		// Spend names every client and its money: for operators only.
+		out.Spend = spendToPB(s.ops.Spend())
 	}
 	return out, nil
 }
