@@ -175,6 +175,70 @@
 // the store errs on the side of charging. A grant whose own commit fails is
 // undone and reported as KindUnavailable.
 //
+// # Caps and money
+//
+// Tenants have limits of their own (Caps, caps.go, spend.go), checked at
+// reservation with the budget's and corrected at settlement. Rate caps per
+// client, over all models together or on one model: RPM in requests, TPM
+// and TPD in quota tokens as the budget charges them (input + cache_write +
+// max_output_tokens x burndown at grant; the settlement's charge after), on
+// sliding windows like the budgets', so no 60 s (or 24 h) ever holds more
+// than the cap, under any concurrency: the check and the charge happen
+// under Core.mu. Money budgets in USD per UTC day and per calendar month,
+// per client and for the account: a reservation is priced at input and
+// cache_write tokens at their rates plus max_output_tokens at the output
+// rate (Price per 1,000 tokens, of the budget's Region and model; a cache
+// rate not listed is priced at the input rate, never below it), in exact
+// nano-dollars rounded up; the settlement prices the usage as Bedrock bills
+// it (input, output, cache reads and writes each at its rate; nothing for a
+// throttled or cancelled call; its usage for a call that failed). Spend
+// counts in the day and month of the grant. A grant fits when spend so far
+// (active leases at their reservation) plus its reservation is within every
+// money budget that applies, so the budget is never passed by
+// reservations; only a settlement above its reservation can pass it.
+//
+// A waiter whose client is at a cap, or under a money budget without room,
+// is skipped by its budget's queue as a client at MaxConcurrent is: other
+// clients are served, and within the client the order stays first come
+// first served. It is looked at again when the cap's window frees enough
+// (a timer, as for a budget) or a settlement of that client returns tokens
+// or money on any budget. A refusal names the cap (LimitClientCap,
+// LimitMoney, Decision.Cap) with the time until its window frees, or until
+// the next day or month for money (a settlement may free it sooner). A
+// reservation above a cap on its own fails at once with KindInvalid naming
+// the cap.
+//
+// A model with no price: under a money budget (the client's or the
+// account's) its calls are refused with KindPrecondition naming the model,
+// since the broker cannot keep a budget it cannot count; with no money
+// budget they are granted and reported as unpriced (calls counted, spend
+// unknown), never priced at zero in silence.
+//
+// Durability. Every grant held to a cap or a money budget is committed one
+// by one with its lease record, its spend (the reservation's price, per
+// client, budget and day) and, for a client with rate caps, its per-minute
+// tokens (ClientUsageRecord), before it is answered; a settlement commits
+// the corrections with the lease. After kill -9 the restore rebuilds the
+// minute windows of caps from the lease records (a lease's record names its
+// client), the day windows from the client usage, and spend from its
+// records: exactly what was answered, as for a budget without escrow. Such
+// grants never draw from an escrow chunk: a chunk's record names its budget,
+// not the clients its leases went to, so a crash would leave leases no cap
+// could count. The price is that a client held to a cap, and every client
+// once the account has a money budget, pays a commit per grant (group
+// committed with the others: bolt's doc measures it). Charging a lost
+// chunk to the account at an upper bound (its tokens at the highest rate)
+// would let the account's budget keep escrow; it is not done. Grants free
+// of caps and money still draw from chunks; their spend is written when the
+// chunk closes, so a crash can lose up to a second of spend in reports,
+// never in a budget that is enforced.
+//
+// Spend is kept per client name only for named clients and the first
+// 1,000 others (names are self-declared without tokens); the rest is spend
+// of "(other clients)". It is kept 62 days. SetCaps replaces the caps (a
+// reload): a cap that stays keeps its windows; a new one counts the leases
+// the broker still remembers, and what is recorded from then on.
+//
 // # Structure
 //
 // Open returns a Broker, which assembles four types, one per job, each with
