@@ -45,7 +45,8 @@ type Money struct {
 	USDPerDay, USDPerMonth float64
 }
 
-func (m Money) zero() bool { return m == Money{} }
+// Zero reports whether m sets no budget.
+func (m Money) Zero() bool { return m == Money{} }
 
 // Bounds beyond which a cap is a typing error, not a policy: far above any
 // Bedrock quota or bill.
@@ -203,7 +204,7 @@ func (t *tenants) windowsOf(client, model string) (all, one *capWindow) {
 
 // money reports whether any money budget applies to client's calls.
 func (t *tenants) money(client string) bool {
-	return !t.caps.Account.zero() || !t.caps.Clients[client].Money.zero()
+	return !t.caps.Account.Zero() || !t.caps.Clients[client].Money.Zero()
 }
 
 // bound reports whether client's grants are held to a cap or a money
@@ -259,7 +260,7 @@ func (b *Core) capNeverFits(client string, key Key, req *AcquireRequest, n *need
 }
 
 func (t *tenants) moneyOwner(client string) string {
-	if !t.caps.Clients[client].Money.zero() {
+	if !t.caps.Clients[client].Money.Zero() {
 		return fmt.Sprintf("client %q's", client)
 	}
 	return "the account's"
@@ -299,7 +300,7 @@ func (t *tenants) moneyLimits(client string) []moneyLimit {
 // free it sooner) and a description for the refusal. Caller holds Core.mu.
 func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duration, string) {
 	t := &b.ten
-	if len(t.windows) == 0 && t.caps.Account.zero() && len(t.caps.Clients) == 0 {
+	if len(t.windows) == 0 && t.caps.Account.Zero() && len(t.caps.Clients) == 0 {
 		return LimitNone, 0, ""
 	}
 	blocked, wait, why := LimitNone, time.Duration(0), ""
@@ -362,7 +363,7 @@ func (b *Core) capRefused(bg *budget, w *waiter, limit Limit, now time.Time) {
 			}
 		}
 	case LimitMoney:
-		if !t.caps.Clients[w.client].Money.zero() {
+		if !t.caps.Clients[w.client].Money.Zero() {
 			t.moneyRefused[w.client]++
 		} else {
 			t.moneyRefused[""]++

@@ -179,6 +179,28 @@ func TestMoneyBudgetOverGRPC(t *testing.T) {
 		team.GetSpending().GetRefused() != 1 || team.GetSpending().GetForecastTodayUsd() < 1.9 {
 		t.Fatalf("report's spend of team %v, want today $%.4f", team, spent)
 	}
+	mfs, err := server.NewRegistry(f.b).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var metric float64 = -1
+	for _, mf := range mfs {
+		if mf.GetName() != "quotabroker_spend_usd" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["client"] == "team" && labels["period"] == "today" {
+				metric = m.GetGauge().GetValue()
+			}
+		}
+	}
+	if math.Abs(metric-spent) > 1e-6 {
+		t.Errorf("/metrics: quotabroker_spend_usd{client=team,period=today} = %v, want %v", metric, spent)
+	}
 	f.clock.Advance(midnight.Sub(f.clock.Now()))
 	if _, err := f.client.AcquireLease(asClient("team"), req); err != nil {
 		t.Fatalf("the next day: %v", err)
