@@ -249,11 +249,12 @@ func (b *Core) capNeverFits(client string, key Key, req *AcquireRequest, n *need
 			}
 		}
 	}
-	for _, m := range t.moneyLimits(client) {
+	ms, nm := t.moneyLimits(client)
+	for _, m := range ms[:nm] {
 		if m.limit > 0 && n.cost > m.limit {
 			return &Error{Kind: KindInvalid, Field: "max_output_tokens", Message: fmt.Sprintf(
 				"the reservation costs %s (input at the input price, max_output_tokens %d at the output price), more than %s of %s; lower max_output_tokens",
-				usd(n.cost), n.maxOutput, m.label, usd(m.limit))}
+				usd(n.cost), n.maxOutput, m.label(), usd(m.limit))}
 		}
 	}
 	return nil
@@ -268,30 +269,40 @@ func (t *tenants) moneyOwner(client string) string {
 
 // moneyLimit is one money budget that applies to a call.
 type moneyLimit struct {
-	label   string
 	account bool
 	client  string
 	month   bool
 	limit   int64 // nano-USD
 }
 
-func (t *tenants) moneyLimits(client string) []moneyLimit {
-	var out []moneyLimit
+// label names the budget in messages; only refusals pay for it.
+func (m moneyLimit) label() string {
+	owner := fmt.Sprintf("client %q's", m.client)
+	if m.account {
+		owner = "the account's"
+	}
+	if m.month {
+		return owner + " money budget per month"
+	}
+	return owner + " money budget per day"
+}
+
+// moneyLimits are the money budgets that apply to client's calls, at most
+// four, in a fixed array: this runs for every waiter the queue looks at.
+func (t *tenants) moneyLimits(client string) (out [4]moneyLimit, n int) {
 	add := func(m Money, account bool) {
-		owner := fmt.Sprintf("client %q's", client)
-		if account {
-			owner = "the account's"
-		}
 		if m.USDPerDay > 0 {
-			out = append(out, moneyLimit{owner + " money budget per day", account, client, false, int64(m.USDPerDay * nanoPerUSD)})
+			out[n] = moneyLimit{account, client, false, int64(m.USDPerDay * nanoPerUSD)}
+			n++
 		}
 		if m.USDPerMonth > 0 {
-			out = append(out, moneyLimit{owner + " money budget per month", account, client, true, int64(m.USDPerMonth * nanoPerUSD)})
+			out[n] = moneyLimit{account, client, true, int64(m.USDPerMonth * nanoPerUSD)}
+			n++
 		}
 	}
 	add(t.caps.Clients[client].Money, false)
 	add(t.caps.Account, true)
-	return out
+	return out, n
 }
 
 // capFit checks w against its client's caps and the money budgets at now.
@@ -330,9 +341,10 @@ func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duratio
 		check("TPM", cw.tokens, w.need.tokens, cw.lim.TPM)
 		check("TPD", cw.day, w.need.tokens, cw.lim.TPD)
 	}
-	if w.need.cost > 0 || t.money(w.client) {
+	if t.money(w.client) {
 		day := dayOf(now)
-		for _, m := range t.moneyLimits(w.client) {
+		ms, nm := t.moneyLimits(w.client)
+		for _, m := range ms[:nm] {
 			used := t.book.total(m.account, m.client, m.month, day)
 			if used+w.need.cost <= m.limit {
 				continue
@@ -342,7 +354,7 @@ func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duratio
 				next = nextMonth(now)
 			}
 			note(LimitMoney, next.Sub(now), fmt.Sprintf("%s %s (spent or reserved %s, this call reserves %s)",
-				m.label, usd(m.limit), usd(used), usd(w.need.cost)))
+				m.label(), usd(m.limit), usd(used), usd(w.need.cost)))
 		}
 	}
 	return blocked, wait, why
@@ -512,6 +524,9 @@ func (t *tenants) price(k Key) (Price, bool) {
 // records. Caller holds Core.mu.
 func (b *Core) restoreCaps(snap *Snapshot, now time.Time) {
 	t := &b.ten
+	for _, s := range snap.Spend {
+		t.book.add(s.Client, s.Key, s.Day, s.NanoUSD, s.Calls, s.Unpriced)
+	}
 	for _, l := range b.leases {
 		l.spendAs = t.book.name(l.Client, t.caps.Clients)
 		if l.fixed {
@@ -532,9 +547,6 @@ func (b *Core) restoreCaps(snap *Snapshot, now time.Time) {
 				cw.day.add(now, time.Unix(u.Minute*60, 0), u.Tokens)
 			}
 		}
-	}
-	for _, s := range snap.Spend {
-		t.book.add(s.Client, s.Key, s.Day, s.NanoUSD, s.Calls, s.Unpriced)
 	}
 }
 

@@ -1,0 +1,150 @@
+package broker_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/bedrockqb/quotabroker/broker"
+)
+
+func capsOf(client string, cc broker.ClientCaps) broker.Caps {
+	return broker.Caps{Clients: map[string]broker.ClientCaps{client: cc}}
+}
+
+// TestCapWaitersWaitFairly: a client's callers waiting on its own cap wait
+// until the cap's window frees, first come first served, while another
+// client on the same budget is served at once.
+func TestCapWaitersWaitFairly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := broker.Config{Margin: 1, Caps: capsOf("team", broker.ClientCaps{All: broker.CapLimits{TPM: 100}})}
+		b := bubbleBrokerWith(t, cfg, spec(haiku3, broker.Limits{TPM: 1_000_000}))
+		ctx := context.Background()
+		req := broker.AcquireRequest{ModelID: haiku3, Client: "team", InputTokens: 50, MaxOutputTokens: 50} // 100
+		if d, err := b.Acquire(ctx, req); err != nil || !d.Granted {
+			t.Fatalf("first grant: %+v %v", d, err)
+		}
+		start := time.Now()
+		req.Wait = 3 * time.Minute
+		first := goAcquire(b, ctx, req)
+		synctest.Wait()
+		second := goAcquire(b, ctx, req)
+		synctest.Wait()
+		other, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: haiku3, Client: "other", InputTokens: 5000, MaxOutputTokens: 100})
+		if err != nil || !other.Granted || other.Waited != 0 {
+			t.Fatalf("another client behind a capped one: %+v %v", other, err)
+		}
+		r := <-first
+		if r.err != nil || !r.d.Granted || time.Since(start) < time.Minute || time.Since(start) > time.Minute+time.Second {
+			t.Fatalf("first waiter: %+v %v after %v, want granted once the minute slid", r.d, r.err, time.Since(start))
+		}
+		select {
+		case r := <-second:
+			t.Fatalf("second waiter served with the first in the same minute: %+v %v", r.d, r.err)
+		default:
+		}
+		r = <-second
+		if r.err != nil || !r.d.Granted || time.Since(start) < 2*time.Minute {
+			t.Fatalf("second waiter: %+v %v after %v", r.d, r.err, time.Since(start))
+		}
+		caps := b.Spend().Caps
+		if len(caps) != 1 || caps[0].Client != "team" || caps[0].Tokens != 100 || caps[0].Refused != 0 {
+			t.Errorf("caps in the report: %+v", caps)
+		}
+	})
+}
+
+// TestAllModelsCapFreedElsewhere: a settlement on one budget frees an
+// all-models cap for the client's waiter on another budget at once.
+func TestAllModelsCapFreedElsewhere(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := broker.Config{Margin: 1, Caps: capsOf("team", broker.ClientCaps{All: broker.CapLimits{TPM: 1000}})}
+		b := bubbleBrokerWith(t, cfg, spec(haiku3, broker.Limits{TPM: 1_000_000}), spec(sonnet45, broker.Limits{TPM: 1_000_000}))
+		ctx := context.Background()
+		held, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: sonnet45, Client: "team", MaxOutputTokens: 180}) // 900
+		if err != nil || !held.Granted {
+			t.Fatal(held, err)
+		}
+		ch := goAcquire(b, ctx, broker.AcquireRequest{ModelID: haiku3, Client: "team", MaxOutputTokens: 500, Wait: time.Minute})
+		synctest.Wait()
+		select {
+		case r := <-ch:
+			t.Fatalf("granted over the cap: %+v", r)
+		default:
+		}
+		time.Sleep(2 * time.Second)
+		if _, err := b.Complete(ctx, held.Lease.ID, broker.OutcomeSuccess, broker.Usage{OutputTokens: 10}); err != nil {
+			t.Fatal(err)
+		}
+		if r := <-ch; r.err != nil || !r.d.Granted || r.d.Waited != 2*time.Second {
+			t.Fatalf("waiter on the other budget: %+v %v", r.d, r.err)
+		}
+	})
+}
+
+// TestCappedGrantsSkipEscrow: on a budget busy enough to grant from
+// escrow chunks, a client held to a cap is still committed grant by grant
+// with its record, so a crash (no sweep, no close) leaves its cap's window
+// whole; the others draw from the chunk.
+func TestCappedGrantsSkipEscrow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		e.cfg.Caps = capsOf("team", broker.ClientCaps{Models: map[string]broker.CapLimits{haiku3: {TPM: 2000}}})
+		e.open()
+		if err := e.b.SetSpecs(context.Background(), []broker.Spec{spec(haiku3, broker.Limits{RPM: 6400, TPM: 1 << 40})}); err != nil {
+			t.Fatal(err)
+		}
+		_, _, _, stop := escrowed(t, e, 4) // a chunk is live
+		before, _ := e.store.state()
+		req := broker.AcquireRequest{ModelID: haiku3, Client: "team", InputTokens: 100, MaxOutputTokens: 100}
+		for range 5 {
+			e.mustGrant(req)
+		}
+		if got, _ := e.store.state(); got != before+5 {
+			t.Errorf("%d commits for 5 grants of a capped client, want one each", got-before)
+		}
+		stop() // killed: no sweep
+		e2 := &env{t: t, clock: e.clock, store: e.store, cfg: e.cfg}
+		e2.open()
+		caps := e2.b.Spend().Caps
+		if len(caps) != 1 || caps[0].Tokens != 1000 || caps[0].Requests != 5 {
+			t.Fatalf("after the crash the cap holds %+v, want the 5 grants of 200 tokens", caps)
+		}
+		for range 5 {
+			e2.mustGrant(req)
+		}
+		if d, err := e2.acquire(req); err != nil || d.Granted || d.Blocked != broker.LimitClientCap || !strings.Contains(d.Cap, "TPM cap 2000") {
+			t.Fatalf("over the cap after the crash: %+v %v", d, err)
+		}
+	})
+}
+
+// TestSetCapsKeepsOldOnError: caps naming a model no budget has are
+// refused and the caps in force stay; valid caps replace them and keep the
+// window of a cap that stays.
+func TestSetCapsKeepsOldOnError(t *testing.T) {
+	e := newEnv(t, spec(haiku3, broker.Limits{TPM: 1_000_000}))
+	ok := capsOf("team", broker.ClientCaps{All: broker.CapLimits{TPM: 300}})
+	if err := e.b.SetCaps(ok); err != nil {
+		t.Fatal(err)
+	}
+	req := broker.AcquireRequest{ModelID: haiku3, Client: "team", InputTokens: 100, MaxOutputTokens: 100}
+	e.mustGrant(req)
+	bad := capsOf("team", broker.ClientCaps{Models: map[string]broker.CapLimits{"anthropic.claude-nonesuch": {RPM: 1}}})
+	err := e.b.SetCaps(bad)
+	if broker.KindOf(err) != broker.KindInvalid || !strings.Contains(err.Error(), `clients.team.caps.models.anthropic.claude-nonesuch: no budget has model`) {
+		t.Fatalf("unknown model: %v", err)
+	}
+	if d, err := e.acquire(req); err != nil || d.Granted || d.Blocked != broker.LimitClientCap {
+		t.Fatalf("the old cap of 300 no longer holds after a failed reload: %+v %v", d, err)
+	}
+	if err := e.b.SetCaps(capsOf("team", broker.ClientCaps{All: broker.CapLimits{TPM: 500}})); err != nil {
+		t.Fatal(err)
+	}
+	e.mustGrant(req) // 400 of 500: the window of 200 stayed
+	if d, _ := e.acquire(req); d.Granted {
+		t.Fatal("granted 600 tokens under a cap of 500: the reload forgot the window")
+	}
+}
