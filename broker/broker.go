@@ -658,15 +658,16 @@ func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 	var c *chunk
 	if !b.ten.bound(w.client, bg.spec.Key.Model) {
 		// Grants held to a cap or a money budget are committed one by
-		// one with their record, so that a restart knows their client.
+		// one with their record, so that a restart knows their client;
+		// nor do they count as demand for chunks they cannot draw from.
 		c = b.draw(bg, now, w.need.tokens)
+		b.noteDemand(bg, now, w.need.tokens)
 	}
 	if c != nil {
 		id = c.leaseID(c.usedReq - 1)
 	} else {
 		id = newLeaseID(now)
 	}
-	b.noteDemand(bg, now, w.need.tokens)
 	l := &lease{b: bg, chunk: c, LeaseRecord: LeaseRecord{
 		ID:        id,
 		Version:   1,
