@@ -2,12 +2,15 @@ package broker_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/internal/clocktest"
 )
 
 func capsOf(client string, cc broker.ClientCaps) broker.Caps {
@@ -146,5 +149,60 @@ func TestSetCapsKeepsOldOnError(t *testing.T) {
 	e.mustGrant(req) // 400 of 500: the window of 200 stayed
 	if d, _ := e.acquire(req); d.Granted {
 		t.Fatal("granted 600 tokens under a cap of 500: the reload forgot the window")
+	}
+}
+
+// BenchmarkAcquireCompleteCaps is BenchmarkAcquireComplete with tenants:
+// "none" as it, "priced" with prices (spend kept, nothing enforced), and
+// "capped" with every client held to TPM and TPD caps and the account to a
+// money budget (none of them reached), so the cost of the checks is
+// compared within one run.
+//
+//	go test -run '^$' -bench AcquireCompleteCaps -cpu 1,2 ./broker/
+func BenchmarkAcquireCompleteCaps(b *testing.B) {
+	prices := map[broker.PriceKey]broker.Price{{Region: "us-east-1", Model: haiku3}: {Input: 0.00025, Output: 0.00125,
+		Has: broker.RateInput | broker.RateOutput}}
+	caps := broker.Caps{Clients: map[string]broker.ClientCaps{}, Account: broker.Money{USDPerDay: 1e8}}
+	for i := range 64 {
+		caps.Clients["client-"+strconv.Itoa(i+1)] = broker.ClientCaps{All: broker.CapLimits{TPM: 1e9, TPD: 1e12}}
+	}
+	for _, c := range []struct {
+		name string
+		cfg  broker.Config
+	}{
+		{"none", broker.Config{Margin: 1}},
+		{"priced", broker.Config{Margin: 1, Prices: prices}},
+		{"capped", broker.Config{Margin: 1, Prices: prices, Caps: caps}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			ctx := context.Background()
+			br, err := broker.Open(ctx, nopStore{}, clocktest.New(t0), c.cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer br.Close()
+			if err := br.SetSpecs(ctx, []broker.Spec{spec(haiku3, broker.Limits{RPM: 1 << 40, TPM: 1 << 50})}); err != nil {
+				b.Fatal(err)
+			}
+			var clients, ops atomic.Int64
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				client := "client-" + strconv.FormatInt(clients.Add(1), 10)
+				for pb.Next() {
+					d, err := br.Acquire(ctx, broker.AcquireRequest{ModelID: haiku3, Client: client, InputTokens: 100, MaxOutputTokens: 100})
+					if err != nil || !d.Granted {
+						b.Errorf("acquire: %+v %v", d, err)
+						return
+					}
+					if _, err := br.Complete(ctx, d.Lease.ID, broker.OutcomeSuccess, broker.Usage{InputTokens: 100, OutputTokens: 50}); err != nil {
+						b.Error(err)
+						return
+					}
+					if ops.Add(1)%1000 == 0 {
+						br.Sweep(ctx)
+					}
+				}
+			})
+		})
 	}
 }
