@@ -25,7 +25,9 @@ type ClientCaps struct {
 	All CapLimits
 	// Models caps the client on one model each, by the budget's model id
 	// (Key.Model: the base model, also for inference profiles). A model
-	// capped here is held to its own cap and to All.
+	// capped here is held to its own cap and to All. (Caps per route, once
+	// routes land, are one more map like this one, with windows keyed the
+	// same way: capKey.)
 	Models map[string]CapLimits
 	Money  Money
 }
@@ -375,10 +377,21 @@ func (b *Core) capRefused(bg *budget, w *waiter, limit Limit, now time.Time) {
 			}
 		}
 	case LimitMoney:
-		if !t.caps.Clients[w.client].Money.Zero() {
-			t.moneyRefused[w.client]++
-		} else {
-			t.moneyRefused[""]++
+		// Counted against each budget without room: the client's, the
+		// account's, or both.
+		day := dayOf(now)
+		ms, nm := t.moneyLimits(w.client)
+		counted := map[bool]bool{}
+		for _, m := range ms[:nm] {
+			if counted[m.account] || t.book.total(m.account, m.client, m.month, day)+w.need.cost <= m.limit {
+				continue
+			}
+			counted[m.account] = true
+			if m.account {
+				t.moneyRefused[""]++
+			} else {
+				t.moneyRefused[w.client]++
+			}
 		}
 	}
 }

@@ -206,3 +206,61 @@ func BenchmarkAcquireCompleteCaps(b *testing.B) {
 		})
 	}
 }
+
+// TestAccountMoneyBudget: the account's money budget holds every client
+// together; its refusals are the account's, not the client's, and the
+// report's spend adds up per client, per model and for the account.
+func TestAccountMoneyBudget(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.Prices = map[broker.PriceKey]broker.Price{{Region: "us-east-1", Model: haiku3}: {Input: 1, Output: 1, Has: broker.RateInput | broker.RateOutput}}
+	e.cfg.Caps = broker.Caps{Account: broker.Money{USDPerMonth: 3}, Clients: map[string]broker.ClientCaps{"rich": {Money: broker.Money{USDPerDay: 100}}}}
+	e.open()
+	if err := e.b.SetSpecs(context.Background(), []broker.Spec{spec(haiku3, broker.Limits{TPM: 1_000_000})}); err != nil {
+		t.Fatal(err)
+	}
+	// 500 input + 500 output at $1 per 1,000 each: $1 reserved.
+	req := func(client string) broker.AcquireRequest {
+		return broker.AcquireRequest{ModelID: haiku3, Client: client, InputTokens: 500, MaxOutputTokens: 500}
+	}
+	e.mustGrant(req("a"))
+	e.mustGrant(req("b"))
+	e.mustGrant(req("rich"))
+	for _, c := range []string{"a", "rich"} {
+		d, err := e.acquire(req(c))
+		if err != nil || d.Granted || d.Blocked != broker.LimitMoney || !strings.Contains(d.Cap, "the account's money budget per month $3.0000") {
+			t.Fatalf("client %s past the account's budget: %+v %v", c, d, err)
+		}
+	}
+	sp := e.b.Spend()
+	if sp.Account.MonthUSD != 3 || sp.Account.Refused != 2 || len(sp.Clients) != 3 || len(sp.Models) != 1 || sp.Models[0].MonthUSD != 3 {
+		t.Fatalf("spend %+v", sp)
+	}
+	for _, c := range sp.Clients {
+		if c.MonthUSD != 1 || c.Refused != 0 || len(c.Models) != 1 {
+			t.Errorf("client %s: %+v", c.Client, c)
+		}
+	}
+}
+
+// TestCappedGrantUndoneWhenStoreFails: a grant whose commit fails takes
+// back its charge on the client's cap and its spend, as on the budget.
+func TestCappedGrantUndoneWhenStoreFails(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.Prices = map[broker.PriceKey]broker.Price{{Region: "us-east-1", Model: haiku3}: {Input: 1, Output: 1, Has: broker.RateInput | broker.RateOutput}}
+	e.cfg.Caps = capsOf("team", broker.ClientCaps{All: broker.CapLimits{TPM: 1000}, Money: broker.Money{USDPerDay: 1}})
+	e.open()
+	if err := e.b.SetSpecs(context.Background(), []broker.Spec{spec(haiku3, broker.Limits{TPM: 1_000_000})}); err != nil {
+		t.Fatal(err)
+	}
+	req := broker.AcquireRequest{ModelID: haiku3, Client: "team", InputTokens: 500, MaxOutputTokens: 500} // 1000 tokens, $1
+	e.store.setFail(errDiskFull)
+	if _, err := e.acquire(req); broker.KindOf(err) != broker.KindUnavailable {
+		t.Fatalf("acquire with a failing store: %v", err)
+	}
+	e.store.setFail(nil)
+	sp := e.b.Spend()
+	if sp.Account.TodayUSD != 0 || sp.Caps[0].Tokens != 0 || sp.Caps[0].Requests != 0 {
+		t.Fatalf("after the undone grant: %+v", sp)
+	}
+	e.mustGrant(req) // the whole cap and budget are there again
+}

@@ -95,9 +95,13 @@ func (b *Core) settleCost(l *lease, outcome Outcome, u Usage) int64 {
 // per client and for the account per day and month. Active leases count
 // at their reservation's price until settled. Guarded by Core.mu.
 type spendBook struct {
-	cells  map[spendKey]*spendCell
-	totals map[periodKey]int64
-	names  map[string]int // client name -> cells, to bound distinct names
+	cells map[spendKey]*spendCell
+	// months are the cells summed per month (spendKey.day holds the
+	// month): reports read them, not every day's cells, under Core.mu.
+	months   map[spendKey]*spendCell
+	totals   map[periodKey]int64
+	names    map[string]int // client name -> cells, to bound distinct names
+	prunedAt int64          // the day prune last ran
 }
 
 type spendKey struct {
@@ -116,7 +120,8 @@ type periodKey struct {
 }
 
 func newSpendBook() spendBook {
-	return spendBook{cells: map[spendKey]*spendCell{}, totals: map[periodKey]int64{}, names: map[string]int{}}
+	return spendBook{cells: map[spendKey]*spendCell{}, months: map[spendKey]*spendCell{}, totals: map[periodKey]int64{},
+		names: map[string]int{}}
 }
 
 // name is the name client's spend is kept under: its own, unless it is
@@ -145,6 +150,15 @@ func (s *spendBook) add(client string, key Key, day, nano, calls, unpriced int64
 	c.calls += calls
 	c.unpriced += unpriced
 	month := monthOfDay(day)
+	mk := spendKey{client, key, month}
+	m := s.months[mk]
+	if m == nil {
+		m = &spendCell{}
+		s.months[mk] = m
+	}
+	m.nano += nano
+	m.calls += calls
+	m.unpriced += unpriced
 	s.totals[periodKey{false, client, false, day}] += nano
 	s.totals[periodKey{false, client, true, month}] += nano
 	s.totals[periodKey{true, "", false, day}] += nano
@@ -154,6 +168,9 @@ func (s *spendBook) add(client string, key Key, day, nano, calls, unpriced int64
 // total is the spend of the account (or of client) in the day, or in its
 // month.
 func (s *spendBook) total(account bool, client string, month bool, day int64) int64 {
+	if account {
+		client = "" // the account's totals are kept under no client
+	}
 	n := day
 	if month {
 		n = monthOfDay(day)
@@ -161,9 +178,19 @@ func (s *spendBook) total(account bool, client string, month bool, day int64) in
 	return s.totals[periodKey{account, client, month, n}]
 }
 
-// prune forgets spend older than spendRetentionDays before today.
+// prune forgets spend older than spendRetentionDays before today, once a
+// day.
 func (s *spendBook) prune(today int64) {
+	if today == s.prunedAt {
+		return
+	}
+	s.prunedAt = today
 	cut := today - spendRetentionDays
+	for k := range s.months {
+		if k.day < monthOfDay(cut) {
+			delete(s.months, k)
+		}
+	}
 	for k := range s.cells {
 		if k.day < cut {
 			delete(s.cells, k)
@@ -259,16 +286,19 @@ func (b *Core) Spend() SpendReport {
 	perClient := map[string]*Spending{}
 	perKey := map[Key]*Spending{}
 	var acct Spending
-	for k, c := range b.ten.book.cells {
-		if monthOfDay(k.day) != month {
+	// The month's cells, one per client and budget, and today's beside
+	// each: not every day's, since this runs under Core.mu.
+	for k, c := range b.ten.book.months {
+		if k.day != month {
 			continue
 		}
+		var todayNano int64
+		if d := b.ten.book.cells[spendKey{k.client, k.key, today}]; d != nil {
+			todayNano = d.nano
+		}
 		for _, s := range []*Spending{get(perCK, ck{k.client, k.key}), get(perClient, k.client), get(perKey, k.key), &acct} {
-			v := float64(c.nano) / nanoPerUSD
-			s.MonthUSD += v
-			if k.day == today {
-				s.TodayUSD += v
-			}
+			s.MonthUSD += float64(c.nano) / nanoPerUSD
+			s.TodayUSD += float64(todayNano) / nanoPerUSD
 			s.Calls += c.calls
 			s.Unpriced += c.unpriced
 		}
