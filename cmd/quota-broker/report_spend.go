@@ -12,10 +12,10 @@ import (
 // printSpend prints spend per client (today, this month, the forecast of
 // each at the current rate, against its money budgets) and the clients'
 // rate caps with their use; wide adds spend per model and per client and
-// model. Nothing when the broker keeps no spend and no caps.
+// model. Nothing without prices, money budgets or caps: calls counted with
+// no price to them are no spend to show.
 func printSpend(w io.Writer, sp *pb.Spend, wide bool) {
-	if sp == nil || (len(sp.GetClients()) == 0 && len(sp.GetCaps()) == 0 && sp.GetAccount().GetMonthUsd() == 0 &&
-		sp.GetAccount().GetBudgetUsdPerDay()+sp.GetAccount().GetBudgetUsdPerMonth() == 0) {
+	if !showSpend(sp) {
 		return
 	}
 	fmt.Fprintln(w)
@@ -105,4 +105,26 @@ func clip(s string, n int) string {
 		return s
 	}
 	return s[:n-1] + "…"
+}
+
+// showSpend reports whether sp has anything to show: priced spend, a money
+// budget or a cap.
+func showSpend(sp *pb.Spend) bool {
+	if len(sp.GetCaps()) > 0 || sp.GetAccount().GetMonthUsd() > 0 {
+		return true
+	}
+	for _, s := range append([]*pb.Spending{sp.GetAccount()}, clientSpendings(sp)...) {
+		if s.GetBudgetUsdPerDay()+s.GetBudgetUsdPerMonth() > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func clientSpendings(sp *pb.Spend) []*pb.Spending {
+	var out []*pb.Spending
+	for _, c := range sp.GetClients() {
+		out = append(out, c.GetSpending())
+	}
+	return out
 }

@@ -48,8 +48,10 @@ func TestPrintSpend(t *testing.T) {
 		t.Errorf("wide view lacks the spend per model:\n%s", out.String())
 	}
 	out.Reset()
-	printSpend(&out, &pb.Spend{Account: &pb.Spending{}}, false)
+	unpriced := &pb.Spend{Account: &pb.Spending{Calls: 9, UnpricedCalls: 9},
+		Clients: []*pb.ClientSpend{{Client: "a", Spending: &pb.Spending{Calls: 9, UnpricedCalls: 9}}}}
+	printSpend(&out, unpriced, false)
 	if out.Len() != 0 {
-		t.Errorf("no spend and no caps printed:\n%s", out.String())
+		t.Errorf("calls with no price, no money budget and no cap printed:\n%s", out.String())
 	}
 }

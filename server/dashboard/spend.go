@@ -31,10 +31,17 @@ type capRow struct {
 	Full          bool // a cap at or above 80% of its window
 }
 
-// spendRows turns a spend report into the page's tables; nothing when the
-// broker keeps no spend and no caps.
+// spendRows turns a spend report into the page's tables; nothing without
+// prices, money budgets or caps (calls with no price are no spend to show).
 func spendRows(sp *broker.SpendReport) (rows []spendRow, caps []capRow) {
-	if sp == nil || (len(sp.Clients) == 0 && len(sp.Caps) == 0 && sp.Account.MonthUSD == 0 && sp.Account.Money.Zero()) {
+	if sp == nil {
+		return nil, nil
+	}
+	show := len(sp.Caps) > 0 || sp.Account.MonthUSD > 0 || !sp.Account.Money.Zero()
+	for _, c := range sp.Clients {
+		show = show || !c.Money.Zero()
+	}
+	if !show {
 		return nil, nil
 	}
 	row := func(name string, s broker.Spending) spendRow {
