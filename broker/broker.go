@@ -436,7 +436,7 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 			// timer and its caller's goroutine for up to MaxWait: the
 			// flood bounds are what keep memory bounded.
 			d, err := b.settleWait(bg, w, now)
-			d.Blocked = limit
+			d.Blocked, d.Cap = limit, ""
 			b.mu.Unlock()
 			return d, err
 		}
