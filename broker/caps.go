@@ -209,15 +209,49 @@ func (t *tenants) money(client string) bool {
 	return !t.caps.Account.Zero() || !t.caps.Clients[client].Money.Zero()
 }
 
-// bound reports whether client's grants are held to a cap or a money
-// budget: those are committed one by one, never drawn from an escrow
-// chunk (see the package doc), so restore knows their client.
+// bound reports whether client's grants are held to caps or a money
+// budget of its own: those are committed one by one, never drawn from an
+// escrow chunk (see the package doc), so restore knows their client. The
+// account's money budget alone does not bind: a chunk records a bound of
+// its spend instead (escrowSpend).
 func (t *tenants) bound(client, model string) bool {
-	if t.money(client) {
+	if !t.caps.Clients[client].Money.Zero() {
 		return true
 	}
 	a, o := t.windowsOf(client, model)
 	return a != nil || o != nil
+}
+
+// escrowClient is the name spend is recorded under for a chunk's capacity
+// until the chunk closes: what a crash leaves of it is the chunk's bound.
+const escrowClient = "(escrowed at a crash)"
+
+// escrowSpend adds to c, which commits chunk r of bg, the most its grants
+// can cost under the account's money budget, and returns it (0: no money
+// budget on the account, or no price). Each grant from the chunk is
+// checked against the budget in memory as any other; the record is for a
+// crash, which loses the spend records of the chunk's leases (written at
+// its close): the restore then counts the bound, never less than they
+// cost. The bound: the chunk's tokens at the highest rate, over the
+// burndown when below 1 (tokens = input + cache_write + max x burndown,
+// each priced at most that rate). Caller holds Core.mu.
+func (b *Core) escrowSpend(bg *budget, r ChunkRecord, c *Change) int64 {
+	t := &b.ten
+	if t.caps.Account.Zero() {
+		return 0
+	}
+	p, ok := t.price(r.Key)
+	if !ok {
+		return 0 // nothing is granted on an unpriced model under a money budget
+	}
+	rate := max(p.Input, p.Output, p.rateOr(RateCacheWrite, p.CacheWrite))
+	tokens := r.Tokens
+	if bd := bg.burndown; bd < 1 {
+		tokens = int64(math.Ceil(float64(tokens) / bd))
+	}
+	bound := perThousand(tokens, rate)
+	c.Spend = append(c.Spend, SpendRecord{Client: escrowClient, Key: r.Key, Day: dayOf(r.Start), NanoUSD: bound})
+	return bound
 }
 
 // capNeverFits explains why n can never be granted to client on key under

@@ -264,3 +264,47 @@ func TestCappedGrantUndoneWhenStoreFails(t *testing.T) {
 	}
 	e.mustGrant(req) // the whole cap and budget are there again
 }
+
+// TestAccountMoneyKeepsEscrow: under the account's money budget alone,
+// grants still draw from escrow chunks; a chunk commits a bound of its
+// spend, so a crash before it closes leaves the account's spend at least
+// what was granted, and a crash after it closes leaves it exact.
+func TestAccountMoneyKeepsEscrow(t *testing.T) {
+	for _, closed := range []bool{false, true} {
+		t.Run(map[bool]string{false: "open chunk", true: "closed chunk"}[closed], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				e := newEnv(t)
+				e.cfg.Prices = map[broker.PriceKey]broker.Price{{Region: "us-east-1", Model: haiku3}: {Input: 1, Output: 1, Has: broker.RateInput | broker.RateOutput}}
+				e.cfg.Caps = broker.Caps{Account: broker.Money{USDPerDay: 1e6}}
+				e.open()
+				if err := e.b.SetSpecs(context.Background(), []broker.Spec{spec(haiku3, broker.Limits{RPM: 6400, TPM: 1 << 40})}); err != nil {
+					t.Fatal(err)
+				}
+				single, drawn, c, stop := escrowed(t, e, 8) // fails unless grants draw from a chunk
+				granted := 0.2 * float64(len(single)+len(drawn)) // 100 input + 100 output at $1 per 1,000
+				if got := e.b.Spend().Account.TodayUSD; !near(got, granted) {
+					t.Fatalf("spend before the crash $%v, want $%v", got, granted)
+				}
+				if closed {
+					e.clock.Advance(c.End.Sub(e.clock.Now()) + time.Millisecond)
+					e.b.Sweep(context.Background())
+				}
+				stop() // killed
+				e2 := &env{t: t, clock: e.clock, store: e.store, cfg: e.cfg}
+				e2.open()
+				got := e2.b.Spend().Account.TodayUSD
+				switch bound := float64(c.Tokens) / 1000; {
+				case closed && !near(got, granted):
+					t.Errorf("after a crash with the chunk closed the account spent $%v, want $%v", got, granted)
+				case !closed && !near(got, 0.2*float64(len(single))+bound):
+					t.Errorf("after a crash with the chunk open the account spent $%v, want $%v granted one by one + the chunk's bound $%v (%d tokens)",
+						got, 0.2*float64(len(single)), bound, c.Tokens)
+				case !closed && got < granted:
+					t.Errorf("after a crash the account spent $%v, less than the $%v granted", got, granted)
+				}
+			})
+		})
+	}
+}
+
+func near(a, b float64) bool { return a-b < 1e-6 && b-a < 1e-6 }

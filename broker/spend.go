@@ -50,7 +50,8 @@ func perThousand(tokens int64, usdPer1k float64) int64 {
 	if tokens <= 0 {
 		return 0
 	}
-	return int64(math.Ceil(float64(tokens) * usdPer1k * (nanoPerUSD / 1000)))
+	// At most a billion dollars: far beyond any budget, and an int64.
+	return int64(math.Min(math.Ceil(float64(tokens)*usdPer1k*(nanoPerUSD/1000)), maxMoneyUSD*nanoPerUSD))
 }
 
 // rateOr is p's rate r if known, else fallback's: a cache rate AWS does
@@ -289,8 +290,8 @@ func (b *Core) Spend() SpendReport {
 	// The month's cells, one per client and budget, and today's beside
 	// each: not every day's, since this runs under Core.mu.
 	for k, c := range b.ten.book.months {
-		if k.day != month {
-			continue
+		if k.day != month || (c.nano == 0 && c.calls == 0) {
+			continue // another month, or an escrow bound taken back
 		}
 		var todayNano int64
 		if d := b.ten.book.cells[spendKey{k.client, k.key, today}]; d != nil {
