@@ -280,7 +280,7 @@ func TestAccountMoneyKeepsEscrow(t *testing.T) {
 				if err := e.b.SetSpecs(context.Background(), []broker.Spec{spec(haiku3, broker.Limits{RPM: 6400, TPM: 1 << 40})}); err != nil {
 					t.Fatal(err)
 				}
-				single, drawn, c, stop := escrowed(t, e, 8) // fails unless grants draw from a chunk
+				single, drawn, c, stop := escrowed(t, e, 8)      // fails unless grants draw from a chunk
 				granted := 0.2 * float64(len(single)+len(drawn)) // 100 input + 100 output at $1 per 1,000
 				if got := e.b.Spend().Account.TodayUSD; !near(got, granted) {
 					t.Fatalf("spend before the crash $%v, want $%v", got, granted)
