@@ -291,3 +291,35 @@ func TestCapsAndSpendSurviveRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestSpendOwnView: with authentication, a client sees the account's
+// spend and its own caps and spend, no other client's; an admin sees all.
+func TestSpendOwnView(t *testing.T) {
+	f := startWithAuth(t)
+	caps := broker.Caps{Clients: map[string]broker.ClientCaps{
+		"alice": {All: broker.CapLimits{TPM: 1_000_000}}, "bob": {All: broker.CapLimits{TPM: 1_000_000}}}}
+	if err := f.b.SetCaps(caps); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []string{f.alice, f.bob} {
+		if _, err := f.client.AcquireLease(as(tok), &pb.AcquireLeaseRequest{ModelId: sonnet, MaxOutputTokens: 10}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := f.client.GetQuotaReport(as(f.alice), &pb.GetQuotaReportRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp := rep.GetSpend()
+	if len(sp.GetCaps()) != 1 || sp.GetCaps()[0].GetClient() != "alice" || sp.GetCaps()[0].GetTokensLastMinute() != 50 ||
+		len(sp.GetClients()) != 1 || sp.GetClients()[0].GetClient() != "alice" || len(sp.GetModels()) != 0 || sp.GetAccount().GetCalls() != 2 {
+		t.Fatalf("alice's view of spend: %v", sp)
+	}
+	rep, err = f.client.GetQuotaReport(as(f.admin), &pb.GetQuotaReportRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rep.GetSpend().GetCaps()); n != 2 {
+		t.Fatalf("the admin sees %d clients' caps, want 2", n)
+	}
+}

@@ -430,10 +430,11 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 		}
 		out.Budgets = append(out.Budgets, pr)
 	}
-	if all {
-		// Spend names every client and its money: for operators only.
-		out.Spend = spendToPB(s.ops.Spend())
+	sp := s.ops.Spend()
+	if !all {
+		sp = ownSpend(sp, self)
 	}
+	out.Spend = spendToPB(sp)
 	return out, nil
 }
 

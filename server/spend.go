@@ -118,3 +118,22 @@ func (c *spendCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.capRefusals, prometheus.CounterValue, float64(cu.Refused), cu.Client, cu.Model)
 	}
 }
+
+// ownSpend is sp as a client that does not see every client sees it: the
+// account's totals and budget (every budget's totals are shown to all
+// callers too), its own spend and caps, and no other client's name; the
+// spend per model sums every client, so it goes as well.
+func ownSpend(sp broker.SpendReport, client string) broker.SpendReport {
+	out := broker.SpendReport{At: sp.At, Account: sp.Account}
+	for _, c := range sp.Clients {
+		if c.Client == client {
+			out.Clients = append(out.Clients, c)
+		}
+	}
+	for _, c := range sp.Caps {
+		if c.Client == client {
+			out.Caps = append(out.Caps, c)
+		}
+	}
+	return out
+}

@@ -1128,7 +1128,8 @@ type GetQuotaReportResponse struct {
 	// Why budgets carry no activity: the usage history could not be read.
 	HistoryError string `protobuf:"bytes,4,opt,name=history_error,json=historyError,proto3" json:"history_error,omitempty"`
 	// Spend per client and per model, the money budgets and the clients'
-	// caps with their use. Only callers that see every client get it.
+	// caps with their use. A caller that does not see every client (see
+	// top_clients) gets the account's totals and its own entries only.
 	Spend         *Spend `protobuf:"bytes,5,opt,name=spend,proto3" json:"spend,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
