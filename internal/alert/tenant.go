@@ -1,6 +1,7 @@
 package alert
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"time"
@@ -92,10 +93,7 @@ func (a *Alerter) observeTenants(sp broker.SpendReport, now time.Time) []Event {
 		}
 	}
 	slices.SortStableFunc(vs, func(x, y verdict) int {
-		if x.k.client != y.k.client {
-			return compareStrings(x.k.client, y.k.client)
-		}
-		return compareStrings(string(x.k.rule)+x.k.model, string(y.k.rule)+y.k.model)
+		return cmp.Or(cmp.Compare(x.k.client, y.k.client), cmp.Compare(x.k.rule, y.k.rule), cmp.Compare(x.k.model, y.k.model))
 	})
 	var events []Event
 	for _, v := range vs {
@@ -142,16 +140,6 @@ func (a *Alerter) refusing(k tenantKey, refused int64, now time.Time, seen map[t
 // accountLabel names the account in tenant alerts, as in /metrics.
 const accountLabel = "(account)"
 
-func compareStrings(x, y string) int {
-	switch {
-	case x < y:
-		return -1
-	case x > y:
-		return 1
-	}
-	return 0
-}
-
 // ObserveSpend evaluates the tenant rules on one spend report taken at
 // now and returns the events they cause; it does not notify the sinks.
 // Evaluate calls it when the Source is a SpendSource.
@@ -159,4 +147,27 @@ func (a *Alerter) ObserveSpend(sp broker.SpendReport, now time.Time) []Event {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.observeTenants(sp, now)
+}
+
+// TenantAlert is a tenant rule's alert firing now.
+type TenantAlert struct {
+	Rule        Rule
+	Client, Cap string // as in Event
+	Since       time.Time
+}
+
+// TenantFiring lists the tenant alerts firing now, by client, rule and cap.
+func (a *Alerter) TenantFiring() []TenantAlert {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []TenantAlert
+	for k, f := range a.alerts {
+		if k.tenant != "" {
+			out = append(out, TenantAlert{Rule: k.rule, Client: k.tenant, Cap: k.tenantOn, Since: f.since})
+		}
+	}
+	slices.SortFunc(out, func(x, y TenantAlert) int {
+		return cmp.Or(cmp.Compare(x.Client, y.Client), cmp.Compare(x.Rule, y.Rule), cmp.Compare(x.Cap, y.Cap))
+	})
+	return out
 }

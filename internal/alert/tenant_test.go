@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/bedrockqb/quotabroker/broker"
 )
 
@@ -39,6 +41,21 @@ func TestTenantRules(t *testing.T) {
 	step(team(7.9, 7)) // below 80%
 	step(team(8, 7), "firing money_budget team/")
 	step(team(9, 9), "firing cap_refusing team/")
+	if f := a.TenantFiring(); len(f) != 2 || f[0].Rule != RuleCapRefusing || f[1].Rule != RuleMoneyBudget || f[0].Client != "team" {
+		t.Fatalf("firing tenant alerts %+v", f)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(a.Collector())
+	mfs, err := reg.Gather()
+	n := 0
+	for _, mf := range mfs {
+		if mf.GetName() == "quotabroker_tenant_alert_firing" {
+			n = len(mf.GetMetric())
+		}
+	}
+	if err != nil || n != 2 {
+		t.Fatalf("quotabroker_tenant_alert_firing: %d series, %v", n, err)
+	}
 	step(team(9, 9)) // still firing, no repeat
 	step(team(9, 9))
 	step(team(9, 9))
