@@ -112,6 +112,7 @@ type Core struct {
 	chunks    map[uint64]*chunk // committed chunks not yet forgotten (escrow.go)
 	nextChunk uint64            // the next chunk's ID is at least this
 	wanted    []*budget         // budgets asking the escrow loop for a chunk
+	ten       tenants           // caps and spend (caps.go, spend.go)
 
 	// kick wakes the escrow loop (buffered, 1): a chunk is wanted.
 	kick chan struct{}
@@ -129,6 +130,10 @@ type lease struct {
 	// fixed: its charge is its chunk's, counted in full at restore, so
 	// settling it moves no window (see the package doc's Durability).
 	fixed bool
+	// spendAs is the client name its spend is kept under (spend.go);
+	// grantRecs the records its grant's commit writes.
+	spendAs   string
+	grantRecs grantRecs
 }
 
 type endedRef struct {
@@ -163,6 +168,7 @@ func Open(ctx context.Context, store Store, clock Clock, cfg Config) (*Broker, e
 		waiting: waiting{byClient: make(map[string]int)},
 		chunks:  make(map[uint64]*chunk),
 		kick:    make(chan struct{}, 1),
+		ten:     newTenants(cfg.Caps, cfg.Prices),
 	}
 	b.restore(snap)
 	return &Broker{
@@ -235,6 +241,7 @@ func (b *Core) restore(snap Snapshot) {
 		}
 	}
 	b.restorePhantoms(now)
+	b.restoreCaps(&snap, now)
 	if !expired.empty() {
 		b.retry = append(b.retry, expired)
 	}
@@ -345,9 +352,10 @@ type Decision struct {
 	Lease   Lease
 	Waited  time.Duration
 	// For a refusal: how long until the request would fit, and which limit
-	// blocks it.
+	// blocks it; for LimitClientCap and LimitMoney, Cap says which cap.
 	RetryAfter time.Duration
 	Blocked    Limit
+	Cap        string
 }
 
 func (r *AcquireRequest) validate() error {
@@ -411,7 +419,11 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 		n.maxOutput, n.unsetMax = bg.maxOutput, true
 	}
 	n.tokens = reservation(req.InputTokens, req.CacheWriteTokens, n.maxOutput, n.burndown)
-	if err := bg.neverFits(n); err != nil {
+	err = bg.neverFits(n)
+	if err == nil {
+		err = b.capNeverFits(req.Client, key, &req, &n)
+	}
+	if err != nil {
 		bg.counters.Refused++
 		b.rec.note(event{kind: eventRefused, key: key, client: req.Client, at: b.clock.Now()})
 		b.mu.Unlock()
@@ -427,7 +439,7 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 			// timer and its caller's goroutine for up to MaxWait: the
 			// flood bounds are what keep memory bounded.
 			d, err := b.settleWait(bg, w, now)
-			d.Blocked = limit
+			d.Blocked, d.Cap = limit, ""
 			b.mu.Unlock()
 			return d, err
 		}
@@ -489,14 +501,20 @@ func (b *Core) settleWait(bg *budget, w *waiter, now time.Time) (Decision, error
 	bg.counters.Refused++
 	b.rec.note(event{kind: eventRefused, key: bg.spec.Key, client: w.client, at: now})
 	limit, d := bg.fit(now, w.need)
-	switch {
+	var capWhy string
+	switch capLimit, capWait, why := b.capFit(bg, w, now); {
+	case capLimit != LimitNone:
+		// The client's own cap or a money budget holds it back, whatever
+		// the budget's windows say.
+		limit, d, capWhy = capLimit, capWait, why
+		b.capRefused(bg, w, limit, now)
 	case !b.eligible(w.client):
 		// The client's own cap holds it back, whatever the windows say.
 		limit = LimitClientLeases
 	case limit == LimitNone:
 		// It fits on the windows but waiters ahead of it have the capacity.
 		limit, d = LimitConcurrency, 0
-		if head := bg.queue.peek(now, b.eligible); head != nil {
+		if head := bg.queue.peek(now, func(w *waiter) bool { return b.eligible(w.client) }); head != nil {
 			limit, d = bg.fit(now, head.need)
 		}
 	}
@@ -505,7 +523,7 @@ func (b *Core) settleWait(bg *budget, w *waiter, now time.Time) (Decision, error
 		// bounded pause rather than a guess at when that happens.
 		d = time.Second
 	}
-	return Decision{Key: bg.spec.Key, RetryAfter: d, Blocked: limit, Waited: now.Sub(w.enqueued)}, nil
+	return Decision{Key: bg.spec.Key, RetryAfter: d, Blocked: limit, Cap: capWhy, Waited: now.Sub(w.enqueued)}, nil
 }
 
 // finish persists a grant (rec, copied under the lock that granted it, so
@@ -522,6 +540,10 @@ func (b *Core) finish(ctx context.Context, d Decision, err error, l *lease, rec 
 	c := Change{
 		Leases: []LeaseRecord{rec},
 		Usage:  []UsageRecord{{Key: rec.Key, Minute: minuteOf(rec.GrantedAt), Tokens: rec.Charged, Requests: rec.Requests}},
+		Spend:  []SpendRecord{l.grantRecs.spend},
+	}
+	if u := l.grantRecs.usage; u != nil {
+		c.ClientUsage = []ClientUsageRecord{*u}
 	}
 	if err := b.store.Commit(ctx, c); err != nil {
 		b.mu.Lock()
@@ -535,7 +557,29 @@ func (b *Core) finish(ctx context.Context, d Decision, err error, l *lease, rec 
 // dispatch grants waiters of bg in queue order while they fit, and arms a
 // timer for when the head will fit. Caller holds b.mu.
 func (b *Core) dispatch(bg *budget, now time.Time) {
-	for w := bg.queue.peek(now, b.eligible); w != nil; w = bg.queue.peek(now, b.eligible) {
+	// A waiter whose client is at a cap of its own is skipped, as one at
+	// its MaxConcurrent is, so it holds back no other client; the queue
+	// looks again when the earliest such cap frees (capWake) or a
+	// settlement returns to it.
+	var capWake time.Duration
+	ok := func(w *waiter) bool {
+		if !b.eligible(w.client) {
+			return false
+		}
+		if l, d, _ := b.capFit(bg, w, now); l != LimitNone {
+			if d > 0 && (capWake == 0 || d < capWake) {
+				capWake = d
+			}
+			return false
+		}
+		return true
+	}
+	defer func() {
+		if capWake > 0 {
+			b.wakeAt(bg, now, now.Add(capWake))
+		}
+	}()
+	for w := bg.queue.peek(now, ok); w != nil; w = bg.queue.peek(now, ok) {
 		if err := bg.neverFits(w.need); err != nil {
 			// The limits were lowered under it.
 			bg.queue.remove(w)
@@ -614,13 +658,19 @@ func (b *Core) wakeAt(bg *budget, now, at time.Time) {
 
 func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 	var id string
-	c := b.draw(bg, now, w.need.tokens)
+	var c *chunk
+	if !b.ten.bound(w.client, bg.spec.Key.Model) {
+		// Grants held to a cap or a money budget are committed one by
+		// one with their record, so that a restart knows their client;
+		// nor do they count as demand for chunks they cannot draw from.
+		c = b.draw(bg, now, w.need.tokens)
+		b.noteDemand(bg, now, w.need.tokens)
+	}
 	if c != nil {
 		id = c.leaseID(c.usedReq - 1)
 	} else {
 		id = newLeaseID(now)
 	}
-	b.noteDemand(bg, now, w.need.tokens)
 	l := &lease{b: bg, chunk: c, LeaseRecord: LeaseRecord{
 		ID:        id,
 		Version:   1,
@@ -637,6 +687,7 @@ func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 		ExpiresAt: now.Add(b.cfg.LeaseTTL),
 	}}
 	bg.charge(now, l.Charged, l.Requests)
+	b.capCharge(l, w.need, now)
 	bg.started(l.Client, now)
 	b.active[l.Client]++
 	bg.counters.Granted++
@@ -662,6 +713,7 @@ func (b *Core) undoGrant(l *lease, now time.Time) {
 	delete(b.leases, l.ID)
 	bg := l.b
 	bg.adjust(now, l.GrantedAt, -l.Charged, -l.Requests, false)
+	b.undoCaps(l, now)
 	bg.ended(l.Client)
 	b.released(l.Client, now)
 	bg.counters.Granted--

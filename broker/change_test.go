@@ -26,6 +26,10 @@ func fullChange() Change {
 		DeleteClientStatsBefore: 4,
 		Chunks:                  []ChunkRecord{{ID: 9, Key: k, Start: t0, End: t0.Add(time.Second), Requests: 4, Tokens: 40}},
 		DeleteChunks:            []uint64{8},
+		Spend:                   []SpendRecord{{Client: "c", Key: k, Day: 20000, NanoUSD: 5, Calls: 1}},
+		ClientUsage:             []ClientUsageRecord{{Client: "c", Key: k, Minute: 5, Tokens: 1, Requests: 1}},
+		DeleteSpendBefore:       19000,
+		DeleteClientUsageBefore: 6,
 	}
 }
 

@@ -77,6 +77,12 @@ type Config struct {
 	// priority, e.g. {PriorityBatch: 0.2}: batch work stops at 80% of the
 	// day's tokens, leaving the rest to interactive and standard traffic.
 	DailyReserve map[Priority]float64
+	// Caps are the tenants' rate caps and money budgets at start-up
+	// (Core.SetCaps replaces them); Prices price the calls for spend and
+	// money budgets (Core.SetPrices replaces them). See the package doc's
+	// Caps and money.
+	Caps   Caps
+	Prices map[PriceKey]Price
 	// Logger receives the broker's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -154,6 +160,11 @@ func (c *Config) setDefaults() error {
 		clients[name] = cp
 	}
 	c.Clients = clients
+	// Per-model caps are checked against the budgets by SetCaps, once
+	// there are budgets; here only their values.
+	if err := c.Caps.Validate(nil); err != nil {
+		return fmt.Errorf("config Caps: %w", err)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -175,6 +175,78 @@
 // the store errs on the side of charging. A grant whose own commit fails is
 // undone and reported as KindUnavailable.
 //
+// # Caps and money
+//
+// Tenants have limits of their own (Caps, caps.go, spend.go), checked at
+// reservation with the budget's and corrected at settlement. Rate caps per
+// client, over all models together or on one model: RPM in requests, TPM
+// and TPD in quota tokens as the budget charges them (input + cache_write +
+// max_output_tokens x burndown at grant; the settlement's charge after), on
+// sliding windows like the budgets', so no 60 s (or 24 h) ever holds more
+// than the cap, under any concurrency: the check and the charge happen
+// under Core.mu. Money budgets in USD per UTC day and per calendar month,
+// per client and for the account: a reservation is priced at input and
+// cache_write tokens at their rates plus max_output_tokens at the output
+// rate (Price per 1,000 tokens, of the budget's Region and model; a cache
+// rate not listed is priced at the input rate, never below it), in exact
+// nano-dollars rounded up; the settlement prices the usage as Bedrock bills
+// it (input, output, cache reads and writes each at its rate; nothing for a
+// throttled or cancelled call; its usage for a call that failed). Spend
+// counts in the day and month of the grant. A grant fits when spend so far
+// (active leases at their reservation) plus its reservation is within every
+// money budget that applies, so the budget is never passed by
+// reservations; only a settlement above its reservation can pass it.
+//
+// A waiter whose client is at a cap, or under a money budget without room,
+// is skipped by its budget's queue as a client at MaxConcurrent is: other
+// clients are served, and within the client the order stays first come
+// first served. It is looked at again when the cap's window frees enough
+// (a timer, as for a budget) or a settlement of that client returns tokens
+// or money on any budget. A refusal names the cap (LimitClientCap,
+// LimitMoney, Decision.Cap) with the time until its window frees, or until
+// the next day or month for money (a settlement may free it sooner). A
+// reservation above a cap on its own fails at once with KindInvalid naming
+// the cap.
+//
+// A model with no price: under a money budget (the client's or the
+// account's) its calls are refused with KindPrecondition naming the model,
+// since the broker cannot keep a budget it cannot count; with no money
+// budget they are granted and reported as unpriced (calls counted, spend
+// unknown), never priced at zero in silence.
+//
+// Durability. Every grant of a client with caps or a money budget of its
+// own is committed one by one with its lease record, its spend (the
+// reservation's price, per client, budget and day) and, for rate caps, its
+// per-minute tokens (ClientUsageRecord), before it is answered; a
+// settlement commits the corrections with the lease. After kill -9 the
+// restore rebuilds the minute windows of caps from the lease records (a
+// lease's record names its client), the day windows from the client usage,
+// and spend from its records: exactly what was answered, as for a budget
+// without escrow. Such grants never draw from an escrow chunk: a chunk's
+// record names its budget, not the clients its leases went to, so a crash
+// would leave leases no client's cap could count. The price is a commit per
+// grant for those clients (group committed with the others; BENCHMARKS.md
+// measured per-grant commit at 0.25-0.35x the empty RPC's rate at 50
+// callers, escrow at 0.54-0.71x).
+//
+// The account's money budget keeps escrow, since it needs no client: a
+// chunk is committed with a spend record of the most its grants can cost
+// (its tokens at the highest of the model's rates, over the burndown when
+// below 1), under the client "(escrowed at a crash)", and its close, which
+// writes its leases' own spend, takes that record back in the same Change.
+// A crash before the close leaves the bound, never less than the chunk's
+// grants cost (settlements already written only lower it by what they
+// returned); grants are checked against the account's budget one by one in
+// memory as any other. Grants free of caps and money draw from chunks as
+// before; their spend is written when the chunk closes, so a crash can lose
+// up to a second of it in reports, never in a budget that is enforced.
+//
+// Spend is kept per client name only for named clients and the first
+// 1,000 others (names are self-declared without tokens); the rest is spend
+// of "(other clients)". It is kept 62 days. SetCaps replaces the caps (a
+// reload): a cap that stays keeps its windows; a new one counts the leases
+// the broker still remembers, and what is recorded from then on.
+//
 // # Structure
 //
 // Open returns a Broker, which assembles four types, one per job, each with

@@ -46,6 +46,10 @@ type chunk struct {
 	// unknown counts leases it may have granted in a previous life that no
 	// lease record names (Requests - known); they may run until LeasesEnd.
 	unknown int64
+	// spendBound is what its grants can cost at most, recorded as spend
+	// with the chunk under the account's money budget and taken back at
+	// its close (caps.go: escrowSpend).
+	spendBound int64
 }
 
 // escrow is a budget's escrow state, guarded by Core.mu.
@@ -198,10 +202,12 @@ func (b *Core) commitChunks(ctx context.Context) {
 	b.wanted = nil
 	var c Change
 	var bgs []*budget
+	var bounds []int64
 	for _, bg := range wanted {
 		if r, ok := b.sizeChunk(bg, now); ok && !b.closed {
 			c.Chunks = append(c.Chunks, r)
 			bgs = append(bgs, bg)
+			bounds = append(bounds, b.escrowSpend(bg, r, &c))
 		} else {
 			bg.esc.asking = false
 		}
@@ -222,6 +228,7 @@ func (b *Core) commitChunks(ctx context.Context) {
 			continue
 		}
 		ch := newChunk(c.Chunks[i], bg)
+		ch.spendBound = bounds[i]
 		b.chunks[ch.ID] = ch // the sweep closes it, even if the broker closed meanwhile
 		if !b.closed {
 			bg.esc.live = append(bg.esc.live, ch)
@@ -319,6 +326,7 @@ func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change) {
 			continue // undone: the caller never had it
 		}
 		ch.Leases = append(ch.Leases, l.LeaseRecord)
+		ch.Spend = append(ch.Spend, l.grantRecs.spend)
 		m := minuteOf(l.GrantedAt)
 		u := usage[m]
 		if u == nil {
@@ -332,6 +340,10 @@ func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change) {
 		ch.Usage = append(ch.Usage, *u)
 	}
 	c.leases = nil
+	if c.spendBound > 0 {
+		// Its leases' spend is in this Change: the bound goes.
+		ch.Spend = append(ch.Spend, SpendRecord{Client: escrowClient, Key: c.Key, Day: dayOf(c.Start), NanoUSD: -c.spendBound})
+	}
 	ch.Chunks = append(ch.Chunks, r)
 	e := &c.b.esc
 	for i, x := range e.live {

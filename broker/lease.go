@@ -111,6 +111,8 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 		l.EndedAt = now
 		b.ended = append(b.ended, endedRef{id: l.ID, at: now})
 	}
+	var c Change
+	b.capAdjust(l, now, dTokens, dRequests, b.settleCost(l, outcome, u), &c)
 	l.Outcome, l.Usage, l.Charged, l.Requests = outcome, u, charge, requests
 	l.Version++
 	bg.counters.Completed++
@@ -126,7 +128,6 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	bg.counters.ReturnedTokens += max(0, -dTokens)
 	b.rec.note(event{kind: eventSettled, key: l.Key, client: l.Client, at: now, grantedAt: l.GrantedAt,
 		outcome: outcome, usage: u, charge: charge, tokens: dTokens, requests: dRequests, maxOutput: l.MaxOutput})
-	var c Change
 	if !l.fixed {
 		c.Usage = []UsageRecord{{Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests}}
 	}
@@ -137,6 +138,7 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
 	}
 	b.dispatch(bg, now)
+	b.capsReleased(l, now)
 	rec := l.LeaseRecord
 	c.Leases = []LeaseRecord{rec}
 	b.mu.Unlock()

@@ -21,6 +21,8 @@ type memStore struct {
 	adaptive  map[broker.Key]broker.AdaptiveRecord
 	stats     map[statsKey]broker.StatsRecord
 	chunks    map[uint64]broker.ChunkRecord
+	spend     map[tenantKey]broker.SpendRecord
+	cusage    map[tenantKey]broker.ClientUsageRecord
 	fail      error
 	commits   int
 }
@@ -37,6 +39,13 @@ type usageKey struct {
 	m int64
 }
 
+// tenantKey keys spend (n: a day) and client usage (n: a minute).
+type tenantKey struct {
+	client string
+	k      broker.Key
+	n      int64
+}
+
 func newMemStore() *memStore {
 	return &memStore{
 		specs:     map[broker.Key]broker.Spec{},
@@ -46,6 +55,8 @@ func newMemStore() *memStore {
 		adaptive:  map[broker.Key]broker.AdaptiveRecord{},
 		stats:     map[statsKey]broker.StatsRecord{},
 		chunks:    map[uint64]broker.ChunkRecord{},
+		spend:     map[tenantKey]broker.SpendRecord{},
+		cusage:    map[tenantKey]broker.ClientUsageRecord{},
 	}
 }
 
@@ -76,6 +87,12 @@ func (s *memStore) Load(context.Context) (broker.Snapshot, error) {
 	}
 	for _, v := range s.chunks {
 		snap.Chunks = append(snap.Chunks, v)
+	}
+	for _, v := range s.spend {
+		snap.Spend = append(snap.Spend, v)
+	}
+	for _, v := range s.cusage {
+		snap.ClientUsage = append(snap.ClientUsage, v)
 	}
 	return snap, nil
 }
@@ -139,6 +156,33 @@ func (s *memStore) Commit(_ context.Context, c broker.Change) error {
 	for k := range s.stats {
 		if (!k.perClient && k.m < c.DeleteStatsBefore) || (k.perClient && k.m < c.DeleteClientStatsBefore) {
 			delete(s.stats, k)
+		}
+	}
+	for _, r := range c.Spend {
+		k := tenantKey{r.Client, r.Key, r.Day}
+		old := s.spend[k]
+		old.Client, old.Key, old.Day = r.Client, r.Key, r.Day
+		old.NanoUSD += r.NanoUSD
+		old.Calls += r.Calls
+		old.Unpriced += r.Unpriced
+		s.spend[k] = old
+	}
+	for _, r := range c.ClientUsage {
+		k := tenantKey{r.Client, r.Key, r.Minute}
+		old := s.cusage[k]
+		old.Client, old.Key, old.Minute = r.Client, r.Key, r.Minute
+		old.Tokens += r.Tokens
+		old.Requests += r.Requests
+		s.cusage[k] = old
+	}
+	for k := range s.spend {
+		if k.n < c.DeleteSpendBefore {
+			delete(s.spend, k)
+		}
+	}
+	for k := range s.cusage {
+		if k.n < c.DeleteClientUsageBefore {
+			delete(s.cusage, k)
 		}
 	}
 	if c.DeleteUsageBefore > 0 {

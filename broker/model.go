@@ -83,6 +83,12 @@ const (
 	// LimitClientLeases: the client holds ClientPolicy.MaxConcurrent
 	// active leases.
 	LimitClientLeases
+	// LimitClientCap: one of the client's own RPM, TPM or TPD caps
+	// (ClientCaps) has no room for the request.
+	LimitClientCap
+	// LimitMoney: a money budget (the client's or the account's, per day or
+	// per month) has no room for the request's price.
+	LimitMoney
 )
 
 func (l Limit) String() string {
@@ -101,6 +107,10 @@ func (l Limit) String() string {
 		return "waiters"
 	case LimitClientLeases:
 		return "client leases"
+	case LimitClientCap:
+		return "client cap"
+	case LimitMoney:
+		return "money budget"
 	default:
 		return "none"
 	}

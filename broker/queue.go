@@ -30,6 +30,10 @@ type need struct {
 	burndown  float64
 	unsetMax  bool // the request left max_output_tokens unset
 	priority  Priority
+	// cost is the reservation's price in nano-dollars (caps.go), 0 when
+	// the model has no price (priced false).
+	cost   int64
+	priced bool
 }
 
 // queue orders the waiters of one budget.
@@ -135,12 +139,12 @@ func (w *waiter) size() float64 {
 
 // candidate returns the level's next waiter under fair queuing, skipping
 // clients for which eligible is false (those at their cap).
-func (lv *level) candidate(eligible func(string) bool) *waiter {
+func (lv *level) candidate(eligible func(*waiter) bool) *waiter {
 	h := lv.ready
 	if len(h) == 0 {
 		return nil
 	}
-	if eligible == nil || eligible(h[0].name) {
+	if eligible == nil || eligible(h[0].head) {
 		return h[0].head
 	}
 	// Best first through the heap's tree without changing it: no child is
@@ -151,7 +155,7 @@ func (lv *level) candidate(eligible func(string) bool) *waiter {
 	f.add(2)
 	for f.Len() > 0 {
 		i := heap.Pop(&f).(int)
-		if eligible(h[i].name) {
+		if eligible(h[i].head) {
 			return h[i].head
 		}
 		f.add(2*i + 1)
@@ -161,7 +165,7 @@ func (lv *level) candidate(eligible func(string) bool) *waiter {
 }
 
 // peek returns the waiter served next at now, or nil.
-func (q *queue) peek(now time.Time, eligible func(string) bool) *waiter {
+func (q *queue) peek(now time.Time, eligible func(*waiter) bool) *waiter {
 	var best *waiter
 	bestRank := 0
 	for p := PriorityInteractive; p <= PriorityBatch; p++ {

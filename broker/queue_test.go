@@ -112,10 +112,11 @@ func checkQueue(t *testing.T, ops []byte) {
 	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
 	capped := map[string]bool{}
 	eligible := func(c string) bool { return !capped[c] }
+	eligibleW := func(w *waiter) bool { return eligible(w.client) }
 	var queued []*waiter
 	agree := func(step int, op string) {
 		t.Helper()
-		got, want := q.peek(now, eligible), ref.peek(now, eligible)
+		got, want := q.peek(now, eligibleW), ref.peek(now, eligible)
 		if got != want {
 			t.Fatalf("step %d (%s): queue serves %s next, the reference %s", step, op, describe(got), describe(want))
 		}
@@ -141,7 +142,7 @@ func checkQueue(t *testing.T, ops []byte) {
 			queued = append(queued, w)
 			op = "push " + describe(w)
 		case 3: // a grant of the head
-			w := q.peek(now, eligible)
+			w := q.peek(now, eligibleW)
 			if w == nil {
 				op = "grant of nothing"
 				break
@@ -173,7 +174,7 @@ func checkQueue(t *testing.T, ops []byte) {
 	clear(capped)
 	for step := 0; q.len() > 0 || len(ref.ws) > 0; step++ {
 		agree(step, "drain")
-		w := q.peek(now, eligible)
+		w := q.peek(now, eligibleW)
 		q.take(w)
 		ref.take(w)
 	}

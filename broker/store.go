@@ -25,6 +25,10 @@ type Snapshot struct {
 	Usage     []UsageRecord
 	Adaptive  []AdaptiveRecord
 	Chunks    []ChunkRecord
+	// Spend and ClientUsage are the tenants' (spend.go): totals per
+	// client, budget and day or minute.
+	Spend       []SpendRecord
+	ClientUsage []ClientUsageRecord
 }
 
 // Change is one atomic update.
@@ -50,6 +54,13 @@ type Change struct {
 	// DeleteChunks are forgotten: closed chunks past their window and the
 	// leases they could have granted.
 	DeleteChunks []uint64
+	// Spend is added to the stored record of (Client, Key, Day), and
+	// ClientUsage to that of (Client, Key, Minute).
+	Spend       []SpendRecord
+	ClientUsage []ClientUsageRecord
+	// DeleteSpendBefore drops spend before this unix day,
+	// DeleteClientUsageBefore client usage before this minute (0: none).
+	DeleteSpendBefore, DeleteClientUsageBefore int64
 }
 
 // empty and merge are the broker's code that must know every field of
@@ -61,7 +72,8 @@ func (c *Change) empty() bool {
 	return len(c.Specs) == 0 && len(c.Overrides) == 0 && len(c.Leases) == 0 &&
 		len(c.DeleteLeases) == 0 && len(c.Usage) == 0 && c.DeleteUsageBefore == 0 && len(c.Adaptive) == 0 &&
 		len(c.Stats) == 0 && c.DeleteStatsBefore == 0 && c.DeleteClientStatsBefore == 0 &&
-		len(c.Chunks) == 0 && len(c.DeleteChunks) == 0
+		len(c.Chunks) == 0 && len(c.DeleteChunks) == 0 && len(c.Spend) == 0 && len(c.ClientUsage) == 0 &&
+		c.DeleteSpendBefore == 0 && c.DeleteClientUsageBefore == 0
 }
 
 // merge adds o to c, o's upserts after c's, so that a failed commit is
@@ -80,6 +92,10 @@ func (c *Change) merge(o Change) {
 	c.DeleteClientStatsBefore = max(c.DeleteClientStatsBefore, o.DeleteClientStatsBefore)
 	c.Chunks = append(c.Chunks, o.Chunks...)
 	c.DeleteChunks = append(c.DeleteChunks, o.DeleteChunks...)
+	c.Spend = append(c.Spend, o.Spend...)
+	c.ClientUsage = append(c.ClientUsage, o.ClientUsage...)
+	c.DeleteSpendBefore = max(c.DeleteSpendBefore, o.DeleteSpendBefore)
+	c.DeleteClientUsageBefore = max(c.DeleteClientUsageBefore, o.DeleteClientUsageBefore)
 }
 
 // OverrideRecord is the override of one budget; Override nil means none.
@@ -129,6 +145,10 @@ type LeaseRecord struct {
 	GrantedAt time.Time
 	ExpiresAt time.Time
 	EndedAt   time.Time // completion or expiry
+	// Cost is the price charged now in nano-dollars: the reservation's
+	// until settled (0 for a model with no price, and in records written
+	// before spend was kept).
+	Cost int64
 }
 
 // UsageRecord is what a budget was charged in one minute, by grant time.

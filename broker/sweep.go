@@ -68,6 +68,9 @@ func (b *Core) Sweep(ctx context.Context) {
 		c.DeleteUsageBefore = minuteOf(now.Add(-b.cfg.UsageRetention))
 		c.DeleteStatsBefore = minuteOf(now.Add(-b.cfg.HistoryRetention))
 		c.DeleteClientStatsBefore = minuteOf(now.Add(-b.cfg.ClientHistoryRetention))
+		c.DeleteClientUsageBefore = c.DeleteUsageBefore
+		c.DeleteSpendBefore = dayOf(now) - spendRetentionDays
+		b.ten.book.prune(dayOf(now))
 	}
 	limits := make(map[Key]Limits, len(b.budgets)) // to stamp history with
 	for k, bg := range b.budgets {

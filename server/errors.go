@@ -80,19 +80,25 @@ func refusal(key broker.Key, d broker.Decision) error {
 		msg = "too many calls are waiting for capacity on the broker" + retry
 	case broker.LimitClientLeases:
 		msg = "this client holds as many leases as it may (max_concurrent); complete some" + retry
+	case broker.LimitClientCap, broker.LimitMoney:
+		msg = "refused by " + d.Cap + retry
 	}
 	st := status.New(codes.ResourceExhausted, msg)
+	meta := map[string]string{
+		"limit":  d.Blocked.String(),
+		"region": key.Region,
+		"scope":  key.Scope.String(),
+		"model":  key.Model,
+	}
+	if d.Cap != "" {
+		meta["cap"] = d.Cap
+	}
 	withDetails, err := st.WithDetails(
 		&errdetails.RetryInfo{RetryDelay: durationpb.New(d.RetryAfter)},
 		&errdetails.ErrorInfo{
-			Reason: limitReason(d.Blocked),
-			Domain: ErrorDomain,
-			Metadata: map[string]string{
-				"limit":  d.Blocked.String(),
-				"region": key.Region,
-				"scope":  key.Scope.String(),
-				"model":  key.Model,
-			},
+			Reason:   limitReason(d.Blocked),
+			Domain:   ErrorDomain,
+			Metadata: meta,
 		},
 	)
 	if err != nil {

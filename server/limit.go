@@ -18,6 +18,8 @@ var limitOf = map[broker.Limit]pb.Limit{
 	broker.LimitClientWaiters: pb.Limit_LIMIT_CLIENT_WAITERS,
 	broker.LimitWaiters:       pb.Limit_LIMIT_WAITERS,
 	broker.LimitClientLeases:  pb.Limit_LIMIT_CLIENT_LEASES,
+	broker.LimitClientCap:     pb.Limit_LIMIT_CLIENT_CAP,
+	broker.LimitMoney:         pb.Limit_LIMIT_MONEY,
 }
 
 // limitReason is the ErrorInfo reason of a refusal on l. A limit missing

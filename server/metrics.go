@@ -15,6 +15,7 @@ import (
 type Reporter interface {
 	Report(f broker.ReportFilter) ([]broker.BudgetReport, time.Time)
 	DiscoveryStatus() broker.DiscoveryStatus
+	Spend() broker.SpendReport
 }
 
 // budgetCollector turns the broker's report into Prometheus metrics at
@@ -111,6 +112,7 @@ func MetricsHandler(registry *prometheus.Registry) http.Handler {
 // collectors, and the broker's budget metrics from r.
 func NewRegistry(r Reporter) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newBudgetCollector(r))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newBudgetCollector(r),
+		newSpendCollector(r))
 	return reg
 }

@@ -50,6 +50,7 @@ type OperatorService interface {
 	History(ctx context.Context, q broker.HistoryQuery) ([]broker.Series, error)
 	RefreshNow(ctx context.Context) error
 	DiscoveryStatus() broker.DiscoveryStatus
+	Spend() broker.SpendReport
 }
 
 // Broker is both services in one value, as *broker.Broker assembles them;
@@ -429,6 +430,11 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 		}
 		out.Budgets = append(out.Budgets, pr)
 	}
+	sp := s.ops.Spend()
+	if !all {
+		sp = ownSpend(sp, self)
+	}
+	out.Spend = spendToPB(sp)
 	return out, nil
 }
 

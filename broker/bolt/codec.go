@@ -231,7 +231,7 @@ func decodeUsageKey(key []byte) (int64, broker.Key, error) {
 
 // Lease body: version, key, client, priority, state, outcome, reserved,
 // charged, requests, max output, burndown, usage (4), granted, expires,
-// ended. The ID is the bbolt key. Version comes first so that Commit can
+// ended, cost (absent in records written before it). The ID is the bbolt key. Version comes first so that Commit can
 // compare versions without decoding the rest.
 func appendLeaseBody(b []byte, r *broker.LeaseRecord) []byte {
 	b = binary.AppendUvarint(b, r.Version)
@@ -246,7 +246,8 @@ func appendLeaseBody(b []byte, r *broker.LeaseRecord) []byte {
 	}
 	b = appendTime(b, r.GrantedAt)
 	b = appendTime(b, r.ExpiresAt)
-	return appendTime(b, r.EndedAt)
+	b = appendTime(b, r.EndedAt)
+	return binary.AppendVarint(b, r.Cost)
 }
 
 func decodeLeaseBody(id string, body []byte) (broker.LeaseRecord, error) {
@@ -270,6 +271,10 @@ func decodeLeaseBody(id string, body []byte) (broker.LeaseRecord, error) {
 	r.GrantedAt = d.time()
 	r.ExpiresAt = d.time()
 	r.EndedAt = d.time()
+	if len(d.b) > 0 {
+		// Cost came later, at the end; records written before lack it.
+		r.Cost = d.varint()
+	}
 	return r, d.end()
 }
 

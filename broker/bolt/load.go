@@ -83,6 +83,14 @@ func addRecord(snap *broker.Snapshot, bucket, k, v []byte) error {
 		r, err := decodeChunk(k, v)
 		snap.Chunks = append(snap.Chunks, r)
 		return err
+	case string(bucketSpend):
+		r, err := decodeSpend(k, v)
+		snap.Spend = append(snap.Spend, r)
+		return err
+	case string(bucketClientUsage):
+		r, err := decodeClientUsage(k, v)
+		snap.ClientUsage = append(snap.ClientUsage, r)
+		return err
 	}
 	return fmt.Errorf("unknown bucket %s", bucket)
 }
@@ -105,7 +113,7 @@ func describeKey(bucket, k []byte) string {
 		if len(k) == 8 {
 			return fmt.Sprintf("%d (%x)", binary.BigEndian.Uint64(k), k)
 		}
-	case string(bucketStats), string(bucketStatsTotal):
+	case string(bucketStats), string(bucketStatsTotal), string(bucketSpend), string(bucketClientUsage):
 		if m, bk, client, err := decodeStatsKey(k); err == nil {
 			return fmt.Sprintf("%s minute %d client %q (%x)", bk, m, client, k)
 		}

@@ -35,11 +35,16 @@ var (
 	// bucketChunks holds escrowed capacity (broker.ChunkRecord), one
 	// record per chunk; additive.
 	bucketChunks = []byte("chunks")
-	keySchema    = []byte("schema")
+	// bucketSpend holds the tenants' spend per client, budget and day
+	// (broker.SpendRecord), bucketClientUsage the tokens of clients held
+	// to caps per minute (broker.ClientUsageRecord); additive.
+	bucketSpend       = []byte("spend")
+	bucketClientUsage = []byte("client-usage")
+	keySchema         = []byte("schema")
 )
 
 // dataBuckets are the buckets Load reads, in Snapshot order.
-var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage, bucketAdaptive, bucketChunks}
+var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage, bucketAdaptive, bucketChunks, bucketSpend, bucketClientUsage}
 
 // schemaBuckets are in every store since schema 1 was first written: Open
 // refuses a file without one. addedBuckets came later without a migration:
@@ -48,7 +53,7 @@ var dataBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsa
 // to an existing file.
 var (
 	schemaBuckets = [][]byte{bucketSpecs, bucketOverrides, bucketLeases, bucketUsage}
-	addedBuckets  = [][]byte{bucketAdaptive, bucketStats, bucketStatsTotal, bucketChunks}
+	addedBuckets  = [][]byte{bucketAdaptive, bucketStats, bucketStatsTotal, bucketChunks, bucketSpend, bucketClientUsage}
 )
 
 // Defaults; see doc.go for the measurements behind group commit.

@@ -70,7 +70,7 @@ func lease(id string, version uint64) broker.LeaseRecord {
 		Priority: broker.PriorityStandard, State: broker.LeaseCompleted, Outcome: broker.OutcomeSuccess,
 		Reserved: 4096, Charged: 1234, Requests: 1, MaxOutput: 4096, Burndown: 5,
 		Usage:     broker.Usage{InputTokens: 1000, OutputTokens: 46, CacheReadInputTokens: 7, CacheWriteInputTokens: 8},
-		GrantedAt: t0, ExpiresAt: t0.Add(15 * time.Minute), EndedAt: t0.Add(3 * time.Second),
+		GrantedAt: t0, ExpiresAt: t0.Add(15 * time.Minute), EndedAt: t0.Add(3 * time.Second), Cost: 17_500,
 	}
 }
 
@@ -751,12 +751,19 @@ func TestCommitEveryField(t *testing.T) {
 		DeleteClientStatsBefore: 2,
 		Chunks:                  []broker.ChunkRecord{{ID: 9, Key: keyB, Start: t0, End: t0.Add(time.Second), Requests: 4, Tokens: 40, LeasesEnd: t0.Add(time.Minute), Secret: []byte("s")}},
 		DeleteChunks:            []uint64{8},
+		Spend:                   []broker.SpendRecord{{Client: "c", Key: keyB, Day: 20000, NanoUSD: 5, Calls: 1}},
+		ClientUsage:             []broker.ClientUsageRecord{{Client: "c", Key: keyB, Minute: 5, Tokens: 1, Requests: 1}},
+		DeleteSpendBefore:       20000,
+		DeleteClientUsageBefore: 2,
 	}
 	base := broker.Change{
 		Chunks: []broker.ChunkRecord{{ID: 8, Key: keyA, Start: t0, End: t0.Add(time.Second), Requests: 4, Tokens: 40, LeasesEnd: t0.Add(time.Minute)}},
 		Leases: []broker.LeaseRecord{lease("old", 1)},
 		Usage:  []broker.UsageRecord{{Key: keyA, Minute: 1, Tokens: 1}},
 		Stats:  []broker.StatsRecord{{Key: keyA, Minute: 1, Client: "c", Stats: broker.Stats{Granted: 1}}},
+		// Before the cut-offs of full, so that they delete something.
+		Spend:       []broker.SpendRecord{{Client: "c", Key: keyA, Day: 19000, NanoUSD: 5, Calls: 1}},
+		ClientUsage: []broker.ClientUsageRecord{{Client: "c", Key: keyA, Minute: 1, Tokens: 1}},
 	}
 	v := reflect.ValueOf(full)
 	for i := range v.NumField() {
@@ -939,5 +946,31 @@ func TestCreateIsWhole(t *testing.T) {
 	after, _ := os.ReadFile(path)
 	if !bytes.Equal(before, after) {
 		t.Fatal("reopening a new store rewrote it")
+	}
+}
+
+// TestSpendRoundTrip: spend and client usage are totals of the deltas
+// committed, read back by Load, and the cut-offs drop what is before them.
+func TestSpendRoundTrip(t *testing.T) {
+	t.Parallel()
+	s, _ := newTest(t)
+	commit(t, s, broker.Change{
+		Spend:       []broker.SpendRecord{{Client: "a", Key: keyA, Day: 20000, NanoUSD: 900, Calls: 1, Unpriced: 0}, {Client: "a", Key: keyA, Day: 19990, NanoUSD: 1, Calls: 1}},
+		ClientUsage: []broker.ClientUsageRecord{{Client: "a", Key: keyA, Minute: 100, Tokens: 50, Requests: 1}, {Client: "a", Key: keyA, Minute: 10, Tokens: 1}},
+	})
+	commit(t, s, broker.Change{
+		Spend:                   []broker.SpendRecord{{Client: "a", Key: keyA, Day: 20000, NanoUSD: -400}},
+		ClientUsage:             []broker.ClientUsageRecord{{Client: "a", Key: keyA, Minute: 100, Tokens: -20}},
+		DeleteSpendBefore:       19995,
+		DeleteClientUsageBefore: 50,
+	})
+	snap, err := s.Load(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantSpend := []broker.SpendRecord{{Client: "a", Key: keyA, Day: 20000, NanoUSD: 500, Calls: 1}}
+	wantUsage := []broker.ClientUsageRecord{{Client: "a", Key: keyA, Minute: 100, Tokens: 30, Requests: 1}}
+	if !reflect.DeepEqual(snap.Spend, wantSpend) || !reflect.DeepEqual(snap.ClientUsage, wantUsage) {
+		t.Errorf("loaded spend %+v and client usage %+v, want %+v and %+v", snap.Spend, snap.ClientUsage, wantSpend, wantUsage)
 	}
 }

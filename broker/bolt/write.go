@@ -26,6 +26,9 @@ type write struct {
 	deleteClientStats int64
 	chunks            []kv
 	deleteChunks      [][]byte
+	// The tenants' (spend.go).
+	spend, clientUsage                         []spendDelta
+	deleteSpendBefore, deleteClientUsageBefore int64
 }
 
 // statsDelta is added to the client's record (k) and the budget's (total).
@@ -49,8 +52,9 @@ type usageDelta struct {
 
 func (w *write) empty() bool {
 	return len(w.specs)+len(w.overrides)+len(w.leases)+len(w.deleteLeases)+len(w.usage)+len(w.adaptive)+len(w.stats)+
-		len(w.chunks)+len(w.deleteChunks) == 0 &&
-		w.deleteUsageBefore == 0 && w.deleteStatsBefore == 0 && w.deleteClientStats == 0
+		len(w.chunks)+len(w.deleteChunks)+len(w.spend)+len(w.clientUsage) == 0 &&
+		w.deleteUsageBefore == 0 && w.deleteStatsBefore == 0 && w.deleteClientStats == 0 &&
+		w.deleteSpendBefore == 0 && w.deleteClientUsageBefore == 0
 }
 
 // checkKey fails an empty or oversized key; like checkTime, the caller
@@ -151,6 +155,9 @@ func prepare(c *broker.Change) (*write, error) {
 			return nil, fmt.Errorf("usage %s: %w", u.Key, err)
 		}
 		w.usage = append(w.usage, usageDelta{k, u.Tokens, u.Requests})
+	}
+	if err := prepareTenants(c, w); err != nil {
+		return nil, err
 	}
 	return w, nil
 }
@@ -255,6 +262,9 @@ func (w *write) apply(tx *bbolt.Tx) error {
 				return fmt.Errorf("delete chunk %s: %w", describeKey(bucketChunks, k), err)
 			}
 		}
+	}
+	if err := w.applyTenants(tx); err != nil {
+		return err
 	}
 	// Deletions come last: a lease both upserted and deleted in one Change
 	// is gone, and no usage before the cut-off survives the Change.

@@ -5,12 +5,27 @@
 //	  "default": {"weight": 1},
 //	  "clients": {
 //	    "checkout-svc":  {"weight": 3, "max_concurrent": 200, "max_waiters": 5000},
-//	    "nightly-batch": {"max_concurrent": 20}
+//	    "nightly-batch": {"max_concurrent": 20,
+//	      "caps": {"tpm": 100000, "tpd": 5000000,
+//	               "models": {"anthropic.claude-opus-4-1-20250805-v1:0": {"rpm": 10}}},
+//	      "money": {"currency": "USD", "per_day": 50, "per_month": 1000}}
 //	  },
+//	  "account": {"money": {"currency": "USD", "per_month": 20000}},
 //	  "daily_reserve": {"batch": 0.2, "standard": 0.05},
 //	  "aging": "30s",
 //	  "max_waiters": 20000
 //	}
+//
+// caps are a client's own rate caps (rpm, tpm, tpd: requests and quota
+// tokens as the budgets count them, on sliding windows of a minute and a
+// day) over all models together and, under models, on one model each (by
+// the budgets' model id); money is a budget in US dollars per UTC day and
+// per calendar month, for one client or (under account) for all together.
+// currency may be left out; any value other than "USD" is an error. caps
+// and money belong to named clients only: client names are self-declared
+// without tokens, so "default" cannot carry them. A model named under
+// models must be a budget's model; serve checks that once the budgets are
+// known (broker.Core.SetCaps).
 //
 // weight is a client's share of a budget against other clients of the same
 // priority; max_concurrent caps its active leases (default 10,000; -1 for no
@@ -42,12 +57,39 @@ type Policies struct {
 	DailyReserve map[broker.Priority]float64
 	Aging        time.Duration // 0: the broker's default
 	MaxWaiters   int           // 0: the broker's default
+	// Caps are the clients' caps and money budgets and the account's.
+	Caps broker.Caps
 }
 
 type policyJSON struct {
-	Weight        *float64 `json:"weight"`
-	MaxConcurrent *int64   `json:"max_concurrent"`
-	MaxWaiters    *int     `json:"max_waiters"`
+	Weight        *float64   `json:"weight"`
+	MaxConcurrent *int64     `json:"max_concurrent"`
+	MaxWaiters    *int       `json:"max_waiters"`
+	Caps          *capsJSON  `json:"caps"`
+	Money         *moneyJSON `json:"money"`
+}
+
+type capsJSON struct {
+	RPM    int64                 `json:"rpm"`
+	TPM    int64                 `json:"tpm"`
+	TPD    int64                 `json:"tpd"`
+	Models map[string]limitsJSON `json:"models"`
+}
+
+type limitsJSON struct {
+	RPM int64 `json:"rpm"`
+	TPM int64 `json:"tpm"`
+	TPD int64 `json:"tpd"`
+}
+
+type moneyJSON struct {
+	Currency string  `json:"currency"`
+	PerDay   float64 `json:"per_day"`
+	PerMonth float64 `json:"per_month"`
+}
+
+type accountJSON struct {
+	Money *moneyJSON `json:"money"`
 }
 
 type fileJSON struct {
@@ -56,6 +98,7 @@ type fileJSON struct {
 	DailyReserve map[string]float64     `json:"daily_reserve"`
 	Aging        string                 `json:"aging"`
 	MaxWaiters   *int                   `json:"max_waiters"`
+	Account      *accountJSON           `json:"account"`
 }
 
 // Load reads the file at path.
@@ -88,6 +131,34 @@ func Parse(name string, data []byte) (Policies, error) {
 	if p.Default, err = f.Default.policy(name, "default"); err != nil {
 		return Policies{}, err
 	}
+	if f.Default != nil && (f.Default.Caps != nil || f.Default.Money != nil) {
+		return Policies{}, fmt.Errorf("%s: default: caps and money belong to named clients (names are self-declared without tokens)", name)
+	}
+	p.Caps.Clients = map[string]broker.ClientCaps{}
+	for client, pj := range f.Clients {
+		if pj == nil || (pj.Caps == nil && pj.Money == nil) {
+			continue
+		}
+		var cc broker.ClientCaps
+		if c := pj.Caps; c != nil {
+			cc.All = broker.CapLimits{RPM: c.RPM, TPM: c.TPM, TPD: c.TPD}
+			for m, l := range c.Models {
+				if cc.Models == nil {
+					cc.Models = map[string]broker.CapLimits{}
+				}
+				cc.Models[m] = l.limits()
+			}
+		}
+		if cc.Money, err = pj.Money.money(name, "clients."+client+".money"); err != nil {
+			return Policies{}, err
+		}
+		p.Caps.Clients[client] = cc
+	}
+	if f.Account != nil {
+		if p.Caps.Account, err = f.Account.Money.money(name, "account.money"); err != nil {
+			return Policies{}, err
+		}
+	}
 	for client, pj := range f.Clients {
 		if client == "" || len(client) > 256 {
 			return Policies{}, fmt.Errorf("%s: clients: a client name must have 1 to 256 bytes, got %q", name, client)
@@ -116,7 +187,27 @@ func Parse(name string, data []byte) (Policies, error) {
 			return Policies{}, fmt.Errorf("%s: max_waiters: %d is not positive", name, p.MaxWaiters)
 		}
 	}
+	if err := p.Caps.Validate(nil); err != nil {
+		return Policies{}, fmt.Errorf("%s: %w", name, err)
+	}
 	return p, nil
+}
+
+func (l limitsJSON) limits() broker.CapLimits {
+	return broker.CapLimits{RPM: l.RPM, TPM: l.TPM, TPD: l.TPD}
+}
+
+func (m *moneyJSON) money(name, field string) (broker.Money, error) {
+	if m == nil {
+		return broker.Money{}, nil
+	}
+	if m.Currency != "" && m.Currency != "USD" {
+		return broker.Money{}, fmt.Errorf("%s: %s.currency: %q is not supported; money budgets are in USD, as AWS prices Bedrock", name, field, m.Currency)
+	}
+	if m.PerDay == 0 && m.PerMonth == 0 {
+		return broker.Money{}, fmt.Errorf("%s: %s: sets neither per_day nor per_month", name, field)
+	}
+	return broker.Money{USDPerDay: m.PerDay, USDPerMonth: m.PerMonth}, nil
 }
 
 var priorities = map[string]broker.Priority{

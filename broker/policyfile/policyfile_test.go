@@ -47,3 +47,49 @@ func TestParseErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCaps(t *testing.T) {
+	p, err := policyfile.Parse("c.json", []byte(`{
+  "clients": {
+    "team-a": {"weight": 2, "caps": {"tpm": 100, "tpd": 5000, "models": {"m1": {"rpm": 3}}},
+               "money": {"currency": "USD", "per_day": 5.5, "per_month": 100}},
+    "team-b": {"money": {"per_month": 10}},
+    "plain": {"weight": 1}
+  },
+  "account": {"money": {"per_day": 50}}
+}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := p.Caps.Clients["team-a"]
+	if a.All != (broker.CapLimits{TPM: 100, TPD: 5000}) || a.Models["m1"] != (broker.CapLimits{RPM: 3}) ||
+		a.Money != (broker.Money{USDPerDay: 5.5, USDPerMonth: 100}) || p.Caps.Clients["team-b"].Money.USDPerMonth != 10 ||
+		p.Caps.Account != (broker.Money{USDPerDay: 50}) || p.Clients["team-a"].Weight != 2 {
+		t.Fatalf("parsed caps %+v", p.Caps)
+	}
+	if _, ok := p.Caps.Clients["plain"]; ok {
+		t.Error("a client without caps or money has caps")
+	}
+}
+
+func TestParseCapsErrors(t *testing.T) {
+	for _, tc := range []struct{ data, want string }{
+		{`{"clients": {"a": {"caps": {"tpm": -1}}}}`, "c.json: clients.a.caps.tpm: -1 is negative"},
+		{`{"clients": {"a": {"caps": {"models": {"m": {"rpm": -5}}}}}}`, "c.json: clients.a.caps.models.m.rpm: -5 is negative"},
+		{`{"clients": {"a": {"caps": {"tpd": 1e15}}}}`, "clients.caps.tpd: want int64"},
+		{`{"clients": {"a": {"caps": {"tpm": 5000000000}}}}`, "clients.a.caps.tpm: 5000000000 is beyond any quota"},
+		{`{"clients": {"a": {"caps": {"tpm": 1.5}}}}`, "want int64"},
+		{`{"clients": {"a": {"caps": {"tokens": 5}}}}`, `unknown field "tokens"`},
+		{`{"clients": {"a": {"money": {"currency": "EUR", "per_day": 5}}}}`, `clients.a.money.currency: "EUR" is not supported`},
+		{`{"clients": {"a": {"money": {"per_day": -5}}}}`, "clients.a.money.per_day: -5 is negative"},
+		{`{"clients": {"a": {"money": {"per_month": 1e12}}}}`, "is beyond any budget"},
+		{`{"clients": {"a": {"money": {}}}}`, "clients.a.money: sets neither per_day nor per_month"},
+		{`{"account": {"money": {"currency": "usd", "per_day": 1}}}`, `account.money.currency: "usd" is not supported`},
+		{`{"account": {"budget": 5}}`, `unknown field "budget"`},
+		{`{"default": {"caps": {"tpm": 5}}}`, "default: caps and money belong to named clients"},
+	} {
+		if _, err := policyfile.Parse("c.json", []byte(tc.data)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Parse(%s) = %v, want an error containing %q", tc.data, err, tc.want)
+		}
+	}
+}

@@ -57,6 +57,10 @@ const (
 	LimitClientWaiters = Limit(pb.Limit_LIMIT_CLIENT_WAITERS)
 	LimitWaiters       = Limit(pb.Limit_LIMIT_WAITERS)
 	LimitClientLeases  = Limit(pb.Limit_LIMIT_CLIENT_LEASES)
+	// The client's own caps (requests or tokens per minute or day) and the
+	// money budgets (the client's or the account's).
+	LimitClientCap = Limit(pb.Limit_LIMIT_CLIENT_CAP)
+	LimitMoney     = Limit(pb.Limit_LIMIT_MONEY)
 )
 
 // String is the proto name without its LIMIT_ prefix, in lower case with

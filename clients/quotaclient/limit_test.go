@@ -13,6 +13,7 @@ func TestLimitsDeriveFromProto(t *testing.T) {
 	want := map[Limit]string{
 		LimitUnknown: "unknown", LimitRPM: "RPM", LimitTPM: "TPM", LimitTPD: "TPD", LimitConcurrency: "concurrency",
 		LimitClientWaiters: "client waiters", LimitWaiters: "waiters", LimitClientLeases: "client leases",
+		LimitClientCap: "client cap", LimitMoney: "money",
 	}
 	for v, reason := range pb.Limit_name {
 		l := limitOfReason(reason)

@@ -20,6 +20,7 @@ import (
 type alertFlags struct {
 	webhook, webhookToken                    string
 	utilisation, throttleRate, refusalRate   float64
+	moneyShare                               float64
 	utilisationFor, window, interval, repeat time.Duration
 	minCalls                                 int64
 }
@@ -38,6 +39,7 @@ func (a *alertFlags) register(fs *flag.FlagSet) error {
 		{&a.utilisation, "alert-utilisation", "QUOTA_BROKER_ALERT_UTILISATION", 0.8, "alert when a budget's utilisation stays at or above this for --alert-utilisation-for; 0: off"},
 		{&a.throttleRate, "alert-throttle-rate", "QUOTA_BROKER_ALERT_THROTTLE_RATE", 0.01, "alert when throttles / calls over --alert-window is above this; 0: off"},
 		{&a.refusalRate, "alert-refusal-rate", "QUOTA_BROKER_ALERT_REFUSAL_RATE", 0, "alert when refusals / lease requests over --alert-window is above this; 0: off"},
+		{&a.moneyShare, "alert-money-share", "QUOTA_BROKER_ALERT_MONEY_SHARE", 0.8, "alert when a money budget of the clients file is spent to this share (day or month); 0: off"},
 	} {
 		def := v.def
 		if s := envOr(v.env, ""); s != "" {
@@ -110,6 +112,7 @@ func newAlerting(a alertFlags, src alert.Source, log *slog.Logger) (*alerting, e
 	al, err := alert.New(src, sinks, alert.Config{
 		Utilisation: off(a.utilisation), UtilisationFor: a.utilisationFor, ThrottleRate: off(a.throttleRate),
 		RefusalRate: a.refusalRate, Window: a.window, MinCalls: a.minCalls, Interval: a.interval, Repeat: a.repeat,
+		MoneyShare: off(a.moneyShare),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--alert-* flags: %w", err)

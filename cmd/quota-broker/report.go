@@ -168,6 +168,7 @@ func printReport(w io.Writer, rep *pb.GetQuotaReportResponse, wide bool) {
 		printBudgets(w, rep)
 	}
 	printActivity(w, rep, wide)
+	printSpend(w, rep.GetSpend(), wide)
 	if d := rep.GetDiscovery(); d != nil {
 		age := "never"
 		if d.GetQuotaAge() != nil {

@@ -85,7 +85,7 @@ func parseServeFlags(args []string, out io.Writer) (serveFlags, error) {
 	fs.StringVar(&f.httpAddr, "http", envOr("QUOTA_BROKER_HTTP", ""), "HTTP listen address for /metrics (Prometheus) and /dashboard; empty: none (env QUOTA_BROKER_HTTP)")
 	fs.StringVar(&f.data, "data", envOr("QUOTA_BROKER_DATA", "quota-broker.db"), "bbolt state file (env QUOTA_BROKER_DATA)")
 	fs.StringVar(&f.budgets, "budgets", envOr("QUOTA_BROKER_BUDGETS", ""), "JSON file of static budgets (env QUOTA_BROKER_BUDGETS); default: the stored budgets, or a built-in example set")
-	fs.StringVar(&f.clients, "clients", envOr("QUOTA_BROKER_CLIENTS", ""), "JSON file of client policies: weights, max_concurrent caps, daily_reserve, aging (env QUOTA_BROKER_CLIENTS)")
+	fs.StringVar(&f.clients, "clients", envOr("QUOTA_BROKER_CLIENTS", ""), "JSON file of client policies: weights, max_concurrent caps, daily_reserve, aging, rate caps and money budgets (caps and money reloaded on SIGHUP) (env QUOTA_BROKER_CLIENTS)")
 	fs.StringVar(&f.tokens, "tokens", envOr("QUOTA_BROKER_TOKENS", ""), "JSON file of hashed bearer tokens (client, role); reloaded on SIGHUP (env QUOTA_BROKER_TOKENS); without it callers are trusted")
 	fs.BoolVar(&f.insecureListen, "insecure-listen", envOr("QUOTA_BROKER_INSECURE_LISTEN", "") == "1", "allow listening beyond loopback without authenticating callers (no --tokens, no --tls-client-ca) (env QUOTA_BROKER_INSECURE_LISTEN=1)")
 	fs.StringVar(&f.tlsCert, "tls-cert", envOr("QUOTA_BROKER_TLS_CERT", ""), "serve TLS with this certificate (PEM, chain first to last); reloaded on SIGHUP (env QUOTA_BROKER_TLS_CERT)")
@@ -269,12 +269,16 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		DefaultRegion: f.region, Margin: f.margin, MaxWait: f.maxWait, LeaseTTL: f.leaseTTL,
 		MaxLeaseTTL: max(time.Hour, f.leaseTTL), Logger: log, HistoryRetention: f.historyRetention,
 	}
+	var caps broker.Caps
 	if f.clients != "" {
 		p, err := policyfile.Load(f.clients)
 		if err != nil {
 			return err
 		}
 		cfg.DefaultClient, cfg.Clients, cfg.DailyReserve, cfg.Aging, cfg.MaxWaiters = p.Default, p.Clients, p.DailyReserve, p.Aging, p.MaxWaiters
+		// At Open, so that the restore rebuilds the caps' windows; their
+		// models are checked against the budgets below, once known.
+		cfg.Caps, caps = p.Caps, p.Caps
 	}
 	if m.store, err = bolt.Open(f.data, bolt.Options{}); err != nil {
 		return fmt.Errorf("state file (--data): %w", err)
@@ -338,6 +342,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		} else {
 			st := b.DiscoveryStatus()
 			log.Info("quotas discovered", "regions", strings.Join(regions, ","), "budgets", len(b.Budgets()), "skipped_quotas", len(st.Skipped))
+		}
+	}
+	if f.clients != "" {
+		if err := b.SetCaps(caps); err != nil {
+			return fmt.Errorf("clients file %s: %w", f.clients, err)
 		}
 	}
 	alerts, err := newAlerting(f.alert, b, log)
@@ -404,10 +413,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if src != nil {
 		wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
 	}
-	if scfg.Tokens != nil || scfg.TLS != nil {
+	if scfg.Tokens != nil || scfg.TLS != nil || f.clients != "" {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		reloadCfg := *scfg
+		clientsFile := f.clients
 		wg.Go(func() {
 			defer signal.Stop(hup)
 			for {
@@ -416,6 +426,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 					return
 				case <-hup:
 					reload(log, reloadCfg)
+					reloadCaps(log, b, clientsFile)
 				}
 			}
 		})
@@ -507,6 +518,28 @@ func reload(log *slog.Logger, scfg server.Config) {
 			log.Info("TLS certificate and client CAs reloaded", "cert_expires", scfg.TLS.NotAfter().Format(time.RFC3339))
 		}
 	}
+}
+
+// reloadCaps reads the clients file again (SIGHUP) for its caps and money
+// budgets; a file that fails to parse or names an unknown model keeps the
+// caps in force. Weights, max_concurrent, max_waiters, daily_reserve and
+// aging take effect at the next start.
+func reloadCaps(log *slog.Logger, b *broker.Broker, path string) {
+	if path == "" {
+		return
+	}
+	p, err := policyfile.Load(path)
+	if err == nil {
+		if err = b.SetCaps(p.Caps); err != nil {
+			err = fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	if err != nil {
+		log.Error("clients file reload failed; the previous caps and money budgets stay in force", "err", err)
+		return
+	}
+	log.Info("caps and money budgets reloaded from the clients file (its other policies apply at the next start)",
+		"capped_clients", len(p.Caps.Clients))
 }
 
 // checkExposure decides whether the broker may listen on addr. Beyond

@@ -59,9 +59,14 @@ func (b Budget) String() string { return b.Region + " " + b.Scope + " " + b.Mode
 // Event is one firing or resolved alert. Its JSON form is the webhook's
 // body (Text is a Slack-compatible copy of Summary).
 type Event struct {
-	Status    Status  `json:"status"`
-	Rule      Rule    `json:"rule"`
-	Budget    Budget  `json:"budget"`
+	Status Status `json:"status"`
+	Rule   Rule   `json:"rule"`
+	Budget Budget `json:"budget"`
+	// Client and Cap name what a tenant rule's event is about: the client
+	// ("(account)" for the account) and the cap's model ("" for all
+	// models, "money" for a money budget's refusals).
+	Client    string  `json:"client,omitempty"`
+	Cap       string  `json:"cap,omitempty"`
 	Value     float64 `json:"value"`     // the rule's measure at At
 	Threshold float64 `json:"threshold"` // the rule's threshold
 	// Since is when the alert started: for utilisation the first sample
@@ -92,6 +97,9 @@ type Config struct {
 	// RefusalRate is the refusal_rate threshold, in (0, 1); 0 (or Off)
 	// leaves the rule off.
 	RefusalRate float64
+	// MoneyShare is the money_budget threshold: the share of a money
+	// budget spent, in (0, 1]; 0 means 0.8, Off disables the rule.
+	MoneyShare float64
 	// Window is the span of the rate rules; 0 means 5m.
 	Window time.Duration
 	// MinCalls is the fewest calls (decisions, for refusal_rate) in the
@@ -113,6 +121,7 @@ func (c *Config) setDefaults() error {
 		{"utilisation", &c.Utilisation, 0.8, 1, false},
 		{"throttle_rate", &c.ThrottleRate, 0.01, 1, false},
 		{"refusal_rate", &c.RefusalRate, 0, 1, true},
+		{"money_share", &c.MoneyShare, 0.8, 1, false},
 	} {
 		switch v := *f.v; {
 		case math.IsNaN(v) || (v < 0 && v != Off) || v > f.max:
@@ -151,15 +160,19 @@ type Alerter struct {
 	sinks []Sink
 	cfg   Config
 
-	mu     sync.Mutex // guards budgets and alerts (Observe vs. Firing)
-	budget map[broker.Key]*series
-	alerts map[alertKey]*firing
-	rules  []Rule // enabled rules, in a fixed order
+	mu      sync.Mutex // guards budgets, tenants and alerts (Observe vs. Firing)
+	budget  map[broker.Key]*series
+	tenants map[tenantKey]*tenantSeries
+	alerts  map[alertKey]*firing
+	rules   []Rule // enabled rules, in a fixed order
 }
 
 type alertKey struct {
 	rule Rule
 	key  broker.Key
+	// tenant and tenantOn name the client (or the account) and the cap a
+	// tenant rule is about (tenant.go); empty for budget rules.
+	tenant, tenantOn string
 }
 
 // firing is the state of an alert that fired and has not resolved.
@@ -204,7 +217,8 @@ func New(src Source, sinks []Sink, cfg Config) (*Alerter, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Alerter{src: src, sinks: sinks, cfg: cfg, budget: map[broker.Key]*series{}, alerts: map[alertKey]*firing{}}
+	a := &Alerter{src: src, sinks: sinks, cfg: cfg, budget: map[broker.Key]*series{}, alerts: map[alertKey]*firing{},
+		tenants: map[tenantKey]*tenantSeries{}}
 	if cfg.Utilisation > 0 {
 		a.rules = append(a.rules, RuleUtilisation)
 	}
@@ -236,6 +250,9 @@ func (a *Alerter) Run(ctx context.Context) {
 func (a *Alerter) Evaluate() []Event {
 	reports, now := a.src.Report(broker.ReportFilter{})
 	events := a.Observe(reports, now)
+	if ss, ok := a.src.(SpendSource); ok {
+		events = append(events, a.ObserveSpend(ss.Spend(), now)...)
+	}
 	for _, e := range events {
 		for _, s := range a.sinks {
 			s.Notify(e)
@@ -285,7 +302,7 @@ func (a *Alerter) Observe(reports []broker.BudgetReport, now time.Time) []Event 
 		}
 		for _, rule := range a.rules {
 			c := a.check(rule, s, cur)
-			if e, ok := a.transition(alertKey{rule, k}, c, now); ok {
+			if e, ok := a.transition(alertKey{rule: rule, key: k}, c, now); ok {
 				events = append(events, e)
 			}
 		}
@@ -294,7 +311,7 @@ func (a *Alerter) Observe(reports []broker.BudgetReport, now time.Time) []Event 
 	// resolves its alerts rather than leaving them firing for ever.
 	var gone []alertKey
 	for ak := range a.alerts {
-		if !seen[ak.key] {
+		if ak.tenant == "" && !seen[ak.key] {
 			gone = append(gone, ak)
 		}
 	}
@@ -389,6 +406,15 @@ func (a *Alerter) rate(events, calls int64, span time.Duration, threshold float6
 func (a *Alerter) transition(ak alertKey, c condition, now time.Time) (Event, bool) {
 	f := a.alerts[ak]
 	e := Event{Rule: ak.rule, Budget: budgetOf(ak.key), Value: c.value, Threshold: c.threshold, At: now}
+	subject := e.Budget.String()
+	if ak.tenant != "" {
+		e.Budget = Budget{}
+		e.Client, e.Cap = ak.tenant, ak.tenantOn
+		subject = "client " + ak.tenant
+		if ak.tenant == accountLabel {
+			subject = "the account"
+		}
+	}
 	switch {
 	case f == nil && c.fire:
 		a.alerts[ak] = &firing{since: c.since, lastSent: now}
@@ -404,7 +430,7 @@ func (a *Alerter) transition(ak alertKey, c condition, now time.Time) (Event, bo
 	default:
 		return Event{}, false
 	}
-	e.Summary = e.Budget.String() + ": " + c.summary
+	e.Summary = subject + ": " + c.summary
 	e.Text = "[" + map[Status]string{StatusFiring: "FIRING", StatusResolved: "RESOLVED"}[e.Status] + "] quota-broker " + string(e.Rule) + " " + e.Summary
 	return e, true
 }
@@ -440,7 +466,7 @@ func (a *Alerter) Alerts() []Alert {
 	for _, k := range keys {
 		for _, rule := range a.rules {
 			al := Alert{Rule: rule, Budget: budgetOf(k)}
-			if f := a.alerts[alertKey{rule, k}]; f != nil {
+			if f := a.alerts[alertKey{rule: rule, key: k}]; f != nil {
 				al.Firing, al.Since = true, f.since
 			}
 			out = append(out, al)

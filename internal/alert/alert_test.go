@@ -305,7 +305,7 @@ func TestEventsAlternate(t *testing.T) {
 			if e.Budget.Model == sonnet.Model {
 				key = sonnet
 			}
-			ak := alertKey{e.Rule, key}
+			ak := alertKey{rule: e.Rule, key: key}
 			prev, seen := last[ak]
 			if e.Status == prev || (!seen && e.Status == StatusResolved) {
 				t.Fatalf("step %d: %s %s after %q", i, e.Status, e.Rule, prev)

@@ -49,6 +49,8 @@ type view struct {
 	Idle    []budgetView // no history in the longest span
 	// Alerting says whether the alerts are known (Config.Alerts set).
 	Alerting bool
+	// Spend is the spend and caps report, nil when the Source has none.
+	Spend *broker.SpendReport
 }
 
 type budgetView struct {
@@ -75,6 +77,10 @@ func traffic(s *broker.Stats) int64 { return s.Granted + s.Refused + s.ReportedT
 func collect(ctx context.Context, src Source, alerts Alerts, f broker.ReportFilter, spans []Span, maxCharts int) (*view, error) {
 	reports, now := src.Report(f)
 	v := &view{Now: now, Spans: spans, Filter: f, Budgets: len(reports), Alerting: alerts != nil}
+	if ss, ok := src.(spendSource); ok {
+		sp := ss.Spend()
+		v.Spend = &sp
+	}
 	firing := firingAlerts(alerts)
 	byKey := map[broker.Key]*budgetView{}
 	for i := range reports {
@@ -249,6 +255,8 @@ type pageData struct {
 	More, Idle         []listed
 	Empty              string
 	Longest            string // name of the longest span shown
+	Spend              []spendRow
+	Caps               []capRow
 }
 
 // tableRow is a budget's line in the summary table. Its figures "now" are
@@ -293,6 +301,7 @@ func (d *Dashboard) page(v *view, span string) (*bytes.Buffer, error) {
 		Spans: v.Spans, Budgets: v.Budgets, Longest: v.Spans[len(v.Spans)-1].Name,
 		Recent: v.Spans[0].Name, Alerting: v.Alerting,
 	}
+	pd.Spend, pd.Caps = spendRows(v.Spend)
 	for i, b := range v.Charted {
 		anchor := fmt.Sprintf("budget-%d", i)
 		pd.Table = append(pd.Table, tableRowOf(&b, anchor, v.Alerting))
@@ -511,6 +520,7 @@ tr.alert td.word, tr.throttled td.word { color: #b01c1c; }
 tr.refusing td.word, tr.waiting td.word, tr.hot td.word { color: #a85a00; }
 tr.ok td.word { color: #2c7a2c; }
 td.firing { color: #b01c1c; font-weight: 600; }
+tr.firing td { color: #b01c1c; }
 p.note { color: #555; font-size: 0.88em; margin: 0 0 1em; max-width: 75em; }
 </style>
 </head>
@@ -545,6 +555,17 @@ calls in flight count at their reservation (input + max_tokens) until they settl
 step of the charts below: what settled calls were charged, by the minute each was granted, against the limit in force
 then. The two differ when callers reserve more than they use, and because a sliding minute spans two chart minutes.
 Times are UTC.</p>{{end}}
+{{if .Spend}}<table class="summary" id="spend">
+<thead><tr><th class="key">spend (USD)</th><th>today<br><small>UTC</small></th><th>forecast<br><small>day at this rate</small></th><th>budget per day</th>
+<th>this month</th><th>forecast<br><small>month at this rate</small></th><th>budget per month</th><th>refused<br><small>on money</small></th><th>unpriced calls</th></tr></thead>
+<tbody>{{range .Spend}}<tr{{if .Over}} class="firing"{{end}}><td class="key">{{.Client}}</td><td>{{.Today}}</td><td>{{.ForecastToday}}</td><td>{{.BudgetDay}}</td>
+<td>{{.Month}}</td><td>{{.ForecastMonth}}</td><td>{{.BudgetMonth}}</td><td>{{.Refused}}</td><td>{{.Unpriced}}</td></tr>
+{{end}}</tbody></table>
+<p class="summary">Spend counts active leases at their reservation's price. A row in red is at 80% or more of a money budget.</p>{{end}}
+{{if .Caps}}<table class="summary" id="caps">
+<thead><tr><th class="key">client cap</th><th class="key">on</th><th>RPM<br><small>used/cap</small></th><th>TPM<br><small>used/cap</small></th><th>TPD<br><small>used/cap</small></th><th>refused</th></tr></thead>
+<tbody>{{range .Caps}}<tr{{if .Full}} class="firing"{{end}}><td class="key">{{.Client}}</td><td class="key">{{.On}}</td><td>{{.RPM}}</td><td>{{.TPM}}</td><td>{{.TPD}}</td><td>{{.Refused}}</td></tr>
+{{end}}</tbody></table>{{end}}
 {{range .Rows}}{{$key := .Key}}<section class="budget" id="{{.Anchor}}">
 <h2>{{.Key}}</h2>
 <p class="summary">{{.Summary}}</p>

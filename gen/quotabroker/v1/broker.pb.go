@@ -161,6 +161,12 @@ const (
 	// The client holds as many active leases as it may (max_concurrent of
 	// its policy) and waited in vain for one of them to end.
 	Limit_LIMIT_CLIENT_LEASES Limit = 7
+	// One of the client's own caps (requests or tokens per minute, tokens
+	// per day, over all models or on one) has no room for the call.
+	Limit_LIMIT_CLIENT_CAP Limit = 8
+	// A money budget (the client's or the account's, per day or per month)
+	// has no room for the price of the reservation.
+	Limit_LIMIT_MONEY Limit = 9
 )
 
 // Enum value maps for Limit.
@@ -174,6 +180,8 @@ var (
 		5: "LIMIT_CLIENT_WAITERS",
 		6: "LIMIT_WAITERS",
 		7: "LIMIT_CLIENT_LEASES",
+		8: "LIMIT_CLIENT_CAP",
+		9: "LIMIT_MONEY",
 	}
 	Limit_value = map[string]int32{
 		"LIMIT_UNSPECIFIED":    0,
@@ -184,6 +192,8 @@ var (
 		"LIMIT_CLIENT_WAITERS": 5,
 		"LIMIT_WAITERS":        6,
 		"LIMIT_CLIENT_LEASES":  7,
+		"LIMIT_CLIENT_CAP":     8,
+		"LIMIT_MONEY":          9,
 	}
 )
 
@@ -1116,7 +1126,11 @@ type GetQuotaReportResponse struct {
 	// The quota source's state; unset when budgets are static.
 	Discovery *Discovery `protobuf:"bytes,3,opt,name=discovery,proto3" json:"discovery,omitempty"`
 	// Why budgets carry no activity: the usage history could not be read.
-	HistoryError  string `protobuf:"bytes,4,opt,name=history_error,json=historyError,proto3" json:"history_error,omitempty"`
+	HistoryError string `protobuf:"bytes,4,opt,name=history_error,json=historyError,proto3" json:"history_error,omitempty"`
+	// Spend per client and per model, the money budgets and the clients'
+	// caps with their use. A caller that does not see every client (see
+	// top_clients) gets the account's totals and its own entries only.
+	Spend         *Spend `protobuf:"bytes,5,opt,name=spend,proto3" json:"spend,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1179,6 +1193,438 @@ func (x *GetQuotaReportResponse) GetHistoryError() string {
 	return ""
 }
 
+func (x *GetQuotaReportResponse) GetSpend() *Spend {
+	if x != nil {
+		return x.Spend
+	}
+	return nil
+}
+
+// Spend is what calls cost, in US dollars, at the prices the broker knows.
+type Spend struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every client together, with the account's money budget.
+	Account       *Spending      `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	Clients       []*ClientSpend `protobuf:"bytes,2,rep,name=clients,proto3" json:"clients,omitempty"`
+	Models        []*ModelSpend  `protobuf:"bytes,3,rep,name=models,proto3" json:"models,omitempty"`
+	Caps          []*ClientCap   `protobuf:"bytes,4,rep,name=caps,proto3" json:"caps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Spend) Reset() {
+	*x = Spend{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Spend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Spend) ProtoMessage() {}
+
+func (x *Spend) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Spend.ProtoReflect.Descriptor instead.
+func (*Spend) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Spend) GetAccount() *Spending {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
+func (x *Spend) GetClients() []*ClientSpend {
+	if x != nil {
+		return x.Clients
+	}
+	return nil
+}
+
+func (x *Spend) GetModels() []*ModelSpend {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+func (x *Spend) GetCaps() []*ClientCap {
+	if x != nil {
+		return x.Caps
+	}
+	return nil
+}
+
+// Spending is spend today and this month (UTC), the forecast of each at the
+// current rate (so far, over the share of the period gone), and the money
+// budget it counts against (0: none). Active leases count at the price of
+// their reservation until settled.
+type Spending struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	TodayUsd          float64                `protobuf:"fixed64,1,opt,name=today_usd,json=todayUsd,proto3" json:"today_usd,omitempty"`
+	MonthUsd          float64                `protobuf:"fixed64,2,opt,name=month_usd,json=monthUsd,proto3" json:"month_usd,omitempty"`
+	ForecastTodayUsd  float64                `protobuf:"fixed64,3,opt,name=forecast_today_usd,json=forecastTodayUsd,proto3" json:"forecast_today_usd,omitempty"`
+	ForecastMonthUsd  float64                `protobuf:"fixed64,4,opt,name=forecast_month_usd,json=forecastMonthUsd,proto3" json:"forecast_month_usd,omitempty"`
+	BudgetUsdPerDay   float64                `protobuf:"fixed64,5,opt,name=budget_usd_per_day,json=budgetUsdPerDay,proto3" json:"budget_usd_per_day,omitempty"`
+	BudgetUsdPerMonth float64                `protobuf:"fixed64,6,opt,name=budget_usd_per_month,json=budgetUsdPerMonth,proto3" json:"budget_usd_per_month,omitempty"`
+	// Grants this month, and those of them on a model with no price (their
+	// spend is unknown, not zero).
+	Calls         int64 `protobuf:"varint,7,opt,name=calls,proto3" json:"calls,omitempty"`
+	UnpricedCalls int64 `protobuf:"varint,8,opt,name=unpriced_calls,json=unpricedCalls,proto3" json:"unpriced_calls,omitempty"`
+	// Refusals on this money budget since the broker started.
+	Refused       int64 `protobuf:"varint,9,opt,name=refused,proto3" json:"refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Spending) Reset() {
+	*x = Spending{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Spending) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Spending) ProtoMessage() {}
+
+func (x *Spending) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Spending.ProtoReflect.Descriptor instead.
+func (*Spending) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Spending) GetTodayUsd() float64 {
+	if x != nil {
+		return x.TodayUsd
+	}
+	return 0
+}
+
+func (x *Spending) GetMonthUsd() float64 {
+	if x != nil {
+		return x.MonthUsd
+	}
+	return 0
+}
+
+func (x *Spending) GetForecastTodayUsd() float64 {
+	if x != nil {
+		return x.ForecastTodayUsd
+	}
+	return 0
+}
+
+func (x *Spending) GetForecastMonthUsd() float64 {
+	if x != nil {
+		return x.ForecastMonthUsd
+	}
+	return 0
+}
+
+func (x *Spending) GetBudgetUsdPerDay() float64 {
+	if x != nil {
+		return x.BudgetUsdPerDay
+	}
+	return 0
+}
+
+func (x *Spending) GetBudgetUsdPerMonth() float64 {
+	if x != nil {
+		return x.BudgetUsdPerMonth
+	}
+	return 0
+}
+
+func (x *Spending) GetCalls() int64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *Spending) GetUnpricedCalls() int64 {
+	if x != nil {
+		return x.UnpricedCalls
+	}
+	return 0
+}
+
+func (x *Spending) GetRefused() int64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+type ClientSpend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	Spending      *Spending              `protobuf:"bytes,2,opt,name=spending,proto3" json:"spending,omitempty"`
+	Models        []*ModelSpend          `protobuf:"bytes,3,rep,name=models,proto3" json:"models,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientSpend) Reset() {
+	*x = ClientSpend{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientSpend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientSpend) ProtoMessage() {}
+
+func (x *ClientSpend) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientSpend.ProtoReflect.Descriptor instead.
+func (*ClientSpend) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ClientSpend) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *ClientSpend) GetSpending() *Spending {
+	if x != nil {
+		return x.Spending
+	}
+	return nil
+}
+
+func (x *ClientSpend) GetModels() []*ModelSpend {
+	if x != nil {
+		return x.Models
+	}
+	return nil
+}
+
+type ModelSpend struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Key      *BudgetKey             `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Spending *Spending              `protobuf:"bytes,2,opt,name=spending,proto3" json:"spending,omitempty"`
+	// A price is known for the model in its Region.
+	Priced        bool `protobuf:"varint,3,opt,name=priced,proto3" json:"priced,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelSpend) Reset() {
+	*x = ModelSpend{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelSpend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelSpend) ProtoMessage() {}
+
+func (x *ModelSpend) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelSpend.ProtoReflect.Descriptor instead.
+func (*ModelSpend) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ModelSpend) GetKey() *BudgetKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ModelSpend) GetSpending() *Spending {
+	if x != nil {
+		return x.Spending
+	}
+	return nil
+}
+
+func (x *ModelSpend) GetPriced() bool {
+	if x != nil {
+		return x.Priced
+	}
+	return false
+}
+
+// ClientCap is one set of a client's rate caps (0: absent) and their use.
+type ClientCap struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Client string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// The model the caps hold on; empty for the caps over all models.
+	Model              string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	Rpm                int64  `protobuf:"varint,3,opt,name=rpm,proto3" json:"rpm,omitempty"`
+	Tpm                int64  `protobuf:"varint,4,opt,name=tpm,proto3" json:"tpm,omitempty"`
+	Tpd                int64  `protobuf:"varint,5,opt,name=tpd,proto3" json:"tpd,omitempty"`
+	RequestsLastMinute int64  `protobuf:"varint,6,opt,name=requests_last_minute,json=requestsLastMinute,proto3" json:"requests_last_minute,omitempty"`
+	TokensLastMinute   int64  `protobuf:"varint,7,opt,name=tokens_last_minute,json=tokensLastMinute,proto3" json:"tokens_last_minute,omitempty"`
+	TokensLastDay      int64  `protobuf:"varint,8,opt,name=tokens_last_day,json=tokensLastDay,proto3" json:"tokens_last_day,omitempty"`
+	// Refusals on these caps since the broker started, and the latest.
+	Refused       int64                  `protobuf:"varint,9,opt,name=refused,proto3" json:"refused,omitempty"`
+	LastRefusedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_refused_at,json=lastRefusedAt,proto3" json:"last_refused_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientCap) Reset() {
+	*x = ClientCap{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientCap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientCap) ProtoMessage() {}
+
+func (x *ClientCap) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientCap.ProtoReflect.Descriptor instead.
+func (*ClientCap) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ClientCap) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *ClientCap) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ClientCap) GetRpm() int64 {
+	if x != nil {
+		return x.Rpm
+	}
+	return 0
+}
+
+func (x *ClientCap) GetTpm() int64 {
+	if x != nil {
+		return x.Tpm
+	}
+	return 0
+}
+
+func (x *ClientCap) GetTpd() int64 {
+	if x != nil {
+		return x.Tpd
+	}
+	return 0
+}
+
+func (x *ClientCap) GetRequestsLastMinute() int64 {
+	if x != nil {
+		return x.RequestsLastMinute
+	}
+	return 0
+}
+
+func (x *ClientCap) GetTokensLastMinute() int64 {
+	if x != nil {
+		return x.TokensLastMinute
+	}
+	return 0
+}
+
+func (x *ClientCap) GetTokensLastDay() int64 {
+	if x != nil {
+		return x.TokensLastDay
+	}
+	return 0
+}
+
+func (x *ClientCap) GetRefused() int64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *ClientCap) GetLastRefusedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastRefusedAt
+	}
+	return nil
+}
+
 // Discovery is the state of quota discovery.
 type Discovery struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1202,7 +1648,7 @@ type Discovery struct {
 
 func (x *Discovery) Reset() {
 	*x = Discovery{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1660,7 @@ func (x *Discovery) String() string {
 func (*Discovery) ProtoMessage() {}
 
 func (x *Discovery) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1673,7 @@ func (x *Discovery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Discovery.ProtoReflect.Descriptor instead.
 func (*Discovery) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Discovery) GetLastSuccess() *timestamppb.Timestamp {
@@ -1296,7 +1742,7 @@ type ProvisionedThroughput struct {
 
 func (x *ProvisionedThroughput) Reset() {
 	*x = ProvisionedThroughput{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1754,7 @@ func (x *ProvisionedThroughput) String() string {
 func (*ProvisionedThroughput) ProtoMessage() {}
 
 func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1767,7 @@ func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionedThroughput.ProtoReflect.Descriptor instead.
 func (*ProvisionedThroughput) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ProvisionedThroughput) GetRegion() string {
@@ -1385,7 +1831,7 @@ type SkippedQuota struct {
 
 func (x *SkippedQuota) Reset() {
 	*x = SkippedQuota{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1843,7 @@ func (x *SkippedQuota) String() string {
 func (*SkippedQuota) ProtoMessage() {}
 
 func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1856,7 @@ func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkippedQuota.ProtoReflect.Descriptor instead.
 func (*SkippedQuota) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SkippedQuota) GetRegion() string {
@@ -1454,7 +1900,7 @@ type WindowUsage struct {
 
 func (x *WindowUsage) Reset() {
 	*x = WindowUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1912,7 @@ func (x *WindowUsage) String() string {
 func (*WindowUsage) ProtoMessage() {}
 
 func (x *WindowUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1925,7 @@ func (x *WindowUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowUsage.ProtoReflect.Descriptor instead.
 func (*WindowUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WindowUsage) GetRequestsLastMinute() int64 {
@@ -1535,7 +1981,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1993,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +2006,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Counters) GetGranted() int64 {
@@ -1664,7 +2110,7 @@ type BudgetReport struct {
 
 func (x *BudgetReport) Reset() {
 	*x = BudgetReport{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +2122,7 @@ func (x *BudgetReport) String() string {
 func (*BudgetReport) ProtoMessage() {}
 
 func (x *BudgetReport) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +2135,7 @@ func (x *BudgetReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BudgetReport.ProtoReflect.Descriptor instead.
 func (*BudgetReport) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *BudgetReport) GetBudget() *Budget {
@@ -1764,7 +2210,7 @@ type Activity struct {
 
 func (x *Activity) Reset() {
 	*x = Activity{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +2222,7 @@ func (x *Activity) String() string {
 func (*Activity) ProtoMessage() {}
 
 func (x *Activity) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +2235,7 @@ func (x *Activity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Activity.ProtoReflect.Descriptor instead.
 func (*Activity) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Activity) GetLastMinute() *UsageStats {
@@ -1879,7 +2325,7 @@ type UsageStats struct {
 
 func (x *UsageStats) Reset() {
 	*x = UsageStats{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1891,7 +2337,7 @@ func (x *UsageStats) String() string {
 func (*UsageStats) ProtoMessage() {}
 
 func (x *UsageStats) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1904,7 +2350,7 @@ func (x *UsageStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageStats.ProtoReflect.Descriptor instead.
 func (*UsageStats) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UsageStats) GetGranted() int64 {
@@ -2029,7 +2475,7 @@ type ClientUsage struct {
 
 func (x *ClientUsage) Reset() {
 	*x = ClientUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2487,7 @@ func (x *ClientUsage) String() string {
 func (*ClientUsage) ProtoMessage() {}
 
 func (x *ClientUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2500,7 @@ func (x *ClientUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientUsage.ProtoReflect.Descriptor instead.
 func (*ClientUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ClientUsage) GetClient() string {
@@ -2099,7 +2545,7 @@ type Budget struct {
 
 func (x *Budget) Reset() {
 	*x = Budget{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2557,7 @@ func (x *Budget) String() string {
 func (*Budget) ProtoMessage() {}
 
 func (x *Budget) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2570,7 @@ func (x *Budget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budget.ProtoReflect.Descriptor instead.
 func (*Budget) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Budget) GetKey() *BudgetKey {
@@ -2228,7 +2674,7 @@ type QuotaRef struct {
 
 func (x *QuotaRef) Reset() {
 	*x = QuotaRef{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2240,7 +2686,7 @@ func (x *QuotaRef) String() string {
 func (*QuotaRef) ProtoMessage() {}
 
 func (x *QuotaRef) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2253,7 +2699,7 @@ func (x *QuotaRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaRef.ProtoReflect.Descriptor instead.
 func (*QuotaRef) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *QuotaRef) GetLimit() string {
@@ -2318,7 +2764,7 @@ type Adaptive struct {
 
 func (x *Adaptive) Reset() {
 	*x = Adaptive{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +2776,7 @@ func (x *Adaptive) String() string {
 func (*Adaptive) ProtoMessage() {}
 
 func (x *Adaptive) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +2789,7 @@ func (x *Adaptive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adaptive.ProtoReflect.Descriptor instead.
 func (*Adaptive) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Adaptive) GetCeiling() *Limits {
@@ -2403,7 +2849,7 @@ type LimitOverride struct {
 
 func (x *LimitOverride) Reset() {
 	*x = LimitOverride{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2415,7 +2861,7 @@ func (x *LimitOverride) String() string {
 func (*LimitOverride) ProtoMessage() {}
 
 func (x *LimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2428,7 +2874,7 @@ func (x *LimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitOverride.ProtoReflect.Descriptor instead.
 func (*LimitOverride) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LimitOverride) GetRequestsPerMinute() int64 {
@@ -2481,7 +2927,7 @@ type ListBudgetsRequest struct {
 
 func (x *ListBudgetsRequest) Reset() {
 	*x = ListBudgetsRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2493,7 +2939,7 @@ func (x *ListBudgetsRequest) String() string {
 func (*ListBudgetsRequest) ProtoMessage() {}
 
 func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2506,7 +2952,7 @@ func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 type ListBudgetsResponse struct {
@@ -2518,7 +2964,7 @@ type ListBudgetsResponse struct {
 
 func (x *ListBudgetsResponse) Reset() {
 	*x = ListBudgetsResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2530,7 +2976,7 @@ func (x *ListBudgetsResponse) String() string {
 func (*ListBudgetsResponse) ProtoMessage() {}
 
 func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2543,7 +2989,7 @@ func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListBudgetsResponse) GetBudgets() []*Budget {
@@ -2566,7 +3012,7 @@ type SetOverrideRequest struct {
 
 func (x *SetOverrideRequest) Reset() {
 	*x = SetOverrideRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +3024,7 @@ func (x *SetOverrideRequest) String() string {
 func (*SetOverrideRequest) ProtoMessage() {}
 
 func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +3037,7 @@ func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideRequest.ProtoReflect.Descriptor instead.
 func (*SetOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SetOverrideRequest) GetModelId() string {
@@ -2624,7 +3070,7 @@ type SetOverrideResponse struct {
 
 func (x *SetOverrideResponse) Reset() {
 	*x = SetOverrideResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +3082,7 @@ func (x *SetOverrideResponse) String() string {
 func (*SetOverrideResponse) ProtoMessage() {}
 
 func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +3095,7 @@ func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideResponse.ProtoReflect.Descriptor instead.
 func (*SetOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SetOverrideResponse) GetBudget() *Budget {
@@ -2670,7 +3116,7 @@ type ResetAdaptiveRequest struct {
 
 func (x *ResetAdaptiveRequest) Reset() {
 	*x = ResetAdaptiveRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2682,7 +3128,7 @@ func (x *ResetAdaptiveRequest) String() string {
 func (*ResetAdaptiveRequest) ProtoMessage() {}
 
 func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2695,7 +3141,7 @@ func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetAdaptiveRequest.ProtoReflect.Descriptor instead.
 func (*ResetAdaptiveRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ResetAdaptiveRequest) GetModelId() string {
@@ -2721,7 +3167,7 @@ type ResetAdaptiveResponse struct {
 
 func (x *ResetAdaptiveResponse) Reset() {
 	*x = ResetAdaptiveResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2733,7 +3179,7 @@ func (x *ResetAdaptiveResponse) String() string {
 func (*ResetAdaptiveResponse) ProtoMessage() {}
 
 func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2746,7 +3192,7 @@ func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetAdaptiveResponse.ProtoReflect.Descriptor instead.
 func (*ResetAdaptiveResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ResetAdaptiveResponse) GetBudget() *Budget {
@@ -2764,7 +3210,7 @@ type RefreshQuotasRequest struct {
 
 func (x *RefreshQuotasRequest) Reset() {
 	*x = RefreshQuotasRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +3222,7 @@ func (x *RefreshQuotasRequest) String() string {
 func (*RefreshQuotasRequest) ProtoMessage() {}
 
 func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +3235,7 @@ func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasRequest.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 type RefreshQuotasResponse struct {
@@ -2802,7 +3248,7 @@ type RefreshQuotasResponse struct {
 
 func (x *RefreshQuotasResponse) Reset() {
 	*x = RefreshQuotasResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2814,7 +3260,7 @@ func (x *RefreshQuotasResponse) String() string {
 func (*RefreshQuotasResponse) ProtoMessage() {}
 
 func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2827,7 +3273,7 @@ func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasResponse.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RefreshQuotasResponse) GetDiscovery() *Discovery {
@@ -2864,7 +3310,7 @@ type GetUsageHistoryRequest struct {
 
 func (x *GetUsageHistoryRequest) Reset() {
 	*x = GetUsageHistoryRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2876,7 +3322,7 @@ func (x *GetUsageHistoryRequest) String() string {
 func (*GetUsageHistoryRequest) ProtoMessage() {}
 
 func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2889,7 +3335,7 @@ func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetUsageHistoryRequest) GetRegion() string {
@@ -2947,7 +3393,7 @@ type GetUsageHistoryResponse struct {
 
 func (x *GetUsageHistoryResponse) Reset() {
 	*x = GetUsageHistoryResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2959,7 +3405,7 @@ func (x *GetUsageHistoryResponse) String() string {
 func (*GetUsageHistoryResponse) ProtoMessage() {}
 
 func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2972,7 +3418,7 @@ func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetUsageHistoryResponse) GetFrom() *timestamppb.Timestamp {
@@ -3029,7 +3475,7 @@ type UsageSeries struct {
 
 func (x *UsageSeries) Reset() {
 	*x = UsageSeries{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3041,7 +3487,7 @@ func (x *UsageSeries) String() string {
 func (*UsageSeries) ProtoMessage() {}
 
 func (x *UsageSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3054,7 +3500,7 @@ func (x *UsageSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageSeries.ProtoReflect.Descriptor instead.
 func (*UsageSeries) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *UsageSeries) GetBudget() *BudgetKey {
@@ -3147,7 +3593,7 @@ type UsagePoint struct {
 
 func (x *UsagePoint) Reset() {
 	*x = UsagePoint{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3159,7 +3605,7 @@ func (x *UsagePoint) String() string {
 func (*UsagePoint) ProtoMessage() {}
 
 func (x *UsagePoint) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3172,7 +3618,7 @@ func (x *UsagePoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsagePoint.ProtoReflect.Descriptor instead.
 func (*UsagePoint) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *UsagePoint) GetStart() *timestamppb.Timestamp {
@@ -3426,12 +3872,49 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x06budget\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x06budget\"E\n" +
 	"\x15GetQuotaReportRequest\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x14\n" +
-	"\x05model\x18\x02 \x01(\tR\x05model\"\xed\x01\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\"\x9a\x02\n" +
 	"\x16GetQuotaReportResponse\x12=\n" +
 	"\fgenerated_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vgeneratedAt\x126\n" +
 	"\abudgets\x18\x02 \x03(\v2\x1c.quotabroker.v1.BudgetReportR\abudgets\x127\n" +
 	"\tdiscovery\x18\x03 \x01(\v2\x19.quotabroker.v1.DiscoveryR\tdiscovery\x12#\n" +
-	"\rhistory_error\x18\x04 \x01(\tR\fhistoryError\"\xf7\x02\n" +
+	"\rhistory_error\x18\x04 \x01(\tR\fhistoryError\x12+\n" +
+	"\x05spend\x18\x05 \x01(\v2\x15.quotabroker.v1.SpendR\x05spend\"\xd5\x01\n" +
+	"\x05Spend\x122\n" +
+	"\aaccount\x18\x01 \x01(\v2\x18.quotabroker.v1.SpendingR\aaccount\x125\n" +
+	"\aclients\x18\x02 \x03(\v2\x1b.quotabroker.v1.ClientSpendR\aclients\x122\n" +
+	"\x06models\x18\x03 \x03(\v2\x1a.quotabroker.v1.ModelSpendR\x06models\x12-\n" +
+	"\x04caps\x18\x04 \x03(\v2\x19.quotabroker.v1.ClientCapR\x04caps\"\xd5\x02\n" +
+	"\bSpending\x12\x1b\n" +
+	"\ttoday_usd\x18\x01 \x01(\x01R\btodayUsd\x12\x1b\n" +
+	"\tmonth_usd\x18\x02 \x01(\x01R\bmonthUsd\x12,\n" +
+	"\x12forecast_today_usd\x18\x03 \x01(\x01R\x10forecastTodayUsd\x12,\n" +
+	"\x12forecast_month_usd\x18\x04 \x01(\x01R\x10forecastMonthUsd\x12+\n" +
+	"\x12budget_usd_per_day\x18\x05 \x01(\x01R\x0fbudgetUsdPerDay\x12/\n" +
+	"\x14budget_usd_per_month\x18\x06 \x01(\x01R\x11budgetUsdPerMonth\x12\x14\n" +
+	"\x05calls\x18\a \x01(\x03R\x05calls\x12%\n" +
+	"\x0eunpriced_calls\x18\b \x01(\x03R\runpricedCalls\x12\x18\n" +
+	"\arefused\x18\t \x01(\x03R\arefused\"\x8f\x01\n" +
+	"\vClientSpend\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x124\n" +
+	"\bspending\x18\x02 \x01(\v2\x18.quotabroker.v1.SpendingR\bspending\x122\n" +
+	"\x06models\x18\x03 \x03(\v2\x1a.quotabroker.v1.ModelSpendR\x06models\"\x87\x01\n" +
+	"\n" +
+	"ModelSpend\x12+\n" +
+	"\x03key\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x03key\x124\n" +
+	"\bspending\x18\x02 \x01(\v2\x18.quotabroker.v1.SpendingR\bspending\x12\x16\n" +
+	"\x06priced\x18\x03 \x01(\bR\x06priced\"\xd5\x02\n" +
+	"\tClientCap\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12\x10\n" +
+	"\x03rpm\x18\x03 \x01(\x03R\x03rpm\x12\x10\n" +
+	"\x03tpm\x18\x04 \x01(\x03R\x03tpm\x12\x10\n" +
+	"\x03tpd\x18\x05 \x01(\x03R\x03tpd\x120\n" +
+	"\x14requests_last_minute\x18\x06 \x01(\x03R\x12requestsLastMinute\x12,\n" +
+	"\x12tokens_last_minute\x18\a \x01(\x03R\x10tokensLastMinute\x12&\n" +
+	"\x0ftokens_last_day\x18\b \x01(\x03R\rtokensLastDay\x12\x18\n" +
+	"\arefused\x18\t \x01(\x03R\arefused\x12B\n" +
+	"\x0flast_refused_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\rlastRefusedAt\"\xf7\x02\n" +
 	"\tDiscovery\x12=\n" +
 	"\flast_success\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12=\n" +
 	"\flast_attempt\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlastAttempt\x12\x1d\n" +
@@ -3648,7 +4131,7 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x11SCOPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fSCOPE_ON_DEMAND\x10\x01\x12\x16\n" +
 	"\x12SCOPE_CROSS_REGION\x10\x02\x12\x10\n" +
-	"\fSCOPE_GLOBAL\x10\x03*\xa8\x01\n" +
+	"\fSCOPE_GLOBAL\x10\x03*\xcf\x01\n" +
 	"\x05Limit\x12\x15\n" +
 	"\x11LIMIT_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tLIMIT_RPM\x10\x01\x12\r\n" +
@@ -3657,7 +4140,9 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x11LIMIT_CONCURRENCY\x10\x04\x12\x18\n" +
 	"\x14LIMIT_CLIENT_WAITERS\x10\x05\x12\x11\n" +
 	"\rLIMIT_WAITERS\x10\x06\x12\x17\n" +
-	"\x13LIMIT_CLIENT_LEASES\x10\a*x\n" +
+	"\x13LIMIT_CLIENT_LEASES\x10\a\x12\x14\n" +
+	"\x10LIMIT_CLIENT_CAP\x10\b\x12\x0f\n" +
+	"\vLIMIT_MONEY\x10\t*x\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fOUTCOME_SUCCESS\x10\x01\x12\x15\n" +
@@ -3691,7 +4176,7 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(Priority)(0),                   // 0: quotabroker.v1.Priority
 	(Scope)(0),                      // 1: quotabroker.v1.Scope
@@ -3711,116 +4196,131 @@ var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(*ReportThrottleResponse)(nil),  // 15: quotabroker.v1.ReportThrottleResponse
 	(*GetQuotaReportRequest)(nil),   // 16: quotabroker.v1.GetQuotaReportRequest
 	(*GetQuotaReportResponse)(nil),  // 17: quotabroker.v1.GetQuotaReportResponse
-	(*Discovery)(nil),               // 18: quotabroker.v1.Discovery
-	(*ProvisionedThroughput)(nil),   // 19: quotabroker.v1.ProvisionedThroughput
-	(*SkippedQuota)(nil),            // 20: quotabroker.v1.SkippedQuota
-	(*WindowUsage)(nil),             // 21: quotabroker.v1.WindowUsage
-	(*Counters)(nil),                // 22: quotabroker.v1.Counters
-	(*BudgetReport)(nil),            // 23: quotabroker.v1.BudgetReport
-	(*Activity)(nil),                // 24: quotabroker.v1.Activity
-	(*UsageStats)(nil),              // 25: quotabroker.v1.UsageStats
-	(*ClientUsage)(nil),             // 26: quotabroker.v1.ClientUsage
-	(*Budget)(nil),                  // 27: quotabroker.v1.Budget
-	(*QuotaRef)(nil),                // 28: quotabroker.v1.QuotaRef
-	(*Adaptive)(nil),                // 29: quotabroker.v1.Adaptive
-	(*LimitOverride)(nil),           // 30: quotabroker.v1.LimitOverride
-	(*ListBudgetsRequest)(nil),      // 31: quotabroker.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),     // 32: quotabroker.v1.ListBudgetsResponse
-	(*SetOverrideRequest)(nil),      // 33: quotabroker.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),     // 34: quotabroker.v1.SetOverrideResponse
-	(*ResetAdaptiveRequest)(nil),    // 35: quotabroker.v1.ResetAdaptiveRequest
-	(*ResetAdaptiveResponse)(nil),   // 36: quotabroker.v1.ResetAdaptiveResponse
-	(*RefreshQuotasRequest)(nil),    // 37: quotabroker.v1.RefreshQuotasRequest
-	(*RefreshQuotasResponse)(nil),   // 38: quotabroker.v1.RefreshQuotasResponse
-	(*GetUsageHistoryRequest)(nil),  // 39: quotabroker.v1.GetUsageHistoryRequest
-	(*GetUsageHistoryResponse)(nil), // 40: quotabroker.v1.GetUsageHistoryResponse
-	(*UsageSeries)(nil),             // 41: quotabroker.v1.UsageSeries
-	(*UsagePoint)(nil),              // 42: quotabroker.v1.UsagePoint
-	(*durationpb.Duration)(nil),     // 43: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
+	(*Spend)(nil),                   // 18: quotabroker.v1.Spend
+	(*Spending)(nil),                // 19: quotabroker.v1.Spending
+	(*ClientSpend)(nil),             // 20: quotabroker.v1.ClientSpend
+	(*ModelSpend)(nil),              // 21: quotabroker.v1.ModelSpend
+	(*ClientCap)(nil),               // 22: quotabroker.v1.ClientCap
+	(*Discovery)(nil),               // 23: quotabroker.v1.Discovery
+	(*ProvisionedThroughput)(nil),   // 24: quotabroker.v1.ProvisionedThroughput
+	(*SkippedQuota)(nil),            // 25: quotabroker.v1.SkippedQuota
+	(*WindowUsage)(nil),             // 26: quotabroker.v1.WindowUsage
+	(*Counters)(nil),                // 27: quotabroker.v1.Counters
+	(*BudgetReport)(nil),            // 28: quotabroker.v1.BudgetReport
+	(*Activity)(nil),                // 29: quotabroker.v1.Activity
+	(*UsageStats)(nil),              // 30: quotabroker.v1.UsageStats
+	(*ClientUsage)(nil),             // 31: quotabroker.v1.ClientUsage
+	(*Budget)(nil),                  // 32: quotabroker.v1.Budget
+	(*QuotaRef)(nil),                // 33: quotabroker.v1.QuotaRef
+	(*Adaptive)(nil),                // 34: quotabroker.v1.Adaptive
+	(*LimitOverride)(nil),           // 35: quotabroker.v1.LimitOverride
+	(*ListBudgetsRequest)(nil),      // 36: quotabroker.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),     // 37: quotabroker.v1.ListBudgetsResponse
+	(*SetOverrideRequest)(nil),      // 38: quotabroker.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),     // 39: quotabroker.v1.SetOverrideResponse
+	(*ResetAdaptiveRequest)(nil),    // 40: quotabroker.v1.ResetAdaptiveRequest
+	(*ResetAdaptiveResponse)(nil),   // 41: quotabroker.v1.ResetAdaptiveResponse
+	(*RefreshQuotasRequest)(nil),    // 42: quotabroker.v1.RefreshQuotasRequest
+	(*RefreshQuotasResponse)(nil),   // 43: quotabroker.v1.RefreshQuotasResponse
+	(*GetUsageHistoryRequest)(nil),  // 44: quotabroker.v1.GetUsageHistoryRequest
+	(*GetUsageHistoryResponse)(nil), // 45: quotabroker.v1.GetUsageHistoryResponse
+	(*UsageSeries)(nil),             // 46: quotabroker.v1.UsageSeries
+	(*UsagePoint)(nil),              // 47: quotabroker.v1.UsagePoint
+	(*durationpb.Duration)(nil),     // 48: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 49: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	43, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	48, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
 	4,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	44, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	44, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	49, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	49, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	43, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	48, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
 	3,  // 8: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
 	9,  // 9: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	43, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	44, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	48, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	49, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 12: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	44, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
-	23, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
-	18, // 15: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
-	44, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
-	44, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
-	43, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
-	20, // 19: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
-	19, // 20: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
-	27, // 21: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
-	21, // 22: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
-	22, // 23: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
-	24, // 24: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
-	25, // 25: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
-	25, // 26: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
-	25, // 27: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
-	26, // 28: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
-	25, // 29: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
-	4,  // 30: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
-	5,  // 31: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
-	5,  // 32: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
-	30, // 33: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	44, // 34: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
-	5,  // 35: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
-	29, // 36: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
-	28, // 37: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
-	5,  // 38: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
-	44, // 39: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
-	44, // 40: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
-	27, // 41: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
-	30, // 42: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
-	27, // 43: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
-	27, // 44: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
-	18, // 45: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
-	44, // 46: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
-	44, // 47: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
-	43, // 48: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
-	44, // 49: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
-	43, // 50: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
-	41, // 51: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
-	4,  // 52: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
-	42, // 53: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
-	42, // 54: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
-	44, // 55: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
-	6,  // 56: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	10, // 57: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	12, // 58: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	14, // 59: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	16, // 60: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	31, // 61: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	33, // 62: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	37, // 63: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
-	35, // 64: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
-	39, // 65: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
-	8,  // 66: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	11, // 67: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	13, // 68: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	15, // 69: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	17, // 70: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	32, // 71: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	34, // 72: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	38, // 73: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
-	36, // 74: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
-	40, // 75: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
-	66, // [66:76] is the sub-list for method output_type
-	56, // [56:66] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	49, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	28, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
+	23, // 15: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
+	18, // 16: quotabroker.v1.GetQuotaReportResponse.spend:type_name -> quotabroker.v1.Spend
+	19, // 17: quotabroker.v1.Spend.account:type_name -> quotabroker.v1.Spending
+	20, // 18: quotabroker.v1.Spend.clients:type_name -> quotabroker.v1.ClientSpend
+	21, // 19: quotabroker.v1.Spend.models:type_name -> quotabroker.v1.ModelSpend
+	22, // 20: quotabroker.v1.Spend.caps:type_name -> quotabroker.v1.ClientCap
+	19, // 21: quotabroker.v1.ClientSpend.spending:type_name -> quotabroker.v1.Spending
+	21, // 22: quotabroker.v1.ClientSpend.models:type_name -> quotabroker.v1.ModelSpend
+	4,  // 23: quotabroker.v1.ModelSpend.key:type_name -> quotabroker.v1.BudgetKey
+	19, // 24: quotabroker.v1.ModelSpend.spending:type_name -> quotabroker.v1.Spending
+	49, // 25: quotabroker.v1.ClientCap.last_refused_at:type_name -> google.protobuf.Timestamp
+	49, // 26: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
+	49, // 27: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
+	48, // 28: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
+	25, // 29: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
+	24, // 30: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
+	32, // 31: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
+	26, // 32: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
+	27, // 33: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
+	29, // 34: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
+	30, // 35: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
+	30, // 36: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
+	30, // 37: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
+	31, // 38: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
+	30, // 39: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
+	4,  // 40: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
+	5,  // 41: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
+	5,  // 42: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
+	35, // 43: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
+	49, // 44: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	5,  // 45: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
+	34, // 46: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
+	33, // 47: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
+	5,  // 48: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
+	49, // 49: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	49, // 50: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	32, // 51: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
+	35, // 52: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
+	32, // 53: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
+	32, // 54: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
+	23, // 55: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
+	49, // 56: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
+	49, // 57: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
+	48, // 58: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
+	49, // 59: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
+	48, // 60: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
+	46, // 61: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
+	4,  // 62: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
+	47, // 63: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
+	47, // 64: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
+	49, // 65: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
+	6,  // 66: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	10, // 67: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	12, // 68: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	14, // 69: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	16, // 70: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	36, // 71: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	38, // 72: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	42, // 73: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
+	40, // 74: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
+	44, // 75: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
+	8,  // 76: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	11, // 77: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	13, // 78: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	15, // 79: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	17, // 80: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	37, // 81: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	39, // 82: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	43, // 83: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
+	41, // 84: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
+	45, // 85: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
+	76, // [76:86] is the sub-list for method output_type
+	66, // [66:76] is the sub-list for method input_type
+	66, // [66:66] is the sub-list for extension type_name
+	66, // [66:66] is the sub-list for extension extendee
+	0,  // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -3828,15 +4328,15 @@ func file_quotabroker_v1_broker_proto_init() {
 	if File_quotabroker_v1_broker_proto != nil {
 		return
 	}
-	file_quotabroker_v1_broker_proto_msgTypes[26].OneofWrappers = []any{}
-	file_quotabroker_v1_broker_proto_msgTypes[38].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[31].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[43].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   39,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
