@@ -116,9 +116,6 @@ type Core struct {
 
 	// kick wakes the escrow loop (buffered, 1): a chunk is wanted.
 	kick chan struct{}
-
-	// prices are what calls cost (SetPrices), guarded by mu; nil: none known.
-	prices map[PriceKey]Price
 }
 
 type lease struct {

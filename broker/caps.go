@@ -560,7 +560,16 @@ func (b *Core) SetPrices(prices map[PriceKey]Price) {
 	}
 }
 
+// price is what a call on budget k costs. A global profile has rates of
+// its own where AWS lists them, which the price sources key by the
+// "global." profile id; a geographic profile is priced as the model in its
+// source Region, the budget's Region, so the model id's price is its price.
 func (t *tenants) price(k Key) (Price, bool) {
+	if k.Scope == ScopeGlobal {
+		if p, ok := t.prices[PriceKey{Region: k.Region, Model: "global." + k.Model}]; ok && p.Priced() {
+			return p, true
+		}
+	}
 	p, ok := t.prices[PriceKey{Region: k.Region, Model: k.Model}]
 	return p, ok && p.Priced()
 }

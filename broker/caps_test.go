@@ -308,3 +308,41 @@ func TestAccountMoneyKeepsEscrow(t *testing.T) {
 }
 
 func near(a, b float64) bool { return a-b < 1e-6 && b-a < 1e-6 }
+
+// TestGlobalProfilePricedAtItsOwnRates: a global budget's spend uses the
+// "global." profile's price where the source lists one (Claude 4.5 is
+// cheaper there), and the model's price where it does not.
+func TestGlobalProfilePricedAtItsOwnRates(t *testing.T) {
+	const sonnet = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+	both := broker.RateInput | broker.RateOutput
+	e := newEnv(t)
+	e.cfg.Prices = map[broker.PriceKey]broker.Price{
+		{Region: "us-east-1", Model: sonnet}:             {Input: 2, Output: 2, Has: both},
+		{Region: "us-east-1", Model: "global." + sonnet}: {Input: 1, Output: 1, Has: both},
+		{Region: "us-east-1", Model: haiku3}:             {Input: 3, Output: 3, Has: both},
+	}
+	e.open()
+	scoped := func(sc broker.Scope, model string) broker.Spec {
+		return broker.Spec{Key: broker.Key{Region: "us-east-1", Scope: sc, Model: model}, Quota: broker.Limits{TPM: 1_000_000}, Source: "test"}
+	}
+	specs := []broker.Spec{scoped(broker.ScopeGlobal, sonnet), scoped(broker.ScopeCrossRegion, sonnet), scoped(broker.ScopeGlobal, haiku3)}
+	if err := e.b.SetSpecs(context.Background(), specs); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"global." + sonnet, "us." + sonnet, "global." + haiku3} {
+		e.mustGrant(broker.AcquireRequest{ModelID: id, Client: "a", InputTokens: 500, MaxOutputTokens: 500})
+	}
+	want := map[broker.Scope]map[string]float64{
+		broker.ScopeGlobal:      {sonnet: 1, haiku3: 3}, // its own rate; the model's where none is listed
+		broker.ScopeCrossRegion: {sonnet: 2},            // the source Region's rate
+	}
+	sp := e.b.Spend()
+	if len(sp.Models) != 3 {
+		t.Fatalf("models %+v", sp.Models)
+	}
+	for _, m := range sp.Models {
+		if w := want[m.Key.Scope][m.Key.Model]; !m.Priced || m.TodayUSD != w {
+			t.Errorf("%s: priced %v, $%v today; want $%v", m.Key, m.Priced, m.TodayUSD, w)
+		}
+	}
+}

@@ -36,20 +36,12 @@ const (
 // rates are known.
 func (p Price) Priced() bool { return p.Has&(RateInput|RateOutput) == RateInput|RateOutput }
 
-// PriceKey names a price: the model id as called (a foundation model or an
-// inference profile id) and the Region the call is made from. Cross-Region
-// profiles are priced at the source Region's price, so Region is the
-// Region of the budget, not the Region that serves the call.
+// PriceKey names a price: a model id or an inference profile id, and the
+// Region the call is made from. A geographic profile ("us.", "eu.", ...) is
+// priced as the model in its source Region; a global profile ("global.")
+// has rates of its own where AWS lists them. A budget's spend looks up its
+// "global." id first for a global budget, then the model id.
 type PriceKey struct {
 	Region string
 	Model  string
-}
-
-// SetPrices replaces the prices the core knows, as a price source (AWS's
-// Price List, a prices file) read them. The map is the caller's no more:
-// it is stored as given, so the caller must not change it afterwards.
-func (c *Core) SetPrices(prices map[PriceKey]Price) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.prices = prices
 }
