@@ -77,6 +77,12 @@ type Config struct {
 	// priority, e.g. {PriorityBatch: 0.2}: batch work stops at 80% of the
 	// day's tokens, leaving the rest to interactive and standard traffic.
 	DailyReserve map[Priority]float64
+	// AffinityKeys bounds the affinity keys routes remember (route.go);
+	// the least recently used is forgotten beyond it. Default 100,000.
+	AffinityKeys int
+	// AffinityTTL is how long an affinity key is remembered after its
+	// last grant. Default 5 minutes, the life of a Bedrock prompt cache.
+	AffinityTTL time.Duration
 	// Logger receives the broker's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -108,6 +114,10 @@ func (c *Config) setDefaults() error {
 	def(&c.ClientHistoryRetention, min(48*time.Hour, c.HistoryRetention))
 	def(&c.SweepInterval, time.Second)
 	def(&c.EscrowSpan, time.Second)
+	def(&c.AffinityTTL, defaultAffinityTTL)
+	if c.AffinityKeys == 0 {
+		c.AffinityKeys = defaultAffinityKeys
+	}
 	switch {
 	case c.LeaseTTL < time.Second:
 		return fmt.Errorf("config LeaseTTL: %v is below 1s", c.LeaseTTL)
@@ -125,6 +135,10 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("config ClientHistoryRetention: %v is outside 1h..HistoryRetention (%v)", c.ClientHistoryRetention, c.HistoryRetention)
 	case c.SweepInterval <= 0:
 		return fmt.Errorf("config SweepInterval: %v is not positive", c.SweepInterval)
+	case c.AffinityKeys < 0:
+		return fmt.Errorf("config AffinityKeys: %d is negative", c.AffinityKeys)
+	case c.AffinityTTL < 0:
+		return fmt.Errorf("config AffinityTTL: %v is negative", c.AffinityTTL)
 	}
 	if err := c.Adaptive.setDefaults(); err != nil {
 		return err
