@@ -81,18 +81,28 @@ func refusal(key broker.Key, d broker.Decision) error {
 	case broker.LimitClientLeases:
 		msg = "this client holds as many leases as it may (max_concurrent); complete some" + retry
 	}
+	meta := map[string]string{
+		"limit":  d.Blocked.String(),
+		"region": key.Region,
+		"scope":  key.Scope.String(),
+		"model":  key.Model,
+	}
+	if r := d.Route; r.Route != "" {
+		// key is the target with the earliest retry; say that every
+		// target was full, and which route.
+		meta["route"] = r.Route
+		if !d.Blocked.Flood() {
+			msg = "no capacity on any target of route " + r.Route + " within the wait; the earliest is " +
+				d.Blocked.String() + " of " + key.String() + retry
+		}
+	}
 	st := status.New(codes.ResourceExhausted, msg)
 	withDetails, err := st.WithDetails(
 		&errdetails.RetryInfo{RetryDelay: durationpb.New(d.RetryAfter)},
 		&errdetails.ErrorInfo{
-			Reason: limitReason(d.Blocked),
-			Domain: ErrorDomain,
-			Metadata: map[string]string{
-				"limit":  d.Blocked.String(),
-				"region": key.Region,
-				"scope":  key.Scope.String(),
-				"model":  key.Model,
-			},
+			Reason:   limitReason(d.Blocked),
+			Domain:   ErrorDomain,
+			Metadata: meta,
 		},
 	)
 	if err != nil {

@@ -50,6 +50,7 @@ type OperatorService interface {
 	History(ctx context.Context, q broker.HistoryQuery) ([]broker.Series, error)
 	RefreshNow(ctx context.Context) error
 	DiscoveryStatus() broker.DiscoveryStatus
+	Routes() []broker.RouteInfo
 }
 
 // Broker is both services in one value, as *broker.Broker assembles them;
@@ -341,6 +342,8 @@ func (s *Server) AcquireLease(ctx context.Context, req *pb.AcquireLeaseRequest) 
 		MaxOutputTokens:  req.GetMaxOutputTokens(),
 		CacheWriteTokens: req.GetCacheWriteTokens(),
 		Wait:             wait,
+		Route:            req.GetRoute(),
+		AffinityKey:      req.GetAffinityKey(),
 	})
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
@@ -348,7 +351,7 @@ func (s *Server) AcquireLease(ctx context.Context, req *pb.AcquireLeaseRequest) 
 	if !d.Granted {
 		return nil, refusal(d.Key, d)
 	}
-	return &pb.AcquireLeaseResponse{Lease: leaseToPB(d.Lease), Waited: durationPB(d.Waited)}, nil
+	return acquiredToPB(d, req), nil
 }
 
 func (s *Server) CompleteLease(ctx context.Context, req *pb.CompleteLeaseRequest) (*pb.CompleteLeaseResponse, error) {
@@ -429,6 +432,7 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 		}
 		out.Budgets = append(out.Budgets, pr)
 	}
+	out.Routes = routesToPB(s.ops.Routes())
 	return out, nil
 }
 
