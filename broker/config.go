@@ -83,6 +83,12 @@ type Config struct {
 	// AffinityTTL is how long an affinity key is remembered after its
 	// last grant. Default 5 minutes, the life of a Bedrock prompt cache.
 	AffinityTTL time.Duration
+	// AffinityWait is how long a route caller whose key's target is full
+	// (and no target has room) waits on that target alone before it waits
+	// on every target; at most half its wait. Default 5 s: short next to a
+	// model call, long enough for a busy target to free a place; negative
+	// waits on every target at once.
+	AffinityWait time.Duration
 	// Logger receives the broker's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -115,6 +121,7 @@ func (c *Config) setDefaults() error {
 	def(&c.SweepInterval, time.Second)
 	def(&c.EscrowSpan, time.Second)
 	def(&c.AffinityTTL, defaultAffinityTTL)
+	def(&c.AffinityWait, 5*time.Second)
 	if c.AffinityKeys == 0 {
 		c.AffinityKeys = defaultAffinityKeys
 	}

@@ -114,7 +114,10 @@
 // every target's queue at once, with its client, weight and priority, and
 // is granted on whichever serves it first; the same critical section takes
 // it out of the other queues (routewait.go), so no second grant and no
-// ghost waiter can follow. A refusal names the target with the earliest
+// ghost waiter can follow. A caller with an affinity key whose target is
+// full, when no target has room, first waits on that target alone for
+// Config.AffinityWait (5 s), so a busy route does not scatter
+// conversations over whichever target frees first. A refusal names the target with the earliest
 // retry. A throttle lowers one target's ceiling as before, and its pace
 // then sends the route's calls to the others until it recovers. Routes are
 // set all or nothing (SetRoutes) and are not persisted: they come from

@@ -270,6 +270,14 @@ func TestRouteWaitsOnEveryTargetAndLeavesNoGhost(t *testing.T) {
 // target's queue holds exactly the route waiters still waiting, that no
 // caller is granted twice, and that concurrency never exceeds the limit.
 func TestRouteCancellationsLeaveNoGhosts(t *testing.T) {
+	// With affinity keys, a caller in its affinity grace waits on one
+	// target only: each queue then holds at most the callers waiting.
+	for _, keys := range []bool{false, true} {
+		t.Run(fmt.Sprint("keys=", keys), func(t *testing.T) { routeCancellations(t, keys) })
+	}
+}
+
+func routeCancellations(t *testing.T, keys bool) {
 	synctest.Test(t, func(t *testing.T) {
 		const limit = 2
 		b := bubbleBroker(t, geoSpecs(broker.Limits{Concurrency: limit})...)
@@ -315,12 +323,12 @@ func TestRouteCancellationsLeaveNoGhosts(t *testing.T) {
 			}
 			ri := routeInfo(t, b, "sonnet-us")
 			for i, q := range ri.Queued {
-				if q != len(waiting) {
+				if q > len(waiting) || (!keys && q != len(waiting)) {
 					t.Fatalf("step %d: target %d queues %d route waiters, %d callers wait", step, i, q, len(waiting))
 				}
 			}
 			for region, n := range waiters(t, b) {
-				if n != int64(len(waiting)) {
+				if n > int64(len(waiting)) || (!keys && n != int64(len(waiting))) {
 					t.Fatalf("step %d: %s queue holds %d, %d callers wait", step, region, n, len(waiting))
 				}
 			}
@@ -329,7 +337,11 @@ func TestRouteCancellationsLeaveNoGhosts(t *testing.T) {
 			switch rng.IntN(5) {
 			case 0, 1:
 				cctx, cancel := context.WithCancel(ctx)
-				ch := goAcquire(b, cctx, broker.AcquireRequest{Route: "sonnet-us", Client: fmt.Sprint("c", rng.IntN(4)),
+				key := ""
+				if keys {
+					key = fmt.Sprint("conv-", rng.IntN(8))
+				}
+				ch := goAcquire(b, cctx, broker.AcquireRequest{Route: "sonnet-us", Client: fmt.Sprint("c", rng.IntN(4)), AffinityKey: key,
 					MaxOutputTokens: 10, Wait: time.Duration(1+rng.IntN(20)) * time.Second})
 				waiting = append(waiting, caller{cancel, ch})
 			case 2:
@@ -359,6 +371,64 @@ func TestRouteCancellationsLeaveNoGhosts(t *testing.T) {
 			t.Fatalf("only %d grants: the test did not exercise the queues", len(granted))
 		}
 	})
+}
+
+// TestRouteAffinityGrace: with every target full, a caller with an
+// affinity key waits on its key's target alone for Config.AffinityWait,
+// then on all of them.
+func TestRouteAffinityGrace(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		free      int // the held lease completed at 1 s: 0 is the key's target
+		want      string
+		wantAfter time.Duration
+	}{
+		{"the key's target frees within the grace", 0, "us-east-1:affinity", time.Second},
+		{"another frees: taken after the grace", 2, "us-west-2:spill", 5 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := bubbleBroker(t, geoSpecs(broker.Limits{Concurrency: 1})...)
+				if err := b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
+					t.Fatal(err)
+				}
+				ctx := context.Background()
+				var held []broker.Decision
+				for range 3 {
+					d, err := b.Acquire(ctx, broker.AcquireRequest{Route: "sonnet-us", AffinityKey: "conv", MaxOutputTokens: 10})
+					if err != nil || !d.Granted {
+						t.Fatalf("%+v %v", d, err)
+					}
+					held = append(held, d)
+				}
+				// conv's last grant was on us-west-2; make it us-east-1's.
+				b.Complete(ctx, held[0].Lease.ID, broker.OutcomeSuccess, broker.Usage{})
+				d, _ := b.Acquire(ctx, broker.AcquireRequest{Route: "sonnet-us", AffinityKey: "conv", MaxOutputTokens: 10})
+				if d.Route.Target.Key.Region != "us-east-1" {
+					t.Fatalf("%+v", d)
+				}
+				held[0] = d
+				start := time.Now()
+				ch := goAcquire(b, ctx, broker.AcquireRequest{Route: "sonnet-us", AffinityKey: "conv", MaxOutputTokens: 10, Wait: time.Minute})
+				synctest.Wait()
+				if q := routeInfo(t, b, "sonnet-us").Queued; fmt.Sprint(q) != "[1 0 0]" {
+					t.Fatalf("during the grace the caller waits on %v, want its key's target only", q)
+				}
+				time.Sleep(time.Second)
+				b.Complete(ctx, held[tc.free].Lease.ID, broker.OutcomeSuccess, broker.Usage{})
+				r := <-ch
+				got := r.d.Route.Target.Key.Region + ":" + r.d.Route.Reason.String()
+				if r.err != nil || got != tc.want || time.Since(start) != tc.wantAfter {
+					t.Fatalf("granted %s after %v (%v), want %s after %v", got, time.Since(start), r.err, tc.want, tc.wantAfter)
+				}
+				for region, n := range waiters(t, b) {
+					if n != 0 {
+						t.Fatalf("ghost waiter on %s", region)
+					}
+				}
+			})
+		})
+	}
 }
 
 func TestRouteWaiterKeepsItsPriority(t *testing.T) {

@@ -25,6 +25,9 @@ type routeWait struct {
 	key       [16]byte // the affinity key's hash, if hasKey
 	hasKey    bool
 	trying    bool // in Acquire's first pass: a grant now did not wait
+	// held: the members other than the affinity target's are out of their
+	// queues for the affinity grace (see acquireRoute).
+	held bool
 }
 
 // wake closes w's ready channel once w is decided. A route member shares
@@ -156,6 +159,22 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 		}
 	}
 	g.trying = false
+	// Affinity grace: no target has room now, and the key's target is
+	// full. Waiting on all targets would grant on whichever frees first,
+	// moving the conversation away from its prompt cache whenever the
+	// route is busy; so the caller waits on its target alone for a while
+	// (Config.AffinityWait, at most half its wait), then on all of them.
+	grace := min(b.cfg.AffinityWait, wait/2)
+	if g.won == nil && g.affinity && grace > 0 && len(g.members) > 1 && g.members[0].target == g.preferred && g.members[0].queued {
+		g.held = true
+		for _, m := range g.members[1:] {
+			if m.queued {
+				bg := rt.budgets[m.target]
+				bg.queue.remove(m)
+				b.dispatch(bg, now)
+			}
+		}
+	}
 	if len(g.members) == 0 {
 		// It fits no target, ever: the error names the first.
 		rt.refused++
@@ -182,19 +201,34 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 
 	timeout, stop := after(b.clock, wait)
 	defer stop()
-	select {
-	case <-g.ready:
-	case <-timeout:
-	case <-ctx.Done():
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		b.waiting.done(req.Client)
-		if g.won != nil {
-			b.undoGrant(g.won.lease, b.clock.Now())
-		} else {
-			b.leaveAll(g, b.clock.Now())
+	var graceC <-chan struct{}
+	if g.held {
+		c, stopGrace := after(b.clock, grace)
+		defer stopGrace()
+		graceC = c
+	}
+	for waiting := true; waiting; {
+		select {
+		case <-graceC:
+			graceC = nil
+			b.mu.Lock()
+			b.release(g, b.clock.Now())
+			b.mu.Unlock()
+		case <-g.ready:
+			waiting = false
+		case <-timeout:
+			waiting = false
+		case <-ctx.Done():
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.waiting.done(req.Client)
+			if g.won != nil {
+				b.undoGrant(g.won.lease, b.clock.Now())
+			} else {
+				b.leaveAll(g, b.clock.Now())
+			}
+			return Decision{}, ctx.Err()
 		}
-		return Decision{}, ctx.Err()
 	}
 	b.mu.Lock()
 	b.waiting.done(req.Client)
@@ -202,6 +236,25 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 	l, rec := g.lease()
 	b.mu.Unlock()
 	return b.finish(ctx, d, err, l, rec)
+}
+
+// release ends the affinity grace: the members held back join their
+// queues, as arrivals of now. Caller holds Core.mu.
+func (b *Core) release(g *routeWait, now time.Time) {
+	if !g.held || g.won != nil || g.woken || b.closed {
+		return
+	}
+	g.held = false
+	for _, m := range g.members {
+		if !m.queued && m.err == nil {
+			bg := g.rt.budgets[m.target]
+			bg.queue.push(m)
+			b.dispatch(bg, now)
+			if g.won != nil {
+				return
+			}
+		}
+	}
 }
 
 // lease returns the granted lease and its record as of now, or nils.
@@ -226,6 +279,9 @@ func (b *Core) settleRoute(g *routeWait, now time.Time) (Decision, error) {
 			Route: RouteGrant{Route: rt.Name, Target: t, Index: w.target, Reason: g.reason(w.target)}}, nil
 	}
 	b.leaveAll(g, now)
+	if b.closed {
+		return Decision{}, &Error{Kind: KindUnavailable, Message: "broker is shutting down"}
+	}
 	best := -1
 	var bestLimit Limit
 	var bestD time.Duration
