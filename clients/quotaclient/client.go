@@ -192,7 +192,10 @@ func (c *Client) Acquire(ctx context.Context, req Request) (*Lease, error) {
 		return nil, err
 	}
 	c.markDown(err)
-	if c.o.mode == FailOpen && req.Route == "" {
+	if req.Route != "" {
+		return nil, routeUnavailable(err)
+	}
+	if c.o.mode == FailOpen {
 		return c.local.acquire(ctx, c, req)
 	}
 	return nil, failClosed(err)
@@ -209,6 +212,18 @@ func failClosed(err error) error {
 	fc := *e
 	fc.Message = "broker unavailable, so no lease and no Bedrock call (FailClosed; with WithFailureMode(FailOpen) the call would run on a local lease under FallbackLimits): " + e.Message
 	return &fc
+}
+
+// routeUnavailable words the error of a route request without a broker,
+// whatever the failure mode: only the broker knows the route's targets.
+func routeUnavailable(err error) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	ru := *e
+	ru.Message = "broker unavailable, so no lease and no Bedrock call: a route's targets are the broker's to know, so route calls fail closed even with FailOpen: " + e.Message
+	return &ru
 }
 
 func (c *Client) outgoing(ctx context.Context) context.Context {

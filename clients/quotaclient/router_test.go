@@ -355,3 +355,29 @@ func pollUntil(t *testing.T, limit time.Duration, what string, cond func() bool)
 		}
 	}
 }
+
+// TestRouterFailsClosedWithoutBroker: without the broker there is no
+// target to run on, so a route call fails closed even under FailOpen, and
+// Bedrock sees nothing.
+func TestRouterFailsClosedWithoutBroker(t *testing.T) {
+	t.Parallel()
+	sim, url := startSim(t, routeScenario(6000, 1e6), 1)
+	bp := routeBroker(t, 6000, 1_000_000, usRoute)
+	conn := dial(t, bp.addr)
+	qc := quotaclient.New(conn, quotaclient.WithFailureMode(quotaclient.FailOpen), quotaclient.WithWait(-1),
+		quotaclient.WithProbeInterval(time.Millisecond))
+	r := newRouter(t, qc, "sonnet-us", url)
+	ctx := context.Background()
+	if _, err := r.Converse(ctx, converseIn("", "hello", 50)); err != nil {
+		t.Fatal(err)
+	}
+	bp.stop()
+	before := sim.Stats().Requests
+	_, err := r.Converse(ctx, converseIn("", "hello", 50))
+	if !errors.Is(err, quotaclient.ErrUnavailable) || !strings.Contains(err.Error(), "route calls fail closed even with FailOpen") {
+		t.Fatalf("route call with the broker down: %v", err)
+	}
+	if got := sim.Stats().Requests; got != before {
+		t.Fatalf("Bedrock saw %d requests with the broker down", got-before)
+	}
+}
