@@ -118,8 +118,10 @@
 // full, when no target has room, first waits on that target alone for
 // Config.AffinityWait (5 s), so a busy route does not scatter
 // conversations over whichever target frees first. A refusal names the target with the earliest
-// retry. A throttle lowers one target's ceiling as before, and its pace
-// then sends the route's calls to the others until it recovers. Routes are
+// retry. A throttle lowers one target's ceiling as before, and while
+// that ceiling is engaged (below the static limit) the route tries the
+// target after the others, the affinity key's included: the route prefers
+// the others until it recovers. Routes are
 // set all or nothing (SetRoutes) and are not persisted: they come from
 // configuration, checked against the budgets when set.
 //

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"slices"
 	"time"
 )
 
@@ -133,6 +134,20 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 			order = append(order, i)
 		}
 	}
+	// Feedback: a target whose adaptive ceiling is engaged (a throttle cut
+	// it and it has not climbed back) goes after the others, the key's
+	// target too, so the route prefers the others until it recovers; its
+	// pace would otherwise let the next grant through at once, into the
+	// same throttle.
+	recovering := func(i int) int {
+		bg := rt.budgets[i]
+		st, e := bg.staticLim, bg.limits(now)
+		if engaged(e.TPM, st.TPM) || engaged(e.RPM, st.RPM) {
+			return 1
+		}
+		return 0
+	}
+	slices.SortStableFunc(order, func(x, y int) int { return recovering(x) - recovering(y) })
 	// First pass: join the targets' queues in order, each dispatched as it
 	// is joined, and stop at the first grant: that is the first target
 	// with room now (one whose queue has callers ahead has none). The
