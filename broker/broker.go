@@ -116,6 +116,8 @@ type Core struct {
 
 	// kick wakes the escrow loop (buffered, 1): a chunk is wanted.
 	kick chan struct{}
+
+	routing routing // routes, affinity (route.go); guarded by mu
 }
 
 type lease struct {
@@ -166,6 +168,7 @@ func Open(ctx context.Context, store Store, clock Clock, cfg Config) (*Broker, e
 		chunks:  make(map[uint64]*chunk),
 		kick:    make(chan struct{}, 1),
 		ten:     newTenants(cfg.Caps, cfg.Prices),
+		routing: routing{affinity: newAffinityCache(cfg.AffinityKeys, cfg.AffinityTTL)},
 	}
 	b.restore(snap)
 	return &Broker{
@@ -265,7 +268,7 @@ func (b *Core) Close() {
 		for _, w := range ws {
 			bg.queue.remove(w)
 			w.err = &Error{Kind: KindUnavailable, Message: "broker is shutting down"}
-			close(w.ready)
+			w.wake()
 		}
 	}
 }
@@ -328,6 +331,12 @@ type AcquireRequest struct {
 	CacheWriteTokens int64
 	// Wait is how long the caller will wait for capacity; 0 answers at once.
 	Wait time.Duration
+	// Route names a route (route.go) instead of ModelID and Region: the
+	// lease is granted on one of its targets, which Decision.Route names.
+	Route string
+	// AffinityKey (a conversation or session id; with Route) prefers the
+	// target the key was last granted on while it has room.
+	AffinityKey string
 }
 
 // Lease is a granted lease, as the caller sees it.
@@ -353,6 +362,9 @@ type Decision struct {
 	RetryAfter time.Duration
 	Blocked    Limit
 	Cap        string
+	// Route is where a route's request was granted (or, refused, the target
+	// with the earliest retry); zero for a request that named a model.
+	Route RouteGrant
 }
 
 func (r *AcquireRequest) validate() error {
@@ -376,7 +388,7 @@ func (r *AcquireRequest) validate() error {
 	if r.Wait < 0 {
 		return invalidf("wait", "is negative (%v)", r.Wait)
 	}
-	return nil
+	return validateRouteRequest(r)
 }
 
 // Acquire grants a lease for one call, waiting up to req.Wait (clamped to
@@ -395,6 +407,9 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 	}
 	// Runs after every unlock below: history is folded off the lock.
 	defer b.rec.tidy()
+	if req.Route != "" {
+		return b.acquireRoute(ctx, req)
+	}
 	key, err := ParseModelID(req.ModelID, req.Region, b.cfg.DefaultRegion)
 	if err != nil {
 		return Decision{}, err
@@ -411,11 +426,7 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 		b.mu.Unlock()
 		return Decision{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
 	}
-	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.burndown, base: req.InputTokens + req.CacheWriteTokens, priority: req.Priority}
-	if n.maxOutput == 0 {
-		n.maxOutput, n.unsetMax = bg.maxOutput, true
-	}
-	n.tokens = reservation(req.InputTokens, req.CacheWriteTokens, n.maxOutput, n.burndown)
+	n := needOf(bg, &req)
 	err = bg.neverFits(n)
 	if err == nil {
 		err = b.capNeverFits(req.Client, key, &req, &n)
@@ -497,6 +508,13 @@ func (b *Core) settleWait(bg *budget, w *waiter, now time.Time) (Decision, error
 	b.dispatch(bg, now) // w may have been the head that held others back
 	bg.counters.Refused++
 	b.rec.note(event{kind: eventRefused, key: bg.spec.Key, client: w.client, at: now})
+	limit, d, capWhy := b.retryAfter(bg, w, now)
+	return Decision{Key: bg.spec.Key, RetryAfter: d, Blocked: limit, Cap: capWhy, Waited: now.Sub(w.enqueued)}, nil
+}
+
+// retryAfter is the limit that holds w back on bg at now, and the time
+// until it would fit. Caller holds b.mu.
+func (b *Core) retryAfter(bg *budget, w *waiter, now time.Time) (Limit, time.Duration, string) {
 	limit, d := bg.fit(now, w.need)
 	var capWhy string
 	switch capLimit, capWait, why := b.capFit(bg, w, now); {
@@ -520,7 +538,7 @@ func (b *Core) settleWait(bg *budget, w *waiter, now time.Time) (Decision, error
 		// bounded pause rather than a guess at when that happens.
 		d = time.Second
 	}
-	return Decision{Key: bg.spec.Key, RetryAfter: d, Blocked: limit, Cap: capWhy, Waited: now.Sub(w.enqueued)}, nil
+	return limit, d, capWhy
 }
 
 // finish persists a grant (rec, copied under the lock that granted it, so
@@ -551,9 +569,10 @@ func (b *Core) finish(ctx context.Context, d Decision, err error, l *lease, rec 
 	return d, nil
 }
 
-// dispatch grants waiters of bg in queue order while they fit, and arms a
-// timer for when the head will fit. Caller holds b.mu.
-func (b *Core) dispatch(bg *budget, now time.Time) {
+// dispatchQueue grants waiters of bg in queue order while they fit, and
+// arms a timer for when the head will fit. Caller holds b.mu; it is called
+// through dispatch (routewait.go).
+func (b *Core) dispatchQueue(bg *budget, now time.Time) {
 	// A waiter whose client is at a cap of its own is skipped, as one at
 	// its MaxConcurrent is, so it holds back no other client; the queue
 	// looks again when the earliest such cap frees (capWake) or a
@@ -581,7 +600,7 @@ func (b *Core) dispatch(bg *budget, now time.Time) {
 			// The limits were lowered under it.
 			bg.queue.remove(w)
 			w.err = err
-			close(w.ready)
+			w.wake() // a route's caller waits on as long as another target may serve it
 			continue
 		}
 		limit, d := bg.fit(now, w.need)
@@ -598,7 +617,10 @@ func (b *Core) dispatch(bg *budget, now time.Time) {
 		}
 		bg.queue.take(w)
 		w.lease = b.grant(bg, w, now)
-		close(w.ready)
+		if w.group != nil {
+			b.routeGranted(w, now)
+		}
+		w.wake()
 	}
 }
 

@@ -83,6 +83,18 @@ type Config struct {
 	// Caps and money.
 	Caps   Caps
 	Prices map[PriceKey]Price
+	// AffinityKeys bounds the affinity keys routes remember (route.go);
+	// the least recently used is forgotten beyond it. Default 100,000.
+	AffinityKeys int
+	// AffinityTTL is how long an affinity key is remembered after its
+	// last grant. Default 5 minutes, the life of a Bedrock prompt cache.
+	AffinityTTL time.Duration
+	// AffinityWait is how long a route caller whose key's target is full
+	// (and no target has room) waits on that target alone before it waits
+	// on every target; at most half its wait. Default 5 s: short next to a
+	// model call, long enough for a busy target to free a place; negative
+	// waits on every target at once.
+	AffinityWait time.Duration
 	// Logger receives the broker's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -114,6 +126,11 @@ func (c *Config) setDefaults() error {
 	def(&c.ClientHistoryRetention, min(48*time.Hour, c.HistoryRetention))
 	def(&c.SweepInterval, time.Second)
 	def(&c.EscrowSpan, time.Second)
+	def(&c.AffinityTTL, defaultAffinityTTL)
+	def(&c.AffinityWait, 5*time.Second)
+	if c.AffinityKeys == 0 {
+		c.AffinityKeys = defaultAffinityKeys
+	}
 	switch {
 	case c.LeaseTTL < time.Second:
 		return fmt.Errorf("config LeaseTTL: %v is below 1s", c.LeaseTTL)
@@ -131,6 +148,10 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("config ClientHistoryRetention: %v is outside 1h..HistoryRetention (%v)", c.ClientHistoryRetention, c.HistoryRetention)
 	case c.SweepInterval <= 0:
 		return fmt.Errorf("config SweepInterval: %v is not positive", c.SweepInterval)
+	case c.AffinityKeys < 0:
+		return fmt.Errorf("config AffinityKeys: %d is negative", c.AffinityKeys)
+	case c.AffinityTTL < 0:
+		return fmt.Errorf("config AffinityTTL: %v is negative", c.AffinityTTL)
 	}
 	if err := c.Adaptive.setDefaults(); err != nil {
 		return err

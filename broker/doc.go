@@ -104,6 +104,27 @@
 // past its Wait gets a refusal with the time until it would fit and the
 // limit that blocks it.
 //
+// # Routes
+//
+// A Route is an ordered list of Targets, each a budget and the model id to
+// call in its Region (route.go). Acquire on a route grants on the first
+// target with room now, or on the target an affinity key was last granted
+// on while that one has room (a bounded LRU of key hashes, expiring with
+// the prompt cache it stands for). When none has room the caller waits in
+// every target's queue at once, with its client, weight and priority, and
+// is granted on whichever serves it first; the same critical section takes
+// it out of the other queues (routewait.go), so no second grant and no
+// ghost waiter can follow. A caller with an affinity key whose target is
+// full, when no target has room, first waits on that target alone for
+// Config.AffinityWait (5 s), so a busy route does not scatter
+// conversations over whichever target frees first. A refusal names the target with the earliest
+// retry. A throttle lowers one target's ceiling as before, and while
+// that ceiling is engaged (below the static limit) the route tries the
+// target after the others, the affinity key's included: the route prefers
+// the others until it recovers. Routes are
+// set all or nothing (SetRoutes) and are not persisted: they come from
+// configuration, checked against the budgets when set.
+//
 // # Durability: capacity escrow
 //
 // The invariant: after kill -9 and a restart, no 60-second window and no

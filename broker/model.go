@@ -91,6 +91,12 @@ const (
 	LimitMoney
 )
 
+// Flood reports whether l is one of the bounds against a flood of callers
+// rather than a budget's limit.
+func (l Limit) Flood() bool {
+	return l == LimitClientWaiters || l == LimitWaiters || l == LimitClientLeases
+}
+
 func (l Limit) String() string {
 	switch l {
 	case LimitRPM:

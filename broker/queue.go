@@ -20,6 +20,10 @@ type waiter struct {
 	err        error  // set when it can never be granted
 	queued     bool
 	prev, next *waiter // its client's FIFO at its priority, while queued
+	// group is the route wait this waiter is one target of (routewait.go),
+	// nil for a request on one budget; target is its index in the route.
+	group  *routeWait
+	target int
 }
 
 // need is what one lease takes from a budget.

@@ -77,6 +77,7 @@ func (b *Core) Sweep(ctx context.Context) {
 		limits[k] = bg.limits(now)
 		bg.forgetClients(now)
 	}
+	b.routing.affinity.expire(now)
 	b.mu.Unlock()
 	c.Stats = append(c.Stats, b.rec.take(limits)...) // folded here, off the lock
 	if c.empty() {

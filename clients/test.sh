@@ -80,11 +80,28 @@ cat >"$tmp/budgets.json" <<'EOF'
   {"region": "us-east-2", "model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "rpm": 100, "tpm": 1000000, "tpd": 100000000},
   {"region": "us-east-2", "model": "anthropic.claude-3-haiku-20240307-v1:0", "rpm": 2, "tpm": 20000},
   {"region": "us-east-1", "model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "rpm": 100, "tpm": 1000000},
-  {"region": "us-east-1", "model": "anthropic.claude-3-haiku-20240307-v1:0", "rpm": 2, "tpm": 20000}
+  {"region": "us-east-1", "model": "anthropic.claude-3-haiku-20240307-v1:0", "rpm": 2, "tpm": 20000},
+  {"region": "eu-west-1", "model": "eu.anthropic.claude-sonnet-4-5-20250929-v1:0", "rpm": 1, "tpm": 1000000},
+  {"region": "eu-west-3", "model": "eu.anthropic.claude-sonnet-4-5-20250929-v1:0", "rpm": 100, "tpm": 1000000},
+  {"region": "eu-central-1", "model": "eu.anthropic.claude-sonnet-4-5-20250929-v1:0", "rpm": 1, "tpm": 1000000},
+  {"region": "eu-north-1", "model": "eu.anthropic.claude-sonnet-4-5-20250929-v1:0", "rpm": 100, "tpm": 1000000},
+  {"region": "ap-southeast-1", "model": "apac.anthropic.claude-sonnet-4-5-20250929-v1:0", "rpm": 100, "tpm": 1000000},
+  {"region": "ap-southeast-2", "model": "apac.anthropic.claude-sonnet-4-5-20250929-v1:0", "rpm": 100, "tpm": 1000000}
+]}
+EOF
+# Routes, one per suite again: the first target of each test route allows
+# one request a minute, so the second request spills to the next.
+cat >"$tmp/routes.json" <<'EOF'
+{"routes": [
+  {"name": "node-route", "model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "targets": [
+    {"region": "eu-west-1", "model": "eu.anthropic.claude-sonnet-4-5-20250929-v1:0"},
+    {"region": "eu-west-3", "model": "eu.anthropic.claude-sonnet-4-5-20250929-v1:0"}]},
+  {"name": "py-route", "model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "geography": "eu", "regions": ["eu-central-1", "eu-north-1"]},
+  {"name": "example-route", "model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "geography": "apac"}
 ]}
 EOF
 "$tmp/quota-broker" serve --listen 127.0.0.1:0 --data "$tmp/state.db" --budgets "$tmp/budgets.json" \
-  --margin 1 >"$tmp/broker.out" 2>"$tmp/broker.err" &
+  --routes "$tmp/routes.json" --margin 1 >"$tmp/broker.out" 2>"$tmp/broker.err" &
 broker_pid=$!
 
 addr=""
@@ -108,11 +125,13 @@ run() { # name, command...
   if "$@"; then log "== $name: ok"; else log "== $name: FAILED"; failed+=("$name"); fi
 }
 run "node tests" env QUOTA_BROKER_TEST_REGION=us-west-2 \
+  QUOTA_BROKER_TEST_ROUTE=node-route QUOTA_BROKER_TEST_ROUTE_REGIONS=eu-west-1,eu-west-3 \
   bash -c 'cd clients/node && node --test test/*.test.js'
 run "python tests" env QUOTA_BROKER_TEST_REGION=us-east-2 QUOTA_BROKER_PY_GEN="$tmp/pygen" \
+  QUOTA_BROKER_TEST_ROUTE=py-route QUOTA_BROKER_TEST_ROUTE_REGIONS=eu-central-1,eu-north-1 \
   "$PY" -m pytest -p no:cacheprovider -q -rs clients/python/test_client.py
-run "node example" node clients/node/example.js "$addr"
-run "python example" env QUOTA_BROKER_PY_GEN="$tmp/pygen" "$PY" clients/python/example.py "$addr"
+run "node example" env QUOTA_BROKER_ROUTE=example-route node clients/node/example.js "$addr"
+run "python example" env QUOTA_BROKER_PY_GEN="$tmp/pygen" QUOTA_BROKER_ROUTE=example-route "$PY" clients/python/example.py "$addr"
 
 # --- stop the broker: SIGTERM must stop it cleanly ------------------------------
 kill -TERM "$broker_pid"

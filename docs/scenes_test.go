@@ -503,6 +503,8 @@ var scenes = []*scene{
 			{benchmarks, "go test -run='^$' -bench=. -benchtime=2s ./clients/quotaclient/"},
 			{benchmarks, "go run ./bench/adapt -v"},
 			{benchmarks, "go run ./bench/adapt -speed 1 -strategies sdk-adaptive,broker"},
+			{benchmarks, "go run ./bench/route"},
+			{benchmarks, "go run ./bench/route -short"},
 			{benchmarks, "go run ./bench/soak -duration 5m -clients 300"},
 			{benchmarks, "go test -run '^$' -bench AcquireUnderFlood -benchtime 400000x ./broker/"},
 			{benchmarks, "go run ./bench/lease -attack flood,halfopen,history -duration 3s -rounds 3"},
@@ -526,6 +528,10 @@ var scenes = []*scene{
 				// its figures after the whole campaign.
 				{benchmarks, "go run ./bench/adapt -v", `(?m)^running \S+ \.\.\. `},
 				{benchmarks, "go run ./bench/adapt -speed 1 -strategies sdk-adaptive,broker", `(?m)^running \S+ \.\.\. `},
+				// route prints a strategy's name as it starts it; -short
+				// runs to its table.
+				{benchmarks, "go run ./bench/route", `(?m)^running \S+ \.\.\. `},
+				{benchmarks, "go run ./bench/route -short", `(?m)^\s+route\s+\d+\.\d%`},
 				{benchmarks, "go run ./bench/soak -duration 5m -clients 300", `(?m)^\s+10s\s+\d`},
 				{benchmarks, "go test -run '^$' -bench AcquireUnderFlood -benchtime 400000x ./broker/", `(?m)^BenchmarkAcquireUnderFlood/waiters=0\S*\s+\d+\s+\d+ ns/op.* p99-ms`},
 				{benchmarks, "go run ./bench/lease -attack flood,halfopen,history -duration 3s -rounds 3", `(?m)^unrelated client's AcquireLease over gRPC on loopback under attack, 3s per measurement`},

@@ -83,13 +83,22 @@ func refusal(key broker.Key, d broker.Decision) error {
 	case broker.LimitClientCap, broker.LimitMoney:
 		msg = "refused by " + d.Cap + retry
 	}
-	st := status.New(codes.ResourceExhausted, msg)
 	meta := map[string]string{
 		"limit":  d.Blocked.String(),
 		"region": key.Region,
 		"scope":  key.Scope.String(),
 		"model":  key.Model,
 	}
+	if r := d.Route; r.Route != "" {
+		// key is the target with the earliest retry; say that every
+		// target was full, and which route.
+		meta["route"] = r.Route
+		if !d.Blocked.Flood() && d.Cap == "" {
+			msg = "no capacity on any target of route " + r.Route + " within the wait; the earliest is " +
+				d.Blocked.String() + " of " + key.String() + retry
+		}
+	}
+	st := status.New(codes.ResourceExhausted, msg)
 	if d.Cap != "" {
 		meta["cap"] = d.Cap
 	}

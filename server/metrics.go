@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,7 @@ type Reporter interface {
 	Report(f broker.ReportFilter) ([]broker.BudgetReport, time.Time)
 	DiscoveryStatus() broker.DiscoveryStatus
 	Spend() broker.SpendReport
+	Routes() []broker.RouteInfo
 }
 
 // budgetCollector turns the broker's report into Prometheus metrics at
@@ -26,6 +28,7 @@ type budgetCollector struct {
 	limit, quota, ceiling, used, utilisation, outstanding, waiters *prometheus.Desc
 	events, tokens                                                 *prometheus.Desc
 	quotaAge                                                       *prometheus.Desc
+	routeGrants, routeWaited, routeRefused, routeWaiters           *prometheus.Desc
 }
 
 var budgetLabels = []string{"region", "scope", "model"}
@@ -46,11 +49,18 @@ func newBudgetCollector(r Reporter) *budgetCollector {
 		events:      d("events_total", "Leases by what happened to them, since the broker started.", "event"),
 		tokens:      d("tokens_total", "Tokens reserved at grant, settled at completion, and returned (reserved minus settled).", "kind"),
 		quotaAge:    prometheus.NewDesc("quotabroker_quota_age_seconds", "Time since quotas were last discovered; absent with static budgets.", nil, nil),
+		routeGrants: prometheus.NewDesc("quotabroker_route_grants_total", "Leases a route granted on each target, by reason: room (its first target), affinity (the key's last target), spill (another, the preferred one being full).",
+			[]string{"route", "target", "region", "model_id", "reason"}, nil),
+		routeWaited: prometheus.NewDesc("quotabroker_route_waited_grants_total", "Of a route's grants on each target, those that waited for capacity.",
+			[]string{"route", "target", "region", "model_id"}, nil),
+		routeRefused: prometheus.NewDesc("quotabroker_route_refused_total", "Requests on a route refused: every target full until the wait ran out.", []string{"route"}, nil),
+		routeWaiters: prometheus.NewDesc("quotabroker_route_waiters", "Callers of a route waiting on each target now (each waits on every target at once).",
+			[]string{"route", "target", "region", "model_id"}, nil),
 	}
 }
 
 func (c *budgetCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.limit, c.quota, c.ceiling, c.used, c.utilisation, c.outstanding, c.waiters, c.events, c.tokens, c.quotaAge} {
+	for _, d := range []*prometheus.Desc{c.limit, c.quota, c.ceiling, c.used, c.utilisation, c.outstanding, c.waiters, c.events, c.tokens, c.quotaAge, c.routeGrants, c.routeWaited, c.routeRefused, c.routeWaiters} {
 		ch <- d
 	}
 }
@@ -97,6 +107,21 @@ func (c *budgetCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.tokens, n.ReservedTokens, "reserved")
 		counter(c.tokens, n.SettledTokens, "settled")
 		counter(c.tokens, n.ReturnedTokens, "returned")
+	}
+	for _, r := range c.r.Routes() {
+		ch <- prometheus.MustNewConstMetric(c.routeRefused, prometheus.CounterValue, float64(r.Refused), r.Name)
+		for i, t := range r.Targets {
+			lv := []string{r.Name, strconv.Itoa(i), t.Key.Region, t.ModelID}
+			n := r.Counters[i]
+			for _, e := range []struct {
+				reason string
+				v      int64
+			}{{"room", n.Room}, {"affinity", n.Affinity}, {"spill", n.Spill}} {
+				ch <- prometheus.MustNewConstMetric(c.routeGrants, prometheus.CounterValue, float64(e.v), append(lv, e.reason)...)
+			}
+			ch <- prometheus.MustNewConstMetric(c.routeWaited, prometheus.CounterValue, float64(n.Waited), lv...)
+			ch <- prometheus.MustNewConstMetric(c.routeWaiters, prometheus.GaugeValue, float64(r.Queued[i]), lv...)
+		}
 	}
 	if d := c.r.DiscoveryStatus(); d.Enabled && !d.LastSuccess.IsZero() {
 		ch <- prometheus.MustNewConstMetric(c.quotaAge, prometheus.GaugeValue, now.Sub(d.LastSuccess).Seconds())

@@ -51,6 +51,7 @@ type OperatorService interface {
 	RefreshNow(ctx context.Context) error
 	DiscoveryStatus() broker.DiscoveryStatus
 	Spend() broker.SpendReport
+	Routes() []broker.RouteInfo
 }
 
 // Broker is both services in one value, as *broker.Broker assembles them;
@@ -342,6 +343,8 @@ func (s *Server) AcquireLease(ctx context.Context, req *pb.AcquireLeaseRequest) 
 		MaxOutputTokens:  req.GetMaxOutputTokens(),
 		CacheWriteTokens: req.GetCacheWriteTokens(),
 		Wait:             wait,
+		Route:            req.GetRoute(),
+		AffinityKey:      req.GetAffinityKey(),
 	})
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
@@ -349,7 +352,7 @@ func (s *Server) AcquireLease(ctx context.Context, req *pb.AcquireLeaseRequest) 
 	if !d.Granted {
 		return nil, refusal(d.Key, d)
 	}
-	return &pb.AcquireLeaseResponse{Lease: leaseToPB(d.Lease), Waited: durationPB(d.Waited)}, nil
+	return acquiredToPB(d, req), nil
 }
 
 func (s *Server) CompleteLease(ctx context.Context, req *pb.CompleteLeaseRequest) (*pb.CompleteLeaseResponse, error) {
@@ -435,6 +438,7 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 		sp = ownSpend(sp, self)
 	}
 	out.Spend = spendToPB(sp)
+	out.Routes = routesToPB(s.ops.Routes())
 	return out, nil
 }
 

@@ -185,3 +185,42 @@ func discoveryToPB(d broker.DiscoveryStatus, now time.Time) *pb.Discovery {
 	out.Notes = d.Notes
 	return out
 }
+
+// acquiredToPB says where the caller calls: the route's target, or the
+// budget's Region and the model id the request named.
+func acquiredToPB(d broker.Decision, req *pb.AcquireLeaseRequest) *pb.AcquireLeaseResponse {
+	out := &pb.AcquireLeaseResponse{Lease: leaseToPB(d.Lease), Waited: durationPB(d.Waited)}
+	if r := d.Route; r.Route != "" {
+		out.Lease.Region, out.Lease.ModelId = r.Target.Key.Region, r.Target.ModelID
+		out.Route = &pb.RouteGrant{Route: r.Route, TargetIndex: int32(r.Index), Reason: routeReasonToPB(r.Reason)}
+		return out
+	}
+	out.Lease.Region, out.Lease.ModelId = d.Lease.Key.Region, req.GetModelId()
+	return out
+}
+
+func routeReasonToPB(r broker.RouteReason) pb.RouteReason {
+	switch r {
+	case broker.ReasonRoom:
+		return pb.RouteReason_ROUTE_REASON_ROOM
+	case broker.ReasonAffinity:
+		return pb.RouteReason_ROUTE_REASON_AFFINITY
+	case broker.ReasonSpill:
+		return pb.RouteReason_ROUTE_REASON_SPILL
+	}
+	return pb.RouteReason_ROUTE_REASON_UNSPECIFIED
+}
+
+func routesToPB(rs []broker.RouteInfo) []*pb.RouteReport {
+	var out []*pb.RouteReport
+	for _, r := range rs {
+		pr := &pb.RouteReport{Name: r.Name, Refused: r.Refused}
+		for i, t := range r.Targets {
+			c := r.Counters[i]
+			pr.Targets = append(pr.Targets, &pb.RouteTargetReport{Budget: keyToPB(t.Key), ModelId: t.ModelID,
+				Room: c.Room, Affinity: c.Affinity, Spill: c.Spill, Waited: c.Waited, Waiters: int64(r.Queued[i])})
+		}
+		out = append(out, pr)
+	}
+	return out
+}

@@ -43,6 +43,15 @@ async function main() {
         `${b.usage.tokensLastMinute} tokens in the last minute, utilisation ${b.utilisation.toFixed(4)}`);
     }
 
+    // A route (serve --routes): the broker picks the target, the lease says
+    // where to call it.
+    if (process.env.QUOTA_BROKER_ROUTE) {
+      const res = await qb.acquireLease({ route: process.env.QUOTA_BROKER_ROUTE, affinityKey: 'conversation-42', inputTokens: 1200, maxOutputTokens: 1024 });
+      console.log(`route ${res.route.route}: call ${res.lease.modelId} in ${res.lease.region} ` +
+        `(target ${res.route.targetIndex}, ${res.route.reason})`);
+      await qb.completeLease({ leaseId: res.lease.leaseId, outcome: 'OUTCOME_SUCCESS', usage: { inputTokens: 1180, outputTokens: 312 } });
+    }
+
     // A refusal: RESOURCE_EXHAUSTED with RetryInfo and ErrorInfo.
     for (let i = 0; i < 5; i++) {
       try {

@@ -219,8 +219,10 @@ class QuotaBrokerClient {
 
   /**
    * AcquireLease. req: { modelId, region?, priority?, inputTokens?, maxOutputTokens?,
-   * cacheWriteTokens?, waitMs? }. Resolves to { lease, waited }; rejects with the
-   * gRPC error (see refusalFromError for RESOURCE_EXHAUSTED).
+   * cacheWriteTokens?, waitMs? }, or { route, affinityKey?, ... } instead of modelId and
+   * region. Resolves to { lease, waited, route }: call Bedrock in lease.region with
+   * lease.modelId (for a route, the target granted; route says which and why). Rejects
+   * with the gRPC error (see refusalFromError for RESOURCE_EXHAUSTED).
    */
   acquireLease(req) {
     const { waitMs = 0, ...rest } = req;

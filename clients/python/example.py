@@ -42,6 +42,16 @@ def main():
             print(f"budget {k.region}/{pb.Scope.Name(k.scope)}/{k.model}: {b.usage.requests_last_minute} req and "
                   f"{b.usage.tokens_last_minute} tokens in the last minute, utilisation {b.utilisation:.4f}")
 
+        # A route (serve --routes): the broker picks the target, the lease says
+        # where to call it.
+        route = os.environ.get("QUOTA_BROKER_ROUTE", "")
+        if route:
+            res = qb.acquire_lease(route=route, affinity_key="conversation-42",
+                                   input_tokens=1200, max_output_tokens=1024)
+            print(f"route {res.route.route}: call {res.lease.model_id} in {res.lease.region} "
+                  f"(target {res.route.target_index}, {pb.RouteReason.Name(res.route.reason)})")
+            qb.complete_lease(res.lease.lease_id, input_tokens=1180, output_tokens=312)
+
         # A refusal: RESOURCE_EXHAUSTED with RetryInfo and ErrorInfo.
         for _ in range(5):
             try:

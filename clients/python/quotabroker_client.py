@@ -221,17 +221,22 @@ class QuotaBrokerClient:
     def __exit__(self, *exc):
         self.close()
 
-    def acquire_lease(self, model_id: str, *, region: str = "", input_tokens: int = 0,
+    def acquire_lease(self, model_id: str = "", *, region: str = "", input_tokens: int = 0,
                       max_output_tokens: int = 0, cache_write_tokens: int = 0,
-                      priority="PRIORITY_UNSPECIFIED", wait: float = 0.0):
+                      priority="PRIORITY_UNSPECIFIED", wait: float = 0.0,
+                      route: str = "", affinity_key: str = ""):
         """AcquireLease; wait is seconds the caller will queue for capacity.
+
+        Name a model (model_id, region) or a route (route, affinity_key). Call Bedrock
+        in lease.region with lease.model_id: for a route, the target granted (the
+        response's route field says which and why).
 
         Returns AcquireLeaseResponse; raises grpc.RpcError (see Refusal.from_error)."""
         def build(left: float):
             req = pb.AcquireLeaseRequest(
                 model_id=model_id, region=region, input_tokens=input_tokens,
                 max_output_tokens=max_output_tokens, cache_write_tokens=cache_write_tokens,
-                priority=priority,
+                priority=priority, route=route, affinity_key=affinity_key,
             )
             req.wait.FromNanoseconds(int(left * 1e9))
             return req

@@ -141,6 +141,27 @@ def test_haiku_burndown_then_refusal_with_retry_info(qb):
     assert rep.budgets[0].counters.refused >= 1
 
 
+ROUTE = os.environ.get("QUOTA_BROKER_TEST_ROUTE", "")
+ROUTE_REGIONS = os.environ.get("QUOTA_BROKER_TEST_ROUTE_REGIONS", "").split(",")
+
+
+@needs_broker
+@pytest.mark.skipif(not ROUTE, reason="QUOTA_BROKER_TEST_ROUTE is not set")
+def test_route_grants_on_first_target_with_room(qb):
+    # The route's first target allows one request a minute, its second 100.
+    where = []
+    for _ in range(2):
+        res = qb.acquire_lease(route=ROUTE, affinity_key="py-conv", input_tokens=100, max_output_tokens=100)
+        where.append((res.lease.region, res.lease.model_id, pb.RouteReason.Name(res.route.reason), res.route.target_index))
+        qb.complete_lease(res.lease.lease_id, input_tokens=100, output_tokens=10)
+    model = "eu." + SONNET_BASE
+    assert where == [(ROUTE_REGIONS[0], model, "ROUTE_REASON_ROOM", 0),
+                     (ROUTE_REGIONS[1], model, "ROUTE_REASON_SPILL", 1)]
+    routes = {r.name: r for r in qb.get_quota_report().routes}
+    assert routes[ROUTE].targets[0].room == 1
+    assert routes[ROUTE].targets[1].spill == 1
+
+
 @needs_broker
 def test_unknown_model_is_not_found(qb):
     with pytest.raises(grpc.RpcError) as ei:

@@ -1,6 +1,7 @@
 package quotaclient
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -92,6 +93,14 @@ type Request struct {
 	// Wait is how long to wait for capacity: 0 means the client's default
 	// (WithWait), negative means do not wait. The caller's ctx bounds it too.
 	Wait time.Duration
+	// Route names one of the broker's routes instead of ModelID and
+	// Region: the lease is granted on one of its targets, and the Lease
+	// says where to call (Region, CallModelID). A Router does this for
+	// bedrockruntime calls.
+	Route string
+	// AffinityKey (a conversation or session id, with Route) keeps calls
+	// on the target the key last ran on while it has room.
+	AffinityKey string
 }
 
 // Outcome is how the Bedrock call behind a lease ended.
@@ -132,6 +141,12 @@ type Lease struct {
 	// Local is true for a lease granted by the fallback limiter while the
 	// broker was unreachable (FailOpen); it never reaches the broker.
 	Local bool
+	// CallModelID is what to call in Region: for a route, the granted
+	// target's model or inference profile id; otherwise the request's.
+	CallModelID string
+	// Route and RouteReason (room, affinity, spill) say which route
+	// granted the lease and why this target; empty without a route.
+	Route, RouteReason string
 
 	c       *Client
 	modelID string     // as requested: the fallback limiter's key
@@ -145,8 +160,11 @@ type Lease struct {
 // ErrUnavailable when the broker cannot be reached (FailClosed), or the
 // caller's context error.
 func (c *Client) Acquire(ctx context.Context, req Request) (*Lease, error) {
-	if req.ModelID == "" {
-		return nil, &Error{Code: codes.InvalidArgument, Field: "model_id", Message: "is required", kind: ErrInvalid}
+	if req.ModelID == "" && req.Route == "" {
+		return nil, &Error{Code: codes.InvalidArgument, Field: "model_id", Message: "is required (or a route)", kind: ErrInvalid}
+	}
+	if req.Route != "" {
+		req.Region = "" // a route's targets carry their Regions
 	}
 	if req.Region == "" {
 		req.Region = c.o.region
@@ -160,7 +178,9 @@ func (c *Client) Acquire(ctx context.Context, req Request) (*Lease, error) {
 	case req.Wait < 0:
 		req.Wait = 0
 	}
-	if c.o.mode == FailOpen && !c.probeDue() {
+	// A route's targets are the broker's to know: without the broker there
+	// is no target to run on, so route requests fail closed.
+	if c.o.mode == FailOpen && req.Route == "" && !c.probeDue() {
 		return c.local.acquire(ctx, c, req)
 	}
 	l, err := c.acquireRemote(ctx, req)
@@ -175,6 +195,9 @@ func (c *Client) Acquire(ctx context.Context, req Request) (*Lease, error) {
 		return nil, err
 	}
 	c.markDown(err)
+	if req.Route != "" {
+		return nil, routeUnavailable(err)
+	}
 	if c.o.mode == FailOpen {
 		return c.local.acquire(ctx, c, req)
 	}
@@ -192,6 +215,18 @@ func failClosed(err error) error {
 	fc := *e
 	fc.Message = "broker unavailable, so no lease and no Bedrock call (FailClosed; with WithFailureMode(FailOpen) the call would run on a local lease under FallbackLimits): " + e.Message
 	return &fc
+}
+
+// routeUnavailable words the error of a route request without a broker,
+// whatever the failure mode: only the broker knows the route's targets.
+func routeUnavailable(err error) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	ru := *e
+	ru.Message = "broker unavailable, so no lease and no Bedrock call: a route's targets are the broker's to know, so route calls fail closed even with FailOpen: " + e.Message
+	return &ru
 }
 
 func (c *Client) outgoing(ctx context.Context) context.Context {
@@ -308,7 +343,9 @@ func (c *Client) acquireRemote(ctx context.Context, req Request) (*Lease, error)
 			CacheWriteTokens: req.CacheWriteTokens,
 			// What is left of the wait: a retry after a failover queues
 			// only for the rest of it.
-			Wait: durationpb.New(left),
+			Wait:        durationpb.New(left),
+			Route:       req.Route,
+			AffinityKey: req.AffinityKey,
 		})
 		return err
 	})
@@ -327,8 +364,13 @@ func (c *Client) acquireRemote(ctx context.Context, req Request) (*Lease, error)
 		GrantedAt:       pl.GetGrantedAt().AsTime(),
 		ExpiresAt:       pl.GetExpiresAt().AsTime(),
 		Waited:          resp.GetWaited().AsDuration(),
+		CallModelID:     cmp.Or(pl.GetModelId(), req.ModelID),
 		c:               c,
 		modelID:         req.ModelID,
+	}
+	if r := resp.GetRoute(); r != nil {
+		l.Route = r.GetRoute()
+		l.RouteReason = routeReasonString(r.GetReason())
 	}
 	return l, nil
 }
@@ -499,6 +541,18 @@ func scopeString(s pb.Scope) string {
 		return "cross-region"
 	case pb.Scope_SCOPE_GLOBAL:
 		return "global"
+	}
+	return ""
+}
+
+func routeReasonString(r pb.RouteReason) string {
+	switch r {
+	case pb.RouteReason_ROUTE_REASON_ROOM:
+		return "room"
+	case pb.RouteReason_ROUTE_REASON_AFFINITY:
+		return "affinity"
+	case pb.RouteReason_ROUTE_REASON_SPILL:
+		return "spill"
 	}
 	return ""
 }

@@ -51,6 +51,17 @@
 // ending (context.AfterFunc, stopped at settlement; no goroutine is left
 // behind).
 //
+// # Routes
+//
+// A Router (router.go) makes bedrockruntime calls on a broker route: it
+// takes the lease on the route (Request.Route, with the affinity key of
+// WithAffinityKey), sends the call to the granted target through a client
+// of that Region built with WithLeases, whose middleware settles the lease
+// it was handed rather than taking one, and on a throttle asks the route
+// again. One client per Region, because a bedrockruntime.Client's Region
+// is fixed before any middleware runs. Route calls fail closed when the
+// broker is unreachable: only the broker knows the targets.
+//
 // # Settlement rules (each lease is settled exactly once)
 //
 //	usage reported (Converse, headers, metadata, metrics)  success, that usage

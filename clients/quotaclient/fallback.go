@@ -105,7 +105,7 @@ func (f *fallback) acquire(ctx context.Context, c *Client, req Request) (*Lease,
 				ID: "local-" + strconv.FormatInt(f.seq.Add(1), 10), Model: req.ModelID, Region: req.Region,
 				ReservedTokens: tokens, MaxOutputTokens: maxOut, OutputBurndown: 1,
 				GrantedAt: now, ExpiresAt: now.Add(24 * time.Hour), Waited: now.Sub(start),
-				Local: true, c: c, modelID: req.ModelID,
+				Local: true, c: c, modelID: req.ModelID, CallModelID: req.ModelID,
 			}, nil
 		}
 		f.mu.Unlock()

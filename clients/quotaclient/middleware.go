@@ -94,6 +94,9 @@ func (m *leaseMiddleware) HandleInitialize(ctx context.Context, in middleware.In
 	}
 	c := m.c
 	region := awsmiddleware.GetRegion(ctx)
+	if r, ok := ctx.Value(routedKey{}).(*routed); ok {
+		return c.routedCall(ctx, in, next, s, region, r)
+	}
 	input := c.inputTokens(ctx, s)
 	for attempt := 1; ; attempt++ {
 		lease, err := c.Acquire(ctx, Request{ModelID: s.modelID, Region: region, InputTokens: input, MaxOutputTokens: s.maxTokens})
@@ -137,13 +140,17 @@ type CallLease struct {
 	// Attempts is the leases the call took: 1 plus its throttle retries
 	// (WithThrottleRetries).
 	Attempts int
+	// CallModelID is what was called in Region; Route and RouteReason are
+	// set for a Router's call (see Lease).
+	CallModelID, Route, RouteReason string
 }
 
 type callLeaseKey struct{}
 
 func callLeaseOf(l *Lease, attempts int) CallLease {
 	return CallLease{ID: l.ID, Local: l.Local, Region: l.Region, Scope: l.Scope, Model: l.Model,
-		ReservedTokens: l.ReservedTokens, Waited: l.Waited, Attempts: attempts}
+		ReservedTokens: l.ReservedTokens, Waited: l.Waited, Attempts: attempts,
+		CallModelID: l.CallModelID, Route: l.Route, RouteReason: l.RouteReason}
 }
 
 // LeaseOf returns the lease that covered a successful call made through

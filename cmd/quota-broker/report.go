@@ -169,6 +169,7 @@ func printReport(w io.Writer, rep *pb.GetQuotaReportResponse, wide bool) {
 	}
 	printActivity(w, rep, wide)
 	printSpend(w, rep.GetSpend(), wide)
+	printRoutes(w, rep)
 	if d := rep.GetDiscovery(); d != nil {
 		age := "never"
 		if d.GetQuotaAge() != nil {
@@ -403,4 +404,26 @@ func usedOf(used, limit int64) string {
 		return fmt.Sprintf("%d/-", used)
 	}
 	return fmt.Sprintf("%d/%d", used, limit)
+}
+
+// printRoutes lists each route's targets in order with where its calls
+// went and why; nothing when the broker serves no route.
+func printRoutes(w io.Writer, rep *pb.GetQuotaReportResponse) {
+	if len(rep.GetRoutes()) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROUTE\t#\tREGION\tCALL\tROOM\tAFFINITY\tSPILL\tWAITED\tWAITING\t")
+	for _, r := range rep.GetRoutes() {
+		for i, t := range r.GetTargets() {
+			name := ""
+			if i == 0 {
+				name = fmt.Sprintf("%s (refused %d)", r.GetName(), r.GetRefused())
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t\n", name, i+1, t.GetBudget().GetRegion(), t.GetModelId(),
+				t.GetRoom(), t.GetAffinity(), t.GetSpill(), t.GetWaited(), t.GetWaiters())
+		}
+	}
+	tw.Flush()
 }

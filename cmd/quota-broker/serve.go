@@ -26,6 +26,7 @@ import (
 	"github.com/bedrockqb/quotabroker/broker/budgetfile"
 	"github.com/bedrockqb/quotabroker/broker/policyfile"
 	"github.com/bedrockqb/quotabroker/broker/pricefile"
+	"github.com/bedrockqb/quotabroker/broker/routefile"
 	"github.com/bedrockqb/quotabroker/internal/sysclock"
 	"github.com/bedrockqb/quotabroker/server"
 	"github.com/bedrockqb/quotabroker/server/dashboard"
@@ -39,6 +40,7 @@ var exampleBudgets []byte
 
 type serveFlags struct {
 	listen, httpAddr, data, budgets, clients, tokens, region, logLevel string
+	routes                                                             string
 	insecureListen                                                     bool
 	// TLS: server certificate and key; the client CA turns on mutual TLS.
 	tlsCert, tlsKey, tlsClientCA string
@@ -85,6 +87,7 @@ func parseServeFlags(args []string, out io.Writer) (serveFlags, error) {
 	fs.StringVar(&f.httpAddr, "http", envOr("QUOTA_BROKER_HTTP", ""), "HTTP listen address for /metrics (Prometheus) and /dashboard; empty: none (env QUOTA_BROKER_HTTP)")
 	fs.StringVar(&f.data, "data", envOr("QUOTA_BROKER_DATA", "quota-broker.db"), "bbolt state file (env QUOTA_BROKER_DATA)")
 	fs.StringVar(&f.budgets, "budgets", envOr("QUOTA_BROKER_BUDGETS", ""), "JSON file of static budgets (env QUOTA_BROKER_BUDGETS); default: the stored budgets, or a built-in example set")
+	fs.StringVar(&f.routes, "routes", envOr("QUOTA_BROKER_ROUTES", ""), "JSON file of spillover routes (AcquireLease route=NAME), checked against the budgets at start-up (env QUOTA_BROKER_ROUTES)")
 	fs.StringVar(&f.clients, "clients", envOr("QUOTA_BROKER_CLIENTS", ""), "JSON file of client policies: weights, max_concurrent caps, daily_reserve, aging, rate caps and money budgets (caps and money reloaded on SIGHUP) (env QUOTA_BROKER_CLIENTS)")
 	fs.StringVar(&f.tokens, "tokens", envOr("QUOTA_BROKER_TOKENS", ""), "JSON file of hashed bearer tokens (client, role); reloaded on SIGHUP (env QUOTA_BROKER_TOKENS); without it callers are trusted")
 	fs.BoolVar(&f.insecureListen, "insecure-listen", envOr("QUOTA_BROKER_INSECURE_LISTEN", "") == "1", "allow listening beyond loopback without authenticating callers (no --tokens, no --tls-client-ca) (env QUOTA_BROKER_INSECURE_LISTEN=1)")
@@ -348,6 +351,23 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		if err := b.SetCaps(caps); err != nil {
 			return fmt.Errorf("clients file %s: %w", f.clients, err)
 		}
+	}
+	if f.routes != "" {
+		// After discovery: derived routes are built from the budgets it
+		// found, and a target without a budget fails start-up here, not a
+		// call later.
+		var keys []broker.Key
+		for _, bi := range b.Budgets() {
+			keys = append(keys, bi.Spec.Key)
+		}
+		routes, err := routefile.Load(f.routes, keys)
+		if err != nil {
+			return err
+		}
+		if err := b.SetRoutes(routes); err != nil {
+			return fmt.Errorf("routes file %s: %w", f.routes, err)
+		}
+		log.Info("routes loaded", "file", f.routes, "routes", len(routes))
 	}
 	alerts, err := newAlerting(f.alert, b, log)
 	if err != nil {

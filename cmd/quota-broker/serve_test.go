@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,5 +34,54 @@ func TestMainCloseAfterFailedRun(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// serve --routes checks the routes file against the budgets at start-up:
+// a target without a budget stops the broker before it listens, naming
+// the file, the line and the field; a good file puts its routes in service.
+func TestServeRoutes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	budgets := filepath.Join(dir, "budgets.json")
+	write := func(path, s string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(budgets, `{"budgets": [
+  {"region": "us-east-1", "model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "tpm": 100000},
+  {"region": "us-west-2", "model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "tpm": 100000}]}`)
+	routes := filepath.Join(dir, "routes.json")
+	for _, tc := range []struct{ name, routes, wantErr string }{
+		{"a target without a budget", `{"routes": [{"name": "r", "model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "targets": [
+  {"region": "us-east-1", "model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0"},
+  {"region": "us-east-2", "model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0"}]}]}`,
+			routes + ":3: routes[0].targets[1]: no budget for cross-region anthropic.claude-sonnet-4-5-20250929-v1:0 in us-east-2"},
+		{"derived", `{"routes": [{"name": "r", "model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "geography": "us"}]}`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			write(routes, tc.routes)
+			m := NewMain(io.Discard, io.Discard)
+			if err := m.ParseFlags([]string{"--listen", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "s.db"), "--budgets", budgets, "--routes", routes}); err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			err := m.Run(context.Background())
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Run: %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs := m.broker.Routes()
+			if len(rs) != 1 || len(rs[0].Targets) != 2 || rs[0].Targets[0].Key.Region != "us-east-1" || rs[0].Targets[1].Key.Region != "us-west-2" {
+				t.Fatalf("routes in service: %+v", rs)
+			}
+		})
 	}
 }

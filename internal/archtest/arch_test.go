@@ -45,7 +45,7 @@ func under(path, dir string) bool { r := rel(path); return r == dir || strings.H
 
 // leaves are the domain's standard-library leaves: they import the domain
 // and nothing else of ours, and any package may import them.
-var leaves = []string{"broker/quotaname", "broker/budgetfile", "broker/policyfile", "broker/pricefile"}
+var leaves = []string{"broker/quotaname", "broker/budgetfile", "broker/policyfile", "broker/pricefile", "broker/routefile"}
 
 // sharedAWS is the one package that adapters share: what every AWS client
 // is built with. It imports nothing of ours, so sharing it couples no

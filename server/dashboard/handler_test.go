@@ -1,6 +1,7 @@
 package dashboard_test
 
 import (
+	"context"
 	"encoding/xml"
 	"io"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/server/dashboard"
 )
 
@@ -199,5 +201,49 @@ func TestRendersAreCachedForCacheFor(t *testing.T) {
 	mu.Unlock()
 	if _, later := get(t, f.url+"/dashboard"); later == first {
 		t.Fatal("the page was still served from the cache after CacheFor")
+	}
+}
+
+// The routes table says, per route and target, where leases went and why;
+// a broker without routes shows none.
+func TestPageShowsRoutes(t *testing.T) {
+	t.Parallel()
+	f := start(t, dashboard.Config{})
+	if _, page := get(t, f.url+"/dashboard"); strings.Contains(page, `id="routes"`) {
+		t.Fatal("a routes table without routes")
+	}
+	// sonnet's budget in us-east-1, then us-west-2's (added for the route).
+	west, err := broker.NewTarget(sonnet, "us-west-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := f.b.SetSpecs(ctx, []broker.Spec{{Key: west.Key, Quota: broker.Limits{RPM: 10}, Source: "test"}}); err != nil {
+		t.Fatal(err)
+	}
+	east, _ := broker.NewTarget(sonnet, "us-east-1")
+	if err := f.b.SetRoutes([]broker.Route{{Name: "sonnet-us", Targets: []broker.Target{east, west}}}); err != nil {
+		t.Fatal(err)
+	}
+	// 180 RPM (200 x 0.9) on us-east-1, then a spill.
+	for range 181 {
+		if d, err := f.b.Acquire(ctx, broker.AcquireRequest{Route: "sonnet-us", MaxOutputTokens: 10}); err != nil || !d.Granted {
+			t.Fatalf("%+v %v", d, err)
+		}
+	}
+	_, page := get(t, f.url+"/dashboard")
+	i := strings.Index(page, `id="routes"`)
+	if i < 0 {
+		t.Fatalf("no routes table:\n%s", page)
+	}
+	table := page[i : strings.Index(page[i:], "</table>")+i]
+	for _, want := range []string{
+		`<td class="key">sonnet-us<br><small>refused 0</small></td><td>1</td>`,
+		`<td class="key">` + sonnet + `<br><small>us-east-1</small></td><td>180</td><td>0</td><td>0</td>`,
+		`<td>2</td>` + "\n" + `<td class="key">` + sonnet + `<br><small>us-west-2</small></td><td>0</td><td>0</td><td>1</td>`,
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("routes table lacks %s\n%s", want, table)
+		}
 	}
 }

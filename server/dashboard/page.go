@@ -22,6 +22,14 @@ type Source interface {
 
 var _ Source = (*broker.Broker)(nil)
 
+// RouteSource is what the routes table needs; a Source that has it (the
+// broker does) gets the table, one without it does not.
+type RouteSource interface {
+	Routes() []broker.RouteInfo
+}
+
+var _ RouteSource = (*broker.Broker)(nil)
+
 // Alerts is what the dashboard needs of the alerting: the alerts firing
 // now. cmd/ adapts the alerter (internal/alert) to it; the dashboard sees
 // the domain only.
@@ -50,7 +58,8 @@ type view struct {
 	// Alerting says whether the alerts are known (Config.Alerts set).
 	Alerting bool
 	// Spend is the spend and caps report, nil when the Source has none.
-	Spend *broker.SpendReport
+	Spend  *broker.SpendReport
+	Routes []broker.RouteInfo
 }
 
 type budgetView struct {
@@ -80,6 +89,9 @@ func collect(ctx context.Context, src Source, alerts Alerts, f broker.ReportFilt
 	if ss, ok := src.(spendSource); ok {
 		sp := ss.Spend()
 		v.Spend = &sp
+	}
+	if rs, ok := src.(RouteSource); ok {
+		v.Routes = rs.Routes()
 	}
 	firing := firingAlerts(alerts)
 	byKey := map[broker.Key]*budgetView{}
@@ -257,6 +269,19 @@ type pageData struct {
 	Longest            string // name of the longest span shown
 	Spend              []spendRow
 	Caps               []capRow
+	Routes             []routeRow
+}
+
+// routeRow is one target of a route in the routes table: where the
+// route's calls went and why, since the routes were loaded.
+type routeRow struct {
+	Route                 string // on the route's first target only
+	Refused               int64
+	Index                 int
+	Region, ModelID       string
+	Room, Affinity, Spill int64
+	Waited                int64
+	Waiting               int
 }
 
 // tableRow is a budget's line in the summary table. Its figures "now" are
@@ -323,6 +348,17 @@ func (d *Dashboard) page(v *view, span string) (*bytes.Buffer, error) {
 	}
 	for _, b := range v.Idle {
 		pd.Idle = append(pd.Idle, listed{Key: b.Key.String(), Note: limitsNote(b.Report)})
+	}
+	for _, r := range v.Routes {
+		for i, t := range r.Targets {
+			c := r.Counters[i]
+			rr := routeRow{Index: i + 1, Region: t.Key.Region, ModelID: t.ModelID, Room: c.Room, Affinity: c.Affinity,
+				Spill: c.Spill, Waited: c.Waited, Waiting: r.Queued[i]}
+			if i == 0 {
+				rr.Route, rr.Refused = r.Name, r.Refused
+			}
+			pd.Routes = append(pd.Routes, rr)
+		}
 	}
 	if len(v.Charted) == 0 {
 		pd.Empty = v.emptyMessage(len(v.Spans)-1) + "."
@@ -566,6 +602,17 @@ Times are UTC.</p>{{end}}
 <thead><tr><th class="key">client cap</th><th class="key">on</th><th>RPM<br><small>used/cap</small></th><th>TPM<br><small>used/cap</small></th><th>TPD<br><small>used/cap</small></th><th>refused</th></tr></thead>
 <tbody>{{range .Caps}}<tr{{if .Full}} class="firing"{{end}}><td class="key">{{.Client}}</td><td class="key">{{.On}}</td><td>{{.RPM}}</td><td>{{.TPM}}</td><td>{{.TPD}}</td><td>{{.Refused}}</td></tr>
 {{end}}</tbody></table>{{end}}
+{{if .Routes}}<table class="summary" id="routes">
+<thead><tr><th class="key">route</th><th>target</th><th class="key">calls</th><th>room<br><small>first target</small></th>
+<th>affinity<br><small>key's last target</small></th><th>spill<br><small>preferred full</small></th>
+<th>waited<br><small>of those</small></th><th>waiting<br><small>now</small></th></tr></thead>
+<tbody>{{range .Routes}}<tr data-route="{{.Route}}">
+<td class="key">{{if .Route}}{{.Route}}<br><small>refused {{.Refused}}</small>{{end}}</td><td>{{.Index}}</td>
+<td class="key">{{.ModelID}}<br><small>{{.Region}}</small></td><td>{{.Room}}</td><td>{{.Affinity}}</td><td>{{.Spill}}</td>
+<td>{{.Waited}}</td><td>{{.Waiting}}</td></tr>
+{{end}}</tbody></table>
+<p class="note">Routes: where each route granted its leases since the routes were loaded, by target in the route's order,
+and why: its first target with room, the affinity key's last target, or another because the preferred one was full.</p>{{end}}
 {{range .Rows}}{{$key := .Key}}<section class="budget" id="{{.Anchor}}">
 <h2>{{.Key}}</h2>
 <p class="summary">{{.Summary}}</p>

@@ -26,6 +26,11 @@ const REGION = process.env.QUOTA_BROKER_TEST_REGION || 'us-west-2';
 const SONNET = 'us.anthropic.claude-sonnet-4-5-20250929-v1:0';
 const SONNET_BASE = 'anthropic.claude-sonnet-4-5-20250929-v1:0';
 const HAIKU3 = 'anthropic.claude-3-haiku-20240307-v1:0';
+// A route of two targets (QUOTA_BROKER_TEST_ROUTE_REGIONS, the first allowing
+// one request a minute) of the EU profile of Sonnet 4.5; clients/test.sh sets them.
+const ROUTE = process.env.QUOTA_BROKER_TEST_ROUTE;
+const ROUTE_REGIONS = (process.env.QUOTA_BROKER_TEST_ROUTE_REGIONS || '').split(',');
+const ROUTE_MODEL = 'eu.' + SONNET_BASE;
 
 // Offline: decoding a google.rpc.Status built here, as the broker sends it.
 test('decodeStatus reads RetryInfo and ErrorInfo from google.rpc.Status bytes', () => {
@@ -143,6 +148,25 @@ test('against a running broker', { skip: ADDR ? false : 'QUOTA_BROKER_ADDR is no
     const rep = await qb.getQuotaReport({ region: REGION, model: HAIKU3 });
     assert.equal(rep.budgets.length, 1);
     assert.ok(rep.budgets[0].counters.refused >= 1, 'report counts the refusal');
+  });
+
+  await t.test('a route grants on its first target with room and says where to call', { skip: ROUTE ? false : 'QUOTA_BROKER_TEST_ROUTE is not set' }, async () => {
+    // The route's first target allows one request a minute, its second 100.
+    const where = [];
+    for (let i = 0; i < 2; i++) {
+      const res = await qb.acquireLease({ route: ROUTE, affinityKey: 'node-conv', inputTokens: 100, maxOutputTokens: 100 });
+      where.push(`${res.lease.region} ${res.lease.modelId} ${res.route.reason} ${res.route.targetIndex}`);
+      await qb.completeLease({ leaseId: res.lease.leaseId, outcome: 'OUTCOME_SUCCESS', usage: { inputTokens: 100, outputTokens: 10 } });
+    }
+    assert.deepEqual(where, [
+      `${ROUTE_REGIONS[0]} ${ROUTE_MODEL} ROUTE_REASON_ROOM 0`,
+      `${ROUTE_REGIONS[1]} ${ROUTE_MODEL} ROUTE_REASON_SPILL 1`,
+    ]);
+    const rep = await qb.getQuotaReport({});
+    const r = rep.routes.find((x) => x.name === ROUTE);
+    assert.ok(r, `report lists the route: ${JSON.stringify(rep.routes)}`);
+    assert.equal(Number(r.targets[0].room), 1);
+    assert.equal(Number(r.targets[1].spill), 1);
   });
 
   await t.test('unknown model is NOT_FOUND', async () => {

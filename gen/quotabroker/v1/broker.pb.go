@@ -284,6 +284,62 @@ func (Outcome) EnumDescriptor() ([]byte, []int) {
 	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{3}
 }
 
+// RouteReason is why a route granted on the target it did.
+type RouteReason int32
+
+const (
+	RouteReason_ROUTE_REASON_UNSPECIFIED RouteReason = 0
+	// The route's first target (no affinity key, or one not seen lately).
+	RouteReason_ROUTE_REASON_ROOM RouteReason = 1
+	// The target the affinity key was last granted on.
+	RouteReason_ROUTE_REASON_AFFINITY RouteReason = 2
+	// Another target: the preferred one had no room.
+	RouteReason_ROUTE_REASON_SPILL RouteReason = 3
+)
+
+// Enum value maps for RouteReason.
+var (
+	RouteReason_name = map[int32]string{
+		0: "ROUTE_REASON_UNSPECIFIED",
+		1: "ROUTE_REASON_ROOM",
+		2: "ROUTE_REASON_AFFINITY",
+		3: "ROUTE_REASON_SPILL",
+	}
+	RouteReason_value = map[string]int32{
+		"ROUTE_REASON_UNSPECIFIED": 0,
+		"ROUTE_REASON_ROOM":        1,
+		"ROUTE_REASON_AFFINITY":    2,
+		"ROUTE_REASON_SPILL":       3,
+	}
+)
+
+func (x RouteReason) Enum() *RouteReason {
+	p := new(RouteReason)
+	*p = x
+	return p
+}
+
+func (x RouteReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RouteReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_quotabroker_v1_broker_proto_enumTypes[4].Descriptor()
+}
+
+func (RouteReason) Type() protoreflect.EnumType {
+	return &file_quotabroker_v1_broker_proto_enumTypes[4]
+}
+
+func (x RouteReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RouteReason.Descriptor instead.
+func (RouteReason) EnumDescriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{4}
+}
+
 // BudgetKey identifies a budget: the quotas of one model, called one way, in
 // one Region.
 type BudgetKey struct {
@@ -435,7 +491,15 @@ type AcquireLeaseRequest struct {
 	// How long the caller is willing to wait for capacity. The RPC deadline
 	// also bounds it, and the server clamps it to its maximum. Zero: do not
 	// wait, answer at once.
-	Wait          *durationpb.Duration `protobuf:"bytes,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	Wait *durationpb.Duration `protobuf:"bytes,7,opt,name=wait,proto3" json:"wait,omitempty"`
+	// A route's name (serve --routes) instead of model_id and region: the
+	// lease is granted on one of the route's targets, and the Lease says
+	// which (region, model_id). At most 128 bytes.
+	Route string `protobuf:"bytes,8,opt,name=route,proto3" json:"route,omitempty"`
+	// With route: a conversation or session id (at most 256 bytes). The
+	// lease goes to the target this key was last granted on while that one
+	// has room, so the call finds its prompt cache there.
+	AffinityKey   string `protobuf:"bytes,9,opt,name=affinity_key,json=affinityKey,proto3" json:"affinity_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -519,6 +583,20 @@ func (x *AcquireLeaseRequest) GetWait() *durationpb.Duration {
 	return nil
 }
 
+func (x *AcquireLeaseRequest) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *AcquireLeaseRequest) GetAffinityKey() string {
+	if x != nil {
+		return x.AffinityKey
+	}
+	return ""
+}
+
 type Lease struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	LeaseId string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
@@ -534,8 +612,13 @@ type Lease struct {
 	// The max_output_tokens the reservation used (the model's maximum when the
 	// request left it unset).
 	MaxOutputTokens int64 `protobuf:"varint,7,opt,name=max_output_tokens,json=maxOutputTokens,proto3" json:"max_output_tokens,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Where to make the call: the Region to send it to and the model id (or
+	// inference profile id) to call there. For a route, the target granted;
+	// otherwise the budget's Region and what the request named.
+	Region        string `protobuf:"bytes,8,opt,name=region,proto3" json:"region,omitempty"`
+	ModelId       string `protobuf:"bytes,9,opt,name=model_id,json=modelId,proto3" json:"model_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Lease) Reset() {
@@ -617,11 +700,27 @@ func (x *Lease) GetMaxOutputTokens() int64 {
 	return 0
 }
 
+func (x *Lease) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *Lease) GetModelId() string {
+	if x != nil {
+		return x.ModelId
+	}
+	return ""
+}
+
 type AcquireLeaseResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Lease *Lease                 `protobuf:"bytes,1,opt,name=lease,proto3" json:"lease,omitempty"`
 	// How long the request waited in the queue.
-	Waited        *durationpb.Duration `protobuf:"bytes,2,opt,name=waited,proto3" json:"waited,omitempty"`
+	Waited *durationpb.Duration `protobuf:"bytes,2,opt,name=waited,proto3" json:"waited,omitempty"`
+	// For a request on a route: where the lease was granted, and why.
+	Route         *RouteGrant `protobuf:"bytes,3,opt,name=route,proto3" json:"route,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -670,6 +769,75 @@ func (x *AcquireLeaseResponse) GetWaited() *durationpb.Duration {
 	return nil
 }
 
+func (x *AcquireLeaseResponse) GetRoute() *RouteGrant {
+	if x != nil {
+		return x.Route
+	}
+	return nil
+}
+
+// RouteGrant says which of a route's targets granted a lease.
+type RouteGrant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Route string                 `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
+	// The target's position in the route, from 0.
+	TargetIndex   int32       `protobuf:"varint,2,opt,name=target_index,json=targetIndex,proto3" json:"target_index,omitempty"`
+	Reason        RouteReason `protobuf:"varint,3,opt,name=reason,proto3,enum=quotabroker.v1.RouteReason" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteGrant) Reset() {
+	*x = RouteGrant{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteGrant) ProtoMessage() {}
+
+func (x *RouteGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteGrant.ProtoReflect.Descriptor instead.
+func (*RouteGrant) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RouteGrant) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *RouteGrant) GetTargetIndex() int32 {
+	if x != nil {
+		return x.TargetIndex
+	}
+	return 0
+}
+
+func (x *RouteGrant) GetReason() RouteReason {
+	if x != nil {
+		return x.Reason
+	}
+	return RouteReason_ROUTE_REASON_UNSPECIFIED
+}
+
 // Usage is what Bedrock reported for a call.
 type Usage struct {
 	state                 protoimpl.MessageState `protogen:"open.v1"`
@@ -683,7 +851,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[5]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +863,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[5]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +876,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{5}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Usage) GetInputTokens() int64 {
@@ -750,7 +918,7 @@ type CompleteLeaseRequest struct {
 
 func (x *CompleteLeaseRequest) Reset() {
 	*x = CompleteLeaseRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[6]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +930,7 @@ func (x *CompleteLeaseRequest) String() string {
 func (*CompleteLeaseRequest) ProtoMessage() {}
 
 func (x *CompleteLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[6]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +943,7 @@ func (x *CompleteLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteLeaseRequest.ProtoReflect.Descriptor instead.
 func (*CompleteLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{6}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CompleteLeaseRequest) GetLeaseId() string {
@@ -814,7 +982,7 @@ type CompleteLeaseResponse struct {
 
 func (x *CompleteLeaseResponse) Reset() {
 	*x = CompleteLeaseResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[7]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +994,7 @@ func (x *CompleteLeaseResponse) String() string {
 func (*CompleteLeaseResponse) ProtoMessage() {}
 
 func (x *CompleteLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[7]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +1007,7 @@ func (x *CompleteLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteLeaseResponse.ProtoReflect.Descriptor instead.
 func (*CompleteLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{7}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CompleteLeaseResponse) GetAlreadyCompleted() bool {
@@ -875,7 +1043,7 @@ type RenewLeaseRequest struct {
 
 func (x *RenewLeaseRequest) Reset() {
 	*x = RenewLeaseRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[8]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -887,7 +1055,7 @@ func (x *RenewLeaseRequest) String() string {
 func (*RenewLeaseRequest) ProtoMessage() {}
 
 func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[8]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -900,7 +1068,7 @@ func (x *RenewLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{8}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RenewLeaseRequest) GetLeaseId() string {
@@ -926,7 +1094,7 @@ type RenewLeaseResponse struct {
 
 func (x *RenewLeaseResponse) Reset() {
 	*x = RenewLeaseResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[9]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1106,7 @@ func (x *RenewLeaseResponse) String() string {
 func (*RenewLeaseResponse) ProtoMessage() {}
 
 func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[9]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1119,7 @@ func (x *RenewLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLeaseResponse.ProtoReflect.Descriptor instead.
 func (*RenewLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{9}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RenewLeaseResponse) GetExpiresAt() *timestamppb.Timestamp {
@@ -973,7 +1141,7 @@ type ReportThrottleRequest struct {
 
 func (x *ReportThrottleRequest) Reset() {
 	*x = ReportThrottleRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[10]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1153,7 @@ func (x *ReportThrottleRequest) String() string {
 func (*ReportThrottleRequest) ProtoMessage() {}
 
 func (x *ReportThrottleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[10]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1166,7 @@ func (x *ReportThrottleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportThrottleRequest.ProtoReflect.Descriptor instead.
 func (*ReportThrottleRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{10}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReportThrottleRequest) GetModelId() string {
@@ -1031,7 +1199,7 @@ type ReportThrottleResponse struct {
 
 func (x *ReportThrottleResponse) Reset() {
 	*x = ReportThrottleResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[11]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1211,7 @@ func (x *ReportThrottleResponse) String() string {
 func (*ReportThrottleResponse) ProtoMessage() {}
 
 func (x *ReportThrottleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[11]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1224,7 @@ func (x *ReportThrottleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportThrottleResponse.ProtoReflect.Descriptor instead.
 func (*ReportThrottleResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{11}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReportThrottleResponse) GetBudget() *BudgetKey {
@@ -1077,7 +1245,7 @@ type GetQuotaReportRequest struct {
 
 func (x *GetQuotaReportRequest) Reset() {
 	*x = GetQuotaReportRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[12]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1257,7 @@ func (x *GetQuotaReportRequest) String() string {
 func (*GetQuotaReportRequest) ProtoMessage() {}
 
 func (x *GetQuotaReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[12]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1270,7 @@ func (x *GetQuotaReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaReportRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaReportRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{12}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetQuotaReportRequest) GetRegion() string {
@@ -1130,14 +1298,16 @@ type GetQuotaReportResponse struct {
 	// Spend per client and per model, the money budgets and the clients'
 	// caps with their use. A caller that does not see every client (see
 	// top_clients) gets the account's totals and its own entries only.
-	Spend         *Spend `protobuf:"bytes,5,opt,name=spend,proto3" json:"spend,omitempty"`
+	Spend *Spend `protobuf:"bytes,5,opt,name=spend,proto3" json:"spend,omitempty"`
+	// The routes in service and where their calls went.
+	Routes        []*RouteReport `protobuf:"bytes,6,rep,name=routes,proto3" json:"routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetQuotaReportResponse) Reset() {
 	*x = GetQuotaReportResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[13]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1319,7 @@ func (x *GetQuotaReportResponse) String() string {
 func (*GetQuotaReportResponse) ProtoMessage() {}
 
 func (x *GetQuotaReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[13]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1332,7 @@ func (x *GetQuotaReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaReportResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaReportResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{13}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetQuotaReportResponse) GetGeneratedAt() *timestamppb.Timestamp {
@@ -1200,6 +1370,13 @@ func (x *GetQuotaReportResponse) GetSpend() *Spend {
 	return nil
 }
 
+func (x *GetQuotaReportResponse) GetRoutes() []*RouteReport {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
 // Spend is what calls cost, in US dollars, at the prices the broker knows.
 type Spend struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1214,7 +1391,7 @@ type Spend struct {
 
 func (x *Spend) Reset() {
 	*x = Spend{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1403,7 @@ func (x *Spend) String() string {
 func (*Spend) ProtoMessage() {}
 
 func (x *Spend) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1416,7 @@ func (x *Spend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Spend.ProtoReflect.Descriptor instead.
 func (*Spend) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Spend) GetAccount() *Spending {
@@ -1294,7 +1471,7 @@ type Spending struct {
 
 func (x *Spending) Reset() {
 	*x = Spending{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1483,7 @@ func (x *Spending) String() string {
 func (*Spending) ProtoMessage() {}
 
 func (x *Spending) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1496,7 @@ func (x *Spending) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Spending.ProtoReflect.Descriptor instead.
 func (*Spending) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Spending) GetTodayUsd() float64 {
@@ -1396,7 +1573,7 @@ type ClientSpend struct {
 
 func (x *ClientSpend) Reset() {
 	*x = ClientSpend{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1585,7 @@ func (x *ClientSpend) String() string {
 func (*ClientSpend) ProtoMessage() {}
 
 func (x *ClientSpend) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1598,7 @@ func (x *ClientSpend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientSpend.ProtoReflect.Descriptor instead.
 func (*ClientSpend) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ClientSpend) GetClient() string {
@@ -1457,7 +1634,7 @@ type ModelSpend struct {
 
 func (x *ModelSpend) Reset() {
 	*x = ModelSpend{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1646,7 @@ func (x *ModelSpend) String() string {
 func (*ModelSpend) ProtoMessage() {}
 
 func (x *ModelSpend) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1659,7 @@ func (x *ModelSpend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelSpend.ProtoReflect.Descriptor instead.
 func (*ModelSpend) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ModelSpend) GetKey() *BudgetKey {
@@ -1527,7 +1704,7 @@ type ClientCap struct {
 
 func (x *ClientCap) Reset() {
 	*x = ClientCap{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1716,7 @@ func (x *ClientCap) String() string {
 func (*ClientCap) ProtoMessage() {}
 
 func (x *ClientCap) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1729,7 @@ func (x *ClientCap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientCap.ProtoReflect.Descriptor instead.
 func (*ClientCap) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClientCap) GetClient() string {
@@ -1625,6 +1802,164 @@ func (x *ClientCap) GetLastRefusedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// RouteReport is one route: its targets in order, with their grants by
+// reason since the routes were loaded.
+type RouteReport struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Targets []*RouteTargetReport   `protobuf:"bytes,2,rep,name=targets,proto3" json:"targets,omitempty"`
+	// Requests on the route refused (every target full until the wait ran out).
+	Refused       int64 `protobuf:"varint,3,opt,name=refused,proto3" json:"refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteReport) Reset() {
+	*x = RouteReport{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteReport) ProtoMessage() {}
+
+func (x *RouteReport) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteReport.ProtoReflect.Descriptor instead.
+func (*RouteReport) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RouteReport) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RouteReport) GetTargets() []*RouteTargetReport {
+	if x != nil {
+		return x.Targets
+	}
+	return nil
+}
+
+func (x *RouteReport) GetRefused() int64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+type RouteTargetReport struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Budget *BudgetKey             `protobuf:"bytes,1,opt,name=budget,proto3" json:"budget,omitempty"`
+	// What a caller granted here calls.
+	ModelId  string `protobuf:"bytes,2,opt,name=model_id,json=modelId,proto3" json:"model_id,omitempty"`
+	Room     int64  `protobuf:"varint,3,opt,name=room,proto3" json:"room,omitempty"`
+	Affinity int64  `protobuf:"varint,4,opt,name=affinity,proto3" json:"affinity,omitempty"`
+	Spill    int64  `protobuf:"varint,5,opt,name=spill,proto3" json:"spill,omitempty"`
+	// Of those, grants that waited for capacity.
+	Waited int64 `protobuf:"varint,6,opt,name=waited,proto3" json:"waited,omitempty"`
+	// Callers of the route waiting on this target now.
+	Waiters       int64 `protobuf:"varint,7,opt,name=waiters,proto3" json:"waiters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteTargetReport) Reset() {
+	*x = RouteTargetReport{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteTargetReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteTargetReport) ProtoMessage() {}
+
+func (x *RouteTargetReport) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteTargetReport.ProtoReflect.Descriptor instead.
+func (*RouteTargetReport) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RouteTargetReport) GetBudget() *BudgetKey {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+func (x *RouteTargetReport) GetModelId() string {
+	if x != nil {
+		return x.ModelId
+	}
+	return ""
+}
+
+func (x *RouteTargetReport) GetRoom() int64 {
+	if x != nil {
+		return x.Room
+	}
+	return 0
+}
+
+func (x *RouteTargetReport) GetAffinity() int64 {
+	if x != nil {
+		return x.Affinity
+	}
+	return 0
+}
+
+func (x *RouteTargetReport) GetSpill() int64 {
+	if x != nil {
+		return x.Spill
+	}
+	return 0
+}
+
+func (x *RouteTargetReport) GetWaited() int64 {
+	if x != nil {
+		return x.Waited
+	}
+	return 0
+}
+
+func (x *RouteTargetReport) GetWaiters() int64 {
+	if x != nil {
+		return x.Waiters
+	}
+	return 0
+}
+
 // Discovery is the state of quota discovery.
 type Discovery struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1648,7 +1983,7 @@ type Discovery struct {
 
 func (x *Discovery) Reset() {
 	*x = Discovery{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1995,7 @@ func (x *Discovery) String() string {
 func (*Discovery) ProtoMessage() {}
 
 func (x *Discovery) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +2008,7 @@ func (x *Discovery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Discovery.ProtoReflect.Descriptor instead.
 func (*Discovery) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Discovery) GetLastSuccess() *timestamppb.Timestamp {
@@ -1742,7 +2077,7 @@ type ProvisionedThroughput struct {
 
 func (x *ProvisionedThroughput) Reset() {
 	*x = ProvisionedThroughput{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +2089,7 @@ func (x *ProvisionedThroughput) String() string {
 func (*ProvisionedThroughput) ProtoMessage() {}
 
 func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +2102,7 @@ func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionedThroughput.ProtoReflect.Descriptor instead.
 func (*ProvisionedThroughput) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ProvisionedThroughput) GetRegion() string {
@@ -1831,7 +2166,7 @@ type SkippedQuota struct {
 
 func (x *SkippedQuota) Reset() {
 	*x = SkippedQuota{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +2178,7 @@ func (x *SkippedQuota) String() string {
 func (*SkippedQuota) ProtoMessage() {}
 
 func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2191,7 @@ func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkippedQuota.ProtoReflect.Descriptor instead.
 func (*SkippedQuota) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SkippedQuota) GetRegion() string {
@@ -1900,7 +2235,7 @@ type WindowUsage struct {
 
 func (x *WindowUsage) Reset() {
 	*x = WindowUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1912,7 +2247,7 @@ func (x *WindowUsage) String() string {
 func (*WindowUsage) ProtoMessage() {}
 
 func (x *WindowUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1925,7 +2260,7 @@ func (x *WindowUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowUsage.ProtoReflect.Descriptor instead.
 func (*WindowUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WindowUsage) GetRequestsLastMinute() int64 {
@@ -1981,7 +2316,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2328,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2341,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Counters) GetGranted() int64 {
@@ -2110,7 +2445,7 @@ type BudgetReport struct {
 
 func (x *BudgetReport) Reset() {
 	*x = BudgetReport{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2122,7 +2457,7 @@ func (x *BudgetReport) String() string {
 func (*BudgetReport) ProtoMessage() {}
 
 func (x *BudgetReport) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2135,7 +2470,7 @@ func (x *BudgetReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BudgetReport.ProtoReflect.Descriptor instead.
 func (*BudgetReport) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *BudgetReport) GetBudget() *Budget {
@@ -2210,7 +2545,7 @@ type Activity struct {
 
 func (x *Activity) Reset() {
 	*x = Activity{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2557,7 @@ func (x *Activity) String() string {
 func (*Activity) ProtoMessage() {}
 
 func (x *Activity) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2570,7 @@ func (x *Activity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Activity.ProtoReflect.Descriptor instead.
 func (*Activity) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Activity) GetLastMinute() *UsageStats {
@@ -2325,7 +2660,7 @@ type UsageStats struct {
 
 func (x *UsageStats) Reset() {
 	*x = UsageStats{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2337,7 +2672,7 @@ func (x *UsageStats) String() string {
 func (*UsageStats) ProtoMessage() {}
 
 func (x *UsageStats) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2350,7 +2685,7 @@ func (x *UsageStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageStats.ProtoReflect.Descriptor instead.
 func (*UsageStats) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UsageStats) GetGranted() int64 {
@@ -2475,7 +2810,7 @@ type ClientUsage struct {
 
 func (x *ClientUsage) Reset() {
 	*x = ClientUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2487,7 +2822,7 @@ func (x *ClientUsage) String() string {
 func (*ClientUsage) ProtoMessage() {}
 
 func (x *ClientUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2500,7 +2835,7 @@ func (x *ClientUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientUsage.ProtoReflect.Descriptor instead.
 func (*ClientUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ClientUsage) GetClient() string {
@@ -2545,7 +2880,7 @@ type Budget struct {
 
 func (x *Budget) Reset() {
 	*x = Budget{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2557,7 +2892,7 @@ func (x *Budget) String() string {
 func (*Budget) ProtoMessage() {}
 
 func (x *Budget) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2570,7 +2905,7 @@ func (x *Budget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budget.ProtoReflect.Descriptor instead.
 func (*Budget) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Budget) GetKey() *BudgetKey {
@@ -2674,7 +3009,7 @@ type QuotaRef struct {
 
 func (x *QuotaRef) Reset() {
 	*x = QuotaRef{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2686,7 +3021,7 @@ func (x *QuotaRef) String() string {
 func (*QuotaRef) ProtoMessage() {}
 
 func (x *QuotaRef) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2699,7 +3034,7 @@ func (x *QuotaRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaRef.ProtoReflect.Descriptor instead.
 func (*QuotaRef) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *QuotaRef) GetLimit() string {
@@ -2764,7 +3099,7 @@ type Adaptive struct {
 
 func (x *Adaptive) Reset() {
 	*x = Adaptive{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +3111,7 @@ func (x *Adaptive) String() string {
 func (*Adaptive) ProtoMessage() {}
 
 func (x *Adaptive) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +3124,7 @@ func (x *Adaptive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adaptive.ProtoReflect.Descriptor instead.
 func (*Adaptive) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Adaptive) GetCeiling() *Limits {
@@ -2849,7 +3184,7 @@ type LimitOverride struct {
 
 func (x *LimitOverride) Reset() {
 	*x = LimitOverride{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2861,7 +3196,7 @@ func (x *LimitOverride) String() string {
 func (*LimitOverride) ProtoMessage() {}
 
 func (x *LimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2874,7 +3209,7 @@ func (x *LimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitOverride.ProtoReflect.Descriptor instead.
 func (*LimitOverride) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LimitOverride) GetRequestsPerMinute() int64 {
@@ -2927,7 +3262,7 @@ type ListBudgetsRequest struct {
 
 func (x *ListBudgetsRequest) Reset() {
 	*x = ListBudgetsRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3274,7 @@ func (x *ListBudgetsRequest) String() string {
 func (*ListBudgetsRequest) ProtoMessage() {}
 
 func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3287,7 @@ func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 type ListBudgetsResponse struct {
@@ -2964,7 +3299,7 @@ type ListBudgetsResponse struct {
 
 func (x *ListBudgetsResponse) Reset() {
 	*x = ListBudgetsResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2976,7 +3311,7 @@ func (x *ListBudgetsResponse) String() string {
 func (*ListBudgetsResponse) ProtoMessage() {}
 
 func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2989,7 +3324,7 @@ func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListBudgetsResponse) GetBudgets() []*Budget {
@@ -3012,7 +3347,7 @@ type SetOverrideRequest struct {
 
 func (x *SetOverrideRequest) Reset() {
 	*x = SetOverrideRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3359,7 @@ func (x *SetOverrideRequest) String() string {
 func (*SetOverrideRequest) ProtoMessage() {}
 
 func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3372,7 @@ func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideRequest.ProtoReflect.Descriptor instead.
 func (*SetOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SetOverrideRequest) GetModelId() string {
@@ -3070,7 +3405,7 @@ type SetOverrideResponse struct {
 
 func (x *SetOverrideResponse) Reset() {
 	*x = SetOverrideResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3082,7 +3417,7 @@ func (x *SetOverrideResponse) String() string {
 func (*SetOverrideResponse) ProtoMessage() {}
 
 func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3095,7 +3430,7 @@ func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideResponse.ProtoReflect.Descriptor instead.
 func (*SetOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SetOverrideResponse) GetBudget() *Budget {
@@ -3116,7 +3451,7 @@ type ResetAdaptiveRequest struct {
 
 func (x *ResetAdaptiveRequest) Reset() {
 	*x = ResetAdaptiveRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3128,7 +3463,7 @@ func (x *ResetAdaptiveRequest) String() string {
 func (*ResetAdaptiveRequest) ProtoMessage() {}
 
 func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +3476,7 @@ func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetAdaptiveRequest.ProtoReflect.Descriptor instead.
 func (*ResetAdaptiveRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ResetAdaptiveRequest) GetModelId() string {
@@ -3167,7 +3502,7 @@ type ResetAdaptiveResponse struct {
 
 func (x *ResetAdaptiveResponse) Reset() {
 	*x = ResetAdaptiveResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3179,7 +3514,7 @@ func (x *ResetAdaptiveResponse) String() string {
 func (*ResetAdaptiveResponse) ProtoMessage() {}
 
 func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3192,7 +3527,7 @@ func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetAdaptiveResponse.ProtoReflect.Descriptor instead.
 func (*ResetAdaptiveResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ResetAdaptiveResponse) GetBudget() *Budget {
@@ -3210,7 +3545,7 @@ type RefreshQuotasRequest struct {
 
 func (x *RefreshQuotasRequest) Reset() {
 	*x = RefreshQuotasRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3222,7 +3557,7 @@ func (x *RefreshQuotasRequest) String() string {
 func (*RefreshQuotasRequest) ProtoMessage() {}
 
 func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3235,7 +3570,7 @@ func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasRequest.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{41}
 }
 
 type RefreshQuotasResponse struct {
@@ -3248,7 +3583,7 @@ type RefreshQuotasResponse struct {
 
 func (x *RefreshQuotasResponse) Reset() {
 	*x = RefreshQuotasResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3260,7 +3595,7 @@ func (x *RefreshQuotasResponse) String() string {
 func (*RefreshQuotasResponse) ProtoMessage() {}
 
 func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3273,7 +3608,7 @@ func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasResponse.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{39}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RefreshQuotasResponse) GetDiscovery() *Discovery {
@@ -3310,7 +3645,7 @@ type GetUsageHistoryRequest struct {
 
 func (x *GetUsageHistoryRequest) Reset() {
 	*x = GetUsageHistoryRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3322,7 +3657,7 @@ func (x *GetUsageHistoryRequest) String() string {
 func (*GetUsageHistoryRequest) ProtoMessage() {}
 
 func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3335,7 +3670,7 @@ func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{40}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetUsageHistoryRequest) GetRegion() string {
@@ -3393,7 +3728,7 @@ type GetUsageHistoryResponse struct {
 
 func (x *GetUsageHistoryResponse) Reset() {
 	*x = GetUsageHistoryResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3405,7 +3740,7 @@ func (x *GetUsageHistoryResponse) String() string {
 func (*GetUsageHistoryResponse) ProtoMessage() {}
 
 func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3418,7 +3753,7 @@ func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{41}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetUsageHistoryResponse) GetFrom() *timestamppb.Timestamp {
@@ -3475,7 +3810,7 @@ type UsageSeries struct {
 
 func (x *UsageSeries) Reset() {
 	*x = UsageSeries{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3487,7 +3822,7 @@ func (x *UsageSeries) String() string {
 func (*UsageSeries) ProtoMessage() {}
 
 func (x *UsageSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3500,7 +3835,7 @@ func (x *UsageSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageSeries.ProtoReflect.Descriptor instead.
 func (*UsageSeries) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{42}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *UsageSeries) GetBudget() *BudgetKey {
@@ -3593,7 +3928,7 @@ type UsagePoint struct {
 
 func (x *UsagePoint) Reset() {
 	*x = UsagePoint{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3605,7 +3940,7 @@ func (x *UsagePoint) String() string {
 func (*UsagePoint) ProtoMessage() {}
 
 func (x *UsagePoint) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3618,7 +3953,7 @@ func (x *UsagePoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsagePoint.ProtoReflect.Descriptor instead.
 func (*UsagePoint) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{43}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UsagePoint) GetStart() *timestamppb.Timestamp {
@@ -3823,7 +4158,7 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x13requests_per_minute\x18\x01 \x01(\x03R\x11requestsPerMinute\x12*\n" +
 	"\x11tokens_per_minute\x18\x02 \x01(\x03R\x0ftokensPerMinute\x12$\n" +
 	"\x0etokens_per_day\x18\x03 \x01(\x03R\ftokensPerDay\x12 \n" +
-	"\vconcurrency\x18\x04 \x01(\x03R\vconcurrency\"\xaa\x02\n" +
+	"\vconcurrency\x18\x04 \x01(\x03R\vconcurrency\"\xe3\x02\n" +
 	"\x13AcquireLeaseRequest\x12\x19\n" +
 	"\bmodel_id\x18\x01 \x01(\tR\amodelId\x12\x16\n" +
 	"\x06region\x18\x02 \x01(\tR\x06region\x124\n" +
@@ -3831,7 +4166,9 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\finput_tokens\x18\x04 \x01(\x03R\vinputTokens\x12*\n" +
 	"\x11max_output_tokens\x18\x05 \x01(\x03R\x0fmaxOutputTokens\x12,\n" +
 	"\x12cache_write_tokens\x18\x06 \x01(\x03R\x10cacheWriteTokens\x12-\n" +
-	"\x04wait\x18\a \x01(\v2\x19.google.protobuf.DurationR\x04wait\"\xc9\x02\n" +
+	"\x04wait\x18\a \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12\x14\n" +
+	"\x05route\x18\b \x01(\tR\x05route\x12!\n" +
+	"\faffinity_key\x18\t \x01(\tR\vaffinityKey\"\xfc\x02\n" +
 	"\x05Lease\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x121\n" +
 	"\x06budget\x18\x02 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x06budget\x12'\n" +
@@ -3841,10 +4178,18 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12'\n" +
 	"\x0foutput_burndown\x18\x06 \x01(\x01R\x0eoutputBurndown\x12*\n" +
-	"\x11max_output_tokens\x18\a \x01(\x03R\x0fmaxOutputTokens\"v\n" +
+	"\x11max_output_tokens\x18\a \x01(\x03R\x0fmaxOutputTokens\x12\x16\n" +
+	"\x06region\x18\b \x01(\tR\x06region\x12\x19\n" +
+	"\bmodel_id\x18\t \x01(\tR\amodelId\"\xa8\x01\n" +
 	"\x14AcquireLeaseResponse\x12+\n" +
 	"\x05lease\x18\x01 \x01(\v2\x15.quotabroker.v1.LeaseR\x05lease\x121\n" +
-	"\x06waited\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06waited\"\xbf\x01\n" +
+	"\x06waited\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06waited\x120\n" +
+	"\x05route\x18\x03 \x01(\v2\x1a.quotabroker.v1.RouteGrantR\x05route\"z\n" +
+	"\n" +
+	"RouteGrant\x12\x14\n" +
+	"\x05route\x18\x01 \x01(\tR\x05route\x12!\n" +
+	"\ftarget_index\x18\x02 \x01(\x05R\vtargetIndex\x123\n" +
+	"\x06reason\x18\x03 \x01(\x0e2\x1b.quotabroker.v1.RouteReasonR\x06reason\"\xbf\x01\n" +
 	"\x05Usage\x12!\n" +
 	"\finput_tokens\x18\x01 \x01(\x03R\vinputTokens\x12#\n" +
 	"\routput_tokens\x18\x02 \x01(\x03R\foutputTokens\x125\n" +
@@ -3872,13 +4217,14 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x06budget\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x06budget\"E\n" +
 	"\x15GetQuotaReportRequest\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x14\n" +
-	"\x05model\x18\x02 \x01(\tR\x05model\"\x9a\x02\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\"\xcf\x02\n" +
 	"\x16GetQuotaReportResponse\x12=\n" +
 	"\fgenerated_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vgeneratedAt\x126\n" +
 	"\abudgets\x18\x02 \x03(\v2\x1c.quotabroker.v1.BudgetReportR\abudgets\x127\n" +
 	"\tdiscovery\x18\x03 \x01(\v2\x19.quotabroker.v1.DiscoveryR\tdiscovery\x12#\n" +
 	"\rhistory_error\x18\x04 \x01(\tR\fhistoryError\x12+\n" +
-	"\x05spend\x18\x05 \x01(\v2\x15.quotabroker.v1.SpendR\x05spend\"\xd5\x01\n" +
+	"\x05spend\x18\x05 \x01(\v2\x15.quotabroker.v1.SpendR\x05spend\x123\n" +
+	"\x06routes\x18\x06 \x03(\v2\x1b.quotabroker.v1.RouteReportR\x06routes\"\xd5\x01\n" +
 	"\x05Spend\x122\n" +
 	"\aaccount\x18\x01 \x01(\v2\x18.quotabroker.v1.SpendingR\aaccount\x125\n" +
 	"\aclients\x18\x02 \x03(\v2\x1b.quotabroker.v1.ClientSpendR\aclients\x122\n" +
@@ -3914,7 +4260,19 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x0ftokens_last_day\x18\b \x01(\x03R\rtokensLastDay\x12\x18\n" +
 	"\arefused\x18\t \x01(\x03R\arefused\x12B\n" +
 	"\x0flast_refused_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\rlastRefusedAt\"\xf7\x02\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\rlastRefusedAt\"x\n" +
+	"\vRouteReport\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12;\n" +
+	"\atargets\x18\x02 \x03(\v2!.quotabroker.v1.RouteTargetReportR\atargets\x12\x18\n" +
+	"\arefused\x18\x03 \x01(\x03R\arefused\"\xd9\x01\n" +
+	"\x11RouteTargetReport\x121\n" +
+	"\x06budget\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x06budget\x12\x19\n" +
+	"\bmodel_id\x18\x02 \x01(\tR\amodelId\x12\x12\n" +
+	"\x04room\x18\x03 \x01(\x03R\x04room\x12\x1a\n" +
+	"\baffinity\x18\x04 \x01(\x03R\baffinity\x12\x14\n" +
+	"\x05spill\x18\x05 \x01(\x03R\x05spill\x12\x16\n" +
+	"\x06waited\x18\x06 \x01(\x03R\x06waited\x12\x18\n" +
+	"\awaiters\x18\a \x01(\x03R\awaiters\"\xf7\x02\n" +
 	"\tDiscovery\x12=\n" +
 	"\flast_success\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12=\n" +
 	"\flast_attempt\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlastAttempt\x12\x1d\n" +
@@ -4148,7 +4506,12 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x0fOUTCOME_SUCCESS\x10\x01\x12\x15\n" +
 	"\x11OUTCOME_THROTTLED\x10\x02\x12\x11\n" +
 	"\rOUTCOME_ERROR\x10\x03\x12\x15\n" +
-	"\x11OUTCOME_CANCELLED\x10\x042\xad\a\n" +
+	"\x11OUTCOME_CANCELLED\x10\x04*u\n" +
+	"\vRouteReason\x12\x1c\n" +
+	"\x18ROUTE_REASON_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11ROUTE_REASON_ROOM\x10\x01\x12\x19\n" +
+	"\x15ROUTE_REASON_AFFINITY\x10\x02\x12\x16\n" +
+	"\x12ROUTE_REASON_SPILL\x10\x032\xad\a\n" +
 	"\vQuotaBroker\x12Y\n" +
 	"\fAcquireLease\x12#.quotabroker.v1.AcquireLeaseRequest\x1a$.quotabroker.v1.AcquireLeaseResponse\x12\\\n" +
 	"\rCompleteLease\x12$.quotabroker.v1.CompleteLeaseRequest\x1a%.quotabroker.v1.CompleteLeaseResponse\x12S\n" +
@@ -4175,152 +4538,161 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 	return file_quotabroker_v1_broker_proto_rawDescData
 }
 
-var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(Priority)(0),                   // 0: quotabroker.v1.Priority
 	(Scope)(0),                      // 1: quotabroker.v1.Scope
 	(Limit)(0),                      // 2: quotabroker.v1.Limit
 	(Outcome)(0),                    // 3: quotabroker.v1.Outcome
-	(*BudgetKey)(nil),               // 4: quotabroker.v1.BudgetKey
-	(*Limits)(nil),                  // 5: quotabroker.v1.Limits
-	(*AcquireLeaseRequest)(nil),     // 6: quotabroker.v1.AcquireLeaseRequest
-	(*Lease)(nil),                   // 7: quotabroker.v1.Lease
-	(*AcquireLeaseResponse)(nil),    // 8: quotabroker.v1.AcquireLeaseResponse
-	(*Usage)(nil),                   // 9: quotabroker.v1.Usage
-	(*CompleteLeaseRequest)(nil),    // 10: quotabroker.v1.CompleteLeaseRequest
-	(*CompleteLeaseResponse)(nil),   // 11: quotabroker.v1.CompleteLeaseResponse
-	(*RenewLeaseRequest)(nil),       // 12: quotabroker.v1.RenewLeaseRequest
-	(*RenewLeaseResponse)(nil),      // 13: quotabroker.v1.RenewLeaseResponse
-	(*ReportThrottleRequest)(nil),   // 14: quotabroker.v1.ReportThrottleRequest
-	(*ReportThrottleResponse)(nil),  // 15: quotabroker.v1.ReportThrottleResponse
-	(*GetQuotaReportRequest)(nil),   // 16: quotabroker.v1.GetQuotaReportRequest
-	(*GetQuotaReportResponse)(nil),  // 17: quotabroker.v1.GetQuotaReportResponse
-	(*Spend)(nil),                   // 18: quotabroker.v1.Spend
-	(*Spending)(nil),                // 19: quotabroker.v1.Spending
-	(*ClientSpend)(nil),             // 20: quotabroker.v1.ClientSpend
-	(*ModelSpend)(nil),              // 21: quotabroker.v1.ModelSpend
-	(*ClientCap)(nil),               // 22: quotabroker.v1.ClientCap
-	(*Discovery)(nil),               // 23: quotabroker.v1.Discovery
-	(*ProvisionedThroughput)(nil),   // 24: quotabroker.v1.ProvisionedThroughput
-	(*SkippedQuota)(nil),            // 25: quotabroker.v1.SkippedQuota
-	(*WindowUsage)(nil),             // 26: quotabroker.v1.WindowUsage
-	(*Counters)(nil),                // 27: quotabroker.v1.Counters
-	(*BudgetReport)(nil),            // 28: quotabroker.v1.BudgetReport
-	(*Activity)(nil),                // 29: quotabroker.v1.Activity
-	(*UsageStats)(nil),              // 30: quotabroker.v1.UsageStats
-	(*ClientUsage)(nil),             // 31: quotabroker.v1.ClientUsage
-	(*Budget)(nil),                  // 32: quotabroker.v1.Budget
-	(*QuotaRef)(nil),                // 33: quotabroker.v1.QuotaRef
-	(*Adaptive)(nil),                // 34: quotabroker.v1.Adaptive
-	(*LimitOverride)(nil),           // 35: quotabroker.v1.LimitOverride
-	(*ListBudgetsRequest)(nil),      // 36: quotabroker.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),     // 37: quotabroker.v1.ListBudgetsResponse
-	(*SetOverrideRequest)(nil),      // 38: quotabroker.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),     // 39: quotabroker.v1.SetOverrideResponse
-	(*ResetAdaptiveRequest)(nil),    // 40: quotabroker.v1.ResetAdaptiveRequest
-	(*ResetAdaptiveResponse)(nil),   // 41: quotabroker.v1.ResetAdaptiveResponse
-	(*RefreshQuotasRequest)(nil),    // 42: quotabroker.v1.RefreshQuotasRequest
-	(*RefreshQuotasResponse)(nil),   // 43: quotabroker.v1.RefreshQuotasResponse
-	(*GetUsageHistoryRequest)(nil),  // 44: quotabroker.v1.GetUsageHistoryRequest
-	(*GetUsageHistoryResponse)(nil), // 45: quotabroker.v1.GetUsageHistoryResponse
-	(*UsageSeries)(nil),             // 46: quotabroker.v1.UsageSeries
-	(*UsagePoint)(nil),              // 47: quotabroker.v1.UsagePoint
-	(*durationpb.Duration)(nil),     // 48: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 49: google.protobuf.Timestamp
+	(RouteReason)(0),                // 4: quotabroker.v1.RouteReason
+	(*BudgetKey)(nil),               // 5: quotabroker.v1.BudgetKey
+	(*Limits)(nil),                  // 6: quotabroker.v1.Limits
+	(*AcquireLeaseRequest)(nil),     // 7: quotabroker.v1.AcquireLeaseRequest
+	(*Lease)(nil),                   // 8: quotabroker.v1.Lease
+	(*AcquireLeaseResponse)(nil),    // 9: quotabroker.v1.AcquireLeaseResponse
+	(*RouteGrant)(nil),              // 10: quotabroker.v1.RouteGrant
+	(*Usage)(nil),                   // 11: quotabroker.v1.Usage
+	(*CompleteLeaseRequest)(nil),    // 12: quotabroker.v1.CompleteLeaseRequest
+	(*CompleteLeaseResponse)(nil),   // 13: quotabroker.v1.CompleteLeaseResponse
+	(*RenewLeaseRequest)(nil),       // 14: quotabroker.v1.RenewLeaseRequest
+	(*RenewLeaseResponse)(nil),      // 15: quotabroker.v1.RenewLeaseResponse
+	(*ReportThrottleRequest)(nil),   // 16: quotabroker.v1.ReportThrottleRequest
+	(*ReportThrottleResponse)(nil),  // 17: quotabroker.v1.ReportThrottleResponse
+	(*GetQuotaReportRequest)(nil),   // 18: quotabroker.v1.GetQuotaReportRequest
+	(*GetQuotaReportResponse)(nil),  // 19: quotabroker.v1.GetQuotaReportResponse
+	(*Spend)(nil),                   // 20: quotabroker.v1.Spend
+	(*Spending)(nil),                // 21: quotabroker.v1.Spending
+	(*ClientSpend)(nil),             // 22: quotabroker.v1.ClientSpend
+	(*ModelSpend)(nil),              // 23: quotabroker.v1.ModelSpend
+	(*ClientCap)(nil),               // 24: quotabroker.v1.ClientCap
+	(*RouteReport)(nil),             // 25: quotabroker.v1.RouteReport
+	(*RouteTargetReport)(nil),       // 26: quotabroker.v1.RouteTargetReport
+	(*Discovery)(nil),               // 27: quotabroker.v1.Discovery
+	(*ProvisionedThroughput)(nil),   // 28: quotabroker.v1.ProvisionedThroughput
+	(*SkippedQuota)(nil),            // 29: quotabroker.v1.SkippedQuota
+	(*WindowUsage)(nil),             // 30: quotabroker.v1.WindowUsage
+	(*Counters)(nil),                // 31: quotabroker.v1.Counters
+	(*BudgetReport)(nil),            // 32: quotabroker.v1.BudgetReport
+	(*Activity)(nil),                // 33: quotabroker.v1.Activity
+	(*UsageStats)(nil),              // 34: quotabroker.v1.UsageStats
+	(*ClientUsage)(nil),             // 35: quotabroker.v1.ClientUsage
+	(*Budget)(nil),                  // 36: quotabroker.v1.Budget
+	(*QuotaRef)(nil),                // 37: quotabroker.v1.QuotaRef
+	(*Adaptive)(nil),                // 38: quotabroker.v1.Adaptive
+	(*LimitOverride)(nil),           // 39: quotabroker.v1.LimitOverride
+	(*ListBudgetsRequest)(nil),      // 40: quotabroker.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),     // 41: quotabroker.v1.ListBudgetsResponse
+	(*SetOverrideRequest)(nil),      // 42: quotabroker.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),     // 43: quotabroker.v1.SetOverrideResponse
+	(*ResetAdaptiveRequest)(nil),    // 44: quotabroker.v1.ResetAdaptiveRequest
+	(*ResetAdaptiveResponse)(nil),   // 45: quotabroker.v1.ResetAdaptiveResponse
+	(*RefreshQuotasRequest)(nil),    // 46: quotabroker.v1.RefreshQuotasRequest
+	(*RefreshQuotasResponse)(nil),   // 47: quotabroker.v1.RefreshQuotasResponse
+	(*GetUsageHistoryRequest)(nil),  // 48: quotabroker.v1.GetUsageHistoryRequest
+	(*GetUsageHistoryResponse)(nil), // 49: quotabroker.v1.GetUsageHistoryResponse
+	(*UsageSeries)(nil),             // 50: quotabroker.v1.UsageSeries
+	(*UsagePoint)(nil),              // 51: quotabroker.v1.UsagePoint
+	(*durationpb.Duration)(nil),     // 52: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 53: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	48, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
-	4,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	49, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	49, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
-	7,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	48, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
-	3,  // 8: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
-	9,  // 9: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	48, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	49, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 12: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	49, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
-	28, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
-	23, // 15: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
-	18, // 16: quotabroker.v1.GetQuotaReportResponse.spend:type_name -> quotabroker.v1.Spend
-	19, // 17: quotabroker.v1.Spend.account:type_name -> quotabroker.v1.Spending
-	20, // 18: quotabroker.v1.Spend.clients:type_name -> quotabroker.v1.ClientSpend
-	21, // 19: quotabroker.v1.Spend.models:type_name -> quotabroker.v1.ModelSpend
-	22, // 20: quotabroker.v1.Spend.caps:type_name -> quotabroker.v1.ClientCap
-	19, // 21: quotabroker.v1.ClientSpend.spending:type_name -> quotabroker.v1.Spending
-	21, // 22: quotabroker.v1.ClientSpend.models:type_name -> quotabroker.v1.ModelSpend
-	4,  // 23: quotabroker.v1.ModelSpend.key:type_name -> quotabroker.v1.BudgetKey
-	19, // 24: quotabroker.v1.ModelSpend.spending:type_name -> quotabroker.v1.Spending
-	49, // 25: quotabroker.v1.ClientCap.last_refused_at:type_name -> google.protobuf.Timestamp
-	49, // 26: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
-	49, // 27: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
-	48, // 28: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
-	25, // 29: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
-	24, // 30: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
-	32, // 31: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
-	26, // 32: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
-	27, // 33: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
-	29, // 34: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
-	30, // 35: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
-	30, // 36: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
-	30, // 37: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
-	31, // 38: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
-	30, // 39: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
-	4,  // 40: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
-	5,  // 41: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
-	5,  // 42: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
-	35, // 43: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	49, // 44: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
-	5,  // 45: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
-	34, // 46: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
-	33, // 47: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
-	5,  // 48: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
-	49, // 49: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
-	49, // 50: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
-	32, // 51: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
-	35, // 52: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
-	32, // 53: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
-	32, // 54: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
-	23, // 55: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
-	49, // 56: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
-	49, // 57: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
-	48, // 58: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
-	49, // 59: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
-	48, // 60: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
-	46, // 61: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
-	4,  // 62: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
-	47, // 63: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
-	47, // 64: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
-	49, // 65: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
-	6,  // 66: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	10, // 67: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	12, // 68: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	14, // 69: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	16, // 70: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	36, // 71: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	38, // 72: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	42, // 73: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
-	40, // 74: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
-	44, // 75: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
-	8,  // 76: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	11, // 77: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	13, // 78: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	15, // 79: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	17, // 80: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	37, // 81: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	39, // 82: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	43, // 83: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
-	41, // 84: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
-	45, // 85: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
-	76, // [76:86] is the sub-list for method output_type
-	66, // [66:76] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	52, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	5,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
+	53, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	53, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	8,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
+	52, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	10, // 8: quotabroker.v1.AcquireLeaseResponse.route:type_name -> quotabroker.v1.RouteGrant
+	4,  // 9: quotabroker.v1.RouteGrant.reason:type_name -> quotabroker.v1.RouteReason
+	3,  // 10: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
+	11, // 11: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
+	52, // 12: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	53, // 13: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	5,  // 14: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
+	53, // 15: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	32, // 16: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
+	27, // 17: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
+	20, // 18: quotabroker.v1.GetQuotaReportResponse.spend:type_name -> quotabroker.v1.Spend
+	25, // 19: quotabroker.v1.GetQuotaReportResponse.routes:type_name -> quotabroker.v1.RouteReport
+	21, // 20: quotabroker.v1.Spend.account:type_name -> quotabroker.v1.Spending
+	22, // 21: quotabroker.v1.Spend.clients:type_name -> quotabroker.v1.ClientSpend
+	23, // 22: quotabroker.v1.Spend.models:type_name -> quotabroker.v1.ModelSpend
+	24, // 23: quotabroker.v1.Spend.caps:type_name -> quotabroker.v1.ClientCap
+	21, // 24: quotabroker.v1.ClientSpend.spending:type_name -> quotabroker.v1.Spending
+	23, // 25: quotabroker.v1.ClientSpend.models:type_name -> quotabroker.v1.ModelSpend
+	5,  // 26: quotabroker.v1.ModelSpend.key:type_name -> quotabroker.v1.BudgetKey
+	21, // 27: quotabroker.v1.ModelSpend.spending:type_name -> quotabroker.v1.Spending
+	53, // 28: quotabroker.v1.ClientCap.last_refused_at:type_name -> google.protobuf.Timestamp
+	26, // 29: quotabroker.v1.RouteReport.targets:type_name -> quotabroker.v1.RouteTargetReport
+	5,  // 30: quotabroker.v1.RouteTargetReport.budget:type_name -> quotabroker.v1.BudgetKey
+	53, // 31: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
+	53, // 32: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
+	52, // 33: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
+	29, // 34: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
+	28, // 35: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
+	36, // 36: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
+	30, // 37: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
+	31, // 38: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
+	33, // 39: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
+	34, // 40: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
+	34, // 41: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
+	34, // 42: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
+	35, // 43: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
+	34, // 44: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
+	5,  // 45: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
+	6,  // 46: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
+	6,  // 47: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
+	39, // 48: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
+	53, // 49: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	6,  // 50: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
+	38, // 51: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
+	37, // 52: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
+	6,  // 53: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
+	53, // 54: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	53, // 55: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	36, // 56: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
+	39, // 57: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
+	36, // 58: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
+	36, // 59: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
+	27, // 60: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
+	53, // 61: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
+	53, // 62: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
+	52, // 63: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
+	53, // 64: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
+	52, // 65: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
+	50, // 66: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
+	5,  // 67: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
+	51, // 68: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
+	51, // 69: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
+	53, // 70: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
+	7,  // 71: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	12, // 72: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	14, // 73: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	16, // 74: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	18, // 75: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	40, // 76: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	42, // 77: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	46, // 78: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
+	44, // 79: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
+	48, // 80: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
+	9,  // 81: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	13, // 82: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	15, // 83: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	17, // 84: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	19, // 85: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	41, // 86: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	43, // 87: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	47, // 88: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
+	45, // 89: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
+	49, // 90: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
+	81, // [81:91] is the sub-list for method output_type
+	71, // [71:81] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -4328,15 +4700,15 @@ func file_quotabroker_v1_broker_proto_init() {
 	if File_quotabroker_v1_broker_proto != nil {
 		return
 	}
-	file_quotabroker_v1_broker_proto_msgTypes[31].OneofWrappers = []any{}
-	file_quotabroker_v1_broker_proto_msgTypes[43].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[34].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[46].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   44,
+			NumEnums:      5,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
