@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -93,7 +94,16 @@ func FuzzPendingPool(f *testing.F) {
 			}
 			return n
 		}
+		type wait struct {
+			addr  string
+			freed <-chan struct{}
+		}
+		var waits []wait // refused newcomers' channels not yet closed
 		for step, op := range ops[1:] {
+			before := map[string]int{}
+			for a, ws := range model {
+				before[a] = len(ws)
+			}
 			addr := string(rune('a' + (op>>2)%5))
 			switch op & 3 {
 			case 0, 1: // a stream's headers arrive on addr
@@ -110,8 +120,10 @@ func FuzzPendingPool(f *testing.F) {
 				}
 				full, share := int64(total()) >= e.maxPending, int(e.maxPending)/conns
 				w, armed := &awaiting{}, false
-				victim, ok := e.admit(addr, w, func() { armed = true })
+				victim, freed, ok := e.admit(addr, w, func() { armed = true })
 				switch {
+				case (freed != nil) != (!ok && held > 0):
+					t.Fatalf("step %d: %s holds %d and was admitted %v, with a channel to wait on %v", step, addr, held, ok, freed != nil)
 				case ok != armed:
 					t.Fatalf("step %d: admitted %v, armed %v", step, ok, armed)
 				case !full && (!ok || victim != nil):
@@ -136,6 +148,9 @@ func FuzzPendingPool(f *testing.F) {
 				if ok {
 					model[addr] = append(model[addr], w)
 				}
+				if freed != nil {
+					waits = append(waits, wait{addr, freed})
+				}
 			case 2: // a stream's request arrives, or it is reset
 				n := int(op >> 2)
 				for _, a := range []string{"a", "b", "c", "d", "e"} {
@@ -155,6 +170,22 @@ func FuzzPendingPool(f *testing.F) {
 				}
 				delete(model, addr)
 			}
+			// A refused newcomer's channel is closed once a stream of its
+			// connection has left the pool, and not before.
+			waits = slices.DeleteFunc(waits, func(w wait) bool {
+				select {
+				case <-w.freed:
+					if len(model[w.addr]) >= before[w.addr] {
+						t.Fatalf("step %d: %s's channel closed, and none of its streams left the pool", step, w.addr)
+					}
+					return true
+				default:
+					if len(model[w.addr]) < before[w.addr] {
+						t.Fatalf("step %d: a stream of %s left the pool, and its channel is open", step, w.addr)
+					}
+					return false
+				}
+			})
 			// The pool agrees with the model.
 			if int64(e.waiting) > e.maxPending || e.waiting != total() {
 				t.Fatalf("step %d: %d waiting, the model %d, the bound %d", step, e.waiting, total(), e.maxPending)
