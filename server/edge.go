@@ -242,7 +242,9 @@ const shareWait = 10 * time.Millisecond
 // at or under its share while addr holds less, the pool would not be full.
 // So a connection with fewer streams waiting than its share is never
 // refused, and a client's real calls, whose request follows their headers
-// at once, never wait long enough to be evicted. arm runs under the lock
+// at once, wait only until their handler reads it: evicted only in a
+// burst of more than the share that the handlers have not caught up with
+// (bench/lease's flood, 1,000 at once per connection). arm runs under the lock
 // once w is admitted, before anything can take it out again. The work is
 // O(log connections).
 func (e *edge) admit(addr string, w *awaiting, arm func()) (victim *awaiting, freed <-chan struct{}, ok bool) {
