@@ -26,9 +26,24 @@
 // Config.MaxPendingStreams streams wait for theirs over all connections,
 // Config.MaxConcurrentStreams bound each connection and Config.MaxConnections
 // the connections: what header-only streams can hold is bounded (about
-// 11 KiB each, so ~11 MiB at the defaults) and short-lived. Such refusals
-// are counted in quotabroker_grpc_streams_refused_total{reason} and logged
-// at debug only, so a flood of them cannot flood the log.
+// 11 KiB each, so ~11 MiB at the defaults) and short-lived. A waiting
+// stream's place is free again as soon as its request arrives or it ends
+// (reset, or its connection closed). When every place is taken, the pool
+// is shared fairly between connections: a newcomer whose connection holds
+// its share (MaxPendingStreams over the connections with streams waiting)
+// waits up to 10 ms, its connection unread, for one of its own to leave,
+// and is then refused with RESOURCE_EXHAUSTED (so a connection that sends
+// a new stream for each refused gets at most 100 refusals a second); any
+// other takes the place of the oldest waiting stream of the connection
+// holding the most, which is cancelled. So header-only streams cost their
+// own connection, never another's calls: a real call sends its request
+// with its headers and waits only until its handler reads it, which is
+// too short to be evicted. (While the pool is full, a connection's burst
+// of more calls than its share, say 10 of 1,024 places over 100
+// connections, may see some refused.) Such refusals are counted in
+// quotabroker_grpc_streams_refused_total{reason} (evicted streams under
+// "evicted") and logged at debug only, so a flood of them cannot flood
+// the log; quotabroker_grpc_streams_pending is the streams waiting.
 //
 // Tenants: with authentication, a client that is not an admin sees in
 // GetQuotaReport every budget's limits, state and totals, and in an

@@ -16,7 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
@@ -350,5 +353,202 @@ func TestMalformedRequestIsInternalAndHarmless(t *testing.T) {
 	rep, err := f.client.GetQuotaReport(context.Background(), &pb.GetQuotaReportRequest{})
 	if err != nil || rep.GetBudgets()[0].GetCounters().GetGranted() != 1 {
 		t.Fatalf("report %v %v, want the one valid grant", rep, err)
+	}
+}
+
+// pendingStreams is quotabroker_grpc_streams_pending in reg.
+func pendingStreams(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "quotabroker_grpc_streams_pending" {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatal("no quotabroker_grpc_streams_pending")
+	return 0
+}
+
+// awaitPending polls the pending-streams gauge until it is want. Polled:
+// a closed stream's place is freed by the goroutine context.AfterFunc
+// starts, which nothing outside the server can wait on. The tests that use
+// it set FirstMessageTimeout to an hour, so only a stream's end can free a
+// place; the limit only bounds a test that goes wrong.
+func awaitPending(t *testing.T, reg *prometheus.Registry, want float64) time.Duration {
+	t.Helper()
+	start := time.Now()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		got := pendingStreams(t, reg)
+		if got == want {
+			return time.Since(start)
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("%v streams pending, want %v", got, want)
+		}
+		<-tick.C
+	}
+}
+
+// TestHalfOpenAttackerDoesNotLockOthersOut has one connection hold every
+// place of the pending pool with header-only calls (as issue 16's attacker
+// did, which locked every other call out, health included): its own
+// further calls are refused, while another connection's calls are all
+// served, each taking the place of the attacker's oldest waiting call.
+func TestHalfOpenAttackerDoesNotLockOthersOut(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	addr := serveOn(t, server.New(newBroker(t), server.Config{MaxPendingStreams: 4, FirstMessageTimeout: time.Hour, Metrics: reg}))
+	attacker := dialGRPC(t, addr)
+	var waiting []uint32 // the attacker's, oldest first
+	for range 4 {
+		waiting = append(waiting, attacker.open(listBudgets, nil))
+	}
+	// full refuses the attacker one more call: the pool is full and the
+	// attacker holds all of it. Its answer also means that every call
+	// sent before it on the connection has passed the edge.
+	full := func() {
+		t.Helper()
+		if code, msg := attacker.status(attacker.open(listBudgets, nil)); code != codes.ResourceExhausted {
+			t.Fatalf("the attacker's call beyond the pool: %v %s, want ResourceExhausted", code, msg)
+		}
+		if got := pendingStreams(t, reg); got != 4 {
+			t.Fatalf("%v streams pending, want the pool's 4", got)
+		}
+	}
+	full()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	qb, health := pb.NewQuotaBrokerClient(conn), healthpb.NewHealthClient(conn)
+	const calls = 10
+	for i := range calls {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if i%2 == 0 {
+			_, err = qb.ListBudgets(ctx, &pb.ListBudgetsRequest{})
+		} else {
+			_, err = health.Check(ctx, &healthpb.HealthCheckRequest{})
+		}
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d of another connection while the attacker holds the pool: %v", i, err)
+		}
+		if code, msg := attacker.status(waiting[0]); code != codes.Canceled {
+			t.Fatalf("the attacker's oldest waiting call: %v %s, want it cancelled for the newcomer", code, msg)
+		}
+		waiting = append(waiting[1:], attacker.open(listBudgets, nil))
+		full()
+	}
+	for reason, want := range map[string]float64{"evicted": calls, "too_many_pending": calls + 1, "no_request": 0} {
+		if got := refusedCount(t, reg, reason); got != want {
+			t.Errorf("streams refused for %s: %v, want %v", reason, got, want)
+		}
+	}
+}
+
+// TestFairShareOfPendingStreams fills the pool from three connections in
+// turn: a newcomer holding less than its share (the pool over the
+// connections with waiting calls) takes the place of the oldest call of
+// the connection holding the most; one holding its share is refused.
+func TestFairShareOfPendingStreams(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	addr := serveOn(t, server.New(newBroker(t), server.Config{MaxPendingStreams: 6, FirstMessageTimeout: time.Hour, Metrics: reg}))
+	a, b, c := dialGRPC(t, addr), dialGRPC(t, addr), dialGRPC(t, addr)
+	var as, bs []uint32
+	for range 6 {
+		as = append(as, a.open(listBudgets, nil))
+	}
+	refused := func(conn *grpcConn, who string) {
+		t.Helper()
+		if code, msg := conn.status(conn.open(listBudgets, nil)); code != codes.ResourceExhausted {
+			t.Fatalf("%s's call at its share: %v %s, want ResourceExhausted", who, code, msg)
+		}
+	}
+	refused(a, "a") // a holds 6 of 6, its share alone
+	// b's share is 6/2 = 3: its first three calls take a's three oldest
+	// places, its fourth is refused, and so is a's next.
+	for range 3 {
+		bs = append(bs, b.open(listBudgets, nil))
+	}
+	refused(b, "b")
+	for _, id := range as[:3] {
+		if code, msg := a.status(id); code != codes.Canceled {
+			t.Fatalf("a's call %d: %v %s, want it evicted", id, code, msg)
+		}
+	}
+	refused(a, "a")
+	// c's share is 6/3 = 2: its two calls evict one call each of a and b
+	// (the connection with the most, their oldest); a third is refused.
+	c.open(listBudgets, nil)
+	c.open(listBudgets, nil)
+	refused(c, "c")
+	if code, _ := a.status(as[3]); code != codes.Canceled {
+		t.Fatalf("a's oldest waiting call: %v, want it evicted", code)
+	}
+	if code, _ := b.status(bs[0]); code != codes.Canceled {
+		t.Fatalf("b's oldest waiting call: %v, want it evicted", code)
+	}
+	// Each connection now holds 2, its share: the ones not evicted are
+	// still served when their requests come.
+	for _, id := range as[4:] {
+		a.send(id, &pb.ListBudgetsRequest{})
+		if code, msg := a.status(id); code != codes.OK {
+			t.Fatalf("a's call %d with its request: %v %s", id, code, msg)
+		}
+	}
+	if got := pendingStreams(t, reg); got != 4 {
+		t.Errorf("%v streams pending, want b's 2 and c's 2", got)
+	}
+	for reason, want := range map[string]float64{"evicted": 5, "too_many_pending": 4} {
+		if got := refusedCount(t, reg, reason); got != want {
+			t.Errorf("streams refused for %s: %v, want %v", reason, got, want)
+		}
+	}
+}
+
+// TestClosedHalfOpenStreamFreesItsPlace checks that a waiting call that is
+// reset, or whose connection closes, gives its place back when it ends,
+// not when its FirstMessageTimeout (an hour here) would have passed:
+// before, the server went on refusing calls for seconds after an attacker
+// had left.
+func TestClosedHalfOpenStreamFreesItsPlace(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	addr := serveOn(t, server.New(newBroker(t), server.Config{MaxPendingStreams: 2, FirstMessageTimeout: time.Hour, Metrics: reg}))
+	c := dialGRPC(t, addr)
+	a := c.open(listBudgets, nil)
+	c.open(listBudgets, nil) // waits until the connection closes
+	if code, msg := c.status(c.open(listBudgets, nil)); code != codes.ResourceExhausted {
+		t.Fatalf("a third waiting call: %v %s, want ResourceExhausted", code, msg)
+	}
+	if got := pendingStreams(t, reg); got != 2 {
+		t.Fatalf("%v streams pending, want 2", got)
+	}
+	if err := c.fr.WriteRSTStream(a, http2.ErrCodeCancel); err != nil {
+		t.Fatal(err)
+	}
+	took := awaitPending(t, reg, 1)
+	t.Logf("a reset stream's place was free after %v", took)
+	// The place is the connection's again: one more call waits, and the
+	// next is refused.
+	d := c.open(listBudgets, nil)
+	if code, msg := c.status(c.open(listBudgets, nil)); code != codes.ResourceExhausted {
+		t.Fatalf("a call beyond the pool: %v %s, want ResourceExhausted", code, msg)
+	}
+	c.send(d, &pb.ListBudgetsRequest{})
+	if code, msg := c.status(d); code != codes.OK {
+		t.Fatalf("the call that took the freed place: %v %s", code, msg)
+	}
+	c.conn.Close()
+	took = awaitPending(t, reg, 0)
+	t.Logf("a closed connection's places were free after %v", took)
+	for reason, want := range map[string]float64{"no_request": 0, "evicted": 0, "too_many_pending": 2} {
+		if got := refusedCount(t, reg, reason); got != want {
+			t.Errorf("streams refused for %s: %v, want %v", reason, got, want)
+		}
 	}
 }

@@ -126,8 +126,10 @@ type Config struct {
 	// half-open stream cannot hold the broker's memory. Default 10 s.
 	FirstMessageTimeout time.Duration
 	// MaxPendingStreams bounds the calls, over all connections, whose
-	// headers have arrived and whose request has not; further calls are
-	// refused with RESOURCE_EXHAUSTED. With FirstMessageTimeout it bounds
+	// headers have arrived and whose request has not; when all are taken,
+	// a call from a connection holding its fair share is refused with
+	// RESOURCE_EXHAUSTED and any other evicts a waiting call of the
+	// connection holding the most. With FirstMessageTimeout it bounds
 	// what header-only streams can cost (see edge.go). Default 1024.
 	MaxPendingStreams int
 	// MaxConcurrentHistory bounds the GetUsageHistory calls at work at
