@@ -247,7 +247,13 @@ func appendLeaseBody(b []byte, r *broker.LeaseRecord) []byte {
 	b = appendTime(b, r.GrantedAt)
 	b = appendTime(b, r.ExpiresAt)
 	b = appendTime(b, r.EndedAt)
-	return binary.AppendVarint(b, r.Cost)
+	if r.Cost != 0 {
+		// Cost came later, at the end, and is written only when there is
+		// one: a record without it is the same bytes as before it existed,
+		// and the encoding stays canonical (one stored form per record).
+		b = binary.AppendVarint(b, r.Cost)
+	}
+	return b
 }
 
 func decodeLeaseBody(id string, body []byte) (broker.LeaseRecord, error) {
@@ -272,8 +278,10 @@ func decodeLeaseBody(id string, body []byte) (broker.LeaseRecord, error) {
 	r.ExpiresAt = d.time()
 	r.EndedAt = d.time()
 	if len(d.b) > 0 {
-		// Cost came later, at the end; records written before lack it.
-		r.Cost = d.varint()
+		// Cost came later, at the end; records without one lack it.
+		if r.Cost = d.varint(); r.Cost == 0 && d.err == nil {
+			return r, fmt.Errorf("lease %s: a zero cost is stored as none", id)
+		}
 	}
 	return r, d.end()
 }
