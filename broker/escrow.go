@@ -302,10 +302,11 @@ func (b *Core) recoverLease(id string, now time.Time) *lease {
 	return l
 }
 
-// closeChunk ends draws from c and returns its closing record, with the
-// records and the usage of the leases drawn from it, for the sweep to
-// write in one Change. Caller holds b.mu.
-func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change) {
+// closeChunk ends draws from c and adds its closing record and the
+// per-minute usage of its leases to ch, and its active leases to
+// records, whose records the sweep writes after it (see checkpoint).
+// Caller holds b.mu.
+func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change, records *[]*lease) {
 	c.closed = true
 	r := c.ChunkRecord
 	r.Requests, r.Tokens, r.Closed = c.usedReq, c.usedTok, true
@@ -318,7 +319,12 @@ func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change) {
 		if b.leases[l.ID] != l {
 			continue // undone: the caller never had it
 		}
-		ch.Leases = append(ch.Leases, l.LeaseRecord)
+		if l.State == LeaseActive {
+			// An ended lease's record was committed when it ended (by
+			// Complete, or by the sweep that expired it, or is in their
+			// retry): only the active ones have none yet.
+			*records = append(*records, l)
+		}
 		m := minuteOf(l.GrantedAt)
 		u := usage[m]
 		if u == nil {
@@ -343,13 +349,13 @@ func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change) {
 }
 
 // sweepChunks closes the chunks whose span has ended (all of them once the
-// broker is closed) and forgets closed ones past the minute window and
-// their leases' lifetime. It returns the budgets whose phantom leases ran
+// broker is closed; their active leases go to records) and forgets closed
+// ones past the minute window and their leases' lifetime. It returns the budgets whose phantom leases ran
 // out, to dispatch. Caller holds b.mu.
-func (b *Core) sweepChunks(now time.Time, ch *Change) (freed []*budget) {
+func (b *Core) sweepChunks(now time.Time, ch *Change, records *[]*lease) (freed []*budget) {
 	for id, c := range b.chunks {
 		if !c.closed && (now.After(c.End) || b.closed) {
-			b.closeChunk(c, now, ch)
+			b.closeChunk(c, now, ch, records)
 		}
 		if c.closed && now.After(c.End.Add(minuteSpan+minuteRes)) && now.After(c.LeasesEnd) {
 			delete(b.chunks, id)
