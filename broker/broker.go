@@ -126,6 +126,8 @@ type lease struct {
 	// fixed: its charge is its chunk's, counted in full at restore, so
 	// settling it moves no window (see the package doc's Durability).
 	fixed bool
+	// undone: its grant was taken back before the caller heard of it.
+	undone bool
 }
 
 type endedRef struct {
@@ -657,6 +659,7 @@ func (b *Core) undoGrant(l *lease, now time.Time) {
 		return
 	}
 	delete(b.leases, l.ID)
+	l.undone = true
 	bg := l.b
 	bg.adjust(now, l.GrantedAt, -l.Charged, -l.Requests, false)
 	bg.ended(l.Client)

@@ -109,7 +109,7 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) error
 		var batch Change
 		b.mu.Lock()
 		for _, l := range records[:n] {
-			if l.State == LeaseActive && b.leases[l.ID] == l {
+			if l.State == LeaseActive && !l.undone {
 				batch.Leases = append(batch.Leases, l.LeaseRecord)
 			}
 		}
@@ -122,7 +122,7 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) error
 			// The rest are copied now, so that the retry has them all.
 			b.mu.Lock()
 			for _, l := range records {
-				if l.State == LeaseActive && b.leases[l.ID] == l {
+				if l.State == LeaseActive && !l.undone {
 					batch.Leases = append(batch.Leases, l.LeaseRecord)
 				}
 			}
