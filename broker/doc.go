@@ -159,10 +159,19 @@
 // Grants committed one by one are charged as before, from their records.
 //
 // The sweep closes a chunk once its span has passed (all of them at
-// shutdown): one Change rewrites its record with what it granted, and writes
-// the records and the per-minute usage of its leases. Lease records are
-// thus checkpointed by the sweep, not before the answer; one record per
-// chunk, never per grant, is what a replicated store (etcd) would write.
+// shutdown): it writes the records of the chunk's leases still active (an
+// ended lease's record was written when it ended), then one Change rewrites
+// the chunk's record with what it granted and adds the per-minute usage of
+// its leases. Lease records are thus checkpointed by the sweep, not before
+// the answer, in transactions of at most 1,000 records, each copied under
+// a short hold of Core.mu: a busy budget closes thousands a second, and in
+// one transaction they made the next chunk's commit (and any settlement)
+// queue behind them for up to a second under load, long enough for grants
+// to run out of chunk. Any order of these writes is safe: until the closing
+// record is durable the chunk counts in full, and a lease of it with no
+// record is counted as a phantom (below). The chunk's record, not its
+// leases', is what the invariant needs: one record per chunk, never per
+// grant, is what a replicated store (etcd) would have to agree on.
 //
 // What a crash costs: the unused part of the chunks not yet closed, charged
 // as if granted until they slide out of the minute: the chunk in use, the

@@ -180,8 +180,8 @@ type AdaptiveRecord struct {
 // at most Requests requests and Tokens tokens of budget Key may be granted
 // from it, as leases whose ids derive from ID and Secret. It is durable
 // before the first of them is answered. Closed records are rewritten with
-// what was granted (Requests, Tokens) once every lease drawn from the chunk
-// is in the same Change.
+// what was granted (Requests, Tokens), after (or with) the records of the
+// chunk's leases.
 type ChunkRecord struct {
 	ID       uint64 // unique in the store, ascending with time
 	Key      Key

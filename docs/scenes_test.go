@@ -27,6 +27,8 @@ var notRunHere = []notRun{
 	{claim{otherLangs, "bash .ci/tools.sh"}, "installs the pinned tools into the checkout's .bin/; .ci/test runs it before the tests"},
 	{claim{otherLangs, "apt-get install -y protobuf-compiler protobuf-compiler-grpc libprotobuf-dev python3-grpcio"},
 		"installs Debian packages (root, network); clients/test.sh installs them when missing and the other-languages scene needs them"},
+	{claim{benchmarks, "bash bench/ghz/run.sh -c 50 -z 10s -r 3"},
+		"compiles ghz and gubernator (minutes on this machine) before its first line, then runs for minutes; BENCHMARKS.md holds its figures"},
 }
 
 // scenes: each sets up what its commands need, runs them as the documents
