@@ -517,3 +517,14 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	s.log.Log(ctx, lvl, "finished call", attrs...)
 	return resp, err
 }
+
+// SetServing sets the health of quotabroker.v1.QuotaBroker: a cluster's
+// standby is NOT_SERVING, so that clients' health checks send their calls
+// to the leader, and SERVING once it leads.
+func (s *Server) SetServing(serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus(pb.QuotaBroker_ServiceDesc.ServiceName, st)
+}

@@ -27,6 +27,7 @@ import (
 	"github.com/bedrockqb/quotabroker/internal/sysclock"
 	"github.com/bedrockqb/quotabroker/server"
 	"github.com/bedrockqb/quotabroker/server/dashboard"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // exampleBudgets is served when neither --budgets nor the store names any
@@ -55,6 +56,9 @@ type serveFlags struct {
 	// CloudWatch's figures.
 	historyRetention time.Duration
 	cloudwatch       bool
+
+	// A replica of a cluster on etcd instead of the bbolt file (cluster.go).
+	etcd clusterFlags
 }
 
 const serveSynopsis = `usage: quota-broker serve [flags]
@@ -126,6 +130,20 @@ func parseServeFlags(args []string, out io.Writer) (serveFlags, error) {
 		}
 		fs.DurationVar(d.p, d.name, def, d.help+" (env "+d.env+")")
 	}
+	fs.StringVar(&f.etcd.endpoints, "etcd", envOr("QUOTA_BROKER_ETCD", ""), "comma-separated etcd endpoints: run as one replica of a cluster whose state is in etcd, instead of the --data file (env QUOTA_BROKER_ETCD)")
+	fs.StringVar(&f.etcd.prefix, "etcd-prefix", envOr("QUOTA_BROKER_ETCD_PREFIX", "/quota-broker/"), "etcd key prefix of the cluster's state and election (env QUOTA_BROKER_ETCD_PREFIX)")
+	fs.StringVar(&f.etcd.name, "etcd-cluster", envOr("QUOTA_BROKER_ETCD_CLUSTER", "quota-broker"), "the cluster's name, kept in the prefix's format key: a replica of another cluster is refused (env QUOTA_BROKER_ETCD_CLUSTER)")
+	fs.StringVar(&f.etcd.ca, "etcd-ca", envOr("QUOTA_BROKER_ETCD_CA", ""), "CA certificates (PEM) that sign etcd's server certificates (env QUOTA_BROKER_ETCD_CA)")
+	fs.StringVar(&f.etcd.cert, "etcd-cert", envOr("QUOTA_BROKER_ETCD_CERT", ""), "client certificate (PEM) for etcd (env QUOTA_BROKER_ETCD_CERT)")
+	fs.StringVar(&f.etcd.key, "etcd-key", envOr("QUOTA_BROKER_ETCD_KEY", ""), "key of --etcd-cert (PEM) (env QUOTA_BROKER_ETCD_KEY)")
+	fs.StringVar(&f.etcd.user, "etcd-user", envOr("QUOTA_BROKER_ETCD_USER", ""), "etcd user, with --etcd-password (env QUOTA_BROKER_ETCD_USER)")
+	fs.StringVar(&f.etcd.password, "etcd-password", envOr("QUOTA_BROKER_ETCD_PASSWORD", ""), "etcd password (env QUOTA_BROKER_ETCD_PASSWORD)")
+	fs.StringVar(&f.etcd.advertise, "advertise", envOr("QUOTA_BROKER_ADVERTISE", ""), "address other replicas name as the leader's when this one leads; default the --listen address (env QUOTA_BROKER_ADVERTISE)")
+	ttl, err := durEnv("QUOTA_BROKER_ETCD_TTL", 3*time.Second)
+	if err != nil {
+		return f, err
+	}
+	fs.DurationVar(&f.etcd.ttl, "etcd-ttl", ttl, "TTL of the replica's etcd session: a dead leader is replaced after about this long; the leader steps down on its own clock before etcd can expire it (env QUOTA_BROKER_ETCD_TTL)")
 	if err := f.alert.register(fs); err != nil {
 		return f, err
 	}
@@ -152,6 +170,12 @@ func parseServeFlags(args []string, out io.Writer) (serveFlags, error) {
 	}
 	if f.historyRetention < 24*time.Hour {
 		return f, fmt.Errorf("--history-retention %v: at least 24h (reports read the last day)", f.historyRetention)
+	}
+	if f.etcd.endpoints != "" && f.etcd.ttl < time.Second {
+		return f, fmt.Errorf("--etcd-ttl %v: at least 1s (etcd counts leases in seconds)", f.etcd.ttl)
+	}
+	if (f.etcd.cert == "") != (f.etcd.key == "") {
+		return f, errors.New("--etcd-cert and --etcd-key go together")
 	}
 	f.exampleWhenEmpty = !f.aws
 	return f, nil
@@ -194,14 +218,20 @@ type Main struct {
 	flags          serveFlags
 	stdout, stderr io.Writer
 
-	log     *slog.Logger
-	store   *bolt.Store
-	broker  *broker.Broker
-	scfg    server.Config
-	srv     *server.Server
-	lis     net.Listener
-	httpLis net.Listener
-	httpSrv *http.Server
+	log    *slog.Logger
+	store  *bolt.Store
+	broker *broker.Broker
+	// In a cluster (--etcd) store and broker stay nil: the cluster opens
+	// a broker for each term it leads.
+	cluster     *cluster
+	etcdCli     *clientv3.Client
+	stopCluster context.CancelFunc
+	clusterDone chan struct{}
+	scfg        server.Config
+	srv         *server.Server
+	lis         net.Listener
+	httpLis     net.Listener
+	httpSrv     *http.Server
 
 	// The background loops (sweep, refresh, alerts, SIGHUP, the servers)
 	// run on runCtx; Close cancels it and waits for them.
@@ -268,51 +298,25 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 		cfg.DefaultClient, cfg.Clients, cfg.DailyReserve, cfg.Aging, cfg.MaxWaiters = p.Default, p.Clients, p.DailyReserve, p.Aging, p.MaxWaiters
 	}
-	if m.store, err = bolt.Open(f.data, bolt.Options{}); err != nil {
-		return fmt.Errorf("state file (--data): %w", err)
-	}
 	clock := sysclock.Clock{}
-	if m.broker, err = broker.Open(ctx, m.store, clock, cfg); err != nil {
-		return err
-	}
-	b := m.broker
-	var specs []broker.Spec
-	switch {
-	case f.budgets != "":
-		if specs, err = budgetfile.Load(f.budgets, clock.Now()); err != nil {
-			return err
-		}
-	case len(b.Budgets()) == 0 && f.exampleWhenEmpty:
-		if specs, err = budgetfile.Parse("example-budgets.json", exampleBudgets, "builtin-example", clock.Now()); err != nil {
-			return err
-		}
-		log.Info("no budgets configured: serving the built-in example set; use --budgets FILE for your own")
-	}
-	if len(specs) > 0 {
-		if err := b.SetSpecs(ctx, specs); err != nil {
-			return err
-		}
-	}
+	var svc service
 	var src broker.QuotaSource
-	if f.aws {
-		regions := list(cmp.Or(f.regions, f.region))
-		aq, err := awsquota.New(awsquota.Config{Regions: regions, Endpoint: f.awsURL, Logger: log})
+	if f.etcd.endpoints != "" {
+		rep, err := m.openCluster(ctx, clock, cfg)
 		if err != nil {
 			return err
 		}
-		src = aq
-		b.UseSource(src)
-		dctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
-		err = b.Refresh(dctx, src)
-		cancel()
-		if err != nil {
-			log.Error("quota discovery failed; serving the stored quotas and retrying in the background", "err", err, "budgets", len(b.Budgets()))
-		} else {
-			st := b.DiscoveryStatus()
-			log.Info("quotas discovered", "regions", strings.Join(regions, ","), "budgets", len(b.Budgets()), "skipped_quotas", len(st.Skipped))
+		svc = rep
+	} else {
+		if m.store, err = bolt.Open(f.data, bolt.Options{}); err != nil {
+			return fmt.Errorf("state file (--data): %w", err)
 		}
+		if m.broker, src, err = m.openBroker(ctx, m.store, clock, cfg); err != nil {
+			return err
+		}
+		svc = m.broker
 	}
-	alerts, err := newAlerting(f.alert, b, log)
+	alerts, err := newAlerting(f.alert, svc, log)
 	if err != nil {
 		return err
 	}
@@ -347,7 +351,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	var httpLis net.Listener
 	if f.httpAddr != "" {
-		reg := server.NewRegistry(b)
+		reg := server.NewRegistry(svc)
 		alerts.register(reg)
 		scfg.Metrics = reg
 		mux := http.NewServeMux()
@@ -358,24 +362,29 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		if alerts != nil { // a nil *alerting in the interface would not be nil
 			dcfg.Alerts = alerts
 		}
-		dashboard.New(b, dcfg).Register(mux)
+		dashboard.New(svc, dcfg).Register(mux)
 		if httpLis, err = net.Listen("tcp", f.httpAddr); err != nil {
 			lis.Close()
 			return listenError(f.httpAddr, "http", "QUOTA_BROKER_HTTP", err)
 		}
 		m.httpSrv = server.NewHTTPServer(mux, log)
 	}
-	m.srv = server.New(b, *scfg)
+	m.srv = server.New(svc, *scfg)
+	if m.cluster != nil {
+		m.srv.SetServing(false) // a standby until elected
+	}
 	m.lis, m.httpLis = lis, httpLis
 
 	runCtx, stopRun := context.WithCancel(context.Background())
 	m.stopRun = stopRun
 	wg := &m.wg
-	wg.Go(func() { b.Run(runCtx) })
-	alerts.start(runCtx, wg)
-	if src != nil {
-		wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
+	if b := m.broker; b != nil {
+		wg.Go(func() { b.Run(runCtx) })
+		if src != nil {
+			wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
+		}
 	}
+	alerts.start(runCtx, wg)
 	if scfg.Tokens != nil || scfg.TLS != nil {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
@@ -408,7 +417,12 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		fmt.Fprintf(m.stdout, "dashboard on http://%s/dashboard\n", httpLis.Addr())
 	}
 	// Last: tools and tests wait for this line.
-	fmt.Fprintf(m.stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(b.Budgets()))
+	if m.cluster != nil {
+		m.startCluster(lis.Addr())
+		fmt.Fprintf(m.stdout, "quota-broker listening on %s (state in etcd %s under %s; a standby until elected)\n", lis.Addr(), f.etcd.endpoints, m.cluster.store.Prefix())
+	} else {
+		fmt.Fprintf(m.stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(m.broker.Budgets()))
+	}
 	switch {
 	case f.banner != nil:
 		f.banner(m.stdout, lis.Addr())
@@ -427,6 +441,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 // stop the background loops, persist expiries, close the store. After a
 // Run that failed it closes what that Run opened.
 func (m *Main) Close() error {
+	if m.etcdCli != nil {
+		return m.closeCluster()
+	}
 	b := m.broker
 	if m.srv == nil {
 		// Run failed before serving: nothing to drain.
@@ -506,4 +523,58 @@ func checkExposure(addr net.Addr, f serveFlags) (warn string, err error) {
 func loopback(addr net.Addr) bool {
 	tcp, ok := addr.(*net.TCPAddr)
 	return ok && tcp.IP.IsLoopback()
+}
+
+// service is the broker as the server, dashboard, metrics and alerts see it:
+// a *broker.Broker on one machine, a *replica in a cluster.
+type service interface {
+	server.Broker
+	dashboard.Source
+}
+
+// openBroker opens a broker on store and gives it its budgets: the
+// --budgets file, the quotas discovered from AWS, or the built-in example
+// set when the store names none. src is the quota source, if any, for the
+// caller's refresh loop.
+func (m *Main) openBroker(ctx context.Context, store broker.Store, clock broker.Clock, cfg broker.Config) (b *broker.Broker, src broker.QuotaSource, err error) {
+	f, log := m.flags, m.log
+	if b, err = broker.Open(ctx, store, clock, cfg); err != nil {
+		return nil, nil, err
+	}
+	var specs []broker.Spec
+	switch {
+	case f.budgets != "":
+		if specs, err = budgetfile.Load(f.budgets, clock.Now()); err != nil {
+			return b, nil, err
+		}
+	case len(b.Budgets()) == 0 && f.exampleWhenEmpty:
+		if specs, err = budgetfile.Parse("example-budgets.json", exampleBudgets, "builtin-example", clock.Now()); err != nil {
+			return b, nil, err
+		}
+		log.Info("no budgets configured: serving the built-in example set; use --budgets FILE for your own")
+	}
+	if len(specs) > 0 {
+		if err := b.SetSpecs(ctx, specs); err != nil {
+			return b, nil, err
+		}
+	}
+	if f.aws {
+		regions := list(cmp.Or(f.regions, f.region))
+		aq, err := awsquota.New(awsquota.Config{Regions: regions, Endpoint: f.awsURL, Logger: log})
+		if err != nil {
+			return b, nil, err
+		}
+		src = aq
+		b.UseSource(src)
+		dctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
+		err = b.Refresh(dctx, src)
+		cancel()
+		if err != nil {
+			log.Error("quota discovery failed; serving the stored quotas and retrying in the background", "err", err, "budgets", len(b.Budgets()))
+		} else {
+			st := b.DiscoveryStatus()
+			log.Info("quotas discovered", "regions", strings.Join(regions, ","), "budgets", len(b.Budgets()), "skipped_quotas", len(st.Skipped))
+		}
+	}
+	return b, src, nil
 }
