@@ -324,6 +324,17 @@ func (c *cluster) once(ctx context.Context) error {
 	defer wg.Wait()
 	defer stopObserve()
 	wg.Go(func() { c.observe(octx, sess) })
+	wg.Go(func() {
+		// A standby's refusals say at once that etcd is gone, not only
+		// once the campaign gives up.
+		select {
+		case <-sess.Done():
+			if ctx.Err() == nil {
+				c.rep.setStatus(func(s *ClusterStatus) { s.EtcdUp, s.EtcdErr = false, sess.Err().Error() })
+			}
+		case <-octx.Done():
+		}
+	})
 
 	fence, _, err := sess.Campaign(ctx, c.store.ElectionPrefix(), c.self)
 	if err != nil {
