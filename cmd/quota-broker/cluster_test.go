@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -485,4 +487,67 @@ func TestClusterEtcdQuorum(t *testing.T) {
 		t.Error(err)
 	}
 	l.mu.Unlock()
+}
+
+// TestClusterStartErrors: what a replica says when it cannot join.
+func TestClusterStartErrors(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real etcd")
+	}
+	ec := etcdtest.Start(t, 1)
+	eps := ec.Endpoints()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{eps}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "/app/config", "someone else's"); err != nil {
+		t.Fatal(err)
+	}
+	// A first cluster "a" claims /qb/.
+	if err := run(ctx, []string{"serve", "--etcd", eps, "--etcd-prefix", "/qb/", "--etcd-cluster", "a", "--listen", "256.0.0.1:1"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "listen on") {
+		t.Fatalf("cluster a's first replica: %v", err)
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := l.Addr().String()
+	l.Close()
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"etcd unreachable", []string{"--etcd", dead}, []string{"etcd unreachable at " + dead + " (--etcd)", "connection refused"}},
+		{"someone else's prefix", []string{"--etcd", eps, "--etcd-prefix", "/app"}, []string{`etcd prefix "/app/"`, "not a quota broker's", "1 keys and no format key"}},
+		{"two clusters on one prefix", []string{"--etcd", eps, "--etcd-prefix", "/qb/", "--etcd-cluster", "b"}, []string{`it holds cluster "a", this replica is of cluster "b"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := run(ctx, append([]string{"serve", "--listen", "127.0.0.1:0"}, tc.args...), io.Discard, io.Discard)
+			for _, w := range tc.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Fatalf("got %v, want an error containing %q", err, w)
+				}
+			}
+		})
+	}
+	t.Run("wrong credentials", func(t *testing.T) {
+		if _, err := cli.RoleAdd(ctx, "root"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.UserAdd(ctx, "root", "right"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.UserGrantRole(ctx, "root", "root"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.AuthEnable(ctx); err != nil {
+			t.Fatal(err)
+		}
+		err := run(ctx, []string{"serve", "--listen", "127.0.0.1:0", "--etcd", eps, "--etcd-prefix", "/qb/", "--etcd-cluster", "a",
+			"--etcd-user", "root", "--etcd-password", "wrong"}, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), `refused user "root" (--etcd-user, --etcd-password)`) {
+			t.Fatalf("got %v, want etcd's refusal of the credentials", err)
+		}
+	})
 }
