@@ -136,6 +136,9 @@ type Config struct {
 	MaxConcurrentHistory int
 	// CloudWatch, when set, adds CloudWatch's figures to GetUsageHistory.
 	CloudWatch CloudWatch
+	// Cluster, when set, is the state of the cluster this server is a
+	// replica of, shown in GetQuotaReport.
+	Cluster ClusterFunc
 	// Clock gives the time the server stamps answers with and defaults
 	// GetUsageHistory's span to; wire the broker's. Default: the system
 	// clock. (Waits are bounded by RPC deadlines, which are on the system
@@ -428,6 +431,9 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 			pr.Activity = activityToPB(a)
 		}
 		out.Budgets = append(out.Budgets, pr)
+	}
+	if s.cfg.Cluster != nil {
+		out.Cluster = clusterToPB(s.cfg.Cluster())
 	}
 	return out, nil
 }

@@ -139,6 +139,14 @@ func (r *replica) Status() ClusterStatus {
 	return s
 }
 
+// serverStatus is Status as the server shows it.
+func (r *replica) serverStatus() server.ClusterStatus {
+	s := r.Status()
+	_, err := r.current()
+	return server.ClusterStatus{Leading: s.Role == RoleLeader && err == nil, Self: s.Self, Leader: s.Leader,
+		LeaderSince: s.MovedAt, EtcdReachable: s.EtcdUp, EtcdError: s.EtcdErr}
+}
+
 // lead makes b the broker calls go to (nil: none) and sets health.
 func (r *replica) lead(b *broker.Broker, sess *etcd.Session) {
 	r.mu.Lock()
@@ -243,10 +251,11 @@ func (r *replica) ResetAdaptive(ctx context.Context, modelID, region string) (br
 	return b.ResetAdaptive(ctx, modelID, region)
 }
 
+// Activity is empty on a standby, as its Report is.
 func (r *replica) Activity(ctx context.Context, f broker.ReportFilter) (map[broker.Key]*broker.Activity, time.Time, error) {
 	b, err := r.current()
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, r.clock.Now(), nil
 	}
 	return b.Activity(ctx, f)
 }

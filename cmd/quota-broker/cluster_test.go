@@ -316,6 +316,31 @@ func TestClusterLeaderKill(t *testing.T) {
 	if gap > 5*time.Second {
 		t.Errorf("the failover took %v; the promise is 5 s", gap)
 	}
+	// The report shows the cluster from both sides.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	standby := 3 - lead - next
+	for i, role := range map[int]string{next: "leader", standby: "standby"} {
+		rep, err := r.clients[i].GetQuotaReport(ctx, &pb.GetQuotaReportRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := rep.GetCluster()
+		if c.GetRole() != role || c.GetSelf() != r.procs[i].addr || c.GetLeader() != r.procs[next].addr || !c.GetEtcdReachable() ||
+			!c.GetLeaderSince().AsTime().After(killed) {
+			t.Errorf("replica %d reports the cluster as %v; want role %s, leader %s since after the kill, etcd reachable", i, c, role, r.procs[next].addr)
+		}
+		if role == "standby" && len(rep.GetBudgets()) != 0 {
+			t.Errorf("a standby reported %d budgets", len(rep.GetBudgets()))
+		}
+	}
+	var out strings.Builder
+	if err := run(ctx, []string{"report", "--addr", r.procs[standby].addr}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if want := "cluster: " + r.procs[standby].addr + " is the standby; leader " + r.procs[next].addr; !strings.Contains(out.String(), want) {
+		t.Errorf("report's header:\n%s\nwant %q", out.String(), want)
+	}
 	// Run the new leader into the limit, then check.
 	l.reachLimit(t)
 	l.check(t, rpm, concurrency)

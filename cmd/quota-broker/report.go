@@ -162,6 +162,7 @@ const maxChartBytes = 32 << 20
 // (1.8M) and the rarer counters are left to the wide view, which lists
 // every budget with every counter (and is what --model and --region show).
 func printReport(w io.Writer, rep *pb.GetQuotaReportResponse, wide bool) {
+	printCluster(w, rep.GetCluster())
 	if wide {
 		printBudgetsWide(w, rep)
 	} else {
@@ -402,4 +403,26 @@ func usedOf(used, limit int64) string {
 		return fmt.Sprintf("%d/-", used)
 	}
 	return fmt.Sprintf("%d/%d", used, limit)
+}
+
+// printCluster is the report's header for a replica of a cluster: its role,
+// the leader, when the leadership last moved, and etcd's state.
+func printCluster(w io.Writer, c *pb.Cluster) {
+	if c == nil {
+		return
+	}
+	since := "never seen to move"
+	if c.GetLeaderSince() != nil {
+		since = "since " + c.GetLeaderSince().AsTime().Local().Format(time.DateTime)
+	}
+	leader := cmp.Or(c.GetLeader(), "none known")
+	etcd := "etcd reachable"
+	if !c.GetEtcdReachable() {
+		etcd = "etcd UNREACHABLE: " + c.GetEtcdError()
+	}
+	fmt.Fprintf(w, "cluster: %s is the %s; leader %s (%s); %s\n", c.GetSelf(), c.GetRole(), leader, since, etcd)
+	if c.GetRole() != "leader" {
+		fmt.Fprintf(w, "a standby reports no budgets: quota-broker report --addr %s\n", leader)
+	}
+	fmt.Fprintln(w)
 }

@@ -322,6 +322,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	m.scfg = server.Config{Logger: log, Clock: clock}
 	scfg := &m.scfg
+	if m.cluster != nil {
+		scfg.Cluster = m.cluster.rep.serverStatus
+	}
 	if f.cloudwatch {
 		scfg.CloudWatch = newCloudWatch(f.awsURL, log)
 	}
@@ -353,6 +356,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if f.httpAddr != "" {
 		reg := server.NewRegistry(svc)
 		alerts.register(reg)
+		if m.cluster != nil {
+			server.RegisterCluster(reg, m.cluster.rep.serverStatus)
+		}
 		scfg.Metrics = reg
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", server.MetricsHandler(reg))

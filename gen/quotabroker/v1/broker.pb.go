@@ -1116,7 +1116,10 @@ type GetQuotaReportResponse struct {
 	// The quota source's state; unset when budgets are static.
 	Discovery *Discovery `protobuf:"bytes,3,opt,name=discovery,proto3" json:"discovery,omitempty"`
 	// Why budgets carry no activity: the usage history could not be read.
-	HistoryError  string `protobuf:"bytes,4,opt,name=history_error,json=historyError,proto3" json:"history_error,omitempty"`
+	HistoryError string `protobuf:"bytes,4,opt,name=history_error,json=historyError,proto3" json:"history_error,omitempty"`
+	// The cluster as the answering replica sees it; unset for a broker that
+	// runs alone (serve without --etcd).
+	Cluster       *Cluster `protobuf:"bytes,5,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1179,6 +1182,103 @@ func (x *GetQuotaReportResponse) GetHistoryError() string {
 	return ""
 }
 
+func (x *GetQuotaReportResponse) GetCluster() *Cluster {
+	if x != nil {
+		return x.Cluster
+	}
+	return nil
+}
+
+// Cluster is one replica's view of a broker cluster on etcd.
+type Cluster struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "leader" or "standby". A standby reports no budgets.
+	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	// The answering replica's address, as it advertises it.
+	Self string `protobuf:"bytes,2,opt,name=self,proto3" json:"self,omitempty"`
+	// The leader's address; empty while none is known.
+	Leader string `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// When this replica last saw the leadership move.
+	LeaderSince *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=leader_since,json=leaderSince,proto3" json:"leader_since,omitempty"`
+	// Whether this replica's session with etcd is alive, and why not.
+	EtcdReachable bool   `protobuf:"varint,5,opt,name=etcd_reachable,json=etcdReachable,proto3" json:"etcd_reachable,omitempty"`
+	EtcdError     string `protobuf:"bytes,6,opt,name=etcd_error,json=etcdError,proto3" json:"etcd_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Cluster) Reset() {
+	*x = Cluster{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Cluster) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Cluster) ProtoMessage() {}
+
+func (x *Cluster) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
+func (*Cluster) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Cluster) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Cluster) GetSelf() string {
+	if x != nil {
+		return x.Self
+	}
+	return ""
+}
+
+func (x *Cluster) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *Cluster) GetLeaderSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaderSince
+	}
+	return nil
+}
+
+func (x *Cluster) GetEtcdReachable() bool {
+	if x != nil {
+		return x.EtcdReachable
+	}
+	return false
+}
+
+func (x *Cluster) GetEtcdError() string {
+	if x != nil {
+		return x.EtcdError
+	}
+	return ""
+}
+
 // Discovery is the state of quota discovery.
 type Discovery struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1202,7 +1302,7 @@ type Discovery struct {
 
 func (x *Discovery) Reset() {
 	*x = Discovery{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1314,7 @@ func (x *Discovery) String() string {
 func (*Discovery) ProtoMessage() {}
 
 func (x *Discovery) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[14]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1327,7 @@ func (x *Discovery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Discovery.ProtoReflect.Descriptor instead.
 func (*Discovery) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{14}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Discovery) GetLastSuccess() *timestamppb.Timestamp {
@@ -1296,7 +1396,7 @@ type ProvisionedThroughput struct {
 
 func (x *ProvisionedThroughput) Reset() {
 	*x = ProvisionedThroughput{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1408,7 @@ func (x *ProvisionedThroughput) String() string {
 func (*ProvisionedThroughput) ProtoMessage() {}
 
 func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[15]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1421,7 @@ func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionedThroughput.ProtoReflect.Descriptor instead.
 func (*ProvisionedThroughput) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{15}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ProvisionedThroughput) GetRegion() string {
@@ -1385,7 +1485,7 @@ type SkippedQuota struct {
 
 func (x *SkippedQuota) Reset() {
 	*x = SkippedQuota{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1497,7 @@ func (x *SkippedQuota) String() string {
 func (*SkippedQuota) ProtoMessage() {}
 
 func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[16]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1510,7 @@ func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkippedQuota.ProtoReflect.Descriptor instead.
 func (*SkippedQuota) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{16}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SkippedQuota) GetRegion() string {
@@ -1454,7 +1554,7 @@ type WindowUsage struct {
 
 func (x *WindowUsage) Reset() {
 	*x = WindowUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1466,7 +1566,7 @@ func (x *WindowUsage) String() string {
 func (*WindowUsage) ProtoMessage() {}
 
 func (x *WindowUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[17]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1479,7 +1579,7 @@ func (x *WindowUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowUsage.ProtoReflect.Descriptor instead.
 func (*WindowUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{17}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WindowUsage) GetRequestsLastMinute() int64 {
@@ -1535,7 +1635,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1647,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[18]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1660,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{18}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Counters) GetGranted() int64 {
@@ -1664,7 +1764,7 @@ type BudgetReport struct {
 
 func (x *BudgetReport) Reset() {
 	*x = BudgetReport{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +1776,7 @@ func (x *BudgetReport) String() string {
 func (*BudgetReport) ProtoMessage() {}
 
 func (x *BudgetReport) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[19]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +1789,7 @@ func (x *BudgetReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BudgetReport.ProtoReflect.Descriptor instead.
 func (*BudgetReport) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{19}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BudgetReport) GetBudget() *Budget {
@@ -1764,7 +1864,7 @@ type Activity struct {
 
 func (x *Activity) Reset() {
 	*x = Activity{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +1876,7 @@ func (x *Activity) String() string {
 func (*Activity) ProtoMessage() {}
 
 func (x *Activity) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[20]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +1889,7 @@ func (x *Activity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Activity.ProtoReflect.Descriptor instead.
 func (*Activity) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{20}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Activity) GetLastMinute() *UsageStats {
@@ -1879,7 +1979,7 @@ type UsageStats struct {
 
 func (x *UsageStats) Reset() {
 	*x = UsageStats{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1891,7 +1991,7 @@ func (x *UsageStats) String() string {
 func (*UsageStats) ProtoMessage() {}
 
 func (x *UsageStats) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[21]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1904,7 +2004,7 @@ func (x *UsageStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageStats.ProtoReflect.Descriptor instead.
 func (*UsageStats) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{21}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UsageStats) GetGranted() int64 {
@@ -2029,7 +2129,7 @@ type ClientUsage struct {
 
 func (x *ClientUsage) Reset() {
 	*x = ClientUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2141,7 @@ func (x *ClientUsage) String() string {
 func (*ClientUsage) ProtoMessage() {}
 
 func (x *ClientUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2154,7 @@ func (x *ClientUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientUsage.ProtoReflect.Descriptor instead.
 func (*ClientUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ClientUsage) GetClient() string {
@@ -2099,7 +2199,7 @@ type Budget struct {
 
 func (x *Budget) Reset() {
 	*x = Budget{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2211,7 @@ func (x *Budget) String() string {
 func (*Budget) ProtoMessage() {}
 
 func (x *Budget) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2224,7 @@ func (x *Budget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budget.ProtoReflect.Descriptor instead.
 func (*Budget) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Budget) GetKey() *BudgetKey {
@@ -2228,7 +2328,7 @@ type QuotaRef struct {
 
 func (x *QuotaRef) Reset() {
 	*x = QuotaRef{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2240,7 +2340,7 @@ func (x *QuotaRef) String() string {
 func (*QuotaRef) ProtoMessage() {}
 
 func (x *QuotaRef) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2253,7 +2353,7 @@ func (x *QuotaRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaRef.ProtoReflect.Descriptor instead.
 func (*QuotaRef) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *QuotaRef) GetLimit() string {
@@ -2318,7 +2418,7 @@ type Adaptive struct {
 
 func (x *Adaptive) Reset() {
 	*x = Adaptive{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +2430,7 @@ func (x *Adaptive) String() string {
 func (*Adaptive) ProtoMessage() {}
 
 func (x *Adaptive) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +2443,7 @@ func (x *Adaptive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adaptive.ProtoReflect.Descriptor instead.
 func (*Adaptive) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Adaptive) GetCeiling() *Limits {
@@ -2403,7 +2503,7 @@ type LimitOverride struct {
 
 func (x *LimitOverride) Reset() {
 	*x = LimitOverride{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2415,7 +2515,7 @@ func (x *LimitOverride) String() string {
 func (*LimitOverride) ProtoMessage() {}
 
 func (x *LimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2428,7 +2528,7 @@ func (x *LimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitOverride.ProtoReflect.Descriptor instead.
 func (*LimitOverride) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *LimitOverride) GetRequestsPerMinute() int64 {
@@ -2481,7 +2581,7 @@ type ListBudgetsRequest struct {
 
 func (x *ListBudgetsRequest) Reset() {
 	*x = ListBudgetsRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2493,7 +2593,7 @@ func (x *ListBudgetsRequest) String() string {
 func (*ListBudgetsRequest) ProtoMessage() {}
 
 func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2506,7 +2606,7 @@ func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 type ListBudgetsResponse struct {
@@ -2518,7 +2618,7 @@ type ListBudgetsResponse struct {
 
 func (x *ListBudgetsResponse) Reset() {
 	*x = ListBudgetsResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2530,7 +2630,7 @@ func (x *ListBudgetsResponse) String() string {
 func (*ListBudgetsResponse) ProtoMessage() {}
 
 func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2543,7 +2643,7 @@ func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListBudgetsResponse) GetBudgets() []*Budget {
@@ -2566,7 +2666,7 @@ type SetOverrideRequest struct {
 
 func (x *SetOverrideRequest) Reset() {
 	*x = SetOverrideRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2678,7 @@ func (x *SetOverrideRequest) String() string {
 func (*SetOverrideRequest) ProtoMessage() {}
 
 func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2691,7 @@ func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideRequest.ProtoReflect.Descriptor instead.
 func (*SetOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetOverrideRequest) GetModelId() string {
@@ -2624,7 +2724,7 @@ type SetOverrideResponse struct {
 
 func (x *SetOverrideResponse) Reset() {
 	*x = SetOverrideResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +2736,7 @@ func (x *SetOverrideResponse) String() string {
 func (*SetOverrideResponse) ProtoMessage() {}
 
 func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +2749,7 @@ func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideResponse.ProtoReflect.Descriptor instead.
 func (*SetOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetOverrideResponse) GetBudget() *Budget {
@@ -2670,7 +2770,7 @@ type ResetAdaptiveRequest struct {
 
 func (x *ResetAdaptiveRequest) Reset() {
 	*x = ResetAdaptiveRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2682,7 +2782,7 @@ func (x *ResetAdaptiveRequest) String() string {
 func (*ResetAdaptiveRequest) ProtoMessage() {}
 
 func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2695,7 +2795,7 @@ func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetAdaptiveRequest.ProtoReflect.Descriptor instead.
 func (*ResetAdaptiveRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ResetAdaptiveRequest) GetModelId() string {
@@ -2721,7 +2821,7 @@ type ResetAdaptiveResponse struct {
 
 func (x *ResetAdaptiveResponse) Reset() {
 	*x = ResetAdaptiveResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2733,7 +2833,7 @@ func (x *ResetAdaptiveResponse) String() string {
 func (*ResetAdaptiveResponse) ProtoMessage() {}
 
 func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2746,7 +2846,7 @@ func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetAdaptiveResponse.ProtoReflect.Descriptor instead.
 func (*ResetAdaptiveResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ResetAdaptiveResponse) GetBudget() *Budget {
@@ -2764,7 +2864,7 @@ type RefreshQuotasRequest struct {
 
 func (x *RefreshQuotasRequest) Reset() {
 	*x = RefreshQuotasRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +2876,7 @@ func (x *RefreshQuotasRequest) String() string {
 func (*RefreshQuotasRequest) ProtoMessage() {}
 
 func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +2889,7 @@ func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasRequest.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 type RefreshQuotasResponse struct {
@@ -2802,7 +2902,7 @@ type RefreshQuotasResponse struct {
 
 func (x *RefreshQuotasResponse) Reset() {
 	*x = RefreshQuotasResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2814,7 +2914,7 @@ func (x *RefreshQuotasResponse) String() string {
 func (*RefreshQuotasResponse) ProtoMessage() {}
 
 func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2827,7 +2927,7 @@ func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasResponse.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RefreshQuotasResponse) GetDiscovery() *Discovery {
@@ -2864,7 +2964,7 @@ type GetUsageHistoryRequest struct {
 
 func (x *GetUsageHistoryRequest) Reset() {
 	*x = GetUsageHistoryRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2876,7 +2976,7 @@ func (x *GetUsageHistoryRequest) String() string {
 func (*GetUsageHistoryRequest) ProtoMessage() {}
 
 func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2889,7 +2989,7 @@ func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetUsageHistoryRequest) GetRegion() string {
@@ -2947,7 +3047,7 @@ type GetUsageHistoryResponse struct {
 
 func (x *GetUsageHistoryResponse) Reset() {
 	*x = GetUsageHistoryResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2959,7 +3059,7 @@ func (x *GetUsageHistoryResponse) String() string {
 func (*GetUsageHistoryResponse) ProtoMessage() {}
 
 func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2972,7 +3072,7 @@ func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetUsageHistoryResponse) GetFrom() *timestamppb.Timestamp {
@@ -3029,7 +3129,7 @@ type UsageSeries struct {
 
 func (x *UsageSeries) Reset() {
 	*x = UsageSeries{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3041,7 +3141,7 @@ func (x *UsageSeries) String() string {
 func (*UsageSeries) ProtoMessage() {}
 
 func (x *UsageSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3054,7 +3154,7 @@ func (x *UsageSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageSeries.ProtoReflect.Descriptor instead.
 func (*UsageSeries) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *UsageSeries) GetBudget() *BudgetKey {
@@ -3147,7 +3247,7 @@ type UsagePoint struct {
 
 func (x *UsagePoint) Reset() {
 	*x = UsagePoint{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3159,7 +3259,7 @@ func (x *UsagePoint) String() string {
 func (*UsagePoint) ProtoMessage() {}
 
 func (x *UsagePoint) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3172,7 +3272,7 @@ func (x *UsagePoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsagePoint.ProtoReflect.Descriptor instead.
 func (*UsagePoint) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *UsagePoint) GetStart() *timestamppb.Timestamp {
@@ -3426,12 +3526,21 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x06budget\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x06budget\"E\n" +
 	"\x15GetQuotaReportRequest\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x14\n" +
-	"\x05model\x18\x02 \x01(\tR\x05model\"\xed\x01\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\"\xa0\x02\n" +
 	"\x16GetQuotaReportResponse\x12=\n" +
 	"\fgenerated_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vgeneratedAt\x126\n" +
 	"\abudgets\x18\x02 \x03(\v2\x1c.quotabroker.v1.BudgetReportR\abudgets\x127\n" +
 	"\tdiscovery\x18\x03 \x01(\v2\x19.quotabroker.v1.DiscoveryR\tdiscovery\x12#\n" +
-	"\rhistory_error\x18\x04 \x01(\tR\fhistoryError\"\xf7\x02\n" +
+	"\rhistory_error\x18\x04 \x01(\tR\fhistoryError\x121\n" +
+	"\acluster\x18\x05 \x01(\v2\x17.quotabroker.v1.ClusterR\acluster\"\xce\x01\n" +
+	"\aCluster\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x12\n" +
+	"\x04self\x18\x02 \x01(\tR\x04self\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\x12=\n" +
+	"\fleader_since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vleaderSince\x12%\n" +
+	"\x0eetcd_reachable\x18\x05 \x01(\bR\retcdReachable\x12\x1d\n" +
+	"\n" +
+	"etcd_error\x18\x06 \x01(\tR\tetcdError\"\xf7\x02\n" +
 	"\tDiscovery\x12=\n" +
 	"\flast_success\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12=\n" +
 	"\flast_attempt\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlastAttempt\x12\x1d\n" +
@@ -3691,7 +3800,7 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(Priority)(0),                   // 0: quotabroker.v1.Priority
 	(Scope)(0),                      // 1: quotabroker.v1.Scope
@@ -3711,116 +3820,119 @@ var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(*ReportThrottleResponse)(nil),  // 15: quotabroker.v1.ReportThrottleResponse
 	(*GetQuotaReportRequest)(nil),   // 16: quotabroker.v1.GetQuotaReportRequest
 	(*GetQuotaReportResponse)(nil),  // 17: quotabroker.v1.GetQuotaReportResponse
-	(*Discovery)(nil),               // 18: quotabroker.v1.Discovery
-	(*ProvisionedThroughput)(nil),   // 19: quotabroker.v1.ProvisionedThroughput
-	(*SkippedQuota)(nil),            // 20: quotabroker.v1.SkippedQuota
-	(*WindowUsage)(nil),             // 21: quotabroker.v1.WindowUsage
-	(*Counters)(nil),                // 22: quotabroker.v1.Counters
-	(*BudgetReport)(nil),            // 23: quotabroker.v1.BudgetReport
-	(*Activity)(nil),                // 24: quotabroker.v1.Activity
-	(*UsageStats)(nil),              // 25: quotabroker.v1.UsageStats
-	(*ClientUsage)(nil),             // 26: quotabroker.v1.ClientUsage
-	(*Budget)(nil),                  // 27: quotabroker.v1.Budget
-	(*QuotaRef)(nil),                // 28: quotabroker.v1.QuotaRef
-	(*Adaptive)(nil),                // 29: quotabroker.v1.Adaptive
-	(*LimitOverride)(nil),           // 30: quotabroker.v1.LimitOverride
-	(*ListBudgetsRequest)(nil),      // 31: quotabroker.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),     // 32: quotabroker.v1.ListBudgetsResponse
-	(*SetOverrideRequest)(nil),      // 33: quotabroker.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),     // 34: quotabroker.v1.SetOverrideResponse
-	(*ResetAdaptiveRequest)(nil),    // 35: quotabroker.v1.ResetAdaptiveRequest
-	(*ResetAdaptiveResponse)(nil),   // 36: quotabroker.v1.ResetAdaptiveResponse
-	(*RefreshQuotasRequest)(nil),    // 37: quotabroker.v1.RefreshQuotasRequest
-	(*RefreshQuotasResponse)(nil),   // 38: quotabroker.v1.RefreshQuotasResponse
-	(*GetUsageHistoryRequest)(nil),  // 39: quotabroker.v1.GetUsageHistoryRequest
-	(*GetUsageHistoryResponse)(nil), // 40: quotabroker.v1.GetUsageHistoryResponse
-	(*UsageSeries)(nil),             // 41: quotabroker.v1.UsageSeries
-	(*UsagePoint)(nil),              // 42: quotabroker.v1.UsagePoint
-	(*durationpb.Duration)(nil),     // 43: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
+	(*Cluster)(nil),                 // 18: quotabroker.v1.Cluster
+	(*Discovery)(nil),               // 19: quotabroker.v1.Discovery
+	(*ProvisionedThroughput)(nil),   // 20: quotabroker.v1.ProvisionedThroughput
+	(*SkippedQuota)(nil),            // 21: quotabroker.v1.SkippedQuota
+	(*WindowUsage)(nil),             // 22: quotabroker.v1.WindowUsage
+	(*Counters)(nil),                // 23: quotabroker.v1.Counters
+	(*BudgetReport)(nil),            // 24: quotabroker.v1.BudgetReport
+	(*Activity)(nil),                // 25: quotabroker.v1.Activity
+	(*UsageStats)(nil),              // 26: quotabroker.v1.UsageStats
+	(*ClientUsage)(nil),             // 27: quotabroker.v1.ClientUsage
+	(*Budget)(nil),                  // 28: quotabroker.v1.Budget
+	(*QuotaRef)(nil),                // 29: quotabroker.v1.QuotaRef
+	(*Adaptive)(nil),                // 30: quotabroker.v1.Adaptive
+	(*LimitOverride)(nil),           // 31: quotabroker.v1.LimitOverride
+	(*ListBudgetsRequest)(nil),      // 32: quotabroker.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),     // 33: quotabroker.v1.ListBudgetsResponse
+	(*SetOverrideRequest)(nil),      // 34: quotabroker.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),     // 35: quotabroker.v1.SetOverrideResponse
+	(*ResetAdaptiveRequest)(nil),    // 36: quotabroker.v1.ResetAdaptiveRequest
+	(*ResetAdaptiveResponse)(nil),   // 37: quotabroker.v1.ResetAdaptiveResponse
+	(*RefreshQuotasRequest)(nil),    // 38: quotabroker.v1.RefreshQuotasRequest
+	(*RefreshQuotasResponse)(nil),   // 39: quotabroker.v1.RefreshQuotasResponse
+	(*GetUsageHistoryRequest)(nil),  // 40: quotabroker.v1.GetUsageHistoryRequest
+	(*GetUsageHistoryResponse)(nil), // 41: quotabroker.v1.GetUsageHistoryResponse
+	(*UsageSeries)(nil),             // 42: quotabroker.v1.UsageSeries
+	(*UsagePoint)(nil),              // 43: quotabroker.v1.UsagePoint
+	(*durationpb.Duration)(nil),     // 44: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 45: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	43, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	44, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
 	4,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	44, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	44, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	45, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	45, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
 	7,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	43, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	44, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
 	3,  // 8: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
 	9,  // 9: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	43, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	44, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	44, // 10: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	45, // 11: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 12: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	44, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
-	23, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
-	18, // 15: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
-	44, // 16: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
-	44, // 17: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
-	43, // 18: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
-	20, // 19: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
-	19, // 20: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
-	27, // 21: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
-	21, // 22: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
-	22, // 23: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
-	24, // 24: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
-	25, // 25: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
-	25, // 26: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
-	25, // 27: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
-	26, // 28: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
-	25, // 29: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
-	4,  // 30: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
-	5,  // 31: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
-	5,  // 32: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
-	30, // 33: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	44, // 34: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
-	5,  // 35: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
-	29, // 36: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
-	28, // 37: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
-	5,  // 38: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
-	44, // 39: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
-	44, // 40: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
-	27, // 41: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
-	30, // 42: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
-	27, // 43: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
-	27, // 44: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
-	18, // 45: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
-	44, // 46: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
-	44, // 47: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
-	43, // 48: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
-	44, // 49: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
-	43, // 50: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
-	41, // 51: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
-	4,  // 52: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
-	42, // 53: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
-	42, // 54: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
-	44, // 55: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
-	6,  // 56: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	10, // 57: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	12, // 58: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	14, // 59: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	16, // 60: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	31, // 61: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	33, // 62: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	37, // 63: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
-	35, // 64: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
-	39, // 65: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
-	8,  // 66: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	11, // 67: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	13, // 68: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	15, // 69: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	17, // 70: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	32, // 71: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	34, // 72: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	38, // 73: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
-	36, // 74: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
-	40, // 75: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
-	66, // [66:76] is the sub-list for method output_type
-	56, // [56:66] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	45, // 13: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	24, // 14: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
+	19, // 15: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
+	18, // 16: quotabroker.v1.GetQuotaReportResponse.cluster:type_name -> quotabroker.v1.Cluster
+	45, // 17: quotabroker.v1.Cluster.leader_since:type_name -> google.protobuf.Timestamp
+	45, // 18: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
+	45, // 19: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
+	44, // 20: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
+	21, // 21: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
+	20, // 22: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
+	28, // 23: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
+	22, // 24: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
+	23, // 25: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
+	25, // 26: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
+	26, // 27: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
+	26, // 28: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
+	26, // 29: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
+	27, // 30: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
+	26, // 31: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
+	4,  // 32: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
+	5,  // 33: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
+	5,  // 34: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
+	31, // 35: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
+	45, // 36: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	5,  // 37: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
+	30, // 38: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
+	29, // 39: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
+	5,  // 40: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
+	45, // 41: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	45, // 42: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	28, // 43: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
+	31, // 44: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
+	28, // 45: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
+	28, // 46: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
+	19, // 47: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
+	45, // 48: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
+	45, // 49: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
+	44, // 50: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
+	45, // 51: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
+	44, // 52: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
+	42, // 53: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
+	4,  // 54: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
+	43, // 55: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
+	43, // 56: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
+	45, // 57: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
+	6,  // 58: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	10, // 59: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	12, // 60: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	14, // 61: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	16, // 62: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	32, // 63: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	34, // 64: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	38, // 65: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
+	36, // 66: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
+	40, // 67: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
+	8,  // 68: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	11, // 69: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	13, // 70: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	15, // 71: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	17, // 72: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	33, // 73: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	35, // 74: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	39, // 75: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
+	37, // 76: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
+	41, // 77: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
+	68, // [68:78] is the sub-list for method output_type
+	58, // [58:68] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -3828,15 +3940,15 @@ func file_quotabroker_v1_broker_proto_init() {
 	if File_quotabroker_v1_broker_proto != nil {
 		return
 	}
-	file_quotabroker_v1_broker_proto_msgTypes[26].OneofWrappers = []any{}
-	file_quotabroker_v1_broker_proto_msgTypes[38].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[27].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[39].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
