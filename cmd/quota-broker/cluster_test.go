@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -61,7 +62,7 @@ func startClusterRig(t *testing.T, rpm, concurrency int) *clusterRig {
 	budgets := writeBudget(t, dir, fmt.Sprintf(`"rpm":%d,"tpm":1000000000,"concurrency":%d`, rpm, concurrency))
 	r := &clusterRig{t: t, etcd: ec, prefix: "/qb-test/",
 		args: []string{"serve", "--listen", "127.0.0.1:0", "--etcd", ec.Endpoints(), "--etcd-prefix", "/qb-test/",
-			"--etcd-ttl", clusterTTL.String(), "--budgets", budgets, "--margin", "1", "--lease-ttl", "3s", "--log-level", "info"}}
+			"--etcd-ttl", clusterTTL.String(), "--budgets", budgets, "--http", "127.0.0.1:0", "--margin", "1", "--lease-ttl", "3s", "--log-level", "info"}}
 	for range 3 {
 		p := startBroker(t, r.args...)
 		conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -74,6 +75,27 @@ func startClusterRig(t *testing.T, rpm, concurrency int) *clusterRig {
 		r.health = append(r.health, healthpb.NewHealthClient(conn))
 	}
 	return r
+}
+
+// metrics returns replica i's /metrics page.
+func (r *clusterRig) metrics(i int) string {
+	r.t.Helper()
+	out := r.procs[i].output()
+	_, rest, ok := strings.Cut(out, "metrics on ")
+	if !ok {
+		r.t.Fatalf("replica %d printed no metrics address:\n%s", i, out)
+	}
+	url, _, _ := strings.Cut(rest, "\n")
+	resp, err := http.Get(url)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return string(b)
 }
 
 // serving reports whether replica i says it serves the QuotaBroker.
@@ -333,6 +355,18 @@ func TestClusterLeaderKill(t *testing.T) {
 		if role == "standby" && len(rep.GetBudgets()) != 0 {
 			t.Errorf("a standby reported %d budgets", len(rep.GetBudgets()))
 		}
+	}
+	metrics := r.metrics(standby)
+	for _, want := range []string{
+		`quotabroker_cluster_leader{leader="` + r.procs[next].addr + `",self="` + r.procs[standby].addr + `"} 0`,
+		"quotabroker_cluster_etcd_up 1", "quotabroker_cluster_leader_change_timestamp_seconds ",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("the standby's /metrics lack %q", want)
+		}
+	}
+	if want := `quotabroker_cluster_leader{leader="` + r.procs[next].addr + `",self="` + r.procs[next].addr + `"} 1`; !strings.Contains(r.metrics(next), want) {
+		t.Errorf("the leader's /metrics lack %q", want)
 	}
 	var out strings.Builder
 	if err := run(ctx, []string{"report", "--addr", r.procs[standby].addr}, &out, io.Discard); err != nil {
