@@ -6,6 +6,7 @@
 package etcdtest
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -23,12 +24,25 @@ import (
 // when there is none.
 func Binary(t testing.TB) string {
 	t.Helper()
+	p, err := Find()
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	return p
+}
+
+// Find returns QUOTA_BROKER_ETCD_BIN, or .bin/etcd in the module that
+// holds the working directory, if it is there.
+func Find() (string, error) {
 	if p := os.Getenv("QUOTA_BROKER_ETCD_BIN"); p != "" {
-		return p
+		return p, nil
 	}
 	dir, err := os.Getwd()
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
@@ -36,19 +50,15 @@ func Binary(t testing.TB) string {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			t.Fatal("etcdtest: no go.mod above the test's directory")
+			return "", errors.New("etcdtest: no go.mod above the working directory")
 		}
 		dir = parent
 	}
 	p := filepath.Join(dir, ".bin", "etcd")
 	if _, err := os.Stat(p); err != nil {
-		msg := fmt.Sprintf("no etcd binary at %s: build it with `bash .ci/tools.sh` (or set QUOTA_BROKER_ETCD_BIN)", p)
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		return "", fmt.Errorf("no etcd binary at %s: build it with `bash .ci/tools.sh` (or set QUOTA_BROKER_ETCD_BIN)", p)
 	}
-	return p
+	return p, nil
 }
 
 // Member is one etcd server.
@@ -56,6 +66,7 @@ type Member struct {
 	Name, ClientURL, PeerURL string
 	bin, dir                 string
 	initial                  string
+	fast                     bool
 
 	mu   sync.Mutex // guards cmd and done
 	cmd  *exec.Cmd
@@ -71,24 +82,56 @@ type Cluster struct {
 // its health check; t's cleanup kills them.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
-	bin := Binary(t)
-	dir := t.TempDir()
+	c, err := StartCluster(t.TempDir(), Binary(t), n, true)
+	if c != nil {
+		t.Cleanup(c.Close)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// StartCluster starts n members with their data under dir and waits until
+// each is healthy. fast shortens etcd's timeouts (heartbeat 50 ms, election
+// 500 ms) for tests; otherwise etcd's defaults apply (100 ms, 1 s). Close
+// kills them; on an error, the members already started are returned with
+// it, for the caller to Close.
+func StartCluster(dir, bin string, n int, fast bool) (*Cluster, error) {
 	c := &Cluster{}
 	var initial []string
 	for i := range n {
-		m := &Member{Name: fmt.Sprintf("e%d", i), ClientURL: "http://" + freeAddr(t), PeerURL: "http://" + freeAddr(t),
-			bin: bin, dir: filepath.Join(dir, fmt.Sprintf("e%d", i))}
+		m := &Member{Name: fmt.Sprintf("e%d", i), bin: bin, dir: filepath.Join(dir, fmt.Sprintf("e%d", i)), fast: fast}
+		var err error
+		if m.ClientURL, err = freeAddr(); err != nil {
+			return c, err
+		}
+		if m.PeerURL, err = freeAddr(); err != nil {
+			return c, err
+		}
+		m.ClientURL, m.PeerURL = "http://"+m.ClientURL, "http://"+m.PeerURL
 		initial = append(initial, m.Name+"="+m.PeerURL)
 		c.Members = append(c.Members, m)
 	}
 	for _, m := range c.Members {
 		m.initial = strings.Join(initial, ",")
-		m.Start(t)
+		if err := m.start(); err != nil {
+			return c, err
+		}
 	}
 	for _, m := range c.Members {
-		m.WaitHealthy(t, 30*time.Second)
+		if err := m.waitHealthy(30 * time.Second); err != nil {
+			return c, err
+		}
 	}
-	return c
+	return c, nil
+}
+
+// Close kills every member.
+func (c *Cluster) Close() {
+	for _, m := range c.Members {
+		m.Kill()
+	}
 }
 
 // Endpoints are the members' client URLs, comma-separated.
@@ -101,38 +144,53 @@ func (c *Cluster) Endpoints() string {
 }
 
 // freeAddr returns a loopback address with a port free at the time.
-func freeAddr(t testing.TB) string {
+func freeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer l.Close()
-	return l.Addr().String()
+	return l.Addr().String(), nil
 }
 
-// Start (re)starts the member on its data directory. Short timeouts keep
-// the tests fast: heartbeat 50 ms, election 500 ms.
+// Start restarts a killed member on its data directory and waits until it
+// is healthy; t's cleanup kills it.
 func (m *Member) Start(t testing.TB) {
 	t.Helper()
+	if err := m.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Kill)
+}
+
+// Restart is Start outside tests.
+func (m *Member) Restart() error { return m.start() }
+
+func (m *Member) start() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	cmd := exec.Command(m.bin, "--name", m.Name, "--data-dir", m.dir,
+	args := []string{"--name", m.Name, "--data-dir", m.dir,
 		"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
 		"--listen-peer-urls", m.PeerURL, "--initial-advertise-peer-urls", m.PeerURL,
 		"--initial-cluster", m.initial, "--initial-cluster-state", "new", "--initial-cluster-token", "etcdtest",
-		"--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error")
+		"--log-level", "error"}
+	if m.fast {
+		args = append(args, "--heartbeat-interval", "50", "--election-timeout", "500")
+	}
+	cmd := exec.Command(m.bin, args...)
 	log, err := os.Create(m.dir + ".log")
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		log.Close()
+		return fmt.Errorf("start etcd %s: %w", m.Name, err)
 	}
 	done := make(chan struct{})
-	go func() { cmd.Wait(); log.Close(); close(done) }()
+	go func() { cmd.Wait(); log.Close(); close(done) }() // ends when the member does: Kill waits for it
 	m.cmd, m.done = cmd, done
-	t.Cleanup(func() { m.Kill() })
+	return nil
 }
 
 // Kill stops the member with SIGKILL and waits for it; a stopped member is
@@ -149,9 +207,8 @@ func (m *Member) Kill() {
 	<-done
 }
 
-// WaitHealthy polls the member's /health until it says so, for at most d.
-func (m *Member) WaitHealthy(t testing.TB, d time.Duration) {
-	t.Helper()
+// waitHealthy polls the member's /health until it says so, for at most d.
+func (m *Member) waitHealthy(d time.Duration) error {
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(d)
 	for {
@@ -161,12 +218,12 @@ func (m *Member) WaitHealthy(t testing.TB, d time.Duration) {
 			n, _ := resp.Body.Read(b[:])
 			resp.Body.Close()
 			if strings.Contains(string(b[:n]), `"health":"true"`) {
-				return
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
 			out, _ := os.ReadFile(m.dir + ".log")
-			t.Fatalf("etcd member %s not healthy within %v: %v\n%s", m.Name, d, err, out)
+			return fmt.Errorf("etcd member %s not healthy within %v: %v\n%s", m.Name, d, err, out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
