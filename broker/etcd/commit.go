@@ -127,8 +127,11 @@ func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 			if !ok {
 				v = s.versions[key]
 			}
-			if l.Version < v {
-				continue // an older record raced a newer one
+			if l.Version <= v {
+				// Older: it raced a newer one. Equal: already stored
+				// (a record's Version grows with every change), as when a
+				// chunk's close rewrites the leases settled since.
+				continue
 			}
 			versions[key] = l.Version
 			put(key, rankLease, l).version = l.Version
@@ -181,11 +184,9 @@ func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 			// What etcd holds of the rest is unknown: read it again
 			// before the next write that depends on it.
 			for _, o := range list {
-				delete(s.versions, o.key)
-				delete(s.usage, o.key)
-			}
-			if o := list[len(list)-1]; o.end != "" {
-				s.usage = map[string]broker.UsageRecord{}
+				if o.end == "" {
+					s.unsure[o.key] = true
+				}
 			}
 			return err
 		}
@@ -237,30 +238,26 @@ func (s *Store) txn(ctx context.Context, f *Fence, ops []*op) error {
 	return nil
 }
 
-// fill reads the lease versions and usage totals the group needs and the
-// caches lack (after Load they lack only what an uncertain write left
-// unknown, or records of another leader's term). Caller holds commitMu.
+// fill reads the lease versions and usage totals the group needs that the
+// caches do not know for sure: after Load they know every key (a key they
+// lack is absent from etcd, since this Store is its only writer), except
+// those a write with an unknown outcome left unsure. Caller holds commitMu.
 func (s *Store) fill(ctx context.Context, group []*call) error {
-	if s.versions == nil {
-		s.versions, s.usage = map[string]uint64{}, map[string]broker.UsageRecord{}
+	if len(s.unsure) == 0 {
+		return nil
 	}
 	var keys []string
-	seen := map[string]bool{}
 	for _, g := range group {
 		for _, l := range g.c.Leases {
-			if k := s.prefix + secLeases + l.ID; !seen[k] {
-				if _, ok := s.versions[k]; !ok {
-					keys = append(keys, k)
-				}
-				seen[k] = true
+			if k := s.prefix + secLeases + l.ID; s.unsure[k] {
+				keys = append(keys, k)
+				delete(s.unsure, k)
 			}
 		}
 		for _, u := range g.c.Usage {
-			if k := s.usageKey(u.Minute, u.Key); !seen[k] {
-				if _, ok := s.usage[k]; !ok {
-					keys = append(keys, k)
-				}
-				seen[k] = true
+			if k := s.usageKey(u.Minute, u.Key); s.unsure[k] {
+				keys = append(keys, k)
+				delete(s.unsure, k)
 			}
 		}
 	}
@@ -272,6 +269,9 @@ func (s *Store) fill(ctx context.Context, group []*call) error {
 		}
 		resp, err := s.cli.Txn(ctx).Then(gets...).Commit()
 		if err != nil {
+			for _, k := range keys {
+				s.unsure[k] = true
+			}
 			return fmt.Errorf("read from etcd: %w", err)
 		}
 		for i, r := range resp.Responses {
@@ -279,10 +279,9 @@ func (s *Store) fill(ctx context.Context, group []*call) error {
 			kvs := r.GetResponseRange().Kvs
 			lease := strings.HasPrefix(k, s.prefix+secLeases)
 			switch {
-			case len(kvs) == 0 && lease:
-				s.versions[k] = 0
 			case len(kvs) == 0:
-				s.usage[k] = broker.UsageRecord{}
+				delete(s.versions, k)
+				delete(s.usage, k)
 			case lease:
 				var l broker.LeaseRecord
 				if err := json.Unmarshal(kvs[0].Value, &l); err != nil {

@@ -73,14 +73,15 @@ type Store struct {
 	// commitMu serialises commits (group commit: a Commit that finds the
 	// loop busy queues, and the next round takes every queued Change), and
 	// guards the caches below, which mirror what etcd holds under the
-	// leadership (this Store is its only writer): lease versions and usage
-	// totals, so that "upsert unless newer" and "add the delta" need no
-	// read. A key missing from a cache is read from etcd first.
+	// leadership (this Store is its only writer; Load fills them): lease
+	// versions and usage totals, so that "upsert unless newer" and "add the
+	// delta" need no read. A key a failed write left unsure is read again.
 	commitMu sync.Mutex
 	queueMu  sync.Mutex
 	queue    []*call
 	versions map[string]uint64
 	usage    map[string]broker.UsageRecord
+	unsure   map[string]bool // keys whose stored value a failed write left unknown
 }
 
 // call is one Commit waiting for its group.
@@ -123,7 +124,8 @@ func Open(ctx context.Context, cli *clientv3.Client, opts Options) (*Store, erro
 	if opts.Cluster == "" {
 		opts.Cluster = DefaultCluster
 	}
-	s := &Store{cli: cli, prefix: opts.Prefix, clock: opts.Clock}
+	s := &Store{cli: cli, prefix: opts.Prefix, clock: opts.Clock,
+		versions: map[string]uint64{}, usage: map[string]broker.UsageRecord{}, unsure: map[string]bool{}}
 	if err := s.checkMarker(ctx, opts.Cluster); err != nil {
 		return nil, fmt.Errorf("etcd prefix %q: %w", opts.Prefix, err)
 	}
@@ -292,6 +294,6 @@ func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	s.versions, s.usage = versions, usage
+	s.versions, s.usage, s.unsure = versions, usage, map[string]bool{}
 	return snap, nil
 }

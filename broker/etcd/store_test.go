@@ -22,7 +22,7 @@ type clock struct{}
 
 func (clock) Now() time.Time { return time.Now() }
 
-func client(t *testing.T, eps string) *clientv3.Client {
+func client(t testing.TB, eps string) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(eps, ","), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -33,7 +33,7 @@ func client(t *testing.T, eps string) *clientv3.Client {
 }
 
 // lead opens a store on prefix and makes it the leader with a new session.
-func lead(t *testing.T, ctx context.Context, cli *clientv3.Client, prefix string) (*etcd.Store, *etcd.Session) {
+func lead(t testing.TB, ctx context.Context, cli *clientv3.Client, prefix string) (*etcd.Store, *etcd.Session) {
 	t.Helper()
 	st, err := etcd.Open(ctx, cli, etcd.Options{Prefix: prefix, Clock: clock{}})
 	if err != nil {

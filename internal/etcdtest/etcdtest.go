@@ -178,6 +178,9 @@ func (m *Member) start() error {
 		args = append(args, "--heartbeat-interval", "50", "--election-timeout", "500")
 	}
 	cmd := exec.Command(m.bin, args...)
+	if err := os.MkdirAll(filepath.Dir(m.dir), 0o700); err != nil {
+		return err
+	}
 	log, err := os.Create(m.dir + ".log")
 	if err != nil {
 		return err
