@@ -52,13 +52,26 @@ func dialEtcd(ctx context.Context, f clusterFlags) (*clientv3.Client, error) {
 	if err != nil {
 		return nil, etcdError(eps, f.user, err)
 	}
+	// Members started a moment ago may still be electing their leader:
+	// try until the start-up timeout.
 	cctx, cancel := context.WithTimeout(ctx, etcdStartTimeout)
 	defer cancel()
-	if _, err := cli.Get(cctx, "health-probe-"+f.prefix, clientv3.WithCountOnly()); err != nil {
-		cli.Close()
-		return nil, etcdError(eps, f.user, err)
+	for {
+		_, err := cli.Get(cctx, f.prefix+"format", clientv3.WithCountOnly())
+		if err == nil {
+			return cli, nil
+		}
+		if cctx.Err() != nil || errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrPermissionDenied) {
+			cli.Close()
+			return nil, etcdError(eps, f.user, err)
+		}
+		t := time.NewTimer(200 * time.Millisecond)
+		select {
+		case <-cctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
 	}
-	return cli, nil
 }
 
 // etcdError explains a failure to reach etcd: credentials refused, or the
