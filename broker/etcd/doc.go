@@ -58,5 +58,13 @@
 //
 // Usage deltas and lease versions need the stored value; the Store keeps
 // both in memory from Load (it is the only writer while it leads) and reads
-// a key again after a write whose outcome is unknown.
+// a key again only after a write whose outcome is unknown. A lease record
+// at the Version already stored is not written again (a record's Version
+// grows with every change), so closing a chunk writes only the leases not
+// yet on record, not those settled since.
+//
+// Measured (BenchmarkCommit, three members on loopback, 100 committers):
+// about 2,600 Commits/s, grouped. A settlement waits for one, so a
+// cluster's settlements are bound by etcd's write latency, not its grants
+// (BENCHMARKS.md).
 package etcd
