@@ -171,7 +171,7 @@ func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 		list = append(list, o)
 	}
 	if cut != 0 {
-		list = append(list, &op{key: s.usagePrefix(-1 << 62), end: s.usagePrefix(cut), del: true, rank: rankDelete, seq: seq + 1})
+		list = append(list, &op{key: s.prefix + secUsage, end: s.usagePrefix(cut), del: true, rank: rankDelete, seq: seq + 1})
 	}
 	slices.SortFunc(list, func(a, b *op) int { return cmp.Or(cmp.Compare(a.rank, b.rank), cmp.Compare(a.seq, b.seq)) })
 	for len(list) > 0 {
