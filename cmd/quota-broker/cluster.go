@@ -15,9 +15,11 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/broker/etcd"
+	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 	"github.com/bedrockqb/quotabroker/server"
 )
 
@@ -160,6 +162,21 @@ func (r *replica) serverStatus() server.ClusterStatus {
 		LeaderSince: s.MovedAt, EtcdReachable: s.EtcdUp, EtcdError: s.EtcdErr}
 }
 
+// proto is the status as GetQuotaReport carries it (for the dashboard's
+// header, which says what the report's does).
+func (r *replica) proto() *pb.Cluster {
+	s := r.serverStatus()
+	role := "standby"
+	if s.Leading {
+		role = "leader"
+	}
+	c := &pb.Cluster{Role: role, Self: s.Self, Leader: s.Leader, EtcdReachable: s.EtcdReachable, EtcdError: s.EtcdError}
+	if !s.LeaderSince.IsZero() {
+		c.LeaderSince = timestamppb.New(s.LeaderSince)
+	}
+	return c
+}
+
 // lead makes b the broker calls go to (nil: none) and sets health.
 func (r *replica) lead(b *broker.Broker, sess *etcd.Session) {
 	r.mu.Lock()
@@ -277,6 +294,18 @@ func (r *replica) History(ctx context.Context, q broker.HistoryQuery) ([]broker.
 	b, err := r.current()
 	if err != nil {
 		return nil, err
+	}
+	return b.History(ctx, q)
+}
+
+// pageSource is the replica as the dashboard reads it: a standby's page
+// is empty (its header says where the leader is), not an error.
+type pageSource struct{ *replica }
+
+func (p pageSource) History(ctx context.Context, q broker.HistoryQuery) ([]broker.Series, error) {
+	b, err := p.current()
+	if err != nil {
+		return nil, nil
 	}
 	return b.History(ctx, q)
 }

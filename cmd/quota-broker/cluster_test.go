@@ -78,7 +78,10 @@ func startClusterRig(t *testing.T, rpm, concurrency int) *clusterRig {
 }
 
 // metrics returns replica i's /metrics page.
-func (r *clusterRig) metrics(i int) string {
+func (r *clusterRig) metrics(i int) string { return r.http(i, "/metrics") }
+
+// http returns the page at path of replica i's HTTP listener.
+func (r *clusterRig) http(i int, path string) string {
 	r.t.Helper()
 	out := r.procs[i].output()
 	_, rest, ok := strings.Cut(out, "metrics on ")
@@ -86,7 +89,7 @@ func (r *clusterRig) metrics(i int) string {
 		r.t.Fatalf("replica %d printed no metrics address:\n%s", i, out)
 	}
 	url, _, _ := strings.Cut(rest, "\n")
-	resp, err := http.Get(url)
+	resp, err := http.Get(strings.TrimSuffix(url, "/metrics") + path)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -355,6 +358,9 @@ func TestClusterLeaderKill(t *testing.T) {
 		if role == "standby" && len(rep.GetBudgets()) != 0 {
 			t.Errorf("a standby reported %d budgets", len(rep.GetBudgets()))
 		}
+	}
+	if page := r.http(standby, "/dashboard"); !strings.Contains(page, "cluster: "+r.procs[standby].addr+" is the standby; leader "+r.procs[next].addr) {
+		t.Errorf("the standby's dashboard does not say what it is:\n%.2000s", page)
 	}
 	metrics := r.metrics(standby)
 	for _, want := range []string{

@@ -411,18 +411,22 @@ func printCluster(w io.Writer, c *pb.Cluster) {
 	if c == nil {
 		return
 	}
+	fmt.Fprintln(w, clusterLine(c))
+	if c.GetRole() != "leader" {
+		fmt.Fprintf(w, "a standby reports no budgets: quota-broker report --addr %s\n", cmp.Or(c.GetLeader(), "LEADER"))
+	}
+	fmt.Fprintln(w)
+}
+
+// clusterLine says in one line what a replica is (report, dashboard).
+func clusterLine(c *pb.Cluster) string {
 	since := "never seen to move"
 	if c.GetLeaderSince() != nil {
 		since = "since " + c.GetLeaderSince().AsTime().Local().Format(time.DateTime)
 	}
-	leader := cmp.Or(c.GetLeader(), "none known")
 	etcd := "etcd reachable"
 	if !c.GetEtcdReachable() {
 		etcd = "etcd UNREACHABLE: " + c.GetEtcdError()
 	}
-	fmt.Fprintf(w, "cluster: %s is the %s; leader %s (%s); %s\n", c.GetSelf(), c.GetRole(), leader, since, etcd)
-	if c.GetRole() != "leader" {
-		fmt.Fprintf(w, "a standby reports no budgets: quota-broker report --addr %s\n", leader)
-	}
-	fmt.Fprintln(w)
+	return fmt.Sprintf("cluster: %s is the %s; leader %s (%s); %s", c.GetSelf(), c.GetRole(), cmp.Or(c.GetLeader(), "none known"), since, etcd)
 }

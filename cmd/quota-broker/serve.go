@@ -365,10 +365,18 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		// Renders are reused for 10 s: the page reloads itself every minute
 		// and a render costs hundreds of milliseconds of CPU.
 		dcfg := dashboard.Config{Logger: log, CacheFor: 10 * time.Second}
+		if m.cluster != nil {
+			rep := m.cluster.rep
+			dcfg.Cluster = func() string { return clusterLine(rep.proto()) }
+		}
 		if alerts != nil { // a nil *alerting in the interface would not be nil
 			dcfg.Alerts = alerts
 		}
-		dashboard.New(svc, dcfg).Register(mux)
+		var page dashboard.Source = svc
+		if m.cluster != nil {
+			page = pageSource{m.cluster.rep}
+		}
+		dashboard.New(page, dcfg).Register(mux)
 		if httpLis, err = net.Listen("tcp", f.httpAddr); err != nil {
 			lis.Close()
 			return listenError(f.httpAddr, "http", "QUOTA_BROKER_HTTP", err)
