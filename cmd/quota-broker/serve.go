@@ -69,7 +69,9 @@ endpoint such as the simulator with --aws-endpoint) or, with neither and an
 empty state file, a built-in example set. --http adds /metrics (Prometheus)
 and /dashboard. On SIGINT or SIGTERM it stops accepting, drains the calls in
 flight (--drain) and closes the state file. Callers are trusted unless
---tokens or --tls-client-ca says otherwise; beyond loopback one is required.`
+--tokens or --tls-client-ca says otherwise; beyond loopback one is required.
+With --etcd it is one replica of a cluster whose state is in etcd instead:
+the elected leader serves, the others answer UNAVAILABLE naming it.`
 
 // parseServeFlags reads serve's flags; -h prints the help on out (flag
 // errors are returned, not printed).
