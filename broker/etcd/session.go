@@ -133,9 +133,6 @@ func (s *Session) keepAlive(ctx context.Context, id clientv3.LeaseID) {
 			return
 		case <-t.C:
 		}
-		if !s.clock.Now().Before(dl.Add(-every)) && s.clock.Now().Before(dl) {
-			// fall through: renew now, close to the deadline
-		}
 		sent := s.clock.Now()
 		kctx, cancel := context.WithDeadline(ctx, s.Deadline())
 		resp, err := s.cli.KeepAliveOnce(kctx, id)
@@ -181,14 +178,16 @@ func (s *Session) Close() {
 // carry. It returns early with the session's error if the session ends.
 func (s *Session) Campaign(ctx context.Context, prefix, value string) (*Fence, *concurrency.Election, error) {
 	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	defer cancel()
-	go func() { // ends with Campaign: cancel or done
+	wg.Go(func() { // ends Campaign early if the session ends
 		select {
 		case <-s.done:
 			cancel()
 		case <-ctx.Done():
 		}
-	}()
+	})
 	e := concurrency.NewElection(s.sess, prefix)
 	if err := e.Campaign(ctx, value); err != nil {
 		if s.Err() != nil {
