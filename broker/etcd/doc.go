@@ -40,6 +40,17 @@
 // Store also refuses, without asking etcd, any write after the session's
 // Deadline, and any chunk whose End is after that deadline.
 //
+// # Choosing the TTL
+//
+// When etcd's own leader dies, every write and keep-alive waits for etcd
+// to elect another (an election timeout or two: 1 to 2 s with etcd's
+// defaults, more on a loaded machine). A session whose deadline comes
+// first steps down, and its replica's standbys take over after the TTL: a
+// failover where none was needed, and never an over-grant. The TTL should
+// therefore be several times etcd's election timeout; 3 s (the default)
+// is the least measured to ride out a follower's death, and the tests kill
+// etcd's leader only with quorum lost.
+//
 // # Limits and order
 //
 // etcd takes requests of at most 1.5 MiB and transactions of at most 128

@@ -110,14 +110,27 @@ func (s *Session) end(err error) {
 	}
 }
 
-// keepAlive renews the lease every TTL/4 and ends the session when the
-// deadline passes or etcd says the lease is gone. Close stops it.
+// keepAliveRetry is the pause after a keep-alive that failed: etcd electing
+// a new leader, or the client moving to another member, takes some hundreds
+// of milliseconds, and the deadline is only a few keep-alives away.
+const keepAliveRetry = 100 * time.Millisecond
+
+// keepAlive renews the lease every TTL/6 (after a failure, every
+// keepAliveRetry) and ends the session when the deadline passes or etcd
+// says the lease is gone. An attempt gets at most TTL/6: one stuck on a
+// member that lost its leader is abandoned for a fresh one, whose send time
+// is later. Renewing often keeps the deadline far from now, so that an
+// etcd leader election (about a second) fits in it. Close stops it.
 func (s *Session) keepAlive(ctx context.Context, id clientv3.LeaseID) {
-	every := s.ttl / 4
+	every := s.ttl / 6
 	var lastErr error
 	for {
 		dl := s.Deadline()
-		wait := min(every, dl.Sub(s.clock.Now()))
+		next := every
+		if lastErr != nil {
+			next = keepAliveRetry
+		}
+		wait := min(next, dl.Sub(s.clock.Now()))
 		if wait <= 0 {
 			cause := "no keep-alive answered"
 			if lastErr != nil {
@@ -134,7 +147,11 @@ func (s *Session) keepAlive(ctx context.Context, id clientv3.LeaseID) {
 		case <-t.C:
 		}
 		sent := s.clock.Now()
-		kctx, cancel := context.WithDeadline(ctx, s.Deadline())
+		until := sent.Add(every)
+		if d := s.Deadline(); d.Before(until) {
+			until = d
+		}
+		kctx, cancel := context.WithDeadline(ctx, until)
 		resp, err := s.cli.KeepAliveOnce(kctx, id)
 		cancel()
 		switch {
