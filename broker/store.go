@@ -11,7 +11,10 @@ import (
 //
 // A Store must apply each Change atomically, and must not drop a Change it
 // has accepted when ctx is cancelled: Commit either fails with nothing
-// applied, or returns after the whole Change is durable.
+// applied, or returns after the whole Change is durable. (A store that
+// must split a Change to fit its backend's limits, as broker/etcd does, may
+// fail with part of it applied, in an order where every part applied only
+// over-charges; the broker's retry then adds usage twice, which is safe.)
 type Store interface {
 	Load(ctx context.Context) (Snapshot, error)
 	Commit(ctx context.Context, c Change) error

@@ -140,6 +140,9 @@ type Config struct {
 	MaxConcurrentHistory int
 	// CloudWatch, when set, adds CloudWatch's figures to GetUsageHistory.
 	CloudWatch CloudWatch
+	// Cluster, when set, is the state of the cluster this server is a
+	// replica of, shown in GetQuotaReport.
+	Cluster ClusterFunc
 	// Clock gives the time the server stamps answers with and defaults
 	// GetUsageHistory's span to; wire the broker's. Default: the system
 	// clock. (Waits are bounded by RPC deadlines, which are on the system
@@ -441,6 +444,9 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 	}
 	out.Spend = spendToPB(sp)
 	out.Routes = routesToPB(s.ops.Routes())
+	if s.cfg.Cluster != nil {
+		out.Cluster = clusterToPB(s.cfg.Cluster())
+	}
 	return out, nil
 }
 
@@ -528,4 +534,15 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	}
 	s.log.Log(ctx, lvl, "finished call", attrs...)
 	return resp, err
+}
+
+// SetServing sets the health of quotabroker.v1.QuotaBroker: a cluster's
+// standby is NOT_SERVING, so that clients' health checks send their calls
+// to the leader, and SERVING once it leads.
+func (s *Server) SetServing(serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus(pb.QuotaBroker_ServiceDesc.ServiceName, st)
 }
