@@ -101,7 +101,11 @@ func (b *broker) start(bin, logTo string) error {
 	select {
 	case b.addr = <-addr:
 	case <-b.done:
-		return fmt.Errorf("quota-broker %v exited before listening (log %s)", b.args, logTo)
+		tail, _ := os.ReadFile(logTo)
+		if len(tail) > 2000 {
+			tail = tail[len(tail)-2000:]
+		}
+		return fmt.Errorf("quota-broker %v exited before listening (log %s):\n%s", b.args, logTo, tail)
 	case <-time.After(30 * time.Second):
 		return fmt.Errorf("quota-broker did not listen in 30s (log %s)", logTo)
 	}
@@ -246,7 +250,10 @@ func run(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	common := []string{"serve", "--listen", "127.0.0.1:0", "--budgets", budgets, "--margin", "1", "--log-level", "warn"}
+	// --http= : no HTTP listener, whatever QUOTA_BROKER_HTTP the caller's
+	// environment sets (the docs scenes set one; three replicas would
+	// contend for it).
+	common := []string{"serve", "--listen", "127.0.0.1:0", "--http=", "--budgets", budgets, "--margin", "1", "--log-level", "warn"}
 	single, err := start(qb, append(slices.Clone(common), "--data", filepath.Join(dir, "single.db")), filepath.Join(dir, "single.log"))
 	if err != nil {
 		return err
