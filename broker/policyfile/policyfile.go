@@ -187,7 +187,7 @@ func Parse(name string, data []byte) (Policies, error) {
 			return Policies{}, fmt.Errorf("%s: max_waiters: %d is not positive", name, p.MaxWaiters)
 		}
 	}
-	if err := p.Caps.Validate(nil); err != nil {
+	if err := p.Caps.Validate(nil, nil); err != nil {
 		return Policies{}, fmt.Errorf("%s: %w", name, err)
 	}
 	return p, nil
