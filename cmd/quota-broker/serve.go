@@ -347,11 +347,6 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			log.Info("quotas discovered", "regions", strings.Join(regions, ","), "budgets", len(b.Budgets()), "skipped_quotas", len(st.Skipped))
 		}
 	}
-	if f.clients != "" {
-		if err := b.SetCaps(caps); err != nil {
-			return fmt.Errorf("clients file %s: %w", f.clients, err)
-		}
-	}
 	if f.routes != "" {
 		// After discovery: derived routes are built from the budgets it
 		// found, and a target without a budget fails start-up here, not a
@@ -368,6 +363,12 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			return fmt.Errorf("routes file %s: %w", f.routes, err)
 		}
 		log.Info("routes loaded", "file", f.routes, "routes", len(routes))
+	}
+	if f.clients != "" {
+		// After the routes: a cap may name one.
+		if err := b.SetCaps(caps); err != nil {
+			return fmt.Errorf("clients file %s: %w", f.clients, err)
+		}
 	}
 	alerts, err := newAlerting(f.alert, b, log)
 	if err != nil {
