@@ -9,8 +9,9 @@ import (
 )
 
 // Caps are the tenants' own limits (see the package doc's Caps and money):
-// rate caps per client, over all models, per model or per route, and money budgets per
-// client and for the whole account. The zero value caps nothing.
+// rate caps per client, over all models, per model or per route, and money
+// budgets per client and for the whole account. The zero value caps
+// nothing.
 type Caps struct {
 	// Clients are the caps of clients by name. A client not named here has
 	// no caps of its own (the account's money budget still applies).
@@ -421,9 +422,9 @@ func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duratio
 	return blocked, wait, why
 }
 
-// wait is how long until a reservation of tokens fits every cap of w at
-// now (0: it fits now), and the cap that holds it longest. Caller holds
-// Core.mu.
+// wait is how long until a reservation of tokens fits each of w's limits
+// at now (0: it fits now), and the limit that holds it longest. Caller
+// holds Core.mu.
 func (w *capWindow) wait(tokens int64, now time.Time) (d time.Duration, name string, limit int64) {
 	for _, c := range []struct {
 		name     string
@@ -569,9 +570,10 @@ func (b *Core) capsReleased(l *lease, now time.Time) {
 }
 
 // SetCaps replaces the tenants' caps. Per-model caps must name a model of
-// a known budget, per-route caps a route in service (SetRoutes). Usage already counted against a cap that stays is kept; a
-// new cap counts the leases the broker still remembers (the last minutes)
-// and, for TPD, what is recorded from then on. Waiters are re-examined.
+// a known budget, per-route caps a route in service (SetRoutes). Usage
+// already counted against a cap that stays is kept; a new cap counts the
+// leases the broker still remembers (the last minutes) and, for TPD, what
+// is recorded from then on. Waiters are re-examined.
 func (b *Core) SetCaps(caps Caps) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
