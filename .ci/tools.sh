@@ -20,3 +20,14 @@ for t in "${tools[@]}"; do
   go install "$t"
   rm -f "$GOBIN/.$name".*; touch "$stamp"
 done
+
+# etcd, for the cluster tests and benchmarks, from its own module in .ci/etcd
+# (etcd's server module cannot be `go install`ed: see .ci/etcd/main.go). The
+# stamp names the pinned version read from that go.mod, so a bump rebuilds.
+etcd_ver="$(awk 'NF >= 2 && $(NF-1) == "go.etcd.io/etcd/server/v3" {print $NF}' "$root/.ci/etcd/go.mod")"
+stamp="$GOBIN/.etcd.$etcd_ver"
+if [[ ! -x "$GOBIN/etcd" || ! -f "$stamp" ]]; then
+  echo "tools: building etcd $etcd_ver (about two minutes)" >&2
+  (cd "$root/.ci/etcd" && go build -trimpath -o "$GOBIN/etcd" .)
+  rm -f "$GOBIN/.etcd".*; touch "$stamp"
+fi

@@ -133,6 +133,8 @@ type lease struct {
 	// grantRecs the records its grant's commit writes.
 	spendAs   string
 	grantRecs grantRecs
+	// undone: its grant was taken back before the caller heard of it.
+	undone bool
 }
 
 type endedRef struct {
@@ -735,6 +737,7 @@ func (b *Core) undoGrant(l *lease, now time.Time) {
 		return
 	}
 	delete(b.leases, l.ID)
+	l.undone = true
 	bg := l.b
 	bg.adjust(now, l.GrantedAt, -l.Charged, -l.Requests, false)
 	b.undoCaps(l, now)

@@ -103,7 +103,7 @@ func (c *Config) setDefaults() error {
 	if c.DefaultRegion == "" {
 		c.DefaultRegion = "us-east-1"
 	}
-	if !regionRE.MatchString(c.DefaultRegion) {
+	if !validRegion(c.DefaultRegion) {
 		return fmt.Errorf("config DefaultRegion: %q is not an AWS Region name", c.DefaultRegion)
 	}
 	if c.Margin == 0 {

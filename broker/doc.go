@@ -159,10 +159,19 @@
 // Grants committed one by one are charged as before, from their records.
 //
 // The sweep closes a chunk once its span has passed (all of them at
-// shutdown): one Change rewrites its record with what it granted, and writes
-// the records and the per-minute usage of its leases. Lease records are
-// thus checkpointed by the sweep, not before the answer; one record per
-// chunk, never per grant, is what a replicated store (etcd) would write.
+// shutdown): it writes the records of the chunk's leases still active (an
+// ended lease's record was written when it ended), then one Change rewrites
+// the chunk's record with what it granted and adds the per-minute usage of
+// its leases. Lease records are thus checkpointed by the sweep, not before
+// the answer, in transactions of at most 1,000 records, each copied under
+// a short hold of Core.mu: a busy budget closes thousands a second, and in
+// one transaction they made the next chunk's commit (and any settlement)
+// queue behind them for up to a second under load, long enough for grants
+// to run out of chunk. Any order of these writes is safe: until the closing
+// record is durable the chunk counts in full, and a lease of it with no
+// record is counted as a phantom (below). The chunk's record, not its
+// leases', is what the invariant needs: one record per chunk, never per
+// grant, is what a replicated store (etcd) would have to agree on.
 //
 // What a crash costs: the unused part of the chunks not yet closed, charged
 // as if granted until they slide out of the minute: the chunk in use, the
@@ -271,6 +280,48 @@
 // of "(other clients)". It is kept 62 days. SetCaps replaces the caps (a
 // reload): a cap that stays keeps its windows; a new one counts the leases
 // the broker still remembers, and what is recorded from then on.
+//
+// # A cluster: failover and the paused leader
+//
+// Replicas share one Store in etcd (broker/etcd) and elect a leader; only
+// the leader runs a Broker, opened from the Store when it wins, so a
+// failover is a restart on another machine and the crash argument above
+// carries over: the new leader loads every chunk and lease record the old
+// one committed and charges them as restore does. What a cluster adds is a
+// leader that does not know it was replaced: paused (GC, SIGSTOP, a VM
+// migration) past its session's TTL while another took over, then resumed
+// with its chunks in memory. It cannot over-grant, for three reasons:
+//
+//   - Every write is fenced: an etcd transaction conditional on the
+//     election key the leader won still having the create revision it had.
+//     Once its session's lease expires the key is gone, so nothing the old
+//     leader sends afterwards is applied: no chunk, no per-grant lease
+//     record, no renewal. A grant that needs a commit (a quiet budget's, or
+//     any grant while no chunk is open) is undone and refused.
+//   - Grants that need no commit come only from chunks committed under its
+//     leadership, so the new leader, which loads after the old lease
+//     expired, has them all and charges each in full at its End.
+//   - No chunk ends after the leader's step-down deadline, computed on its
+//     own clock: the send time of the last keep-alive etcd answered, plus
+//     the TTL etcd granted, minus a margin. etcd renews a lease to TTL from
+//     when it handles the keep-alive, which is after it was sent, so the
+//     lease, and the old leadership, lasts at least until the deadline. A
+//     chunk's grants all come at or before its End (draw checks the clock),
+//     hence before the new leader's restore, which is what restore's
+//     charge "at End, or at restore if earlier" needs: no grant of the old
+//     leader falls after the restore that counted it. A grant drawn after a
+//     resume finds every chunk ended. The serving replica also refuses
+//     every call once its own clock passes the deadline, and steps down.
+//
+// The margin covers the rate difference of the two clocks over one TTL and
+// the time to act on the deadline; it is not a bound on clock offset,
+// which does not enter (each side measures only its own intervals).
+//
+// Leases in flight at a failover are the crash's: a lease drawn from a
+// chunk is known to the new leader by its id (its chunk's record and
+// HMAC), and counts against the concurrency limit until its LeasesEnd; a
+// lease committed one by one has its record. History (Stats) is not in
+// etcd: it is statistics, and a new leader's starts with its term.
 //
 // # Structure
 //

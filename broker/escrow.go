@@ -309,10 +309,11 @@ func (b *Core) recoverLease(id string, now time.Time) *lease {
 	return l
 }
 
-// closeChunk ends draws from c and returns its closing record, with the
-// records and the usage of the leases drawn from it, for the sweep to
-// write in one Change. Caller holds b.mu.
-func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change) {
+// closeChunk ends draws from c and adds its closing record and the
+// per-minute usage of its leases to ch, and its active leases to
+// records, whose records the sweep writes after it (see checkpoint).
+// Caller holds b.mu.
+func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change, records *[]*lease) {
 	c.closed = true
 	r := c.ChunkRecord
 	r.Requests, r.Tokens, r.Closed = c.usedReq, c.usedTok, true
@@ -320,25 +321,36 @@ func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change) {
 		r.End = now
 	}
 	c.ChunkRecord = r
-	usage := map[int64]*UsageRecord{}
+	// This loop runs under the lock over a chunk's every grant (tens of
+	// thousands a second on a busy budget): no map operation per lease.
+	// A chunk spans a second, so its grants fall in one or two minutes.
+	var usage []UsageRecord
 	for _, l := range c.leases {
-		if b.leases[l.ID] != l {
-			continue // undone: the caller never had it
+		if l.undone {
+			continue // the caller never had it
 		}
-		ch.Leases = append(ch.Leases, l.LeaseRecord)
+		if l.State == LeaseActive {
+			// An ended lease's record was committed when it ended (by
+			// Complete, or by the sweep that expired it, or is in their
+			// retry): only the active ones have none yet.
+			*records = append(*records, l)
+		}
+		// Its spend goes in the Change that takes the chunk's spend bound
+		// back (below), so the store never holds less than was granted.
 		ch.Spend = append(ch.Spend, l.grantRecs.spend)
 		m := minuteOf(l.GrantedAt)
-		u := usage[m]
-		if u == nil {
-			u = &UsageRecord{Key: c.Key, Minute: m}
-			usage[m] = u
+		i := len(usage) - 1
+		for i >= 0 && usage[i].Minute != m {
+			i--
 		}
-		u.Tokens += l.Reserved
-		u.Requests++
+		if i < 0 {
+			usage = append(usage, UsageRecord{Key: c.Key, Minute: m})
+			i = len(usage) - 1
+		}
+		usage[i].Tokens += l.Reserved
+		usage[i].Requests++
 	}
-	for _, u := range usage {
-		ch.Usage = append(ch.Usage, *u)
-	}
+	ch.Usage = append(ch.Usage, usage...)
 	c.leases = nil
 	if c.spendBound > 0 {
 		// Its leases' spend is in this Change: the bound goes.
@@ -355,13 +367,13 @@ func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change) {
 }
 
 // sweepChunks closes the chunks whose span has ended (all of them once the
-// broker is closed) and forgets closed ones past the minute window and
-// their leases' lifetime. It returns the budgets whose phantom leases ran
+// broker is closed; their active leases go to records) and forgets closed
+// ones past the minute window and their leases' lifetime. It returns the budgets whose phantom leases ran
 // out, to dispatch. Caller holds b.mu.
-func (b *Core) sweepChunks(now time.Time, ch *Change) (freed []*budget) {
+func (b *Core) sweepChunks(now time.Time, ch *Change, records *[]*lease) (freed []*budget) {
 	for id, c := range b.chunks {
 		if !c.closed && (now.After(c.End) || b.closed) {
-			b.closeChunk(c, now, ch)
+			b.closeChunk(c, now, ch, records)
 		}
 		if c.closed && now.After(c.End.Add(minuteSpan+minuteRes)) && now.After(c.LeasesEnd) {
 			delete(b.chunks, id)

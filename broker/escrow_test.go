@@ -144,3 +144,68 @@ func TestEscrowCrash(t *testing.T) {
 		})
 	})
 }
+
+// TestEscrowCheckpoint: the sweep that closes a chunk writes the records of
+// its active leases in transactions of at most 1,000 (checkpointBatch), so
+// that no grant-path commit queues behind a second's worth of them, and
+// leaves the records of leases settled meanwhile as their settlement wrote
+// them.
+func TestEscrowCheckpoint(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, spec(haiku3, broker.Limits{RPM: 1 << 30, TPM: 1 << 40}))
+		req := broker.AcquireRequest{ModelID: haiku3, InputTokens: 100, MaxOutputTokens: 100}
+		// A burst of 1,500 grants in the escrow's first second sizes a
+		// chunk of about 3,000.
+		_, drawn, c, stop := escrowed(t, e, 0)
+		for range 1500 {
+			drawn = append(drawn, e.mustGrant(req))
+		}
+		synctest.Wait()
+		for range 1000 {
+			drawn = append(drawn, e.mustGrant(req))
+		}
+		ctx := context.Background()
+		settled := map[string]bool{}
+		for _, l := range drawn[:10] {
+			if _, err := e.b.Complete(ctx, l.ID, broker.OutcomeSuccess, broker.Usage{InputTokens: 50}); err != nil {
+				t.Fatal(err)
+			}
+			settled[l.ID] = true
+		}
+		e.store.mu.Lock()
+		e.store.maxLeases = 0
+		e.store.mu.Unlock()
+		e.clock.Advance(2 * time.Second) // past every chunk's span
+		e.b.Sweep(ctx)
+		stop()
+
+		e.store.mu.Lock()
+		defer e.store.mu.Unlock()
+		if e.store.maxLeases > 1000 {
+			t.Errorf("the sweep wrote %d lease records in one commit, want at most 1,000", e.store.maxLeases)
+		}
+		for _, l := range drawn {
+			r, ok := e.store.leases[l.ID]
+			switch {
+			case !ok:
+				t.Fatalf("lease %s has no record after its chunk closed", l.ID)
+			case settled[l.ID] && r.State != broker.LeaseCompleted:
+				t.Errorf("settled lease %s stored as %v", l.ID, r.State)
+			case !settled[l.ID] && r.State != broker.LeaseActive:
+				t.Errorf("active lease %s stored as %v", l.ID, r.State)
+			}
+		}
+		var granted int64
+		for _, r := range e.store.chunks {
+			if !r.Closed {
+				t.Errorf("chunk %d not closed after its span: %+v", r.ID, r)
+			}
+			granted += r.Requests
+		}
+		// Most came from chunks (a grant finding the newest chunk used up
+		// is committed on its own), so the checkpoint had batches to write.
+		if granted <= 1000 || granted > int64(len(drawn)) {
+			t.Errorf("closed chunks granted %d of the %d grants (the first chunk: %+v)", granted, len(drawn), c)
+		}
+	})
+}

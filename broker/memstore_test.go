@@ -25,6 +25,7 @@ type memStore struct {
 	cusage    map[tenantKey]broker.ClientUsageRecord
 	fail      error
 	commits   int
+	maxLeases int // the most lease records one Commit carried
 }
 
 type statsKey struct {
@@ -106,6 +107,7 @@ func (s *memStore) Commit(_ context.Context, c broker.Change) error {
 		return s.fail
 	}
 	s.commits++
+	s.maxLeases = max(s.maxLeases, len(c.Leases))
 	for _, sp := range c.Specs {
 		s.specs[sp.Key] = sp
 	}

@@ -11,7 +11,10 @@ import (
 //
 // A Store must apply each Change atomically, and must not drop a Change it
 // has accepted when ctx is cancelled: Commit either fails with nothing
-// applied, or returns after the whole Change is durable.
+// applied, or returns after the whole Change is durable. (A store that
+// must split a Change to fit its backend's limits, as broker/etcd does, may
+// fail with part of it applied, in an order where every part applied only
+// over-charges; the broker's retry then adds usage twice, which is safe.)
 type Store interface {
 	Load(ctx context.Context) (Snapshot, error)
 	Commit(ctx context.Context, c Change) error
@@ -183,8 +186,8 @@ type AdaptiveRecord struct {
 // at most Requests requests and Tokens tokens of budget Key may be granted
 // from it, as leases whose ids derive from ID and Secret. It is durable
 // before the first of them is answered. Closed records are rewritten with
-// what was granted (Requests, Tokens) once every lease drawn from the chunk
-// is in the same Change.
+// what was granted (Requests, Tokens), after (or with) the records of the
+// chunk's leases.
 type ChunkRecord struct {
 	ID       uint64 // unique in the store, ascending with time
 	Key      Key

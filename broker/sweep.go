@@ -49,7 +49,8 @@ func (b *Core) Sweep(ctx context.Context) {
 		touched[l.b] = true
 		c.Leases = append(c.Leases, l.LeaseRecord)
 	}
-	for _, bg := range b.sweepChunks(now, &c) {
+	var records []*lease // of the chunks closed, written by checkpoint
+	for _, bg := range b.sweepChunks(now, &c, &records) {
 		touched[bg] = true
 	}
 	for bg := range touched {
@@ -80,15 +81,82 @@ func (b *Core) Sweep(ctx context.Context) {
 	b.routing.affinity.expire(now)
 	b.mu.Unlock()
 	c.Stats = append(c.Stats, b.rec.take(limits)...) // folded here, off the lock
-	if c.empty() {
+	if c.empty() && len(records) == 0 {
 		return
 	}
-	if err := b.store.Commit(context.WithoutCancel(ctx), c); err != nil {
-		b.log.Error("sweep commit failed; will retry", "err", err)
+	b.checkpoint(ctx, c, records) // a failure is logged and kept for retry
+}
+
+// checkpointBatch is the most lease records one transaction of the sweep
+// writes, and one hold of Core.mu copies. A busy budget closes a second's
+// grants at a time, thousands of leases: copied under the lock in one go,
+// they held every grant back for tens of milliseconds, and written in one
+// transaction, they made grant-path commits (the next chunk, a settlement)
+// queue behind it for up to a second on a loaded machine. In batches, a
+// grant waits for one batch's copy at most, and such a commit for one
+// batch's transaction, grouped with the next.
+const checkpointBatch = 1000
+
+// checkpoint commits the sweep's change c after the records of the leases
+// in records (active leases of the chunks it closes), in batches of
+// checkpointBatch, each copied under Core.mu as it is then (a lease that
+// ended meanwhile has its own record). Every order of these writes is
+// safe after a crash: a chunk not yet closed is charged in full at
+// restore, and of its leases those with a record are known, the others
+// counted as phantoms (see restoreChunks); a record the store already has
+// in a later version is not overwritten. On a failure, what is not yet
+// written is kept for the next sweep to retry.
+func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) error {
+	ctx = context.WithoutCancel(ctx)
+	for len(records) > 0 {
+		n := min(len(records), checkpointBatch)
+		var batch Change
 		b.mu.Lock()
-		b.retry = append(b.retry, c)
+		for _, l := range records[:n] {
+			if l.State == LeaseActive && !l.undone {
+				batch.Leases = append(batch.Leases, l.LeaseRecord)
+			}
+		}
 		b.mu.Unlock()
+		records = records[n:]
+		if len(batch.Leases) == 0 {
+			continue
+		}
+		if err := b.store.Commit(ctx, batch); err != nil {
+			// The rest are copied now, so that the retry has them all.
+			b.mu.Lock()
+			for _, l := range records {
+				if l.State == LeaseActive && !l.undone {
+					batch.Leases = append(batch.Leases, l.LeaseRecord)
+				}
+			}
+			b.mu.Unlock()
+			batch.merge(c)
+			return b.retryLater(batch, err)
+		}
 	}
+	// Expiries, and the records of a retry, in batches as well.
+	for len(c.Leases) > checkpointBatch {
+		if err := b.store.Commit(ctx, Change{Leases: c.Leases[:checkpointBatch:checkpointBatch]}); err != nil {
+			return b.retryLater(c, err)
+		}
+		c.Leases = c.Leases[checkpointBatch:]
+	}
+	if c.empty() {
+		return nil
+	}
+	if err := b.store.Commit(ctx, c); err != nil {
+		return b.retryLater(c, err)
+	}
+	return nil
+}
+
+func (b *Core) retryLater(c Change, err error) error {
+	b.log.Error("sweep commit failed; will retry", "err", err)
+	b.mu.Lock()
+	b.retry = append(b.retry, c)
+	b.mu.Unlock()
+	return err
 }
 
 // expire ends an active lease that outlived its TTL. It stays charged at

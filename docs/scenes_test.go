@@ -27,6 +27,8 @@ var notRunHere = []notRun{
 	{claim{otherLangs, "bash .ci/tools.sh"}, "installs the pinned tools into the checkout's .bin/; .ci/test runs it before the tests"},
 	{claim{otherLangs, "apt-get install -y protobuf-compiler protobuf-compiler-grpc libprotobuf-dev python3-grpcio"},
 		"installs Debian packages (root, network); clients/test.sh installs them when missing and the other-languages scene needs them"},
+	{claim{benchmarks, "bash bench/ghz/run.sh -c 50 -z 10s -r 3"},
+		"compiles ghz and gubernator (minutes on this machine) before its first line, then runs for minutes; BENCHMARKS.md holds its figures"},
 }
 
 // scenes: each sets up what its commands need, runs them as the documents
@@ -495,6 +497,57 @@ var scenes = []*scene{
 		},
 	},
 	{
+		name: "a three-replica cluster on a three-member etcd",
+		claims: []claim{
+			{readme, ".bin/etcd --name e0 ..."},
+			{readme, ".bin/etcd --name e1 ..."},
+			{readme, ".bin/etcd --name e2 ..."},
+			{readme, "quota-broker serve --etcd 127.0.0.1:2379,127.0.0.1:2389,127.0.0.1:2399 --listen 127.0.0.1:50051 &"},
+			{readme, "quota-broker serve --etcd 127.0.0.1:2379,127.0.0.1:2389,127.0.0.1:2399 --listen 127.0.0.1:50052 &"},
+			{readme, "quota-broker serve --etcd 127.0.0.1:2379,127.0.0.1:2389,127.0.0.1:2399 --listen 127.0.0.1:50053 &"},
+			{readme, "grpcurl -plaintext -d '{\"service\": \"quotabroker.v1.QuotaBroker\"}' 127.0.0.1:50052 grpc.health.v1.Health/Check"},
+			{readme, "quota-broker report --addr 127.0.0.1:50052"},
+		},
+		run: func(s *sceneRun) {
+			if _, err := os.Stat(filepath.Join(s.root, ".bin", "etcd")); err != nil {
+				if os.Getenv("CI") != "" {
+					s.t.Fatal("no .bin/etcd: bash .ci/tools.sh builds it")
+				}
+				s.t.Skip("no .bin/etcd (bash .ci/tools.sh builds it)")
+			}
+			// The README's replicas serve no HTTP; the world's default
+			// --http would be the same address for all three.
+			s.setenv("QUOTA_BROKER_HTTP=")
+			// The documented ports, moved to free ones.
+			var clients []string
+			for _, port := range []string{"2379", "2380", "2389", "2390", "2399", "2400", "50052", "50053"} {
+				a := freeAddr(s.t)
+				s.replace = append(s.replace, "127.0.0.1:"+port, a)
+				if port == "2379" || port == "2389" || port == "2399" {
+					clients = append(clients, a)
+				}
+			}
+			addr := func(doc string) string { return strings.NewReplacer(s.replace...).Replace(doc) }
+			for i, name := range []string{"e0", "e1", "e2"} {
+				s.serve(readme, ".bin/etcd --name "+name+" ...", clients[i])
+			}
+			leader := s.serve(readme, "quota-broker serve --etcd 127.0.0.1:2379,127.0.0.1:2389,127.0.0.1:2399 --listen 127.0.0.1:50051 &", s.broker)
+			s.waitOutput(leader, regexp.MustCompile(`cluster: leading`), time.Minute)
+			s.serve(readme, "quota-broker serve --etcd 127.0.0.1:2379,127.0.0.1:2389,127.0.0.1:2399 --listen 127.0.0.1:50052 &", addr("127.0.0.1:50052"))
+			s.serve(readme, "quota-broker serve --etcd 127.0.0.1:2379,127.0.0.1:2389,127.0.0.1:2399 --listen 127.0.0.1:50053 &", addr("127.0.0.1:50053"))
+			c, r := s.run(readme, "grpcurl -plaintext -d '{\"service\": \"quotabroker.v1.QuotaBroker\"}' 127.0.0.1:50052 grpc.health.v1.Health/Check", time.Minute)
+			if !strings.Contains(r.stdout, `"status": "NOT_SERVING"`) {
+				s.t.Errorf("%s: a standby's health:\n%s", c, r.stdout)
+			}
+			c, r = s.run(readme, "quota-broker report --addr 127.0.0.1:50052", time.Minute)
+			want := "cluster: " + addr("127.0.0.1:50052") + " is the standby; leader " + s.broker + " ("
+			if !strings.Contains(r.stdout, want) || !strings.Contains(r.stdout, "etcd reachable") {
+				s.t.Errorf("%s: the standby's report:\n%s\nwant %q and etcd reachable", c, r.stdout, want)
+			}
+			s.replace = nil
+		},
+	},
+	{
 		name: "benchmarks, their first lines",
 		claims: []claim{
 			{benchmarks, "go run ./bench/lease -duration 3s -rounds 3 -concurrency 50 -outstanding 100000"},
@@ -510,6 +563,8 @@ var scenes = []*scene{
 			{benchmarks, "go run ./bench/lease -attack flood,halfopen,history -duration 3s -rounds 3"},
 			{benchmarks, "go run ./bench/lease -attack halfopen -halfopen-refill=false -duration 3s -rounds 3"},
 			{benchmarks, "go run ./bench/lease -attack flood,halfopen,history -short"},
+			{benchmarks, "go run ./bench/cluster -duration 3s -rounds 3 -concurrency 50 -kills 10"},
+			{benchmarks, "go test -run='^$' -bench=Commit -benchtime=3s ./broker/etcd/"},
 			{goClient, "go test -run='^$' -bench=SimulatorOverhead -benchtime=2s -count=6 ./clients/quotaclient/"},
 		},
 		run: func(s *sceneRun) {
@@ -539,6 +594,9 @@ var scenes = []*scene{
 				// The short form runs to its end (about 20 s): each
 				// attack set up, measured and stopped over gRPC.
 				{benchmarks, "go run ./bench/lease -attack flood,halfopen,history -short", `(?m)^history: AcquireLease p99 by round \S+; target < 100ms[^\n]*\n(?:.*\n)*load average at the end: `},
+
+				{benchmarks, "go run ./bench/cluster -duration 3s -rounds 3 -concurrency 50 -kills 10", `(?m)^round 1\s+single\s+\d+/s`},
+				{benchmarks, "go test -run='^$' -bench=Commit -benchtime=3s ./broker/etcd/", `(?m)^BenchmarkCommit\S*\s+\d+\s+\d+ ns/op`},
 
 				{goClient, "go test -run='^$' -bench=SimulatorOverhead -benchtime=2s -count=6 ./clients/quotaclient/", `(?m)^BenchmarkSimulatorOverhead\S+\s+\d+\s+\d+ ns/op.* p50-ms`},
 			} {

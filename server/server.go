@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/prometheus/client_golang/prometheus"
@@ -101,9 +100,10 @@ type Config struct {
 	// certificate too: the handshake asks for it before any call.
 	TLS *TLS
 	// Metrics, when set, receives the gRPC server metrics (requests,
-	// codes, handling time per method) from go-grpc-middleware's
-	// Prometheus provider, and quotabroker_grpc_streams_refused_total
-	// (calls ended at stream start, which those never see).
+	// codes, handling time per method) as go-grpc-middleware's Prometheus
+	// provider names them (see callMetrics), and
+	// quotabroker_grpc_streams_refused_total (calls ended at stream start,
+	// which those never see).
 	Metrics prometheus.Registerer
 	// Keepalive: the server pings a connection quiet for Time and closes
 	// it if the ping is not answered within Timeout, so that a vanished
@@ -140,6 +140,9 @@ type Config struct {
 	MaxConcurrentHistory int
 	// CloudWatch, when set, adds CloudWatch's figures to GetUsageHistory.
 	CloudWatch CloudWatch
+	// Cluster, when set, is the state of the cluster this server is a
+	// replica of, shown in GetQuotaReport.
+	Cluster ClusterFunc
 	// Clock gives the time the server stamps answers with and defaults
 	// GetUsageHistory's span to; wire the broker's. Default: the system
 	// clock. (Waits are bounded by RPC deadlines, which are on the system
@@ -237,16 +240,16 @@ func New(b Broker, cfg Config) *Server {
 		auth: authenticator{tokens: cfg.Tokens, tls: cfg.TLS}, authenticates: cfg.authenticates(), log: cfg.Logger,
 		firstMessage: cfg.FirstMessageTimeout, maxPending: int64(cfg.MaxPendingStreams),
 	}
-	var metrics *grpcprom.ServerMetrics
+	var metrics *callMetrics
 	if cfg.Metrics != nil {
 		edge.refused = refusedMetric()
 		cfg.Metrics.MustRegister(edge.refused)
-		metrics = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
+		metrics = newCallMetrics(cfg.Clock)
 		cfg.Metrics.MustRegister(metrics)
 		// Outermost, so a panic is counted as the INTERNAL that recovery
 		// turns it into.
-		unary = append([]grpc.UnaryServerInterceptor{metrics.UnaryServerInterceptor()}, unary...)
-		stream = append([]grpc.StreamServerInterceptor{metrics.StreamServerInterceptor()}, stream...)
+		unary = append([]grpc.UnaryServerInterceptor{metrics.unary}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{metrics.stream}, stream...)
 	}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(unary...),
@@ -265,7 +268,7 @@ func New(b Broker, cfg Config) *Server {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	if metrics != nil {
-		metrics.InitializeMetrics(s.grpc) // every method shows up at 0
+		metrics.initialize(s.grpc) // every method shows up at 0
 	}
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(pb.QuotaBroker_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
@@ -441,6 +444,9 @@ func (s *Server) GetQuotaReport(ctx context.Context, req *pb.GetQuotaReportReque
 	}
 	out.Spend = spendToPB(sp)
 	out.Routes = routesToPB(s.ops.Routes())
+	if s.cfg.Cluster != nil {
+		out.Cluster = clusterToPB(s.cfg.Cluster())
+	}
 	return out, nil
 }
 
@@ -528,4 +534,15 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	}
 	s.log.Log(ctx, lvl, "finished call", attrs...)
 	return resp, err
+}
+
+// SetServing sets the health of quotabroker.v1.QuotaBroker: a cluster's
+// standby is NOT_SERVING, so that clients' health checks send their calls
+// to the leader, and SERVING once it leads.
+func (s *Server) SetServing(serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus(pb.QuotaBroker_ServiceDesc.ServiceName, st)
 }

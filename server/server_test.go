@@ -365,6 +365,13 @@ func TestMetricsEndpoint(t *testing.T) {
 	for _, want := range []string{
 		`grpc_server_handled_total{grpc_code="OK",grpc_method="AcquireLease",grpc_service="quotabroker.v1.QuotaBroker",grpc_type="unary"} 1`,
 		`grpc_server_handled_total{grpc_code="NotFound",grpc_method="AcquireLease",grpc_service="quotabroker.v1.QuotaBroker",grpc_type="unary"} 1`,
+		// The rest of go-grpc-middleware's series, as it counted them: a
+		// failed call sent no message; a method not called shows at 0.
+		`grpc_server_started_total{grpc_method="AcquireLease",grpc_service="quotabroker.v1.QuotaBroker",grpc_type="unary"} 2`,
+		`grpc_server_msg_received_total{grpc_method="AcquireLease",grpc_service="quotabroker.v1.QuotaBroker",grpc_type="unary"} 2`,
+		`grpc_server_msg_sent_total{grpc_method="AcquireLease",grpc_service="quotabroker.v1.QuotaBroker",grpc_type="unary"} 1`,
+		`grpc_server_handling_seconds_count{grpc_method="AcquireLease",grpc_service="quotabroker.v1.QuotaBroker",grpc_type="unary"} 2`,
+		`grpc_server_handled_total{grpc_code="Unavailable",grpc_method="Watch",grpc_service="grpc.health.v1.Health",grpc_type="server_stream"} 0`,
 		`quotabroker_budget_limit{limit="tpm",model="anthropic.claude-sonnet-4-5-20250929-v1:0",region="us-east-1",scope="cross-region"} 100000`,
 		`quotabroker_budget_used{limit="tpm",model="anthropic.claude-sonnet-4-5-20250929-v1:0",region="us-east-1",scope="cross-region"} 600`,
 		`quotabroker_budget_events_total{event="granted",model="anthropic.claude-sonnet-4-5-20250929-v1:0",region="us-east-1",scope="cross-region"} 1`,

@@ -162,6 +162,7 @@ const maxChartBytes = 32 << 20
 // (1.8M) and the rarer counters are left to the wide view, which lists
 // every budget with every counter (and is what --model and --region show).
 func printReport(w io.Writer, rep *pb.GetQuotaReportResponse, wide bool) {
+	printCluster(w, rep.GetCluster())
 	if wide {
 		printBudgetsWide(w, rep)
 	} else {
@@ -426,4 +427,30 @@ func printRoutes(w io.Writer, rep *pb.GetQuotaReportResponse) {
 		}
 	}
 	tw.Flush()
+}
+
+// printCluster is the report's header for a replica of a cluster: its role,
+// the leader, when the leadership last moved, and etcd's state.
+func printCluster(w io.Writer, c *pb.Cluster) {
+	if c == nil {
+		return
+	}
+	fmt.Fprintln(w, clusterLine(c))
+	if c.GetRole() != "leader" {
+		fmt.Fprintf(w, "a standby reports no budgets: quota-broker report --addr %s\n", cmp.Or(c.GetLeader(), "LEADER"))
+	}
+	fmt.Fprintln(w)
+}
+
+// clusterLine says in one line what a replica is (report, dashboard).
+func clusterLine(c *pb.Cluster) string {
+	since := "never seen to move"
+	if c.GetLeaderSince() != nil {
+		since = "since " + c.GetLeaderSince().AsTime().Local().Format(time.DateTime)
+	}
+	etcd := "etcd reachable"
+	if !c.GetEtcdReachable() {
+		etcd = "etcd UNREACHABLE: " + c.GetEtcdError()
+	}
+	return fmt.Sprintf("cluster: %s is the %s; leader %s (%s); %s", c.GetSelf(), c.GetRole(), cmp.Or(c.GetLeader(), "none known"), since, etcd)
 }

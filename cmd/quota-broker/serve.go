@@ -30,6 +30,7 @@ import (
 	"github.com/bedrockqb/quotabroker/internal/sysclock"
 	"github.com/bedrockqb/quotabroker/server"
 	"github.com/bedrockqb/quotabroker/server/dashboard"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // exampleBudgets is served when neither --budgets nor the store names any
@@ -40,8 +41,8 @@ var exampleBudgets []byte
 
 type serveFlags struct {
 	listen, httpAddr, data, budgets, clients, tokens, region, logLevel string
-	routes                                                             string
 	insecureListen                                                     bool
+	routes                                                             string
 	// TLS: server certificate and key; the client CA turns on mutual TLS.
 	tlsCert, tlsKey, tlsClientCA string
 	tlsAdmins                    []string // certificate identities with the admin role
@@ -62,6 +63,9 @@ type serveFlags struct {
 	// CloudWatch's figures.
 	historyRetention time.Duration
 	cloudwatch       bool
+
+	// A replica of a cluster on etcd instead of the bbolt file (cluster.go).
+	etcd clusterFlags
 }
 
 const serveSynopsis = `usage: quota-broker serve [flags]
@@ -74,7 +78,8 @@ and /dashboard. --prices FILE, and with --aws the AWS Price List at each
 refresh, tell the broker what calls cost. On SIGINT or SIGTERM it stops
 accepting, drains the calls in flight (--drain) and closes the state file.
 Callers are trusted unless --tokens or --tls-client-ca says otherwise;
-beyond loopback one is required.`
+beyond loopback one is required. With --etcd it is one replica of a cluster whose state is in etcd instead:
+the elected leader serves, the others answer UNAVAILABLE naming it.`
 
 // parseServeFlags reads serve's flags; -h prints the help on out (flag
 // errors are returned, not printed).
@@ -137,6 +142,20 @@ func parseServeFlags(args []string, out io.Writer) (serveFlags, error) {
 		}
 		fs.DurationVar(d.p, d.name, def, d.help+" (env "+d.env+")")
 	}
+	fs.StringVar(&f.etcd.endpoints, "etcd", envOr("QUOTA_BROKER_ETCD", ""), "comma-separated etcd endpoints: run as one replica of a cluster whose state is in etcd, instead of the --data file (env QUOTA_BROKER_ETCD)")
+	fs.StringVar(&f.etcd.prefix, "etcd-prefix", envOr("QUOTA_BROKER_ETCD_PREFIX", "/quota-broker/"), "etcd key prefix of the cluster's state and election (env QUOTA_BROKER_ETCD_PREFIX)")
+	fs.StringVar(&f.etcd.name, "etcd-cluster", envOr("QUOTA_BROKER_ETCD_CLUSTER", "quota-broker"), "the cluster's name, kept in the prefix's format key: a replica of another cluster is refused (env QUOTA_BROKER_ETCD_CLUSTER)")
+	fs.StringVar(&f.etcd.ca, "etcd-ca", envOr("QUOTA_BROKER_ETCD_CA", ""), "CA certificates (PEM) that sign etcd's server certificates (env QUOTA_BROKER_ETCD_CA)")
+	fs.StringVar(&f.etcd.cert, "etcd-cert", envOr("QUOTA_BROKER_ETCD_CERT", ""), "client certificate (PEM) for etcd (env QUOTA_BROKER_ETCD_CERT)")
+	fs.StringVar(&f.etcd.key, "etcd-key", envOr("QUOTA_BROKER_ETCD_KEY", ""), "key of --etcd-cert (PEM) (env QUOTA_BROKER_ETCD_KEY)")
+	fs.StringVar(&f.etcd.user, "etcd-user", envOr("QUOTA_BROKER_ETCD_USER", ""), "etcd user, with --etcd-password (env QUOTA_BROKER_ETCD_USER)")
+	fs.StringVar(&f.etcd.password, "etcd-password", envOr("QUOTA_BROKER_ETCD_PASSWORD", ""), "etcd password (env QUOTA_BROKER_ETCD_PASSWORD)")
+	fs.StringVar(&f.etcd.advertise, "advertise", envOr("QUOTA_BROKER_ADVERTISE", ""), "address other replicas name as the leader's when this one leads; default the --listen address (env QUOTA_BROKER_ADVERTISE)")
+	ttl, err := durEnv("QUOTA_BROKER_ETCD_TTL", 3*time.Second)
+	if err != nil {
+		return f, err
+	}
+	fs.DurationVar(&f.etcd.ttl, "etcd-ttl", ttl, "TTL of the replica's etcd session: a dead leader is replaced after about this long; the leader steps down on its own clock before etcd can expire it (env QUOTA_BROKER_ETCD_TTL)")
 	if err := f.alert.register(fs); err != nil {
 		return f, err
 	}
@@ -163,6 +182,12 @@ func parseServeFlags(args []string, out io.Writer) (serveFlags, error) {
 	}
 	if f.historyRetention < 24*time.Hour {
 		return f, fmt.Errorf("--history-retention %v: at least 24h (reports read the last day)", f.historyRetention)
+	}
+	if f.etcd.endpoints != "" && f.etcd.ttl < time.Second {
+		return f, fmt.Errorf("--etcd-ttl %v: at least 1s (etcd counts leases in seconds)", f.etcd.ttl)
+	}
+	if (f.etcd.cert == "") != (f.etcd.key == "") {
+		return f, errors.New("--etcd-cert and --etcd-key go together")
 	}
 	f.exampleWhenEmpty = !f.aws
 	return f, nil
@@ -205,14 +230,20 @@ type Main struct {
 	flags          serveFlags
 	stdout, stderr io.Writer
 
-	log     *slog.Logger
-	store   *bolt.Store
-	broker  *broker.Broker
-	scfg    server.Config
-	srv     *server.Server
-	lis     net.Listener
-	httpLis net.Listener
-	httpSrv *http.Server
+	log    *slog.Logger
+	store  *bolt.Store
+	broker *broker.Broker
+	// In a cluster (--etcd) store and broker stay nil: the cluster opens
+	// a broker for each term it leads.
+	cluster     *cluster
+	etcdCli     *clientv3.Client
+	stopCluster context.CancelFunc
+	clusterDone chan struct{}
+	scfg        server.Config
+	srv         *server.Server
+	lis         net.Listener
+	httpLis     net.Listener
+	httpSrv     *http.Server
 
 	// The background loops (sweep, refresh, alerts, SIGHUP, the servers)
 	// run on runCtx; Close cancels it and waits for them.
@@ -272,7 +303,6 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		DefaultRegion: f.region, Margin: f.margin, MaxWait: f.maxWait, LeaseTTL: f.leaseTTL,
 		MaxLeaseTTL: max(time.Hour, f.leaseTTL), Logger: log, HistoryRetention: f.historyRetention,
 	}
-	var caps broker.Caps
 	if f.clients != "" {
 		p, err := policyfile.Load(f.clients)
 		if err != nil {
@@ -280,102 +310,36 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 		cfg.DefaultClient, cfg.Clients, cfg.DailyReserve, cfg.Aging, cfg.MaxWaiters = p.Default, p.Clients, p.DailyReserve, p.Aging, p.MaxWaiters
 		// At Open, so that the restore rebuilds the caps' windows; their
-		// models are checked against the budgets below, once known.
-		cfg.Caps, caps = p.Caps, p.Caps
-	}
-	if m.store, err = bolt.Open(f.data, bolt.Options{}); err != nil {
-		return fmt.Errorf("state file (--data): %w", err)
+		// models are checked against the budgets in openBroker, once known.
+		cfg.Caps = p.Caps
 	}
 	clock := sysclock.Clock{}
-	if m.broker, err = broker.Open(ctx, m.store, clock, cfg); err != nil {
-		return err
-	}
-	b := m.broker
-	var specs []broker.Spec
-	switch {
-	case f.budgets != "":
-		if specs, err = budgetfile.Load(f.budgets, clock.Now()); err != nil {
-			return err
-		}
-	case len(b.Budgets()) == 0 && f.exampleWhenEmpty:
-		if specs, err = budgetfile.Parse("example-budgets.json", exampleBudgets, "builtin-example", clock.Now()); err != nil {
-			return err
-		}
-		log.Info("no budgets configured: serving the built-in example set; use --budgets FILE for your own")
-	}
-	if len(specs) > 0 {
-		if err := b.SetSpecs(ctx, specs); err != nil {
-			return err
-		}
-	}
-	var file *pricefile.File
-	if f.prices != "" {
-		pf, err := pricefile.Load(f.prices)
-		if err != nil {
-			return err
-		}
-		file = &pf
-		// Until (or unless) AWS's prices are read, the file's are all
-		// there is.
-		prices := pf.Apply(nil)
-		b.SetPrices(prices)
-		log.Info("prices from file", "file", f.prices, "entries", len(prices), "priced", countPriced(prices), "replace", pf.Replace)
-	}
+	var svc service
 	var src broker.QuotaSource
-	if f.aws {
-		regions := list(cmp.Or(f.regions, f.region))
-		aq, err := awsquota.New(awsquota.Config{Regions: regions, Endpoint: f.awsURL, Logger: log})
+	if f.etcd.endpoints != "" {
+		rep, err := m.openCluster(ctx, clock, cfg)
 		if err != nil {
 			return err
 		}
-		src = aq
-		if file == nil || !file.Replace {
-			ps, err := awspricing.New(awspricing.Config{Regions: regions, Endpoint: f.awsURL, Logger: log})
-			if err != nil {
-				return err
-			}
-			src = pricedSource{QuotaSource: aq, prices: ps, file: file, set: b.SetPrices, log: log}
+		svc = rep
+	} else {
+		if m.store, err = bolt.Open(f.data, bolt.Options{}); err != nil {
+			return fmt.Errorf("state file (--data): %w", err)
 		}
-		b.UseSource(src)
-		dctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
-		err = b.Refresh(dctx, src)
-		cancel()
-		if err != nil {
-			log.Error("quota discovery failed; serving the stored quotas and retrying in the background", "err", err, "budgets", len(b.Budgets()))
-		} else {
-			st := b.DiscoveryStatus()
-			log.Info("quotas discovered", "regions", strings.Join(regions, ","), "budgets", len(b.Budgets()), "skipped_quotas", len(st.Skipped))
-		}
-	}
-	if f.routes != "" {
-		// After discovery: derived routes are built from the budgets it
-		// found, and a target without a budget fails start-up here, not a
-		// call later.
-		var keys []broker.Key
-		for _, bi := range b.Budgets() {
-			keys = append(keys, bi.Spec.Key)
-		}
-		routes, err := routefile.Load(f.routes, keys)
-		if err != nil {
+		if m.broker, src, err = m.openBroker(ctx, m.store, clock, cfg); err != nil {
 			return err
 		}
-		if err := b.SetRoutes(routes); err != nil {
-			return fmt.Errorf("routes file %s: %w", f.routes, err)
-		}
-		log.Info("routes loaded", "file", f.routes, "routes", len(routes))
+		svc = m.broker
 	}
-	if f.clients != "" {
-		// After the routes: a cap may name one.
-		if err := b.SetCaps(caps); err != nil {
-			return fmt.Errorf("clients file %s: %w", f.clients, err)
-		}
-	}
-	alerts, err := newAlerting(f.alert, b, log)
+	alerts, err := newAlerting(f.alert, svc, log)
 	if err != nil {
 		return err
 	}
 	m.scfg = server.Config{Logger: log, Clock: clock}
 	scfg := &m.scfg
+	if m.cluster != nil {
+		scfg.Cluster = m.cluster.rep.serverStatus
+	}
 	if f.cloudwatch {
 		scfg.CloudWatch = newCloudWatch(f.awsURL, log)
 	}
@@ -405,40 +369,67 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	var httpLis net.Listener
 	if f.httpAddr != "" {
-		reg := server.NewRegistry(b)
+		reg := server.NewRegistry(svc)
 		alerts.register(reg)
+		if m.cluster != nil {
+			server.RegisterCluster(reg, m.cluster.rep.serverStatus)
+		}
 		scfg.Metrics = reg
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", server.MetricsHandler(reg))
 		// Renders are reused for 10 s: the page reloads itself every minute
 		// and a render costs hundreds of milliseconds of CPU.
 		dcfg := dashboard.Config{Logger: log, CacheFor: 10 * time.Second}
+		if m.cluster != nil {
+			rep := m.cluster.rep
+			dcfg.Cluster = func() string { return clusterLine(rep.proto()) }
+		}
 		if alerts != nil { // a nil *alerting in the interface would not be nil
 			dcfg.Alerts = alerts
 		}
-		dashboard.New(b, dcfg).Register(mux)
+		var page dashboard.Source = svc
+		if m.cluster != nil {
+			page = pageSource{m.cluster.rep}
+		}
+		dashboard.New(page, dcfg).Register(mux)
 		if httpLis, err = net.Listen("tcp", f.httpAddr); err != nil {
 			lis.Close()
 			return listenError(f.httpAddr, "http", "QUOTA_BROKER_HTTP", err)
 		}
 		m.httpSrv = server.NewHTTPServer(mux, log)
 	}
-	m.srv = server.New(b, *scfg)
+	m.srv = server.New(svc, *scfg)
+	if m.cluster != nil {
+		m.srv.SetServing(false) // a standby until elected
+	}
 	m.lis, m.httpLis = lis, httpLis
 
 	runCtx, stopRun := context.WithCancel(context.Background())
 	m.stopRun = stopRun
 	wg := &m.wg
-	wg.Go(func() { b.Run(runCtx) })
-	alerts.start(runCtx, wg)
-	if src != nil {
-		wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
+	if b := m.broker; b != nil {
+		wg.Go(func() { b.Run(runCtx) })
+		if src != nil {
+			wg.Go(func() { b.RunRefresh(runCtx, src, f.refresh) })
+		}
 	}
+	alerts.start(runCtx, wg)
 	if scfg.Tokens != nil || scfg.TLS != nil || f.clients != "" {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		reloadCfg := *scfg
 		clientsFile := f.clients
+		// The broker whose caps a reload replaces: this process's, or in a
+		// cluster the one it leads with now (a standby has none; a new
+		// term reads the file as it is then).
+		current := func() *broker.Broker { return m.broker }
+		if m.cluster != nil {
+			rep := m.cluster.rep
+			current = func() *broker.Broker {
+				b, _ := rep.current()
+				return b
+			}
+		}
 		wg.Go(func() {
 			defer signal.Stop(hup)
 			for {
@@ -447,7 +438,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 					return
 				case <-hup:
 					reload(log, reloadCfg)
-					reloadCaps(log, b, clientsFile)
+					if b := current(); b != nil && clientsFile != "" {
+						reloadCaps(log, b, clientsFile)
+					}
 				}
 			}
 		})
@@ -468,7 +461,12 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		fmt.Fprintf(m.stdout, "dashboard on http://%s/dashboard\n", httpLis.Addr())
 	}
 	// Last: tools and tests wait for this line.
-	fmt.Fprintf(m.stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(b.Budgets()))
+	if m.cluster != nil {
+		m.startCluster(lis.Addr())
+		fmt.Fprintf(m.stdout, "quota-broker listening on %s (state in etcd %s under %s; a standby until elected)\n", lis.Addr(), f.etcd.endpoints, m.cluster.store.Prefix())
+	} else {
+		fmt.Fprintf(m.stdout, "quota-broker listening on %s (state %s, %d budgets)\n", lis.Addr(), f.data, len(m.broker.Budgets()))
+	}
 	switch {
 	case f.banner != nil:
 		f.banner(m.stdout, lis.Addr())
@@ -487,6 +485,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 // stop the background loops, persist expiries, close the store. After a
 // Run that failed it closes what that Run opened.
 func (m *Main) Close() error {
+	if m.etcdCli != nil {
+		return m.closeCluster()
+	}
 	b := m.broker
 	if m.srv == nil {
 		// Run failed before serving: nothing to drain.
@@ -541,28 +542,6 @@ func reload(log *slog.Logger, scfg server.Config) {
 	}
 }
 
-// reloadCaps reads the clients file again (SIGHUP) for its caps and money
-// budgets; a file that fails to parse or names an unknown model keeps the
-// caps in force. Weights, max_concurrent, max_waiters, daily_reserve and
-// aging take effect at the next start.
-func reloadCaps(log *slog.Logger, b *broker.Broker, path string) {
-	if path == "" {
-		return
-	}
-	p, err := policyfile.Load(path)
-	if err == nil {
-		if err = b.SetCaps(p.Caps); err != nil {
-			err = fmt.Errorf("%s: %w", path, err)
-		}
-	}
-	if err != nil {
-		log.Error("clients file reload failed; the previous caps and money budgets stay in force", "err", err)
-		return
-	}
-	log.Info("caps and money budgets reloaded from the clients file (its other policies apply at the next start)",
-		"capped_clients", len(p.Caps.Clients))
-}
-
 // checkExposure decides whether the broker may listen on addr. Beyond
 // loopback its callers must prove who they are (bearer tokens or client
 // certificates), or the operator must say --insecure-listen: anyone who can
@@ -588,4 +567,123 @@ func checkExposure(addr net.Addr, f serveFlags) (warn string, err error) {
 func loopback(addr net.Addr) bool {
 	tcp, ok := addr.(*net.TCPAddr)
 	return ok && tcp.IP.IsLoopback()
+}
+
+// service is the broker as the server, dashboard, metrics and alerts see it:
+// a *broker.Broker on one machine, a *replica in a cluster.
+type service interface {
+	server.Broker
+	dashboard.Source
+}
+
+// openBroker opens a broker on store and gives it its budgets: the
+// --budgets file, the quotas discovered from AWS, or the built-in example
+// set when the store names none. src is the quota source, if any, for the
+// caller's refresh loop.
+func (m *Main) openBroker(ctx context.Context, store broker.Store, clock broker.Clock, cfg broker.Config) (b *broker.Broker, src broker.QuotaSource, err error) {
+	f, log := m.flags, m.log
+	if b, err = broker.Open(ctx, store, clock, cfg); err != nil {
+		return nil, nil, err
+	}
+	var specs []broker.Spec
+	switch {
+	case f.budgets != "":
+		if specs, err = budgetfile.Load(f.budgets, clock.Now()); err != nil {
+			return b, nil, err
+		}
+	case len(b.Budgets()) == 0 && f.exampleWhenEmpty:
+		if specs, err = budgetfile.Parse("example-budgets.json", exampleBudgets, "builtin-example", clock.Now()); err != nil {
+			return b, nil, err
+		}
+		log.Info("no budgets configured: serving the built-in example set; use --budgets FILE for your own")
+	}
+	if len(specs) > 0 {
+		if err := b.SetSpecs(ctx, specs); err != nil {
+			return b, nil, err
+		}
+	}
+	var file *pricefile.File
+	if f.prices != "" {
+		pf, err := pricefile.Load(f.prices)
+		if err != nil {
+			return b, nil, err
+		}
+		file = &pf
+		// Until (or unless) AWS's prices are read, the file's are all
+		// there is.
+		prices := pf.Apply(nil)
+		b.SetPrices(prices)
+		log.Info("prices from file", "file", f.prices, "entries", len(prices), "priced", countPriced(prices), "replace", pf.Replace)
+	}
+	if f.aws {
+		regions := list(cmp.Or(f.regions, f.region))
+		aq, err := awsquota.New(awsquota.Config{Regions: regions, Endpoint: f.awsURL, Logger: log})
+		if err != nil {
+			return b, nil, err
+		}
+		src = aq
+		if file == nil || !file.Replace {
+			ps, err := awspricing.New(awspricing.Config{Regions: regions, Endpoint: f.awsURL, Logger: log})
+			if err != nil {
+				return b, nil, err
+			}
+			src = pricedSource{QuotaSource: aq, prices: ps, file: file, set: b.SetPrices, log: log}
+		}
+		b.UseSource(src)
+		dctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
+		err = b.Refresh(dctx, src)
+		cancel()
+		if err != nil {
+			log.Error("quota discovery failed; serving the stored quotas and retrying in the background", "err", err, "budgets", len(b.Budgets()))
+		} else {
+			st := b.DiscoveryStatus()
+			log.Info("quotas discovered", "regions", strings.Join(regions, ","), "budgets", len(b.Budgets()), "skipped_quotas", len(st.Skipped))
+		}
+	}
+	if f.routes != "" {
+		// After discovery: derived routes are built from the budgets it
+		// found, and a target without a budget fails start-up here, not a
+		// call later.
+		var keys []broker.Key
+		for _, bi := range b.Budgets() {
+			keys = append(keys, bi.Spec.Key)
+		}
+		routes, err := routefile.Load(f.routes, keys)
+		if err != nil {
+			return b, nil, err
+		}
+		if err := b.SetRoutes(routes); err != nil {
+			return b, nil, fmt.Errorf("routes file %s: %w", f.routes, err)
+		}
+		log.Info("routes loaded", "file", f.routes, "routes", len(routes))
+	}
+	if f.clients != "" {
+		// After the routes: a cap may name one.
+		if err := b.SetCaps(cfg.Caps); err != nil {
+			return b, nil, fmt.Errorf("clients file %s: %w", f.clients, err)
+		}
+	}
+	return b, src, nil
+}
+
+// reloadCaps reads the clients file again (SIGHUP) for its caps and money
+// budgets; a file that fails to parse or names an unknown model keeps the
+// caps in force. Weights, max_concurrent, max_waiters, daily_reserve and
+// aging take effect at the next start.
+func reloadCaps(log *slog.Logger, b *broker.Broker, path string) {
+	if path == "" {
+		return
+	}
+	p, err := policyfile.Load(path)
+	if err == nil {
+		if err = b.SetCaps(p.Caps); err != nil {
+			err = fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	if err != nil {
+		log.Error("clients file reload failed; the previous caps and money budgets stay in force", "err", err)
+		return
+	}
+	log.Info("caps and money budgets reloaded from the clients file (its other policies apply at the next start)",
+		"capped_clients", len(p.Caps.Clients))
 }

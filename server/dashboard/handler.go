@@ -37,6 +37,9 @@ type Config struct {
 	CacheFor time.Duration
 	// Now is the cache's clock; nil: time.Now.
 	Now func() time.Time
+	// Cluster, when set, says in the header what this replica of a
+	// cluster is (role, leader, etcd); "" shows nothing.
+	Cluster func() string
 	// Alerts, when set, lets the summary show the alerts firing and rank
 	// budgets with firing alerts first; nil: the page does not show alerts.
 	Alerts Alerts

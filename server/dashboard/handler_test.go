@@ -247,3 +247,18 @@ func TestPageShowsRoutes(t *testing.T) {
 		}
 	}
 }
+
+// TestPageShowsCluster: a replica of a cluster says what it is in the
+// header; a broker alone says nothing of clusters.
+func TestPageShowsCluster(t *testing.T) {
+	t.Parallel()
+	const line = "cluster: 127.0.0.1:50052 is the standby; leader 127.0.0.1:50051"
+	f := start(t, dashboard.Config{Cluster: func() string { return line }})
+	if _, page := get(t, f.url+"/dashboard"); !strings.Contains(page, `<span class="meta cluster">`+line+`</span>`) {
+		t.Errorf("page lacks the cluster line %q", line)
+	}
+	f = start(t, dashboard.Config{})
+	if _, page := get(t, f.url+"/dashboard"); strings.Contains(page, "cluster") {
+		t.Error("a broker alone shows a cluster line")
+	}
+}

@@ -256,6 +256,7 @@ func (v *view) emptyMessage(si int) string {
 // pageData is what the template shows.
 type pageData struct {
 	Generated, Version string
+	Cluster            string // this replica's part in a cluster; "" alone
 	Model, Region      string
 	Span               string // the ?span= asked for, "" for all
 	Spans              []Span
@@ -327,6 +328,9 @@ func (d *Dashboard) page(v *view, span string) (*bytes.Buffer, error) {
 		Recent: v.Spans[0].Name, Alerting: v.Alerting,
 	}
 	pd.Spend, pd.Caps = spendRows(v.Spend)
+	if d.cfg.Cluster != nil {
+		pd.Cluster = d.cfg.Cluster()
+	}
 	for i, b := range v.Charted {
 		anchor := fmt.Sprintf("budget-%d", i)
 		pd.Table = append(pd.Table, tableRowOf(&b, anchor, v.Alerting))
@@ -564,6 +568,7 @@ p.note { color: #555; font-size: 0.88em; margin: 0 0 1em; max-width: 75em; }
 <header>
 <h1>Quota broker dashboard</h1>
 <span class="meta">generated {{.Generated}} &middot; version {{.Version}} &middot; {{.Budgets}} budgets &middot; <a href="/metrics">/metrics</a></span>
+{{if .Cluster}}<span class="meta cluster">{{.Cluster}}</span>{{end}}
 <span>span:
 <a href="?span=hour&amp;model={{.Model}}&amp;region={{.Region}}">hour</a> |
 <a href="?span=day&amp;model={{.Model}}&amp;region={{.Region}}">day</a> |

@@ -1300,7 +1300,10 @@ type GetQuotaReportResponse struct {
 	// top_clients) gets the account's totals and its own entries only.
 	Spend *Spend `protobuf:"bytes,5,opt,name=spend,proto3" json:"spend,omitempty"`
 	// The routes in service and where their calls went.
-	Routes        []*RouteReport `protobuf:"bytes,6,rep,name=routes,proto3" json:"routes,omitempty"`
+	Routes []*RouteReport `protobuf:"bytes,6,rep,name=routes,proto3" json:"routes,omitempty"`
+	// The cluster as the answering replica sees it; unset for a broker that
+	// runs alone (serve without --etcd).
+	Cluster       *Cluster `protobuf:"bytes,7,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1373,6 +1376,13 @@ func (x *GetQuotaReportResponse) GetSpend() *Spend {
 func (x *GetQuotaReportResponse) GetRoutes() []*RouteReport {
 	if x != nil {
 		return x.Routes
+	}
+	return nil
+}
+
+func (x *GetQuotaReportResponse) GetCluster() *Cluster {
+	if x != nil {
+		return x.Cluster
 	}
 	return nil
 }
@@ -1971,6 +1981,96 @@ func (x *RouteTargetReport) GetWaiters() int64 {
 	return 0
 }
 
+// Cluster is one replica's view of a broker cluster on etcd.
+type Cluster struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "leader" or "standby". A standby reports no budgets.
+	Role string `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	// The answering replica's address, as it advertises it.
+	Self string `protobuf:"bytes,2,opt,name=self,proto3" json:"self,omitempty"`
+	// The leader's address; empty while none is known.
+	Leader string `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// When this replica last saw the leadership move.
+	LeaderSince *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=leader_since,json=leaderSince,proto3" json:"leader_since,omitempty"`
+	// Whether this replica's session with etcd is alive, and why not.
+	EtcdReachable bool   `protobuf:"varint,5,opt,name=etcd_reachable,json=etcdReachable,proto3" json:"etcd_reachable,omitempty"`
+	EtcdError     string `protobuf:"bytes,6,opt,name=etcd_error,json=etcdError,proto3" json:"etcd_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Cluster) Reset() {
+	*x = Cluster{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Cluster) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Cluster) ProtoMessage() {}
+
+func (x *Cluster) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Cluster.ProtoReflect.Descriptor instead.
+func (*Cluster) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Cluster) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Cluster) GetSelf() string {
+	if x != nil {
+		return x.Self
+	}
+	return ""
+}
+
+func (x *Cluster) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *Cluster) GetLeaderSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaderSince
+	}
+	return nil
+}
+
+func (x *Cluster) GetEtcdReachable() bool {
+	if x != nil {
+		return x.EtcdReachable
+	}
+	return false
+}
+
+func (x *Cluster) GetEtcdError() string {
+	if x != nil {
+		return x.EtcdError
+	}
+	return ""
+}
+
 // Discovery is the state of quota discovery.
 type Discovery struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1994,7 +2094,7 @@ type Discovery struct {
 
 func (x *Discovery) Reset() {
 	*x = Discovery{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2106,7 @@ func (x *Discovery) String() string {
 func (*Discovery) ProtoMessage() {}
 
 func (x *Discovery) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[22]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2119,7 @@ func (x *Discovery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Discovery.ProtoReflect.Descriptor instead.
 func (*Discovery) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{22}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Discovery) GetLastSuccess() *timestamppb.Timestamp {
@@ -2088,7 +2188,7 @@ type ProvisionedThroughput struct {
 
 func (x *ProvisionedThroughput) Reset() {
 	*x = ProvisionedThroughput{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2200,7 @@ func (x *ProvisionedThroughput) String() string {
 func (*ProvisionedThroughput) ProtoMessage() {}
 
 func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2213,7 @@ func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionedThroughput.ProtoReflect.Descriptor instead.
 func (*ProvisionedThroughput) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ProvisionedThroughput) GetRegion() string {
@@ -2177,7 +2277,7 @@ type SkippedQuota struct {
 
 func (x *SkippedQuota) Reset() {
 	*x = SkippedQuota{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2189,7 +2289,7 @@ func (x *SkippedQuota) String() string {
 func (*SkippedQuota) ProtoMessage() {}
 
 func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2202,7 +2302,7 @@ func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkippedQuota.ProtoReflect.Descriptor instead.
 func (*SkippedQuota) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SkippedQuota) GetRegion() string {
@@ -2246,7 +2346,7 @@ type WindowUsage struct {
 
 func (x *WindowUsage) Reset() {
 	*x = WindowUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2358,7 @@ func (x *WindowUsage) String() string {
 func (*WindowUsage) ProtoMessage() {}
 
 func (x *WindowUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2371,7 @@ func (x *WindowUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowUsage.ProtoReflect.Descriptor instead.
 func (*WindowUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WindowUsage) GetRequestsLastMinute() int64 {
@@ -2327,7 +2427,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2339,7 +2439,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2352,7 +2452,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Counters) GetGranted() int64 {
@@ -2456,7 +2556,7 @@ type BudgetReport struct {
 
 func (x *BudgetReport) Reset() {
 	*x = BudgetReport{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2568,7 @@ func (x *BudgetReport) String() string {
 func (*BudgetReport) ProtoMessage() {}
 
 func (x *BudgetReport) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2581,7 @@ func (x *BudgetReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BudgetReport.ProtoReflect.Descriptor instead.
 func (*BudgetReport) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BudgetReport) GetBudget() *Budget {
@@ -2556,7 +2656,7 @@ type Activity struct {
 
 func (x *Activity) Reset() {
 	*x = Activity{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2568,7 +2668,7 @@ func (x *Activity) String() string {
 func (*Activity) ProtoMessage() {}
 
 func (x *Activity) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2581,7 +2681,7 @@ func (x *Activity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Activity.ProtoReflect.Descriptor instead.
 func (*Activity) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Activity) GetLastMinute() *UsageStats {
@@ -2671,7 +2771,7 @@ type UsageStats struct {
 
 func (x *UsageStats) Reset() {
 	*x = UsageStats{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2683,7 +2783,7 @@ func (x *UsageStats) String() string {
 func (*UsageStats) ProtoMessage() {}
 
 func (x *UsageStats) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2696,7 +2796,7 @@ func (x *UsageStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageStats.ProtoReflect.Descriptor instead.
 func (*UsageStats) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UsageStats) GetGranted() int64 {
@@ -2821,7 +2921,7 @@ type ClientUsage struct {
 
 func (x *ClientUsage) Reset() {
 	*x = ClientUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2833,7 +2933,7 @@ func (x *ClientUsage) String() string {
 func (*ClientUsage) ProtoMessage() {}
 
 func (x *ClientUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2846,7 +2946,7 @@ func (x *ClientUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientUsage.ProtoReflect.Descriptor instead.
 func (*ClientUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ClientUsage) GetClient() string {
@@ -2891,7 +2991,7 @@ type Budget struct {
 
 func (x *Budget) Reset() {
 	*x = Budget{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2903,7 +3003,7 @@ func (x *Budget) String() string {
 func (*Budget) ProtoMessage() {}
 
 func (x *Budget) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2916,7 +3016,7 @@ func (x *Budget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budget.ProtoReflect.Descriptor instead.
 func (*Budget) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Budget) GetKey() *BudgetKey {
@@ -3020,7 +3120,7 @@ type QuotaRef struct {
 
 func (x *QuotaRef) Reset() {
 	*x = QuotaRef{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3032,7 +3132,7 @@ func (x *QuotaRef) String() string {
 func (*QuotaRef) ProtoMessage() {}
 
 func (x *QuotaRef) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3045,7 +3145,7 @@ func (x *QuotaRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaRef.ProtoReflect.Descriptor instead.
 func (*QuotaRef) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *QuotaRef) GetLimit() string {
@@ -3110,7 +3210,7 @@ type Adaptive struct {
 
 func (x *Adaptive) Reset() {
 	*x = Adaptive{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3122,7 +3222,7 @@ func (x *Adaptive) String() string {
 func (*Adaptive) ProtoMessage() {}
 
 func (x *Adaptive) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3135,7 +3235,7 @@ func (x *Adaptive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adaptive.ProtoReflect.Descriptor instead.
 func (*Adaptive) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Adaptive) GetCeiling() *Limits {
@@ -3195,7 +3295,7 @@ type LimitOverride struct {
 
 func (x *LimitOverride) Reset() {
 	*x = LimitOverride{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3207,7 +3307,7 @@ func (x *LimitOverride) String() string {
 func (*LimitOverride) ProtoMessage() {}
 
 func (x *LimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3220,7 +3320,7 @@ func (x *LimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitOverride.ProtoReflect.Descriptor instead.
 func (*LimitOverride) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *LimitOverride) GetRequestsPerMinute() int64 {
@@ -3273,7 +3373,7 @@ type ListBudgetsRequest struct {
 
 func (x *ListBudgetsRequest) Reset() {
 	*x = ListBudgetsRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3285,7 +3385,7 @@ func (x *ListBudgetsRequest) String() string {
 func (*ListBudgetsRequest) ProtoMessage() {}
 
 func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3298,7 +3398,7 @@ func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 type ListBudgetsResponse struct {
@@ -3310,7 +3410,7 @@ type ListBudgetsResponse struct {
 
 func (x *ListBudgetsResponse) Reset() {
 	*x = ListBudgetsResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3322,7 +3422,7 @@ func (x *ListBudgetsResponse) String() string {
 func (*ListBudgetsResponse) ProtoMessage() {}
 
 func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3335,7 +3435,7 @@ func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListBudgetsResponse) GetBudgets() []*Budget {
@@ -3358,7 +3458,7 @@ type SetOverrideRequest struct {
 
 func (x *SetOverrideRequest) Reset() {
 	*x = SetOverrideRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3370,7 +3470,7 @@ func (x *SetOverrideRequest) String() string {
 func (*SetOverrideRequest) ProtoMessage() {}
 
 func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3383,7 +3483,7 @@ func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideRequest.ProtoReflect.Descriptor instead.
 func (*SetOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SetOverrideRequest) GetModelId() string {
@@ -3416,7 +3516,7 @@ type SetOverrideResponse struct {
 
 func (x *SetOverrideResponse) Reset() {
 	*x = SetOverrideResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3428,7 +3528,7 @@ func (x *SetOverrideResponse) String() string {
 func (*SetOverrideResponse) ProtoMessage() {}
 
 func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3441,7 +3541,7 @@ func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideResponse.ProtoReflect.Descriptor instead.
 func (*SetOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SetOverrideResponse) GetBudget() *Budget {
@@ -3462,7 +3562,7 @@ type ResetAdaptiveRequest struct {
 
 func (x *ResetAdaptiveRequest) Reset() {
 	*x = ResetAdaptiveRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3474,7 +3574,7 @@ func (x *ResetAdaptiveRequest) String() string {
 func (*ResetAdaptiveRequest) ProtoMessage() {}
 
 func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3487,7 +3587,7 @@ func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetAdaptiveRequest.ProtoReflect.Descriptor instead.
 func (*ResetAdaptiveRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{39}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ResetAdaptiveRequest) GetModelId() string {
@@ -3513,7 +3613,7 @@ type ResetAdaptiveResponse struct {
 
 func (x *ResetAdaptiveResponse) Reset() {
 	*x = ResetAdaptiveResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3525,7 +3625,7 @@ func (x *ResetAdaptiveResponse) String() string {
 func (*ResetAdaptiveResponse) ProtoMessage() {}
 
 func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3538,7 +3638,7 @@ func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetAdaptiveResponse.ProtoReflect.Descriptor instead.
 func (*ResetAdaptiveResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{40}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ResetAdaptiveResponse) GetBudget() *Budget {
@@ -3556,7 +3656,7 @@ type RefreshQuotasRequest struct {
 
 func (x *RefreshQuotasRequest) Reset() {
 	*x = RefreshQuotasRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3568,7 +3668,7 @@ func (x *RefreshQuotasRequest) String() string {
 func (*RefreshQuotasRequest) ProtoMessage() {}
 
 func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3581,7 +3681,7 @@ func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasRequest.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{41}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{42}
 }
 
 type RefreshQuotasResponse struct {
@@ -3594,7 +3694,7 @@ type RefreshQuotasResponse struct {
 
 func (x *RefreshQuotasResponse) Reset() {
 	*x = RefreshQuotasResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3606,7 +3706,7 @@ func (x *RefreshQuotasResponse) String() string {
 func (*RefreshQuotasResponse) ProtoMessage() {}
 
 func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3619,7 +3719,7 @@ func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasResponse.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{42}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RefreshQuotasResponse) GetDiscovery() *Discovery {
@@ -3656,7 +3756,7 @@ type GetUsageHistoryRequest struct {
 
 func (x *GetUsageHistoryRequest) Reset() {
 	*x = GetUsageHistoryRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3668,7 +3768,7 @@ func (x *GetUsageHistoryRequest) String() string {
 func (*GetUsageHistoryRequest) ProtoMessage() {}
 
 func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3681,7 +3781,7 @@ func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{43}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetUsageHistoryRequest) GetRegion() string {
@@ -3739,7 +3839,7 @@ type GetUsageHistoryResponse struct {
 
 func (x *GetUsageHistoryResponse) Reset() {
 	*x = GetUsageHistoryResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[44]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3751,7 +3851,7 @@ func (x *GetUsageHistoryResponse) String() string {
 func (*GetUsageHistoryResponse) ProtoMessage() {}
 
 func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[44]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3764,7 +3864,7 @@ func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{44}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetUsageHistoryResponse) GetFrom() *timestamppb.Timestamp {
@@ -3821,7 +3921,7 @@ type UsageSeries struct {
 
 func (x *UsageSeries) Reset() {
 	*x = UsageSeries{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[45]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3833,7 +3933,7 @@ func (x *UsageSeries) String() string {
 func (*UsageSeries) ProtoMessage() {}
 
 func (x *UsageSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[45]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3846,7 +3946,7 @@ func (x *UsageSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageSeries.ProtoReflect.Descriptor instead.
 func (*UsageSeries) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{45}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UsageSeries) GetBudget() *BudgetKey {
@@ -3939,7 +4039,7 @@ type UsagePoint struct {
 
 func (x *UsagePoint) Reset() {
 	*x = UsagePoint{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[46]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3951,7 +4051,7 @@ func (x *UsagePoint) String() string {
 func (*UsagePoint) ProtoMessage() {}
 
 func (x *UsagePoint) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[46]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3964,7 +4064,7 @@ func (x *UsagePoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsagePoint.ProtoReflect.Descriptor instead.
 func (*UsagePoint) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{46}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UsagePoint) GetStart() *timestamppb.Timestamp {
@@ -4228,14 +4328,15 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x06budget\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x06budget\"E\n" +
 	"\x15GetQuotaReportRequest\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x14\n" +
-	"\x05model\x18\x02 \x01(\tR\x05model\"\xcf\x02\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\"\x82\x03\n" +
 	"\x16GetQuotaReportResponse\x12=\n" +
 	"\fgenerated_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vgeneratedAt\x126\n" +
 	"\abudgets\x18\x02 \x03(\v2\x1c.quotabroker.v1.BudgetReportR\abudgets\x127\n" +
 	"\tdiscovery\x18\x03 \x01(\v2\x19.quotabroker.v1.DiscoveryR\tdiscovery\x12#\n" +
 	"\rhistory_error\x18\x04 \x01(\tR\fhistoryError\x12+\n" +
 	"\x05spend\x18\x05 \x01(\v2\x15.quotabroker.v1.SpendR\x05spend\x123\n" +
-	"\x06routes\x18\x06 \x03(\v2\x1b.quotabroker.v1.RouteReportR\x06routes\"\xd5\x01\n" +
+	"\x06routes\x18\x06 \x03(\v2\x1b.quotabroker.v1.RouteReportR\x06routes\x121\n" +
+	"\acluster\x18\a \x01(\v2\x17.quotabroker.v1.ClusterR\acluster\"\xd5\x01\n" +
 	"\x05Spend\x122\n" +
 	"\aaccount\x18\x01 \x01(\v2\x18.quotabroker.v1.SpendingR\aaccount\x125\n" +
 	"\aclients\x18\x02 \x03(\v2\x1b.quotabroker.v1.ClientSpendR\aclients\x122\n" +
@@ -4284,7 +4385,15 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\baffinity\x18\x04 \x01(\x03R\baffinity\x12\x14\n" +
 	"\x05spill\x18\x05 \x01(\x03R\x05spill\x12\x16\n" +
 	"\x06waited\x18\x06 \x01(\x03R\x06waited\x12\x18\n" +
-	"\awaiters\x18\a \x01(\x03R\awaiters\"\xf7\x02\n" +
+	"\awaiters\x18\a \x01(\x03R\awaiters\"\xce\x01\n" +
+	"\aCluster\x12\x12\n" +
+	"\x04role\x18\x01 \x01(\tR\x04role\x12\x12\n" +
+	"\x04self\x18\x02 \x01(\tR\x04self\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\tR\x06leader\x12=\n" +
+	"\fleader_since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vleaderSince\x12%\n" +
+	"\x0eetcd_reachable\x18\x05 \x01(\bR\retcdReachable\x12\x1d\n" +
+	"\n" +
+	"etcd_error\x18\x06 \x01(\tR\tetcdError\"\xf7\x02\n" +
 	"\tDiscovery\x12=\n" +
 	"\flast_success\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12=\n" +
 	"\flast_attempt\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlastAttempt\x12\x1d\n" +
@@ -4551,7 +4660,7 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(Priority)(0),                   // 0: quotabroker.v1.Priority
 	(Scope)(0),                      // 1: quotabroker.v1.Scope
@@ -4580,131 +4689,134 @@ var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(*ClientCap)(nil),               // 24: quotabroker.v1.ClientCap
 	(*RouteReport)(nil),             // 25: quotabroker.v1.RouteReport
 	(*RouteTargetReport)(nil),       // 26: quotabroker.v1.RouteTargetReport
-	(*Discovery)(nil),               // 27: quotabroker.v1.Discovery
-	(*ProvisionedThroughput)(nil),   // 28: quotabroker.v1.ProvisionedThroughput
-	(*SkippedQuota)(nil),            // 29: quotabroker.v1.SkippedQuota
-	(*WindowUsage)(nil),             // 30: quotabroker.v1.WindowUsage
-	(*Counters)(nil),                // 31: quotabroker.v1.Counters
-	(*BudgetReport)(nil),            // 32: quotabroker.v1.BudgetReport
-	(*Activity)(nil),                // 33: quotabroker.v1.Activity
-	(*UsageStats)(nil),              // 34: quotabroker.v1.UsageStats
-	(*ClientUsage)(nil),             // 35: quotabroker.v1.ClientUsage
-	(*Budget)(nil),                  // 36: quotabroker.v1.Budget
-	(*QuotaRef)(nil),                // 37: quotabroker.v1.QuotaRef
-	(*Adaptive)(nil),                // 38: quotabroker.v1.Adaptive
-	(*LimitOverride)(nil),           // 39: quotabroker.v1.LimitOverride
-	(*ListBudgetsRequest)(nil),      // 40: quotabroker.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),     // 41: quotabroker.v1.ListBudgetsResponse
-	(*SetOverrideRequest)(nil),      // 42: quotabroker.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),     // 43: quotabroker.v1.SetOverrideResponse
-	(*ResetAdaptiveRequest)(nil),    // 44: quotabroker.v1.ResetAdaptiveRequest
-	(*ResetAdaptiveResponse)(nil),   // 45: quotabroker.v1.ResetAdaptiveResponse
-	(*RefreshQuotasRequest)(nil),    // 46: quotabroker.v1.RefreshQuotasRequest
-	(*RefreshQuotasResponse)(nil),   // 47: quotabroker.v1.RefreshQuotasResponse
-	(*GetUsageHistoryRequest)(nil),  // 48: quotabroker.v1.GetUsageHistoryRequest
-	(*GetUsageHistoryResponse)(nil), // 49: quotabroker.v1.GetUsageHistoryResponse
-	(*UsageSeries)(nil),             // 50: quotabroker.v1.UsageSeries
-	(*UsagePoint)(nil),              // 51: quotabroker.v1.UsagePoint
-	(*durationpb.Duration)(nil),     // 52: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 53: google.protobuf.Timestamp
+	(*Cluster)(nil),                 // 27: quotabroker.v1.Cluster
+	(*Discovery)(nil),               // 28: quotabroker.v1.Discovery
+	(*ProvisionedThroughput)(nil),   // 29: quotabroker.v1.ProvisionedThroughput
+	(*SkippedQuota)(nil),            // 30: quotabroker.v1.SkippedQuota
+	(*WindowUsage)(nil),             // 31: quotabroker.v1.WindowUsage
+	(*Counters)(nil),                // 32: quotabroker.v1.Counters
+	(*BudgetReport)(nil),            // 33: quotabroker.v1.BudgetReport
+	(*Activity)(nil),                // 34: quotabroker.v1.Activity
+	(*UsageStats)(nil),              // 35: quotabroker.v1.UsageStats
+	(*ClientUsage)(nil),             // 36: quotabroker.v1.ClientUsage
+	(*Budget)(nil),                  // 37: quotabroker.v1.Budget
+	(*QuotaRef)(nil),                // 38: quotabroker.v1.QuotaRef
+	(*Adaptive)(nil),                // 39: quotabroker.v1.Adaptive
+	(*LimitOverride)(nil),           // 40: quotabroker.v1.LimitOverride
+	(*ListBudgetsRequest)(nil),      // 41: quotabroker.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),     // 42: quotabroker.v1.ListBudgetsResponse
+	(*SetOverrideRequest)(nil),      // 43: quotabroker.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),     // 44: quotabroker.v1.SetOverrideResponse
+	(*ResetAdaptiveRequest)(nil),    // 45: quotabroker.v1.ResetAdaptiveRequest
+	(*ResetAdaptiveResponse)(nil),   // 46: quotabroker.v1.ResetAdaptiveResponse
+	(*RefreshQuotasRequest)(nil),    // 47: quotabroker.v1.RefreshQuotasRequest
+	(*RefreshQuotasResponse)(nil),   // 48: quotabroker.v1.RefreshQuotasResponse
+	(*GetUsageHistoryRequest)(nil),  // 49: quotabroker.v1.GetUsageHistoryRequest
+	(*GetUsageHistoryResponse)(nil), // 50: quotabroker.v1.GetUsageHistoryResponse
+	(*UsageSeries)(nil),             // 51: quotabroker.v1.UsageSeries
+	(*UsagePoint)(nil),              // 52: quotabroker.v1.UsagePoint
+	(*durationpb.Duration)(nil),     // 53: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 54: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	52, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	53, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
 	5,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	53, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	53, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	54, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	54, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
 	8,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	52, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	53, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
 	10, // 8: quotabroker.v1.AcquireLeaseResponse.route:type_name -> quotabroker.v1.RouteGrant
 	4,  // 9: quotabroker.v1.RouteGrant.reason:type_name -> quotabroker.v1.RouteReason
 	3,  // 10: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
 	11, // 11: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	52, // 12: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	53, // 13: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	53, // 12: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	54, // 13: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
 	5,  // 14: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	53, // 15: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
-	32, // 16: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
-	27, // 17: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
+	54, // 15: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	33, // 16: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
+	28, // 17: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
 	20, // 18: quotabroker.v1.GetQuotaReportResponse.spend:type_name -> quotabroker.v1.Spend
 	25, // 19: quotabroker.v1.GetQuotaReportResponse.routes:type_name -> quotabroker.v1.RouteReport
-	21, // 20: quotabroker.v1.Spend.account:type_name -> quotabroker.v1.Spending
-	22, // 21: quotabroker.v1.Spend.clients:type_name -> quotabroker.v1.ClientSpend
-	23, // 22: quotabroker.v1.Spend.models:type_name -> quotabroker.v1.ModelSpend
-	24, // 23: quotabroker.v1.Spend.caps:type_name -> quotabroker.v1.ClientCap
-	21, // 24: quotabroker.v1.ClientSpend.spending:type_name -> quotabroker.v1.Spending
-	23, // 25: quotabroker.v1.ClientSpend.models:type_name -> quotabroker.v1.ModelSpend
-	5,  // 26: quotabroker.v1.ModelSpend.key:type_name -> quotabroker.v1.BudgetKey
-	21, // 27: quotabroker.v1.ModelSpend.spending:type_name -> quotabroker.v1.Spending
-	53, // 28: quotabroker.v1.ClientCap.last_refused_at:type_name -> google.protobuf.Timestamp
-	26, // 29: quotabroker.v1.RouteReport.targets:type_name -> quotabroker.v1.RouteTargetReport
-	5,  // 30: quotabroker.v1.RouteTargetReport.budget:type_name -> quotabroker.v1.BudgetKey
-	53, // 31: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
-	53, // 32: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
-	52, // 33: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
-	29, // 34: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
-	28, // 35: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
-	36, // 36: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
-	30, // 37: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
-	31, // 38: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
-	33, // 39: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
-	34, // 40: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
-	34, // 41: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
-	34, // 42: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
-	35, // 43: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
-	34, // 44: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
-	5,  // 45: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
-	6,  // 46: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
-	6,  // 47: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
-	39, // 48: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	53, // 49: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
-	6,  // 50: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
-	38, // 51: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
-	37, // 52: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
-	6,  // 53: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
-	53, // 54: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
-	53, // 55: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
-	36, // 56: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
-	39, // 57: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
-	36, // 58: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
-	36, // 59: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
-	27, // 60: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
-	53, // 61: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
-	53, // 62: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
-	52, // 63: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
-	53, // 64: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
-	52, // 65: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
-	50, // 66: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
-	5,  // 67: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
-	51, // 68: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
-	51, // 69: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
-	53, // 70: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
-	7,  // 71: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	12, // 72: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	14, // 73: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	16, // 74: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	18, // 75: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	40, // 76: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	42, // 77: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	46, // 78: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
-	44, // 79: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
-	48, // 80: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
-	9,  // 81: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	13, // 82: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	15, // 83: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	17, // 84: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	19, // 85: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	41, // 86: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	43, // 87: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	47, // 88: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
-	45, // 89: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
-	49, // 90: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
-	81, // [81:91] is the sub-list for method output_type
-	71, // [71:81] is the sub-list for method input_type
-	71, // [71:71] is the sub-list for extension type_name
-	71, // [71:71] is the sub-list for extension extendee
-	0,  // [0:71] is the sub-list for field type_name
+	27, // 20: quotabroker.v1.GetQuotaReportResponse.cluster:type_name -> quotabroker.v1.Cluster
+	21, // 21: quotabroker.v1.Spend.account:type_name -> quotabroker.v1.Spending
+	22, // 22: quotabroker.v1.Spend.clients:type_name -> quotabroker.v1.ClientSpend
+	23, // 23: quotabroker.v1.Spend.models:type_name -> quotabroker.v1.ModelSpend
+	24, // 24: quotabroker.v1.Spend.caps:type_name -> quotabroker.v1.ClientCap
+	21, // 25: quotabroker.v1.ClientSpend.spending:type_name -> quotabroker.v1.Spending
+	23, // 26: quotabroker.v1.ClientSpend.models:type_name -> quotabroker.v1.ModelSpend
+	5,  // 27: quotabroker.v1.ModelSpend.key:type_name -> quotabroker.v1.BudgetKey
+	21, // 28: quotabroker.v1.ModelSpend.spending:type_name -> quotabroker.v1.Spending
+	54, // 29: quotabroker.v1.ClientCap.last_refused_at:type_name -> google.protobuf.Timestamp
+	26, // 30: quotabroker.v1.RouteReport.targets:type_name -> quotabroker.v1.RouteTargetReport
+	5,  // 31: quotabroker.v1.RouteTargetReport.budget:type_name -> quotabroker.v1.BudgetKey
+	54, // 32: quotabroker.v1.Cluster.leader_since:type_name -> google.protobuf.Timestamp
+	54, // 33: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
+	54, // 34: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
+	53, // 35: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
+	30, // 36: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
+	29, // 37: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
+	37, // 38: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
+	31, // 39: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
+	32, // 40: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
+	34, // 41: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
+	35, // 42: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
+	35, // 43: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
+	35, // 44: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
+	36, // 45: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
+	35, // 46: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
+	5,  // 47: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
+	6,  // 48: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
+	6,  // 49: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
+	40, // 50: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
+	54, // 51: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	6,  // 52: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
+	39, // 53: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
+	38, // 54: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
+	6,  // 55: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
+	54, // 56: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	54, // 57: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	37, // 58: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
+	40, // 59: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
+	37, // 60: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
+	37, // 61: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
+	28, // 62: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
+	54, // 63: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
+	54, // 64: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
+	53, // 65: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
+	54, // 66: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
+	53, // 67: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
+	51, // 68: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
+	5,  // 69: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
+	52, // 70: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
+	52, // 71: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
+	54, // 72: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
+	7,  // 73: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	12, // 74: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	14, // 75: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	16, // 76: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	18, // 77: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	41, // 78: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	43, // 79: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	47, // 80: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
+	45, // 81: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
+	49, // 82: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
+	9,  // 83: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	13, // 84: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	15, // 85: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	17, // 86: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	19, // 87: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	42, // 88: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	44, // 89: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	48, // 90: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
+	46, // 91: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
+	50, // 92: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
+	83, // [83:93] is the sub-list for method output_type
+	73, // [73:83] is the sub-list for method input_type
+	73, // [73:73] is the sub-list for extension type_name
+	73, // [73:73] is the sub-list for extension extendee
+	0,  // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -4712,15 +4824,15 @@ func file_quotabroker_v1_broker_proto_init() {
 	if File_quotabroker_v1_broker_proto != nil {
 		return
 	}
-	file_quotabroker_v1_broker_proto_msgTypes[34].OneofWrappers = []any{}
-	file_quotabroker_v1_broker_proto_msgTypes[46].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[35].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[47].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   47,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

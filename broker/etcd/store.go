@@ -1,0 +1,299 @@
+package etcd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/bedrockqb/quotabroker/broker"
+)
+
+var _ broker.Store = (*Store)(nil)
+
+// Format is the value of the marker key's "format": what a prefix written
+// by this build holds. Open refuses any other.
+const Format = "quota-broker/1"
+
+// Defaults.
+const (
+	DefaultPrefix  = "/quota-broker/"
+	DefaultCluster = "quota-broker"
+)
+
+// etcd's limits (its defaults, which operators rarely raise): a request of
+// at most 1.5 MiB and a transaction of at most 128 operations. A Change is
+// split into transactions within both, with room for the fence and framing.
+const (
+	maxTxnOps   = 127 // 128 minus the fence's compare, counted by some versions
+	maxTxnBytes = 1 << 20
+)
+
+// Clock is the time the Store and the Session compare deadlines with: the
+// broker's clock, which is the system's in production.
+type Clock interface{ Now() time.Time }
+
+// Options tune a Store. Clock is required.
+type Options struct {
+	// Prefix is where the cluster's keys live; it always ends with "/".
+	// Default DefaultPrefix.
+	Prefix string
+	// Cluster names the cluster in the prefix's format marker, so that a
+	// second cluster pointed at the same prefix is refused rather than
+	// merged. Default DefaultCluster.
+	Cluster string
+	// Clock reads the time the step-down deadline is compared with: the
+	// broker's.
+	Clock Clock
+}
+
+// marker is the value of the format key.
+type marker struct {
+	Format  string `json:"format"`
+	Cluster string `json:"cluster"`
+}
+
+// Store is a broker.Store in etcd for the replica that leads (see doc.go).
+// Writes are refused until Lead names the leadership they are fenced on.
+type Store struct {
+	cli    *clientv3.Client
+	prefix string
+	clock  Clock
+
+	// fence is the leadership every write is conditional on; nil: none.
+	fenceMu sync.Mutex
+	fence   *Fence
+
+	// commitMu serialises commits (group commit: a Commit that finds the
+	// loop busy queues, and the next round takes every queued Change), and
+	// guards the caches below, which mirror what etcd holds under the
+	// leadership (this Store is its only writer; Load fills them): lease
+	// versions and usage totals, so that "upsert unless newer" and "add the
+	// delta" need no read. A key a failed write left unsure is read again.
+	commitMu sync.Mutex
+	queueMu  sync.Mutex
+	queue    []*call
+	versions map[string]uint64
+	usage    map[string]broker.UsageRecord
+	unsure   map[string]bool // keys whose stored value a failed write left unknown
+}
+
+// call is one Commit waiting for its group.
+type call struct {
+	c    broker.Change
+	done chan error
+}
+
+// Fence is the leadership writes are conditional on: the election key and
+// its create revision, and the deadline on this replica's clock after which
+// it no longer counts as the leader (see Session.Deadline).
+type Fence struct {
+	Key      string
+	Rev      int64
+	Deadline func() time.Time
+}
+
+var (
+	// ErrNotLeader: a write without leadership, or after it was lost.
+	ErrNotLeader = errors.New("this replica does not lead the cluster")
+	// ErrForeignPrefix: the prefix holds keys but no format marker.
+	ErrForeignPrefix = errors.New("prefix holds data that is not a quota broker's")
+	// ErrOtherCluster: the prefix's marker names another cluster or format.
+	ErrOtherCluster = errors.New("prefix belongs to another cluster")
+)
+
+// Open checks that prefix is this cluster's (writing the format marker on
+// an empty prefix) and returns a Store. It does not load: Load does, once
+// this replica leads.
+func Open(ctx context.Context, cli *clientv3.Client, opts Options) (*Store, error) {
+	if opts.Clock == nil {
+		return nil, errors.New("etcd store: Options.Clock is required")
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(opts.Prefix, "/") {
+		opts.Prefix += "/"
+	}
+	if opts.Cluster == "" {
+		opts.Cluster = DefaultCluster
+	}
+	s := &Store{cli: cli, prefix: opts.Prefix, clock: opts.Clock,
+		versions: map[string]uint64{}, usage: map[string]broker.UsageRecord{}, unsure: map[string]bool{}}
+	if err := s.checkMarker(ctx, opts.Cluster); err != nil {
+		return nil, fmt.Errorf("etcd prefix %q: %w", opts.Prefix, err)
+	}
+	return s, nil
+}
+
+// Prefix is where the Store's keys live.
+func (s *Store) Prefix() string { return s.prefix }
+
+// ElectionPrefix is the prefix replicas campaign under.
+func (s *Store) ElectionPrefix() string { return s.prefix + "leader/" }
+
+func (s *Store) checkMarker(ctx context.Context, cluster string) error {
+	key := s.prefix + "format"
+	want, _ := json.Marshal(marker{Format: Format, Cluster: cluster})
+	for range 2 {
+		resp, err := s.cli.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if len(resp.Kvs) == 1 {
+			var m marker
+			if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil || m.Format == "" {
+				return fmt.Errorf("%w: its format key holds %q", ErrForeignPrefix, resp.Kvs[0].Value)
+			}
+			if m.Format != Format {
+				return fmt.Errorf("%w: format %q, this build reads %q", ErrOtherCluster, m.Format, Format)
+			}
+			if m.Cluster != cluster {
+				return fmt.Errorf("%w: it holds cluster %q, this replica is of cluster %q (--etcd-cluster); give each cluster its own --etcd-prefix", ErrOtherCluster, m.Cluster, cluster)
+			}
+			return nil
+		}
+		n, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return err
+		}
+		if n.Count > 0 {
+			return fmt.Errorf("%w: %d keys and no format key; choose another --etcd-prefix", ErrForeignPrefix, n.Count)
+		}
+		// Empty: claim it, unless another replica is doing so right now
+		// (then read its marker on the second round).
+		tx, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.Version(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(want))).Commit()
+		if err != nil {
+			return err
+		}
+		if tx.Succeeded {
+			return nil
+		}
+	}
+	return errors.New("format key changed twice while being read")
+}
+
+// Lead fences every later write on f, until Lead is called again (nil:
+// writes are refused).
+func (s *Store) Lead(f *Fence) {
+	s.fenceMu.Lock()
+	s.fence = f
+	s.fenceMu.Unlock()
+}
+
+func (s *Store) currentFence() *Fence {
+	s.fenceMu.Lock()
+	defer s.fenceMu.Unlock()
+	return s.fence
+}
+
+// Key layout under the prefix (see doc.go).
+const (
+	secSpecs     = "specs/"
+	secOverrides = "overrides/"
+	secAdaptive  = "adaptive/"
+	secLeases    = "leases/"
+	secUsage     = "usage/"
+	secChunks    = "chunks/"
+)
+
+// budgetKey is unambiguous: each part is path-escaped, so no "/" is left
+// in one.
+func budgetKey(k broker.Key) string {
+	return url.PathEscape(k.Region) + "/" + url.PathEscape(k.Scope.String()) + "/" + url.PathEscape(k.Model)
+}
+
+// usageKey starts with the minute, fixed-width hex of the minute plus an
+// offset that keeps it non-negative, so that byte order is time order and
+// DeleteUsageBefore is one range.
+func (s *Store) usageKey(minute int64, k broker.Key) string {
+	return s.usagePrefix(minute) + "/" + budgetKey(k)
+}
+
+func (s *Store) usagePrefix(minute int64) string {
+	return fmt.Sprintf("%s%s%016x", s.prefix, secUsage, uint64(minute)+1<<63)
+}
+
+func (s *Store) chunkKey(id uint64) string { return fmt.Sprintf("%s%s%016x", s.prefix, secChunks, id) }
+
+// Load reads every record at one revision. It fails on a record it cannot
+// decode, naming its key: a skipped lease or usage minute could let a
+// budget grant past its limit.
+func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
+	var snap broker.Snapshot
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	versions := map[string]uint64{}
+	usage := map[string]broker.UsageRecord{}
+	const page = 5000
+	from, end := s.prefix, clientv3.GetPrefixRangeEnd(s.prefix)
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(page)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Get(ctx, from, opts...)
+		if err != nil {
+			return snap, fmt.Errorf("load from etcd: %w", err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			key := string(kv.Key)
+			sec, _, _ := strings.Cut(strings.TrimPrefix(key, s.prefix), "/")
+			var err error
+			switch sec + "/" {
+			case secSpecs:
+				var v broker.Spec
+				if err = json.Unmarshal(kv.Value, &v); err == nil {
+					snap.Specs = append(snap.Specs, v)
+				}
+			case secOverrides:
+				var v broker.OverrideRecord
+				if err = json.Unmarshal(kv.Value, &v); err == nil {
+					snap.Overrides = append(snap.Overrides, v)
+				}
+			case secAdaptive:
+				var v broker.AdaptiveRecord
+				if err = json.Unmarshal(kv.Value, &v); err == nil {
+					snap.Adaptive = append(snap.Adaptive, v)
+				}
+			case secLeases:
+				var v broker.LeaseRecord
+				if err = json.Unmarshal(kv.Value, &v); err == nil {
+					snap.Leases = append(snap.Leases, v)
+					versions[key] = v.Version
+				}
+			case secUsage:
+				var v broker.UsageRecord
+				if err = json.Unmarshal(kv.Value, &v); err == nil {
+					snap.Usage = append(snap.Usage, v)
+					usage[key] = v
+				}
+			case secChunks:
+				var v broker.ChunkRecord
+				if err = json.Unmarshal(kv.Value, &v); err == nil {
+					snap.Chunks = append(snap.Chunks, v)
+				}
+			}
+			if err != nil {
+				return snap, fmt.Errorf("load from etcd: key %s: %w", key, err)
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	s.versions, s.usage, s.unsure = versions, usage, map[string]bool{}
+	return snap, nil
+}
