@@ -511,11 +511,16 @@ func (b *Core) settleWait(bg *budget, w *waiter, now time.Time) (Decision, error
 	bg.counters.Refused++
 	b.rec.note(event{kind: eventRefused, key: bg.spec.Key, client: w.client, at: now})
 	limit, d, capWhy := b.retryAfter(bg, w, now)
+	if limit == LimitClientCap || limit == LimitMoney {
+		b.capRefused(bg, w, limit, now)
+	}
 	return Decision{Key: bg.spec.Key, RetryAfter: d, Blocked: limit, Cap: capWhy, Waited: now.Sub(w.enqueued)}, nil
 }
 
 // retryAfter is the limit that holds w back on bg at now, and the time
-// until it would fit. Caller holds b.mu.
+// until it would fit. The caller counts a refusal on a cap (capRefused):
+// a route's refusal is one, however many targets it looked at. Caller
+// holds b.mu.
 func (b *Core) retryAfter(bg *budget, w *waiter, now time.Time) (Limit, time.Duration, string) {
 	limit, d := bg.fit(now, w.need)
 	var capWhy string
@@ -524,7 +529,6 @@ func (b *Core) retryAfter(bg *budget, w *waiter, now time.Time) (Limit, time.Dur
 		// The client's own cap or a money budget holds it back, whatever
 		// the budget's windows say.
 		limit, d, capWhy = capLimit, capWait, why
-		b.capRefused(bg, w, limit, now)
 	case !b.eligible(w.client):
 		// The client's own cap holds it back, whatever the windows say.
 		limit = LimitClientLeases
@@ -680,7 +684,7 @@ func (b *Core) wakeAt(bg *budget, now, at time.Time) {
 func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 	var id string
 	var c *chunk
-	if !b.ten.bound(w.client, bg.spec.Key.Model) {
+	if !b.ten.bound(w.client, bg.spec.Key.Model, w.route()) {
 		// Grants held to a cap or a money budget are committed one by
 		// one with their record, so that a restart knows their client;
 		// nor do they count as demand for chunks they cannot draw from.
@@ -697,6 +701,7 @@ func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 		Version:   1,
 		Key:       bg.spec.Key,
 		Client:    w.client,
+		Route:     w.route(),
 		Priority:  w.priority,
 		State:     LeaseActive,
 		Reserved:  w.need.tokens,

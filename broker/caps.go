@@ -9,8 +9,9 @@ import (
 )
 
 // Caps are the tenants' own limits (see the package doc's Caps and money):
-// rate caps per client, over all models or per model, and money budgets per
-// client and for the whole account. The zero value caps nothing.
+// rate caps per client, over all models, per model or per route, and money
+// budgets per client and for the whole account. The zero value caps
+// nothing.
 type Caps struct {
 	// Clients are the caps of clients by name. A client not named here has
 	// no caps of its own (the account's money budget still applies).
@@ -25,10 +26,13 @@ type ClientCaps struct {
 	All CapLimits
 	// Models caps the client on one model each, by the budget's model id
 	// (Key.Model: the base model, also for inference profiles). A model
-	// capped here is held to its own cap and to All. (Caps per route, once
-	// routes land, are one more map like this one, with windows keyed the
-	// same way: capKey.)
+	// capped here is held to its own cap and to All.
 	Models map[string]CapLimits
+	// Routes caps the client on one route each, by name: the grants made
+	// through the route, on whichever of its targets, count against it
+	// (and against All and the target's model cap). A call that names a
+	// model directly does not count against a route cap.
+	Routes map[string]CapLimits
 	Money  Money
 }
 
@@ -61,9 +65,10 @@ const (
 	maxSpendClients = 1000
 )
 
-// Validate checks every cap for sign and size, and every per-model cap
-// against known (nil: no check), naming the field that fails.
-func (c Caps) Validate(known func(model string) bool) error {
+// Validate checks every cap for sign and size, every per-model cap against
+// models and every per-route cap against routes (nil: no check), naming
+// the field that fails.
+func (c Caps) Validate(models, routes func(name string) bool) error {
 	if err := c.Account.validate("account.money"); err != nil {
 		return err
 	}
@@ -78,10 +83,19 @@ func (c Caps) Validate(known func(model string) bool) error {
 		}
 		for _, m := range slices.Sorted(maps.Keys(cc.Models)) {
 			f := field + ".caps.models." + m
-			if known != nil && !known(m) {
+			if models != nil && !models(m) {
 				return fmt.Errorf("%s: no budget has model %q", f, m)
 			}
 			if err := cc.Models[m].validate(f); err != nil {
+				return err
+			}
+		}
+		for _, r := range slices.Sorted(maps.Keys(cc.Routes)) {
+			f := field + ".caps.routes." + r
+			if routes != nil && !routes(r) {
+				return fmt.Errorf("%s: no route %q (routes come from the routes file, --routes)", f, r)
+			}
+			if err := cc.Routes[r].validate(f); err != nil {
 				return err
 			}
 		}
@@ -123,9 +137,9 @@ func (m Money) validate(field string) error {
 }
 
 // capKey names one set of cap windows: a client's over all models (model
-// "") or on one model.
+// and route ""), on one model, or on one route (model "").
 type capKey struct {
-	client, model string
+	client, model, route string
 }
 
 // capWindow is the live state of one set of caps. Guarded by Core.mu.
@@ -143,9 +157,13 @@ func newCapWindow(k capKey, lim CapLimits) *capWindow {
 	if lim.TPD > 0 {
 		w.day = newWindow(daySpan, dayRes)
 	}
-	w.label = fmt.Sprintf("client %q (all models)", k.client)
-	if k.model != "" {
+	switch {
+	case k.route != "":
+		w.label = fmt.Sprintf("client %q on route %s", k.client, k.route)
+	case k.model != "":
 		w.label = fmt.Sprintf("client %q on model %s", k.client, k.model)
+	default:
+		w.label = fmt.Sprintf("client %q (all models)", k.client)
 	}
 	return w
 }
@@ -188,20 +206,43 @@ func (t *tenants) setCaps(caps Caps) {
 		t.windows[k] = w
 	}
 	for name, cc := range caps.Clients {
-		put(capKey{name, ""}, cc.All)
+		put(capKey{name, "", ""}, cc.All)
 		for m, lim := range cc.Models {
-			put(capKey{name, m}, lim)
+			put(capKey{name, m, ""}, lim)
+		}
+		for r, lim := range cc.Routes {
+			put(capKey{name, "", r}, lim)
 		}
 	}
 }
 
-// windowsOf returns the cap windows a lease of client on model counts
-// against: its all-models caps and its caps on model, if any.
-func (t *tenants) windowsOf(client, model string) (all, one *capWindow) {
+// capSet is the cap windows one lease counts against: its client's over
+// all models, on its model, and on its route (nil where there is none). An
+// array, not a slice: this runs for every waiter the queue looks at.
+type capSet [3]*capWindow
+
+func (s capSet) any() bool { return s[0] != nil || s[1] != nil || s[2] != nil }
+
+// windowsOf returns the cap windows a lease of client on model, granted
+// through route ("": none), counts against.
+func (t *tenants) windowsOf(client, model, route string) capSet {
 	if len(t.windows) == 0 {
-		return nil, nil
+		return capSet{}
 	}
-	return t.windows[capKey{client, ""}], t.windows[capKey{client, model}]
+	s := capSet{t.windows[capKey{client, "", ""}], t.windows[capKey{client, model, ""}]}
+	if route != "" {
+		s[2] = t.windows[capKey{client, "", route}]
+	}
+	return s
+}
+
+// route is the name of the route w waits through, "" for a request that
+// named a model.
+func (w *waiter) route() string {
+	if w.group == nil {
+		return ""
+	}
+	return w.group.rt.Name
 }
 
 // money reports whether any money budget applies to client's calls.
@@ -214,12 +255,11 @@ func (t *tenants) money(client string) bool {
 // escrow chunk (see the package doc), so restore knows their client. The
 // account's money budget alone does not bind: a chunk records a bound of
 // its spend instead (escrowSpend).
-func (t *tenants) bound(client, model string) bool {
+func (t *tenants) bound(client, model, route string) bool {
 	if !t.caps.Clients[client].Money.Zero() {
 		return true
 	}
-	a, o := t.windowsOf(client, model)
-	return a != nil || o != nil
+	return t.windowsOf(client, model, route).any()
 }
 
 // escrowClient is the name spend is recorded under for a chunk's capacity
@@ -269,8 +309,7 @@ func (b *Core) capNeverFits(client string, key Key, req *AcquireRequest, n *need
 			"no price for %s in %s, and %s money budget applies: the broker will not spend unpriced money; add the model to the prices",
 			key.Model, key.Region, t.moneyOwner(client))}
 	}
-	all, one := t.windowsOf(client, key.Model)
-	for _, w := range []*capWindow{all, one} {
+	for _, w := range t.windowsOf(client, key.Model, req.Route) {
 		if w == nil {
 			continue
 		}
@@ -356,26 +395,13 @@ func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duratio
 			blocked, wait, why = l, d, s
 		}
 	}
-	all, one := t.windowsOf(w.client, bg.spec.Key.Model)
-	for _, cw := range []*capWindow{all, one} {
+	for _, cw := range t.windowsOf(w.client, bg.spec.Key.Model, w.route()) {
 		if cw == nil {
 			continue
 		}
-		check := func(name string, win *window, v, limit int64) {
-			if limit <= 0 || win == nil {
-				return
-			}
-			d, ok := win.wait(now, v, limit)
-			if !ok {
-				d = daySpan
-			}
-			if d > 0 {
-				note(LimitClientCap, d, fmt.Sprintf("the %s cap %d of %s", name, limit, cw.label))
-			}
+		if d, name, limit := cw.wait(w.need.tokens, now); d > 0 {
+			note(LimitClientCap, d, fmt.Sprintf("the %s cap %d of %s", name, limit, cw.label))
 		}
-		check("RPM", cw.requests, 1, cw.lim.RPM)
-		check("TPM", cw.tokens, w.need.tokens, cw.lim.TPM)
-		check("TPD", cw.day, w.need.tokens, cw.lim.TPD)
 	}
 	if t.money(w.client) {
 		day := dayOf(now)
@@ -396,19 +422,48 @@ func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duratio
 	return blocked, wait, why
 }
 
-// capRefused counts a refusal on the cap that blocked w. Caller holds
-// Core.mu.
+// wait is how long until a reservation of tokens fits each of w's limits
+// at now (0: it fits now), and the limit that holds it longest. Caller
+// holds Core.mu.
+func (w *capWindow) wait(tokens int64, now time.Time) (d time.Duration, name string, limit int64) {
+	for _, c := range []struct {
+		name     string
+		win      *window
+		v, limit int64
+	}{{"RPM", w.requests, 1, w.lim.RPM}, {"TPM", w.tokens, tokens, w.lim.TPM}, {"TPD", w.day, tokens, w.lim.TPD}} {
+		if c.limit <= 0 || c.win == nil {
+			continue
+		}
+		cd, ok := c.win.wait(now, c.v, c.limit)
+		if !ok {
+			cd = daySpan
+		}
+		if cd > d {
+			d, name, limit = cd, c.name, c.limit
+		}
+	}
+	return d, name, limit
+}
+
+// capRefused counts a refusal on the cap that blocked w: the one capFit
+// names, which holds it longest. Caller holds Core.mu.
 func (b *Core) capRefused(bg *budget, w *waiter, limit Limit, now time.Time) {
 	t := &b.ten
 	switch limit {
 	case LimitClientCap:
-		all, one := t.windowsOf(w.client, bg.spec.Key.Model)
-		for _, cw := range []*capWindow{one, all} {
-			if cw != nil {
-				cw.refused++
-				cw.lastRefusedAt = now
-				return
+		var worst *capWindow
+		var longest time.Duration
+		for _, cw := range t.windowsOf(w.client, bg.spec.Key.Model, w.route()) {
+			if cw == nil {
+				continue
 			}
+			if d, _, _ := cw.wait(w.need.tokens, now); d > longest {
+				worst, longest = cw, d
+			}
+		}
+		if worst != nil {
+			worst.refused++
+			worst.lastRefusedAt = now
 		}
 	case LimitMoney:
 		// Counted against each budget without room: the client's, the
@@ -436,8 +491,8 @@ func (b *Core) capCharge(l *lease, n need, now time.Time) {
 	t := &b.ten
 	l.Cost = n.cost
 	l.spendAs = t.book.name(l.Client, t.caps.Clients)
-	all, one := t.windowsOf(l.Client, l.Key.Model)
-	for _, cw := range []*capWindow{all, one} {
+	ws := t.windowsOf(l.Client, l.Key.Model, l.Route)
+	for _, cw := range ws {
 		if cw != nil {
 			cw.add(now, now, l.Charged, l.Requests)
 		}
@@ -449,8 +504,8 @@ func (b *Core) capCharge(l *lease, n need, now time.Time) {
 	}
 	t.book.add(l.spendAs, l.Key, day, l.Cost, 1, unpriced)
 	l.grantRecs.spend = SpendRecord{Client: l.spendAs, Key: l.Key, Day: day, NanoUSD: l.Cost, Calls: 1, Unpriced: unpriced}
-	if all != nil || one != nil {
-		l.grantRecs.usage = &ClientUsageRecord{Client: l.Client, Key: l.Key, Minute: minuteOf(now), Tokens: l.Charged, Requests: l.Requests}
+	if ws.any() {
+		l.grantRecs.usage = &ClientUsageRecord{Client: l.Client, Key: l.Key, Route: l.Route, Minute: minuteOf(now), Tokens: l.Charged, Requests: l.Requests}
 	}
 }
 
@@ -471,8 +526,8 @@ func (b *Core) capAdjust(l *lease, now time.Time, dTokens, dRequests, cost int64
 		return // a lease recovered from a chunk: its client is unknown
 	}
 	t := &b.ten
-	all, one := t.windowsOf(l.Client, l.Key.Model)
-	for _, cw := range []*capWindow{all, one} {
+	ws := t.windowsOf(l.Client, l.Key.Model, l.Route)
+	for _, cw := range ws {
 		if cw != nil {
 			cw.add(now, l.GrantedAt, dTokens, dRequests)
 		}
@@ -487,8 +542,8 @@ func (b *Core) capAdjust(l *lease, now time.Time, dTokens, dRequests, cost int64
 	if dCost != 0 {
 		c.Spend = append(c.Spend, SpendRecord{Client: l.spendAs, Key: l.Key, Day: day, NanoUSD: dCost})
 	}
-	if (all != nil || one != nil) && (dTokens != 0 || dRequests != 0) {
-		c.ClientUsage = append(c.ClientUsage, ClientUsageRecord{Client: l.Client, Key: l.Key, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests})
+	if ws.any() && (dTokens != 0 || dRequests != 0) {
+		c.ClientUsage = append(c.ClientUsage, ClientUsageRecord{Client: l.Client, Key: l.Key, Route: l.Route, Minute: minuteOf(l.GrantedAt), Tokens: dTokens, Requests: dRequests})
 	}
 }
 
@@ -500,11 +555,11 @@ func (b *Core) undoCaps(l *lease, now time.Time) {
 }
 
 // capsReleased re-examines the queues after a settlement or expiry of a
-// client held to caps or money: an all-models cap or a money budget freed
-// on one budget may let the client's waiters on another through. Caller
-// holds Core.mu.
+// client held to caps or money: an all-models or route cap or a money
+// budget freed on one budget may let the client's waiters on another
+// through. Caller holds Core.mu.
 func (b *Core) capsReleased(l *lease, now time.Time) {
-	if !b.ten.bound(l.Client, l.Key.Model) {
+	if !b.ten.bound(l.Client, l.Key.Model, l.Route) {
 		return
 	}
 	for _, bg := range b.budgets {
@@ -515,9 +570,10 @@ func (b *Core) capsReleased(l *lease, now time.Time) {
 }
 
 // SetCaps replaces the tenants' caps. Per-model caps must name a model of
-// a known budget. Usage already counted against a cap that stays is kept; a
-// new cap counts the leases the broker still remembers (the last minutes)
-// and, for TPD, what is recorded from then on. Waiters are re-examined.
+// a known budget, per-route caps a route in service (SetRoutes). Usage
+// already counted against a cap that stays is kept; a new cap counts the
+// leases the broker still remembers (the last minutes) and, for TPD, what
+// is recorded from then on. Waiters are re-examined.
 func (b *Core) SetCaps(caps Caps) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -525,7 +581,8 @@ func (b *Core) SetCaps(caps Caps) error {
 	for k := range b.budgets {
 		models[k.Model] = true
 	}
-	if err := caps.Validate(func(m string) bool { return models[m] }); err != nil {
+	routes := func(r string) bool { return b.routing.byName[r] != nil }
+	if err := caps.Validate(func(m string) bool { return models[m] }, routes); err != nil {
 		return &Error{Kind: KindInvalid, Message: err.Error()}
 	}
 	before := maps.Clone(b.ten.windows)
@@ -536,7 +593,8 @@ func (b *Core) SetCaps(caps Caps) error {
 			continue
 		}
 		for _, l := range b.leases {
-			if l.Client == k.client && (k.model == "" || k.model == l.Key.Model) && now.Sub(l.GrantedAt) <= daySpan {
+			if l.Client == k.client && (k.model == "" || k.model == l.Key.Model) && (k.route == "" || k.route == l.Route) &&
+				now.Sub(l.GrantedAt) <= daySpan {
 				w.add(now, l.GrantedAt, l.Charged, l.Requests)
 			}
 		}
@@ -576,8 +634,8 @@ func (t *tenants) price(k Key) (Price, bool) {
 
 // restoreCaps rebuilds the cap windows and spend from the store: minute
 // windows from the lease records (every grant held to a cap was committed
-// with its record), day windows from the per-client usage, spend from its
-// records. Caller holds Core.mu.
+// with its record, which names its route), day windows from the per-client
+// usage (per route too), spend from its records. Caller holds Core.mu.
 func (b *Core) restoreCaps(snap *Snapshot, now time.Time) {
 	t := &b.ten
 	for _, s := range snap.Spend {
@@ -588,8 +646,7 @@ func (b *Core) restoreCaps(snap *Snapshot, now time.Time) {
 		if l.fixed {
 			continue
 		}
-		all, one := t.windowsOf(l.Client, l.Key.Model)
-		for _, cw := range []*capWindow{all, one} {
+		for _, cw := range t.windowsOf(l.Client, l.Key.Model, l.Route) {
 			if cw != nil {
 				cw.requests.add(now, l.GrantedAt, l.Requests)
 				cw.tokens.add(now, l.GrantedAt, l.Charged)
@@ -597,8 +654,7 @@ func (b *Core) restoreCaps(snap *Snapshot, now time.Time) {
 		}
 	}
 	for _, u := range snap.ClientUsage {
-		all, one := t.windowsOf(u.Client, u.Key.Model)
-		for _, cw := range []*capWindow{all, one} {
+		for _, cw := range t.windowsOf(u.Client, u.Key.Model, u.Route) {
 			if cw != nil && cw.day != nil {
 				cw.day.add(now, time.Unix(u.Minute*60, 0), u.Tokens)
 			}

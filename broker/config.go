@@ -181,9 +181,9 @@ func (c *Config) setDefaults() error {
 		clients[name] = cp
 	}
 	c.Clients = clients
-	// Per-model caps are checked against the budgets by SetCaps, once
-	// there are budgets; here only their values.
-	if err := c.Caps.Validate(nil); err != nil {
+	// Per-model and per-route caps are checked against the budgets and
+	// routes by SetCaps, once there are both; here only their values.
+	if err := c.Caps.Validate(nil, nil); err != nil {
 		return fmt.Errorf("config Caps: %w", err)
 	}
 	if c.Logger == nil {

@@ -209,7 +209,10 @@
 //
 // Tenants have limits of their own (Caps, caps.go, spend.go), checked at
 // reservation with the budget's and corrected at settlement. Rate caps per
-// client, over all models together or on one model: RPM in requests, TPM
+// client, over all models together, on one model, or on one route (the
+// grants made through the route, on whichever target, which also count
+// against the other two; a route waiter blocked by its cap is blocked on
+// every target, since each member checks the same window): RPM in requests, TPM
 // and TPD in quota tokens as the budget charges them (input + cache_write +
 // max_output_tokens x burndown at grant; the settlement's charge after), on
 // sliding windows like the budgets', so no 60 s (or 24 h) ever holds more
@@ -250,7 +253,8 @@
 // per-minute tokens (ClientUsageRecord), before it is answered; a
 // settlement commits the corrections with the lease. After kill -9 the
 // restore rebuilds the minute windows of caps from the lease records (a
-// lease's record names its client), the day windows from the client usage,
+// lease's record names its client, and its route if it had one), the day
+// windows from the client usage (kept per route too),
 // and spend from its records: exactly what was answered, as for a budget
 // without escrow. Such grants never draw from an escrow chunk: a chunk's
 // record names its budget, not the clients its leases went to, so a crash

@@ -40,11 +40,13 @@ type usageKey struct {
 	m int64
 }
 
-// tenantKey keys spend (n: a day) and client usage (n: a minute).
+// tenantKey keys spend (n: a day) and client usage (n: a minute; route:
+// the route of the grants, "" for calls naming a model).
 type tenantKey struct {
 	client string
 	k      broker.Key
 	n      int64
+	route  string
 }
 
 func newMemStore() *memStore {
@@ -161,7 +163,7 @@ func (s *memStore) Commit(_ context.Context, c broker.Change) error {
 		}
 	}
 	for _, r := range c.Spend {
-		k := tenantKey{r.Client, r.Key, r.Day}
+		k := tenantKey{r.Client, r.Key, r.Day, ""}
 		old := s.spend[k]
 		old.Client, old.Key, old.Day = r.Client, r.Key, r.Day
 		old.NanoUSD += r.NanoUSD
@@ -170,9 +172,9 @@ func (s *memStore) Commit(_ context.Context, c broker.Change) error {
 		s.spend[k] = old
 	}
 	for _, r := range c.ClientUsage {
-		k := tenantKey{r.Client, r.Key, r.Minute}
+		k := tenantKey{r.Client, r.Key, r.Minute, r.Route}
 		old := s.cusage[k]
-		old.Client, old.Key, old.Minute = r.Client, r.Key, r.Minute
+		old.Client, old.Key, old.Minute, old.Route = r.Client, r.Key, r.Minute, r.Route
 		old.Tokens += r.Tokens
 		old.Requests += r.Requests
 		s.cusage[k] = old

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -164,7 +165,8 @@ type routing struct {
 }
 
 // SetRoutes replaces the routes in service, all or nothing: every route is
-// validated and every target must have a budget, or nothing changes.
+// validated and every target must have a budget, and no route in service
+// that a client has a cap on may go, or nothing changes.
 // Counters carry over for a route whose targets are unchanged. A caller
 // waiting on a route being replaced keeps waiting on its old targets.
 func (b *Core) SetRoutes(rs []Route) error {
@@ -195,6 +197,16 @@ func (b *Core) SetRoutes(rs []Route) error {
 			rt.counters, rt.refused = old.counters, old.refused
 		}
 		next[r.Name] = rt
+	}
+	// A cap on a route taken out of service would hold nothing, silently.
+	// (A cap on a route not yet in service is SetCaps's to refuse: at
+	// start-up Open's caps come before the routes.)
+	for _, client := range slices.Sorted(maps.Keys(b.ten.caps.Clients)) {
+		for _, r := range slices.Sorted(maps.Keys(b.ten.caps.Clients[client].Routes)) {
+			if next[r] == nil && b.routing.byName[r] != nil {
+				return invalidf("routes", "route %s is gone, and client %q has a cap on it; remove the cap first", r, client)
+			}
+		}
 	}
 	b.routing.byName = next
 	return nil

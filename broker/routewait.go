@@ -307,6 +307,7 @@ func (b *Core) settleRoute(g *routeWait, now time.Time) (Decision, error) {
 	var bestLimit Limit
 	var bestD time.Duration
 	var bestCap string
+	var bestM *waiter
 	var firstErr error
 	for _, m := range g.members {
 		if m.err != nil {
@@ -317,11 +318,14 @@ func (b *Core) settleRoute(g *routeWait, now time.Time) (Decision, error) {
 		}
 		limit, d, why := b.retryAfter(rt.budgets[m.target], m, now)
 		if best < 0 || d < bestD {
-			best, bestLimit, bestD, bestCap = m.target, limit, d, why
+			best, bestLimit, bestD, bestCap, bestM = m.target, limit, d, why, m
 		}
 	}
 	if best < 0 {
 		return Decision{}, firstErr
+	}
+	if bestLimit == LimitClientCap || bestLimit == LimitMoney {
+		b.capRefused(rt.budgets[best], bestM, bestLimit, now)
 	}
 	t := rt.Targets[best]
 	rt.refused++

@@ -25,12 +25,15 @@ type SpendRecord struct {
 }
 
 // ClientUsageRecord is what one client held to a cap was charged on one
-// budget in one minute, by grant time, in quota tokens and requests: its
+// budget (through one route) in one minute, by grant time, in quota tokens and requests: its
 // TPD caps are rebuilt from these after a restart. Deltas in a Change,
 // totals in a Snapshot, like UsageRecord.
 type ClientUsageRecord struct {
-	Client   string
-	Key      Key
+	Client string
+	Key    Key
+	// Route is the route of the grants counted ("": calls that named a
+	// model), for the client's TPD caps per route.
+	Route    string
 	Minute   int64
 	Tokens   int64
 	Requests int64
@@ -217,7 +220,7 @@ type SpendReport struct {
 	Clients []ClientSpend
 	// Models are the budgets with spend, by key.
 	Models []ModelSpend
-	// Caps are the rate caps with their use, by client and model.
+	// Caps are the rate caps with their use, by client, model and route.
 	Caps []CapUsage
 }
 
@@ -251,7 +254,8 @@ type ModelSpend struct {
 // CapUsage is one set of a client's rate caps and their use now.
 type CapUsage struct {
 	Client string
-	Model  string // "" for the caps over all models
+	Model  string // "" for the caps over all models, or on a route
+	Route  string // the route a per-route cap holds on, else ""
 	Limits CapLimits
 	// Requests and Tokens are used in the last minute, DayTokens in the
 	// last day (0 without a TPD cap).
@@ -333,7 +337,7 @@ func (b *Core) Spend() SpendReport {
 	}
 	slices.SortFunc(out.Models, func(x, y ModelSpend) int { return compareKeys(x.Key, y.Key) })
 	for k, w := range t.windows {
-		u := CapUsage{Client: k.client, Model: k.model, Limits: w.lim, Requests: w.requests.used(now),
+		u := CapUsage{Client: k.client, Model: k.model, Route: k.route, Limits: w.lim, Requests: w.requests.used(now),
 			Tokens: w.tokens.used(now), Refused: w.refused, LastRefusedAt: w.lastRefusedAt}
 		if w.day != nil {
 			u.DayTokens = w.day.used(now)
@@ -341,7 +345,7 @@ func (b *Core) Spend() SpendReport {
 		out.Caps = append(out.Caps, u)
 	}
 	slices.SortFunc(out.Caps, func(x, y CapUsage) int {
-		return cmp.Or(cmp.Compare(x.Client, y.Client), cmp.Compare(x.Model, y.Model))
+		return cmp.Or(cmp.Compare(x.Client, y.Client), cmp.Compare(x.Model, y.Model), cmp.Compare(x.Route, y.Route))
 	})
 	return out
 }

@@ -152,6 +152,9 @@ type LeaseRecord struct {
 	// until settled (0 for a model with no price, and in records written
 	// before spend was kept).
 	Cost int64
+	// Route is the route the lease was granted through ("": the call named
+	// a model), so a restart counts it against the client's route cap.
+	Route string
 }
 
 // UsageRecord is what a budget was charged in one minute, by grant time.

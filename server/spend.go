@@ -21,7 +21,7 @@ func spendToPB(r broker.SpendReport) *pb.Spend {
 		out.Models = append(out.Models, modelSpendToPB(m))
 	}
 	for _, c := range r.Caps {
-		pc := &pb.ClientCap{Client: c.Client, Model: c.Model, Rpm: c.Limits.RPM, Tpm: c.Limits.TPM, Tpd: c.Limits.TPD,
+		pc := &pb.ClientCap{Client: c.Client, Model: c.Model, Route: c.Route, Rpm: c.Limits.RPM, Tpm: c.Limits.TPM, Tpd: c.Limits.TPD,
 			RequestsLastMinute: c.Requests, TokensLastMinute: c.Tokens, TokensLastDay: c.DayTokens, Refused: c.Refused}
 		if !c.LastRefusedAt.IsZero() {
 			pc.LastRefusedAt = timestampPB(c.LastRefusedAt)
@@ -64,9 +64,9 @@ func newSpendCollector(r Reporter) *spendCollector {
 		budget:      d("money_budget_usd", "Money budget in USD per day or month (absent: none).", "client", "period"),
 		refusals:    d("money_refusals_total", "Grants refused on a money budget since start.", "client"),
 		modelSpend:  d("model_spend_usd", "Spend in USD on a budget today or this month (UTC).", "region", "scope", "model", "period"),
-		capLimit:    d("client_cap", "A client's rate cap (model \"\": over all models).", "client", "model", "limit"),
-		capUsed:     d("client_cap_used", "A client's use of a rate cap in its window (a minute; a day for tpd).", "client", "model", "limit"),
-		capRefusals: d("client_cap_refusals_total", "Grants refused on a client's rate caps since start.", "client", "model"),
+		capLimit:    d("client_cap", "A client's rate cap (model and route \"\": over all models).", "client", "model", "route", "limit"),
+		capUsed:     d("client_cap_used", "A client's use of a rate cap in its window (a minute; a day for tpd).", "client", "model", "route", "limit"),
+		capRefusals: d("client_cap_refusals_total", "Grants refused on a client's rate caps since start.", "client", "model", "route"),
 	}
 }
 
@@ -111,11 +111,11 @@ func (c *spendCollector) Collect(ch chan<- prometheus.Metric) {
 			limit, use int64
 		}{{"rpm", cu.Limits.RPM, cu.Requests}, {"tpm", cu.Limits.TPM, cu.Tokens}, {"tpd", cu.Limits.TPD, cu.DayTokens}} {
 			if l.limit > 0 {
-				gauge(c.capLimit, float64(l.limit), cu.Client, cu.Model, l.name)
-				gauge(c.capUsed, float64(l.use), cu.Client, cu.Model, l.name)
+				gauge(c.capLimit, float64(l.limit), cu.Client, cu.Model, cu.Route, l.name)
+				gauge(c.capUsed, float64(l.use), cu.Client, cu.Model, cu.Route, l.name)
 			}
 		}
-		ch <- prometheus.MustNewConstMetric(c.capRefusals, prometheus.CounterValue, float64(cu.Refused), cu.Client, cu.Model)
+		ch <- prometheus.MustNewConstMetric(c.capRefusals, prometheus.CounterValue, float64(cu.Refused), cu.Client, cu.Model, cu.Route)
 	}
 }
 

@@ -231,8 +231,9 @@ func decodeUsageKey(key []byte) (int64, broker.Key, error) {
 
 // Lease body: version, key, client, priority, state, outcome, reserved,
 // charged, requests, max output, burndown, usage (4), granted, expires,
-// ended, cost (absent in records written before it). The ID is the bbolt key. Version comes first so that Commit can
-// compare versions without decoding the rest.
+// ended, then cost and route, both optional and at the end (see below).
+// The ID is the bbolt key. Version comes first so that Commit can compare
+// versions without decoding the rest.
 func appendLeaseBody(b []byte, r *broker.LeaseRecord) []byte {
 	b = binary.AppendUvarint(b, r.Version)
 	b = appendKey(b, r.Key)
@@ -247,11 +248,16 @@ func appendLeaseBody(b []byte, r *broker.LeaseRecord) []byte {
 	b = appendTime(b, r.GrantedAt)
 	b = appendTime(b, r.ExpiresAt)
 	b = appendTime(b, r.EndedAt)
-	if r.Cost != 0 {
+	if r.Cost != 0 || r.Route != "" {
 		// Cost came later, at the end, and is written only when there is
 		// one: a record without it is the same bytes as before it existed,
 		// and the encoding stays canonical (one stored form per record).
+		// Route came after it, also only when there is one; it needs the
+		// cost before it (zero included) to be told apart from one.
 		b = binary.AppendVarint(b, r.Cost)
+		if r.Route != "" {
+			b = appendString(b, r.Route)
+		}
 	}
 	return b
 }
@@ -278,8 +284,14 @@ func decodeLeaseBody(id string, body []byte) (broker.LeaseRecord, error) {
 	r.ExpiresAt = d.time()
 	r.EndedAt = d.time()
 	if len(d.b) > 0 {
-		// Cost came later, at the end; records without one lack it.
-		if r.Cost = d.varint(); r.Cost == 0 && d.err == nil {
+		// Cost came later, at the end; records without one lack it. A
+		// route follows it, in records of leases granted through one.
+		r.Cost = d.varint()
+		if len(d.b) > 0 {
+			if r.Route = d.string(); r.Route == "" && d.err == nil {
+				return r, fmt.Errorf("lease %s: an empty route is stored as none", id)
+			}
+		} else if r.Cost == 0 && d.err == nil {
 			return r, fmt.Errorf("lease %s: a zero cost is stored as none", id)
 		}
 	}
@@ -287,7 +299,7 @@ func decodeLeaseBody(id string, body []byte) (broker.LeaseRecord, error) {
 }
 
 func encodeLease(r *broker.LeaseRecord) []byte {
-	b := make([]byte, 1, 128+len(r.Key.Region)+len(r.Key.Model)+len(r.Client))
+	b := make([]byte, 1, 128+len(r.Key.Region)+len(r.Key.Model)+len(r.Client)+len(r.Route))
 	b[0] = recordFormat
 	return seal([]byte(r.ID), appendLeaseBody(b, r))
 }

@@ -31,6 +31,10 @@ func TestTimeRoundTrip(t *testing.T) {
 func FuzzDecodeLease(f *testing.F) {
 	l := lease("l1", 7)
 	f.Add([]byte(l.ID), encodeLease(&l))
+	l.Route = "claude-us"
+	f.Add([]byte(l.ID), encodeLease(&l))
+	l.Cost = 0 // a route on an unpriced model: the zero cost is written before it
+	f.Add([]byte(l.ID), encodeLease(&l))
 	f.Add([]byte("x"), []byte{recordFormat, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, key, val []byte) {
 		if r, err := decodeLease(key, val); err == nil {
@@ -42,6 +46,52 @@ func FuzzDecodeLease(f *testing.F) {
 		if r, err := decodeLeaseBody("id", val); err == nil {
 			if got := appendLeaseBody(nil, &r); !bytes.Equal(got, val) {
 				t.Fatalf("body %x = %+v encodes to %x", val, r, got)
+			}
+		}
+	})
+}
+
+// TestLeaseOptionalTail: cost and route are each read back as written,
+// and a record without them is the bytes it was before they existed.
+func TestLeaseOptionalTail(t *testing.T) {
+	t.Parallel()
+	bare := lease("l1", 1)
+	bare.Cost = 0
+	old := appendLeaseBody(nil, &bare)
+	for _, tc := range []struct {
+		cost  int64
+		route string
+		tail  int // bytes after the record of old
+	}{{0, "", 0}, {17, "", 1}, {0, "r", 3}, {17, "claude-us", 11}} {
+		r := bare
+		r.Cost, r.Route = tc.cost, tc.route
+		body := appendLeaseBody(nil, &r)
+		if len(body) != len(old)+tc.tail || !bytes.Equal(body[:len(old)], old) {
+			t.Errorf("cost %d route %q: body %x, want %x and %d bytes more", tc.cost, tc.route, body, old, tc.tail)
+		}
+		got, err := decodeLease([]byte(r.ID), encodeLease(&r))
+		if err != nil || got != r {
+			t.Errorf("cost %d route %q: decoded %+v, %v", tc.cost, tc.route, got, err)
+		}
+	}
+	// A zero cost with no route after it, and an empty route, are refused.
+	for _, body := range [][]byte{append(bytes.Clone(old), 0), append(bytes.Clone(old), 0, 0)} {
+		if r, err := decodeLeaseBody("l1", body); err == nil {
+			t.Errorf("body %x decoded as %+v, want an error", body, r)
+		}
+	}
+}
+
+func FuzzDecodeClientUsage(f *testing.F) {
+	u := broker.ClientUsageRecord{Client: "c", Key: keyA, Minute: 100, Tokens: 5, Requests: 1}
+	f.Add(clientUsageKey(&u), encodeUsage(clientUsageKey(&u), 5, 1))
+	u.Route = "claude-us"
+	f.Add(clientUsageKey(&u), encodeUsage(clientUsageKey(&u), 5, 1))
+	f.Fuzz(func(t *testing.T, key, val []byte) {
+		if r, err := decodeClientUsage(key, val); err == nil {
+			k := clientUsageKey(&r)
+			if got := encodeUsage(k, r.Tokens, r.Requests); !bytes.Equal(got, val) || !bytes.Equal(k, key) {
+				t.Fatalf("decode(%x, %x) = %+v encodes to %x under %x", key, val, r, got, k)
 			}
 		}
 	})

@@ -113,8 +113,14 @@ func describeKey(bucket, k []byte) string {
 		if len(k) == 8 {
 			return fmt.Sprintf("%d (%x)", binary.BigEndian.Uint64(k), k)
 		}
-	case string(bucketStats), string(bucketStatsTotal), string(bucketSpend), string(bucketClientUsage):
+	case string(bucketStats), string(bucketStatsTotal), string(bucketSpend):
 		if m, bk, client, err := decodeStatsKey(k); err == nil {
+			return fmt.Sprintf("%s minute %d client %q (%x)", bk, m, client, k)
+		}
+	case string(bucketClientUsage):
+		if m, bk, client, route, err := decodeClientUsageKey(k); err == nil && route != "" {
+			return fmt.Sprintf("%s minute %d client %q route %s (%x)", bk, m, client, route, k)
+		} else if err == nil {
 			return fmt.Sprintf("%s minute %d client %q (%x)", bk, m, client, k)
 		}
 	}

@@ -2,6 +2,7 @@ package bolt
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 
 	"github.com/bedrockqb/quotabroker/broker"
@@ -11,8 +12,10 @@ import (
 // The tenants' records (broker.SpendRecord, broker.ClientUsageRecord) are
 // keyed like history: the period first (a unix day for spend, a minute for
 // client usage; big-endian with the sign bit flipped, so cut-offs are range
-// scans), then the budget key and the client. Both are totals to which a
-// Change adds deltas, like usage.
+// scans), then the budget key and the client, and for client usage through
+// a route the route's name (absent for calls that named a model, so keys
+// written before routes read the same). Both are totals to which a Change
+// adds deltas, like usage.
 
 // Spend body: nano-dollars, calls, unpriced calls.
 func encodeSpend(key []byte, nano, calls, unpriced int64) []byte {
@@ -43,13 +46,37 @@ func decodeSpend(key, val []byte) (broker.SpendRecord, error) {
 	return broker.SpendRecord{Client: client, Key: k, Day: day, NanoUSD: n, Calls: c, Unpriced: u}, err
 }
 
+func clientUsageKey(u *broker.ClientUsageRecord) []byte {
+	k := statsKey(u.Minute, u.Key, u.Client)
+	if u.Route != "" {
+		k = appendString(k, u.Route)
+	}
+	return k
+}
+
+func decodeClientUsageKey(key []byte) (minute int64, k broker.Key, client, route string, err error) {
+	m, ok := usageMinute(key)
+	if !ok {
+		return 0, broker.Key{}, "", "", errShort
+	}
+	d := decoder{b: key[8:]}
+	k = d.key()
+	client = d.string()
+	if d.err == nil && len(d.b) > 0 {
+		if route = d.string(); route == "" && d.err == nil {
+			d.fail(errors.New("an empty route is stored as none"))
+		}
+	}
+	return m, k, client, route, d.end()
+}
+
 func decodeClientUsage(key, val []byte) (broker.ClientUsageRecord, error) {
-	m, k, client, err := decodeStatsKey(key)
+	m, k, client, route, err := decodeClientUsageKey(key)
 	if err != nil {
 		return broker.ClientUsageRecord{}, fmt.Errorf("client usage key: %w", err)
 	}
 	t, r, err := decodeUsageTotals(key, val)
-	return broker.ClientUsageRecord{Client: client, Key: k, Minute: m, Tokens: t, Requests: r}, err
+	return broker.ClientUsageRecord{Client: client, Key: k, Route: route, Minute: m, Tokens: t, Requests: r}, err
 }
 
 // spendDelta is a SpendRecord or ClientUsageRecord ready to add.
@@ -67,7 +94,7 @@ func prepareTenants(c *broker.Change, w *write) error {
 		w.spend = append(w.spend, spendDelta{k, [3]int64{s.NanoUSD, s.Calls, s.Unpriced}})
 	}
 	for _, u := range c.ClientUsage {
-		k := statsKey(u.Minute, u.Key, u.Client)
+		k := clientUsageKey(&u)
 		if err := checkKey(k); err != nil {
 			return fmt.Errorf("client usage %s %q: %w", u.Key, u.Client, err)
 		}

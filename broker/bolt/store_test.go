@@ -752,7 +752,7 @@ func TestCommitEveryField(t *testing.T) {
 		Chunks:                  []broker.ChunkRecord{{ID: 9, Key: keyB, Start: t0, End: t0.Add(time.Second), Requests: 4, Tokens: 40, LeasesEnd: t0.Add(time.Minute), Secret: []byte("s")}},
 		DeleteChunks:            []uint64{8},
 		Spend:                   []broker.SpendRecord{{Client: "c", Key: keyB, Day: 20000, NanoUSD: 5, Calls: 1}},
-		ClientUsage:             []broker.ClientUsageRecord{{Client: "c", Key: keyB, Minute: 5, Tokens: 1, Requests: 1}},
+		ClientUsage:             []broker.ClientUsageRecord{{Client: "c", Key: keyB, Minute: 5, Tokens: 1, Requests: 1}, {Client: "c", Key: keyB, Route: "r", Minute: 5, Tokens: 2, Requests: 1}},
 		DeleteSpendBefore:       20000,
 		DeleteClientUsageBefore: 2,
 	}
@@ -955,12 +955,14 @@ func TestSpendRoundTrip(t *testing.T) {
 	t.Parallel()
 	s, _ := newTest(t)
 	commit(t, s, broker.Change{
-		Spend:       []broker.SpendRecord{{Client: "a", Key: keyA, Day: 20000, NanoUSD: 900, Calls: 1, Unpriced: 0}, {Client: "a", Key: keyA, Day: 19990, NanoUSD: 1, Calls: 1}},
-		ClientUsage: []broker.ClientUsageRecord{{Client: "a", Key: keyA, Minute: 100, Tokens: 50, Requests: 1}, {Client: "a", Key: keyA, Minute: 10, Tokens: 1}},
+		Spend: []broker.SpendRecord{{Client: "a", Key: keyA, Day: 20000, NanoUSD: 900, Calls: 1, Unpriced: 0}, {Client: "a", Key: keyA, Day: 19990, NanoUSD: 1, Calls: 1}},
+		ClientUsage: []broker.ClientUsageRecord{{Client: "a", Key: keyA, Minute: 100, Tokens: 50, Requests: 1}, {Client: "a", Key: keyA, Minute: 10, Tokens: 1},
+			{Client: "a", Key: keyA, Route: "r", Minute: 100, Tokens: 7, Requests: 1}, {Client: "a", Key: keyA, Route: "r", Minute: 10, Tokens: 1}},
 	})
 	commit(t, s, broker.Change{
-		Spend:                   []broker.SpendRecord{{Client: "a", Key: keyA, Day: 20000, NanoUSD: -400}},
-		ClientUsage:             []broker.ClientUsageRecord{{Client: "a", Key: keyA, Minute: 100, Tokens: -20}},
+		Spend: []broker.SpendRecord{{Client: "a", Key: keyA, Day: 20000, NanoUSD: -400}},
+		// The route's usage is a total of its own, beside the direct calls'.
+		ClientUsage:             []broker.ClientUsageRecord{{Client: "a", Key: keyA, Minute: 100, Tokens: -20}, {Client: "a", Key: keyA, Route: "r", Minute: 100, Tokens: -2}},
 		DeleteSpendBefore:       19995,
 		DeleteClientUsageBefore: 50,
 	})
@@ -969,7 +971,7 @@ func TestSpendRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantSpend := []broker.SpendRecord{{Client: "a", Key: keyA, Day: 20000, NanoUSD: 500, Calls: 1}}
-	wantUsage := []broker.ClientUsageRecord{{Client: "a", Key: keyA, Minute: 100, Tokens: 30, Requests: 1}}
+	wantUsage := []broker.ClientUsageRecord{{Client: "a", Key: keyA, Minute: 100, Tokens: 30, Requests: 1}, {Client: "a", Key: keyA, Route: "r", Minute: 100, Tokens: 5, Requests: 1}}
 	if !reflect.DeepEqual(snap.Spend, wantSpend) || !reflect.DeepEqual(snap.ClientUsage, wantUsage) {
 		t.Errorf("loaded spend %+v and client usage %+v, want %+v and %+v", snap.Spend, snap.ClientUsage, wantSpend, wantUsage)
 	}

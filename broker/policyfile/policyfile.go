@@ -7,7 +7,8 @@
 //	    "checkout-svc":  {"weight": 3, "max_concurrent": 200, "max_waiters": 5000},
 //	    "nightly-batch": {"max_concurrent": 20,
 //	      "caps": {"tpm": 100000, "tpd": 5000000,
-//	               "models": {"anthropic.claude-opus-4-1-20250805-v1:0": {"rpm": 10}}},
+//	               "models": {"anthropic.claude-opus-4-1-20250805-v1:0": {"rpm": 10}},
+//	               "routes": {"claude-us": {"tpm": 20000}}},
 //	      "money": {"currency": "USD", "per_day": 50, "per_month": 1000}}
 //	  },
 //	  "account": {"money": {"currency": "USD", "per_month": 20000}},
@@ -18,14 +19,18 @@
 //
 // caps are a client's own rate caps (rpm, tpm, tpd: requests and quota
 // tokens as the budgets count them, on sliding windows of a minute and a
-// day) over all models together and, under models, on one model each (by
-// the budgets' model id); money is a budget in US dollars per UTC day and
+// day) over all models together, under models on one model each (by the
+// budgets' model id), and under routes on one route each (by the name in
+// the routes file: the grants made through the route, on any of its
+// targets; a call naming a model directly does not count against it);
+// money is a budget in US dollars per UTC day and
 // per calendar month, for one client or (under account) for all together.
 // currency may be left out; any value other than "USD" is an error. caps
 // and money belong to named clients only: client names are self-declared
 // without tokens, so "default" cannot carry them. A model named under
-// models must be a budget's model; serve checks that once the budgets are
-// known (broker.Core.SetCaps).
+// models must be a budget's model, and a route named under routes a route
+// of the routes file; serve checks both once the budgets and the routes
+// are known (broker.Core.SetCaps).
 //
 // weight is a client's share of a budget against other clients of the same
 // priority; max_concurrent caps its active leases (default 10,000; -1 for no
@@ -74,6 +79,7 @@ type capsJSON struct {
 	TPM    int64                 `json:"tpm"`
 	TPD    int64                 `json:"tpd"`
 	Models map[string]limitsJSON `json:"models"`
+	Routes map[string]limitsJSON `json:"routes"`
 }
 
 type limitsJSON struct {
@@ -148,6 +154,12 @@ func Parse(name string, data []byte) (Policies, error) {
 				}
 				cc.Models[m] = l.limits()
 			}
+			for r, l := range c.Routes {
+				if cc.Routes == nil {
+					cc.Routes = map[string]broker.CapLimits{}
+				}
+				cc.Routes[r] = l.limits()
+			}
 		}
 		if cc.Money, err = pj.Money.money(name, "clients."+client+".money"); err != nil {
 			return Policies{}, err
@@ -187,7 +199,7 @@ func Parse(name string, data []byte) (Policies, error) {
 			return Policies{}, fmt.Errorf("%s: max_waiters: %d is not positive", name, p.MaxWaiters)
 		}
 	}
-	if err := p.Caps.Validate(nil); err != nil {
+	if err := p.Caps.Validate(nil, nil); err != nil {
 		return Policies{}, fmt.Errorf("%s: %w", name, err)
 	}
 	return p, nil

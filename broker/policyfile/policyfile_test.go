@@ -51,7 +51,7 @@ func TestParseErrors(t *testing.T) {
 func TestParseCaps(t *testing.T) {
 	p, err := policyfile.Parse("c.json", []byte(`{
   "clients": {
-    "team-a": {"weight": 2, "caps": {"tpm": 100, "tpd": 5000, "models": {"m1": {"rpm": 3}}},
+    "team-a": {"weight": 2, "caps": {"tpm": 100, "tpd": 5000, "models": {"m1": {"rpm": 3}}, "routes": {"claude-us": {"tpm": 40, "tpd": 900}}},
                "money": {"currency": "USD", "per_day": 5.5, "per_month": 100}},
     "team-b": {"money": {"per_month": 10}},
     "plain": {"weight": 1}
@@ -63,6 +63,7 @@ func TestParseCaps(t *testing.T) {
 	}
 	a := p.Caps.Clients["team-a"]
 	if a.All != (broker.CapLimits{TPM: 100, TPD: 5000}) || a.Models["m1"] != (broker.CapLimits{RPM: 3}) ||
+		len(a.Routes) != 1 || a.Routes["claude-us"] != (broker.CapLimits{TPM: 40, TPD: 900}) ||
 		a.Money != (broker.Money{USDPerDay: 5.5, USDPerMonth: 100}) || p.Caps.Clients["team-b"].Money.USDPerMonth != 10 ||
 		p.Caps.Account != (broker.Money{USDPerDay: 50}) || p.Clients["team-a"].Weight != 2 {
 		t.Fatalf("parsed caps %+v", p.Caps)
@@ -76,6 +77,9 @@ func TestParseCapsErrors(t *testing.T) {
 	for _, tc := range []struct{ data, want string }{
 		{`{"clients": {"a": {"caps": {"tpm": -1}}}}`, "c.json: clients.a.caps.tpm: -1 is negative"},
 		{`{"clients": {"a": {"caps": {"models": {"m": {"rpm": -5}}}}}}`, "c.json: clients.a.caps.models.m.rpm: -5 is negative"},
+		{`{"clients": {"a": {"caps": {"routes": {"r": {"tpm": -5}}}}}}`, "c.json: clients.a.caps.routes.r.tpm: -5 is negative"},
+		{`{"clients": {"a": {"caps": {"routes": {"r": {"tpd": 2000000000000}}}}}}`, "c.json: clients.a.caps.routes.r.tpd: 2000000000000 is beyond any quota"},
+		{`{"clients": {"a": {"caps": {"routes": {"r": {"tokens": 5}}}}}}`, `unknown field "tokens"`},
 		{`{"clients": {"a": {"caps": {"tpd": 1e15}}}}`, "clients.caps.tpd: want int64"},
 		{`{"clients": {"a": {"caps": {"tpm": 5000000000}}}}`, "clients.a.caps.tpm: 5000000000 is beyond any quota"},
 		{`{"clients": {"a": {"caps": {"tpm": 1.5}}}}`, "want int64"},

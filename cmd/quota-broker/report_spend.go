@@ -58,7 +58,13 @@ func printSpend(w io.Writer, sp *pb.Spend, wide bool) {
 	fmt.Fprintln(tw, "CLIENT\tCAP ON\tRPM\tTPM\tTPD\tREFUSED")
 	for _, c := range sp.GetCaps() {
 		on := "all models"
-		if c.GetModel() != "" {
+		switch {
+		case c.GetRoute() != "":
+			on = clip("route "+c.GetRoute(), 44)
+			if wide {
+				on = "route " + c.GetRoute()
+			}
+		case c.GetModel() != "":
 			on = clip(c.GetModel(), 44)
 			if wide {
 				on = c.GetModel()

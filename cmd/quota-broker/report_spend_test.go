@@ -27,6 +27,7 @@ func TestPrintSpend(t *testing.T) {
 		Caps: []*pb.ClientCap{
 			{Client: "team-a", Tpm: 100, TokensLastMinute: 80, Refused: 1470},
 			{Client: long, Model: model, Rpm: 1_000_000_000, RequestsLastMinute: 999_999_999, Tpm: 1_000_000_000, Tpd: 1_000_000_000_000},
+			{Client: "team-a", Route: "claude-us", Tpm: 40, TokensLastMinute: 39},
 		},
 	}
 	var out bytes.Buffer
@@ -37,7 +38,7 @@ func TestPrintSpend(t *testing.T) {
 			t.Errorf("line of %d columns:\n%s", n, line)
 		}
 	}
-	for _, want := range []string{"team-a", "0.80", "1.00 (80%)", "80/100", "1470", "all models", "(account)"} {
+	for _, want := range []string{"team-a", "0.80", "1.00 (80%)", "80/100", "1470", "all models", "(account)", "route claude-us", "39/40"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("default view lacks %q:\n%s", want, text)
 		}

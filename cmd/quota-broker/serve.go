@@ -640,11 +640,6 @@ func (m *Main) openBroker(ctx context.Context, store broker.Store, clock broker.
 			log.Info("quotas discovered", "regions", strings.Join(regions, ","), "budgets", len(b.Budgets()), "skipped_quotas", len(st.Skipped))
 		}
 	}
-	if f.clients != "" {
-		if err := b.SetCaps(cfg.Caps); err != nil {
-			return b, nil, fmt.Errorf("clients file %s: %w", f.clients, err)
-		}
-	}
 	if f.routes != "" {
 		// After discovery: derived routes are built from the budgets it
 		// found, and a target without a budget fails start-up here, not a
@@ -661,6 +656,12 @@ func (m *Main) openBroker(ctx context.Context, store broker.Store, clock broker.
 			return b, nil, fmt.Errorf("routes file %s: %w", f.routes, err)
 		}
 		log.Info("routes loaded", "file", f.routes, "routes", len(routes))
+	}
+	if f.clients != "" {
+		// After the routes: a cap may name one.
+		if err := b.SetCaps(cfg.Caps); err != nil {
+			return b, nil, fmt.Errorf("clients file %s: %w", f.clients, err)
+		}
 	}
 	return b, src, nil
 }

@@ -28,7 +28,8 @@ type SpendSource interface {
 }
 
 // tenantKey names what a tenant alert is about: a client or the account
-// ("(account)"), and the cap's model ("" for all models, or for money).
+// ("(account)"), and the cap's model ("" for all models, or for money; a
+// cap on a route is "route NAME", which no model id can be).
 type tenantKey struct {
 	rule          Rule
 	client, model string
@@ -80,11 +81,15 @@ func (a *Alerter) observeTenants(sp broker.SpendReport, now time.Time) []Event {
 		money(c.Client, c.Spending)
 	}
 	for _, cu := range sp.Caps {
-		on := "all models"
-		if cu.Model != "" {
+		on, model := "all models", cu.Model
+		switch {
+		case cu.Route != "":
+			on = "route " + cu.Route
+			model = on
+		case cu.Model != "":
 			on = cu.Model
 		}
-		vs = append(vs, a.refusing(tenantKey{RuleCapRefusing, cu.Client, cu.Model}, cu.Refused, now, seen, "its caps on "+on))
+		vs = append(vs, a.refusing(tenantKey{RuleCapRefusing, cu.Client, model}, cu.Refused, now, seen, "its caps on "+on))
 	}
 	for k := range a.tenants {
 		if !seen[k] {

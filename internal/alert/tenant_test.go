@@ -63,3 +63,26 @@ func TestTenantRules(t *testing.T) {
 	step(team(0.5, 9), "resolved money_budget team/") // the next day
 	step(broker.SpendReport{})                        // no longer configured: nothing was firing
 }
+
+// TestRouteCapAlertIsItsOwn: a client's cap on a route alerts apart from
+// its cap over all models (both have no model), under "route NAME".
+func TestRouteCapAlertIsItsOwn(t *testing.T) {
+	a := newAlerter(t, Config{Window: time.Minute})
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	caps := func(all, route int64) broker.SpendReport {
+		return broker.SpendReport{Caps: []broker.CapUsage{
+			{Client: "team", Limits: broker.CapLimits{TPM: 100}, Refused: all},
+			{Client: "team", Route: "claude-us", Limits: broker.CapLimits{TPM: 50}, Refused: route},
+		}}
+	}
+	var got []string
+	for _, sp := range []broker.SpendReport{caps(3, 0), caps(3, 2)} {
+		now = now.Add(15 * time.Second)
+		for _, e := range a.ObserveSpend(sp, now) {
+			got = append(got, string(e.Status)+" "+string(e.Rule)+" "+e.Client+"/"+e.Cap+": "+e.Summary)
+		}
+	}
+	if want := "firing cap_refusing team/route claude-us: client team: its caps on route claude-us refused 2 grants since the last evaluation"; strings.Join(got, "; ") != want {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+}

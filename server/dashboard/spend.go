@@ -63,7 +63,10 @@ func spendRows(sp *broker.SpendReport) (rows []spendRow, caps []capRow) {
 	}
 	for _, c := range sp.Caps {
 		cr := capRow{Client: c.Client, On: "all models", Refused: c.Refused, RPM: "-", TPM: "-", TPD: "-"}
-		if c.Model != "" {
+		switch {
+		case c.Route != "":
+			cr.On = "route " + c.Route
+		case c.Model != "":
 			cr.On = c.Model
 		}
 		for _, l := range []struct {

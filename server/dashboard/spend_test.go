@@ -20,8 +20,16 @@ func TestPageShowsSpendAndCaps(t *testing.T) {
 	}
 	k := f.keys[sonnet]
 	f.b.SetPrices(map[broker.PriceKey]broker.Price{{Region: k.Region, Model: k.Model}: {Input: 0.003, Output: 0.015, Has: broker.RateInput | broker.RateOutput}})
+	target, err := broker.NewTarget(sonnet, "us-east-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.b.SetRoutes([]broker.Route{{Name: "sonnet-us", Targets: []broker.Target{target}}}); err != nil {
+		t.Fatal(err)
+	}
 	if err := f.b.SetCaps(broker.Caps{Clients: map[string]broker.ClientCaps{
-		"team": {All: broker.CapLimits{TPM: 10_000}, Money: broker.Money{USDPerDay: 0.02}}}}); err != nil {
+		"team": {All: broker.CapLimits{TPM: 10_000}, Money: broker.Money{USDPerDay: 0.02},
+			Routes: map[string]broker.CapLimits{"sonnet-us": {RPM: 30}}}}}); err != nil {
 		t.Fatal(err)
 	}
 	// 1000 input at $0.003/1k + 1000 output at $0.015/1k: $0.018, 90% of
@@ -41,7 +49,8 @@ func TestPageShowsSpendAndCaps(t *testing.T) {
 			t.Errorf("spend table lacks %q:\n%s", want, spend)
 		}
 	}
-	if !strings.Contains(caps, `<td class="key">team</td><td class="key">all models</td><td>-</td><td>6k/10k</td>`) {
+	if !strings.Contains(caps, `<td class="key">team</td><td class="key">all models</td><td>-</td><td>6k/10k</td>`) ||
+		!strings.Contains(caps, `<td class="key">team</td><td class="key">route sonnet-us</td><td>0/30</td><td>-</td>`) {
 		t.Errorf("caps table:\n%s", caps[:min(len(caps), 800)])
 	}
 }

@@ -1697,7 +1697,8 @@ func (x *ModelSpend) GetPriced() bool {
 type ClientCap struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Client string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
-	// The model the caps hold on; empty for the caps over all models.
+	// The model the caps hold on; empty for the caps over all models (and
+	// for caps on a route).
 	Model              string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
 	Rpm                int64  `protobuf:"varint,3,opt,name=rpm,proto3" json:"rpm,omitempty"`
 	Tpm                int64  `protobuf:"varint,4,opt,name=tpm,proto3" json:"tpm,omitempty"`
@@ -1708,6 +1709,9 @@ type ClientCap struct {
 	// Refusals on these caps since the broker started, and the latest.
 	Refused       int64                  `protobuf:"varint,9,opt,name=refused,proto3" json:"refused,omitempty"`
 	LastRefusedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_refused_at,json=lastRefusedAt,proto3" json:"last_refused_at,omitempty"`
+	// The route the caps hold on (the grants made through it, on any of its
+	// targets); empty for caps over all models or on a model.
+	Route         string `protobuf:"bytes,11,opt,name=route,proto3" json:"route,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1810,6 +1814,13 @@ func (x *ClientCap) GetLastRefusedAt() *timestamppb.Timestamp {
 		return x.LastRefusedAt
 	}
 	return nil
+}
+
+func (x *ClientCap) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
 }
 
 // RouteReport is one route: its targets in order, with their grants by
@@ -4349,7 +4360,7 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"ModelSpend\x12+\n" +
 	"\x03key\x18\x01 \x01(\v2\x19.quotabroker.v1.BudgetKeyR\x03key\x124\n" +
 	"\bspending\x18\x02 \x01(\v2\x18.quotabroker.v1.SpendingR\bspending\x12\x16\n" +
-	"\x06priced\x18\x03 \x01(\bR\x06priced\"\xd5\x02\n" +
+	"\x06priced\x18\x03 \x01(\bR\x06priced\"\xeb\x02\n" +
 	"\tClientCap\x12\x16\n" +
 	"\x06client\x18\x01 \x01(\tR\x06client\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x10\n" +
@@ -4361,7 +4372,8 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x0ftokens_last_day\x18\b \x01(\x03R\rtokensLastDay\x12\x18\n" +
 	"\arefused\x18\t \x01(\x03R\arefused\x12B\n" +
 	"\x0flast_refused_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\rlastRefusedAt\"x\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\rlastRefusedAt\x12\x14\n" +
+	"\x05route\x18\v \x01(\tR\x05route\"x\n" +
 	"\vRouteReport\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12;\n" +
 	"\atargets\x18\x02 \x03(\v2!.quotabroker.v1.RouteTargetReportR\atargets\x12\x18\n" +
