@@ -17,6 +17,7 @@ import (
 	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/broker/etcd"
 	"github.com/bedrockqb/quotabroker/internal/etcdtest"
+	"github.com/bedrockqb/quotabroker/internal/sysclock"
 )
 
 // clock is the system clock: the Session times keep-alives by it, and
@@ -421,5 +422,97 @@ func testSpendBoundOrder(t *testing.T, ctx context.Context, cli *clientv3.Client
 		if r.Client == "c000" && (r.NanoUSD != 1500 || r.Calls != 2) {
 			t.Errorf("c000's spend %+v, want 1500 nano-USD over 2 calls", r)
 		}
+	}
+}
+
+// TestSpendFailover: what a client was granted and charged under one
+// leader's broker (its spend, and its day cap's tokens) is what the next
+// leader's broker opens with, from the Store, as a failover does in
+// cmd/quota-broker's cluster; and the new leader adds to it.
+func TestSpendFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real etcd")
+	}
+	ec := etcdtest.Start(t, 1)
+	cli := client(t, ec.Endpoints())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const prefix = "/spend-failover/"
+	const model = "anthropic.claude-3-haiku-20240307-v1:0"
+	k := broker.Key{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: model}
+	cfg := broker.Config{
+		Caps: broker.Caps{Clients: map[string]broker.ClientCaps{
+			"team": {All: broker.CapLimits{TPD: 1_000_000}, Money: broker.Money{USDPerDay: 100}}}},
+		Prices: map[broker.PriceKey]broker.Price{{Region: k.Region, Model: model}: {
+			Input: 0.00025, Output: 0.00125, Has: broker.RateInput | broker.RateOutput, Source: "test"}},
+	}
+	req := broker.AcquireRequest{ModelID: model, Region: k.Region, Client: "team", InputTokens: 1000, MaxOutputTokens: 1000}
+	// serve grants and settles n calls of the team on b.
+	serve := func(b *broker.Broker, n int) {
+		t.Helper()
+		for range n {
+			d, err := b.Acquire(ctx, req)
+			if err != nil || !d.Granted {
+				t.Fatalf("acquire: %+v %v", d, err)
+			}
+			if _, err := b.Complete(ctx, d.Lease.ID, broker.OutcomeSuccess, broker.Usage{InputTokens: 1000, OutputTokens: 200}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	team := func(r broker.SpendReport) (broker.ClientSpend, int64) {
+		t.Helper()
+		var cs broker.ClientSpend
+		for _, c := range r.Clients {
+			if c.Client == "team" {
+				cs = c
+			}
+		}
+		if len(r.Caps) != 1 {
+			t.Fatalf("caps in the report: %+v, want the team's", r.Caps)
+		}
+		return cs, r.Caps[0].DayTokens
+	}
+
+	stA, sessA := lead(t, ctx, cli, prefix)
+	a, err := broker.Open(ctx, stA, sysclock.Clock{}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetSpecs(ctx, []broker.Spec{{Key: k, Quota: broker.Limits{RPM: 1000, TPM: 1_000_000}, Source: "test"}}); err != nil {
+		t.Fatal(err)
+	}
+	serve(a, 3)
+	spentA, dayA := team(a.Spend())
+	if spentA.TodayUSD <= 0 || spentA.Calls != 3 || dayA <= 0 {
+		t.Fatalf("the first leader's report: %+v, %d day tokens; want spend, 3 calls and day tokens", spentA, dayA)
+	}
+	// The leader is gone (its broker never closes: as at a crash); the
+	// next one opens from what it committed.
+	sessA.Close()
+	stB, _ := lead(t, ctx, cli, prefix)
+	b, err := broker.Open(ctx, stB, sysclock.Clock{}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spentB, dayB := team(b.Spend())
+	if spentB.TodayUSD != spentA.TodayUSD || spentB.MonthUSD != spentA.MonthUSD || spentB.Calls != 3 || dayB != dayA {
+		t.Fatalf("the new leader opened with %+v, %d day tokens; the old one had %+v, %d", spentB, dayB, spentA, dayA)
+	}
+	serve(b, 1)
+	spentB, dayB = team(b.Spend())
+	if spentB.Calls != 4 || spentB.TodayUSD <= spentA.TodayUSD || dayB <= dayA {
+		t.Fatalf("after one more call on the new leader: %+v, %d day tokens", spentB, dayB)
+	}
+	// And a third leader sees the four calls.
+	snap := load(t, ctx, cli, prefix)
+	var calls int64
+	for _, r := range snap.Spend {
+		if r.Client == "team" {
+			calls += r.Calls
+		}
+	}
+	if calls != 4 {
+		t.Errorf("the store holds %d calls of the team, want 4: %+v", calls, snap.Spend)
 	}
 }
