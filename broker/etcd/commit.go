@@ -283,12 +283,24 @@ func (s *Store) txn(ctx context.Context, f *Fence, ops []*op) error {
 			tops[i] = clientv3.OpPut(o.key, string(o.val))
 		}
 	}
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(f.Key), "=", f.Rev)).Then(tops...).Commit()
-	if err != nil {
-		return fmt.Errorf("write to etcd: %w", err)
+	if err := s.readEpoch(ctx); err != nil {
+		return err
 	}
-	if !resp.Succeeded {
+	before := s.lastRev
+	resp, err := s.cli.Txn(ctx).If(s.fenced(f)...).Then(tops...).Commit()
+	if err != nil {
+		err = fmt.Errorf("write to etcd: %w", err)
+		landed, rerr := s.settle(ctx, f, ops, before)
+		if !landed {
+			if rerr != nil {
+				return fmt.Errorf("%w; and whether it was applied is unknown: %w", err, rerr)
+			}
+			return err
+		}
+	} else if !resp.Succeeded {
 		return fmt.Errorf("%w: its election key %s is gone or another's (fenced write refused by etcd)", ErrNotLeader, f.Key)
+	} else {
+		s.lastRev = resp.Header.Revision
 	}
 	for _, o := range ops {
 		switch {
@@ -306,6 +318,71 @@ func (s *Store) txn(ctx context.Context, f *Fence, ops []*op) error {
 		case o.rank == rankLease:
 			s.versions[o.key] = o.version
 		}
+	}
+	return nil
+}
+
+// fenced is the condition of every write: f's election key as it was
+// won, and the epoch key as this Store last wrote or read it.
+func (s *Store) fenced(f *Fence) []clientv3.Cmp {
+	return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(f.Key), "=", f.Rev),
+		clientv3.Compare(clientv3.ModRevision(s.prefix+keyEpoch), "=", s.epochRev)}
+}
+
+// settle finds out whether ops, a transaction whose answer was an error,
+// were applied, when that matters: when they hold totals, which a retry
+// would add again, subtracting twice what shrinks (doc.go, Limits and
+// order). Other writes are the same when repeated. It writes the epoch
+// key first, fenced, so that the transaction, if still on its way, can no
+// longer be applied after it; then one of the totals written, a key only
+// this Store writes, tells: it changed after before (the revision of this
+// Store's last write or Load) only if ops were applied. Caller holds
+// commitMu.
+func (s *Store) settle(ctx context.Context, f *Fence, ops []*op, before int64) (bool, error) {
+	var witness *op
+	for _, o := range ops {
+		if o.tally != nil {
+			witness = o
+			break
+		}
+	}
+	if witness == nil || before == 0 {
+		return false, nil
+	}
+	if now, dl := s.clock.Now(), f.Deadline(); !now.Before(dl) {
+		// A deposed leader's broker retries nothing: it is gone.
+		return false, nil
+	}
+	cmp := s.fenced(f)
+	s.epochRev = -1 // unknown until the write below answers
+	resp, err := s.cli.Txn(ctx).If(cmp...).Then(clientv3.OpPut(s.prefix+keyEpoch, "")).Commit()
+	if err != nil {
+		return false, fmt.Errorf("write the epoch: %w", err)
+	}
+	if !resp.Succeeded {
+		return false, fmt.Errorf("%w: its election key %s is gone or another's (fenced write refused by etcd)", ErrNotLeader, f.Key)
+	}
+	s.epochRev, s.lastRev = resp.Header.Revision, resp.Header.Revision
+	got, err := s.cli.Get(ctx, witness.key)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", witness.key, err)
+	}
+	return len(got.Kvs) == 1 && got.Kvs[0].ModRevision > before, nil
+}
+
+// readEpoch reads the epoch key's revision again after a write of it
+// whose answer was lost. Caller holds commitMu.
+func (s *Store) readEpoch(ctx context.Context) error {
+	if s.epochRev >= 0 {
+		return nil
+	}
+	resp, err := s.cli.Get(ctx, s.prefix+keyEpoch)
+	if err != nil {
+		return fmt.Errorf("read from etcd: %w", err)
+	}
+	s.epochRev = 0
+	if len(resp.Kvs) == 1 {
+		s.epochRev = resp.Kvs[0].ModRevision
 	}
 	return nil
 }

@@ -9,6 +9,7 @@
 //
 //	P format                  {"format":"quota-broker/1","cluster":NAME}
 //	P leader/<lease>          the election (concurrency.Election); value: leader's address
+//	P epoch                   written after a write whose answer was lost (Limits and order)
 //	P specs/<key>             broker.Spec (JSON)
 //	P overrides/<key>         broker.OverrideRecord
 //	P adaptive/<key>          broker.AdaptiveRecord
@@ -42,7 +43,8 @@
 //
 // Only the leader writes, and every write is a transaction whose condition
 // is that the election key it won still exists with the create revision it
-// had when it won. When its session's lease expires, etcd deletes the key;
+// had when it won (and that the epoch key is as this Store left it: Limits
+// and order). When its session's lease expires, etcd deletes the key;
 // a new leader's key has another revision; either way a write from the old
 // leader, however late it arrives, is refused by etcd (ErrNotLeader). The
 // Store also refuses, without asking etcd, any write after the session's
@@ -86,10 +88,19 @@
 // in a way that lets a budget grant more, with one exception: a retry
 // subtracts again what a failed Commit already subtracted, when the
 // shrinking totals of a group need more than one transaction (over 127
-// keys) and a later one fails, or when etcd applies the last transaction
-// but its answer is lost. The stored totals are then low by those
+// keys) and a later one fails. The stored totals are then low by those
 // corrections (the leader's memory is right), which matters if a failover
 // loads them while their window or period lasts.
+//
+// A transaction whose answer is lost (a connection reset, a timeout while
+// etcd elects a leader) may have been applied or not, or be applied later.
+// When it holds totals, the Store finds out before failing the Commit:
+// every write is also conditional on the revision of the epoch key, which
+// the Store then writes (fenced), so that the lost transaction can no
+// longer be applied after it, and reads one of the totals the transaction
+// wrote: changed since the Store's previous write, it was applied, and the
+// Commit goes on. Only if etcd cannot be reached for that either does the
+// Commit fail not knowing, and the retry may add it twice.
 //
 // Totals and lease versions need the stored value; the Store keeps both
 // in memory from Load (it is the only writer while it leads) and reads

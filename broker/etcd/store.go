@@ -83,6 +83,10 @@ type Store struct {
 	versions map[string]uint64
 	totals   map[string]tally
 	unsure   map[string]bool // keys whose stored value a failed write left unknown
+	// lastRev is the revision of this Store's last write or Load (0:
+	// none), and epochRev the epoch key's last write (0: never; -1:
+	// unknown, read it again): see settle.
+	lastRev, epochRev int64
 }
 
 // tally is the stored value of an additive record: its identity (the
@@ -257,6 +261,9 @@ const (
 	// minute, keyed like usage so that old ones are one range deletion.
 	secSpend       = "spend/"
 	secClientUsage = "client-usage/"
+	// keyEpoch is written after a write whose answer was lost, and every
+	// write is conditional on its revision (commit.go: settle).
+	keyEpoch = "epoch"
 )
 
 // budgetKey is unambiguous: each part is path-escaped, so no "/" is left
@@ -301,6 +308,7 @@ func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
 	defer s.commitMu.Unlock()
 	versions := map[string]uint64{}
 	totals := map[string]tally{}
+	var epoch int64
 	const page = 5000
 	from, end := s.prefix, clientv3.GetPrefixRangeEnd(s.prefix)
 	var rev int64
@@ -318,6 +326,9 @@ func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
 		}
 		for _, kv := range resp.Kvs {
 			key := string(kv.Key)
+			if key == s.prefix+keyEpoch {
+				epoch = kv.ModRevision
+			}
 			sec, _, _ := strings.Cut(strings.TrimPrefix(key, s.prefix), "/")
 			var err error
 			switch sec + "/" {
@@ -371,5 +382,6 @@ func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 	s.versions, s.totals, s.unsure = versions, totals, map[string]bool{}
+	s.lastRev, s.epochRev = rev, epoch
 	return snap, nil
 }

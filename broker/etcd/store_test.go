@@ -8,6 +8,7 @@ import (
 	"maps"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -185,6 +186,10 @@ func TestStore(t *testing.T) {
 		if len(snap.ClientUsage) != 1 || snap.ClientUsage[0].Tokens != 60 {
 			t.Errorf("client usage after the new leader's settlement: %+v, want 60 tokens", snap.ClientUsage)
 		}
+	})
+
+	t.Run("a write whose answer is lost is not applied twice", func(t *testing.T) {
+		testLostAnswer(t, ctx, ec.Endpoints())
 	})
 
 	t.Run("writes are fenced on leadership", func(t *testing.T) {
@@ -515,4 +520,110 @@ func TestSpendFailover(t *testing.T) {
 	if calls != 4 {
 		t.Errorf("the store holds %d calls of the team, want 4: %+v", calls, snap.Spend)
 	}
+}
+
+// flakyKV is a client's KV whose next Txns fail as told: after etcd
+// applied them (the answer lost) or before they reach it.
+type flakyKV struct {
+	clientv3.KV
+	mu   sync.Mutex
+	next []flake
+}
+
+type flake int
+
+const (
+	answered flake = iota
+	answerLost
+	notSent
+)
+
+var errLost = errors.New("connection reset (test)")
+
+func (k *flakyKV) fail(f ...flake) {
+	k.mu.Lock()
+	k.next = append(k.next, f...)
+	k.mu.Unlock()
+}
+
+func (k *flakyKV) Txn(ctx context.Context) clientv3.Txn {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	f := answered
+	if len(k.next) > 0 {
+		f, k.next = k.next[0], k.next[1:]
+	}
+	return &flakyTxn{Txn: k.KV.Txn(ctx), f: f}
+}
+
+type flakyTxn struct {
+	clientv3.Txn
+	f flake
+}
+
+func (t *flakyTxn) If(cs ...clientv3.Cmp) clientv3.Txn   { t.Txn = t.Txn.If(cs...); return t }
+func (t *flakyTxn) Then(ops ...clientv3.Op) clientv3.Txn { t.Txn = t.Txn.Then(ops...); return t }
+func (t *flakyTxn) Else(ops ...clientv3.Op) clientv3.Txn { t.Txn = t.Txn.Else(ops...); return t }
+
+func (t *flakyTxn) Commit() (*clientv3.TxnResponse, error) {
+	switch t.f {
+	case notSent:
+		return nil, errLost
+	case answerLost:
+		if _, err := t.Txn.Commit(); err != nil {
+			return nil, err
+		}
+		return nil, errLost
+	}
+	return t.Txn.Commit()
+}
+
+// testLostAnswer: a Commit whose transaction etcd applied but whose answer
+// was lost succeeds (the store finds out), rather than failing into the
+// broker's retry, which would subtract a settlement's correction twice; one
+// that never reached etcd fails, and its retry applies it once.
+func testLostAnswer(t *testing.T, ctx context.Context, eps string) {
+	cli := client(t, eps)
+	kv := &flakyKV{KV: cli.KV}
+	cli.KV = kv
+	const prefix = "/lost/"
+	st, _ := lead(t, ctx, cli, prefix)
+	if _, err := st.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spend := func(nano int64) broker.Change {
+		return broker.Change{Spend: []broker.SpendRecord{{Client: "c", Key: key, Day: 20000, NanoUSD: nano}},
+			Usage: []broker.UsageRecord{{Key: key, Minute: 100, Tokens: nano / 10}}}
+	}
+	want := func(nano int64) {
+		t.Helper()
+		snap := load(t, ctx, cli, prefix)
+		if len(snap.Spend) != 1 || snap.Spend[0].NanoUSD != nano || len(snap.Usage) != 1 || snap.Usage[0].Tokens != nano/10 {
+			t.Fatalf("spend %+v and usage %+v, want %d nano-USD and %d tokens", snap.Spend, snap.Usage, nano, nano/10)
+		}
+	}
+	commit(t, ctx, st, spend(1000))
+
+	kv.fail(answerLost)
+	if err := st.Commit(ctx, spend(-400)); err != nil {
+		t.Fatalf("a commit applied with its answer lost: %v, want it found applied", err)
+	}
+	want(600)
+
+	kv.fail(notSent)
+	if err := st.Commit(ctx, spend(-100)); !errors.Is(err, errLost) {
+		t.Fatalf("a commit that never reached etcd: %v, want its error", err)
+	}
+	commit(t, ctx, st, spend(-100)) // the broker's retry
+	want(500)
+
+	// The epoch's own write loses its answer too: the Commit fails, and
+	// the next one reads the epoch again rather than taking itself for
+	// deposed.
+	kv.fail(notSent, answerLost)
+	if err := st.Commit(ctx, spend(-50)); !errors.Is(err, errLost) {
+		t.Fatalf("a commit whose outcome could not be found: %v, want its error", err)
+	}
+	commit(t, ctx, st, spend(-50))
+	want(450)
 }
