@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -49,11 +50,8 @@ func (s *Store) Commit(ctx context.Context, c broker.Change) error {
 		// Not ctx: a Change accepted is written whole or fails; the
 		// deadline bounds the wait, since past it etcd refuses anyway.
 		wctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), dl)
-		err := s.apply(wctx, f, group)
+		s.write(wctx, f, group)
 		cancel()
-		for _, g := range group {
-			g.done <- err
-		}
 	}
 	s.commitMu.Unlock()
 	return <-cl.done
@@ -82,7 +80,31 @@ const (
 	rankShrink        // totals that shrink: a settlement's corrections, a chunk's spend bound taken back
 )
 
-// apply writes a group. Caller holds commitMu.
+// errSplit: a group's shrinking totals need more than one transaction.
+var errSplit = errors.New("the group's shrinking totals need more than one transaction")
+
+// write applies group and answers its calls. A group whose shrinking
+// totals would need more than one transaction is written as two groups of
+// its calls, in order (doc.go, Limits and order); the calls of the second
+// fail with the first when it fails. Caller holds commitMu.
+func (s *Store) write(ctx context.Context, f *Fence, group []*call) error {
+	err := s.apply(ctx, f, group)
+	if errors.Is(err, errSplit) {
+		h := len(group) / 2
+		if err = s.write(ctx, f, group[:h]); err == nil {
+			return s.write(ctx, f, group[h:])
+		}
+		group = group[h:]
+	}
+	for _, g := range group {
+		g.done <- err
+	}
+	return err
+}
+
+// apply writes a group; errSplit, before writing anything, when the group
+// has more than one call and its shrinking totals need more than one
+// transaction. Caller holds commitMu.
 func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 	if err := s.fill(ctx, group); err != nil {
 		return err
@@ -232,23 +254,41 @@ func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 		}
 	}
 	slices.SortFunc(list, func(a, b *op) int { return cmp.Or(cmp.Compare(a.rank, b.rank), cmp.Compare(a.seq, b.seq)) })
+	// The shrinking totals go in one transaction, so that a Commit that
+	// fails has applied all of them or none (the broker's retry subtracts
+	// them again): of their own, unless everything left fits with them.
+	shrinkN, shrinkSize := 0, 0
+	for _, o := range list {
+		if o.rank == rankShrink {
+			shrinkN++
+			shrinkSize += opSize(o)
+		}
+	}
+	if len(group) > 1 && (shrinkN > maxTxnOps || shrinkSize > maxTxnBytes) {
+		return errSplit
+	}
 	for len(list) > 0 {
 		// One transaction: as many ops as fit. A total's two steps in the
 		// same one are one write of its new value (etcd refuses a key
 		// twice in a transaction, and the growth alone is never seen).
 		var batch []*op
 		at := map[string]int{}
-		n, size := 0, 0
+		n, size, shrinks := 0, 0, false
 		for ; n < len(list); n++ {
 			o := list[n]
+			if o.rank == rankShrink && !shrinks && len(batch) > 0 &&
+				(len(batch)+len(list)-n > maxTxnOps || size+shrinkSize > maxTxnBytes) {
+				break // the shrinking totals start a transaction
+			}
+			shrinks = shrinks || o.rank == rankShrink
 			if i, ok := at[o.key]; ok && o.end == "" && batch[i].end == "" {
 				batch[i] = o
 				continue
 			}
-			if len(batch) == maxTxnOps || (len(batch) > 0 && size+len(o.key)+len(o.val)+64 > maxTxnBytes) {
+			if len(batch) == maxTxnOps || (len(batch) > 0 && size+opSize(o) > maxTxnBytes) {
 				break
 			}
-			size += len(o.key) + len(o.val) + 64
+			size += opSize(o)
 			at[o.key] = len(batch)
 			batch = append(batch, o)
 		}
@@ -266,6 +306,10 @@ func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 	}
 	return nil
 }
+
+// opSize is what o counts against a transaction's size, with room for
+// framing.
+func opSize(o *op) int { return len(o.key) + len(o.val) + 64 }
 
 // txn writes ops in one transaction fenced on f and updates the caches.
 func (s *Store) txn(ctx context.Context, f *Fence, ops []*op) error {

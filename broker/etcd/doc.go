@@ -83,14 +83,19 @@
 // A total whose new value is lower in some count (a settlement's
 // correction, a bound taken back, net of the group) is written in two
 // steps: the larger of old and new in each count with the growth, the new
-// value last (one write when both fall in one transaction). So unlike the
-// bolt store, a failed Commit may have applied part of its Change, never
-// in a way that lets a budget grant more, with one exception: a retry
-// subtracts again what a failed Commit already subtracted, when the
-// shrinking totals of a group need more than one transaction (over 127
-// keys) and a later one fails. The stored totals are then low by those
-// corrections (the leader's memory is right), which matters if a failover
-// loads them while their window or period lasts.
+// value last (one write when both fall in one transaction). The shrinking
+// totals are written in one transaction, of their own unless all that is
+// left fits with them, so a Commit that fails has applied all of them or
+// none: the broker retries a failed Change whole, and what it subtracts
+// must not be subtracted twice. A group whose shrinking totals need more
+// than one transaction (over 127 keys) is written as two groups of its
+// Commits, in order. So unlike the bolt store, a failed Commit may have
+// applied part of its Change, never in a way that lets a budget grant
+// more, with one exception: a single Change whose shrinking totals need
+// more than one transaction, cut short between them, is retried with
+// those already applied subtracted again. The stored totals are then low
+// by those corrections (the leader's memory is right), which matters if a
+// failover loads them while their window or period lasts.
 //
 // A transaction whose answer is lost (a connection reset, a timeout while
 // etcd elects a leader) may have been applied or not, or be applied later.

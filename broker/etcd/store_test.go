@@ -188,6 +188,10 @@ func TestStore(t *testing.T) {
 		}
 	})
 
+	t.Run("shrinking totals are written in one transaction", func(t *testing.T) {
+		testShrinksTogether(t, ctx, cli)
+	})
+
 	t.Run("a write whose answer is lost is not applied twice", func(t *testing.T) {
 		testLostAnswer(t, ctx, ec.Endpoints())
 	})
@@ -626,4 +630,69 @@ func testLostAnswer(t *testing.T, ctx context.Context, eps string) {
 	}
 	commit(t, ctx, st, spend(-50))
 	want(450)
+}
+
+// testShrinksTogether: a Commit's shrinking totals (here 100 settlements'
+// corrections, after 100 lease records) are written in one transaction,
+// so that a Commit that fails has applied all of them or none; and 200
+// concurrent Commits, grouped past what one transaction holds of them,
+// each add what they carry once.
+func testShrinksTogether(t *testing.T, ctx context.Context, cli *clientv3.Client) {
+	const prefix = "/shrinks/"
+	st, _ := lead(t, ctx, cli, prefix)
+	if _, err := st.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec := func(i int, nano int64) broker.SpendRecord {
+		return broker.SpendRecord{Client: fmt.Sprintf("c%03d", i), Key: key, Day: 20000, NanoUSD: nano}
+	}
+	var grants, settles broker.Change
+	for i := range 100 {
+		grants.Spend = append(grants.Spend, rec(i, 1000))
+		settles.Spend = append(settles.Spend, rec(i, -300))
+		settles.Leases = append(settles.Leases, broker.LeaseRecord{ID: fmt.Sprintf("l%03d", i), Version: 2, Key: key, State: broker.LeaseCompleted})
+	}
+	commit(t, ctx, st, grants)
+	commit(t, ctx, st, settles)
+	resp, err := cli.Get(ctx, prefix+"spend/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	revs := map[int64]int{}
+	for _, kv := range resp.Kvs {
+		revs[kv.ModRevision]++
+	}
+	if len(resp.Kvs) != 100 || len(revs) != 1 {
+		t.Errorf("the 100 corrections were written at revisions %v, want one", revs)
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 200 {
+		wg.Go(func() {
+			errs <- st.Commit(ctx, broker.Change{Spend: []broker.SpendRecord{rec(i, -100)}})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	spent := load(t, ctx, cli, prefix).Spend
+	if len(spent) != 200 {
+		t.Errorf("%d clients with spend, want 200", len(spent))
+	}
+	for _, r := range spent {
+		var i int
+		fmt.Sscanf(r.Client, "c%03d", &i)
+		want := int64(-100)
+		if i < 100 {
+			want = 1000 - 300 - 100
+		}
+		if r.NanoUSD != want {
+			t.Errorf("%s's spend %d, want %d", r.Client, r.NanoUSD, want)
+		}
+	}
 }
