@@ -397,9 +397,9 @@ func (s *Store) settle(ctx context.Context, f *Fence, ops []*op, before int64) (
 		// A deposed leader's broker retries nothing: it is gone.
 		return false, nil
 	}
-	cmp := s.fenced(f)
+	cond := s.fenced(f)
 	s.epochRev = -1 // unknown until the write below answers
-	resp, err := s.cli.Txn(ctx).If(cmp...).Then(clientv3.OpPut(s.prefix+keyEpoch, "")).Commit()
+	resp, err := s.cli.Txn(ctx).If(cond...).Then(clientv3.OpPut(s.prefix+keyEpoch, "")).Commit()
 	if err != nil {
 		return false, fmt.Errorf("write the epoch: %w", err)
 	}

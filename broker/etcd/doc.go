@@ -34,10 +34,10 @@
 // totals for the day window, the budgets' specs, overrides and learned
 // ceilings, and the tenants' spend and client usage (broker's doc, Caps and
 // money: without them a failover would reset every client's money budgets
-// and TPD caps). Per-client history (broker.StatsRecord) is not: it is statistics,
-// never read by the invariant, and would cost a write per budget and client
-// every second; a new leader's history starts with its term. The store is
-// thus not a broker.StatsReader.
+// and TPD caps). Per-client history (broker.StatsRecord) is not: it is
+// statistics, never read by the invariant, and would cost a write per
+// budget and client every second; a new leader's history starts with its
+// term. The store is thus not a broker.StatsReader.
 //
 // # Fencing
 //
