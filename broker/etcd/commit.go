@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -49,19 +50,16 @@ func (s *Store) Commit(ctx context.Context, c broker.Change) error {
 		// Not ctx: a Change accepted is written whole or fails; the
 		// deadline bounds the wait, since past it etcd refuses anyway.
 		wctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), dl)
-		err := s.apply(wctx, f, group)
+		s.write(wctx, f, group)
 		cancel()
-		for _, g := range group {
-			g.done <- err
-		}
 	}
 	s.commitMu.Unlock()
 	return <-cl.done
 }
 
-// op is the last write of one key in a group. rank orders the group's
-// transactions (see doc.go): records that grants rest on come before the
-// chunk records that close over them, and deletions last.
+// op is one write of a group. rank orders the group's transactions (see
+// doc.go): records that grants rest on come before the chunk records that
+// close over them, deletions after, and totals that shrink last.
 type op struct {
 	key, end string // end: a range deletion [key, end)
 	val      []byte
@@ -69,19 +67,44 @@ type op struct {
 	rank     int
 	seq      int
 
-	version uint64              // leases: for the cache
-	usage   *broker.UsageRecord // usage: the new total, for the cache
+	version uint64 // leases: for the cache
+	tally   *tally // additive totals: the value written, for the cache
 }
 
 const (
 	rankState  = iota // specs, overrides, adaptive
 	rankLease         // lease records
-	rankUsage         // usage totals
+	rankGrow          // usage, client usage and spend totals, up to what grows
 	rankChunk         // chunk records (opening and closing)
-	rankDelete        // forgotten leases and chunks, old usage
+	rankDelete        // forgotten leases and chunks, old totals
+	rankShrink        // totals that shrink: a settlement's corrections, a chunk's spend bound taken back
 )
 
-// apply writes a group. Caller holds commitMu.
+// errSplit: a group's shrinking totals need more than one transaction.
+var errSplit = errors.New("the group's shrinking totals need more than one transaction")
+
+// write applies group and answers its calls. A group whose shrinking
+// totals would need more than one transaction is written as two groups of
+// its calls, in order (doc.go, Limits and order); the calls of the second
+// fail with the first when it fails. Caller holds commitMu.
+func (s *Store) write(ctx context.Context, f *Fence, group []*call) error {
+	err := s.apply(ctx, f, group)
+	if errors.Is(err, errSplit) {
+		h := len(group) / 2
+		if err = s.write(ctx, f, group[:h]); err == nil {
+			return s.write(ctx, f, group[h:])
+		}
+		group = group[h:]
+	}
+	for _, g := range group {
+		g.done <- err
+	}
+	return err
+}
+
+// apply writes a group; errSplit, before writing anything, when the group
+// has more than one call and its shrinking totals need more than one
+// transaction. Caller holds commitMu.
 func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 	if err := s.fill(ctx, group); err != nil {
 		return err
@@ -93,18 +116,36 @@ func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 		o.seq = seq
 		ops[o.key] = o
 	}
-	put := func(key string, rank int, v any) *op {
+	encode := func(key string, v any) []byte {
 		b, err := json.Marshal(v)
 		if err != nil {
 			panic(fmt.Sprintf("etcd store: encode %s: %v", key, err)) // records are plain data
 		}
-		o := &op{key: key, val: b, rank: rank}
+		return b
+	}
+	put := func(key string, rank int, v any) *op {
+		o := &op{key: key, val: encode(key, v), rank: rank}
 		set(o)
 		return o
 	}
 	versions := map[string]uint64{}
-	totals := map[string]broker.UsageRecord{}
-	var cut int64
+	// totals are the group's new additive totals, and order the keys in
+	// the order they were first added to.
+	totals := map[string]tally{}
+	var order []string
+	add := func(key string, id any, d [3]int64) {
+		t, ok := totals[key]
+		if !ok {
+			t = s.totals[key]
+			t.id = id
+			order = append(order, key)
+		}
+		for i := range d {
+			t.n[i] += d[i]
+		}
+		totals[key] = t
+	}
+	var cut, spendCut, clientCut int64
 	for _, g := range group {
 		c := &g.c
 		for _, sp := range c.Specs {
@@ -137,16 +178,15 @@ func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 			put(key, rankLease, l).version = l.Version
 		}
 		for _, u := range c.Usage {
-			key := s.usageKey(u.Minute, u.Key)
-			t, ok := totals[key]
-			if !ok {
-				t = s.usage[key]
-				t.Key, t.Minute = u.Key, u.Minute
-			}
-			t.Tokens += u.Tokens
-			t.Requests += u.Requests
-			totals[key] = t
-			put(key, rankUsage, t).usage = &t
+			add(s.usageKey(u.Minute, u.Key), broker.UsageRecord{Key: u.Key, Minute: u.Minute}, [3]int64{u.Tokens, u.Requests})
+		}
+		for _, u := range c.ClientUsage {
+			id := broker.ClientUsageRecord{Client: u.Client, Key: u.Key, Minute: u.Minute}
+			add(s.clientUsageKey(id), id, [3]int64{u.Tokens, u.Requests})
+		}
+		for _, r := range c.Spend {
+			id := broker.SpendRecord{Client: r.Client, Key: r.Key, Day: r.Day}
+			add(s.spendKey(id), id, [3]int64{r.NanoUSD, r.Calls, r.Unpriced})
 		}
 		for _, ch := range c.Chunks {
 			put(s.chunkKey(ch.ID), rankChunk, ch)
@@ -160,27 +200,99 @@ func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 			set(&op{key: s.chunkKey(id), del: true, rank: rankDelete})
 		}
 		cut = max(cut, c.DeleteUsageBefore)
+		spendCut = max(spendCut, c.DeleteSpendBefore)
+		clientCut = max(clientCut, c.DeleteClientUsageBefore)
 	}
-	list := make([]*op, 0, len(ops)+1)
-	for _, o := range ops {
-		// etcd refuses a transaction that writes a key a range deletion
-		// of the same transaction covers; the deletion wins anyway.
-		if cut != 0 && o.usage != nil && o.usage.Minute < cut {
-			continue
+	var ranges []*op
+	for _, r := range []struct {
+		sec string
+		cut int64
+	}{{secUsage, cut}, {secClientUsage, clientCut}, {secSpend, spendCut}} {
+		if r.cut != 0 {
+			seq++
+			ranges = append(ranges, &op{key: s.prefix + r.sec, end: s.timePrefix(r.sec, r.cut), del: true, rank: rankDelete, seq: seq})
 		}
+	}
+	// etcd refuses a transaction that writes a key a range deletion of the
+	// same transaction covers; the deletion wins anyway.
+	covered := func(key string) bool {
+		for _, r := range ranges {
+			if r.key <= key && key < r.end {
+				return true
+			}
+		}
+		return false
+	}
+	list := make([]*op, 0, len(ops)+len(order)+len(ranges))
+	for _, o := range ops {
 		list = append(list, o)
 	}
-	if cut != 0 {
-		list = append(list, &op{key: s.prefix + secUsage, end: s.usagePrefix(cut), del: true, rank: rankDelete, seq: seq + 1})
+	list = append(list, ranges...)
+	// A total is written in up to two steps, so that every prefix of the
+	// group's transactions holds at least what etcd held before for each
+	// of its counts: first, with the growth (counts at the larger of old
+	// and new), before the chunk records that rest on it; then, at the
+	// very end, the new total where a count shrinks. So a chunk's closing
+	// Change never has its spend bound taken back before its leases' spend
+	// is written, and a Change cut short and retried whole adds its growth
+	// twice (an over-charge) but has subtracted nothing.
+	for _, key := range order {
+		t := totals[key]
+		if covered(key) {
+			continue
+		}
+		old, grown := s.totals[key].n, t
+		for i := range grown.n {
+			grown.n[i] = max(grown.n[i], old[i])
+		}
+		seq++
+		if grown.n != old {
+			list = append(list, &op{key: key, val: encode(key, grown.record()), rank: rankGrow, seq: seq, tally: &grown})
+		}
+		if t.n != grown.n {
+			list = append(list, &op{key: key, val: encode(key, t.record()), rank: rankShrink, seq: seq, tally: &t})
+		}
 	}
 	slices.SortFunc(list, func(a, b *op) int { return cmp.Or(cmp.Compare(a.rank, b.rank), cmp.Compare(a.seq, b.seq)) })
-	for len(list) > 0 {
-		n, size := 0, 0
-		for n < len(list) && n < maxTxnOps && (n == 0 || size+len(list[n].key)+len(list[n].val)+64 <= maxTxnBytes) {
-			size += len(list[n].key) + len(list[n].val) + 64
-			n++
+	// The shrinking totals go in one transaction, so that a Commit that
+	// fails has applied all of them or none (the broker's retry subtracts
+	// them again): of their own, unless everything left fits with them.
+	shrinkN, shrinkSize := 0, 0
+	for _, o := range list {
+		if o.rank == rankShrink {
+			shrinkN++
+			shrinkSize += opSize(o)
 		}
-		if err := s.txn(ctx, f, list[:n]); err != nil {
+	}
+	if len(group) > 1 && (shrinkN > maxTxnOps || shrinkSize > maxTxnBytes) {
+		return errSplit
+	}
+	for len(list) > 0 {
+		// One transaction: as many ops as fit. A total's two steps in the
+		// same one are one write of its new value (etcd refuses a key
+		// twice in a transaction, and the growth alone is never seen).
+		var batch []*op
+		at := map[string]int{}
+		n, size, shrinks := 0, 0, false
+		for ; n < len(list); n++ {
+			o := list[n]
+			if o.rank == rankShrink && !shrinks && len(batch) > 0 &&
+				(len(batch)+len(list)-n > maxTxnOps || size+shrinkSize > maxTxnBytes) {
+				break // the shrinking totals start a transaction
+			}
+			shrinks = shrinks || o.rank == rankShrink
+			if i, ok := at[o.key]; ok && o.end == "" && batch[i].end == "" {
+				batch[i] = o
+				continue
+			}
+			if len(batch) == maxTxnOps || (len(batch) > 0 && size+opSize(o) > maxTxnBytes) {
+				break
+			}
+			size += opSize(o)
+			at[o.key] = len(batch)
+			batch = append(batch, o)
+		}
+		if err := s.txn(ctx, f, batch); err != nil {
 			// What etcd holds of the rest is unknown: read it again
 			// before the next write that depends on it.
 			for _, o := range list {
@@ -194,6 +306,10 @@ func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 	}
 	return nil
 }
+
+// opSize is what o counts against a transaction's size, with room for
+// framing.
+func opSize(o *op) int { return len(o.key) + len(o.val) + 64 }
 
 // txn writes ops in one transaction fenced on f and updates the caches.
 func (s *Store) txn(ctx context.Context, f *Fence, ops []*op) error {
@@ -211,26 +327,38 @@ func (s *Store) txn(ctx context.Context, f *Fence, ops []*op) error {
 			tops[i] = clientv3.OpPut(o.key, string(o.val))
 		}
 	}
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(f.Key), "=", f.Rev)).Then(tops...).Commit()
-	if err != nil {
-		return fmt.Errorf("write to etcd: %w", err)
+	if err := s.readEpoch(ctx); err != nil {
+		return err
 	}
-	if !resp.Succeeded {
+	before := s.lastRev
+	resp, err := s.cli.Txn(ctx).If(s.fenced(f)...).Then(tops...).Commit()
+	if err != nil {
+		err = fmt.Errorf("write to etcd: %w", err)
+		landed, rerr := s.settle(ctx, f, ops, before)
+		if !landed {
+			if rerr != nil {
+				return fmt.Errorf("%w; and whether it was applied is unknown: %w", err, rerr)
+			}
+			return err
+		}
+	} else if !resp.Succeeded {
 		return fmt.Errorf("%w: its election key %s is gone or another's (fenced write refused by etcd)", ErrNotLeader, f.Key)
+	} else {
+		s.lastRev = resp.Header.Revision
 	}
 	for _, o := range ops {
 		switch {
 		case o.end != "":
-			for k := range s.usage {
-				if k < o.end {
-					delete(s.usage, k)
+			for k := range s.totals {
+				if o.key <= k && k < o.end {
+					delete(s.totals, k)
 				}
 			}
 		case o.del:
 			delete(s.versions, o.key)
-			delete(s.usage, o.key)
-		case o.usage != nil:
-			s.usage[o.key] = *o.usage
+			delete(s.totals, o.key)
+		case o.tally != nil:
+			s.totals[o.key] = *o.tally
 		case o.rank == rankLease:
 			s.versions[o.key] = o.version
 		}
@@ -238,7 +366,72 @@ func (s *Store) txn(ctx context.Context, f *Fence, ops []*op) error {
 	return nil
 }
 
-// fill reads the lease versions and usage totals the group needs that the
+// fenced is the condition of every write: f's election key as it was
+// won, and the epoch key as this Store last wrote or read it.
+func (s *Store) fenced(f *Fence) []clientv3.Cmp {
+	return []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(f.Key), "=", f.Rev),
+		clientv3.Compare(clientv3.ModRevision(s.prefix+keyEpoch), "=", s.epochRev)}
+}
+
+// settle finds out whether ops, a transaction whose answer was an error,
+// were applied, when that matters: when they hold totals, which a retry
+// would add again, subtracting twice what shrinks (doc.go, Limits and
+// order). Other writes are the same when repeated. It writes the epoch
+// key first, fenced, so that the transaction, if still on its way, can no
+// longer be applied after it; then one of the totals written, a key only
+// this Store writes, tells: it changed after before (the revision of this
+// Store's last write or Load) only if ops were applied. Caller holds
+// commitMu.
+func (s *Store) settle(ctx context.Context, f *Fence, ops []*op, before int64) (bool, error) {
+	var witness *op
+	for _, o := range ops {
+		if o.tally != nil {
+			witness = o
+			break
+		}
+	}
+	if witness == nil || before == 0 {
+		return false, nil
+	}
+	if now, dl := s.clock.Now(), f.Deadline(); !now.Before(dl) {
+		// A deposed leader's broker retries nothing: it is gone.
+		return false, nil
+	}
+	cond := s.fenced(f)
+	s.epochRev = -1 // unknown until the write below answers
+	resp, err := s.cli.Txn(ctx).If(cond...).Then(clientv3.OpPut(s.prefix+keyEpoch, "")).Commit()
+	if err != nil {
+		return false, fmt.Errorf("write the epoch: %w", err)
+	}
+	if !resp.Succeeded {
+		return false, fmt.Errorf("%w: its election key %s is gone or another's (fenced write refused by etcd)", ErrNotLeader, f.Key)
+	}
+	s.epochRev, s.lastRev = resp.Header.Revision, resp.Header.Revision
+	got, err := s.cli.Get(ctx, witness.key)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", witness.key, err)
+	}
+	return len(got.Kvs) == 1 && got.Kvs[0].ModRevision > before, nil
+}
+
+// readEpoch reads the epoch key's revision again after a write of it
+// whose answer was lost. Caller holds commitMu.
+func (s *Store) readEpoch(ctx context.Context) error {
+	if s.epochRev >= 0 {
+		return nil
+	}
+	resp, err := s.cli.Get(ctx, s.prefix+keyEpoch)
+	if err != nil {
+		return fmt.Errorf("read from etcd: %w", err)
+	}
+	s.epochRev = 0
+	if len(resp.Kvs) == 1 {
+		s.epochRev = resp.Kvs[0].ModRevision
+	}
+	return nil
+}
+
+// fill reads the lease versions and totals the group needs that the
 // caches do not know for sure: after Load they know every key (a key they
 // lack is absent from etcd, since this Store is its only writer), except
 // those a write with an unknown outcome left unsure. Caller holds commitMu.
@@ -247,18 +440,24 @@ func (s *Store) fill(ctx context.Context, group []*call) error {
 		return nil
 	}
 	var keys []string
+	need := func(k string) {
+		if s.unsure[k] {
+			keys = append(keys, k)
+			delete(s.unsure, k)
+		}
+	}
 	for _, g := range group {
 		for _, l := range g.c.Leases {
-			if k := s.prefix + secLeases + l.ID; s.unsure[k] {
-				keys = append(keys, k)
-				delete(s.unsure, k)
-			}
+			need(s.prefix + secLeases + l.ID)
 		}
 		for _, u := range g.c.Usage {
-			if k := s.usageKey(u.Minute, u.Key); s.unsure[k] {
-				keys = append(keys, k)
-				delete(s.unsure, k)
-			}
+			need(s.usageKey(u.Minute, u.Key))
+		}
+		for _, u := range g.c.ClientUsage {
+			need(s.clientUsageKey(broker.ClientUsageRecord{Client: u.Client, Key: u.Key, Minute: u.Minute}))
+		}
+		for _, r := range g.c.Spend {
+			need(s.spendKey(broker.SpendRecord{Client: r.Client, Key: r.Key, Day: r.Day}))
 		}
 	}
 	for len(keys) > 0 {
@@ -277,24 +476,25 @@ func (s *Store) fill(ctx context.Context, group []*call) error {
 		for i, r := range resp.Responses {
 			k := keys[i]
 			kvs := r.GetResponseRange().Kvs
-			lease := strings.HasPrefix(k, s.prefix+secLeases)
-			switch {
-			case len(kvs) == 0:
+			sec, _, _ := strings.Cut(strings.TrimPrefix(k, s.prefix), "/")
+			if len(kvs) == 0 {
 				delete(s.versions, k)
-				delete(s.usage, k)
-			case lease:
+				delete(s.totals, k)
+				continue
+			}
+			if sec+"/" == secLeases {
 				var l broker.LeaseRecord
 				if err := json.Unmarshal(kvs[0].Value, &l); err != nil {
 					return fmt.Errorf("read from etcd: key %s: %w", k, err)
 				}
 				s.versions[k] = l.Version
-			default:
-				var u broker.UsageRecord
-				if err := json.Unmarshal(kvs[0].Value, &u); err != nil {
-					return fmt.Errorf("read from etcd: key %s: %w", k, err)
-				}
-				s.usage[k] = u
+				continue
 			}
+			t, err := decodeTally(sec+"/", kvs[0].Value)
+			if err != nil {
+				return fmt.Errorf("read from etcd: key %s: %w", k, err)
+			}
+			s.totals[k] = t
 		}
 		keys = keys[n:]
 	}

@@ -74,14 +74,69 @@ type Store struct {
 	// loop busy queues, and the next round takes every queued Change), and
 	// guards the caches below, which mirror what etcd holds under the
 	// leadership (this Store is its only writer; Load fills them): lease
-	// versions and usage totals, so that "upsert unless newer" and "add the
-	// delta" need no read. A key a failed write left unsure is read again.
+	// versions and the additive totals (usage, client usage, spend), so
+	// that "upsert unless newer" and "add the delta" need no read. A key a
+	// failed write left unsure is read again.
 	commitMu sync.Mutex
 	queueMu  sync.Mutex
 	queue    []*call
 	versions map[string]uint64
-	usage    map[string]broker.UsageRecord
+	totals   map[string]tally
 	unsure   map[string]bool // keys whose stored value a failed write left unknown
+	// lastRev is the revision of this Store's last write or Load (0:
+	// none), and epochRev the epoch key's last write (0: never; -1:
+	// unknown, read it again): see settle.
+	lastRev, epochRev int64
+}
+
+// tally is the stored value of an additive record: its identity (the
+// record with its counts zero: a broker.UsageRecord, ClientUsageRecord or
+// SpendRecord) and its counts (tokens and requests; or nano-dollars, calls
+// and unpriced calls).
+type tally struct {
+	id any
+	n  [3]int64
+}
+
+// record is t as the record stored.
+func (t tally) record() any {
+	switch r := t.id.(type) {
+	case broker.UsageRecord:
+		r.Tokens, r.Requests = t.n[0], t.n[1]
+		return r
+	case broker.ClientUsageRecord:
+		r.Tokens, r.Requests = t.n[0], t.n[1]
+		return r
+	case broker.SpendRecord:
+		r.NanoUSD, r.Calls, r.Unpriced = t.n[0], t.n[1], t.n[2]
+		return r
+	}
+	panic(fmt.Sprintf("etcd store: tally of %T", t.id))
+}
+
+// decodeTally reads val, a record of additive section sec.
+func decodeTally(sec string, val []byte) (tally, error) {
+	switch sec {
+	case secUsage:
+		var v broker.UsageRecord
+		err := json.Unmarshal(val, &v)
+		n := [3]int64{v.Tokens, v.Requests}
+		v.Tokens, v.Requests = 0, 0
+		return tally{v, n}, err
+	case secClientUsage:
+		var v broker.ClientUsageRecord
+		err := json.Unmarshal(val, &v)
+		n := [3]int64{v.Tokens, v.Requests}
+		v.Tokens, v.Requests = 0, 0
+		return tally{v, n}, err
+	case secSpend:
+		var v broker.SpendRecord
+		err := json.Unmarshal(val, &v)
+		n := [3]int64{v.NanoUSD, v.Calls, v.Unpriced}
+		v.NanoUSD, v.Calls, v.Unpriced = 0, 0, 0
+		return tally{v, n}, err
+	}
+	return tally{}, fmt.Errorf("section %q holds no totals", sec)
 }
 
 // call is one Commit waiting for its group.
@@ -125,7 +180,7 @@ func Open(ctx context.Context, cli *clientv3.Client, opts Options) (*Store, erro
 		opts.Cluster = DefaultCluster
 	}
 	s := &Store{cli: cli, prefix: opts.Prefix, clock: opts.Clock,
-		versions: map[string]uint64{}, usage: map[string]broker.UsageRecord{}, unsure: map[string]bool{}}
+		versions: map[string]uint64{}, totals: map[string]tally{}, unsure: map[string]bool{}}
 	if err := s.checkMarker(ctx, opts.Cluster); err != nil {
 		return nil, fmt.Errorf("etcd prefix %q: %w", opts.Prefix, err)
 	}
@@ -202,6 +257,13 @@ const (
 	secLeases    = "leases/"
 	secUsage     = "usage/"
 	secChunks    = "chunks/"
+	// The tenants' (broker/spend.go): totals per client, budget and day or
+	// minute, keyed like usage so that old ones are one range deletion.
+	secSpend       = "spend/"
+	secClientUsage = "client-usage/"
+	// keyEpoch is written after a write whose answer was lost, and every
+	// write is conditional on its revision (commit.go: settle).
+	keyEpoch = "epoch"
 )
 
 // budgetKey is unambiguous: each part is path-escaped, so no "/" is left
@@ -217,8 +279,22 @@ func (s *Store) usageKey(minute int64, k broker.Key) string {
 	return s.usagePrefix(minute) + "/" + budgetKey(k)
 }
 
-func (s *Store) usagePrefix(minute int64) string {
-	return fmt.Sprintf("%s%s%016x", s.prefix, secUsage, uint64(minute)+1<<63)
+func (s *Store) usagePrefix(minute int64) string { return s.timePrefix(secUsage, minute) }
+
+// timePrefix is where section sec's records of time t (a minute or a day)
+// start: fixed-width hex of t plus an offset that keeps it non-negative.
+func (s *Store) timePrefix(sec string, t int64) string {
+	return fmt.Sprintf("%s%s%016x", s.prefix, sec, uint64(t)+1<<63)
+}
+
+// spendKey and clientUsageKey start with the day or minute, like usageKey,
+// then the client (path-escaped, so no "/" is left in it) and the budget.
+func (s *Store) spendKey(r broker.SpendRecord) string {
+	return s.timePrefix(secSpend, r.Day) + "/" + url.PathEscape(r.Client) + "/" + budgetKey(r.Key)
+}
+
+func (s *Store) clientUsageKey(r broker.ClientUsageRecord) string {
+	return s.timePrefix(secClientUsage, r.Minute) + "/" + url.PathEscape(r.Client) + "/" + budgetKey(r.Key)
 }
 
 func (s *Store) chunkKey(id uint64) string { return fmt.Sprintf("%s%s%016x", s.prefix, secChunks, id) }
@@ -231,7 +307,8 @@ func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	versions := map[string]uint64{}
-	usage := map[string]broker.UsageRecord{}
+	totals := map[string]tally{}
+	var epoch int64
 	const page = 5000
 	from, end := s.prefix, clientv3.GetPrefixRangeEnd(s.prefix)
 	var rev int64
@@ -249,6 +326,9 @@ func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
 		}
 		for _, kv := range resp.Kvs {
 			key := string(kv.Key)
+			if key == s.prefix+keyEpoch {
+				epoch = kv.ModRevision
+			}
 			sec, _, _ := strings.Cut(strings.TrimPrefix(key, s.prefix), "/")
 			var err error
 			switch sec + "/" {
@@ -273,11 +353,18 @@ func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
 					snap.Leases = append(snap.Leases, v)
 					versions[key] = v.Version
 				}
-			case secUsage:
-				var v broker.UsageRecord
-				if err = json.Unmarshal(kv.Value, &v); err == nil {
-					snap.Usage = append(snap.Usage, v)
-					usage[key] = v
+			case secUsage, secClientUsage, secSpend:
+				var t tally
+				if t, err = decodeTally(sec+"/", kv.Value); err == nil {
+					totals[key] = t
+					switch r := t.record().(type) {
+					case broker.UsageRecord:
+						snap.Usage = append(snap.Usage, r)
+					case broker.ClientUsageRecord:
+						snap.ClientUsage = append(snap.ClientUsage, r)
+					case broker.SpendRecord:
+						snap.Spend = append(snap.Spend, r)
+					}
 				}
 			case secChunks:
 				var v broker.ChunkRecord
@@ -294,6 +381,7 @@ func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	s.versions, s.usage, s.unsure = versions, usage, map[string]bool{}
+	s.versions, s.totals, s.unsure = versions, totals, map[string]bool{}
+	s.lastRev, s.epochRev = rev, epoch
 	return snap, nil
 }
