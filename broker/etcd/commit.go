@@ -181,7 +181,7 @@ func (s *Store) apply(ctx context.Context, f *Fence, group []*call) error {
 			add(s.usageKey(u.Minute, u.Key), broker.UsageRecord{Key: u.Key, Minute: u.Minute}, [3]int64{u.Tokens, u.Requests})
 		}
 		for _, u := range c.ClientUsage {
-			id := broker.ClientUsageRecord{Client: u.Client, Key: u.Key, Minute: u.Minute}
+			id := broker.ClientUsageRecord{Client: u.Client, Key: u.Key, Route: u.Route, Minute: u.Minute}
 			add(s.clientUsageKey(id), id, [3]int64{u.Tokens, u.Requests})
 		}
 		for _, r := range c.Spend {
@@ -454,7 +454,7 @@ func (s *Store) fill(ctx context.Context, group []*call) error {
 			need(s.usageKey(u.Minute, u.Key))
 		}
 		for _, u := range g.c.ClientUsage {
-			need(s.clientUsageKey(broker.ClientUsageRecord{Client: u.Client, Key: u.Key, Minute: u.Minute}))
+			need(s.clientUsageKey(broker.ClientUsageRecord{Client: u.Client, Key: u.Key, Route: u.Route, Minute: u.Minute}))
 		}
 		for _, r := range g.c.Spend {
 			need(s.spendKey(broker.SpendRecord{Client: r.Client, Key: r.Key, Day: r.Day}))

@@ -294,7 +294,13 @@ func (s *Store) spendKey(r broker.SpendRecord) string {
 }
 
 func (s *Store) clientUsageKey(r broker.ClientUsageRecord) string {
-	return s.timePrefix(secClientUsage, r.Minute) + "/" + url.PathEscape(r.Client) + "/" + budgetKey(r.Key)
+	k := s.timePrefix(secClientUsage, r.Minute) + "/" + url.PathEscape(r.Client) + "/" + budgetKey(r.Key)
+	if r.Route != "" {
+		// A route's usage is a total of its own (the client's caps per
+		// route), beside the client's calls that named the model.
+		k += "/route=" + url.PathEscape(r.Route)
+	}
+	return k
 }
 
 func (s *Store) chunkKey(id uint64) string { return fmt.Sprintf("%s%s%016x", s.prefix, secChunks, id) }

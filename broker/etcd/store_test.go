@@ -132,8 +132,9 @@ func TestStore(t *testing.T) {
 	t.Run("totals add, shrink and are cut", func(t *testing.T) {
 		st, _ := lead(t, ctx, cli, "/totals/")
 		commit(t, ctx, st, broker.Change{
-			Spend:       []broker.SpendRecord{{Client: "a/b", Key: key, Day: 20000, NanoUSD: 900, Calls: 1}, {Client: "a/b", Key: key, Day: 19990, NanoUSD: 1, Calls: 1}},
-			ClientUsage: []broker.ClientUsageRecord{{Client: "a/b", Key: key, Minute: 100, Tokens: 50, Requests: 1}, {Client: "a/b", Key: key, Minute: 10, Tokens: 1}},
+			Spend: []broker.SpendRecord{{Client: "a/b", Key: key, Day: 20000, NanoUSD: 900, Calls: 1}, {Client: "a/b", Key: key, Day: 19990, NanoUSD: 1, Calls: 1}},
+			ClientUsage: []broker.ClientUsageRecord{{Client: "a/b", Key: key, Minute: 100, Tokens: 50, Requests: 1}, {Client: "a/b", Key: key, Minute: 10, Tokens: 1},
+				{Client: "a/b", Key: key, Route: "sonnet-us", Minute: 100, Tokens: 7, Requests: 1}},
 		})
 		// One key that grows in one count and shrinks in another, in one
 		// transaction: written once, at its new total.
@@ -145,7 +146,9 @@ func TestStore(t *testing.T) {
 		})
 		snap := load(t, ctx, cli, "/totals/")
 		wantSpend := []broker.SpendRecord{{Client: "a/b", Key: key, Day: 20000, NanoUSD: 500, Calls: 2}}
-		wantUsage := []broker.ClientUsageRecord{{Client: "a/b", Key: key, Minute: 100, Tokens: 30, Requests: 2}}
+		// The route's total stays its own.
+		wantUsage := []broker.ClientUsageRecord{{Client: "a/b", Key: key, Minute: 100, Tokens: 30, Requests: 2},
+			{Client: "a/b", Key: key, Route: "sonnet-us", Minute: 100, Tokens: 7, Requests: 1}}
 		if !reflect.DeepEqual(snap.Spend, wantSpend) || !reflect.DeepEqual(snap.ClientUsage, wantUsage) {
 			t.Errorf("loaded spend %+v and client usage %+v, want %+v and %+v", snap.Spend, snap.ClientUsage, wantSpend, wantUsage)
 		}
