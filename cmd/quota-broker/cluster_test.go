@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/clients/quotaclient"
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 	"github.com/bedrockqb/quotabroker/internal/etcdtest"
 )
@@ -355,11 +356,14 @@ func TestClusterLeaderKill(t *testing.T) {
 	lead := r.leader(15 * time.Second)
 	l := r.startLoad(10)
 	waitFor(t, 10*time.Second, "grants from the first leader", func() bool { return l.grants() >= 100 })
+	gc := startGoClient(t, r)
+	waitFor(t, 10*time.Second, "a grant to the Go client", func() bool { return gc.grants.Load() > 0 })
 	killed := time.Now()
 	if err := r.procs[lead].cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	<-r.procs[lead].done
+	before := gc.grants.Load()
 	next := r.leader(10*time.Second, lead)
 	var served time.Time
 	waitFor(t, 10*time.Second, "a grant after the kill", func() bool {
@@ -367,6 +371,8 @@ func TestClusterLeaderKill(t *testing.T) {
 		served, ok = l.firstGrantAfter(killed)
 		return ok
 	})
+	waitFor(t, 15*time.Second, "grants to the Go client from the new leader", func() bool { return gc.grants.Load() >= before+3 })
+	gc.stop(t)
 	gap := served.Sub(killed)
 	t.Logf("leader %d killed; replica %d leads; first grant after the kill %v later", lead, next, gap.Round(time.Millisecond))
 	if gap > 5*time.Second {
@@ -662,4 +668,68 @@ func TestClusterStartErrors(t *testing.T) {
 			t.Fatalf("got %v, want etcd's refusal of the credentials", err)
 		}
 	})
+}
+
+// goClient is the Go client as a service runs it against a cluster: the
+// three replicas' addresses (NewConn: health-checked, so calls go to the
+// serving one), WithFailover and a 10 s wait. It acquires and settles in a
+// loop until stopped.
+type goClient struct {
+	grants atomic.Int64
+	done   chan struct{}
+	quit   chan struct{}
+	mu     sync.Mutex
+	errs   []error
+}
+
+func startGoClient(t *testing.T, r *clusterRig) *goClient {
+	t.Helper()
+	var addrs []string
+	for _, p := range r.procs {
+		addrs = append(addrs, p.addr)
+	}
+	conn, err := quotaclient.NewConn(strings.Join(addrs, ","), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	qc := quotaclient.New(conn, quotaclient.WithName("go-client"), quotaclient.WithFailover(), quotaclient.WithWait(10*time.Second))
+	g := &goClient{done: make(chan struct{}), quit: make(chan struct{})}
+	go func() {
+		defer close(g.done)
+		for {
+			select {
+			case <-g.quit:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			l, err := qc.Acquire(ctx, quotaclient.Request{ModelID: crashModel, Region: "us-east-1", InputTokens: 10, MaxOutputTokens: 10})
+			if err == nil {
+				g.grants.Add(1)
+				err = l.Complete(ctx, quotaclient.OutcomeSuccess, quotaclient.Usage{InputTokens: 10, OutputTokens: 5})
+			}
+			cancel()
+			if err != nil {
+				g.mu.Lock()
+				g.errs = append(g.errs, err)
+				g.mu.Unlock()
+			}
+		}
+	}()
+	return g
+}
+
+// stop ends the loop and fails t if the client saw any error.
+func (g *goClient) stop(t *testing.T) {
+	t.Helper()
+	close(g.quit)
+	<-g.done
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.errs) > 0 {
+		t.Errorf("the Go client with the three replicas and a 10 s wait saw %d errors across the failover; the first: %v", len(g.errs), g.errs[0])
+		return
+	}
+	t.Logf("the Go client: %d grants across the failover, no error", g.grants.Load())
 }
