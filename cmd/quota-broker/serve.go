@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -250,6 +251,10 @@ type Main struct {
 	stopRun  context.CancelFunc
 	wg       sync.WaitGroup
 	serveErr chan error // a server that stopped by itself
+
+	// caps are the clients file's caps last accepted by a broker (at a
+	// term's start or a SIGHUP), for the next term's broker (setCaps).
+	caps atomic.Pointer[broker.Caps]
 }
 
 // NewMain returns a Main that prints to stdout (the lines tools wait for)
@@ -439,7 +444,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 				case <-hup:
 					reload(log, reloadCfg)
 					if b := current(); b != nil && clientsFile != "" {
-						reloadCaps(log, b, clientsFile)
+						m.reloadCaps(log, b, clientsFile)
 					}
 				}
 			}
@@ -659,18 +664,43 @@ func (m *Main) openBroker(ctx context.Context, store broker.Store, clock broker.
 	}
 	if f.clients != "" {
 		// After the routes: a cap may name one.
-		if err := b.SetCaps(cfg.Caps); err != nil {
-			return b, nil, fmt.Errorf("clients file %s: %w", f.clients, err)
+		if err := m.setCaps(b, cfg.Caps); err != nil {
+			return b, nil, err
 		}
 	}
 	return b, src, nil
+}
+
+// setCaps gives a new broker the clients file's caps as the file is now:
+// in a cluster each term opens a broker, and a SIGHUP while this replica
+// was a standby had no broker to reload. A file broken since keeps the
+// caps last in force (start's, or the last good reload's), as a reload
+// does.
+func (m *Main) setCaps(b *broker.Broker, start broker.Caps) error {
+	path := m.flags.clients
+	p, err := policyfile.Load(path)
+	if err == nil {
+		if err = b.SetCaps(p.Caps); err == nil {
+			m.caps.Store(&p.Caps)
+			return nil
+		}
+	}
+	caps := start
+	if c := m.caps.Load(); c != nil {
+		caps = *c
+	}
+	if err := b.SetCaps(caps); err != nil {
+		return fmt.Errorf("clients file %s: %w", path, err)
+	}
+	m.log.Error("clients file unreadable now; the caps and money budgets last in force apply", "file", path, "err", err)
+	return nil
 }
 
 // reloadCaps reads the clients file again (SIGHUP) for its caps and money
 // budgets; a file that fails to parse or names an unknown model keeps the
 // caps in force. Weights, max_concurrent, max_waiters, daily_reserve and
 // aging take effect at the next start.
-func reloadCaps(log *slog.Logger, b *broker.Broker, path string) {
+func (m *Main) reloadCaps(log *slog.Logger, b *broker.Broker, path string) {
 	if path == "" {
 		return
 	}
@@ -684,6 +714,7 @@ func reloadCaps(log *slog.Logger, b *broker.Broker, path string) {
 		log.Error("clients file reload failed; the previous caps and money budgets stay in force", "err", err)
 		return
 	}
+	m.caps.Store(&p.Caps)
 	log.Info("caps and money budgets reloaded from the clients file (its other policies apply at the next start)",
 		"capped_clients", len(p.Caps.Clients))
 }
