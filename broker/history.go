@@ -346,10 +346,24 @@ type Recorder struct {
 	events  []event    // handed over, not yet folded
 	backlog atomic.Int64
 
-	foldMu  sync.Mutex // guards pending, names and spare
+	foldMu  sync.Mutex // guards pending, inflight, names and spare
 	pending map[Key]map[statsSlot]*Stats
-	names   map[Key]*minuteNames
-	spare   []event // the last folded slice, reused for the next events
+	// inflight are the records take handed to the sweep and its commit
+	// has not yet ended: readers count them as pending, so that history
+	// taken out of memory is not missing until the store has it (a sweep
+	// commits them after its chunks' lease records, which can take a
+	// while). settle ends them.
+	inflight []StatsRecord
+	names    map[Key]*minuteNames
+	spare    []event // the last folded slice, reused for the next events
+
+	// commitMu makes a reader's store read and its copy of what is in
+	// memory one view against settle: held shared by readStats across
+	// both, exclusively by the sweep across the commit of the taken
+	// records and settle. Without it a reader could find those records in
+	// both places (committed, not yet settled), or, before inflight, in
+	// neither.
+	commitMu sync.RWMutex
 }
 
 // foldBacklog is how many events the core's callers let pile up before
@@ -505,11 +519,12 @@ func (r *Recorder) stat(key Key, client string, t time.Time) *Stats {
 // take folds, then moves every budget's pending history into records,
 // stamped with the limits in force (limits, by budget, as the core read
 // them).
-func (r *Recorder) take(limits map[Key]Limits) []StatsRecord {
+// They stay visible to readers (inflight) until settle.
+func (r *Recorder) take(limits map[Key]Limits) (out []StatsRecord) {
 	r.fold()
 	r.foldMu.Lock()
 	defer r.foldMu.Unlock()
-	var out []StatsRecord
+	defer func() { r.inflight = append(r.inflight, out...) }()
 	for k, byKey := range r.pending {
 		if len(byKey) == 0 {
 			continue
@@ -525,6 +540,33 @@ func (r *Recorder) take(limits map[Key]Limits) []StatsRecord {
 	return out
 }
 
+// settle ends the records take handed out: committed, they are the
+// store's now; not, they go back to pending for the next sweep's take (the
+// store adds records up, so a later commit writes them once). Caller holds
+// commitMu exclusively, across the commit.
+func (r *Recorder) settle(committed bool) {
+	r.foldMu.Lock()
+	defer r.foldMu.Unlock()
+	if !committed {
+		for i := range r.inflight {
+			rec := &r.inflight[i]
+			byKey := r.pending[rec.Key]
+			if byKey == nil {
+				byKey = make(map[statsSlot]*Stats)
+				r.pending[rec.Key] = byKey
+			}
+			slot := statsSlot{minute: rec.Minute, client: rec.Client}
+			if s := byKey[slot]; s != nil {
+				s.Add(&rec.Stats)
+			} else {
+				st := rec.Stats
+				byKey[slot] = &st
+			}
+		}
+	}
+	r.inflight = nil
+}
+
 // pendingStats folds, then copies what is not yet written, for readers:
 // per client, or with Client "" when !perClient.
 func (r *Recorder) pendingStats(from, to int64, perClient bool, match func(Key) bool) []StatsRecord {
@@ -532,6 +574,15 @@ func (r *Recorder) pendingStats(from, to int64, perClient bool, match func(Key) 
 	r.foldMu.Lock()
 	defer r.foldMu.Unlock()
 	var out []StatsRecord
+	for _, rec := range r.inflight {
+		if match(rec.Key) && rec.Minute >= from && rec.Minute < to {
+			c := StatsRecord{Key: rec.Key, Minute: rec.Minute, Client: rec.Client, Stats: rec.Stats.clone()}
+			if !perClient {
+				c.Client = ""
+			}
+			out = append(out, c)
+		}
+	}
 	for k, byKey := range r.pending {
 		if !match(k) {
 			continue
@@ -556,6 +607,8 @@ func (r *Recorder) pendingStats(from, to int64, perClient bool, match func(Key) 
 // (budget, minute, client) may come more than once; callers add them up.
 // An error fn returns ends the read and is returned as is.
 func (r *Recorder) readStats(ctx context.Context, from, to int64, perClient bool, match func(Key) bool, fn func(*StatsRecord) error) error {
+	r.commitMu.RLock()
+	defer r.commitMu.RUnlock()
 	pending := r.pendingStats(from, to, perClient, match)
 	var stop error // fn's, kept apart from the store's failures
 	if r.reader != nil {

@@ -3,6 +3,8 @@ package broker_test
 import (
 	"context"
 	"math/rand/v2"
+	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -287,4 +289,52 @@ func TestHistoryExactWhileFoldedAndSwept(t *testing.T) {
 	check("before the last sweep")
 	e.b.Sweep(ctx)
 	check("after it")
+}
+
+// TestHistoryVisibleWhileSwept: history a sweep takes out of memory stays
+// visible until the store has it: a reader that comes while the sweep's
+// commit is in flight counts every grant once, and so does one after a
+// failed commit, whose history the next sweep writes once.
+func TestHistoryVisibleWhileSwept(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, spec(haiku3, broker.Limits{RPM: 1000, TPM: 1 << 30}))
+	for range 3 {
+		e.mustGrant(broker.AcquireRequest{ModelID: haiku3, Client: "a", InputTokens: 10, MaxOutputTokens: 20})
+	}
+	granted := func() int64 {
+		t.Helper()
+		series, err := e.b.History(ctx, broker.HistoryQuery{From: t0, To: t0.Add(time.Minute)})
+		if err != nil || len(series) != 1 {
+			t.Fatalf("history %v %v", series, err)
+		}
+		return series[0].Total.Granted
+	}
+	e.store.setFail(errDiskFull)
+	e.b.Sweep(ctx)
+	e.store.setFail(nil)
+	if g := granted(); g != 3 {
+		t.Fatalf("after a failed sweep commit: %d grants in history, want 3", g)
+	}
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	e.store.setHook(func(c broker.Change) {
+		if len(c.Stats) > 0 {
+			once.Do(func() { close(entered); <-release })
+		}
+	})
+	swept := make(chan struct{})
+	go func() { e.b.Sweep(ctx); close(swept) }()
+	<-entered
+	read := make(chan int64, 1)
+	go func() { read <- granted() }()
+	runtime.Gosched() // let the reader reach the store while the commit is held
+	close(release)
+	<-swept
+	if g := <-read; g != 3 {
+		t.Errorf("a reader during the sweep's commit: %d grants, want 3", g)
+	}
+	if g := granted(); g != 3 {
+		t.Errorf("after the sweep: %d grants, want 3", g)
+	}
 }

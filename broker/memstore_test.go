@@ -24,6 +24,7 @@ type memStore struct {
 	spend     map[tenantKey]broker.SpendRecord
 	cusage    map[tenantKey]broker.ClientUsageRecord
 	fail      error
+	hook      func(broker.Change) // called at Commit's start, without mu
 	commits   int
 	maxLeases int // the most lease records one Commit carried
 }
@@ -100,7 +101,19 @@ func (s *memStore) Load(context.Context) (broker.Snapshot, error) {
 	return snap, nil
 }
 
+func (s *memStore) setHook(fn func(broker.Change)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hook = fn
+}
+
 func (s *memStore) Commit(_ context.Context, c broker.Change) error {
+	s.mu.Lock()
+	hook := s.hook
+	s.mu.Unlock()
+	if hook != nil {
+		hook(c)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.fail != nil {

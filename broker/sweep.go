@@ -131,24 +131,50 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) error
 				}
 			}
 			b.mu.Unlock()
-			batch.merge(c)
+			batch.merge(b.unstat(c))
 			return b.retryLater(batch, err)
 		}
 	}
 	// Expiries, and the records of a retry, in batches as well.
 	for len(c.Leases) > checkpointBatch {
 		if err := b.store.Commit(ctx, Change{Leases: c.Leases[:checkpointBatch:checkpointBatch]}); err != nil {
-			return b.retryLater(c, err)
+			return b.retryLater(b.unstat(c), err)
 		}
 		c.Leases = c.Leases[checkpointBatch:]
 	}
 	if c.empty() {
 		return nil
 	}
-	if err := b.store.Commit(ctx, c); err != nil {
+	if len(c.Stats) == 0 {
+		if err := b.store.Commit(ctx, c); err != nil {
+			return b.retryLater(c, err)
+		}
+		return nil
+	}
+	// The history taken from the recorder: readers see it in memory until
+	// this commit has it in the store, and never in both (commitMu).
+	b.rec.commitMu.Lock()
+	err := b.store.Commit(ctx, c)
+	b.rec.settle(err == nil)
+	b.rec.commitMu.Unlock()
+	if err != nil {
+		c.Stats = nil // back in the recorder, for the next sweep's take
 		return b.retryLater(c, err)
 	}
 	return nil
+}
+
+// unstat returns c without its history, which goes back to the recorder
+// for the next sweep to take: a commit that failed before c's leaves it
+// there rather than in a retry, where readers would not see it.
+func (b *Core) unstat(c Change) Change {
+	if len(c.Stats) > 0 {
+		b.rec.commitMu.Lock()
+		b.rec.settle(false)
+		b.rec.commitMu.Unlock()
+		c.Stats = nil
+	}
+	return c
 }
 
 func (b *Core) retryLater(c Change, err error) error {
