@@ -555,6 +555,15 @@ func (b *Core) finish(ctx context.Context, d Decision, err error, l *lease, rec 
 	if err != nil || !d.Granted {
 		return d, err
 	}
+	if err := ctx.Err(); err != nil {
+		// The caller left while its grant was made (a cancelled wait
+		// whose waiter was granted before it noticed): it will never hear
+		// of the lease, which must not hold capacity until it expires.
+		b.mu.Lock()
+		b.undoGrant(l, b.clock.Now())
+		b.mu.Unlock()
+		return Decision{}, err
+	}
 	if l.chunk != nil {
 		return d, nil // durable with its chunk (escrow.go)
 	}

@@ -653,3 +653,23 @@ func TestDefaultBurndownAndMaxOutput(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestGrantToALeftCallerIsUndone: a caller whose context ended by the time
+// its grant is made never hears of the lease, so the grant is undone and
+// holds no capacity (a demo stopping its traffic left such leases held
+// until they expired).
+func TestGrantToALeftCallerIsUndone(t *testing.T) {
+	e := newEnv(t, spec(haiku3, broker.Limits{RPM: 10, Concurrency: 1}))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	d, err := e.b.Acquire(ctx, broker.AcquireRequest{ModelID: haiku3, Client: "gone", InputTokens: 10, MaxOutputTokens: 10})
+	if !errors.Is(err, context.Canceled) || d.Granted {
+		t.Fatalf("acquire for a caller that left: %+v %v", d, err)
+	}
+	// The one concurrency slot is free for the next caller.
+	e.mustGrant(broker.AcquireRequest{ModelID: haiku3, Client: "next", InputTokens: 10, MaxOutputTokens: 10})
+	reports, _ := e.b.Report(broker.ReportFilter{})
+	if u := reports[0].Usage; u.Concurrent != 1 || u.RequestsLastMinute != 1 {
+		t.Errorf("usage %+v; want only the next caller's lease", u)
+	}
+}
