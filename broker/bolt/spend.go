@@ -154,15 +154,11 @@ func (w *write) applyTenants(tx *bbolt.Tx) error {
 			}
 		}
 	}
-	if w.deleteSpendBefore != 0 {
-		if err := deleteBefore(tx.Bucket(bucketSpend), bucketSpend, w.deleteSpendBefore); err != nil {
-			return err
-		}
+	if err := deleteBefore(tx.Bucket(bucketSpend), bucketSpend, w.deleteSpendBefore); err != nil {
+		return err
 	}
-	if w.deleteClientUsageBefore != 0 {
-		if err := deleteBefore(tx.Bucket(bucketClientUsage), bucketClientUsage, w.deleteClientUsageBefore); err != nil {
-			return err
-		}
+	if err := deleteBefore(tx.Bucket(bucketClientUsage), bucketClientUsage, w.deleteClientUsageBefore); err != nil {
+		return err
 	}
 	return nil
 }

@@ -273,20 +273,14 @@ func (w *write) apply(tx *bbolt.Tx) error {
 			return fmt.Errorf("delete lease %q: %w", id, err)
 		}
 	}
-	if w.deleteUsageBefore != 0 {
-		if err := deleteBefore(usage, bucketUsage, w.deleteUsageBefore); err != nil {
-			return err
-		}
+	if err := deleteBefore(usage, bucketUsage, w.deleteUsageBefore); err != nil {
+		return err
 	}
-	if w.deleteStatsBefore != 0 {
-		if err := deleteBefore(tx.Bucket(bucketStatsTotal), bucketStatsTotal, w.deleteStatsBefore); err != nil {
-			return err
-		}
+	if err := deleteBefore(tx.Bucket(bucketStatsTotal), bucketStatsTotal, w.deleteStatsBefore); err != nil {
+		return err
 	}
-	if w.deleteClientStats != 0 {
-		if err := deleteBefore(tx.Bucket(bucketStats), bucketStats, w.deleteClientStats); err != nil {
-			return err
-		}
+	if err := deleteBefore(tx.Bucket(bucketStats), bucketStats, w.deleteClientStats); err != nil {
+		return err
 	}
 	return nil
 }
@@ -315,10 +309,10 @@ func addStats(b *bbolt.Bucket, name, k []byte, delta *broker.Stats) error {
 }
 
 // deleteBefore deletes the keys of a minute-first bucket before minute. A
-// nil b is an added bucket that the file does not have yet: nothing to
-// delete.
+// minute of 0 is a Change's "no cut-off"; a nil b is an added bucket that
+// the file does not have yet: nothing to delete either way.
 func deleteBefore(b *bbolt.Bucket, name []byte, minute int64) error {
-	if b == nil {
+	if minute == 0 || b == nil {
 		return nil
 	}
 	// Collect, then delete: deleting under a bbolt cursor can make Next
