@@ -60,8 +60,9 @@ type (
 	}
 )
 
-// clients are the SDK clients of one Bedrock Region; products is the one
-// Price List client, shared.
+// clients are the SDK clients of one Bedrock Region; products calls the
+// Price List API in the Source's API Region (New builds one such client
+// per Bedrock Region, as it builds the rest).
 type clients struct {
 	products productLister
 	models   modelLister
