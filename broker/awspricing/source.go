@@ -88,16 +88,15 @@ var regionRE = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d{1,2}$`)
 // New validates cfg and returns a Source. It makes no AWS call.
 func New(cfg Config) (*Source, error) {
 	configFor := awsclient.RegionConfigs(cfg.AWS, cfg.Endpoint)
-	apiRegion := cfg.APIRegion
-	if apiRegion == "" {
-		apiRegion = APIRegions[0]
-	}
+	// s is set before connect's first call (from Inspect); its apiRegion
+	// is cfg's, defaulted and checked by newSource alone.
+	var s *Source
 	connect := func(ctx context.Context, region string) (clients, error) {
 		bc, err := configFor(ctx, region)
 		if err != nil {
 			return clients{}, err
 		}
-		pc, err := configFor(ctx, apiRegion)
+		pc, err := configFor(ctx, s.apiRegion)
 		if err != nil {
 			return clients{}, err
 		}
@@ -105,7 +104,9 @@ func New(cfg Config) (*Source, error) {
 		pr := pricing.NewFromConfig(pc, func(o *pricing.Options) { o.HTTPClient = awsclient.SafeBodies(o.HTTPClient) })
 		return clients{products: pr, models: br, profiles: br}, nil
 	}
-	return newSource(cfg, connect)
+	var err error
+	s, err = newSource(cfg, connect)
+	return s, err
 }
 
 func newSource(cfg Config, connect func(context.Context, string) (clients, error)) (*Source, error) {
