@@ -35,7 +35,7 @@ type QuotaRef struct {
 
 func (s Spec) validate() error {
 	k := s.Key
-	if !validRegion(k.Region) {
+	if !ValidRegion(k.Region) {
 		return fmt.Errorf("budget %s: region %q is not an AWS Region name", k, k.Region)
 	}
 	if k.Scope < ScopeOnDemand || k.Scope > ScopeGlobal {

@@ -103,7 +103,7 @@ func (c *Config) setDefaults() error {
 	if c.DefaultRegion == "" {
 		c.DefaultRegion = "us-east-1"
 	}
-	if !validRegion(c.DefaultRegion) {
+	if !ValidRegion(c.DefaultRegion) {
 		return fmt.Errorf("config DefaultRegion: %q is not an AWS Region name", c.DefaultRegion)
 	}
 	if c.Margin == 0 {

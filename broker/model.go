@@ -130,11 +130,12 @@ var geoPrefixes = map[string]bool{
 	"in": true, "us-gov": true, "sa": true, "me": true, "af": true,
 }
 
-// validRegion reports whether s is shaped like an AWS Region name
+// ValidRegion reports whether s is shaped like an AWS Region name
 // (^[a-z]{2}(-[a-z]+)+-\d{1,2}$: us-east-1, us-gov-west-1). By hand, since
 // every Acquire checks its Region: the regexp was a fifth of Acquire's
-// CPU. FuzzValidRegion holds it to the regexp.
-func validRegion(s string) bool {
+// CPU. FuzzValidRegion holds it to the regexp. Adapters and file formats
+// check Regions with it too.
+func ValidRegion(s string) bool {
 	lower := func(c byte) bool { return c >= 'a' && c <= 'z' }
 	if len(s) < 2 || !lower(s[0]) || !lower(s[1]) {
 		return false
@@ -213,7 +214,7 @@ func ParseModelID(modelID, region, defaultRegion string) (Key, error) {
 	if region == "" {
 		region = defaultRegion
 	}
-	if !validRegion(region) {
+	if !ValidRegion(region) {
 		return Key{}, invalidf("region", "%q is not an AWS Region name", region)
 	}
 	scope, model := ScopeOnDemand, id

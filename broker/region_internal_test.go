@@ -13,8 +13,8 @@ func FuzzValidRegion(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		if got, want := validRegion(s), re.MatchString(s); got != want {
-			t.Errorf("validRegion(%q) = %v, the regexp says %v", s, got, want)
+		if got, want := ValidRegion(s), re.MatchString(s); got != want {
+			t.Errorf("ValidRegion(%q) = %v, the regexp says %v", s, got, want)
 		}
 	})
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -83,8 +82,6 @@ type Source struct {
 	clients map[string]clients // by Bedrock Region
 }
 
-var regionRE = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d{1,2}$`)
-
 // New validates cfg and returns a Source. It makes no AWS call.
 func New(cfg Config) (*Source, error) {
 	configFor := awsclient.RegionConfigs(cfg.AWS, cfg.Endpoint)
@@ -115,7 +112,7 @@ func newSource(cfg Config, connect func(context.Context, string) (clients, error
 	}
 	var regions []string
 	for _, r := range cfg.Regions {
-		if !regionRE.MatchString(r) {
+		if !broker.ValidRegion(r) {
 			return nil, fmt.Errorf("awspricing: Config.Regions: %q is not an AWS Region name", r)
 		}
 		if !slices.Contains(regions, r) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/broker/quotaname"
 )
 
@@ -69,7 +70,7 @@ type cliCatalogue struct {
 // with no AWS call: for trying the broker's reading of an account's quotas
 // before giving it credentials, and for golden tests.
 func FromFiles(f Files) (Result, error) {
-	if !regionRE.MatchString(f.Region) {
+	if !broker.ValidRegion(f.Region) {
 		return Result{}, fmt.Errorf("offline discovery: %q is not an AWS Region name", f.Region)
 	}
 	if f.Quotas == "" {

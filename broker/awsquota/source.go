@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"slices"
 	"sync"
 	"time"
@@ -98,8 +97,6 @@ type Source struct {
 // how to provide credentials rather than show an SDK error alone.
 var ErrNoCredentials = errors.New("no usable AWS credentials")
 
-var regionRE = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d{1,2}$`)
-
 // New validates cfg and returns a Source. It makes no AWS call: clients are
 // built, and credentials looked for, at the first Discover.
 func New(cfg Config) (*Source, error) {
@@ -124,7 +121,7 @@ func newSource(cfg Config, connect func(context.Context, string) (clients, error
 	seen := map[string]bool{}
 	var regions []string
 	for _, r := range cfg.Regions {
-		if !regionRE.MatchString(r) {
+		if !broker.ValidRegion(r) {
 			return nil, fmt.Errorf("awsquota: Config.Regions: %q is not an AWS Region name", r)
 		}
 		if !seen[r] {

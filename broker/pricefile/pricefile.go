@@ -35,7 +35,6 @@ import (
 	"io"
 	"maps"
 	"os"
-	"regexp"
 	"strings"
 
 	"github.com/bedrockqb/quotabroker/broker"
@@ -124,8 +123,6 @@ var rates = []struct {
 	{"batch_input", broker.RateBatchInput, func(p *broker.Price) *float64 { return &p.BatchInput }, func(e *Entry) *float64 { return e.BatchInput }},
 	{"batch_output", broker.RateBatchOutput, func(p *broker.Price) *float64 { return &p.BatchOutput }, func(e *Entry) *float64 { return e.BatchOutput }},
 }
-
-var regionRE = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d{1,2}$`)
 
 type parser struct {
 	name string
@@ -248,7 +245,7 @@ func (p *parser) parse() (File, error) {
 	if currency != "" && currency != "USD" {
 		return File{}, p.errf(currencyAt, "currency: %q: prices are in USD, as AWS lists them", currency)
 	}
-	if defaultRegion != "" && !regionRE.MatchString(defaultRegion) {
+	if defaultRegion != "" && !broker.ValidRegion(defaultRegion) {
 		return File{}, p.errf(regionAt, "default_region: %q is not an AWS Region name", defaultRegion)
 	}
 	f.Prices = map[broker.PriceKey]broker.Price{}
@@ -319,7 +316,7 @@ func (e Entry) price(defaultRegion string, scale float64) (broker.PriceKey, brok
 			return k, pr, "region", errors.New("is missing (or set default_region)")
 		}
 	}
-	if !regionRE.MatchString(region) {
+	if !broker.ValidRegion(region) {
 		return k, pr, "region", fmt.Errorf("%q is not an AWS Region name", region)
 	}
 	if e.Currency != "" && e.Currency != "USD" {
