@@ -524,7 +524,7 @@ func (b *Core) settleWait(bg *budget, w *waiter, now time.Time) (Decision, error
 func (b *Core) retryAfter(bg *budget, w *waiter, now time.Time) (Limit, time.Duration, string) {
 	limit, d := bg.fit(now, w.need)
 	var capWhy string
-	switch capLimit, capWait, why := b.capFit(bg, w, now); {
+	switch capLimit, capWait, why := b.capFit(bg, w, now, true); {
 	case capLimit != LimitNone:
 		// The client's own cap or a money budget holds it back, whatever
 		// the budget's windows say.
@@ -597,7 +597,7 @@ func (b *Core) dispatchQueue(bg *budget, now time.Time) {
 		if !b.eligible(w.client) {
 			return false
 		}
-		if l, d, _ := b.capFit(bg, w, now); l != LimitNone {
+		if l, d, _ := b.capFit(bg, w, now, false); l != LimitNone {
 			if d > 0 && (capWake == 0 || d < capWake) {
 				capWake = d
 			}

@@ -383,8 +383,10 @@ func (t *tenants) moneyLimits(client string) (out [4]moneyLimit, n int) {
 // capFit checks w against its client's caps and the money budgets at now.
 // It returns LimitNone when w fits; otherwise the cap that blocks, how long
 // until it would fit (for money: the next period, though a settlement may
-// free it sooner) and a description for the refusal. Caller holds Core.mu.
-func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duration, string) {
+// free it sooner) and, when explain is set, a description for the refusal:
+// the queue's dispatch asks for none, as it formats nothing for a waiter it
+// only skips. Caller holds Core.mu.
+func (b *Core) capFit(bg *budget, w *waiter, now time.Time, explain bool) (Limit, time.Duration, string) {
 	t := &b.ten
 	if len(t.windows) == 0 && t.caps.Account.Zero() && len(t.caps.Clients) == 0 {
 		return LimitNone, 0, ""
@@ -400,7 +402,11 @@ func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duratio
 			continue
 		}
 		if d, name, limit := cw.wait(w.need.tokens, now); d > 0 {
-			note(LimitClientCap, d, fmt.Sprintf("the %s cap %d of %s", name, limit, cw.label))
+			var s string
+			if explain {
+				s = fmt.Sprintf("the %s cap %d of %s", name, limit, cw.label)
+			}
+			note(LimitClientCap, d, s)
 		}
 	}
 	if t.money(w.client) {
@@ -415,8 +421,12 @@ func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duratio
 			if m.month {
 				next = nextMonth(now)
 			}
-			note(LimitMoney, next.Sub(now), fmt.Sprintf("%s %s (spent or reserved %s, this call reserves %s)",
-				m.label(), usd(m.limit), usd(used), usd(w.need.cost)))
+			var s string
+			if explain {
+				s = fmt.Sprintf("%s %s (spent or reserved %s, this call reserves %s)",
+					m.label(), usd(m.limit), usd(used), usd(w.need.cost))
+			}
+			note(LimitMoney, next.Sub(now), s)
 		}
 	}
 	return blocked, wait, why
