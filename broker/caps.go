@@ -81,25 +81,29 @@ func (c Caps) Validate(models, routes func(name string) bool) error {
 		if err := cc.All.validate(field + ".caps"); err != nil {
 			return err
 		}
-		for _, m := range slices.Sorted(maps.Keys(cc.Models)) {
-			f := field + ".caps.models." + m
-			if models != nil && !models(m) {
-				return fmt.Errorf("%s: no budget has model %q", f, m)
-			}
-			if err := cc.Models[m].validate(f); err != nil {
-				return err
-			}
+		if err := validateNamed(cc.Models, field+".caps.models.", models, "%s: no budget has model %q"); err != nil {
+			return err
 		}
-		for _, r := range slices.Sorted(maps.Keys(cc.Routes)) {
-			f := field + ".caps.routes." + r
-			if routes != nil && !routes(r) {
-				return fmt.Errorf("%s: no route %q (routes come from the routes file, --routes)", f, r)
-			}
-			if err := cc.Routes[r].validate(f); err != nil {
-				return err
-			}
+		if err := validateNamed(cc.Routes, field+".caps.routes.", routes, "%s: no route %q (routes come from the routes file, --routes)"); err != nil {
+			return err
 		}
 		if err := cc.Money.validate(field + ".money"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateNamed checks each of caps, in name order, under field+name:
+// its name against known (nil: no check), failing with unknown (a format
+// of the field and the name), then its limits.
+func validateNamed(caps map[string]CapLimits, field string, known func(name string) bool, unknown string) error {
+	for _, name := range slices.Sorted(maps.Keys(caps)) {
+		f := field + name
+		if known != nil && !known(name) {
+			return fmt.Errorf(unknown, f, name)
+		}
+		if err := caps[name].validate(f); err != nil {
 			return err
 		}
 	}
