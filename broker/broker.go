@@ -440,11 +440,12 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 		return Decision{}, err
 	}
 	now := b.clock.Now()
-	w := &waiter{client: req.Client, weight: b.policy(req.Client).Weight, priority: req.Priority, need: n, enqueued: now, ready: make(chan struct{})}
+	pol := b.policy(req.Client)
+	w := &waiter{client: req.Client, weight: pol.Weight, priority: req.Priority, need: n, enqueued: now, ready: make(chan struct{})}
 	bg.queue.push(w)
 	b.dispatch(bg, now)
 	if w.queued && wait > 0 {
-		if limit := b.waiting.over(req.Client, b.policy(req.Client).MaxWaiters, b.cfg.MaxWaiters); limit != LimitNone {
+		if limit := b.waiting.over(req.Client, pol.MaxWaiters, b.cfg.MaxWaiters); limit != LimitNone {
 			// Refused at once, before it holds a place in the queue, a
 			// timer and its caller's goroutine for up to MaxWait: the
 			// flood bounds are what keep memory bounded.
