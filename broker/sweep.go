@@ -106,7 +106,7 @@ const checkpointBatch = 1000
 // counted as phantoms (see restoreChunks); a record the store already has
 // in a later version is not overwritten. On a failure, what is not yet
 // written is kept for the next sweep to retry.
-func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) error {
+func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) {
 	ctx = context.WithoutCancel(ctx)
 	for len(records) > 0 {
 		n := min(len(records), checkpointBatch)
@@ -132,24 +132,26 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) error
 			}
 			b.mu.Unlock()
 			batch.merge(b.unstat(c))
-			return b.retryLater(batch, err)
+			b.retryLater(batch, err)
+			return
 		}
 	}
 	// Expiries, and the records of a retry, in batches as well.
 	for len(c.Leases) > checkpointBatch {
 		if err := b.store.Commit(ctx, Change{Leases: c.Leases[:checkpointBatch:checkpointBatch]}); err != nil {
-			return b.retryLater(b.unstat(c), err)
+			b.retryLater(b.unstat(c), err)
+			return
 		}
 		c.Leases = c.Leases[checkpointBatch:]
 	}
 	if c.empty() {
-		return nil
+		return
 	}
 	if len(c.Stats) == 0 {
 		if err := b.store.Commit(ctx, c); err != nil {
-			return b.retryLater(c, err)
+			b.retryLater(c, err)
 		}
-		return nil
+		return
 	}
 	// The history taken from the recorder: readers see it in memory until
 	// this commit has it in the store, and never in both (commitMu).
@@ -159,9 +161,8 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) error
 	b.rec.commitMu.Unlock()
 	if err != nil {
 		c.Stats = nil // back in the recorder, for the next sweep's take
-		return b.retryLater(c, err)
+		b.retryLater(c, err)
 	}
-	return nil
 }
 
 // unstat returns c without its history, which goes back to the recorder
@@ -177,12 +178,13 @@ func (b *Core) unstat(c Change) Change {
 	return c
 }
 
-func (b *Core) retryLater(c Change, err error) error {
+// retryLater logs err, the failed commit of c, and keeps c for the next
+// sweep.
+func (b *Core) retryLater(c Change, err error) {
 	b.log.Error("sweep commit failed; will retry", "err", err)
 	b.mu.Lock()
 	b.retry = append(b.retry, c)
 	b.mu.Unlock()
-	return err
 }
 
 // expire ends an active lease that outlived its TTL. It stays charged at
