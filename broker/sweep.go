@@ -112,11 +112,7 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) {
 		n := min(len(records), checkpointBatch)
 		var batch Change
 		b.mu.Lock()
-		for _, l := range records[:n] {
-			if l.State == LeaseActive && !l.undone {
-				batch.Leases = append(batch.Leases, l.LeaseRecord)
-			}
-		}
+		batch.Leases = activeRecords(nil, records[:n])
 		b.mu.Unlock()
 		records = records[n:]
 		if len(batch.Leases) == 0 {
@@ -125,11 +121,7 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) {
 		if err := b.store.Commit(ctx, batch); err != nil {
 			// The rest are copied now, so that the retry has them all.
 			b.mu.Lock()
-			for _, l := range records {
-				if l.State == LeaseActive && !l.undone {
-					batch.Leases = append(batch.Leases, l.LeaseRecord)
-				}
-			}
+			batch.Leases = activeRecords(batch.Leases, records)
 			b.mu.Unlock()
 			batch.merge(b.unstat(c))
 			b.retryLater(batch, err)
@@ -163,6 +155,17 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) {
 		c.Stats = nil // back in the recorder, for the next sweep's take
 		b.retryLater(c, err)
 	}
+}
+
+// activeRecords appends to dst the records of the leases in ls still
+// active (one that ended has a record of its own). Caller holds Core.mu.
+func activeRecords(dst []LeaseRecord, ls []*lease) []LeaseRecord {
+	for _, l := range ls {
+		if l.State == LeaseActive && !l.undone {
+			dst = append(dst, l.LeaseRecord)
+		}
+	}
+	return dst
 }
 
 // unstat returns c without its history, which goes back to the recorder
