@@ -24,13 +24,19 @@ func (nopStore) Commit(context.Context, broker.Change) error   { return nil }
 //
 //	go test -run '^$' -bench AcquireComplete -cpu 1,2 ./broker/
 func BenchmarkAcquireComplete(b *testing.B) {
+	benchAcquireComplete(b, broker.Config{Margin: 1})
+}
+
+// benchAcquireComplete runs BenchmarkAcquireComplete's load on a broker
+// opened with cfg.
+func benchAcquireComplete(b *testing.B, cfg broker.Config) {
 	ctx := context.Background()
-	br, err := broker.Open(ctx, nopStore{}, clocktest.New(t0), broker.Config{Margin: 1})
+	br, err := broker.Open(ctx, nopStore{}, clocktest.New(t0), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer br.Close()
-	if err := br.SetSpecs(ctx, []broker.Spec{spec("anthropic.claude-3-haiku-20240307-v1:0", broker.Limits{RPM: 1 << 40, TPM: 1 << 50})}); err != nil {
+	if err := br.SetSpecs(ctx, []broker.Spec{spec(haiku3, broker.Limits{RPM: 1 << 40, TPM: 1 << 50})}); err != nil {
 		b.Fatal(err)
 	}
 	var clients, ops atomic.Int64

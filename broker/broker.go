@@ -440,11 +440,12 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 		return Decision{}, err
 	}
 	now := b.clock.Now()
-	w := &waiter{client: req.Client, weight: b.policy(req.Client).Weight, priority: req.Priority, need: n, enqueued: now, ready: make(chan struct{})}
+	pol := b.policy(req.Client)
+	w := &waiter{client: req.Client, weight: pol.Weight, priority: req.Priority, need: n, enqueued: now, ready: make(chan struct{})}
 	bg.queue.push(w)
 	b.dispatch(bg, now)
 	if w.queued && wait > 0 {
-		if limit := b.waiting.over(req.Client, b.policy(req.Client).MaxWaiters, b.cfg.MaxWaiters); limit != LimitNone {
+		if limit := b.waiting.over(req.Client, pol.MaxWaiters, b.cfg.MaxWaiters); limit != LimitNone {
 			// Refused at once, before it holds a place in the queue, a
 			// timer and its caller's goroutine for up to MaxWait: the
 			// flood bounds are what keep memory bounded.
@@ -524,7 +525,7 @@ func (b *Core) settleWait(bg *budget, w *waiter, now time.Time) (Decision, error
 func (b *Core) retryAfter(bg *budget, w *waiter, now time.Time) (Limit, time.Duration, string) {
 	limit, d := bg.fit(now, w.need)
 	var capWhy string
-	switch capLimit, capWait, why := b.capFit(bg, w, now); {
+	switch capLimit, capWait, why := b.capFit(bg, w, now, true); {
 	case capLimit != LimitNone:
 		// The client's own cap or a money budget holds it back, whatever
 		// the budget's windows say.
@@ -597,7 +598,7 @@ func (b *Core) dispatchQueue(bg *budget, now time.Time) {
 		if !b.eligible(w.client) {
 			return false
 		}
-		if l, d, _ := b.capFit(bg, w, now); l != LimitNone {
+		if l, d, _ := b.capFit(bg, w, now, false); l != LimitNone {
 			if d > 0 && (capWake == 0 || d < capWake) {
 				capWake = d
 			}

@@ -81,25 +81,29 @@ func (c Caps) Validate(models, routes func(name string) bool) error {
 		if err := cc.All.validate(field + ".caps"); err != nil {
 			return err
 		}
-		for _, m := range slices.Sorted(maps.Keys(cc.Models)) {
-			f := field + ".caps.models." + m
-			if models != nil && !models(m) {
-				return fmt.Errorf("%s: no budget has model %q", f, m)
-			}
-			if err := cc.Models[m].validate(f); err != nil {
-				return err
-			}
+		if err := validateNamed(cc.Models, field+".caps.models.", models, "%s: no budget has model %q"); err != nil {
+			return err
 		}
-		for _, r := range slices.Sorted(maps.Keys(cc.Routes)) {
-			f := field + ".caps.routes." + r
-			if routes != nil && !routes(r) {
-				return fmt.Errorf("%s: no route %q (routes come from the routes file, --routes)", f, r)
-			}
-			if err := cc.Routes[r].validate(f); err != nil {
-				return err
-			}
+		if err := validateNamed(cc.Routes, field+".caps.routes.", routes, "%s: no route %q (routes come from the routes file, --routes)"); err != nil {
+			return err
 		}
 		if err := cc.Money.validate(field + ".money"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateNamed checks each of caps, in name order, under field+name:
+// its name against known (nil: no check), failing with unknown (a format
+// of the field and the name), then its limits.
+func validateNamed(caps map[string]CapLimits, field string, known func(name string) bool, unknown string) error {
+	for _, name := range slices.Sorted(maps.Keys(caps)) {
+		f := field + name
+		if known != nil && !known(name) {
+			return fmt.Errorf(unknown, f, name)
+		}
+		if err := caps[name].validate(f); err != nil {
 			return err
 		}
 	}
@@ -383,8 +387,10 @@ func (t *tenants) moneyLimits(client string) (out [4]moneyLimit, n int) {
 // capFit checks w against its client's caps and the money budgets at now.
 // It returns LimitNone when w fits; otherwise the cap that blocks, how long
 // until it would fit (for money: the next period, though a settlement may
-// free it sooner) and a description for the refusal. Caller holds Core.mu.
-func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duration, string) {
+// free it sooner) and, when explain is set, a description for the refusal:
+// the queue's dispatch asks for none, as it formats nothing for a waiter it
+// only skips. Caller holds Core.mu.
+func (b *Core) capFit(bg *budget, w *waiter, now time.Time, explain bool) (Limit, time.Duration, string) {
 	t := &b.ten
 	if len(t.windows) == 0 && t.caps.Account.Zero() && len(t.caps.Clients) == 0 {
 		return LimitNone, 0, ""
@@ -400,7 +406,11 @@ func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duratio
 			continue
 		}
 		if d, name, limit := cw.wait(w.need.tokens, now); d > 0 {
-			note(LimitClientCap, d, fmt.Sprintf("the %s cap %d of %s", name, limit, cw.label))
+			var s string
+			if explain {
+				s = fmt.Sprintf("the %s cap %d of %s", name, limit, cw.label)
+			}
+			note(LimitClientCap, d, s)
 		}
 	}
 	if t.money(w.client) {
@@ -415,8 +425,12 @@ func (b *Core) capFit(bg *budget, w *waiter, now time.Time) (Limit, time.Duratio
 			if m.month {
 				next = nextMonth(now)
 			}
-			note(LimitMoney, next.Sub(now), fmt.Sprintf("%s %s (spent or reserved %s, this call reserves %s)",
-				m.label(), usd(m.limit), usd(used), usd(w.need.cost)))
+			var s string
+			if explain {
+				s = fmt.Sprintf("%s %s (spent or reserved %s, this call reserves %s)",
+					m.label(), usd(m.limit), usd(used), usd(w.need.cost))
+			}
+			note(LimitMoney, next.Sub(now), s)
 		}
 	}
 	return blocked, wait, why

@@ -4,13 +4,11 @@ import (
 	"context"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/bedrockqb/quotabroker/broker"
-	"github.com/bedrockqb/quotabroker/internal/clocktest"
 )
 
 func capsOf(client string, cc broker.ClientCaps) broker.Caps {
@@ -175,34 +173,7 @@ func BenchmarkAcquireCompleteCaps(b *testing.B) {
 		{"capped", broker.Config{Margin: 1, Prices: prices, Caps: caps}},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			ctx := context.Background()
-			br, err := broker.Open(ctx, nopStore{}, clocktest.New(t0), c.cfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer br.Close()
-			if err := br.SetSpecs(ctx, []broker.Spec{spec(haiku3, broker.Limits{RPM: 1 << 40, TPM: 1 << 50})}); err != nil {
-				b.Fatal(err)
-			}
-			var clients, ops atomic.Int64
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				client := "client-" + strconv.FormatInt(clients.Add(1), 10)
-				for pb.Next() {
-					d, err := br.Acquire(ctx, broker.AcquireRequest{ModelID: haiku3, Client: client, InputTokens: 100, MaxOutputTokens: 100})
-					if err != nil || !d.Granted {
-						b.Errorf("acquire: %+v %v", d, err)
-						return
-					}
-					if _, err := br.Complete(ctx, d.Lease.ID, broker.OutcomeSuccess, broker.Usage{InputTokens: 100, OutputTokens: 50}); err != nil {
-						b.Error(err)
-						return
-					}
-					if ops.Add(1)%1000 == 0 {
-						br.Sweep(ctx)
-					}
-				}
-			})
+			benchAcquireComplete(b, c.cfg)
 		})
 	}
 }

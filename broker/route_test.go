@@ -24,6 +24,17 @@ func geoSpecs(l broker.Limits) []broker.Spec {
 	return out
 }
 
+// concurrencyRouteBroker is a broker in t's bubble with geoSpecs of one
+// concurrent call each and their route sonnet-us.
+func concurrencyRouteBroker(t *testing.T) *broker.Broker {
+	t.Helper()
+	b := bubbleBroker(t, geoSpecs(broker.Limits{Concurrency: 1})...)
+	if err := b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func geoRoute(t testing.TB, name string) broker.Route {
 	t.Helper()
 	r := broker.Route{Name: name}
@@ -226,10 +237,7 @@ func TestRouteThrottleMovesTraffic(t *testing.T) {
 
 func TestRouteWaitsOnEveryTargetAndLeavesNoGhost(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := bubbleBroker(t, geoSpecs(broker.Limits{Concurrency: 1})...)
-		if err := b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
-			t.Fatal(err)
-		}
+		b := concurrencyRouteBroker(t)
 		ctx := context.Background()
 		var held []broker.Decision
 		for range 3 {
@@ -397,10 +405,7 @@ func TestRouteAffinityGrace(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				b := bubbleBroker(t, geoSpecs(broker.Limits{Concurrency: 1})...)
-				if err := b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
-					t.Fatal(err)
-				}
+				b := concurrencyRouteBroker(t)
 				ctx := context.Background()
 				var held []broker.Decision
 				for range 3 {
@@ -442,10 +447,7 @@ func TestRouteAffinityGrace(t *testing.T) {
 
 func TestRouteWaiterKeepsItsPriority(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := bubbleBroker(t, geoSpecs(broker.Limits{Concurrency: 1})...)
-		if err := b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
-			t.Fatal(err)
-		}
+		b := concurrencyRouteBroker(t)
 		ctx := context.Background()
 		var held []broker.Decision
 		for range 3 {

@@ -35,6 +35,20 @@ func routeCapRoutes(t testing.TB) []broker.Route {
 	return []broker.Route{geoRoute(t, "sonnet-us"), {Name: "haiku", Targets: []broker.Target{h}}}
 }
 
+// routeCapBroker is a broker in t's bubble with routeCapSpecs, the routes
+// of routeCapRoutes and the caps of routeCapCaps.
+func routeCapBroker(t *testing.T) *broker.Broker {
+	t.Helper()
+	b := bubbleBrokerWith(t, broker.Config{Margin: 1}, routeCapSpecs()...)
+	if err := b.SetRoutes(routeCapRoutes(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetCaps(routeCapCaps()); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func routeCap(t testing.TB, b *broker.Broker, client, route string) broker.CapUsage {
 	t.Helper()
 	for _, c := range b.Spend().Caps {
@@ -56,13 +70,7 @@ func routeCap(t testing.TB, b *broker.Broker, client, route string) broker.CapUs
 // not held back.
 func TestRouteCapHoldsAcrossTargets(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := bubbleBrokerWith(t, broker.Config{Margin: 1}, routeCapSpecs()...)
-		if err := b.SetRoutes(routeCapRoutes(t)); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.SetCaps(routeCapCaps()); err != nil {
-			t.Fatal(err)
-		}
+		b := routeCapBroker(t)
 		ctx := context.Background()
 		start := time.Now()
 		req := broker.AcquireRequest{Route: "sonnet-us", Client: "team", MaxOutputTokens: 10}
@@ -128,13 +136,7 @@ func TestRouteCapHoldsAcrossTargets(t *testing.T) {
 // targets.
 func TestRouteCapUnderLoad(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := bubbleBrokerWith(t, broker.Config{Margin: 1}, routeCapSpecs()...)
-		if err := b.SetRoutes(routeCapRoutes(t)); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.SetCaps(routeCapCaps()); err != nil {
-			t.Fatal(err)
-		}
+		b := routeCapBroker(t)
 		ctx := context.Background()
 		start := time.Now()
 		var mu sync.Mutex

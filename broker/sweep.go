@@ -106,17 +106,13 @@ const checkpointBatch = 1000
 // counted as phantoms (see restoreChunks); a record the store already has
 // in a later version is not overwritten. On a failure, what is not yet
 // written is kept for the next sweep to retry.
-func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) error {
+func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) {
 	ctx = context.WithoutCancel(ctx)
 	for len(records) > 0 {
 		n := min(len(records), checkpointBatch)
 		var batch Change
 		b.mu.Lock()
-		for _, l := range records[:n] {
-			if l.State == LeaseActive && !l.undone {
-				batch.Leases = append(batch.Leases, l.LeaseRecord)
-			}
-		}
+		batch.Leases = activeRecords(nil, records[:n])
 		b.mu.Unlock()
 		records = records[n:]
 		if len(batch.Leases) == 0 {
@@ -125,31 +121,29 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) error
 		if err := b.store.Commit(ctx, batch); err != nil {
 			// The rest are copied now, so that the retry has them all.
 			b.mu.Lock()
-			for _, l := range records {
-				if l.State == LeaseActive && !l.undone {
-					batch.Leases = append(batch.Leases, l.LeaseRecord)
-				}
-			}
+			batch.Leases = activeRecords(batch.Leases, records)
 			b.mu.Unlock()
 			batch.merge(b.unstat(c))
-			return b.retryLater(batch, err)
+			b.retryLater(batch, err)
+			return
 		}
 	}
 	// Expiries, and the records of a retry, in batches as well.
 	for len(c.Leases) > checkpointBatch {
 		if err := b.store.Commit(ctx, Change{Leases: c.Leases[:checkpointBatch:checkpointBatch]}); err != nil {
-			return b.retryLater(b.unstat(c), err)
+			b.retryLater(b.unstat(c), err)
+			return
 		}
 		c.Leases = c.Leases[checkpointBatch:]
 	}
 	if c.empty() {
-		return nil
+		return
 	}
 	if len(c.Stats) == 0 {
 		if err := b.store.Commit(ctx, c); err != nil {
-			return b.retryLater(c, err)
+			b.retryLater(c, err)
 		}
-		return nil
+		return
 	}
 	// The history taken from the recorder: readers see it in memory until
 	// this commit has it in the store, and never in both (commitMu).
@@ -159,9 +153,19 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) error
 	b.rec.commitMu.Unlock()
 	if err != nil {
 		c.Stats = nil // back in the recorder, for the next sweep's take
-		return b.retryLater(c, err)
+		b.retryLater(c, err)
 	}
-	return nil
+}
+
+// activeRecords appends to dst the records of the leases in ls still
+// active (one that ended has a record of its own). Caller holds Core.mu.
+func activeRecords(dst []LeaseRecord, ls []*lease) []LeaseRecord {
+	for _, l := range ls {
+		if l.State == LeaseActive && !l.undone {
+			dst = append(dst, l.LeaseRecord)
+		}
+	}
+	return dst
 }
 
 // unstat returns c without its history, which goes back to the recorder
@@ -177,12 +181,13 @@ func (b *Core) unstat(c Change) Change {
 	return c
 }
 
-func (b *Core) retryLater(c Change, err error) error {
+// retryLater logs err, the failed commit of c, and keeps c for the next
+// sweep.
+func (b *Core) retryLater(c Change, err error) {
 	b.log.Error("sweep commit failed; will retry", "err", err)
 	b.mu.Lock()
 	b.retry = append(b.retry, c)
 	b.mu.Unlock()
-	return err
 }
 
 // expire ends an active lease that outlived its TTL. It stays charged at
