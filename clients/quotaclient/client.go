@@ -313,13 +313,10 @@ func ctxEnded(ctx context.Context, last error) error {
 // failedOver says that the error is the last of several attempts, so that
 // a log line shows the client did try the other replicas.
 func failedOver(err error, attempts int, wait time.Duration) error {
-	var e *Error
-	if attempts < 2 || !errors.As(err, &e) {
+	if attempts < 2 {
 		return err
 	}
-	f := *e
-	f.Message = fmt.Sprintf("no broker replica served within %s (%d attempts), the last said: %s", wait, attempts, e.Message)
-	return &f
+	return explained(err, fmt.Sprintf("no broker replica served within %s (%d attempts), the last said: ", wait, attempts))
 }
 
 func (c *Client) rpcError(ctx, rctx context.Context, err error) error {
