@@ -549,9 +549,9 @@ func (r *result) servable() float64 {
 }
 
 // stickiness is, over the calls of a conversation after its first, the
-// share that ran where the conversation's previous call ran; moves the
-// share that did not, and spills among them those the broker made because
-// the previous target was full (route only).
+// share that ran where the conversation's previous call ran, and how many
+// such calls there were. (The route's own count of calls kept on the
+// key's target or moved is printed from the calls' reasons, after the table.)
 func stickiness(calls []call) (stay float64, n int) {
 	type convKey struct{ c, w, conv int }
 	byConv := map[convKey][]call{}

@@ -11,7 +11,8 @@ import (
 	"github.com/bedrockqb/quotabroker/internal/etcdtest"
 )
 
-// BenchmarkCommit: one lease record per Commit from 50 goroutines, as
+// BenchmarkCommit: one lease record per Commit from 50 goroutines per
+// GOMAXPROCS (SetParallelism; 100 on BENCHMARKS.md's 2 cores), as
 // settlements arrive, against three etcd members on loopback (fsync on,
 // etcd's default timeouts). Commits that arrive together share a
 // transaction, so throughput grows with concurrency.

@@ -191,6 +191,10 @@ func TestStore(t *testing.T) {
 		}
 	})
 
+	t.Run("a capped client's spend and day tokens survive a new leader's broker", func(t *testing.T) {
+		testSpendFailover(t, ctx, cli)
+	})
+
 	t.Run("shrinking totals are written in one transaction", func(t *testing.T) {
 		testShrinksTogether(t, ctx, cli)
 	})
@@ -437,18 +441,11 @@ func testSpendBoundOrder(t *testing.T, ctx context.Context, cli *clientv3.Client
 	}
 }
 
-// TestSpendFailover: what a client was granted and charged under one
+// testSpendFailover: what a client was granted and charged under one
 // leader's broker (its spend, and its day cap's tokens) is what the next
 // leader's broker opens with, from the Store, as a failover does in
 // cmd/quota-broker's cluster; and the new leader adds to it.
-func TestSpendFailover(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a real etcd")
-	}
-	ec := etcdtest.Start(t, 1)
-	cli := client(t, ec.Endpoints())
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+func testSpendFailover(t *testing.T, ctx context.Context, cli *clientv3.Client) {
 	const prefix = "/spend-failover/"
 	const model = "anthropic.claude-3-haiku-20240307-v1:0"
 	k := broker.Key{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: model}

@@ -171,9 +171,7 @@ class QuotaBrokerClient:
             self.addresses = parse_addresses(address)
             self._channels = [grpc.secure_channel(a, credentials) if credentials else grpc.insecure_channel(a)
                               for a in self.addresses]
-        self._channel = self._channels[0]
         self._stubs = [pb_grpc.QuotaBrokerStub(c) for c in self._channels]
-        self._stub = self._stubs[0]
         self.current = 0  # the replica calls go to first: the last one that answered
         self._lock = threading.Lock()  # guards current
         self.failover = len(self._stubs) > 1 if failover is None else failover

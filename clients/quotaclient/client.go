@@ -208,25 +208,26 @@ func (c *Client) Acquire(ctx context.Context, req Request) (*Lease, error) {
 // writes says what happened and what the alternative is: the transport's
 // words alone ("connection refused") name neither the broker nor the mode.
 func failClosed(err error) error {
-	var e *Error
-	if !errors.As(err, &e) {
-		return err
-	}
-	fc := *e
-	fc.Message = "broker unavailable, so no lease and no Bedrock call (FailClosed; with WithFailureMode(FailOpen) the call would run on a local lease under FallbackLimits): " + e.Message
-	return &fc
+	return explained(err, "broker unavailable, so no lease and no Bedrock call (FailClosed; with WithFailureMode(FailOpen) the call would run on a local lease under FallbackLimits): ")
 }
 
 // routeUnavailable words the error of a route request without a broker,
 // whatever the failure mode: only the broker knows the route's targets.
 func routeUnavailable(err error) error {
+	return explained(err, "broker unavailable, so no lease and no Bedrock call: a route's targets are the broker's to know, so route calls fail closed even with FailOpen: ")
+}
+
+// explained returns a copy of err's *Error with why before its message,
+// keeping its kind for errors.Is; err itself is left as it is, since the
+// caller's other paths may still hold it.
+func explained(err error, why string) error {
 	var e *Error
 	if !errors.As(err, &e) {
 		return err
 	}
-	ru := *e
-	ru.Message = "broker unavailable, so no lease and no Bedrock call: a route's targets are the broker's to know, so route calls fail closed even with FailOpen: " + e.Message
-	return &ru
+	cp := *e
+	cp.Message = why + e.Message
+	return &cp
 }
 
 func (c *Client) outgoing(ctx context.Context) context.Context {
@@ -312,13 +313,10 @@ func ctxEnded(ctx context.Context, last error) error {
 // failedOver says that the error is the last of several attempts, so that
 // a log line shows the client did try the other replicas.
 func failedOver(err error, attempts int, wait time.Duration) error {
-	var e *Error
-	if attempts < 2 || !errors.As(err, &e) {
+	if attempts < 2 {
 		return err
 	}
-	f := *e
-	f.Message = fmt.Sprintf("no broker replica served within %s (%d attempts), the last said: %s", wait, attempts, e.Message)
-	return &f
+	return explained(err, fmt.Sprintf("no broker replica served within %s (%d attempts), the last said: ", wait, attempts))
 }
 
 func (c *Client) rpcError(ctx, rctx context.Context, err error) error {

@@ -163,9 +163,6 @@ func (m *Member) Start(t testing.TB) {
 	t.Cleanup(m.Kill)
 }
 
-// Restart is Start outside tests.
-func (m *Member) Restart() error { return m.start() }
-
 func (m *Member) start() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
