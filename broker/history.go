@@ -574,13 +574,21 @@ func (r *Recorder) pendingStats(from, to int64, perClient bool, match func(Key) 
 	r.foldMu.Lock()
 	defer r.foldMu.Unlock()
 	var out []StatsRecord
-	for _, rec := range r.inflight {
-		if match(rec.Key) && rec.Minute >= from && rec.Minute < to {
-			c := StatsRecord{Key: rec.Key, Minute: rec.Minute, Client: rec.Client, Stats: rec.Stats.clone()}
-			if !perClient {
-				c.Client = ""
-			}
-			out = append(out, c)
+	add := func(k Key, minute int64, client string, s *Stats) {
+		if minute < from || minute >= to {
+			return
+		}
+		// A deep copy: the pending Stats go on changing under foldMu
+		// while the reader uses this one without it.
+		rec := StatsRecord{Key: k, Minute: minute, Client: client, Stats: s.clone()}
+		if !perClient {
+			rec.Client = ""
+		}
+		out = append(out, rec)
+	}
+	for i := range r.inflight {
+		if rec := &r.inflight[i]; match(rec.Key) {
+			add(rec.Key, rec.Minute, rec.Client, &rec.Stats)
 		}
 	}
 	for k, byKey := range r.pending {
@@ -588,15 +596,7 @@ func (r *Recorder) pendingStats(from, to int64, perClient bool, match func(Key) 
 			continue
 		}
 		for slot, s := range byKey {
-			if slot.minute >= from && slot.minute < to {
-				// A deep copy: the pending Stats go on changing under
-				// foldMu while the reader uses this one without it.
-				rec := StatsRecord{Key: k, Minute: slot.minute, Client: slot.client, Stats: s.clone()}
-				if !perClient {
-					rec.Client = ""
-				}
-				out = append(out, rec)
-			}
+			add(k, slot.minute, slot.client, s)
 		}
 	}
 	return out
