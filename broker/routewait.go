@@ -139,15 +139,16 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 	// target too, so the route prefers the others until it recovers; its
 	// pace would otherwise let the next grant through at once, into the
 	// same throttle.
-	recovering := func(i int) int {
-		bg := rt.budgets[i]
+	// Once per target, not per comparison: limits(now) walks the
+	// adaptive state.
+	recovering := make([]int, len(rt.Targets))
+	for i, bg := range rt.budgets {
 		st, e := bg.staticLim, bg.limits(now)
 		if engaged(e.TPM, st.TPM) || engaged(e.RPM, st.RPM) {
-			return 1
+			recovering[i] = 1
 		}
-		return 0
 	}
-	slices.SortStableFunc(order, func(x, y int) int { return recovering(x) - recovering(y) })
+	slices.SortStableFunc(order, func(x, y int) int { return recovering[x] - recovering[y] })
 	// First pass: join the targets' queues in order, each dispatched as it
 	// is joined, and stop at the first grant: that is the first target
 	// with room now (one whose queue has callers ahead has none). The
