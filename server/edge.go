@@ -78,11 +78,11 @@ type edge struct {
 	log           *slog.Logger
 	firstMessage  time.Duration
 	maxPending    int64
-	// refused counts streams ended here by reason (unauthenticated,
+	// metrics count streams ended here by reason (unauthenticated,
 	// invalid_client, too_many_pending, evicted, no_request): the
-	// interceptors that count and log calls never see them. With it, the
+	// interceptors that count and log calls never see them. With them, the
 	// gauge of waiting streams. Nil without Config.Metrics.
-	refused *streamMetrics
+	metrics *streamMetrics
 
 	mu      sync.Mutex // guards waiting, conns, busiest, and every awaiting's conn, prev and next
 	waiting int        // streams in the pool, over all connections
@@ -118,16 +118,15 @@ type awaiting struct {
 	cancel context.CancelCauseFunc // ends the stream, at the timeout or on eviction
 }
 
-// streamMetrics are the edge's metrics (refusedMetric, which server.go
-// calls, makes them).
+// streamMetrics are the edge's metrics.
 type streamMetrics struct {
 	refused *prometheus.CounterVec
 	pending prometheus.Gauge
 }
 
-// refusedMetric is the edge's metrics: the counter of streams ended at the
-// edge by reason and the gauge of streams waiting for their request.
-func refusedMetric() *streamMetrics {
+// newStreamMetrics makes the edge's metrics: the counter of streams ended
+// at the edge by reason and the gauge of streams waiting for their request.
+func newStreamMetrics() *streamMetrics {
 	return &streamMetrics{
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quotabroker_grpc_streams_refused_total",
@@ -151,8 +150,8 @@ func (m *streamMetrics) Collect(ch chan<- prometheus.Metric) {
 }
 
 func (e *edge) count(reason string) {
-	if e.refused != nil {
-		e.refused.refused.WithLabelValues(reason).Inc()
+	if e.metrics != nil {
+		e.metrics.refused.WithLabelValues(reason).Inc()
 	}
 }
 
@@ -336,8 +335,8 @@ func (e *edge) release(w *awaiting) bool {
 // gauge sets the gauge of waiting streams; the caller holds e.mu, so the
 // last value set is the pool's.
 func (e *edge) gauge() {
-	if e.refused != nil {
-		e.refused.pending.Set(float64(e.waiting))
+	if e.metrics != nil {
+		e.metrics.pending.Set(float64(e.waiting))
 	}
 }
 

@@ -98,10 +98,10 @@ func refusal(key broker.Key, d broker.Decision) error {
 				d.Blocked.String() + " of " + key.String() + retry
 		}
 	}
-	st := status.New(codes.ResourceExhausted, msg)
 	if d.Cap != "" {
 		meta["cap"] = d.Cap
 	}
+	st := status.New(codes.ResourceExhausted, msg)
 	withDetails, err := st.WithDetails(
 		&errdetails.RetryInfo{RetryDelay: durationpb.New(d.RetryAfter)},
 		&errdetails.ErrorInfo{

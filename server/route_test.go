@@ -2,9 +2,6 @@ package server_test
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -91,14 +88,7 @@ func TestRouteOverGRPC(t *testing.T) {
 		t.Fatalf("route report %v", r)
 	}
 
-	hs := httptest.NewServer(server.MetricsHandler(reg))
-	defer hs.Close()
-	resp, err := http.Get(hs.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrape(t, reg)
 	for _, want := range []string{
 		`quotabroker_route_grants_total{model_id="` + sonnet + `",reason="room",region="us-east-1",route="sonnet-us",target="0"} 1`,
 		`quotabroker_route_grants_total{model_id="` + sonnet + `",reason="spill",region="us-west-2",route="sonnet-us",target="1"} 1`,

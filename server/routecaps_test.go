@@ -2,9 +2,6 @@ package server_test
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -132,14 +129,7 @@ func TestRouteCapOverGRPC(t *testing.T) {
 		cs[0].GetRefused() != int64(refused) {
 		t.Fatalf("caps in the report: %v (refused %d)", cs, refused)
 	}
-	hs := httptest.NewServer(server.MetricsHandler(reg))
-	defer hs.Close()
-	resp, err := http.Get(hs.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrape(t, reg)
 	if want := `quotabroker_client_cap{client="team",limit="tpm",model="",route="sonnet-us"} 100`; !strings.Contains(string(body), want) {
 		t.Errorf("/metrics lacks %s", want)
 	}

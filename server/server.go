@@ -242,8 +242,8 @@ func New(b Broker, cfg Config) *Server {
 	}
 	var metrics *callMetrics
 	if cfg.Metrics != nil {
-		edge.refused = refusedMetric()
-		cfg.Metrics.MustRegister(edge.refused)
+		edge.metrics = newStreamMetrics()
+		cfg.Metrics.MustRegister(edge.metrics)
 		metrics = newCallMetrics(cfg.Clock)
 		cfg.Metrics.MustRegister(metrics)
 		// Outermost, so a panic is counted as the INTERNAL that recovery

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -349,19 +350,12 @@ func TestMetricsEndpoint(t *testing.T) {
 	b := openBroker(t, fakeClock(), broker.Config{}, broker.Limits{RPM: 10, TPM: 100_000})
 	reg := server.NewRegistry(b)
 	c := pb.NewQuotaBrokerClient(serve(t, b, server.Config{Metrics: reg}))
-	hs := httptest.NewServer(server.MetricsHandler(reg))
-	defer hs.Close()
 	if _, err := c.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: sonnet, InputTokens: 100, MaxOutputTokens: 100}); err != nil {
 		t.Fatal(err)
 	}
 	c.AcquireLease(ctx, &pb.AcquireLeaseRequest{ModelId: "nope.model"})
 
-	resp, err := http.Get(hs.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrape(t, reg)
 	for _, want := range []string{
 		`grpc_server_handled_total{grpc_code="OK",grpc_method="AcquireLease",grpc_service="quotabroker.v1.QuotaBroker",grpc_type="unary"} 1`,
 		`grpc_server_handled_total{grpc_code="NotFound",grpc_method="AcquireLease",grpc_service="quotabroker.v1.QuotaBroker",grpc_type="unary"} 1`,
@@ -382,4 +376,21 @@ func TestMetricsEndpoint(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+}
+
+// scrape is the text reg's /metrics handler serves, read over HTTP.
+func scrape(t *testing.T, reg *prometheus.Registry) []byte {
+	t.Helper()
+	hs := httptest.NewServer(server.MetricsHandler(reg))
+	defer hs.Close()
+	resp, err := http.Get(hs.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
 }

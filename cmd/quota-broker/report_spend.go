@@ -60,15 +60,12 @@ func printSpend(w io.Writer, sp *pb.Spend, wide bool) {
 		on := "all models"
 		switch {
 		case c.GetRoute() != "":
-			on = clip("route "+c.GetRoute(), 44)
-			if wide {
-				on = "route " + c.GetRoute()
-			}
+			on = "route " + c.GetRoute()
 		case c.GetModel() != "":
-			on = clip(c.GetModel(), 44)
-			if wide {
-				on = c.GetModel()
-			}
+			on = c.GetModel()
+		}
+		if !wide {
+			on = clip(on, 44)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", clip(c.GetClient(), 24), on,
 			capOf(c.GetRequestsLastMinute(), c.GetRpm()), capOf(c.GetTokensLastMinute(), c.GetTpm()),
@@ -119,18 +116,14 @@ func showSpend(sp *pb.Spend) bool {
 	if len(sp.GetCaps()) > 0 || sp.GetAccount().GetMonthUsd() > 0 {
 		return true
 	}
-	for _, s := range append([]*pb.Spending{sp.GetAccount()}, clientSpendings(sp)...) {
-		if s.GetBudgetUsdPerDay()+s.GetBudgetUsdPerMonth() > 0 {
+	budgeted := func(s *pb.Spending) bool { return s.GetBudgetUsdPerDay()+s.GetBudgetUsdPerMonth() > 0 }
+	if budgeted(sp.GetAccount()) {
+		return true
+	}
+	for _, c := range sp.GetClients() {
+		if budgeted(c.GetSpending()) {
 			return true
 		}
 	}
 	return false
-}
-
-func clientSpendings(sp *pb.Spend) []*pb.Spending {
-	var out []*pb.Spending
-	for _, c := range sp.GetClients() {
-		out = append(out, c.GetSpending())
-	}
-	return out
 }

@@ -92,26 +92,17 @@ func TestServeRoutes(t *testing.T) {
 // is in force.
 func TestServeRouteCaps(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	write := func(name, s string) string {
-		t.Helper()
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	budgets := write("budgets.json", `{"budgets": [
+	budgets := writeFile(t, "budgets.json", `{"budgets": [
   {"region": "us-east-1", "model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "tpm": 100000},
   {"region": "us-west-2", "model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "tpm": 100000}]}`)
-	routes := write("routes.json", `{"routes": [{"name": "claude-us", "model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "geography": "us"}]}`)
+	routes := writeFile(t, "routes.json", `{"routes": [{"name": "claude-us", "model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "geography": "us"}]}`)
 	for _, tc := range []struct{ name, clients, wantErr string }{
 		{"unknown route", `{"clients": {"team-a": {"caps": {"routes": {"claude-eu": {"tpm": 1000}}}}}}`,
 			`clients.team-a.caps.routes.claude-eu: no route "claude-eu"`},
 		{"known route", `{"clients": {"team-a": {"caps": {"routes": {"claude-us": {"tpm": 1000}}}}}}`, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clients := write(strings.ReplaceAll(tc.name, " ", "-")+".json", tc.clients)
+			clients := writeFile(t, "clients.json", tc.clients)
 			m := NewMain(io.Discard, io.Discard)
 			if err := m.ParseFlags([]string{"--listen", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "s.db"),
 				"--budgets", budgets, "--routes", routes, "--clients", clients}); err != nil {

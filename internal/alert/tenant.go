@@ -42,15 +42,17 @@ type tenantSeries struct {
 	lastRefusedAt time.Time
 }
 
+// tenantVerdict is a tenant rule's condition on one key at one sample.
+type tenantVerdict struct {
+	k tenantKey
+	c condition
+}
+
 // observeTenants evaluates the tenant rules on one spend report taken at
 // now and returns the events they cause, in a stable order. Caller holds
 // a.mu.
 func (a *Alerter) observeTenants(sp broker.SpendReport, now time.Time) []Event {
-	type verdict struct {
-		k tenantKey
-		c condition
-	}
-	var vs []verdict
+	var vs []tenantVerdict
 	seen := map[tenantKey]bool{}
 	money := func(client string, s broker.Spending) {
 		if s.Money.Zero() {
@@ -72,7 +74,7 @@ func (a *Alerter) observeTenants(sp broker.SpendReport, now time.Time) []Event {
 			c := condition{value: share, threshold: a.cfg.MoneyShare, since: now,
 				fire: share >= a.cfg.MoneyShare, resolve: share < a.cfg.MoneyShare,
 				summary: fmt.Sprintf("money spent %s (%s)", pct(share), what)}
-			vs = append(vs, verdict{k, c})
+			vs = append(vs, tenantVerdict{k, c})
 		}
 		vs = append(vs, a.refusing(tenantKey{RuleCapRefusing, client, "money"}, s.Refused, now, seen, "its money budget"))
 	}
@@ -94,10 +96,10 @@ func (a *Alerter) observeTenants(sp broker.SpendReport, now time.Time) []Event {
 	for k := range a.tenants {
 		if !seen[k] {
 			delete(a.tenants, k)
-			vs = append(vs, verdict{k, condition{resolve: true, summary: "no longer configured"}})
+			vs = append(vs, tenantVerdict{k, condition{resolve: true, summary: "no longer configured"}})
 		}
 	}
-	slices.SortStableFunc(vs, func(x, y verdict) int {
+	slices.SortStableFunc(vs, func(x, y tenantVerdict) int {
 		return cmp.Or(cmp.Compare(x.k.client, y.k.client), cmp.Compare(x.k.rule, y.k.rule), cmp.Compare(x.k.model, y.k.model))
 	})
 	var events []Event
@@ -112,10 +114,7 @@ func (a *Alerter) observeTenants(sp broker.SpendReport, now time.Time) []Event {
 // refusing is the cap_refusing verdict on a refusal counter: firing when
 // it grew since the last sample, resolved a Window after it last grew.
 // Caller holds a.mu.
-func (a *Alerter) refusing(k tenantKey, refused int64, now time.Time, seen map[tenantKey]bool, what string) struct {
-	k tenantKey
-	c condition
-} {
+func (a *Alerter) refusing(k tenantKey, refused int64, now time.Time, seen map[tenantKey]bool, what string) tenantVerdict {
 	seen[k] = true
 	s := a.tenants[k]
 	if s == nil {
@@ -136,10 +135,7 @@ func (a *Alerter) refusing(k tenantKey, refused int64, now time.Time, seen map[t
 	if !grew {
 		c.summary = fmt.Sprintf("%s refused nothing for %v", what, roundSpan(now.Sub(s.lastRefusedAt)))
 	}
-	return struct {
-		k tenantKey
-		c condition
-	}{k, c}
+	return tenantVerdict{k, c}
 }
 
 // accountLabel names the account in tenant alerts, as in /metrics.
