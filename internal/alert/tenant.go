@@ -71,6 +71,11 @@ func (a *Alerter) observeTenants(sp broker.SpendReport, now time.Time) []Event {
 		if a.cfg.MoneyShare > 0 {
 			k := tenantKey{RuleMoneyBudget, client, ""}
 			seen[k] = true
+			if a.tenants[k] == nil {
+				// Tracked as a cap's key is, so that a budget taken out
+				// of the policy while it fires resolves below.
+				a.tenants[k] = &tenantSeries{}
+			}
 			c := condition{value: share, threshold: a.cfg.MoneyShare, since: now,
 				fire: share >= a.cfg.MoneyShare, resolve: share < a.cfg.MoneyShare,
 				summary: fmt.Sprintf("money spent %s (%s)", pct(share), what)}

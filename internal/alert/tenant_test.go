@@ -86,3 +86,27 @@ func TestRouteCapAlertIsItsOwn(t *testing.T) {
 		t.Fatalf("events %q, want %q", got, want)
 	}
 }
+
+// TestMoneyAlertResolvesWhenBudgetRemoved: a money budget taken out of the
+// policy while its alert fires resolves as no longer configured, as a cap
+// does, instead of firing on.
+func TestMoneyAlertResolvesWhenBudgetRemoved(t *testing.T) {
+	a := newAlerter(t, Config{MoneyShare: 0.8, Window: time.Minute})
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	var got []string
+	for _, sp := range []broker.SpendReport{
+		{Clients: []broker.ClientSpend{{Client: "team", Spending: broker.Spending{TodayUSD: 9, Money: broker.Money{USDPerDay: 10}}}}},
+		{},
+	} {
+		now = now.Add(15 * time.Second)
+		for _, e := range a.ObserveSpend(sp, now) {
+			got = append(got, string(e.Status)+" "+string(e.Rule)+" "+e.Client)
+		}
+	}
+	if want := "firing money_budget team, resolved money_budget team"; strings.Join(got, ", ") != want {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+	if f := a.TenantFiring(); len(f) != 0 {
+		t.Errorf("still firing: %+v", f)
+	}
+}
