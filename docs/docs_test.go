@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bedrockqb/quotabroker/internal/freeport"
 )
 
 // command is one command a document shows.
@@ -341,17 +343,17 @@ func goEnv(t testing.TB, name string) string {
 	return m[name]
 }
 
-// freeAddr returns a loopback address no one listens on now. Another
-// process may take it before the scene does; the scene then fails to start
-// its server and says so.
+// freeAddr returns a loopback address no one listens on now, outside the
+// kernel's ephemeral range (see internal/freeport). Another process may still
+// take it before the scene does; the scene then fails to start its server and
+// says so.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 var (

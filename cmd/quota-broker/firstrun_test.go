@@ -14,6 +14,7 @@ import (
 	"time"
 
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
+	"github.com/bedrockqb/quotabroker/internal/freeport"
 )
 
 // commands are every subcommand; TestHelpEveryCommand fails when one is
@@ -98,12 +99,10 @@ func busyAddr(t *testing.T) string {
 // free a moment ago).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	return addr
 }
 

@@ -8,7 +8,6 @@ package etcdtest
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bedrockqb/quotabroker/internal/freeport"
 )
 
 // Binary returns the etcd binary's path, skipping (or, in CI, failing) t
@@ -143,15 +144,9 @@ func (c *Cluster) Endpoints() string {
 	return strings.Join(eps, ",")
 }
 
-// freeAddr returns a loopback address with a port free at the time.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+// freeAddr returns a loopback address with a port free at the time, outside
+// the kernel's ephemeral range (see internal/freeport).
+func freeAddr() (string, error) { return freeport.Addr() }
 
 // Start restarts a killed member on its data directory and waits until it
 // is healthy; t's cleanup kills it.
