@@ -20,12 +20,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/jsonpos"
 )
 
 // Entry is one budget as written in the file.
@@ -51,54 +51,19 @@ func Load(path string, now time.Time) ([]broker.Spec, error) {
 
 // Parse reads budgets from data; name is used in errors.
 func Parse(name string, data []byte, source string, now time.Time) ([]broker.Spec, error) {
-	p := parser{name: name, data: data}
+	p := parser{jsonpos.File{Name: name, Data: data}}
 	return p.parse(source, now)
 }
 
-type parser struct {
-	name string
-	data []byte
-}
-
-func (p *parser) line(offset int64) int {
-	if offset > int64(len(p.data)) {
-		offset = int64(len(p.data))
-	}
-	return 1 + bytes.Count(p.data[:offset], []byte("\n"))
-}
-
-func (p *parser) errf(offset int64, format string, args ...any) error {
-	return fmt.Errorf("%s:%d: %s", p.name, p.line(offset), fmt.Sprintf(format, args...))
-}
-
-// jsonErr turns a decoding error into one with a line and, where known, a
-// field.
-func (p *parser) jsonErr(err error, at int64, field string) error {
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &syn):
-		return p.errf(syn.Offset, "invalid JSON: %v", syn)
-	case errors.As(err, &typ):
-		f := field
-		if typ.Field != "" {
-			f += "." + typ.Field
-		}
-		return p.errf(typ.Offset, "%s: want %s, got JSON %s", strings.TrimPrefix(f, "."), typ.Type, typ.Value)
-	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
-		return p.errf(int64(len(p.data)), "unexpected end of file")
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return p.errf(at, "%s: %s", field, strings.TrimPrefix(err.Error(), "json: "))
-	}
-	return p.errf(at, "%s: %v", field, err)
-}
+// parser reads one file; jsonpos places its errors.
+type parser struct{ jsonpos.File }
 
 func (p *parser) parse(source string, now time.Time) ([]broker.Spec, error) {
-	dec := json.NewDecoder(bytes.NewReader(p.data))
+	dec := json.NewDecoder(bytes.NewReader(p.Data))
 	if tok, err := dec.Token(); err != nil {
-		return nil, p.jsonErr(err, 0, "")
+		return nil, p.DecodeErr(err, 0, "")
 	} else if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return nil, p.errf(dec.InputOffset(), "want a JSON object with a \"budgets\" array")
+		return nil, p.Errorf(dec.InputOffset(), "want a JSON object with a \"budgets\" array")
 	}
 	var specs []broker.Spec
 	defaultRegion := ""
@@ -113,30 +78,27 @@ func (p *parser) parse(source string, now time.Time) ([]broker.Spec, error) {
 		at := dec.InputOffset()
 		tok, err := dec.Token()
 		if err != nil {
-			return nil, p.jsonErr(err, at, "")
+			return nil, p.DecodeErr(err, at, "")
 		}
 		key, _ := tok.(string)
 		switch key {
 		case "default_region":
 			if err := dec.Decode(&defaultRegion); err != nil {
-				return nil, p.jsonErr(err, at, "default_region")
+				return nil, p.DecodeErr(err, at, "default_region")
 			}
 		case "budgets":
 			seenBudgets = true
 			if tok, err := dec.Token(); err != nil {
-				return nil, p.jsonErr(err, at, "budgets")
+				return nil, p.DecodeErr(err, at, "budgets")
 			} else if d, ok := tok.(json.Delim); !ok || d != '[' {
-				return nil, p.errf(dec.InputOffset(), "budgets: want an array")
+				return nil, p.Errorf(dec.InputOffset(), "budgets: want an array")
 			}
 			for i := 0; dec.More(); i++ {
 				// Skip whitespace so the offset is the entry's own line.
-				start := dec.InputOffset()
-				for start < int64(len(p.data)) && strings.ContainsRune(" \t\r\n,", rune(p.data[start])) {
-					start++
-				}
+				start := p.Skip(dec.InputOffset())
 				var raw json.RawMessage
 				if err := dec.Decode(&raw); err != nil {
-					return nil, p.jsonErr(err, start, fmt.Sprintf("budgets[%d]", i))
+					return nil, p.DecodeErr(err, start, fmt.Sprintf("budgets[%d]", i))
 				}
 				var e Entry
 				sub := json.NewDecoder(bytes.NewReader(raw))
@@ -145,30 +107,30 @@ func (p *parser) parse(source string, now time.Time) ([]broker.Spec, error) {
 					var typ *json.UnmarshalTypeError
 					if errors.As(err, &typ) {
 						typ.Offset += start
-						return nil, p.jsonErr(typ, start, fmt.Sprintf("budgets[%d]", i))
+						return nil, p.DecodeErr(typ, start, fmt.Sprintf("budgets[%d]", i))
 					}
-					return nil, p.jsonErr(err, start, fmt.Sprintf("budgets[%d]", i))
+					return nil, p.DecodeErr(err, start, fmt.Sprintf("budgets[%d]", i))
 				}
 				entries = append(entries, located{e, start, i})
 			}
 			if _, err := dec.Token(); err != nil {
-				return nil, p.jsonErr(err, dec.InputOffset(), "budgets")
+				return nil, p.DecodeErr(err, dec.InputOffset(), "budgets")
 			}
 		default:
-			return nil, p.errf(at, "unknown field %q (want default_region or budgets)", key)
+			return nil, p.Errorf(at, "unknown field %q (want default_region or budgets)", key)
 		}
 	}
 	if !seenBudgets {
-		return nil, p.errf(0, "no \"budgets\" array")
+		return nil, p.Errorf(0, "no \"budgets\" array")
 	}
 	seen := map[broker.Key]int{}
 	for _, le := range entries {
 		spec, field, err := le.e.spec(defaultRegion)
 		if err != nil {
-			return nil, p.errf(le.at, "budgets[%d].%s: %v", le.i, field, err)
+			return nil, p.Errorf(le.at, "budgets[%d].%s: %v", le.i, field, err)
 		}
 		if prev, dup := seen[spec.Key]; dup {
-			return nil, p.errf(le.at, "budgets[%d]: the same budget (%s) as budgets[%d]", le.i, spec.Key, prev)
+			return nil, p.Errorf(le.at, "budgets[%d]: the same budget (%s) as budgets[%d]", le.i, spec.Key, prev)
 		}
 		seen[spec.Key] = le.i
 		spec.Source, spec.SourceTime = source, now

@@ -53,6 +53,7 @@ import (
 	"time"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/jsonpos"
 )
 
 // Policies is what the file sets, ready for broker.Config.
@@ -122,13 +123,14 @@ func Parse(name string, data []byte) (Policies, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
+		src := jsonpos.File{Name: name, Data: data}
 		var syn *json.SyntaxError
 		var typ *json.UnmarshalTypeError
 		switch {
 		case errors.As(err, &syn):
-			return Policies{}, fmt.Errorf("%s:%d: invalid JSON: %v", name, line(data, syn.Offset), err)
+			return Policies{}, src.Errorf(syn.Offset, "invalid JSON: %v", err)
 		case errors.As(err, &typ):
-			return Policies{}, fmt.Errorf("%s:%d: %s: want %s, got JSON %s", name, line(data, typ.Offset), typ.Field, typ.Type, typ.Value)
+			return Policies{}, src.Errorf(typ.Offset, "%s: want %s, got JSON %s", typ.Field, typ.Type, typ.Value)
 		}
 		return Policies{}, fmt.Errorf("%s: %v", name, err)
 	}
@@ -254,9 +256,4 @@ func (pj *policyJSON) policy(name, field string) (broker.ClientPolicy, error) {
 		cp.MaxWaiters = *pj.MaxWaiters
 	}
 	return cp, nil
-}
-
-func line(data []byte, offset int64) int {
-	offset = min(max(offset, 0), int64(len(data)))
-	return 1 + bytes.Count(data[:offset], []byte("\n"))
 }

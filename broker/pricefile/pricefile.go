@@ -32,12 +32,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"os"
 	"strings"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/jsonpos"
 )
 
 // File is a prices file, read.
@@ -77,7 +77,7 @@ func Load(path string) (File, error) {
 // Parse reads prices from data; name is used in errors and as the
 // prices' Source.
 func Parse(name string, data []byte) (File, error) {
-	p := parser{name: name, data: data}
+	p := parser{jsonpos.File{Name: name, Data: data}}
 	return p.parse()
 }
 
@@ -124,49 +124,8 @@ var rates = []struct {
 	{"batch_output", broker.RateBatchOutput, func(p *broker.Price) *float64 { return &p.BatchOutput }, func(e *Entry) *float64 { return e.BatchOutput }},
 }
 
-type parser struct {
-	name string
-	data []byte
-}
-
-func (p *parser) line(offset int64) int {
-	offset = min(max(offset, 0), int64(len(p.data)))
-	return 1 + bytes.Count(p.data[:offset], []byte("\n"))
-}
-
-func (p *parser) errf(offset int64, format string, args ...any) error {
-	return fmt.Errorf("%s:%d: %s", p.name, p.line(offset), fmt.Sprintf(format, args...))
-}
-
-// jsonErr gives a decoding error a line and, where known, a field.
-func (p *parser) jsonErr(err error, at int64, field string) error {
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &syn):
-		return p.errf(syn.Offset, "invalid JSON: %v", syn)
-	case errors.As(err, &typ):
-		f := field
-		if typ.Field != "" {
-			f += "." + typ.Field
-		}
-		return p.errf(typ.Offset, "%s: want %s, got JSON %s", strings.TrimPrefix(f, "."), typ.Type, typ.Value)
-	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
-		return p.errf(int64(len(p.data)), "unexpected end of file")
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return p.errf(at, "%s: %s", field, strings.TrimPrefix(err.Error(), "json: "))
-	}
-	return p.errf(at, "%s: %v", field, err)
-}
-
-// skip moves offset past whitespace and commas, so that an error's line
-// is that of the key or entry it is about.
-func (p *parser) skip(offset int64) int64 {
-	for offset < int64(len(p.data)) && strings.ContainsRune(" \t\r\n,", rune(p.data[offset])) {
-		offset++
-	}
-	return offset
-}
+// parser reads one file; jsonpos places its errors.
+type parser struct{ jsonpos.File }
 
 type located struct {
 	e  Entry
@@ -175,11 +134,11 @@ type located struct {
 }
 
 func (p *parser) parse() (File, error) {
-	dec := json.NewDecoder(bytes.NewReader(p.data))
+	dec := json.NewDecoder(bytes.NewReader(p.Data))
 	if tok, err := dec.Token(); err != nil {
-		return File{}, p.jsonErr(err, 0, "")
+		return File{}, p.DecodeErr(err, 0, "")
 	} else if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return File{}, p.errf(dec.InputOffset(), "want a JSON object with a \"prices\" array")
+		return File{}, p.Errorf(dec.InputOffset(), "want a JSON object with a \"prices\" array")
 	}
 	var (
 		unit, mode, currency, defaultRegion  string
@@ -190,15 +149,15 @@ func (p *parser) parse() (File, error) {
 	str := func(dst *string, dstAt *int64, at int64, field string) error {
 		*dstAt = at
 		if err := dec.Decode(dst); err != nil {
-			return p.jsonErr(err, at, field)
+			return p.DecodeErr(err, at, field)
 		}
 		return nil
 	}
 	for dec.More() {
-		at := p.skip(dec.InputOffset())
+		at := p.Skip(dec.InputOffset())
 		tok, err := dec.Token()
 		if err != nil {
-			return File{}, p.jsonErr(err, at, "")
+			return File{}, p.DecodeErr(err, at, "")
 		}
 		key, _ := tok.(string)
 		switch key {
@@ -214,14 +173,14 @@ func (p *parser) parse() (File, error) {
 			seenPrices = true
 			entries, err = p.entries(dec, at)
 		default:
-			return File{}, p.errf(at, "unknown field %q (want unit, mode, currency, default_region or prices)", key)
+			return File{}, p.Errorf(at, "unknown field %q (want unit, mode, currency, default_region or prices)", key)
 		}
 		if err != nil {
 			return File{}, err
 		}
 	}
 	if !seenPrices {
-		return File{}, p.errf(0, "no \"prices\" array")
+		return File{}, p.Errorf(0, "no \"prices\" array")
 	}
 	var scale float64
 	switch strings.ToLower(strings.TrimSpace(unit)) {
@@ -230,9 +189,9 @@ func (p *parser) parse() (File, error) {
 	case "1m tokens":
 		scale = 1.0 / 1000
 	case "":
-		return File{}, p.errf(0, "unit: is missing (\"1K tokens\" or \"1M tokens\"); a price is never assumed to be per thousand or per million")
+		return File{}, p.Errorf(0, "unit: is missing (\"1K tokens\" or \"1M tokens\"); a price is never assumed to be per thousand or per million")
 	default:
-		return File{}, p.errf(unitAt, "unit: %q: want \"1K tokens\" or \"1M tokens\"", unit)
+		return File{}, p.Errorf(unitAt, "unit: %q: want \"1K tokens\" or \"1M tokens\"", unit)
 	}
 	var f File
 	switch mode {
@@ -240,26 +199,26 @@ func (p *parser) parse() (File, error) {
 	case "replace":
 		f.Replace = true
 	default:
-		return File{}, p.errf(modeAt, "mode: %q: want \"override\" or \"replace\"", mode)
+		return File{}, p.Errorf(modeAt, "mode: %q: want \"override\" or \"replace\"", mode)
 	}
 	if currency != "" && currency != "USD" {
-		return File{}, p.errf(currencyAt, "currency: %q: prices are in USD, as AWS lists them", currency)
+		return File{}, p.Errorf(currencyAt, "currency: %q: prices are in USD, as AWS lists them", currency)
 	}
 	if defaultRegion != "" && !broker.ValidRegion(defaultRegion) {
-		return File{}, p.errf(regionAt, "default_region: %q is not an AWS Region name", defaultRegion)
+		return File{}, p.Errorf(regionAt, "default_region: %q is not an AWS Region name", defaultRegion)
 	}
 	f.Prices = map[broker.PriceKey]broker.Price{}
 	seen := map[broker.PriceKey]int{}
 	for _, le := range entries {
 		key, price, field, err := le.e.price(defaultRegion, scale)
 		if err != nil {
-			return File{}, p.errf(le.at, "prices[%d].%s: %v", le.i, field, err)
+			return File{}, p.Errorf(le.at, "prices[%d].%s: %v", le.i, field, err)
 		}
 		if prev, dup := seen[key]; dup {
-			return File{}, p.errf(le.at, "prices[%d]: the same model and Region (%s in %s) as prices[%d]", le.i, key.Model, key.Region, prev)
+			return File{}, p.Errorf(le.at, "prices[%d]: the same model and Region (%s in %s) as prices[%d]", le.i, key.Model, key.Region, prev)
 		}
 		seen[key] = le.i
-		price.Source = p.name
+		price.Source = p.Name
 		f.Prices[key] = price
 	}
 	return f, nil
@@ -269,17 +228,17 @@ func (p *parser) parse() (File, error) {
 // offset for its errors.
 func (p *parser) entries(dec *json.Decoder, at int64) ([]located, error) {
 	if tok, err := dec.Token(); err != nil {
-		return nil, p.jsonErr(err, at, "prices")
+		return nil, p.DecodeErr(err, at, "prices")
 	} else if d, ok := tok.(json.Delim); !ok || d != '[' {
-		return nil, p.errf(dec.InputOffset(), "prices: want an array")
+		return nil, p.Errorf(dec.InputOffset(), "prices: want an array")
 	}
 	var out []located
 	for i := 0; dec.More(); i++ {
-		start := p.skip(dec.InputOffset())
+		start := p.Skip(dec.InputOffset())
 		field := fmt.Sprintf("prices[%d]", i)
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
-			return nil, p.jsonErr(err, start, field)
+			return nil, p.DecodeErr(err, start, field)
 		}
 		var e Entry
 		sub := json.NewDecoder(bytes.NewReader(raw))
@@ -288,14 +247,14 @@ func (p *parser) entries(dec *json.Decoder, at int64) ([]located, error) {
 			var typ *json.UnmarshalTypeError
 			if errors.As(err, &typ) {
 				typ.Offset += start
-				return nil, p.jsonErr(typ, start, field)
+				return nil, p.DecodeErr(typ, start, field)
 			}
-			return nil, p.jsonErr(err, start, field)
+			return nil, p.DecodeErr(err, start, field)
 		}
 		out = append(out, located{e, start, i})
 	}
 	if _, err := dec.Token(); err != nil {
-		return nil, p.jsonErr(err, dec.InputOffset(), "prices")
+		return nil, p.DecodeErr(err, dec.InputOffset(), "prices")
 	}
 	return out, nil
 }
