@@ -237,13 +237,6 @@ func (c *Client) outgoing(ctx context.Context) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, ClientHeader, c.o.name)
 }
 
-// brokerCtx bounds one broker RPC by extra beyond the time the broker may
-// legitimately take (wait). It reports, after the call, whether the bound
-// (rather than the caller's ctx) ended it.
-func (c *Client) brokerCtx(ctx context.Context, wait time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(c.outgoing(ctx), wait+c.o.brokerTimeout)
-}
-
 // Failover backoff: full jitter, doubling from failoverBase up to
 // failoverCap. The first retry comes quickly because it usually finds a
 // serving replica at once (round_robin picks another subchannel, and a
@@ -447,13 +440,14 @@ func (c *Client) ReportThrottle(ctx context.Context, modelID, region, message st
 	if len(message) > 4096 {
 		message = message[:4096]
 	}
-	rctx, cancel := c.brokerCtx(ctx, 0)
-	defer cancel()
-	_, err := c.rpc.ReportThrottle(rctx, &pb.ReportThrottleRequest{ModelId: modelID, Region: region, Message: message})
-	if err != nil {
-		return c.rpcError(ctx, rctx, err)
-	}
-	return nil
+	// With WithFailover a report made while the leader moves reaches the
+	// new one: a throttle is the signal the adaptive limit needs most
+	// exactly when callers are retrying.
+	req := &pb.ReportThrottleRequest{ModelId: modelID, Region: region, Message: message}
+	return c.invoke(ctx, c.o.wait, false, func(rctx context.Context, _ time.Duration) error {
+		_, err := c.rpc.ReportThrottle(rctx, req)
+		return err
+	})
 }
 
 // probeDue reports whether this call should try the broker: always while

@@ -199,13 +199,3 @@ func limitOfReason(reason string) Limit {
 	}
 	return LimitUnknown
 }
-
-// unavailable reports whether err means the broker could not answer: the
-// case FailOpen covers. brokerTimedOut is true when the client's own broker
-// timeout (not the caller's context) ended the call.
-func unavailable(err error, brokerTimedOut bool) bool {
-	if errors.Is(err, ErrUnavailable) {
-		return true
-	}
-	return brokerTimedOut && errors.Is(err, context.DeadlineExceeded)
-}

@@ -290,6 +290,9 @@ func TestFailoverRetriesAStandbyThatStillClaimsToServe(t *testing.T) {
 		if err := l.Complete(ctx, quotaclient.OutcomeSuccess, quotaclient.Usage{InputTokens: 10}); err != nil {
 			t.Fatalf("settling call %d with failover: %v", i, err)
 		}
+		if err := fo.ReportThrottle(ctx, haiku3, "", "a throttle seen mid-stream"); err != nil {
+			t.Fatalf("reporting a throttle after call %d with failover: %v", i, err)
+		}
 	}
 	// The retries did meet the stale replica: half the picks land on it.
 	if stale.calls.Load() == before {
