@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
+	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
 )
 
 // TestRoutesReloadOnSIGHUP runs a broker with a routes file and changes
@@ -151,4 +156,101 @@ func TestRoutesReloadOnSIGHUP(t *testing.T) {
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	<-p.done
+}
+
+// TestDerivedRoutesFollowDiscovery runs serve against the simulator with
+// routes derived from discovery: a Region whose quotas Service Quotas no
+// longer lists leaves the derived routes at the next refresh, and comes
+// back with its quotas; a refresh that would leave a derived route with
+// no target keeps every route as it was and says why in the report.
+func TestDerivedRoutesFollowDiscovery(t *testing.T) {
+	isolateAWS(t)
+	sim, err := bedrocksim.New(bedrocksim.Config{DisableLatency: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Service Quotas lists nothing in the hidden Regions, as if the
+	// account had lost their quotas.
+	var mu sync.Mutex
+	hidden := map[string]bool{}
+	hide := func(regions ...string) {
+		mu.Lock()
+		defer mu.Unlock()
+		clear(hidden)
+		for _, r := range regions {
+			hidden[r] = true
+		}
+	}
+	simH := sim.Handler()
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.Header.Get("X-Amz-Target"), "ServiceQuotasV20190624.List") {
+			mu.Lock()
+			hit := false
+			for region := range hidden {
+				hit = hit || strings.Contains(r.Header.Get("Authorization"), "/"+region+"/servicequotas/")
+			}
+			mu.Unlock()
+			if hit {
+				w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+				io.WriteString(w, `{"Quotas": []}`)
+				return
+			}
+		}
+		simH.ServeHTTP(w, r)
+	}))
+	defer hs.Close()
+	routes := writeFile(t, "routes.json", `{"routes": [
+  {"name": "us", "model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "geography": "us"},
+  {"name": "pair", "model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "geography": "us", "regions": ["us-east-2", "us-west-2"]}]}`)
+	addr, _ := inProcess(t, "serve", "--listen", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "state.db"), "--aws-endpoint", hs.URL,
+		"--regions", "us-east-1,us-east-2,us-west-2", "--refresh", "1h", "--routes", routes, "--log-level", "error", "--drain", "100ms")
+	c := dial(t, addr)
+	ctx := context.Background()
+	state := func() (string, []string) {
+		t.Helper()
+		rep, err := c.GetQuotaReport(ctx, &pb.GetQuotaReportRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var parts []string
+		for _, r := range rep.GetRoutes() {
+			var regions []string
+			for _, tg := range r.GetTargets() {
+				regions = append(regions, tg.GetBudget().GetRegion())
+			}
+			parts = append(parts, r.GetName()+": "+strings.Join(regions, " "))
+		}
+		return strings.Join(parts, "; "), rep.GetDiscovery().GetNotes()
+	}
+	refresh := func(step, want string) []string {
+		t.Helper()
+		if _, err := c.RefreshQuotas(ctx, &pb.RefreshQuotasRequest{}); err != nil {
+			t.Fatalf("%s: refresh: %v", step, err)
+		}
+		got, notes := state()
+		if got != want {
+			t.Fatalf("%s: routes %q, want %q", step, got, want)
+		}
+		return notes
+	}
+	all := "pair: us-east-2 us-west-2; us: us-east-1 us-east-2 us-west-2"
+	if got, _ := state(); got != all {
+		t.Fatalf("at start: %q", got)
+	}
+	hide("us-west-2")
+	if notes := refresh("us-west-2 hidden", "pair: us-east-2; us: us-east-1 us-east-2"); len(notes) != 0 {
+		t.Fatalf("notes: %q", notes)
+	}
+	hide("us-west-2", "us-east-2")
+	notes := refresh("us-east-2 hidden too: pair would be empty", "pair: us-east-2; us: us-east-1 us-east-2")
+	if len(notes) != 1 || !strings.Contains(notes[0], "routes not derived again after the quota refresh; the routes in service stay: "+routes+":3: routes[1]") {
+		t.Fatalf("notes: %q", notes)
+	}
+	if _, err := c.AcquireLease(ctx, &pb.AcquireLeaseRequest{Route: "pair", InputTokens: 10, MaxOutputTokens: 10}); err != nil {
+		t.Fatalf("the route kept is served: %v", err)
+	}
+	hide()
+	if notes := refresh("all listed again", all); len(notes) != 0 {
+		t.Fatalf("notes: %q", notes)
+	}
 }
