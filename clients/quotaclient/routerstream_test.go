@@ -3,6 +3,7 @@ package quotaclient_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"testing"
 
@@ -121,5 +122,39 @@ func TestRouterStreams(t *testing.T) {
 	}
 	if n := sim.Stats().Throttles; n != 0 {
 		t.Fatalf("%d throttles", n)
+	}
+}
+
+// TestRouterMidStreamThrottle: a routed stream cut by a mid-stream
+// ThrottlingException settles as an error at its reservation and reports
+// the throttle on the target it ran on, as WithLeases' streams do.
+func TestRouterMidStreamThrottle(t *testing.T) {
+	t.Parallel()
+	sc := routeScenario(6000, 1e6)
+	sc.Runtime.Faults.MidStreamThrottleRate = 1
+	_, url := startSim(t, sc, 1)
+	bp := routeBroker(t, 6000, 1_000_000, usRoute)
+	conn := dial(t, bp.addr)
+	log := newSettledLog()
+	qc := quotaclient.New(conn, quotaclient.WithWait(-1), quotaclient.WithLogger(slog.New(log)))
+	out, err := newRouter(t, qc, "sonnet-us", url).ConverseStream(context.Background(), converseStreamIn("", "hello sim:output_tokens=400", 500))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := out.GetStream()
+	for range st.Events() {
+	}
+	var te *rttypes.ThrottlingException
+	if err := st.Err(); !errors.As(err, &te) {
+		t.Fatalf("stream error %v, want a ThrottlingException", err)
+	}
+	st.Close()
+	if got := log.next(t); got != "stream_exception_throttlingException" {
+		t.Fatalf("settled as %q", got)
+	}
+	rep := regionReport(t, conn, "us-east-1")
+	c := rep.GetCounters()
+	if rep.GetOutstandingLeases() != 0 || c.GetErrors() != 1 || c.GetReportedThrottles() != 1 || c.GetSettledTokens() != c.GetReservedTokens() {
+		t.Fatalf("us-east-1: %v; want one lease settled as an error at its reservation and one throttle reported", c)
 	}
 }
