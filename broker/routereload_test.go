@@ -2,7 +2,10 @@ package broker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -321,4 +324,149 @@ func TestRefreshDerivesRoutesAgain(t *testing.T) {
 	if n := e.b.DiscoveryStatus().Notes; len(n) != 0 {
 		t.Fatalf("notes once the routes follow again: %q", n)
 	}
+}
+
+// TestRouteReloadsLeaveNoGhosts interleaves route waiters, cancellations,
+// settlements and the passing of time with reloads that reorder, shrink,
+// grow and remove the route, and checks after each step: every grant is
+// on a target the route has now, none twice, none beyond a target's
+// limit; callers wait on the route's targets now, and on no other budget;
+// callers of a removed route are answered NotFound.
+func TestRouteReloadsLeaveNoGhosts(t *testing.T) {
+	for _, keys := range []bool{false, true} {
+		t.Run(fmt.Sprint("keys=", keys), func(t *testing.T) { routeReloads(t, keys) })
+	}
+}
+
+func routeReloads(t *testing.T, keys bool) {
+	synctest.Test(t, func(t *testing.T) {
+		const limit = 2
+		regions := []string{"us-east-1", "us-east-2", "us-west-1", "us-west-2"}
+		var specs []broker.Spec
+		for _, r := range regions {
+			specs = append(specs, broker.Spec{Key: broker.Key{Region: r, Scope: broker.ScopeCrossRegion, Model: sonnet45},
+				Quota: broker.Limits{Concurrency: limit}, Source: "test"})
+		}
+		b := bubbleBroker(t, specs...)
+		ctx := context.Background()
+		rng := rand.New(rand.NewPCG(3, 4))
+		current := regions[:2] // the route's targets; nil: no route
+		set := func() {
+			t.Helper()
+			var rs []broker.Route
+			if current != nil {
+				rs = append(rs, usRoute(t, "r", current...))
+			}
+			if err := b.SetRoutes(rs); err != nil {
+				t.Fatal(err)
+			}
+		}
+		set()
+		type caller struct {
+			cancel context.CancelFunc
+			ch     <-chan result
+		}
+		var waiting []caller
+		var held []broker.Lease
+		granted := map[string]bool{}
+		removed := 0
+		check := func(step int) {
+			synctest.Wait()
+			still := waiting[:0]
+			for _, c := range waiting {
+				select {
+				case r := <-c.ch:
+					switch {
+					case r.err == nil && r.d.Granted:
+						if granted[r.d.Lease.ID] {
+							t.Fatalf("step %d: lease %s granted twice", step, r.d.Lease.ID)
+						}
+						if !slices.Contains(current, r.d.Lease.Key.Region) {
+							t.Fatalf("step %d: granted on %s, not in the route %v", step, r.d.Lease.Key.Region, current)
+						}
+						granted[r.d.Lease.ID] = true
+						held = append(held, r.d.Lease)
+					case errors.Is(r.err, context.Canceled):
+					case r.err != nil:
+						if broker.KindOf(r.err) != broker.KindNotFound || current != nil {
+							t.Fatalf("step %d: %v with route %v", step, r.err, current)
+						}
+						removed++
+					}
+					c.cancel()
+				default:
+					still = append(still, c)
+				}
+			}
+			waiting = still
+			per := map[string]int{}
+			for _, l := range held {
+				per[l.Key.Region]++
+			}
+			for region, n := range per {
+				if n > limit {
+					t.Fatalf("step %d: %d leases on %s, limit %d", step, n, region, limit)
+				}
+			}
+			if current == nil && len(waiting) > 0 {
+				t.Fatalf("step %d: %d callers still wait on a removed route", step, len(waiting))
+			}
+			for region, n := range waiters(t, b) {
+				in := slices.Contains(current, region)
+				if (!in && n != 0) || n > int64(len(waiting)) || (in && !keys && n != int64(len(waiting))) {
+					t.Fatalf("step %d: %s queue holds %d; %d callers wait on %v", step, region, n, len(waiting), current)
+				}
+			}
+		}
+		for step := range 800 {
+			switch rng.IntN(7) {
+			case 0, 1:
+				if current == nil {
+					continue
+				}
+				cctx, cancel := context.WithCancel(ctx)
+				key := ""
+				if keys {
+					key = fmt.Sprint("conv-", rng.IntN(8))
+				}
+				ch := goAcquire(b, cctx, broker.AcquireRequest{Route: "r", Client: fmt.Sprint("c", rng.IntN(4)), AffinityKey: key,
+					MaxOutputTokens: 10, Wait: time.Duration(1+rng.IntN(20)) * time.Second})
+				waiting = append(waiting, caller{cancel, ch})
+			case 2:
+				if len(waiting) > 0 {
+					waiting[rng.IntN(len(waiting))].cancel()
+				}
+			case 3:
+				if len(held) > 0 {
+					i := rng.IntN(len(held))
+					if _, err := b.Complete(ctx, held[i].ID, broker.OutcomeSuccess, broker.Usage{}); err != nil {
+						t.Fatal(err)
+					}
+					held = append(held[:i], held[i+1:]...)
+				}
+			case 4:
+				time.Sleep(time.Duration(rng.IntN(3000)) * time.Millisecond)
+			case 5, 6:
+				if rng.IntN(8) == 0 {
+					current = nil
+				} else {
+					perm := rng.Perm(len(regions))[:1+rng.IntN(len(regions))]
+					current = nil
+					for _, i := range perm {
+						current = append(current, regions[i])
+					}
+				}
+				set()
+			}
+			check(step)
+		}
+		for _, c := range waiting {
+			c.cancel()
+		}
+		waiting = waiting[:0]
+		check(-1)
+		if len(granted) < 50 || removed == 0 {
+			t.Fatalf("%d grants, %d callers of a removed route: the test did not exercise the reloads", len(granted), removed)
+		}
+	})
 }
