@@ -118,6 +118,9 @@ type Core struct {
 	kick chan struct{}
 
 	routing routing // routes, affinity (route.go); guarded by mu
+	// routeSet: where routes come from and which budgets discovery lost
+	// (route.go); its own lock, taken before mu.
+	routeSet routeSet
 }
 
 type lease struct {

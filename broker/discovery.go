@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 )
@@ -71,6 +72,8 @@ type Refresher struct {
 // specSetter is what the Refresher needs of the core.
 type specSetter interface {
 	SetSpecs(ctx context.Context, specs []Spec) error
+	// discovered derives the routes again once specs are set (route.go).
+	discovered(specs []Spec) error
 }
 
 // Refresh runs src once and applies what it found. Budgets the source no
@@ -94,9 +97,17 @@ func (r *Refresher) Refresh(ctx context.Context, src QuotaSource) error {
 		r.mu.Unlock()
 		return err
 	}
+	// The refresh stands even if its routes cannot follow: the budgets
+	// are right, and the routes in service still have budgets behind
+	// every target. The report shows why (a note), and so does the log.
+	notes := d.Notes
+	if err := r.core.discovered(d.Specs); err != nil {
+		r.log.Error("quota refresh: routes kept as they were", "err", err)
+		notes = append(slices.Clip(notes), err.Error())
+	}
 	r.mu.Lock()
 	r.status.LastSuccess, r.status.LastError, r.status.Skipped = now, "", d.Skipped
-	r.status.Provisioned, r.status.Notes = d.Provisioned, d.Notes
+	r.status.Provisioned, r.status.Notes = d.Provisioned, notes
 	r.mu.Unlock()
 	return nil
 }

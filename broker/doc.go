@@ -121,9 +121,32 @@
 // retry. A throttle lowers one target's ceiling as before, and while
 // that ceiling is engaged (below the static limit) the route tries the
 // target after the others, the affinity key's included: the route prefers
-// the others until it recovers. Routes are
-// set all or nothing (SetRoutes) and are not persisted: they come from
-// configuration, checked against the budgets when set.
+// the others until it recovers.
+//
+// Routes are set all or nothing (SetRoutes) and are not persisted: they
+// come from configuration (a RouteSource, such as a routes file), checked
+// against the budgets when set, and replaced at once by a reload
+// (UseRoutes; serve does it on SIGHUP). A reload that fails anywhere
+// changes nothing. A route whose targets did not change stays as it was,
+// counters and waiters included. A caller waiting on a route that changed
+// waits on the route as it is now: it keeps its place on the targets the
+// route kept, leaves those it dropped (even if they free first: a reload
+// may drop a target for residency) and joins those it added; if its
+// affinity key's target was dropped, its grace ends. A caller waiting on
+// a route taken out of service is answered at once with KindNotFound.
+// Affinity entries naming a target the route no longer has are ignored.
+//
+// Routes derived from discovery follow it: after every quota refresh the
+// source is resolved again, and a derived route draws only on budgets not
+// gone. A budget is gone when discovery made it (its spec names AWS
+// quotas) and the last refresh did not report it; the budget itself stays,
+// at its last spec (a listing may glitch), and a target a route names
+// outright keeps it. Budgets an operator configured are never gone. If
+// the routes cannot be resolved again (a derived route left with no
+// target, say), the routes in service all stay as they were, nothing half
+// applied: their targets still have budgets, at the last quotas known.
+// The refresh stands, and its discovery status carries the error as a
+// note (GetQuotaReport shows it) until a later refresh resolves them.
 //
 // # Durability: capacity escrow
 //
@@ -334,8 +357,9 @@
 //   - Recorder keeps usage history (history.go), fed by events the core
 //     hands it; it answers History and Activity.
 //   - Refresher runs the quota source (discovery.go) and hands what it finds
-//     to the core with SetSpecs, the one method it needs of it; RunRefresh
-//     is its loop.
+//     to the core with SetSpecs, then tells it what was reported so the
+//     routes can follow (specSetter, the two methods it needs of it);
+//     RunRefresh is its loop.
 //   - Operator carries out operator actions (SetOverride, ResetAdaptive) and
 //     reports (Budgets, Report) through operatorCore, a narrow unexported
 //     interface onto the core (admin.go).
@@ -370,7 +394,9 @@
 // an append or a slice swap; the Recorder folds and answers readers under
 // its own Recorder.foldMu and never takes Core.mu. Refresher.mu guards the
 // discovery status and source and is never held while discovering or
-// calling the core. Operator has no state. Core.Run owns the sweep loop and
+// calling the core. Core.routeSet.mu serializes resolving and setting
+// routes (UseRoutes, a refresh's re-derivation); it is taken before
+// Core.mu, never under it. Operator has no state. Core.Run owns the sweep loop and
 // the escrow loop (which takes Core.mu to size and open chunks, never across
 // their commit), Refresher.RunRefresh the refresh loop, each started and
 // stopped by its caller's ctx; timers armed by the queue run on the injected Clock and take

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -166,9 +167,11 @@ type routing struct {
 
 // SetRoutes replaces the routes in service, all or nothing: every route is
 // validated and every target must have a budget, and no route in service
-// that a client has a cap on may go, or nothing changes.
-// Counters carry over for a route whose targets are unchanged. A caller
-// waiting on a route being replaced keeps waiting on its old targets.
+// that a client has a cap on may go, or nothing changes. A route whose
+// targets are unchanged stays as it is (its counters, its waiting
+// callers). A caller waiting on a route that changed waits on the new one
+// (see follow); on one that went, it is answered with KindNotFound.
+// Affinity keys pointing at a target a route no longer has are ignored.
 func (b *Core) SetRoutes(rs []Route) error {
 	if len(rs) > MaxRoutes {
 		return invalidf("routes", "%d routes; at most %d", len(rs), MaxRoutes)
@@ -183,6 +186,10 @@ func (b *Core) SetRoutes(rs []Route) error {
 		if next[r.Name] != nil {
 			return invalidf("route", "%s is defined twice", r.Name)
 		}
+		if old := b.routing.byName[r.Name]; old != nil && sameTargets(old.Targets, r.Targets) {
+			next[r.Name] = old
+			continue
+		}
 		rt := &route{Route: Route{Name: r.Name, Targets: append([]Target(nil), r.Targets...)},
 			counters: make([]TargetCounters, len(r.Targets))}
 		for i, t := range r.Targets {
@@ -192,9 +199,6 @@ func (b *Core) SetRoutes(rs []Route) error {
 					r.Name, i+1, t, t.Key.Scope, t.Key.Model, t.Key.Region)
 			}
 			rt.budgets = append(rt.budgets, bg)
-		}
-		if old := b.routing.byName[r.Name]; old != nil && sameTargets(old.Targets, rt.Targets) {
-			rt.counters, rt.refused = old.counters, old.refused
 		}
 		next[r.Name] = rt
 	}
@@ -208,7 +212,92 @@ func (b *Core) SetRoutes(rs []Route) error {
 			}
 		}
 	}
+	b.follow(next, b.clock.Now())
 	b.routing.byName = next
+	return nil
+}
+
+// RouteSource is routes as configured (a routes file: broker/routefile),
+// resolved against the budgets when it is put in service (UseRoutes) and
+// again after every quota refresh, so that routes derived from discovery
+// follow what discovery finds.
+type RouteSource interface {
+	// Routes resolves the routes, all of them or an error. have is every
+	// budget the broker serves; live is those of them not gone: a budget
+	// discovery found once and no longer reports is gone (the broker
+	// keeps it, at its last spec, in case the listing glitched). A derived
+	// route takes its targets from live only; a target the configuration
+	// names needs a budget in have.
+	Routes(have, live []Key) ([]Route, error)
+}
+
+// routeSet is the RouteSource in service and the budgets gone from
+// discovery. mu serializes resolving and setting routes (UseRoutes, a
+// refresh's re-derivation), so that an older resolution never replaces a
+// newer one; it guards src and gone, is held while a source resolves
+// (CPU only) and is taken before Core.mu, never under it.
+type routeSet struct {
+	mu   sync.Mutex
+	src  RouteSource
+	gone map[Key]bool
+}
+
+// UseRoutes resolves src against the budgets and puts its routes in
+// service (SetRoutes), all or nothing: on any error the routes in service
+// stay, and so does the source they came from. On success src is
+// resolved again after each quota refresh.
+func (b *Core) UseRoutes(src RouteSource) error {
+	b.routeSet.mu.Lock()
+	defer b.routeSet.mu.Unlock()
+	if err := b.resolveRoutes(src); err != nil {
+		return err
+	}
+	b.routeSet.src = src
+	return nil
+}
+
+// resolveRoutes resolves src and sets its routes. Caller holds
+// routeSet.mu.
+func (b *Core) resolveRoutes(src RouteSource) error {
+	b.mu.Lock()
+	have := slices.SortedFunc(maps.Keys(b.budgets), compareKeys)
+	b.mu.Unlock()
+	live := slices.DeleteFunc(slices.Clone(have), func(k Key) bool { return b.routeSet.gone[k] })
+	rs, err := src.Routes(have, live)
+	if err != nil {
+		return err
+	}
+	return b.SetRoutes(rs)
+}
+
+// discovered is told the specs a quota refresh reported, once they are
+// set: a budget that discovery made (its spec names AWS quotas) and that
+// is not among them is gone, and the routes are derived again without
+// it. If they cannot be (a derived route is left with no target, say),
+// the routes in service stay and the error says why. Budgets that an
+// operator configured are never gone.
+func (b *Core) discovered(specs []Spec) error {
+	reported := make(map[Key]bool, len(specs))
+	for _, s := range specs {
+		reported[s.Key] = true
+	}
+	b.routeSet.mu.Lock()
+	defer b.routeSet.mu.Unlock()
+	gone := map[Key]bool{}
+	b.mu.Lock()
+	for k, bg := range b.budgets {
+		if len(bg.spec.Quotas) > 0 && !reported[k] {
+			gone[k] = true
+		}
+	}
+	b.mu.Unlock()
+	b.routeSet.gone = gone
+	if b.routeSet.src == nil {
+		return nil
+	}
+	if err := b.resolveRoutes(b.routeSet.src); err != nil {
+		return fmt.Errorf("routes not derived again after the quota refresh; the routes in service stay: %w", err)
+	}
 	return nil
 }
 

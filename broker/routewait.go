@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"time"
 )
@@ -15,10 +16,15 @@ import (
 // a queue it no longer wants. Guarded by Core.mu.
 type routeWait struct {
 	rt      *route
+	req     AcquireRequest // what each member asks of its target
+	since   time.Time      // when the caller arrived
 	members []*waiter
 	won     *waiter // the member granted, if any
 	ready   chan struct{}
 	woken   bool // ready is closed
+	// err answers the caller when no member is left: its route was taken
+	// out of service, or changed to targets it can never fit (follow).
+	err error
 	// preferred is the target tried first: the affinity key's if it has
 	// one (affinity), else the route's first.
 	preferred int
@@ -36,11 +42,16 @@ type routeWait struct {
 // granted or none is left in any queue (each failed: limits lowered under
 // it, or the broker closing). Caller holds Core.mu.
 func (w *waiter) wake() {
-	g := w.group
-	if g == nil {
+	if w.group == nil {
 		close(w.ready)
 		return
 	}
+	w.group.wake()
+}
+
+// wake closes g's ready channel if g is decided: a member granted, or
+// none left in any queue. Caller holds Core.mu.
+func (g *routeWait) wake() {
 	if g.woken {
 		return
 	}
@@ -116,7 +127,7 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 		return Decision{}, notFoundf("no route %q", req.Route)
 	}
 	now := b.clock.Now()
-	g := &routeWait{rt: rt, ready: make(chan struct{}), trying: true}
+	g := &routeWait{rt: rt, req: req, since: now, ready: make(chan struct{}), trying: true}
 	order := make([]int, 0, len(rt.Targets))
 	if req.AffinityKey != "" {
 		g.key, g.hasKey = affinityHash(rt.Name, req.AffinityKey), true
@@ -157,25 +168,12 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 	pol := b.policy(req.Client)
 	var never error
 	for _, i := range order {
-		bg := rt.budgets[i]
-		n := needOf(bg, &req)
-		err := bg.neverFits(n)
-		if err == nil {
-			// The client's caps and money budgets hold on every target,
-			// and price the reservation in the target's Region.
-			err = b.capNeverFits(req.Client, bg.spec.Key, &req, &n)
-		}
-		if err != nil {
+		if err := b.join(g, i, now); err != nil {
 			if never == nil {
 				never = err
 			}
 			continue
 		}
-		w := &waiter{client: req.Client, weight: pol.Weight, priority: req.Priority, need: n, enqueued: now,
-			ready: g.ready, group: g, target: i}
-		g.members = append(g.members, w)
-		bg.queue.push(w)
-		b.dispatch(bg, now)
 		if g.won != nil {
 			break
 		}
@@ -260,6 +258,34 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 	return b.finish(ctx, d, err, l, rec)
 }
 
+// join adds g's member on target i of its route, queued and dispatched at
+// once unless the affinity grace holds the others back (then release
+// queues it). It fails, adding nothing, when the request can never fit
+// there: the target's limits or the client's caps are below it. Caller
+// holds Core.mu.
+func (b *Core) join(g *routeWait, i int, now time.Time) error {
+	bg := g.rt.budgets[i]
+	req := &g.req
+	n := needOf(bg, req)
+	err := bg.neverFits(n)
+	if err == nil {
+		// The client's caps and money budgets hold on every target,
+		// and price the reservation in the target's Region.
+		err = b.capNeverFits(req.Client, bg.spec.Key, req, &n)
+	}
+	if err != nil {
+		return err
+	}
+	w := &waiter{client: req.Client, weight: b.policy(req.Client).Weight, priority: req.Priority, need: n, enqueued: g.since,
+		ready: g.ready, group: g, target: i}
+	g.members = append(g.members, w)
+	if !g.held {
+		bg.queue.push(w)
+		b.dispatch(bg, now)
+	}
+	return nil
+}
+
 // release ends the affinity grace: the members held back join their
 // queues, as arrivals of now. Caller holds Core.mu.
 func (b *Core) release(g *routeWait, now time.Time) {
@@ -323,6 +349,9 @@ func (b *Core) settleRoute(g *routeWait, now time.Time) (Decision, error) {
 		}
 	}
 	if best < 0 {
+		if firstErr == nil {
+			firstErr = g.err // no member left
+		}
 		return Decision{}, firstErr
 	}
 	if bestLimit == LimitClientCap || bestLimit == LimitMoney {
@@ -331,8 +360,8 @@ func (b *Core) settleRoute(g *routeWait, now time.Time) (Decision, error) {
 	t := rt.Targets[best]
 	rt.refused++
 	rt.budgets[best].counters.Refused++
-	b.rec.note(event{kind: eventRefused, key: t.Key, client: g.members[0].client, at: now})
-	return Decision{Key: t.Key, RetryAfter: bestD, Blocked: bestLimit, Cap: bestCap, Waited: now.Sub(g.members[0].enqueued),
+	b.rec.note(event{kind: eventRefused, key: t.Key, client: g.req.Client, at: now})
+	return Decision{Key: t.Key, RetryAfter: bestD, Blocked: bestLimit, Cap: bestCap, Waited: now.Sub(g.since),
 		Route: RouteGrant{Route: rt.Name, Target: t, Index: best}}, nil
 }
 
@@ -377,4 +406,100 @@ func needOf(bg *budget, req *AcquireRequest) need {
 	}
 	n.tokens = reservation(req.InputTokens, req.CacheWriteTokens, n.maxOutput, n.burndown)
 	return n
+}
+
+// follow moves the callers waiting on routes that SetRoutes replaces or
+// takes out of service (every route in service whose entry in next is not
+// the same *route) onto next: a caller waits on its route as it is now.
+// Caller holds Core.mu.
+func (b *Core) follow(next map[string]*route, now time.Time) {
+	var groups []*routeWait
+	seen := map[*routeWait]bool{}
+	for _, name := range slices.Sorted(maps.Keys(b.routing.byName)) {
+		rt := b.routing.byName[name]
+		if next[name] == rt {
+			continue
+		}
+		// A waiting caller is queued on at least one target (one held
+		// by the affinity grace is queued on the key's), and one that
+		// is not has been decided and only needs its answer.
+		for _, bg := range rt.budgets {
+			bg.queue.all(func(w *waiter) {
+				if g := w.group; g != nil && g.rt == rt && !seen[g] {
+					seen[g] = true
+					groups = append(groups, g)
+				}
+			})
+		}
+	}
+	for _, g := range groups {
+		b.move(g, next[g.rt.Name], now)
+	}
+}
+
+// move puts a waiting caller on nrt, its route's replacement (nil: the
+// route is gone). It keeps its place in the queues of the targets nrt
+// still has, leaves the others, and joins nrt's new targets as if it had
+// arrived then, so that no caller is granted on a target its route no
+// longer has (a reload may take a global profile out for residency). Its
+// affinity key's target, if nrt lost it, no longer holds the caller back.
+// With no target left it is answered with g.err. Caller holds Core.mu.
+func (b *Core) move(g *routeWait, nrt *route, now time.Time) {
+	old := g.rt
+	var left []*budget
+	var keep []*waiter
+	for _, m := range g.members {
+		j := -1
+		if nrt != nil {
+			j = slices.Index(nrt.Targets, old.Targets[m.target])
+		}
+		if j >= 0 {
+			m.target = j
+			keep = append(keep, m)
+			continue
+		}
+		if m.queued {
+			bg := old.budgets[m.target]
+			bg.queue.remove(m)
+			left = append(left, bg)
+		}
+	}
+	g.members = keep
+	if nrt == nil {
+		g.err = notFoundf("route %s was taken out of service while the call waited (routes reloaded)", old.Name)
+	} else {
+		g.rt = nrt
+		pref := -1
+		if g.affinity {
+			pref = slices.Index(nrt.Targets, old.Targets[g.preferred])
+		}
+		if pref < 0 {
+			// The route's first target is now the one a grant "had room" on.
+			g.preferred, g.affinity = 0, false
+		} else {
+			g.preferred = pref
+		}
+		var never error
+		for i := range nrt.Targets {
+			if g.won != nil {
+				break
+			}
+			if slices.ContainsFunc(keep, func(m *waiter) bool { return m.target == i }) {
+				continue
+			}
+			if err := b.join(g, i, now); err != nil && never == nil {
+				never = err
+			}
+		}
+		if len(g.members) == 0 {
+			g.err = never
+		}
+		if !g.affinity {
+			b.release(g, now)
+		}
+	}
+	g.wake()
+	for _, bg := range left {
+		b.dispatch(bg, now)
+	}
 }

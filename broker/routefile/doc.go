@@ -22,6 +22,10 @@
 // has one, in name order), then, with "on_demand", the model itself in each
 // of those Regions, then, with "allow_global", the global profile in each.
 //
+// A broker resolves the file again after each quota refresh
+// (broker.RouteSource): a derived route then draws only on the budgets
+// discovery still reports.
+//
 // Residency: a global profile may run a call anywhere, so no route has a
 // global target unless it says "allow_global": true; and a geo profile
 // serves only from source Regions of its geography (eu.* from eu-*, ...),

@@ -167,9 +167,22 @@ func (f *File) jsonErr(err error, base, at int64, field string) error {
 // Resolve checks every route against budgets and returns them, targets
 // expanded, or the first error (nothing is half-resolved).
 func (f *File) Resolve(budgets []broker.Key) ([]broker.Route, error) {
-	have := make(map[broker.Key]bool, len(budgets))
-	for _, k := range budgets {
-		have[k] = true
+	return f.Routes(budgets, budgets)
+}
+
+var _ broker.RouteSource = (*File)(nil)
+
+// Routes is Resolve for a broker whose discovery lost some budgets
+// (broker.RouteSource): a derived route takes its targets from live only,
+// while a listed target, and a Region a derivation names, need a budget in
+// have.
+func (f *File) Routes(have, live []broker.Key) ([]broker.Route, error) {
+	set := func(keys []broker.Key) map[broker.Key]bool {
+		m := make(map[broker.Key]bool, len(keys))
+		for _, k := range keys {
+			m[k] = true
+		}
+		return m
 	}
 	byName := map[string]*routeEntry{}
 	for i := range f.routes {
@@ -182,7 +195,7 @@ func (f *File) Resolve(budgets []broker.Key) ([]broker.Route, error) {
 		}
 		byName[e.Name] = e
 	}
-	r := resolver{f: f, have: have, byName: byName, done: map[string][]located{}}
+	r := resolver{f: f, have: set(have), live: set(live), byName: byName, done: map[string][]located{}}
 	var out []broker.Route
 	for i := range f.routes {
 		e := &f.routes[i]
@@ -240,6 +253,7 @@ type located struct {
 type resolver struct {
 	f      *File
 	have   map[broker.Key]bool
+	live   map[broker.Key]bool // derivations draw on these
 	byName map[string]*routeEntry
 	done   map[string][]located
 }
@@ -356,7 +370,7 @@ func (r *resolver) derive(e *routeEntry) ([]located, error) {
 	regions := e.Regions
 	if regions == nil {
 		seen := map[string]bool{}
-		for k := range r.have {
+		for k := range r.live {
 			if k.Model == e.Model && !seen[k.Region] && (e.Geography == "" || geographies[e.Geography](k.Region)) {
 				seen[k.Region] = true
 				regions = append(regions, k.Region)
@@ -394,7 +408,7 @@ func (r *resolver) derive(e *routeEntry) ([]located, error) {
 	}
 	if e.Geography != "" {
 		for i, region := range regions {
-			if r.have[broker.Key{Region: region, Scope: broker.ScopeCrossRegion, Model: e.Model}] {
+			if r.live[broker.Key{Region: region, Scope: broker.ScopeCrossRegion, Model: e.Model}] {
 				if err := add(i, e.Geography+"."+e.Model, region); err != nil {
 					return nil, err
 				}
@@ -403,7 +417,7 @@ func (r *resolver) derive(e *routeEntry) ([]located, error) {
 	}
 	if e.OnDemand {
 		for i, region := range regions {
-			if r.have[broker.Key{Region: region, Scope: broker.ScopeOnDemand, Model: e.Model}] {
+			if r.live[broker.Key{Region: region, Scope: broker.ScopeOnDemand, Model: e.Model}] {
 				if err := add(i, e.Model, region); err != nil {
 					return nil, err
 				}
@@ -412,7 +426,7 @@ func (r *resolver) derive(e *routeEntry) ([]located, error) {
 	}
 	if e.AllowGlobal {
 		for i, region := range regions {
-			if r.have[broker.Key{Region: region, Scope: broker.ScopeGlobal, Model: e.Model}] {
+			if r.live[broker.Key{Region: region, Scope: broker.ScopeGlobal, Model: e.Model}] {
 				if err := add(i, "global."+e.Model, region); err != nil {
 					return nil, err
 				}

@@ -185,3 +185,58 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestRoutesLive: a derivation draws only on live budgets (those
+// discovery still reports), default Regions and named ones alike, and a
+// route that includes it follows; a listed target needs only a budget; a
+// named Region with no budget at all is still a mistake, and a derived
+// route left with no target an error naming its line.
+func TestRoutesLive(t *testing.T) {
+	f, err := routefile.Parse("r.json", []byte(`{"routes": [
+  {"name": "listed", "model": "`+sonnet+`", "targets": [
+    {"region": "us-west-2", "model": "us.`+sonnet+`"}, {"route": "named"}]},
+  {"name": "named", "model": "`+sonnet+`", "geography": "us", "regions": ["us-east-2", "us-east-1"]},
+  {"name": "default", "model": "`+sonnet+`", "geography": "us", "on_demand": true}
+]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var live []broker.Key
+	for _, k := range budgets {
+		if k.Region != "us-west-2" && !(k.Region == "us-east-2" && k.Scope == broker.ScopeCrossRegion) {
+			live = append(live, k)
+		}
+	}
+	rs, err := f.Routes(budgets, live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range rs {
+		got = append(got, describe(r))
+	}
+	want := []string{
+		"listed: us-west-2/us." + sonnet + " us-east-1/us." + sonnet,
+		"named: us-east-1/us." + sonnet,
+		"default: us-east-1/us." + sonnet + " us-east-1/" + sonnet,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	var none []broker.Key
+	for _, k := range live {
+		if k.Region != "us-east-1" {
+			none = append(none, k)
+		}
+	}
+	if _, err := f.Routes(budgets, none); err == nil || !strings.Contains(err.Error(), "r.json:4: routes[1]: no budget in us-east-2, us-east-1 serves "+sonnet) {
+		t.Fatalf("a derived route with no live target: %v", err)
+	}
+	bad, err := routefile.Parse("r.json", []byte(`{"routes": [{"name": "x", "model": "`+sonnet+`", "geography": "us", "regions": ["us-east-3"]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bad.Routes(budgets, live); err == nil || !strings.Contains(err.Error(), "regions[0]: no budget for "+sonnet+" in us-east-3") {
+		t.Fatalf("a Region without any budget: %v", err)
+	}
+}

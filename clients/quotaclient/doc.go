@@ -59,8 +59,11 @@
 // of that Region built with WithLeases, whose middleware settles the lease
 // it was handed rather than taking one, and on a throttle asks the route
 // again. One client per Region, because a bedrockruntime.Client's Region
-// is fixed before any middleware runs. Route calls fail closed when the
-// broker is unreachable: only the broker knows the targets.
+// is fixed before any middleware runs. Its streams (ConverseStream,
+// InvokeModelWithResponseStream) settle from the stream's body by the
+// same rules as WithLeases' streams, on the target that was granted.
+// Route calls fail closed when the broker is unreachable: only the broker
+// knows the targets.
 //
 // # Settlement rules (each lease is settled exactly once)
 //

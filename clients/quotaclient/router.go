@@ -19,6 +19,11 @@ import (
 //	r := quotaclient.NewRouter(qc, "sonnet-us", awsCfg)
 //	out, err := r.Converse(quotaclient.WithAffinityKey(ctx, conversationID), in)
 //
+// It has Converse, ConverseStream, InvokeModel and
+// InvokeModelWithResponseStream; a stream's lease is settled when the
+// stream ends, from its final usage (stream.go), exactly as WithLeases
+// settles one.
+//
 // Why a router and not the middleware alone: a bedrockruntime.Client's
 // Region (its endpoint and signing Region) is fixed before any middleware
 // sees the call, so the middleware of one client cannot send a call to
@@ -119,6 +124,21 @@ func (r *Router) InvokeModel(ctx context.Context, in *bedrockruntime.InvokeModel
 		return &cp
 	}, func(cl *bedrockruntime.Client, ctx context.Context, in *bedrockruntime.InvokeModelInput) (*bedrockruntime.InvokeModelOutput, error) {
 		return cl.InvokeModel(ctx, in, optFns...)
+	})
+}
+
+// InvokeModelWithResponseStream calls InvokeModelWithResponseStream on the
+// route's granted target; the lease is settled when the stream ends, with
+// the usage of its last chunk's amazon-bedrock-invocationMetrics, as with
+// WithLeases. As for InvokeModel, set the input's ModelId to the base
+// model id.
+func (r *Router) InvokeModelWithResponseStream(ctx context.Context, in *bedrockruntime.InvokeModelWithResponseStreamInput, optFns ...func(*bedrockruntime.Options)) (*bedrockruntime.InvokeModelWithResponseStreamOutput, error) {
+	return routeCall(r, ctx, in, func(in *bedrockruntime.InvokeModelWithResponseStreamInput, id string) *bedrockruntime.InvokeModelWithResponseStreamInput {
+		cp := *in
+		cp.ModelId = &id
+		return &cp
+	}, func(cl *bedrockruntime.Client, ctx context.Context, in *bedrockruntime.InvokeModelWithResponseStreamInput) (*bedrockruntime.InvokeModelWithResponseStreamOutput, error) {
+		return cl.InvokeModelWithResponseStream(ctx, in, optFns...)
 	})
 }
 

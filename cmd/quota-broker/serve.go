@@ -93,7 +93,7 @@ func parseServeFlags(args []string, out io.Writer) (serveFlags, error) {
 	fs.StringVar(&f.httpAddr, "http", envOr("QUOTA_BROKER_HTTP", ""), "HTTP listen address for /metrics (Prometheus) and /dashboard; empty: none (env QUOTA_BROKER_HTTP)")
 	fs.StringVar(&f.data, "data", envOr("QUOTA_BROKER_DATA", "quota-broker.db"), "bbolt state file (env QUOTA_BROKER_DATA)")
 	fs.StringVar(&f.budgets, "budgets", envOr("QUOTA_BROKER_BUDGETS", ""), "JSON file of static budgets (env QUOTA_BROKER_BUDGETS); default: the stored budgets, or a built-in example set")
-	fs.StringVar(&f.routes, "routes", envOr("QUOTA_BROKER_ROUTES", ""), "JSON file of spillover routes (AcquireLease route=NAME), checked against the budgets at start-up (env QUOTA_BROKER_ROUTES)")
+	fs.StringVar(&f.routes, "routes", envOr("QUOTA_BROKER_ROUTES", ""), "JSON file of spillover routes (AcquireLease route=NAME), checked against the budgets at start-up and reloaded on SIGHUP (all or nothing); derived routes follow each quota refresh (env QUOTA_BROKER_ROUTES)")
 	fs.StringVar(&f.clients, "clients", envOr("QUOTA_BROKER_CLIENTS", ""), "JSON file of client policies: weights, max_concurrent caps, daily_reserve, aging, rate caps and money budgets (caps and money reloaded on SIGHUP) (env QUOTA_BROKER_CLIENTS)")
 	fs.StringVar(&f.tokens, "tokens", envOr("QUOTA_BROKER_TOKENS", ""), "JSON file of hashed bearer tokens (client, role); reloaded on SIGHUP (env QUOTA_BROKER_TOKENS); without it callers are trusted")
 	fs.BoolVar(&f.insecureListen, "insecure-listen", envOr("QUOTA_BROKER_INSECURE_LISTEN", "") == "1", "allow listening beyond loopback without authenticating callers (no --tokens, no --tls-client-ca) (env QUOTA_BROKER_INSECURE_LISTEN=1)")
@@ -255,6 +255,9 @@ type Main struct {
 	// caps are the clients file's caps last accepted by a broker (at a
 	// term's start or a SIGHUP), for the next term's broker (setCaps).
 	caps atomic.Pointer[broker.Caps]
+	// routes is the routes file last accepted by a broker, likewise
+	// (useRoutes).
+	routes atomic.Pointer[routefile.File]
 }
 
 // NewMain returns a Main that prints to stdout (the lines tools wait for)
@@ -419,11 +422,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 	}
 	alerts.start(runCtx, wg)
-	if scfg.Tokens != nil || scfg.TLS != nil || f.clients != "" {
+	if scfg.Tokens != nil || scfg.TLS != nil || f.clients != "" || f.routes != "" {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		reloadCfg := *scfg
-		clientsFile := f.clients
+		clientsFile, routesFile := f.clients, f.routes
 		// The broker whose caps a reload replaces: this process's, or in a
 		// cluster the one it leads with now (a standby has none; a new
 		// term reads the file as it is then).
@@ -443,8 +446,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 					return
 				case <-hup:
 					reload(log, reloadCfg)
-					if b := current(); b != nil && clientsFile != "" {
-						m.reloadCaps(log, b, clientsFile)
+					if b := current(); b != nil {
+						m.reloadPolicy(log, b, clientsFile, routesFile)
 					}
 				}
 			}
@@ -648,19 +651,11 @@ func (m *Main) openBroker(ctx context.Context, store broker.Store, clock broker.
 	if f.routes != "" {
 		// After discovery: derived routes are built from the budgets it
 		// found, and a target without a budget fails start-up here, not a
-		// call later.
-		var keys []broker.Key
-		for _, bi := range b.Budgets() {
-			keys = append(keys, bi.Spec.Key)
-		}
-		routes, err := routefile.Load(f.routes, keys)
-		if err != nil {
+		// call later. Each refresh derives them again (broker.UseRoutes).
+		if err := m.useRoutes(b); err != nil {
 			return b, nil, err
 		}
-		if err := b.SetRoutes(routes); err != nil {
-			return b, nil, fmt.Errorf("routes file %s: %w", f.routes, err)
-		}
-		log.Info("routes loaded", "file", f.routes, "routes", len(routes))
+		log.Info("routes loaded", "file", f.routes, "routes", len(b.Routes()))
 	}
 	if f.clients != "" {
 		// After the routes: a cap may name one.
@@ -717,4 +712,84 @@ func (m *Main) reloadCaps(log *slog.Logger, b *broker.Broker, path string) {
 	m.caps.Store(&p.Caps)
 	log.Info("caps and money budgets reloaded from the clients file (its other policies apply at the next start)",
 		"capped_clients", len(p.Caps.Clients))
+}
+
+// reloadPolicy reads the routes and clients files again (SIGHUP). They
+// depend on each other both ways: a cap may name a route the routes file
+// only now adds, and a route may go only once no cap names it. So the
+// routes are tried first, then the caps, and the routes again if they
+// failed before the caps changed; a file that still fails keeps what is in
+// force.
+func (m *Main) reloadPolicy(log *slog.Logger, b *broker.Broker, clientsFile, routesFile string) {
+	var err error
+	if routesFile != "" {
+		err = m.reloadRoutes(b, routesFile)
+	}
+	if clientsFile != "" {
+		m.reloadCaps(log, b, clientsFile)
+		if err != nil {
+			err = m.reloadRoutes(b, routesFile)
+		}
+	}
+	if err != nil {
+		log.Error("routes file reload failed; the routes in service stay", "err", err)
+		return
+	}
+	if routesFile != "" {
+		log.Info("routes reloaded", "file", routesFile, "routes", len(b.Routes()))
+	}
+}
+
+// reloadRoutes reads the routes file at path and puts its routes in
+// service, all or nothing.
+func (m *Main) reloadRoutes(b *broker.Broker, path string) error {
+	f, err := loadRoutes(path)
+	if err != nil {
+		return err
+	}
+	if err := b.UseRoutes(f); err != nil {
+		return routesError(path, err)
+	}
+	m.routes.Store(f)
+	return nil
+}
+
+// useRoutes gives a new broker the routes file as it is now: at start-up,
+// where a broken file stops the broker, and in a cluster at each term, where
+// a file broken since keeps the routes last in force, as a reload does.
+func (m *Main) useRoutes(b *broker.Broker) error {
+	path := m.flags.routes
+	err := m.reloadRoutes(b, path)
+	if err == nil {
+		return nil
+	}
+	last := m.routes.Load()
+	if last == nil {
+		return err
+	}
+	if lerr := b.UseRoutes(last); lerr != nil {
+		return routesError(path, lerr)
+	}
+	m.log.Error("routes file unusable now; the routes last in force apply", "file", path, "err", err)
+	return nil
+}
+
+// loadRoutes reads and parses the routes file at path; the broker resolves
+// it against its budgets.
+func loadRoutes(path string) (*routefile.File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("routes file: %w", err)
+	}
+	return routefile.Parse(path, data)
+}
+
+// routesError names the file in a broker's refusal of its routes; the
+// file's own errors already name it, its line and its field.
+func routesError(path string, err error) error {
+	var be *broker.Error
+	if errors.As(err, &be) {
+		return fmt.Errorf("routes file %s: %w", path, err)
+	}
+	return err
 }
