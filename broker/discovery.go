@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 )
@@ -22,9 +23,15 @@ type Discovery struct {
 	// why: not a runtime quota, no model matched, a variant not brokered.
 	Skipped []SkippedQuota
 	// Provisioned lists the account's Provisioned Throughputs. They have
-	// capacity of their own (model units), outside the on-demand quotas the
-	// broker brokers; the report lists them so operators see all capacity.
+	// capacity of their own (model units), outside the on-demand quotas;
+	// the report lists them so operators see all capacity, and one with a
+	// budget (keyed by its ARN, capacity stated by the operator) is a
+	// target like any other while it is InService.
 	Provisioned []ProvisionedThroughput
+	// ProvisionedRegions are the Regions whose Provisioned Throughput
+	// listing succeeded: the provisioned budgets of these Regions serve
+	// only while their throughput is listed InService (retire.go).
+	ProvisionedRegions []string
 	// Notes are problems that did not fail the discovery (e.g. the
 	// Provisioned Throughput listing was denied).
 	Notes []string
@@ -71,6 +78,7 @@ type Refresher struct {
 // specSetter is what the Refresher needs of the core.
 type specSetter interface {
 	SetSpecs(ctx context.Context, specs []Spec) error
+	SetProvisioned(st ProvisionedState) []string
 }
 
 // Refresh runs src once and applies what it found. Budgets the source no
@@ -94,9 +102,13 @@ func (r *Refresher) Refresh(ctx context.Context, src QuotaSource) error {
 		r.mu.Unlock()
 		return err
 	}
+	notes := r.core.SetProvisioned(ProvisionedState{Regions: d.ProvisionedRegions, Throughputs: d.Provisioned, At: now})
+	for _, n := range notes {
+		r.log.Warn("provisioned throughput", "note", n)
+	}
 	r.mu.Lock()
 	r.status.LastSuccess, r.status.LastError, r.status.Skipped = now, "", d.Skipped
-	r.status.Provisioned, r.status.Notes = d.Provisioned, d.Notes
+	r.status.Provisioned, r.status.Notes = d.Provisioned, append(slices.Clip(d.Notes), notes...)
 	r.mu.Unlock()
 	return nil
 }

@@ -187,6 +187,9 @@ func (s *Source) Inspect(ctx context.Context) (Result, error) {
 		// a note, not a failed discovery.
 		if r.Provisioned, err = fetchProvisioned(ctx, c, region); err != nil {
 			r.Notes = append(r.Notes, err.Error())
+		} else if c.provisioned != nil {
+			// Listed: its provisioned budgets can be judged by it.
+			r.ProvisionedRegions = append(r.ProvisionedRegions, region)
 		}
 		s.log.Debug("discovered quotas", "region", region, "quotas", len(rows),
 			"models", len(cat.Models), "profiles", len(cat.Profiles),

@@ -9,6 +9,17 @@
 // "model" is what a client will call: a model id (on-demand), a geo or
 // global inference profile id (the scope follows from the prefix), or an
 // ARN. "region" may be left out when the file sets "default_region".
+//
+// A Provisioned Throughput is a budget keyed by its provisioned model ARN,
+// with "serves" (the base model id it runs) and "tpm" (the tokens per
+// minute its model units buy: AWS publishes no rate per model unit, so
+// the operator states it; input + 1.25 x cache_write + 0.1 x cache_read +
+// output count against it, with no output burndown):
+//
+//	{"model": "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc123",
+//	 "serves": "anthropic.claude-3-haiku-20240307-v1:0", "tpm": 400000}
+//
+// With discovery on, it serves only while its throughput is InService.
 // Optional per budget: "output_burndown" (default per model) and
 // "max_output_tokens" (what an unset max_tokens reserves). Unknown fields
 // are errors, so a typo cannot silently drop a limit. Every error names the
@@ -38,6 +49,7 @@ type Entry struct {
 	Concurrency     *int64   `json:"concurrency"`
 	OutputBurndown  *float64 `json:"output_burndown"`
 	MaxOutputTokens *int64   `json:"max_output_tokens"`
+	Serves          string   `json:"serves"`
 }
 
 // Load reads the file at path; source names it in every spec.
@@ -211,6 +223,22 @@ func (e Entry) spec(defaultRegion string) (broker.Spec, string, error) {
 			return broker.Spec{}, f.name, fmt.Errorf("must not be negative, got %d", *f.v)
 		}
 		*f.dst = *f.v
+	}
+	if key.Scope == broker.ScopeProvisioned {
+		switch {
+		case e.Serves == "":
+			return broker.Spec{}, "serves", errors.New("is missing: name the base model id the Provisioned Throughput runs")
+		case e.TPM == nil || *e.TPM == 0:
+			return broker.Spec{}, "tpm", errors.New("is missing: state the tokens per minute the Provisioned Throughput's model units buy (AWS publishes no per-unit rate)")
+		case e.OutputBurndown != nil:
+			return broker.Spec{}, "output_burndown", errors.New("a Provisioned Throughput has no output burndown")
+		}
+		if k, err := broker.ParseModelID(e.Serves, key.Region, key.Region); err != nil || k.Scope != broker.ScopeOnDemand {
+			return broker.Spec{}, "serves", fmt.Errorf("%q is not a base model id", e.Serves)
+		}
+		s.Serves = e.Serves
+	} else if e.Serves != "" {
+		return broker.Spec{}, "serves", fmt.Errorf("only a Provisioned Throughput (a provisioned model ARN) names the model it serves; %s is %s", e.Model, key.Scope)
 	}
 	if s.Quota == (broker.Limits{}) {
 		return broker.Spec{}, "tpm", errors.New("no limit set: give at least one of rpm, tpm, tpd, concurrency")
