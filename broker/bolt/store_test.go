@@ -28,7 +28,7 @@ var (
 	// provKey is a Provisioned Throughput's budget: keyed by its ARN, its
 	// spec names the model it serves.
 	provKey = broker.Key{Region: "us-east-1", Scope: broker.ScopeProvisioned, Model: "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc123"}
-	t0   = time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
+	t0      = time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
 )
 
 func openTest(tb testing.TB, path string, opts Options) *Store {
