@@ -34,6 +34,22 @@ func TestParse(t *testing.T) {
 	}
 }
 
+// TestParseProvisioned: a Provisioned Throughput's budget is keyed by its
+// ARN (the Region comes from it) and names the model it serves and the
+// tokens per minute its model units buy.
+func TestParseProvisioned(t *testing.T) {
+	const arn = "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc123"
+	specs, err := budgetfile.Parse("b.json", []byte(`{"budgets": [
+  {"model": "`+arn+`", "serves": "anthropic.claude-3-haiku-20240307-v1:0", "tpm": 400000}]}`), "x", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := broker.Key{Region: "us-east-1", Scope: broker.ScopeProvisioned, Model: arn}
+	if len(specs) != 1 || specs[0].Key != want || specs[0].Serves != "anthropic.claude-3-haiku-20240307-v1:0" || specs[0].Quota != (broker.Limits{TPM: 400000}) {
+		t.Fatalf("specs %+v", specs)
+	}
+}
+
 func TestParseErrorsNameFileLineAndField(t *testing.T) {
 	for _, tc := range []struct{ name, data, want string }{
 		{"syntax", "{\n  \"budgets\": [\n    {\"model\": \"x\",, }\n  ]\n}", "f.json:3: invalid JSON"},
@@ -48,6 +64,12 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 		{"not object", "[1,2]", "want a JSON object"},
 		{"no budgets", "{}", "no \"budgets\" array"},
 		{"top-level typo", "{\"budget\": []}", "unknown field \"budget\""},
+		{"provisioned without serves", "{\"budgets\": [\n{\"model\": \"arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc\", \"tpm\": 5}]}", "f.json:2: budgets[0].serves: is missing"},
+		{"provisioned without tpm", "{\"budgets\": [{\"model\": \"arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc\", \"serves\": \"amazon.nova-pro-v1:0\", \"rpm\": 5}]}", "budgets[0].tpm: is missing: state the tokens per minute"},
+		{"provisioned serves a profile", "{\"budgets\": [{\"model\": \"arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc\", \"serves\": \"us.amazon.nova-pro-v1:0\", \"tpm\": 5}]}", "budgets[0].serves: \"us.amazon.nova-pro-v1:0\" is not a base model id"},
+		{"provisioned in another region", "{\"budgets\": [{\"region\": \"us-west-2\", \"model\": \"arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc\", \"serves\": \"amazon.nova-pro-v1:0\", \"tpm\": 5}]}", "budgets[0].region: region: \"us-west-2\" disagrees with the Region \"us-east-1\""},
+		{"malformed provisioned ARN", "{\"budgets\": [{\"model\": \"arn:aws:bedrock:us-east-1:1234:provisioned-model/abc\", \"serves\": \"amazon.nova-pro-v1:0\", \"tpm\": 5}]}", "budgets[0].model: model_id: \"arn:aws:bedrock:us-east-1:1234:provisioned-model/abc\" is not a provisioned model ARN"},
+		{"serves on demand", "{\"budgets\": [{\"model\": \"amazon.nova-pro-v1:0\", \"region\": \"us-east-1\", \"serves\": \"amazon.nova-pro-v1:0\", \"tpm\": 5}]}", "budgets[0].serves: only a Provisioned Throughput"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := budgetfile.Parse("f.json", []byte(tc.data), "x", time.Time{})
