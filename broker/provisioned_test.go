@@ -230,3 +230,19 @@ func TestProvisionedNoBudgetNoted(t *testing.T) {
 		t.Fatalf("budgets %+v: none may be invented", e.b.Budgets())
 	}
 }
+
+// TestProvisionedUnderMoneyBudget: a call on a Provisioned Throughput costs
+// nothing per token (its model units are paid by the hour), so a money
+// budget neither refuses it as unpriced nor charges it.
+func TestProvisionedUnderMoneyBudget(t *testing.T) {
+	e := newEnv(t)
+	e.cfg.Caps = broker.Caps{Account: broker.Money{USDPerDay: 1}}
+	e.open()
+	if err := e.b.SetSpecs(context.Background(), []broker.Spec{ptSpec(100_000)}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := e.b.Acquire(context.Background(), broker.AcquireRequest{ModelID: ptARN, InputTokens: 100, MaxOutputTokens: 100})
+	if err != nil || !d.Granted {
+		t.Fatalf("Acquire on a throughput under a money budget: %+v, %v", d, err)
+	}
+}
