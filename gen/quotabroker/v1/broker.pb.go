@@ -617,9 +617,10 @@ type Lease struct {
 	// The max_output_tokens the reservation used (the model's maximum when the
 	// request left it unset).
 	MaxOutputTokens int64 `protobuf:"varint,7,opt,name=max_output_tokens,json=maxOutputTokens,proto3" json:"max_output_tokens,omitempty"`
-	// Where to make the call: the Region to send it to and the model id (or
-	// inference profile id) to call there. For a route, the target granted;
-	// otherwise the budget's Region and what the request named.
+	// Where to make the call: the Region to send it to and the model id (an
+	// inference profile id, or a provisioned model ARN) to call there. For a
+	// route, the target granted; otherwise the budget's Region and what the
+	// request named.
 	Region        string `protobuf:"bytes,8,opt,name=region,proto3" json:"region,omitempty"`
 	ModelId       string `protobuf:"bytes,9,opt,name=model_id,json=modelId,proto3" json:"model_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
