@@ -194,6 +194,11 @@ func (b *Core) reports(match func(Key) bool) ([]BudgetReport, time.Time) {
 		if !match(k) {
 			continue
 		}
+		if bg.retired != "" && bg.concurrent == 0 && bg.queue.len() == 0 {
+			// Its throughput is gone and nothing of it is left to
+			// watch (retire.go); while leases wind down it shows.
+			continue
+		}
 		out = append(out, BudgetReport{
 			BudgetInfo: b.info(bg),
 			Usage: WindowUsage{

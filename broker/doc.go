@@ -141,8 +141,10 @@
 // not listed InService in a Region whose listing succeeded is retired
 // (retire.go): it grants nothing, leaves every route in the same critical
 // section (each route then keeps its other targets; one left with none
-// refuses, naming why), its waiters fail at once, and it returns with its
-// route targets when listed InService again. Retirement is not stored.
+// refuses, naming why), its waiters fail at once, it leaves Budgets (so a
+// routes file naming it no longer loads) and, once no lease of it runs,
+// the report; it returns with its route targets when listed InService
+// again. Retirement is not stored.
 //
 // # Durability: capacity escrow
 //

@@ -181,8 +181,21 @@ func testProvisionedGoneAtRefresh(t *testing.T) {
 	}
 	for _, bi := range e.b.Budgets() {
 		if bi.Spec.Key == ptKey {
-			t.Errorf("the retired budget is still reported")
+			t.Errorf("the retired budget is still listed")
 		}
+	}
+	// Its lease still runs: the report shows it until it ends.
+	reported := func() bool {
+		rep, _ := e.b.Report(broker.ReportFilter{})
+		for _, r := range rep {
+			if r.Spec.Key == ptKey {
+				return true
+			}
+		}
+		return false
+	}
+	if !reported() {
+		t.Errorf("the retired budget with a lease running is not in the report")
 	}
 	if _, err := e.b.Acquire(ctx, broker.AcquireRequest{ModelID: ptARN, MaxOutputTokens: 10}); broker.KindOf(err) != broker.KindNotFound {
 		t.Fatalf("Acquire on a retired budget: %v, want KindNotFound", err)
@@ -198,6 +211,10 @@ func testProvisionedGoneAtRefresh(t *testing.T) {
 	// settles.
 	if _, err := e.b.Complete(ctx, full.Lease.ID, broker.OutcomeSuccess, broker.Usage{InputTokens: 900, OutputTokens: 10}); err != nil {
 		t.Fatalf("completing a lease of a retired budget: %v", err)
+	}
+	synctest.Wait() // the settlement's commit
+	if reported() {
+		t.Errorf("the retired budget with nothing left is still in the report")
 	}
 
 	src.set("InService", true)
@@ -245,4 +262,66 @@ func TestProvisionedUnderMoneyBudget(t *testing.T) {
 	if err != nil || !d.Granted {
 		t.Fatalf("Acquire on a throughput under a money budget: %+v, %v", d, err)
 	}
+}
+
+// TestProvisionedRetiredRouteWaiterWaitsOnOthers: a route caller waiting
+// on every target when the throughput goes keeps waiting on the others,
+// and is granted on the first that frees; nothing is left queued.
+func TestProvisionedRetiredRouteWaiterWaitsOnOthers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		od := broker.Spec{Key: broker.Key{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: sonnet45}, Quota: broker.Limits{Concurrency: 1}, Source: "test"}
+		b := bubbleBroker(t, ptSpec(1000), od)
+		ctx := context.Background()
+		pt, _ := broker.NewTarget(ptARN, "us-east-1")
+		odt, _ := broker.NewTarget(sonnet45, "us-east-1")
+		if err := b.SetRoutes([]broker.Route{{Name: "pt-first", Model: sonnet45, Targets: []broker.Target{pt, odt}}}); err != nil {
+			t.Fatal(err)
+		}
+		src := &ptSource{}
+		src.set("InService", true)
+		if err := b.Refresh(ctx, src); err != nil {
+			t.Fatal(err)
+		}
+		fill, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: ptARN, InputTokens: 900, MaxOutputTokens: 100})
+		if err != nil || !fill.Granted {
+			t.Fatalf("fill the throughput: %+v, %v", fill, err)
+		}
+		held, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: sonnet45, MaxOutputTokens: 100})
+		if err != nil || !held.Granted {
+			t.Fatalf("hold on-demand: %+v, %v", held, err)
+		}
+		type result struct {
+			d   broker.Decision
+			err error
+		}
+		got := make(chan result, 1)
+		go func() {
+			d, err := b.Acquire(ctx, broker.AcquireRequest{Route: "pt-first", InputTokens: 10, MaxOutputTokens: 10, Wait: time.Minute})
+			got <- result{d, err}
+		}()
+		synctest.Wait()
+		if q := routeInfo(t, b, "pt-first").Queued; len(q) != 2 || q[0] != 1 || q[1] != 1 {
+			t.Fatalf("queued %v, want the caller on both targets", q)
+		}
+		src.set("", true)
+		if err := b.Refresh(ctx, src); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		select {
+		case r := <-got:
+			t.Fatalf("the route caller ended when one target went: %+v, %v", r.d, r.err)
+		default:
+		}
+		if _, err := b.Complete(ctx, held.Lease.ID, broker.OutcomeSuccess, broker.Usage{InputTokens: 1, OutputTokens: 1}); err != nil {
+			t.Fatal(err)
+		}
+		r := <-got
+		if r.err != nil || !r.d.Granted || r.d.Route.Target != odt {
+			t.Fatalf("route caller: %+v, %v; want granted on %v", r.d.Route, r.err, odt)
+		}
+		if w := waiters(t, b)["us-east-1"]; w != 0 {
+			t.Fatalf("%d waiters left", w)
+		}
+	})
 }

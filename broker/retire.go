@@ -18,8 +18,9 @@ import (
 //
 // A budget whose throughput is gone is retired, not deleted: it grants
 // nothing (Acquire and route members fail with KindNotFound naming the
-// ARN), leaves every route it is in, and keeps its leases, chunks and
-// windows, which wind down as any budget's do. When its throughput is back
+// ARN), leaves every route it is in and Budgets (the report too, once
+// nothing of it runs), and keeps its leases, chunks and windows, which
+// wind down as any budget's do. When its throughput is back
 // in service it returns, and so do its routes' targets. Retirement is not
 // stored: after a restart the budget serves until the first discovery
 // says otherwise (a call to a gone throughput fails at AWS; it over-grants
