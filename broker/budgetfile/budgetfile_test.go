@@ -90,6 +90,7 @@ func TestLoadMissingFileNamesIt(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"budgets":[{"model":"amazon.nova-pro-v1:0","region":"us-east-1","tpm":5}]}`))
 	f.Add([]byte(`{"default_region":"eu-west-1","budgets":[{"model":"us.x.y","rpm":-1}]}`))
+	f.Add([]byte(`{"budgets":[{"model":"arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc","serves":"amazon.nova-pro-v1:0","tpm":5}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		specs, err := budgetfile.Parse("fuzz.json", data, "fuzz", time.Time{})
 		if err != nil {
@@ -101,6 +102,9 @@ func FuzzParse(f *testing.F) {
 		for _, s := range specs {
 			if s.Quota.RPM < 0 || s.Quota.TPM < 0 || s.Quota.TPD < 0 || s.Quota.Concurrency < 0 {
 				t.Fatalf("negative limit accepted: %+v", s)
+			}
+			if (s.Key.Scope == broker.ScopeProvisioned) != (s.Serves != "") || s.Key.Scope == broker.ScopeProvisioned && (s.Quota.TPM <= 0 || s.Burndown != 0) {
+				t.Fatalf("a provisioned budget without its model or capacity, or a model on another: %+v", s)
 			}
 		}
 	})

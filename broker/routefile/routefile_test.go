@@ -200,6 +200,7 @@ func TestLoad(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"routes": [{"name": "a", "model": "` + sonnet + `", "targets": [{"region": "us-east-1", "model": "us.` + sonnet + `"}, {"route": "b"}]}, {"name": "b", "model": "` + sonnet + `", "geography": "us"}]}`))
 	f.Add([]byte(`{"routes": [{"name": "a", "model": "x", "targets": [{"route": "a"}]}]}`))
+	f.Add([]byte(`{"routes": [{"name": "p", "model": "` + sonnet + `", "targets": [{"region": "us-east-1", "model": "` + provARN + `"}, {"region": "us-east-1", "model": "` + sonnet + `"}]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := routefile.Parse("fuzz.json", data)
 		if err == nil {
