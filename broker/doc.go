@@ -132,9 +132,11 @@
 // what a lease on it tells the caller to call; Spec.Serves is the base
 // model it runs, which routes check their model against. Its capacity is
 // its own (model units), not the model's quotas, and AWS publishes no
-// tokens per minute per unit, so the operator states it (a budgets file
-// entry: the ARN, serves, tpm); discovery never invents one, and notes a
-// throughput InService that has none. It is charged input + 1.25 x
+// tokens per minute per unit, so the operator states it: a budgets file
+// entry (the ARN, serves, tpm), or a rate per model unit for the model
+// (provisioned_rates), from which discovery makes a budget of units x rate
+// for each InService throughput of the model. Nothing invents a rate, and
+// discovery notes a throughput InService that has no budget. It is charged input + 1.25 x
 // cache_write + 0.1 x cache_read + output, with no burndown, and costs
 // nothing per token against money budgets (its units are paid by the
 // hour). Discovery decides whether it serves: a budget whose throughput is

@@ -13,8 +13,10 @@ import (
 // commitment ends), and a call to a gone one fails at AWS; so a
 // provisioned budget serves only while discovery sees its throughput
 // InService. Its capacity is the operator's to state (a budgets file
-// entry keyed by the ARN): AWS publishes no tokens-per-minute rate per
-// model unit, and a number invented here would over-grant or waste it.
+// entry keyed by the ARN, or a rate per model unit that discovery
+// multiplies by the units it lists): AWS publishes no tokens-per-minute
+// rate per model unit, and a number invented here would over-grant or
+// waste it.
 //
 // A budget whose throughput is gone is retired, not deleted: it grants
 // nothing (Acquire and route members fail with KindNotFound naming the
@@ -98,7 +100,7 @@ func (b *Core) SetProvisioned(st ProvisionedState) []string {
 			continue
 		}
 		if _, ok := b.budgets[Key{Region: p.Region, Scope: ScopeProvisioned, Model: p.ARN}]; !ok {
-			notes = append(notes, fmt.Sprintf("provisioned throughput %s (%s, %d model units of %s) is InService but has no budget: AWS publishes no per-model-unit rate, so state its capacity in the budgets file (\"model\": the ARN, \"serves\", \"tpm\") to route to it",
+			notes = append(notes, fmt.Sprintf("provisioned throughput %s (%s, %d model units of %s) is InService but has no budget: AWS publishes no per-model-unit rate, so state its capacity in the budgets file (\"model\": the ARN, \"serves\", \"tpm\"), or what one model unit buys for its model (\"provisioned_rates\"), to route to it",
 				p.ARN, p.Name, p.ModelUnits, cmp.Or(baseModelOf(p.Model), p.Model)))
 		}
 	}

@@ -125,3 +125,44 @@ func targetsOf(b *broker.Broker, route string) []string {
 	}
 	return nil
 }
+
+// TestProvisionedRatesSizeBudgets: through the real SDK, with a rate per
+// model unit for a model, discovery makes a budget of each InService
+// throughput of it: units x rate, keyed by the ARN, serving the model; a
+// throughput not InService, or of a model without a rate, gets none.
+func TestProvisionedRatesSizeBudgets(t *testing.T) {
+	t.Parallel()
+	const haiku = "anthropic.claude-3-haiku-20240307-v1:0"
+	sc, err := bedrocksim.LoadScenario("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.ProvisionedModelThroughputs = []bedrocksim.ProvisionedThroughput{
+		{Name: "pt-a", ModelID: haiku, ModelUnits: 2, Region: "us-east-1", TokensPerMinutePerUnit: 1000},
+		{Name: "pt-creating", ModelID: haiku, ModelUnits: 1, Region: "us-east-1", Status: "Creating", TokensPerMinutePerUnit: 1000},
+		{Name: "pt-other", ModelID: "anthropic.claude-sonnet-4-5-20250929-v1:0", ModelUnits: 1, Region: "us-east-1", TokensPerMinutePerUnit: 1000},
+	}
+	_, url := startSim(t, sc)
+	src, err := New(Config{Regions: []string{"us-east-1"}, AWS: staticAWS(), Endpoint: url, ProvisionedRates: map[string]int64{haiku: 75_000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := src.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []broker.Spec
+	for _, s := range d.Specs {
+		if s.Key.Scope == broker.ScopeProvisioned {
+			got = append(got, s)
+		}
+	}
+	arn := "arn:aws:bedrock:us-east-1:" + sc.AccountID + ":provisioned-model/pt-a"
+	if len(got) != 1 || got[0].Key != (broker.Key{Region: "us-east-1", Scope: broker.ScopeProvisioned, Model: arn}) ||
+		got[0].Quota != (broker.Limits{TPM: 150_000}) || got[0].Serves != haiku || !strings.Contains(got[0].Source, "2 model units x 75000") {
+		t.Fatalf("provisioned specs %+v, want one for pt-a of 2 x 75,000 TPM", got)
+	}
+	if !slices.Equal(d.ProvisionedRegions, []string{"us-east-1"}) {
+		t.Fatalf("provisioned regions %v", d.ProvisionedRegions)
+	}
+}

@@ -50,6 +50,40 @@ func TestParseProvisioned(t *testing.T) {
 	}
 }
 
+// TestParseProvisionedRates: what one model unit buys, per base model, for
+// discovery to size every throughput of the model; a budgets-only reader
+// refuses the file rather than drop the rates.
+func TestParseProvisionedRates(t *testing.T) {
+	const haiku = "anthropic.claude-3-haiku-20240307-v1:0"
+	data := []byte(`{"provisioned_rates": {"` + haiku + `": 200000}, "budgets": [
+  {"region": "us-east-1", "model": "` + haiku + `", "tpm": 5}]}`)
+	f, err := budgetfile.ParseFile("b.json", data, "x", time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Specs) != 1 || len(f.ProvisionedRates) != 1 || f.ProvisionedRates[haiku] != 200000 {
+		t.Fatalf("file %+v", f)
+	}
+	if _, err := budgetfile.Parse("b.json", data, "x", time.Time{}); err == nil || !strings.Contains(err.Error(), "b.json: provisioned_rates: need quota discovery") {
+		t.Fatalf("Parse of a file with rates: %v", err)
+	}
+	for _, tc := range []struct{ name, data, want string }{
+		{"profile", `{"provisioned_rates": {"us.` + haiku + `": 5}, "budgets": []}`, `f.json:1: provisioned_rates: "us.` + haiku + `" is not a base model id`},
+		{"zero", `{"budgets": [],` + "\n" + `"provisioned_rates": {"` + haiku + `": 0}}`, `f.json:2: provisioned_rates["` + haiku + `"]: 0 tokens per minute per model unit; want more than 0`},
+		{"type", `{"provisioned_rates": {"` + haiku + `": "lots"}, "budgets": []}`, "provisioned_rates"},
+		{"rate and entry", `{"provisioned_rates": {"` + haiku + `": 5}, "budgets": [` + "\n" +
+			`{"model": "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc", "serves": "` + haiku + `", "tpm": 5}]}`,
+			"f.json:2: budgets[0].serves: " + haiku + " has a rate in provisioned_rates (line 1)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := budgetfile.ParseFile("f.json", []byte(tc.data), "x", time.Time{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "f.json:") {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestParseErrorsNameFileLineAndField(t *testing.T) {
 	for _, tc := range []struct{ name, data, want string }{
 		{"syntax", "{\n  \"budgets\": [\n    {\"model\": \"x\",, }\n  ]\n}", "f.json:3: invalid JSON"},

@@ -335,7 +335,7 @@ func (r *resolver) check(e *routeEntry, t broker.Target, field string, at int64)
 		// budget's model against the route's (Route.Model) when the
 		// routes are set.
 		if !r.have[t.Key] {
-			return f.errf(at, "%s.model: no budget for the provisioned throughput %s: give it one in the budgets file (\"model\": the ARN, \"serves\", \"tpm\"; AWS publishes no per-model-unit rate), or it is not InService", field, t.ModelID)
+			return f.errf(at, "%s.model: no budget for the provisioned throughput %s: give it one in the budgets file (\"model\": the ARN, \"serves\", \"tpm\"; or \"provisioned_rates\" for its model: AWS publishes no per-model-unit rate), or it is not InService", field, t.ModelID)
 		}
 		return nil
 	case t.Key.Model != e.Model:
