@@ -142,6 +142,11 @@ func (b *Core) budgetInfos() []BudgetInfo {
 	defer b.mu.Unlock()
 	out := make([]BudgetInfo, 0, len(b.budgets))
 	for _, bg := range b.budgets {
+		if bg.retired != "" {
+			// Its throughput is gone (retire.go): not a budget anyone
+			// can use, nor a route file name.
+			continue
+		}
 		out = append(out, b.info(bg))
 	}
 	slices.SortFunc(out, func(x, y BudgetInfo) int { return compareKeys(x.Spec.Key, y.Spec.Key) })
@@ -187,6 +192,11 @@ func (b *Core) reports(match func(Key) bool) ([]BudgetReport, time.Time) {
 	var out []BudgetReport
 	for k, bg := range b.budgets {
 		if !match(k) {
+			continue
+		}
+		if bg.retired != "" && bg.concurrent == 0 && bg.queue.len() == 0 {
+			// Its throughput is gone and nothing of it is left to
+			// watch (retire.go); while leases wind down it shows.
 			continue
 		}
 		out = append(out, BudgetReport{

@@ -608,6 +608,15 @@ func TestParseModelID(t *testing.T) {
 		{id: "arn:aws:s3:::bucket/key", wantErr: "not a Bedrock ARN"},
 		{id: haiku3, region: "Mars-1", wantErr: "not an AWS Region"},
 		{id: "bad id", wantErr: "not a model"},
+		// A Provisioned Throughput is its own budget, keyed by its ARN.
+		{id: "arn:aws:bedrock:us-west-2:123456789012:provisioned-model/x1y2z3", want: broker.Key{Region: "us-west-2", Scope: broker.ScopeProvisioned, Model: "arn:aws:bedrock:us-west-2:123456789012:provisioned-model/x1y2z3"}},
+		{id: "arn:aws:bedrock:us-west-2:123456789012:provisioned-model/x1y2z3", region: "us-west-2", want: broker.Key{Region: "us-west-2", Scope: broker.ScopeProvisioned, Model: "arn:aws:bedrock:us-west-2:123456789012:provisioned-model/x1y2z3"}},
+		{id: "arn:aws:bedrock:us-west-2:123456789012:provisioned-model/x1y2z3", region: "us-east-1", wantErr: `region: "us-east-1" disagrees with the Region "us-west-2" of the provisioned model ARN`},
+		{id: "arn:aws:bedrock::123456789012:provisioned-model/x1y2z3", wantErr: `Region "" is not an AWS Region name`},
+		{id: "arn:aws:bedrock:us-west-2:12345:provisioned-model/x1y2z3", wantErr: `account "12345" is not 12 digits`},
+		{id: "arn:aws:bedrock:us-west-2:123456789012:provisioned-model/", wantErr: "has no resource id"},
+		{id: "arn:aws:bedrock:us-west-2:123456789012:provisioned-model/a/b", wantErr: `id "a/b" is not 1 to 128 letters`},
+		{id: "arn:aws-xx:bedrock:us-west-2:123456789012:provisioned-model/x", wantErr: `unknown partition "aws-xx"`},
 	} {
 		got, err := broker.ParseModelID(tc.id, tc.region, "us-east-1")
 		if tc.wantErr != "" {

@@ -21,6 +21,11 @@ type Spec struct {
 	// Quotas name the AWS quotas the limits came from, one per limit that
 	// discovery set; empty for budgets typed by an operator.
 	Quotas []QuotaRef
+	// Serves is the base model id a Provisioned Throughput runs (required
+	// for ScopeProvisioned, empty otherwise): what a route checks its
+	// targets against, and whose maximum output an unset max_tokens
+	// reserves.
+	Serves string
 }
 
 // QuotaRef is the AWS quota behind one limit of a budget, for reports and
@@ -38,11 +43,31 @@ func (s Spec) validate() error {
 	if !ValidRegion(k.Region) {
 		return fmt.Errorf("budget %s: region %q is not an AWS Region name", k, k.Region)
 	}
-	if k.Scope < ScopeOnDemand || k.Scope > ScopeGlobal {
+	if k.Scope < ScopeOnDemand || k.Scope > ScopeProvisioned {
 		return fmt.Errorf("budget %s: unknown scope", k)
 	}
 	if k.Model == "" {
 		return fmt.Errorf("budget %s: model is empty", k)
+	}
+	if k.Scope == ScopeProvisioned {
+		region, err := ParseProvisionedARN(k.Model)
+		switch {
+		case err != nil:
+			return fmt.Errorf("budget %s: %w", k, err)
+		case region != k.Region:
+			return fmt.Errorf("budget %s: the ARN is in %s, not %s", k, region, k.Region)
+		case s.Serves == "":
+			return fmt.Errorf("budget %s: a Provisioned Throughput names the base model it serves", k)
+		case s.Burndown != 0 && s.Burndown != 1:
+			return fmt.Errorf("budget %s: output_burndown %v: a Provisioned Throughput has none (output tokens count once)", k, s.Burndown)
+		case s.Quota == Limits{}:
+			// Zero limits mean "unlimited"; a Provisioned Throughput
+			// never is, and AWS publishes no rate per model unit to
+			// derive one from.
+			return fmt.Errorf("budget %s: no capacity stated; give its tokens per minute (AWS publishes no per-model-unit rate)", k)
+		}
+	} else if s.Serves != "" {
+		return fmt.Errorf("budget %s: serves %q: only a Provisioned Throughput names a base model", k, s.Serves)
 	}
 	for _, v := range []struct {
 		name string
@@ -62,6 +87,9 @@ func (s Spec) burndown() float64 {
 	if s.Burndown > 0 {
 		return s.Burndown
 	}
+	if s.Key.Scope == ScopeProvisioned {
+		return 1
+	}
 	return DefaultBurndown(s.Key.Model)
 }
 
@@ -69,7 +97,16 @@ func (s Spec) maxOutput() int64 {
 	if s.MaxOutputTokens > 0 {
 		return s.MaxOutputTokens
 	}
-	return DefaultMaxOutputTokens(s.Key.Model)
+	return DefaultMaxOutputTokens(s.BaseModel())
+}
+
+// BaseModel is the model the budget's calls run: Key.Model, or Serves for
+// a Provisioned Throughput.
+func (s Spec) BaseModel() string {
+	if s.Key.Scope == ScopeProvisioned {
+		return s.Serves
+	}
+	return s.Key.Model
 }
 
 // Override is an operator's replacement for the quota x margin term of some
@@ -127,6 +164,12 @@ type budget struct {
 	// against it (see Core.Complete).
 	settling int64
 	esc      escrow // capacity committed ahead of grants (escrow.go)
+
+	// retired is why a Provisioned Throughput's budget is out of service
+	// (its throughput was gone at the last discovery), or empty. A retired
+	// budget grants nothing and is in no route; it stays in the map so its
+	// leases, chunks and windows wind down as any other's (retire.go).
+	retired string
 
 	queue    queue
 	timer    Timer     // pending wake-up for the head waiter, or nil
@@ -268,6 +311,9 @@ func (b *budget) limits(now time.Time) Limits {
 // neverFits explains why n can never be granted under the effective
 // limits, or returns nil.
 func (b *budget) neverFits(n need) error {
+	if b.retired != "" {
+		return &Error{Kind: KindNotFound, Message: b.retired}
+	}
 	e := b.staticLim
 	for _, l := range []struct {
 		name  string

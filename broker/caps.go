@@ -25,8 +25,10 @@ type ClientCaps struct {
 	// All caps the client over all models together.
 	All CapLimits
 	// Models caps the client on one model each, by the budget's model id
-	// (Key.Model: the base model, also for inference profiles). A model
-	// capped here is held to its own cap and to All.
+	// (Key.Model: the base model, also for inference profiles; the ARN for
+	// a Provisioned Throughput, whose capacity is the account's own and
+	// is not drawn from the model's quotas). A model capped here is held
+	// to its own cap and to All.
 	Models map[string]CapLimits
 	// Routes caps the client on one route each, by name: the grants made
 	// through the route, on whichever of its targets, count against it
@@ -637,6 +639,11 @@ func (b *Core) SetPrices(prices map[PriceKey]Price) {
 // "global." profile id; a geographic profile is priced as the model in its
 // source Region, the budget's Region, so the model id's price is its price.
 func (t *tenants) price(k Key) (Price, bool) {
+	if k.Scope == ScopeProvisioned {
+		// A Provisioned Throughput is paid by the hour for its model
+		// units, whatever it serves: a call on it costs nothing more.
+		return provisionedPrice, true
+	}
 	if k.Scope == ScopeGlobal {
 		if p, ok := t.prices[PriceKey{Region: k.Region, Model: "global." + k.Model}]; ok && p.Priced() {
 			return p, true
@@ -645,6 +652,8 @@ func (t *tenants) price(k Key) (Price, bool) {
 	p, ok := t.prices[PriceKey{Region: k.Region, Model: k.Model}]
 	return p, ok && p.Priced()
 }
+
+var provisionedPrice = Price{Has: RateInput | RateOutput | RateCacheRead | RateCacheWrite, Source: "provisioned throughput (billed per model unit hour, not per token)"}
 
 // restoreCaps rebuilds the cap windows and spend from the store: minute
 // windows from the lease records (every grant held to a cap was committed

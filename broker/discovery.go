@@ -23,9 +23,15 @@ type Discovery struct {
 	// why: not a runtime quota, no model matched, a variant not brokered.
 	Skipped []SkippedQuota
 	// Provisioned lists the account's Provisioned Throughputs. They have
-	// capacity of their own (model units), outside the on-demand quotas the
-	// broker brokers; the report lists them so operators see all capacity.
+	// capacity of their own (model units), outside the on-demand quotas;
+	// the report lists them so operators see all capacity, and one with a
+	// budget (keyed by its ARN, capacity stated by the operator) is a
+	// target like any other while it is InService.
 	Provisioned []ProvisionedThroughput
+	// ProvisionedRegions are the Regions whose Provisioned Throughput
+	// listing succeeded: the provisioned budgets of these Regions serve
+	// only while their throughput is listed InService (retire.go).
+	ProvisionedRegions []string
 	// Notes are problems that did not fail the discovery (e.g. the
 	// Provisioned Throughput listing was denied).
 	Notes []string
@@ -74,6 +80,7 @@ type specSetter interface {
 	SetSpecs(ctx context.Context, specs []Spec) error
 	// discovered derives the routes again once specs are set (route.go).
 	discovered(specs []Spec) error
+	SetProvisioned(st ProvisionedState) []string
 }
 
 // Refresh runs src once and applies what it found. Budgets the source no
@@ -97,13 +104,19 @@ func (r *Refresher) Refresh(ctx context.Context, src QuotaSource) error {
 		r.mu.Unlock()
 		return err
 	}
+	// Throughputs gone retire their budgets before the routes are derived
+	// again, so that a derived route never takes one back.
+	notes := slices.Clip(d.Notes)
+	for _, n := range r.core.SetProvisioned(ProvisionedState{Regions: d.ProvisionedRegions, Throughputs: d.Provisioned, At: now}) {
+		r.log.Warn("provisioned throughput", "note", n)
+		notes = append(notes, n)
+	}
 	// The refresh stands even if its routes cannot follow: the budgets
 	// are right, and the routes in service still have budgets behind
 	// every target. The report shows why (a note), and so does the log.
-	notes := d.Notes
 	if err := r.core.discovered(d.Specs); err != nil {
 		r.log.Error("quota refresh: routes kept as they were", "err", err)
-		notes = append(slices.Clip(notes), err.Error())
+		notes = append(notes, err.Error())
 	}
 	r.mu.Lock()
 	r.status.LastSuccess, r.status.LastError, r.status.Skipped = now, "", d.Skipped

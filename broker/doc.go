@@ -148,6 +148,29 @@
 // The refresh stands, and its discovery status carries the error as a
 // note (GetQuotaReport shows it) until a later refresh resolves them.
 //
+// # Provisioned Throughput
+//
+// A Provisioned Throughput is a budget of ScopeProvisioned keyed by its
+// provisioned model ARN (Key.Model), which is also what a caller names and
+// what a lease on it tells the caller to call; Spec.Serves is the base
+// model it runs, which routes check their model against. Its capacity is
+// its own (model units), not the model's quotas, and AWS publishes no
+// tokens per minute per unit, so the operator states it: a budgets file
+// entry (the ARN, serves, tpm), or a rate per model unit for the model
+// (provisioned_rates), from which discovery makes a budget of units x rate
+// for each InService throughput of the model. Nothing invents a rate, and
+// discovery notes a throughput InService that has no budget. It is charged input + 1.25 x
+// cache_write + 0.1 x cache_read + output, with no burndown, and costs
+// nothing per token against money budgets (its units are paid by the
+// hour). Discovery decides whether it serves: a budget whose throughput is
+// not listed InService in a Region whose listing succeeded is retired
+// (retire.go): it grants nothing, leaves every route in the same critical
+// section (each route then keeps its other targets; one left with none
+// refuses, naming why), its waiters fail at once, it leaves Budgets (so a
+// routes file naming it no longer loads) and, once no lease of it runs,
+// the report; it returns with its route targets when listed InService
+// again. Retirement is not stored.
+//
 // # Durability: capacity escrow
 //
 // The invariant: after kill -9 and a restart, no 60-second window and no

@@ -83,7 +83,7 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	}
 	now := b.clock.Now()
 	bg := l.b
-	charge, requests := settlement(u, l.Burndown), int64(1)
+	charge, requests := settlement(bg.spec.Key.Scope, u, l.Burndown), int64(1)
 	if outcome == OutcomeThrottled || outcome == OutcomeCancelled {
 		charge, requests = 0, 0
 	}

@@ -19,6 +19,11 @@ const (
 	ScopeCrossRegion
 	// ScopeGlobal is a global inference profile (global.).
 	ScopeGlobal
+	// ScopeProvisioned is a Provisioned Throughput, called by its ARN. Its
+	// capacity is its own (model units), not the on-demand quotas, so its
+	// budget is keyed by the ARN: Key.Model is the provisioned model ARN,
+	// and Spec.Serves the base model it runs.
+	ScopeProvisioned
 )
 
 func (s Scope) String() string {
@@ -29,6 +34,8 @@ func (s Scope) String() string {
 		return "cross-region"
 	case ScopeGlobal:
 		return "global"
+	case ScopeProvisioned:
+		return "provisioned"
 	default:
 		return "unknown"
 	}
@@ -43,12 +50,17 @@ func ParseScope(s string) (Scope, error) {
 		return ScopeCrossRegion, nil
 	case "global":
 		return ScopeGlobal, nil
+	case "provisioned":
+		return ScopeProvisioned, nil
 	}
-	return ScopeUnknown, fmt.Errorf("unknown scope %q (want on-demand, cross-region or global)", s)
+	return ScopeUnknown, fmt.Errorf("unknown scope %q (want on-demand, cross-region, global or provisioned)", s)
 }
 
 // Key identifies a budget: the quotas of one model, called one way, in one
-// Region. Model is always the base model id, also for profile scopes.
+// Region. Model is the base model id, also for profile scopes; for
+// ScopeProvisioned it is the provisioned model ARN, since an account may
+// hold several Provisioned Throughputs of one model in one Region, each
+// with its own capacity.
 type Key struct {
 	Region string
 	Scope  Scope
@@ -173,9 +185,9 @@ const (
 )
 
 // ParseModelID resolves what a caller names (a model id, an inference
-// profile id, or the ARN of either) to a budget key. region is the caller's
-// Region ("" for defaultRegion); an ARN carries its own Region, which must
-// agree with region when both are given.
+// profile id, the ARN of either, or a provisioned model ARN) to a budget
+// key. region is the caller's Region ("" for defaultRegion); an ARN carries
+// its own Region, which must agree with region when both are given.
 func ParseModelID(modelID, region, defaultRegion string) (Key, error) {
 	modelID = strings.TrimSpace(modelID)
 	if modelID == "" {
@@ -200,8 +212,17 @@ func ParseModelID(modelID, region, defaultRegion string) (Key, error) {
 		}
 		switch typ {
 		case "foundation-model", "inference-profile":
+		case "provisioned-model":
+			arnRegion, err := ParseProvisionedARN(modelID)
+			if err != nil {
+				return Key{}, err
+			}
+			if region != "" && region != arnRegion {
+				return Key{}, invalidf("region", "%q disagrees with the Region %q of the provisioned model ARN %s", region, arnRegion, modelID)
+			}
+			return Key{Region: arnRegion, Scope: ScopeProvisioned, Model: modelID}, nil
 		default:
-			return Key{}, invalidf("model_id", "ARN resource type %q is not supported (want foundation-model or inference-profile)", typ)
+			return Key{}, invalidf("model_id", "ARN resource type %q is not supported (want foundation-model, inference-profile or provisioned-model)", typ)
 		}
 		if arnRegion := parts[3]; arnRegion != "" {
 			if region != "" && region != arnRegion {
@@ -230,6 +251,40 @@ func ParseModelID(modelID, region, defaultRegion string) (Key, error) {
 		return Key{}, invalidf("model_id", "%q is not a model or inference profile id", modelID)
 	}
 	return Key{Region: region, Scope: scope, Model: model}, nil
+}
+
+// ParseProvisionedARN checks that arn is a provisioned model ARN,
+// arn:PARTITION:bedrock:REGION:ACCOUNT:provisioned-model/ID with a Region
+// name, a 12-digit account and an id of letters, digits, '-', '_' or '.',
+// and returns its Region. The ARN is what the caller sends to Bedrock, so
+// anything else would be a budget no call can use.
+func ParseProvisionedARN(arn string) (region string, err error) {
+	bad := func(why string) error {
+		return invalidf("model_id", "%q is not a provisioned model ARN (want arn:aws:bedrock:REGION:ACCOUNT:provisioned-model/ID): %s", arn, why)
+	}
+	parts := strings.SplitN(arn, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" || parts[2] != "bedrock" {
+		return "", bad("not a Bedrock ARN")
+	}
+	switch parts[1] {
+	case "aws", "aws-cn", "aws-us-gov":
+	default:
+		return "", bad(fmt.Sprintf("unknown partition %q", parts[1]))
+	}
+	if !ValidRegion(parts[3]) {
+		return "", bad(fmt.Sprintf("Region %q is not an AWS Region name", parts[3]))
+	}
+	if acct := parts[4]; len(acct) != 12 || strings.Trim(acct, "0123456789") != "" {
+		return "", bad(fmt.Sprintf("account %q is not 12 digits", acct))
+	}
+	id, ok := strings.CutPrefix(parts[5], "provisioned-model/")
+	if !ok {
+		return "", bad("the resource is not provisioned-model/ID")
+	}
+	if id == "" || len(id) > 128 || strings.Trim(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != "" {
+		return "", bad(fmt.Sprintf("id %q is not 1 to 128 letters, digits, '-', '_' or '.'", id))
+	}
+	return parts[3], nil
 }
 
 var claudeVersionRE = regexp.MustCompile(`claude-(?:(?:instant|sonnet|haiku|opus)-)?v?(\d+)(?:-(\d))?(?:[-.:]|$)`)
@@ -289,13 +344,27 @@ func DefaultMaxOutputTokens(model string) int64 {
 
 // reservation is Bedrock's admission charge: input + cache_write +
 // max_tokens x burndown, rounded up so the broker never reserves less than
-// Bedrock.
-func reservation(input, cacheWrite, maxOutput int64, burndown float64) int64 {
-	return input + cacheWrite + int64(math.Ceil(float64(maxOutput)*burndown))
+// Bedrock. On a Provisioned Throughput cache writes weigh 1.25 (and there
+// is no burndown: its spec's is 1).
+func reservation(scope Scope, input, cacheWrite, maxOutput int64, burndown float64) int64 {
+	return input + cacheWriteCharge(scope, cacheWrite) + int64(math.Ceil(float64(maxOutput)*burndown))
 }
 
 // settlement is Bedrock's completion charge: input + cache_write + output x
-// burndown. Cache reads are free for on-demand use.
-func settlement(u Usage, burndown float64) int64 {
-	return u.InputTokens + u.CacheWriteInputTokens + int64(math.Ceil(float64(u.OutputTokens)*burndown))
+// burndown, cache reads free, for on-demand and profiles; input + 1.25 x
+// cache_write + 0.1 x cache_read + output on a Provisioned Throughput
+// (bedrock-facts.md section 3).
+func settlement(scope Scope, u Usage, burndown float64) int64 {
+	c := u.InputTokens + cacheWriteCharge(scope, u.CacheWriteInputTokens) + int64(math.Ceil(float64(u.OutputTokens)*burndown))
+	if scope == ScopeProvisioned {
+		c += (u.CacheReadInputTokens + 9) / 10
+	}
+	return c
+}
+
+func cacheWriteCharge(scope Scope, cacheWrite int64) int64 {
+	if scope == ScopeProvisioned {
+		return cacheWrite + (cacheWrite+3)/4
+	}
+	return cacheWrite
 }

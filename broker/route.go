@@ -35,7 +35,8 @@ const (
 )
 
 // Target is one place a route may grant: a budget, and the model id (a
-// model id or an inference profile id) to call in its Region.
+// model id, an inference profile id, or a provisioned model ARN) to call
+// in its Region.
 type Target struct {
 	Key     Key
 	ModelID string
@@ -52,6 +53,10 @@ func NewTarget(modelID, region string) (Target, error) {
 	if err != nil {
 		return Target{}, err
 	}
+	if k.Scope == ScopeProvisioned {
+		// A Provisioned Throughput is called by its ARN, nothing shorter.
+		return Target{Key: k, ModelID: k.Model}, nil
+	}
 	if strings.HasPrefix(strings.TrimSpace(modelID), "arn:") {
 		// The caller sends the id, in the target's Region: an ARN of
 		// another account or partition would name something else.
@@ -64,6 +69,10 @@ func NewTarget(modelID, region string) (Target, error) {
 type Route struct {
 	Name    string
 	Targets []Target
+	// Model, when set, is the base model the route serves: SetRoutes
+	// checks every target runs it (a Provisioned Throughput's by its
+	// budget's Serves, which its ARN does not tell).
+	Model string
 }
 
 // Validate checks a route on its own: its name, its size and duplicate
@@ -152,6 +161,11 @@ type route struct {
 	budgets  []*budget
 	counters []TargetCounters
 	refused  int64
+	// configured is the route as set, and cbudgets its budgets; Route
+	// holds those of its targets in service (retire.go): a Provisioned
+	// Throughput gone at a discovery leaves the route until it returns.
+	configured []Target
+	cbudgets   []*budget
 }
 
 // routing is the routes in service, the affinity cache, and dispatch's
@@ -186,11 +200,14 @@ func (b *Core) SetRoutes(rs []Route) error {
 		if next[r.Name] != nil {
 			return invalidf("route", "%s is defined twice", r.Name)
 		}
-		if old := b.routing.byName[r.Name]; old != nil && sameTargets(old.Targets, r.Targets) {
+		// An unchanged route keeps its object: its waiters, counters and
+		// any retirement of a target stay as they are. Compared with what
+		// was configured, not with the targets left in service.
+		if old := b.routing.byName[r.Name]; old != nil && old.Model == r.Model && sameTargets(old.configured, r.Targets) {
 			next[r.Name] = old
 			continue
 		}
-		rt := &route{Route: Route{Name: r.Name, Targets: append([]Target(nil), r.Targets...)},
+		rt := &route{Route: Route{Name: r.Name, Targets: append([]Target(nil), r.Targets...), Model: r.Model},
 			counters: make([]TargetCounters, len(r.Targets))}
 		for i, t := range r.Targets {
 			bg := b.budgets[t.Key]
@@ -198,8 +215,15 @@ func (b *Core) SetRoutes(rs []Route) error {
 				return notFoundf("route %s target %d (%s): no budget for %s %s in %s",
 					r.Name, i+1, t, t.Key.Scope, t.Key.Model, t.Key.Region)
 			}
+			if bg.retired != "" {
+				return notFoundf("route %s target %d (%s): %s", r.Name, i+1, t, bg.retired)
+			}
+			if base := bg.spec.BaseModel(); r.Model != "" && base != r.Model {
+				return invalidf("route", "%s target %d (%s) serves %s, not the route's model %s", r.Name, i+1, t, base, r.Model)
+			}
 			rt.budgets = append(rt.budgets, bg)
 		}
+		rt.configured, rt.cbudgets = rt.Targets, rt.budgets
 		next[r.Name] = rt
 	}
 	// A cap on a route taken out of service would hold nothing, silently.
@@ -328,7 +352,7 @@ func (b *Core) Routes() []RouteInfo {
 			})
 		}
 		out = append(out, RouteInfo{
-			Route:    Route{Name: rt.Name, Targets: append([]Target(nil), rt.Targets...)},
+			Route:    Route{Name: rt.Name, Targets: append([]Target(nil), rt.Targets...), Model: rt.Model},
 			Counters: append([]TargetCounters(nil), rt.counters...),
 			Refused:  rt.refused,
 			Queued:   queued,

@@ -400,11 +400,12 @@ func (b *Core) dispatch(bg *budget, now time.Time) {
 
 // needOf is what req takes from bg.
 func needOf(bg *budget, req *AcquireRequest) need {
-	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.burndown, base: req.InputTokens + req.CacheWriteTokens, priority: req.Priority}
+	scope := bg.spec.Key.Scope
+	n := need{maxOutput: req.MaxOutputTokens, burndown: bg.burndown, base: req.InputTokens + cacheWriteCharge(scope, req.CacheWriteTokens), priority: req.Priority}
 	if n.maxOutput == 0 {
 		n.maxOutput, n.unsetMax = bg.maxOutput, true
 	}
-	n.tokens = reservation(req.InputTokens, req.CacheWriteTokens, n.maxOutput, n.burndown)
+	n.tokens = reservation(scope, req.InputTokens, req.CacheWriteTokens, n.maxOutput, n.burndown)
 	return n
 }
 

@@ -101,6 +101,43 @@ var scenes = []*scene{
 		},
 	},
 	{
+		name: "a route with a Provisioned Throughput first",
+		claims: []claim{
+			{readme, "quota-broker serve --budgets pt-budgets.json --routes pt-routes.json"},
+			{readme, "grpcurl -plaintext -d '{\"route\": \"haiku\"..."},
+		},
+		run: func(s *sceneRun) {
+			// The two files are the README's own blocks, as it shows them.
+			md, err := os.ReadFile(filepath.Join(s.root, readme))
+			if err != nil {
+				s.t.Fatal(err)
+			}
+			for _, name := range []string{"pt-budgets.json", "pt-routes.json"} {
+				m := regexp.MustCompile("(?s)`" + regexp.QuoteMeta(name) + "`:\n\n```json\n(.*?)```\n").FindSubmatch(md)
+				if m == nil {
+					s.t.Fatalf("%s: no ```json block after `%s`:", readme, name)
+				}
+				s.write(name, string(m[1]))
+			}
+			s.serve(readme, "quota-broker serve --budgets pt-budgets.json --routes pt-routes.json", s.broker)
+			c, r := s.run(readme, "grpcurl -plaintext -d '{\"route\": \"haiku\"...", time.Minute)
+			s.check(c, r.stdout, jsonKeys(c.output, r.stdout))
+			const arn = "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/support-bot"
+			var got struct {
+				Lease struct {
+					Budget         struct{ Scope, Model string }
+					ModelID        string
+					ReservedTokens string
+				}
+				Route struct{ Reason string }
+			}
+			if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || got.Lease.ModelID != arn || got.Lease.Budget.Scope != "SCOPE_PROVISIONED" ||
+				got.Lease.Budget.Model != arn || got.Lease.ReservedTokens != "1500" || got.Route.Reason != "ROUTE_REASON_ROOM" {
+				s.t.Errorf("%s: want a lease on the throughput, called by its ARN, as the README shows; got %s (%v)", c, r.stdout, err)
+			}
+		},
+	},
+	{
 		name: "demo: report, charts, history, increase",
 		claims: []claim{
 			{readme, "go run ./cmd/quota-broker demo"},

@@ -46,6 +46,8 @@ func scopeToPB(s broker.Scope) pb.Scope {
 		return pb.Scope_SCOPE_CROSS_REGION
 	case broker.ScopeGlobal:
 		return pb.Scope_SCOPE_GLOBAL
+	case broker.ScopeProvisioned:
+		return pb.Scope_SCOPE_PROVISIONED
 	}
 	return pb.Scope_SCOPE_UNSPECIFIED
 }

@@ -78,6 +78,7 @@ func (r *Result) merge(o Result) {
 	r.Skipped = append(r.Skipped, o.Skipped...)
 	r.Quotas = append(r.Quotas, o.Quotas...)
 	r.Provisioned = append(r.Provisioned, o.Provisioned...)
+	r.ProvisionedRegions = append(r.ProvisionedRegions, o.ProvisionedRegions...)
 	r.Notes = append(r.Notes, o.Notes...)
 }
 

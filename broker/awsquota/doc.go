@@ -67,6 +67,17 @@
 // means ("none allowed"); such quotas are reported as "value is 0: AWS
 // allows none; not brokered" and callers of that model get no budget.
 //
+// # Provisioned Throughputs
+//
+// ListProvisionedModelThroughputs is read in every Region; the Regions
+// whose listing succeeded are named in Discovery.ProvisionedRegions, so the
+// broker retires the budgets of throughputs no longer InService there and
+// of no other Region (a denied listing is a note). AWS publishes no rate
+// per model unit; with Config.ProvisionedRates (tokens per minute per
+// unit, by base model, from the operator) each InService throughput of a
+// rated model becomes a budget of units x rate keyed by its ARN, so a
+// throughput resized or added is sized at the next refresh.
+//
 // # Errors
 //
 // A discovery fails as a whole when any Region fails: broker.Refresh then

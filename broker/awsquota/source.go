@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -43,6 +44,12 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives a debug line per Region; nil is silent.
 	Logger *slog.Logger
+	// ProvisionedRates are the tokens per minute one model unit buys, by
+	// base model id (AWS publishes none; the account manager says): each
+	// InService Provisioned Throughput of such a model becomes a budget of
+	// its model units x the rate. A throughput of a model without a rate
+	// gets no budget from discovery (the operator states one per ARN).
+	ProvisionedRates map[string]int64
 }
 
 // The SDK calls the Source makes, one interface each, so that tests fake
@@ -83,6 +90,7 @@ type clients struct {
 // broker.QuotaSource and is safe for concurrent use.
 type Source struct {
 	regions []string
+	rates   map[string]int64
 	timeout time.Duration
 	now     func() time.Time
 	log     *slog.Logger
@@ -131,6 +139,7 @@ func newSource(cfg Config, connect func(context.Context, string) (clients, error
 	}
 	s := &Source{
 		regions: regions,
+		rates:   maps.Clone(cfg.ProvisionedRates),
 		timeout: cfg.Timeout,
 		now:     cfg.Now,
 		log:     cfg.Logger,
@@ -187,6 +196,11 @@ func (s *Source) Inspect(ctx context.Context) (Result, error) {
 		// a note, not a failed discovery.
 		if r.Provisioned, err = fetchProvisioned(ctx, c, region); err != nil {
 			r.Notes = append(r.Notes, err.Error())
+		} else if c.provisioned != nil {
+			// Listed: its provisioned budgets can be judged by it.
+			r.ProvisionedRegions = append(r.ProvisionedRegions, region)
+			specs, notes := provisionedSpecs(r.Provisioned, s.rates, at)
+			r.Specs, r.Notes = append(r.Specs, specs...), append(r.Notes, notes...)
 		}
 		s.log.Debug("discovered quotas", "region", region, "quotas", len(rows),
 			"models", len(cat.Models), "profiles", len(cat.Profiles),

@@ -326,9 +326,11 @@ func leaseVersion(key, val []byte) (uint64, error) {
 
 // Spec body: quota (4), source, source time, burndown, max output tokens,
 // then, when discovery named them, the count of quota references (at least
-// one) and each: limit, code, name, applied, default, adjustable. Specs
-// written before references existed end after max output tokens, and still
-// read. The budget key is the bbolt key.
+// one) and each: limit, code, name, applied, default, adjustable; then,
+// for a Provisioned Throughput, the base model it serves (after a
+// reference count of 0 when there are none). Specs written before
+// references existed end after max output tokens, and still read; those
+// written before Serves end after the references. The budget key is the bbolt key.
 func appendSpecBody(b []byte, s *broker.Spec) []byte {
 	for _, v := range []int64{s.Quota.RPM, s.Quota.TPM, s.Quota.TPD, s.Quota.Concurrency} {
 		b = binary.AppendVarint(b, v)
@@ -337,7 +339,7 @@ func appendSpecBody(b []byte, s *broker.Spec) []byte {
 	b = appendTime(b, s.SourceTime)
 	b = appendFloat(b, s.Burndown)
 	b = binary.AppendVarint(b, s.MaxOutputTokens)
-	if len(s.Quotas) == 0 {
+	if len(s.Quotas) == 0 && s.Serves == "" {
 		return b
 	}
 	b = binary.AppendUvarint(b, uint64(len(s.Quotas)))
@@ -352,6 +354,9 @@ func appendSpecBody(b []byte, s *broker.Spec) []byte {
 			adj = 1
 		}
 		b = append(b, adj)
+	}
+	if s.Serves != "" {
+		b = appendString(b, s.Serves)
 	}
 	return b
 }
@@ -372,7 +377,7 @@ func decodeSpecBody(k broker.Key, body []byte) (broker.Spec, error) {
 	s.MaxOutputTokens = d.varint()
 	if d.err == nil && len(d.b) > 0 {
 		n := d.uvarint()
-		if n == 0 || n > maxQuotaRefs {
+		if n > maxQuotaRefs || n == 0 && len(d.b) == 0 {
 			d.fail(fmt.Errorf("quota reference count %d outside 1..%d", n, maxQuotaRefs))
 		}
 		for range n {
@@ -388,6 +393,11 @@ func decodeSpecBody(k broker.Key, body []byte) (broker.Spec, error) {
 				d.fail(errors.New("adjustable is neither 0 nor 1"))
 			}
 			s.Quotas = append(s.Quotas, q)
+		}
+		if d.err == nil && len(d.b) > 0 {
+			if s.Serves = d.string(); s.Serves == "" {
+				d.fail(errors.New("serves is present and empty"))
+			}
 		}
 	}
 	return s, d.end()

@@ -103,6 +103,11 @@ func FuzzDecodeSpec(f *testing.F) {
 	f.Add(k, encodeSpec(k, &s))
 	s.Quotas = []broker.QuotaRef{{Limit: "tpm", Code: "L-1", Name: "n", Applied: 5, Default: 4, Adjustable: true}, {Limit: "rpm"}}
 	f.Add(k, encodeSpec(k, &s))
+	p := broker.Spec{Key: provKey, Quota: broker.Limits{TPM: 100}, Serves: "anthropic.claude-3-haiku-20240307-v1:0"}
+	pk := appendKey(nil, p.Key)
+	f.Add(pk, encodeSpec(pk, &p))
+	p.Quotas = s.Quotas
+	f.Add(pk, encodeSpec(pk, &p))
 	f.Fuzz(func(t *testing.T, key, val []byte) {
 		if r, err := decodeSpec(key, val); err == nil {
 			if got := encodeSpec(appendKey(nil, r.Key), &r); !bytes.Equal(got, val) || !bytes.Equal(appendKey(nil, r.Key), key) {

@@ -25,7 +25,10 @@ import (
 var (
 	keyA = broker.Key{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: "anthropic.claude-sonnet-4-5-20250929-v1:0"}
 	keyB = broker.Key{Region: "eu-west-1", Scope: broker.ScopeCrossRegion, Model: "amazon.nova-pro-v1:0"}
-	t0   = time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
+	// provKey is a Provisioned Throughput's budget: keyed by its ARN, its
+	// spec names the model it serves.
+	provKey = broker.Key{Region: "us-east-1", Scope: broker.ScopeProvisioned, Model: "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc123"}
+	t0      = time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
 )
 
 func openTest(tb testing.TB, path string, opts Options) *Store {
@@ -100,6 +103,7 @@ func TestRoundTripAndReopen(t *testing.T) {
 			{Key: keyA, Quota: broker.Limits{RPM: 50, TPM: 2_000_000, TPD: 144_000_000, Concurrency: 10}, Source: "aws:servicequotas", SourceTime: t0, Burndown: 5, MaxOutputTokens: 8192,
 				Quotas: []broker.QuotaRef{{Limit: "tpm", Code: "L-59759B4A", Name: "On-demand model inference tokens per minute for Anthropic Claude Sonnet 4.5", Applied: 2_000_000, Default: 200_000, Adjustable: true}}},
 			{Key: keyB, Quota: broker.Limits{TPM: 1}},
+			{Key: provKey, Quota: broker.Limits{TPM: 50_000}, Source: "budgets-file:b.json", Serves: "anthropic.claude-3-haiku-20240307-v1:0"},
 		},
 		Overrides: []broker.OverrideRecord{
 			{Key: keyA, Override: &broker.Override{RPM: ptr(0), TPM: ptr(3_000_000), TPD: ptr(-1), Concurrency: ptr(math.MaxInt64), Reason: "raise pending, ticket 42", SetAt: t0}},

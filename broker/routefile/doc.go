@@ -14,9 +14,14 @@
 //	]}
 //
 // A route names the base model it serves ("model") and its targets in order
-// of preference: a Region and what to call there (a model id, or a geo or
-// global inference profile id), or {"route": NAME} for another route's
-// targets in its order. Or it is derived from the budgets the broker has
+// of preference: a Region and what to call there (a model id, a geo or
+// global inference profile id, or a provisioned model ARN,
+// arn:aws:bedrock:REGION:ACCOUNT:provisioned-model/ID, whose Region must be
+// the target's), or {"route": NAME} for another route's targets in its
+// order. A Provisioned Throughput's capacity is its own, so a route may put
+// it first and spill to on-demand or profiles when it is full; whether it
+// runs the route's model is checked against its budget's "serves" when the
+// routes are set. Or it is derived from the budgets the broker has
 // (discovered or configured) under a residency rule: the geography's
 // profile in each of "regions" (default: every Region of the geography that
 // has one, in name order), then, with "on_demand", the model itself in each

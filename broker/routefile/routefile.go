@@ -203,7 +203,7 @@ func (f *File) Routes(have, live []broker.Key) ([]broker.Route, error) {
 		if err != nil {
 			return nil, err
 		}
-		route := broker.Route{Name: e.Name}
+		route := broker.Route{Name: e.Name, Model: e.Model}
 		for _, t := range ts {
 			route.Targets = append(route.Targets, t.Target)
 		}
@@ -344,6 +344,14 @@ func (r *resolver) listed(e *routeEntry, path []string) ([]located, error) {
 func (r *resolver) check(e *routeEntry, t broker.Target, field string, at int64) error {
 	f := r.f
 	switch {
+	case t.Key.Scope == broker.ScopeProvisioned:
+		// Its ARN does not say what it runs: the broker checks its
+		// budget's model against the route's (Route.Model) when the
+		// routes are set.
+		if !r.have[t.Key] {
+			return f.errf(at, "%s.model: no budget for the provisioned throughput %s: give it one in the budgets file (\"model\": the ARN, \"serves\", \"tpm\"; or \"provisioned_rates\" for its model: AWS publishes no per-model-unit rate), or it is not InService", field, t.ModelID)
+		}
+		return nil
 	case t.Key.Model != e.Model:
 		return f.errf(at, "%s.model: %s serves %s, not the route's model %s", field, t.ModelID, t.Key.Model, e.Model)
 	case t.Key.Scope == broker.ScopeGlobal && !e.AllowGlobal:

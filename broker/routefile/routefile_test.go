@@ -23,7 +23,11 @@ var budgets = []broker.Key{
 	{Region: "us-east-1", Scope: broker.ScopeGlobal, Model: sonnet},
 	{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: sonnet},
 	{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: "amazon.nova-pro-v1:0"},
+	{Region: "us-east-1", Scope: broker.ScopeProvisioned, Model: provARN},
 }
+
+// provARN is a Provisioned Throughput with a budget in us-east-1.
+const provARN = "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/pt-sonnet"
 
 func resolve(t *testing.T, data string) ([]broker.Route, error) {
 	t.Helper()
@@ -69,6 +73,25 @@ func TestResolve(t *testing.T) {
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("routes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestProvisionedTarget: a provisioned model ARN is a target like any
+// other; the caller calls the ARN itself, and the route carries its model
+// for the broker to check the throughput's budget against.
+func TestProvisionedTarget(t *testing.T) {
+	rs, err := resolve(t, `{"routes": [{"name": "pt-first", "model": "`+sonnet+`", "targets": [
+    {"region": "us-east-1", "model": "`+provARN+`"},
+    {"region": "us-east-1", "model": "`+sonnet+`"}]}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "pt-first: us-east-1/" + provARN + " us-east-1/" + sonnet
+	if len(rs) != 1 || describe(rs[0]) != want || rs[0].Model != sonnet {
+		t.Fatalf("routes %+v, want %s with model %s", rs, want, sonnet)
+	}
+	if k := rs[0].Targets[0].Key; k != (broker.Key{Region: "us-east-1", Scope: broker.ScopeProvisioned, Model: provARN}) || rs[0].Targets[0].ModelID != provARN {
+		t.Fatalf("target %+v: want the ARN's budget, called by its ARN", rs[0].Targets[0])
 	}
 }
 
@@ -122,6 +145,14 @@ func TestErrorsNameFileLineAndField(t *testing.T) {
 		{"derived region without budget", `{"routes": [{"name": "a", "model": "` + sonnet + `", "geography": "us", "regions": ["us-west-1"]}]}`, "routes[0].regions[0]: no budget for " + sonnet + " in us-west-1"},
 		{"bad route name", `{"routes": [{"name": "a b", "model": "` + sonnet + `", "targets": [` + us("us-east-1") + `]}]}`, "routes[0].name: route: name \"a b\" contains white space"},
 		{"bad region", `{"routes": [` + route("a", `{"region": "moon", "model": "us.`+sonnet+`"}`) + `]}`, "routes[0].targets[0].region: region: \"moon\" is not an AWS Region name"},
+		{"provisioned ARN in another Region", "{\"routes\": [" + route("a", us("us-east-1"), `{"region": "us-west-2", "model": "`+provARN+`"}`) + "]}",
+			"r.json:2: routes[0].targets[1].region: region: \"us-west-2\" disagrees with the Region \"us-east-1\" of the provisioned model ARN " + provARN},
+		{"provisioned ARN without account", "{\"routes\": [" + route("a", `{"region": "us-east-1", "model": "arn:aws:bedrock:us-east-1::provisioned-model/pt-sonnet"}`) + "]}",
+			`r.json:1: routes[0].targets[0].model: model_id: "arn:aws:bedrock:us-east-1::provisioned-model/pt-sonnet" is not a provisioned model ARN (want arn:aws:bedrock:REGION:ACCOUNT:provisioned-model/ID): account "" is not 12 digits`},
+		{"provisioned ARN with a bad id", "{\"routes\": [" + route("a", `{"region": "us-east-1", "model": "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/a b"}`) + "]}",
+			`routes[0].targets[0].model: model_id: "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/a b" is not a provisioned model ARN`},
+		{"unknown provisioned ARN", "{\"routes\": [" + route("a", `{"region": "us-east-1", "model": "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/other"}`) + "]}",
+			"routes[0].targets[0].model: no budget for the provisioned throughput arn:aws:bedrock:us-east-1:123456789012:provisioned-model/other: give it one in the budgets file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := resolve(t, tc.data)
@@ -169,6 +200,7 @@ func TestLoad(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"routes": [{"name": "a", "model": "` + sonnet + `", "targets": [{"region": "us-east-1", "model": "us.` + sonnet + `"}, {"route": "b"}]}, {"name": "b", "model": "` + sonnet + `", "geography": "us"}]}`))
 	f.Add([]byte(`{"routes": [{"name": "a", "model": "x", "targets": [{"route": "a"}]}]}`))
+	f.Add([]byte(`{"routes": [{"name": "p", "model": "` + sonnet + `", "targets": [{"region": "us-east-1", "model": "` + provARN + `"}, {"region": "us-east-1", "model": "` + sonnet + `"}]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := routefile.Parse("fuzz.json", data)
 		if err == nil {

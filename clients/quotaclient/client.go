@@ -533,6 +533,8 @@ func scopeString(s pb.Scope) string {
 		return "cross-region"
 	case pb.Scope_SCOPE_GLOBAL:
 		return "global"
+	case pb.Scope_SCOPE_PROVISIONED:
+		return "provisioned"
 	}
 	return ""
 }

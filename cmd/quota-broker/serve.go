@@ -594,10 +594,16 @@ func (m *Main) openBroker(ctx context.Context, store broker.Store, clock broker.
 		return nil, nil, err
 	}
 	var specs []broker.Spec
+	var rates map[string]int64 // tokens per minute per model unit, for discovery
 	switch {
 	case f.budgets != "":
-		if specs, err = budgetfile.Load(f.budgets, clock.Now()); err != nil {
+		bf, err := budgetfile.LoadFile(f.budgets, clock.Now())
+		if err != nil {
 			return b, nil, err
+		}
+		specs, rates = bf.Specs, bf.ProvisionedRates
+		if len(rates) > 0 && !f.aws {
+			return b, nil, fmt.Errorf("%s: provisioned_rates size Provisioned Throughputs from the model units discovery reads: add --aws (or --aws-endpoint), or give each throughput an entry of its own", f.budgets)
 		}
 	case len(b.Budgets()) == 0 && f.exampleWhenEmpty:
 		if specs, err = budgetfile.Parse("example-budgets.json", exampleBudgets, "builtin-example", clock.Now()); err != nil {
@@ -625,7 +631,7 @@ func (m *Main) openBroker(ctx context.Context, store broker.Store, clock broker.
 	}
 	if f.aws {
 		regions := list(cmp.Or(f.regions, f.region))
-		aq, err := awsquota.New(awsquota.Config{Regions: regions, Endpoint: f.awsURL, Logger: log})
+		aq, err := awsquota.New(awsquota.Config{Regions: regions, Endpoint: f.awsURL, Logger: log, ProvisionedRates: rates})
 		if err != nil {
 			return b, nil, err
 		}

@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"io"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/broker/bolt"
+	"github.com/bedrockqb/quotabroker/internal/bedrocksim"
 )
 
 // A Run that fails half way (the state file open, the budgets file
@@ -124,5 +127,63 @@ func TestServeRouteCaps(t *testing.T) {
 				t.Fatalf("caps in force: %+v", caps)
 			}
 		})
+	}
+}
+
+// serve --budgets with provisioned_rates sizes each InService Provisioned
+// Throughput discovery lists (model units x the rate) and a route may put
+// it first; without discovery there are no model units to size from, and
+// serve says so rather than serving without it.
+func TestServeProvisionedRates(t *testing.T) {
+	t.Parallel()
+	const haiku = "anthropic.claude-3-haiku-20240307-v1:0"
+	sc, err := bedrocksim.LoadScenario("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.ProvisionedModelThroughputs = []bedrocksim.ProvisionedThroughput{
+		{Name: "support-bot", ModelID: haiku, ModelUnits: 3, Region: "us-east-1", TokensPerMinutePerUnit: 50000}}
+	sim, err := bedrocksim.New(bedrocksim.Config{Scenario: sc, DisableLatency: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(sim.Handler())
+	defer hs.Close()
+	arn := "arn:aws:bedrock:us-east-1:" + sc.AccountID + ":provisioned-model/support-bot"
+	budgets := writeFile(t, "budgets.json", `{"provisioned_rates": {"`+haiku+`": 40000}, "budgets": []}`)
+	routes := writeFile(t, "routes.json", `{"routes": [{"name": "haiku", "model": "`+haiku+`", "targets": [
+  {"region": "us-east-1", "model": "`+arn+`"}, {"region": "us-east-1", "model": "`+haiku+`"}]}]}`)
+
+	m := NewMain(io.Discard, io.Discard)
+	if err := m.ParseFlags([]string{"--listen", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "s.db"), "--budgets", budgets, "--routes", routes}); err != nil {
+		t.Fatal(err)
+	}
+	err = m.Run(context.Background())
+	m.Close()
+	if err == nil || !strings.Contains(err.Error(), budgets+": provisioned_rates size Provisioned Throughputs from the model units discovery reads") {
+		t.Fatalf("Run without discovery: %v", err)
+	}
+
+	m = NewMain(io.Discard, io.Discard)
+	if err := m.ParseFlags([]string{"--listen", "127.0.0.1:0", "--data", filepath.Join(t.TempDir(), "s.db"), "--budgets", budgets, "--routes", routes,
+		"--aws-endpoint", hs.URL, "--refresh", "1h"}); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var pt *broker.BudgetInfo
+	for _, bi := range m.broker.Budgets() {
+		if bi.Spec.Key.Model == arn {
+			pt = &bi
+		}
+	}
+	if pt == nil || pt.Spec.Key.Scope != broker.ScopeProvisioned || pt.Spec.Quota.TPM != 3*40000 || pt.Spec.Serves != haiku {
+		t.Fatalf("the throughput's budget: %+v, want 3 units x 40,000 TPM serving %s", pt, haiku)
+	}
+	rs := m.broker.Routes()
+	if len(rs) != 1 || len(rs[0].Targets) != 2 || rs[0].Targets[0].ModelID != arn {
+		t.Fatalf("routes in service: %+v", rs)
 	}
 }

@@ -12,6 +12,7 @@ import (
 //	GET  /_sim/stats     Stats as JSON
 //	POST /_sim/capacity  {"region":..., "quotaCode":..., "setTrue"|"scaleTrue"|"setApplied": N}
 //	GET  /_sim/scenario  the scenario being run
+//	POST /_sim/provisioned  {"name":..., "status": "InService"|"Creating"|"Updating"|"Failed"|"Deleted"}
 
 type capacityRequest struct {
 	Region    string `json:"region"`
@@ -42,6 +43,22 @@ func (s *Sim) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		}
 		qs, _ := s.Quota(in.Region, in.QuotaCode)
 		writeJSON(w, http.StatusOK, "application/json", qs)
+	case r.URL.Path == "/_sim/provisioned" && r.Method == http.MethodPost:
+		var in struct {
+			Name   string `json:"name"`
+			Status string `json:"status"`
+		}
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&in); err != nil {
+			writeJSON(w, http.StatusBadRequest, "application/json", map[string]string{"message": "decode provisioned request: " + err.Error()})
+			return
+		}
+		if err := s.SetProvisionedStatus(in.Name, in.Status); err != nil {
+			writeJSON(w, http.StatusBadRequest, "application/json", map[string]string{"message": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, "application/json", in)
 	default:
 		writeJSON(w, http.StatusNotFound, "application/json", map[string]string{"message": "unknown admin route " + r.Method + " " + r.URL.Path})
 	}

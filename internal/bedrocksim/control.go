@@ -101,33 +101,35 @@ func (s *Sim) serveControl(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, "application/json", s.profileJSON(region, p))
 	case segs[0] == "provisioned-model-throughputs" && len(segs) == 1:
 		out := []map[string]any{}
-		for i := range s.sc.ProvisionedModelThroughputs {
-			out = append(out, s.provisionedJSON(region, &s.sc.ProvisionedModelThroughputs[i]))
+		s.mu.Lock()
+		for _, pt := range s.provisionedInLocked(region) {
+			out = append(out, s.provisionedJSONLocked(region, pt))
 		}
+		s.mu.Unlock()
 		writeJSON(w, http.StatusOK, "application/json", map[string]any{"provisionedModelSummaries": out})
 	case segs[0] == "provisioned-model-throughput" && len(segs) == 2:
 		// GetProvisionedModelThroughput takes the name or the ARN.
 		id, _ := url.PathUnescape(segs[1])
-		for i := range s.sc.ProvisionedModelThroughputs {
-			pt := &s.sc.ProvisionedModelThroughputs[i]
-			if j := s.provisionedJSON(region, pt); id == pt.Name || id == j["provisionedModelArn"] {
+		s.mu.Lock()
+		for _, pt := range s.provisionedInLocked(region) {
+			if j := s.provisionedJSONLocked(region, pt); id == pt.Name || id == j["provisionedModelArn"] {
+				s.mu.Unlock()
 				writeJSON(w, http.StatusOK, "application/json", j)
 				return
 			}
 		}
+		s.mu.Unlock()
 		writeRestError(w, http.StatusNotFound, "ResourceNotFoundException", "Provisioned model "+id+" not found.")
 	default:
 		writeRestError(w, http.StatusNotFound, "UnknownOperationException", "no simulated API at GET "+r.URL.Path)
 	}
 }
 
-func (s *Sim) provisionedJSON(region string, pt *ProvisionedThroughput) map[string]any {
-	arn := fmt.Sprintf("arn:aws:bedrock:%s:%s:provisioned-model/%s", region, s.sc.AccountID, pt.Name)
+// provisionedJSONLocked describes pt as listed in region. Callers hold mu.
+func (s *Sim) provisionedJSONLocked(region string, pt *ProvisionedThroughput) map[string]any {
+	arn := s.provisionedARN(region, pt)
 	fm := fmt.Sprintf("arn:aws:bedrock:%s::foundation-model/%s", region, pt.ModelID)
-	status := pt.Status
-	if status == "" {
-		status = "InService"
-	}
+	status := s.provisionedStatusLocked(pt)
 	ts := profileEpoch.Format(time.RFC3339)
 	return map[string]any{
 		"provisionedModelName": pt.Name, "provisionedModelArn": arn, "modelArn": fm, "desiredModelArn": fm,

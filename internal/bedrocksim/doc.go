@@ -33,6 +33,15 @@
 // is a hidden true capacity (TrueValue, else value x trueCapacityFraction),
 // which the broker can only learn from throttles.
 //
+// A Provisioned Throughput of the scenario (provisionedModelThroughputs) is
+// listed in its Region and serves calls whose modelId is its ARN while
+// InService, from its own capacity (modelUnits x tokensPerMinutePerUnit
+// per minute, a bucket like a row's), never from the quota rows: admission
+// reserves input + 1.25 x cache_write + 0.1 x cache_read + max_tokens, and
+// the charge settles to the same with the real output (no burndown). A
+// test sets its status, or deletes it, with SetProvisionedStatus or POST
+// /_sim/provisioned.
+//
 // Every row is a token bucket holding one period's capacity (a minute, or a
 // day for TPD) that starts full and refills continuously at capacity/period.
 // Bedrock's algorithm is not public; a bucket caps bursts at one period's

@@ -76,12 +76,16 @@ type regionState struct {
 	byCode   map[string]*quotaState
 	enforced map[enforceKey][]*quotaState
 	changes  []*quotaChange // quota increase requests, oldest first
+	// provisioned are the capacities of the Provisioned Throughputs
+	// called here, by name (provisioned.go).
+	provisioned map[string]*quotaState
 
 	requests, admitted, throttles, faults int64
 }
 
 func (s *Sim) newRegion(name string, rows []Quota) *regionState {
-	rs := &regionState{name: name, byCode: make(map[string]*quotaState, len(rows)), enforced: make(map[enforceKey][]*quotaState)}
+	rs := &regionState{name: name, byCode: make(map[string]*quotaState, len(rows)), enforced: make(map[enforceKey][]*quotaState),
+		provisioned: make(map[string]*quotaState)}
 	frac := s.sc.Runtime.TrueCapacityFraction
 	if frac == 0 {
 		frac = 1

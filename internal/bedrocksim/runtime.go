@@ -30,6 +30,7 @@ type target struct {
 	scope  string
 	dim    string // the CloudWatch ModelId dimension: the id as called
 	region string
+	pt     *ProvisionedThroughput // for ScopeProvisioned
 }
 
 const (
@@ -40,6 +41,9 @@ const (
 )
 
 func (s *Sim) resolve(region, raw string) (target, string) {
+	if isProvisionedARN(raw) {
+		return s.resolveProvisioned(region, raw)
+	}
 	id := modelIDFromArn(raw)
 	if m, ok := s.models[id]; ok {
 		if !m.has("ON_DEMAND") {
@@ -116,6 +120,7 @@ type plan struct {
 	hitMax                bool
 	start                 time.Time
 	charge, reservedValue float64
+	provisioned           bool // on a Provisioned Throughput: its charge
 }
 
 func (s *Sim) invoke(w http.ResponseWriter, r *http.Request, t target, op string, body []byte) {
@@ -191,7 +196,15 @@ func (s *Sim) invoke(w http.ResponseWriter, r *http.Request, t target, op string
 	}
 	p.input = total - p.cacheRead - p.cacheWrite
 	p.reservedValue = float64(p.input+p.cacheWrite) + float64(maxTokens)*reserveMul
-	res, reason := rs.admitLocked(now, t.scope, m.ID, p.reservedValue)
+	var res *reservation
+	var reason throttleReason
+	if t.pt != nil {
+		p.provisioned, p.burndown = true, 1
+		p.reservedValue = provisionedCharge(p.input, p.cacheWrite, p.cacheRead, maxTokens)
+		res, reason = rs.admitProvisionedLocked(now, s.provisionedQuotaLocked(rs, t.pt), p.reservedValue)
+	} else {
+		res, reason = rs.admitLocked(now, t.scope, m.ID, p.reservedValue)
+	}
 	if reason != "" {
 		s.metrics.add(t.region, t.dim, "InvocationThrottles", now, 1)
 		s.mu.Unlock()
@@ -242,6 +255,9 @@ func (s *Sim) finish(t target, p *plan, output int, throttled bool) {
 	now := s.Now()
 	p.output = output
 	p.charge = float64(p.input+p.cacheWrite) + float64(output)*p.burndown
+	if p.provisioned {
+		p.charge = provisionedCharge(p.input, p.cacheWrite, p.cacheRead, output)
+	}
 	p.res.settleLocked(now, p.charge)
 	if throttled {
 		s.metrics.add(t.region, t.dim, "InvocationThrottles", now, 1)

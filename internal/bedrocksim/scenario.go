@@ -20,6 +20,9 @@ const (
 	ScopeOnDemand    = "on-demand"
 	ScopeCrossRegion = "cross-region"
 	ScopeGlobal      = "global"
+	// ScopeProvisioned is a call to a provisioned model ARN: the
+	// throughput's own capacity, no quota row.
+	ScopeProvisioned = "provisioned"
 )
 
 // Metrics a quota can enforce.
@@ -116,12 +119,24 @@ type Enforcement struct {
 	Model  string   `json:"model"`
 }
 
-// ProvisionedThroughput is listed by ListProvisionedModelThroughputs.
+// ProvisionedThroughput is listed by ListProvisionedModelThroughputs and
+// serves calls whose modelId is its ARN
+// (arn:aws:bedrock:REGION:ACCOUNT:provisioned-model/NAME) while InService,
+// from a capacity of its own, apart from every on-demand and profile quota:
+// ModelUnits x TokensPerMinutePerUnit tokens per minute, charged input +
+// 1.25 x cache_write + 0.1 x cache_read + output (no burndown), reserving
+// max_tokens for the output at admission.
 type ProvisionedThroughput struct {
 	Name       string `json:"provisionedModelName"`
 	ModelID    string `json:"modelId"`
 	ModelUnits int    `json:"modelUnits"`
-	Status     string `json:"status,omitempty"`
+	Status     string `json:"status,omitempty"` // "" is InService
+	// Region is where it lives; empty lists it in every Region.
+	Region string `json:"region,omitempty"`
+	// TokensPerMinutePerUnit is what one model unit buys (AWS tells each
+	// account, and publishes no table). 0: calls to it are refused as
+	// not simulated.
+	TokensPerMinutePerUnit float64 `json:"tokensPerMinutePerUnit,omitempty"`
 }
 
 // ServiceQuotasBehaviour tunes the Service Quotas API.
@@ -311,6 +326,20 @@ func (sc *Scenario) Validate() error {
 		if id := modelIDFromArn(p.Models[0].ModelArn); !models[id] {
 			return fmt.Errorf("scenario: inferenceProfiles[%d].models[0].modelArn: unknown model %q", i, id)
 		}
+	}
+	pts := map[string]bool{}
+	for i, p := range sc.ProvisionedModelThroughputs {
+		switch {
+		case p.Name == "" || strings.ContainsAny(p.Name, "/: "):
+			return fmt.Errorf("scenario: provisionedModelThroughputs[%d].provisionedModelName %q: want a name without '/', ':' or spaces", i, p.Name)
+		case pts[p.Name]:
+			return fmt.Errorf("scenario: provisionedModelThroughputs[%d]: duplicate provisionedModelName %q", i, p.Name)
+		case !models[p.ModelID]:
+			return fmt.Errorf("scenario: provisionedModelThroughputs[%d].modelId: unknown model %q", i, p.ModelID)
+		case p.ModelUnits < 1 || p.TokensPerMinutePerUnit < 0:
+			return fmt.Errorf("scenario: provisionedModelThroughputs[%d]: modelUnits must be at least 1 and tokensPerMinutePerUnit not negative", i)
+		}
+		pts[p.Name] = true
 	}
 	if _, ok := sc.Quotas[sc.DefaultRegion]; !ok {
 		return fmt.Errorf("scenario: quotas has no rows for defaultRegion %q", sc.DefaultRegion)

@@ -56,6 +56,7 @@ type Sim struct {
 	metrics    *metricStore
 	cw         map[string]*cwState  // Region -> alarms and their history
 	caches     map[string]time.Time // prompt-cache key -> expiry (simulated)
+	ptStatus   map[string]string    // provisioned throughput name -> status set at runtime
 	seq        int
 	// injectedPrices are raw price documents added by tests, by service
 	// code (InjectPriceDocument).
@@ -85,6 +86,7 @@ func New(cfg Config) (*Sim, error) {
 		metrics:  newMetricStore(),
 		cw:       make(map[string]*cwState),
 		caches:   make(map[string]time.Time),
+		ptStatus: make(map[string]string),
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -287,7 +289,7 @@ func (s *Sim) Stats() Stats {
 		st.Admitted += rs.admitted
 		st.Throttles += rs.throttles
 		st.Faults += rs.faults
-		for _, q := range rs.quotas {
+		for _, q := range append(rs.quotas, rs.provisionedQuotas()...) {
 			if q.row.Enforces == nil || (q.requests == 0 && !q.changed) {
 				continue
 			}

@@ -131,6 +131,8 @@ func keyOf(k *pb.BudgetKey) broker.Key {
 		scope = broker.ScopeCrossRegion
 	case pb.Scope_SCOPE_GLOBAL:
 		scope = broker.ScopeGlobal
+	case pb.Scope_SCOPE_PROVISIONED:
+		scope = broker.ScopeProvisioned
 	}
 	return broker.Key{Region: k.GetRegion(), Scope: scope, Model: k.GetModel()}
 }

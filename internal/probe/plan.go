@@ -51,6 +51,10 @@ var geoPrefixes = map[string]bool{"us": true, "eu": true, "apac": true, "jp": tr
 // budgetOf splits a model or profile id into the broker's scope and base
 // model, as the broker keys budgets.
 func budgetOf(id string) (pb.Scope, string) {
+	if strings.HasPrefix(id, "arn:") && strings.Contains(id, ":provisioned-model/") {
+		// A Provisioned Throughput's budget is keyed by its ARN.
+		return pb.Scope_SCOPE_PROVISIONED, id
+	}
 	if i := strings.LastIndex(id, "/"); i >= 0 { // an ARN
 		id = id[i+1:]
 	}

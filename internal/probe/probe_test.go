@@ -254,3 +254,23 @@ func TestRunStopsOnAFailureEveryCallWouldRepeat(t *testing.T) {
 		t.Fatalf("err %v, stop %+v", err, res.Stop)
 	}
 }
+
+// TestBudgetOf: what a probe calls names its budget as the broker keys it;
+// a Provisioned Throughput's by its whole ARN.
+func TestBudgetOf(t *testing.T) {
+	const arn = "arn:aws:bedrock:us-east-1:123456789012:provisioned-model/abc"
+	for _, tc := range []struct {
+		id    string
+		scope pb.Scope
+		model string
+	}{
+		{"anthropic.claude-3-haiku-20240307-v1:0", pb.Scope_SCOPE_ON_DEMAND, "anthropic.claude-3-haiku-20240307-v1:0"},
+		{"us.anthropic.claude-3-haiku-20240307-v1:0", pb.Scope_SCOPE_CROSS_REGION, "anthropic.claude-3-haiku-20240307-v1:0"},
+		{"arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-haiku-20240307-v1:0", pb.Scope_SCOPE_ON_DEMAND, "anthropic.claude-3-haiku-20240307-v1:0"},
+		{arn, pb.Scope_SCOPE_PROVISIONED, arn},
+	} {
+		if scope, model := budgetOf(tc.id); scope != tc.scope || model != tc.model {
+			t.Errorf("budgetOf(%q) = %v %q, want %v %q", tc.id, scope, model, tc.scope, tc.model)
+		}
+	}
+}

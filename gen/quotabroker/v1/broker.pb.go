@@ -96,6 +96,9 @@ const (
 	Scope_SCOPE_CROSS_REGION Scope = 2
 	// A global cross-region inference profile (global.).
 	Scope_SCOPE_GLOBAL Scope = 3
+	// A Provisioned Throughput, called by its provisioned model ARN (the
+	// budget key's model is the ARN): capacity of its own, in model units.
+	Scope_SCOPE_PROVISIONED Scope = 4
 )
 
 // Enum value maps for Scope.
@@ -105,12 +108,14 @@ var (
 		1: "SCOPE_ON_DEMAND",
 		2: "SCOPE_CROSS_REGION",
 		3: "SCOPE_GLOBAL",
+		4: "SCOPE_PROVISIONED",
 	}
 	Scope_value = map[string]int32{
 		"SCOPE_UNSPECIFIED":  0,
 		"SCOPE_ON_DEMAND":    1,
 		"SCOPE_CROSS_REGION": 2,
 		"SCOPE_GLOBAL":       3,
+		"SCOPE_PROVISIONED":  4,
 	}
 )
 
@@ -347,7 +352,7 @@ type BudgetKey struct {
 	Region string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
 	Scope  Scope                  `protobuf:"varint,2,opt,name=scope,proto3,enum=quotabroker.v1.Scope" json:"scope,omitempty"`
 	// The base model id, e.g. anthropic.claude-sonnet-4-5-20250929-v1:0, also
-	// for profile scopes.
+	// for profile scopes; the provisioned model ARN for SCOPE_PROVISIONED.
 	Model         string `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -612,9 +617,10 @@ type Lease struct {
 	// The max_output_tokens the reservation used (the model's maximum when the
 	// request left it unset).
 	MaxOutputTokens int64 `protobuf:"varint,7,opt,name=max_output_tokens,json=maxOutputTokens,proto3" json:"max_output_tokens,omitempty"`
-	// Where to make the call: the Region to send it to and the model id (or
-	// inference profile id) to call there. For a route, the target granted;
-	// otherwise the budget's Region and what the request named.
+	// Where to make the call: the Region to send it to and the model id (an
+	// inference profile id, or a provisioned model ARN) to call there. For a
+	// route, the target granted; otherwise the budget's Region and what the
+	// request named.
 	Region        string `protobuf:"bytes,8,opt,name=region,proto3" json:"region,omitempty"`
 	ModelId       string `protobuf:"bytes,9,opt,name=model_id,json=modelId,proto3" json:"model_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -4605,12 +4611,13 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PRIORITY_INTERACTIVE\x10\x01\x12\x15\n" +
 	"\x11PRIORITY_STANDARD\x10\x02\x12\x12\n" +
-	"\x0ePRIORITY_BATCH\x10\x03*]\n" +
+	"\x0ePRIORITY_BATCH\x10\x03*t\n" +
 	"\x05Scope\x12\x15\n" +
 	"\x11SCOPE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fSCOPE_ON_DEMAND\x10\x01\x12\x16\n" +
 	"\x12SCOPE_CROSS_REGION\x10\x02\x12\x10\n" +
-	"\fSCOPE_GLOBAL\x10\x03*\xcf\x01\n" +
+	"\fSCOPE_GLOBAL\x10\x03\x12\x15\n" +
+	"\x11SCOPE_PROVISIONED\x10\x04*\xcf\x01\n" +
 	"\x05Limit\x12\x15\n" +
 	"\x11LIMIT_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tLIMIT_RPM\x10\x01\x12\r\n" +
