@@ -49,6 +49,11 @@
 // from throttles (adaptive.go, persisted). The static limits are enforced on
 // the sliding windows; an engaged ceiling paces grants at its rate instead
 // (budget.go), so a cut never stalls every caller while the minute slides.
+// A decrease restarts the pace owing the throttled call's reservation: the
+// throttle has just shown Bedrock's bucket short of that much, so the next
+// grant waits until the new ceiling has refilled it instead of going at
+// once into the same empty bucket (which bench/route measured as a second
+// throttle after every decrease).
 // The adaptive Floor is a share of quota x margin (or of the static limit
 // when lower or without a quota), never of an operator's override alone,
 // which may be as large as int64.
