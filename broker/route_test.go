@@ -205,8 +205,8 @@ func TestRouteThrottleMovesTraffic(t *testing.T) {
 			t.Fatalf("%+v %v", d, err)
 		}
 	}
-	// Bedrock throttles us-east-1: its ceiling is cut, its pace admits the
-	// next grant, then the route prefers the others until it recovers.
+	// Bedrock throttles us-east-1: its ceiling is cut, its pace owes the
+	// throttled call, and the route prefers the others until it recovers.
 	e.clock.Advance(time.Millisecond)
 	if _, err := e.b.Complete(ctx, d.Lease.ID, broker.OutcomeThrottled, broker.Usage{}); err != nil {
 		t.Fatal(err)
@@ -232,6 +232,58 @@ func TestRouteThrottleMovesTraffic(t *testing.T) {
 	e.clock.Advance(10 * time.Minute)
 	if d, err := e.b.Acquire(ctx, req); err != nil || d.Route.Target.Key.Region != "us-east-1" {
 		t.Fatalf("after recovery: %+v %v", d, err)
+	}
+}
+
+// A conversation moves while its target has room only when that target is
+// recovering from a throttle (tried after the others); the route counts
+// those moves apart from the ones its target's lack of room forced.
+func TestRouteCountsMovesForRecovery(t *testing.T) {
+	e := newEnv(t, geoSpecs(broker.Limits{RPM: 100, TPM: 100_000})...)
+	if err := e.b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	acq := func(key, want string) broker.Decision {
+		t.Helper()
+		d, err := e.b.Acquire(ctx, broker.AcquireRequest{Route: "sonnet-us", AffinityKey: key, MaxOutputTokens: 100})
+		if got := d.Route.Target.Key.Region + ":" + d.Route.Reason.String(); err != nil || got != want {
+			t.Fatalf("%s: %s %v, want %s", key, got, err, want)
+		}
+		return d
+	}
+	recovering := func() int64 {
+		t.Helper()
+		var n int64
+		for _, c := range routeInfo(t, e.b, "sonnet-us").Counters {
+			n += c.SpillRecovering
+		}
+		return n
+	}
+	// Conversations A and B start on us-east-1 and stay there.
+	acq("A", "us-east-1:room")
+	acq("B", "us-east-1:room")
+	var d broker.Decision
+	for range 4 {
+		acq("A", "us-east-1:affinity")
+		d = acq("B", "us-east-1:affinity")
+	}
+	e.clock.Advance(time.Millisecond)
+	if _, err := e.b.Complete(ctx, d.Lease.ID, broker.OutcomeThrottled, broker.Usage{}); err != nil {
+		t.Fatal(err)
+	}
+	// Right after the cut us-east-1's pace owes the throttled call: it
+	// has no room, and A's move is forced.
+	acq("A", "us-east-2:spill")
+	if n := recovering(); n != 0 {
+		t.Fatalf("a move forced by no room counted as for recovery (%d)", n)
+	}
+	// Once the pace has refilled, us-east-1 has room, but is still
+	// climbing back to where it throttled: B moves, counted apart.
+	e.clock.Advance(10 * time.Second)
+	acq("B", "us-east-2:spill")
+	if n := recovering(); n != 1 {
+		t.Fatalf("%d moves for recovery, want B's", n)
 	}
 }
 

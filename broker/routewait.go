@@ -29,6 +29,9 @@ type routeWait struct {
 	// held: the members other than the affinity target's are out of their
 	// queues for the affinity grace (see acquireRoute).
 	held bool
+	// keyRoom: the affinity target had room at the request, but was tried
+	// after the others as recovering from a throttle.
+	keyRoom bool
 }
 
 // wake closes w's ready channel once w is decided. A route member shares
@@ -77,6 +80,9 @@ func (b *Core) routeGranted(w *waiter, now time.Time) {
 		c.Room++
 	default:
 		c.Spill++
+		if g.keyRoom {
+			c.SpillRecovering++
+		}
 	}
 	if !g.trying {
 		c.Waited++
@@ -149,6 +155,13 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 		}
 	}
 	slices.SortStableFunc(order, func(x, y int) int { return recovering[x] - recovering[y] })
+	if g.affinity && order[0] != g.preferred {
+		// Had the key's target room? A spill would then move the
+		// conversation only for the recovery (counted apart).
+		kb := rt.budgets[g.preferred]
+		limit, _ := kb.fit(now, needOf(kb, &req))
+		g.keyRoom = kb.queue.len() == 0 && limit == LimitNone
+	}
 	// First pass: join the targets' queues in order, each dispatched as it
 	// is joined, and stop at the first grant: that is the first target
 	// with room now (one whose queue has callers ahead has none). The
