@@ -497,6 +497,95 @@ func TestRouteAffinityGrace(t *testing.T) {
 	}
 }
 
+// A conversation's target that is full now but will serve this caller
+// within the affinity grace (it is alone in the queue, held back only by
+// the window's slide) is waited for even while another target has room:
+// the conversation keeps its prompt cache. One that frees later is left at
+// once.
+func TestRouteAffinityWaitsForATargetThatFreesSoon(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		at        time.Duration // when the caller comes; its target frees at 60.25 s (the grants' 250 ms slot)
+		want      string
+		wantAfter time.Duration
+	}{
+		{"it frees within the grace", 57 * time.Second, "us-east-1:affinity", 3250 * time.Millisecond},
+		{"it frees later", 50 * time.Second, "us-east-2:spill", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := bubbleBroker(t, geoSpecs(broker.Limits{RPM: 2})...)
+				if err := b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
+					t.Fatal(err)
+				}
+				ctx := context.Background()
+				req := broker.AcquireRequest{Route: "sonnet-us", AffinityKey: "conv", MaxOutputTokens: 10, Wait: time.Minute}
+				where := func(d broker.Decision) string { return d.Route.Target.Key.Region + ":" + d.Route.Reason.String() }
+				// conv fills us-east-1's minute.
+				for _, want := range []string{"us-east-1:room", "us-east-1:affinity"} {
+					if d, err := b.Acquire(ctx, req); err != nil || where(d) != want {
+						t.Fatalf("granted %s (%v), want %s", where(d), err, want)
+					}
+				}
+				time.Sleep(tc.at)
+				start := time.Now()
+				d, err := b.Acquire(ctx, req)
+				if err != nil || where(d) != tc.want || time.Since(start) != tc.wantAfter {
+					t.Fatalf("granted %s after %v (%v), want %s after %v", where(d), time.Since(start), err, tc.want, tc.wantAfter)
+				}
+				for region, n := range waiters(t, b) {
+					if n != 0 {
+						t.Fatalf("ghost waiter on %s", region)
+					}
+				}
+			})
+		})
+	}
+}
+
+// At the end of the affinity grace, a caller that its key's target serves
+// next, within half of what is left of its wait, keeps waiting for it
+// rather than take another target that freed meanwhile.
+func TestRouteAffinityGraceWaitsOnForATargetThatFreesSoon(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := bubbleBroker(t, geoSpecs(broker.Limits{RPM: 2})...)
+		if err := b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		acq := func(key, want string) {
+			t.Helper()
+			d, err := b.Acquire(ctx, broker.AcquireRequest{Route: "sonnet-us", AffinityKey: key, MaxOutputTokens: 10, Wait: time.Minute})
+			if got := d.Route.Target.Key.Region + ":" + d.Route.Reason.String(); err != nil || got != want {
+				t.Fatalf("%s granted %s (%v), want %s", key, got, err, want)
+			}
+		}
+		// us-east-1 and us-east-2 fill at 0 s (free at 60.25 s), conv fills
+		// us-west-2 at 4 s (free at 64.25 s).
+		for _, want := range []string{"us-east-1:room", "us-east-1:room", "us-east-2:spill", "us-east-2:spill"} {
+			acq("", want)
+		}
+		time.Sleep(4 * time.Second)
+		acq("conv", "us-west-2:spill")
+		acq("conv", "us-west-2:affinity")
+		// At 57 s no target has room: conv waits on us-west-2 alone for
+		// the grace (5 s), while the others free at 60.25 s; at 62 s
+		// us-west-2 serves it next in 2.25 s, within half of the 55 s
+		// left of its wait, so it waits on.
+		time.Sleep(53 * time.Second)
+		start := time.Now()
+		acq("conv", "us-west-2:affinity")
+		if waited := time.Since(start); waited != 7250*time.Millisecond {
+			t.Fatalf("granted after %v, want 7.25 s", waited)
+		}
+		for region, n := range waiters(t, b) {
+			if n != 0 {
+				t.Fatalf("ghost waiter on %s", region)
+			}
+		}
+	})
+}
+
 func TestRouteWaiterKeepsItsPriority(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := concurrencyRouteBroker(t)

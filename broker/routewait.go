@@ -169,6 +169,10 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 	// on all of them.
 	pol := b.policy(req.Client)
 	var never error
+	// grace is the affinity grace (see below); soon is set when the key's
+	// target, full now, will have room for this caller within it.
+	grace := min(b.cfg.AffinityWait, wait/2)
+	soon := false
 	for _, i := range order {
 		bg := rt.budgets[i]
 		n := needOf(bg, &req)
@@ -187,20 +191,35 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 		w := &waiter{client: req.Client, weight: pol.Weight, priority: req.Priority, need: n, enqueued: now,
 			ready: g.ready, group: g, target: i}
 		g.members = append(g.members, w)
+		if soon {
+			continue // held back until the grace ends (release)
+		}
 		bg.queue.push(w)
 		b.dispatch(bg, now)
 		if g.won != nil {
 			break
 		}
+		// The key's target is full, but only for a known while: the
+		// caller is alone in its queue, held back by the window's slide
+		// or the pace. Within the grace it waits for it rather than
+		// move the conversation to a target with room now, away from
+		// its prompt cache.
+		if g.affinity && i == g.preferred && len(g.members) == 1 && grace > 0 && bg.queue.len() == 1 {
+			if _, d := bg.fit(now, n); d > 0 && d <= grace {
+				soon = true
+			}
+		}
 	}
 	g.trying = false
-	// Affinity grace: no target has room now, and the key's target is
-	// full. Waiting on all targets would grant on whichever frees first,
-	// moving the conversation away from its prompt cache whenever the
-	// route is busy; so the caller waits on its target alone for a while
+	// Affinity grace: no target has room now (or the key's target will
+	// have room soon, see soon), and the key's target is full. Waiting on
+	// all targets would grant on whichever frees first, moving the
+	// conversation away from its prompt cache whenever the route is busy;
+	// so the caller waits on its target alone for a while
 	// (Config.AffinityWait, at most half its wait), then on all of them.
-	grace := min(b.cfg.AffinityWait, wait/2)
-	if g.won == nil && g.affinity && grace > 0 && len(g.members) > 1 && g.members[0].target == g.preferred && g.members[0].queued {
+	if soon {
+		g.held = true
+	} else if g.won == nil && g.affinity && grace > 0 && len(g.members) > 1 && g.members[0].target == g.preferred && g.members[0].queued {
 		g.held = true
 		for _, m := range g.members[1:] {
 			if m.queued {
@@ -237,17 +256,30 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 	timeout, stop := after(b.clock, wait)
 	defer stop()
 	var graceC <-chan struct{}
+	stopGrace := func() {}
+	defer func() { stopGrace() }()
 	if g.held {
-		c, stopGrace := after(b.clock, grace)
-		defer stopGrace()
-		graceC = c
+		graceC, stopGrace = after(b.clock, grace)
 	}
+	deadline := now.Add(wait)
 	for waiting := true; waiting; {
 		select {
 		case <-graceC:
 			graceC = nil
 			b.mu.Lock()
-			b.release(g, b.clock.Now())
+			t := b.clock.Now()
+			// The key's target may have room now (its own timer and this
+			// one can fire at the same instant, in either order); if it
+			// serves this caller next, and soon (within half of what is
+			// left of its wait), the caller keeps waiting for it rather
+			// than move the conversation.
+			b.dispatch(g.rt.budgets[g.preferred], t)
+			if d := b.keyFreesIn(g, t); d > 0 && d <= deadline.Sub(t)/2 {
+				stopGrace()
+				graceC, stopGrace = after(b.clock, d)
+			} else {
+				b.release(g, t)
+			}
 			b.mu.Unlock()
 		case <-g.ready:
 			waiting = false
@@ -271,6 +303,23 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 	l, rec := g.lease()
 	b.mu.Unlock()
 	return b.finish(ctx, d, err, l, rec)
+}
+
+// keyFreesIn is how long until the affinity target serves g's caller,
+// if that is known: the caller is next in its queue and only the window's
+// slide or the pace holds it back. 0: not known (or not held). Caller
+// holds Core.mu.
+func (b *Core) keyFreesIn(g *routeWait, now time.Time) time.Duration {
+	if !g.held || g.won != nil || g.woken || len(g.members) == 0 {
+		return 0
+	}
+	m := g.members[0]
+	bg := g.rt.budgets[m.target]
+	if m.target != g.preferred || !m.queued || bg.queue.peek(now, func(*waiter) bool { return true }) != m {
+		return 0
+	}
+	_, d := bg.fit(now, m.need)
+	return d
 }
 
 // release ends the affinity grace: the members held back join their
