@@ -273,7 +273,9 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 			// serves this caller next, and soon (within half of what is
 			// left of its wait), the caller keeps waiting for it rather
 			// than move the conversation.
-			b.dispatch(g.rt.budgets[g.preferred], t)
+			if g.won == nil && !g.woken && !b.closed {
+				b.dispatch(g.rt.budgets[g.preferred], t)
+			}
 			if d := b.keyFreesIn(g, t); d > 0 && d <= deadline.Sub(t)/2 {
 				stopGrace()
 				graceC, stopGrace = after(b.clock, d)
@@ -310,7 +312,7 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 // slide or the pace holds it back. 0: not known (or not held). Caller
 // holds Core.mu.
 func (b *Core) keyFreesIn(g *routeWait, now time.Time) time.Duration {
-	if !g.held || g.won != nil || g.woken || len(g.members) == 0 {
+	if !g.held || g.won != nil || g.woken || b.closed || len(g.members) == 0 {
 		return 0
 	}
 	m := g.members[0]
