@@ -25,7 +25,9 @@ import (
 //   - on a throttle, Wmax becomes the use of the minute window at that
 //     moment (what Bedrock had just accepted, reservations included, since
 //     Bedrock charges reservations too), never above the ceiling in force,
-//     and the ceiling drops to Beta x Wmax;
+//     and the ceiling drops to Beta x Wmax; its pace restarts owing the
+//     throttled call's reservation (Bedrock's bucket just proved short of
+//     it), so the next grant waits for the new rate to refill that much;
 //   - a throttle that comes while the ceiling is still climbing back
 //     (within Recovery of the last decrease) means the cut was not deep
 //     enough, as after a drop of the real capacity: the cut deepens to
@@ -186,10 +188,11 @@ const maxClientCuts = 3
 
 // throttled lowers the ceilings of bg after a throttle at now reported by
 // client; grantedAt is the throttled lease's grant time (zero for a
-// throttle reported without one, ReportThrottle), and held whether that
-// lease is itself evidence (it was active, or ended within evidenceWindow).
-// It reports whether it lowered them.
-func (b *Core) throttled(bg *budget, now, grantedAt time.Time, client string, held bool) bool {
+// throttle reported without one, ReportThrottle), held whether that lease
+// is itself evidence (it was active, or ended within evidenceWindow), and
+// tokens and requests its reservation (zero without a lease). It reports
+// whether it lowered them.
+func (b *Core) throttled(bg *budget, now, grantedAt time.Time, client string, held bool, tokens, requests int64) bool {
 	cfg := &b.cfg.Adaptive
 	if cfg.Disabled {
 		return false
@@ -257,8 +260,14 @@ func (b *Core) throttled(bg *budget, now, grantedAt time.Time, client string, he
 		}
 		m.cuts++
 	}
-	bg.tokenPace.restart(now)
-	bg.requestPace.restart(now)
+	// The paces restart owing the throttled call: Bedrock has just shown
+	// that its bucket held less than that call's reservation, so a grant
+	// at once would go into the same empty bucket (measured with
+	// bench/route: every decrease was followed by a second throttle, the
+	// call the emptied pace let through within milliseconds). The next
+	// grant waits until the new ceiling has refilled that much.
+	bg.tokenPace.restart(now, float64(tokens))
+	bg.requestPace.restart(now, float64(requests))
 	if static.TPM > 0 {
 		a.lastWmaxShare = a.tokens.Wmax / float64(static.TPM)
 	} else if static.RPM > 0 {
@@ -337,8 +346,8 @@ func (b *Core) resetAdaptive(key Key) BudgetInfo {
 	bg := b.budgets[key]
 	bg.adaptive = adaptive{}
 	now := b.clock.Now()
-	bg.tokenPace.restart(now)
-	bg.requestPace.restart(now)
+	bg.tokenPace.restart(now, 0)
+	bg.requestPace.restart(now, 0)
 	b.log.Info("adaptive ceiling reset by an operator", "budget", key.String())
 	b.dispatch(bg, now)
 	return b.info(bg)

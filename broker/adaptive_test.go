@@ -37,15 +37,25 @@ func TestThrottleLowersCeilingThenItRecovers(t *testing.T) {
 	}
 	// The ceiling (36000 TPM) is below the minute's use (40000), yet grants
 	// do not stop until the minute slides by: they are paced at the
-	// ceiling's rate, 600 tokens a second, from the decrease on.
-	first := e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
-	d, _ := e.acquire(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
-	if d.Granted || d.Blocked != broker.LimitTPM || d.RetryAfter < 1660*time.Millisecond || d.RetryAfter > 1670*time.Millisecond {
-		t.Fatalf("second grant after the cut: %+v, want a refusal for 1000/600 s", d)
+	// ceiling's rate, 600 tokens a second, from the decrease on. The pace
+	// starts owing the throttled call's 1000 tokens (Bedrock's bucket had
+	// just shown it empty), so the first grant, too, comes 1000/600 s on.
+	// Both paces owe one call (1000 tokens, 1 request at 36 a minute); the
+	// request ceiling, rounded down to whole requests, binds once the
+	// ceilings have climbed a little.
+	paced := func(which string, blocked broker.Limit) time.Duration {
+		d, _ := e.acquire(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
+		if d.Granted || d.Blocked != blocked || d.RetryAfter < 1660*time.Millisecond || d.RetryAfter > 1670*time.Millisecond {
+			t.Fatalf("%s grant after the cut: %+v, want a refusal by %v for 1000/600 s", which, d, blocked)
+		}
+		e.clock.Advance(d.RetryAfter)
+		return d.RetryAfter
 	}
-	e.clock.Advance(d.RetryAfter)
-	paced := e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
-	for _, l := range []broker.Lease{first, paced} {
+	waited := paced("first", broker.LimitTPM)
+	first := e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
+	waited += paced("second", broker.LimitRPM)
+	second := e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
+	for _, l := range []broker.Lease{first, second} {
 		e.b.Complete(ctx, l.ID, broker.OutcomeSuccess, broker.Usage{OutputTokens: 1000})
 	}
 	// Leases granted before the decrease were sent at the old rate: their
@@ -57,7 +67,7 @@ func TestThrottleLowersCeilingThenItRecovers(t *testing.T) {
 	}
 	// Back at Wmax after Recovery (30 s), concave: most of the way after
 	// half of it (40000 - 4000 x 0.5^3 = 39500).
-	e.clock.Advance(15*time.Second - d.RetryAfter)
+	e.clock.Advance(15*time.Second - waited)
 	if mid := e.report(haiku3).Effective.TPM; mid < 39_400 || mid > 39_600 {
 		t.Fatalf("after 15 s the ceiling is %d, want about 39500", mid)
 	}
@@ -246,13 +256,12 @@ func TestThrottledCallsDoNotRefundThePace(t *testing.T) {
 	ls := e.fill(41)
 	e.clock.Advance(time.Millisecond)
 	e.b.Complete(ctx, ls[0].ID, broker.OutcomeThrottled, broker.Usage{}) // ceiling 36000: 600 tokens/s
-	a := e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
 	d, _ := e.acquire(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000})
 	if d.Granted {
-		t.Fatal("not paced after the cut")
+		t.Fatal("not paced after the cut: the pace owes the throttled call")
 	}
 	e.clock.Advance(d.RetryAfter)
-	e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000}) // the pace is in debt again
+	a := e.mustGrant(broker.AcquireRequest{ModelID: haiku3, MaxOutputTokens: 1000}) // the pace is in debt again
 	before := e.report(haiku3)
 	// a throttles within MinInterval of the cut: counted, no new cut.
 	e.b.Complete(ctx, a.ID, broker.OutcomeThrottled, broker.Usage{})

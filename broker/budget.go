@@ -424,9 +424,10 @@ func (p *pace) take(now time.Time, perMinute int64, v float64) {
 	p.level = math.Min(p.level-v, float64(perMinute)/minuteSpan.Seconds()*paceBurst.Seconds())
 }
 
-// restart empties the pace at a decrease: the next grant passes at once,
-// the ones after it at the new rate.
-func (p *pace) restart(now time.Time) { *p = pace{at: now} }
+// restart starts the pace over at a decrease (or a reset), owing debt:
+// the next grant passes once the new rate has refilled it, the ones after
+// it at that rate.
+func (p *pace) restart(now time.Time, debt float64) { *p = pace{at: now, level: -debt} }
 
 // charge adds a grant of n at now.
 func (b *budget) charge(now time.Time, tokens, requests int64) {

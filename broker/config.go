@@ -90,10 +90,12 @@ type Config struct {
 	// last grant. Default 5 minutes, the life of a Bedrock prompt cache.
 	AffinityTTL time.Duration
 	// AffinityWait is how long a route caller whose key's target is full
-	// (and no target has room) waits on that target alone before it waits
-	// on every target; at most half its wait. Default 5 s: short next to a
-	// model call, long enough for a busy target to free a place; negative
-	// waits on every target at once.
+	// (and no target has room, or that target will serve it within this
+	// time) waits on that target alone before it waits on every target;
+	// at most half its wait, longer only while the target serves it next
+	// within half of what is left. Default 5 s: short next to a model
+	// call, long enough for a busy target to free a place; negative waits
+	// on every target at once.
 	AffinityWait time.Duration
 	// Logger receives the broker's logs; nil discards them.
 	Logger *slog.Logger

@@ -49,6 +49,11 @@
 // from throttles (adaptive.go, persisted). The static limits are enforced on
 // the sliding windows; an engaged ceiling paces grants at its rate instead
 // (budget.go), so a cut never stalls every caller while the minute slides.
+// A decrease restarts the pace owing the throttled call's reservation: the
+// throttle has just shown Bedrock's bucket short of that much, so the next
+// grant waits until the new ceiling has refilled it instead of going at
+// once into the same empty bucket (which bench/route measured as a second
+// throttle after every decrease).
 // The adaptive Floor is a share of quota x margin (or of the static limit
 // when lower or without a quota), never of an operator's override alone,
 // which may be as large as int64.
@@ -116,9 +121,17 @@
 // it out of the other queues (routewait.go), so no second grant and no
 // ghost waiter can follow. A caller with an affinity key whose target is
 // full, when no target has room, first waits on that target alone for
-// Config.AffinityWait (5 s), so a busy route does not scatter
-// conversations over whichever target frees first. A refusal names the target with the earliest
-// retry. A throttle lowers one target's ceiling as before, and while
+// Config.AffinityWait (5 s, at most half its wait), so a busy route does
+// not scatter conversations over whichever target frees first. It waits
+// for its target even while another has room when that target will serve
+// it within the grace (it is alone in the queue, held back only by the
+// window's slide or the pace), and at the grace's end it waits on while
+// its target serves it next within half of what is left of its wait: a
+// prompt cache is worth seconds, not the caller's whole wait. So a
+// conversation moves only when its target has no room soon, or is
+// recovering from a throttle while another has room (counted apart,
+// TargetCounters.SpillRecovering). A refusal names the target with the
+// earliest retry. A throttle lowers one target's ceiling as before, and while
 // that ceiling is engaged (below the static limit) the route tries the
 // target after the others, the affinity key's included: the route prefers
 // the others until it recovers.

@@ -134,7 +134,7 @@ func (b *Core) Complete(ctx context.Context, leaseID string, outcome Outcome, u 
 	// The lease is the evidence: held until now, or expired within the
 	// window.
 	held := !wasExpired || now.Sub(l.EndedAt) <= evidenceWindow
-	if outcome == OutcomeThrottled && b.throttled(bg, now, l.GrantedAt, l.Client, held) {
+	if outcome == OutcomeThrottled && b.throttled(bg, now, l.GrantedAt, l.Client, held, l.Reserved, 1) {
 		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
 	}
 	b.dispatch(bg, now)
@@ -242,7 +242,7 @@ func (b *Core) ReportThrottle(ctx context.Context, modelID, region, client strin
 	bg.counters.ReportedThrottles++
 	b.rec.note(event{kind: eventReportedThrottle, key: key, client: client, at: b.clock.Now()})
 	var c Change
-	if b.throttled(bg, b.clock.Now(), time.Time{}, client, false) {
+	if b.throttled(bg, b.clock.Now(), time.Time{}, client, false, 0, 0) {
 		c.Adaptive = []AdaptiveRecord{bg.adaptiveRecord()}
 	}
 	b.mu.Unlock()

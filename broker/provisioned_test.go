@@ -334,3 +334,71 @@ func TestProvisionedRetiredRouteWaiterWaitsOnOthers(t *testing.T) {
 		}
 	})
 }
+
+// TestProvisionedReturnRejoinsRouteWaiter: a route caller waiting while a
+// throughput is retired waits on the route as it is now: it leaves the
+// throughput, and joins it again when it is back in service, to be granted
+// there while the other target is still full.
+func TestProvisionedReturnRejoinsRouteWaiter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		od := broker.Spec{Key: broker.Key{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: sonnet45}, Quota: broker.Limits{Concurrency: 1}, Source: "test"}
+		b := bubbleBroker(t, ptSpec(1000), od)
+		ctx := context.Background()
+		pt, _ := broker.NewTarget(ptARN, "us-east-1")
+		odt, _ := broker.NewTarget(sonnet45, "us-east-1")
+		if err := b.SetRoutes([]broker.Route{{Name: "pt-first", Model: sonnet45, Targets: []broker.Target{pt, odt}}}); err != nil {
+			t.Fatal(err)
+		}
+		src := &ptSource{}
+		src.set("InService", true)
+		if err := b.Refresh(ctx, src); err != nil {
+			t.Fatal(err)
+		}
+		fill, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: ptARN, InputTokens: 900, MaxOutputTokens: 100})
+		if err != nil || !fill.Granted {
+			t.Fatalf("fill the throughput: %+v, %v", fill, err)
+		}
+		if held, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: sonnet45, MaxOutputTokens: 100}); err != nil || !held.Granted {
+			t.Fatalf("hold on-demand: %+v, %v", held, err)
+		}
+		type result struct {
+			d   broker.Decision
+			err error
+		}
+		got := make(chan result, 1)
+		go func() {
+			d, err := b.Acquire(ctx, broker.AcquireRequest{Route: "pt-first", InputTokens: 10, MaxOutputTokens: 10, Wait: time.Hour})
+			got <- result{d, err}
+		}()
+		synctest.Wait()
+		src.set("", true) // gone
+		if err := b.Refresh(ctx, src); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if q := routeInfo(t, b, "pt-first").Queued; len(q) != 1 || q[0] != 1 {
+			t.Fatalf("queued %v with the throughput gone, want the caller on the one target left", q)
+		}
+		// The throughput's lease settles small, so it has room once back.
+		if _, err := b.Complete(ctx, fill.Lease.ID, broker.OutcomeSuccess, broker.Usage{InputTokens: 1, OutputTokens: 1}); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		select {
+		case r := <-got:
+			t.Fatalf("granted while the throughput was retired: %+v, %v", r.d.Route, r.err)
+		default:
+		}
+		src.set("InService", true)
+		if err := b.Refresh(ctx, src); err != nil {
+			t.Fatal(err)
+		}
+		r := <-got
+		if r.err != nil || !r.d.Granted || r.d.Route.Target != pt {
+			t.Fatalf("route caller once the throughput is back: %+v, %v; want granted on %v", r.d.Route, r.err, pt)
+		}
+		if w := waiters(t, b)["us-east-1"]; w != 0 {
+			t.Fatalf("%d waiters left", w)
+		}
+	})
+}

@@ -111,16 +111,17 @@ func (b *Core) SetProvisioned(st ProvisionedState) []string {
 }
 
 // reroute gives each route in service the targets of its configuration
-// whose budgets are not retired, as a new route value (callers waiting on
-// the old one keep their members, as after SetRoutes; a retired member
-// fails them there). A route with no target left keeps its retired ones,
-// so a call on it is refused naming why, rather than the route vanishing
-// from under a client's cap. Caller holds b.mu.
+// whose budgets are not retired, as a new route value; callers waiting on
+// the old one move onto it as after SetRoutes (follow): they leave a
+// retired target and join one back in service. A route with no target left
+// keeps its retired ones, so a call on it is refused naming why, rather
+// than the route vanishing from under a client's cap. Caller holds b.mu.
 func (b *Core) reroute() []string {
 	var notes []string
+	next := maps.Clone(b.routing.byName)
 	for _, name := range slices.Sorted(maps.Keys(b.routing.byName)) {
 		rt := b.routing.byName[name]
-		next := &route{Route: Route{Name: rt.Name, Model: rt.Model}, refused: rt.refused,
+		nrt := &route{Route: Route{Name: rt.Name, Model: rt.Model}, refused: rt.refused,
 			configured: rt.configured, cbudgets: rt.cbudgets}
 		var gone []string
 		for i, bg := range rt.cbudgets {
@@ -133,24 +134,26 @@ func (b *Core) reroute() []string {
 			if j := slices.Index(rt.Targets, t); j >= 0 {
 				c = rt.counters[j]
 			}
-			next.Targets = append(next.Targets, t)
-			next.budgets = append(next.budgets, bg)
-			next.counters = append(next.counters, c)
+			nrt.Targets = append(nrt.Targets, t)
+			nrt.budgets = append(nrt.budgets, bg)
+			nrt.counters = append(nrt.counters, c)
 		}
-		if len(next.Targets) == 0 {
+		if len(nrt.Targets) == 0 {
 			notes = append(notes, fmt.Sprintf("route %s: every target is out of service (%s); calls on it are refused until one returns", name, strings.Join(gone, ", ")))
 			continue
 		}
-		if sameTargets(next.Targets, rt.Targets) {
+		if sameTargets(nrt.Targets, rt.Targets) {
 			continue
 		}
-		b.routing.byName[name] = next
+		next[name] = nrt
 		if len(gone) > 0 {
-			notes = append(notes, fmt.Sprintf("route %s: %s out of service, %d of %d targets left", name, strings.Join(gone, ", "), len(next.Targets), len(rt.configured)))
+			notes = append(notes, fmt.Sprintf("route %s: %s out of service, %d of %d targets left", name, strings.Join(gone, ", "), len(nrt.Targets), len(rt.configured)))
 		} else {
-			notes = append(notes, fmt.Sprintf("route %s: all %d targets in service again", name, len(next.Targets)))
+			notes = append(notes, fmt.Sprintf("route %s: all %d targets in service again", name, len(nrt.Targets)))
 		}
 	}
+	b.follow(next, b.clock.Now())
+	b.routing.byName = next
 	return notes
 }
 

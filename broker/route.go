@@ -144,6 +144,11 @@ type RouteGrant struct {
 // routes were set, by reason; Waited counts those that had to wait.
 type TargetCounters struct {
 	Room, Affinity, Spill, Waited int64
+	// SpillRecovering counts the spills (of Spill) of a caller whose
+	// key's target had room but was recovering from a throttle, so was
+	// tried after the others: the only way a conversation moves while its
+	// target has room.
+	SpillRecovering int64
 }
 
 // RouteInfo is a route as reported: its targets and where its calls went.

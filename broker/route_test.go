@@ -205,8 +205,8 @@ func TestRouteThrottleMovesTraffic(t *testing.T) {
 			t.Fatalf("%+v %v", d, err)
 		}
 	}
-	// Bedrock throttles us-east-1: its ceiling is cut, its pace admits the
-	// next grant, then the route prefers the others until it recovers.
+	// Bedrock throttles us-east-1: its ceiling is cut, its pace owes the
+	// throttled call, and the route prefers the others until it recovers.
 	e.clock.Advance(time.Millisecond)
 	if _, err := e.b.Complete(ctx, d.Lease.ID, broker.OutcomeThrottled, broker.Usage{}); err != nil {
 		t.Fatal(err)
@@ -232,6 +232,58 @@ func TestRouteThrottleMovesTraffic(t *testing.T) {
 	e.clock.Advance(10 * time.Minute)
 	if d, err := e.b.Acquire(ctx, req); err != nil || d.Route.Target.Key.Region != "us-east-1" {
 		t.Fatalf("after recovery: %+v %v", d, err)
+	}
+}
+
+// A conversation moves while its target has room only when that target is
+// recovering from a throttle (tried after the others); the route counts
+// those moves apart from the ones its target's lack of room forced.
+func TestRouteCountsMovesForRecovery(t *testing.T) {
+	e := newEnv(t, geoSpecs(broker.Limits{RPM: 100, TPM: 100_000})...)
+	if err := e.b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	acq := func(key, want string) broker.Decision {
+		t.Helper()
+		d, err := e.b.Acquire(ctx, broker.AcquireRequest{Route: "sonnet-us", AffinityKey: key, MaxOutputTokens: 100})
+		if got := d.Route.Target.Key.Region + ":" + d.Route.Reason.String(); err != nil || got != want {
+			t.Fatalf("%s: %s %v, want %s", key, got, err, want)
+		}
+		return d
+	}
+	recovering := func() int64 {
+		t.Helper()
+		var n int64
+		for _, c := range routeInfo(t, e.b, "sonnet-us").Counters {
+			n += c.SpillRecovering
+		}
+		return n
+	}
+	// Conversations A and B start on us-east-1 and stay there.
+	acq("A", "us-east-1:room")
+	acq("B", "us-east-1:room")
+	var d broker.Decision
+	for range 4 {
+		acq("A", "us-east-1:affinity")
+		d = acq("B", "us-east-1:affinity")
+	}
+	e.clock.Advance(time.Millisecond)
+	if _, err := e.b.Complete(ctx, d.Lease.ID, broker.OutcomeThrottled, broker.Usage{}); err != nil {
+		t.Fatal(err)
+	}
+	// Right after the cut us-east-1's pace owes the throttled call: it
+	// has no room, and A's move is forced.
+	acq("A", "us-east-2:spill")
+	if n := recovering(); n != 0 {
+		t.Fatalf("a move forced by no room counted as for recovery (%d)", n)
+	}
+	// Once the pace has refilled, us-east-1 has room, but is still
+	// climbing back to where it throttled: B moves, counted apart.
+	e.clock.Advance(10 * time.Second)
+	acq("B", "us-east-2:spill")
+	if n := recovering(); n != 1 {
+		t.Fatalf("%d moves for recovery, want B's", n)
 	}
 }
 
@@ -443,6 +495,95 @@ func TestRouteAffinityGrace(t *testing.T) {
 			})
 		})
 	}
+}
+
+// A conversation's target that is full now but will serve this caller
+// within the affinity grace (it is alone in the queue, held back only by
+// the window's slide) is waited for even while another target has room:
+// the conversation keeps its prompt cache. One that frees later is left at
+// once.
+func TestRouteAffinityWaitsForATargetThatFreesSoon(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		at        time.Duration // when the caller comes; its target frees at 60.25 s (the grants' 250 ms slot)
+		want      string
+		wantAfter time.Duration
+	}{
+		{"it frees within the grace", 57 * time.Second, "us-east-1:affinity", 3250 * time.Millisecond},
+		{"it frees later", 50 * time.Second, "us-east-2:spill", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				b := bubbleBroker(t, geoSpecs(broker.Limits{RPM: 2})...)
+				if err := b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
+					t.Fatal(err)
+				}
+				ctx := context.Background()
+				req := broker.AcquireRequest{Route: "sonnet-us", AffinityKey: "conv", MaxOutputTokens: 10, Wait: time.Minute}
+				where := func(d broker.Decision) string { return d.Route.Target.Key.Region + ":" + d.Route.Reason.String() }
+				// conv fills us-east-1's minute.
+				for _, want := range []string{"us-east-1:room", "us-east-1:affinity"} {
+					if d, err := b.Acquire(ctx, req); err != nil || where(d) != want {
+						t.Fatalf("granted %s (%v), want %s", where(d), err, want)
+					}
+				}
+				time.Sleep(tc.at)
+				start := time.Now()
+				d, err := b.Acquire(ctx, req)
+				if err != nil || where(d) != tc.want || time.Since(start) != tc.wantAfter {
+					t.Fatalf("granted %s after %v (%v), want %s after %v", where(d), time.Since(start), err, tc.want, tc.wantAfter)
+				}
+				for region, n := range waiters(t, b) {
+					if n != 0 {
+						t.Fatalf("ghost waiter on %s", region)
+					}
+				}
+			})
+		})
+	}
+}
+
+// At the end of the affinity grace, a caller that its key's target serves
+// next, within half of what is left of its wait, keeps waiting for it
+// rather than take another target that freed meanwhile.
+func TestRouteAffinityGraceWaitsOnForATargetThatFreesSoon(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := bubbleBroker(t, geoSpecs(broker.Limits{RPM: 2})...)
+		if err := b.SetRoutes([]broker.Route{geoRoute(t, "sonnet-us")}); err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		acq := func(key, want string) {
+			t.Helper()
+			d, err := b.Acquire(ctx, broker.AcquireRequest{Route: "sonnet-us", AffinityKey: key, MaxOutputTokens: 10, Wait: time.Minute})
+			if got := d.Route.Target.Key.Region + ":" + d.Route.Reason.String(); err != nil || got != want {
+				t.Fatalf("%s granted %s (%v), want %s", key, got, err, want)
+			}
+		}
+		// us-east-1 and us-east-2 fill at 0 s (free at 60.25 s), conv fills
+		// us-west-2 at 4 s (free at 64.25 s).
+		for _, want := range []string{"us-east-1:room", "us-east-1:room", "us-east-2:spill", "us-east-2:spill"} {
+			acq("", want)
+		}
+		time.Sleep(4 * time.Second)
+		acq("conv", "us-west-2:spill")
+		acq("conv", "us-west-2:affinity")
+		// At 57 s no target has room: conv waits on us-west-2 alone for
+		// the grace (5 s), while the others free at 60.25 s; at 62 s
+		// us-west-2 serves it next in 2.25 s, within half of the 55 s
+		// left of its wait, so it waits on.
+		time.Sleep(53 * time.Second)
+		start := time.Now()
+		acq("conv", "us-west-2:affinity")
+		if waited := time.Since(start); waited != 7250*time.Millisecond {
+			t.Fatalf("granted after %v, want 7.25 s", waited)
+		}
+		for region, n := range waiters(t, b) {
+			if n != 0 {
+				t.Fatalf("ghost waiter on %s", region)
+			}
+		}
+	})
 }
 
 func TestRouteWaiterKeepsItsPriority(t *testing.T) {

@@ -35,6 +35,9 @@ type routeWait struct {
 	// held: the members other than the affinity target's are out of their
 	// queues for the affinity grace (see acquireRoute).
 	held bool
+	// keyRoom: the affinity target had room at the request, but was tried
+	// after the others as recovering from a throttle.
+	keyRoom bool
 }
 
 // wake closes w's ready channel once w is decided. A route member shares
@@ -88,6 +91,9 @@ func (b *Core) routeGranted(w *waiter, now time.Time) {
 		c.Room++
 	default:
 		c.Spill++
+		if g.keyRoom {
+			c.SpillRecovering++
+		}
 	}
 	if !g.trying {
 		c.Waited++
@@ -160,6 +166,13 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 		}
 	}
 	slices.SortStableFunc(order, func(x, y int) int { return recovering[x] - recovering[y] })
+	if g.affinity && order[0] != g.preferred {
+		// Had the key's target room? A spill would then move the
+		// conversation only for the recovery (counted apart).
+		kb := rt.budgets[g.preferred]
+		limit, _ := kb.fit(now, needOf(kb, &req))
+		g.keyRoom = kb.queue.len() == 0 && limit == LimitNone
+	}
 	// First pass: join the targets' queues in order, each dispatched as it
 	// is joined, and stop at the first grant: that is the first target
 	// with room now (one whose queue has callers ahead has none). The
@@ -167,6 +180,8 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 	// on all of them.
 	pol := b.policy(req.Client)
 	var never error
+	// grace is the affinity grace (see below).
+	grace := min(b.cfg.AffinityWait, wait/2)
 	for _, i := range order {
 		if err := b.join(g, i, now); err != nil {
 			if never == nil {
@@ -177,15 +192,26 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 		if g.won != nil {
 			break
 		}
+		// The key's target is full, but only for a known while: the
+		// caller is alone in its queue, held back by the window's slide
+		// or the pace. Within the grace it waits for it rather than
+		// move the conversation to a target with room now, away from
+		// its prompt cache. Held, the members that follow join the
+		// route without queueing (join), until the grace ends (release).
+		if bg := rt.budgets[i]; g.affinity && i == g.preferred && !g.held && len(g.members) == 1 && grace > 0 && bg.queue.len() == 1 {
+			if _, d := bg.fit(now, g.members[0].need); d > 0 && d <= grace {
+				g.held = true
+			}
+		}
 	}
 	g.trying = false
-	// Affinity grace: no target has room now, and the key's target is
-	// full. Waiting on all targets would grant on whichever frees first,
-	// moving the conversation away from its prompt cache whenever the
-	// route is busy; so the caller waits on its target alone for a while
+	// Affinity grace: no target has room now (or the key's target will
+	// have room soon: held above), and the key's target is full. Waiting on
+	// all targets would grant on whichever frees first, moving the
+	// conversation away from its prompt cache whenever the route is busy;
+	// so the caller waits on its target alone for a while
 	// (Config.AffinityWait, at most half its wait), then on all of them.
-	grace := min(b.cfg.AffinityWait, wait/2)
-	if g.won == nil && g.affinity && grace > 0 && len(g.members) > 1 && g.members[0].target == g.preferred && g.members[0].queued {
+	if !g.held && g.won == nil && g.affinity && grace > 0 && len(g.members) > 1 && g.members[0].target == g.preferred && g.members[0].queued {
 		g.held = true
 		for _, m := range g.members[1:] {
 			if m.queued {
@@ -222,17 +248,32 @@ func (b *Core) acquireRoute(ctx context.Context, req AcquireRequest) (Decision, 
 	timeout, stop := after(b.clock, wait)
 	defer stop()
 	var graceC <-chan struct{}
+	stopGrace := func() {}
+	defer func() { stopGrace() }()
 	if g.held {
-		c, stopGrace := after(b.clock, grace)
-		defer stopGrace()
-		graceC = c
+		graceC, stopGrace = after(b.clock, grace)
 	}
+	deadline := now.Add(wait)
 	for waiting := true; waiting; {
 		select {
 		case <-graceC:
 			graceC = nil
 			b.mu.Lock()
-			b.release(g, b.clock.Now())
+			t := b.clock.Now()
+			// The key's target may have room now (its own timer and this
+			// one can fire at the same instant, in either order); if it
+			// serves this caller next, and soon (within half of what is
+			// left of its wait), the caller keeps waiting for it rather
+			// than move the conversation.
+			if g.won == nil && !g.woken && !b.closed {
+				b.dispatch(g.rt.budgets[g.preferred], t)
+			}
+			if d := b.keyFreesIn(g, t); d > 0 && d <= deadline.Sub(t)/2 {
+				stopGrace()
+				graceC, stopGrace = after(b.clock, d)
+			} else {
+				b.release(g, t)
+			}
 			b.mu.Unlock()
 		case <-g.ready:
 			waiting = false
@@ -284,6 +325,23 @@ func (b *Core) join(g *routeWait, i int, now time.Time) error {
 		b.dispatch(bg, now)
 	}
 	return nil
+}
+
+// keyFreesIn is how long until the affinity target serves g's caller,
+// if that is known: the caller is next in its queue and only the window's
+// slide or the pace holds it back. 0: not known (or not held). Caller
+// holds Core.mu.
+func (b *Core) keyFreesIn(g *routeWait, now time.Time) time.Duration {
+	if !g.held || g.won != nil || g.woken || b.closed || len(g.members) == 0 {
+		return 0
+	}
+	m := g.members[0]
+	bg := g.rt.budgets[m.target]
+	if m.target != g.preferred || !m.queued || bg.queue.peek(now, func(*waiter) bool { return true }) != m {
+		return 0
+	}
+	_, d := bg.fit(now, m.need)
+	return d
 }
 
 // release ends the affinity grace: the members held back join their

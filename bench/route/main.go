@@ -97,6 +97,7 @@ type config struct {
 	strategies       []string
 	seed             uint64
 	affinityWait     time.Duration // broker Config.AffinityWait; 0: the default
+	verbose          bool
 }
 
 func main() {
@@ -116,6 +117,7 @@ func run(args []string, out io.Writer) error {
 	fs.DurationVar(&c.affinityWait, "affinity-wait", 0, "route: the broker's Config.AffinityWait (0: its default, 5s; negative: none)")
 	fs.DurationVar(&c.cooldown, "cooldown", 10*time.Second, "fallback: how long a Region that throttled is skipped (simulated)")
 	strategies := fs.String("strategies", stratOne+","+stratFallback+","+stratRoute, "strategies to run, comma-separated")
+	fs.BoolVar(&c.verbose, "v", false, "print every throttle: when, where, the broker's effective TPM there, and the requests there just before")
 	short := fs.Bool("short", false, "CI mode: -duration 2m30s -speed 25 (under 30 s in all)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -157,6 +159,12 @@ func run(args []string, out io.Writer) error {
 	}
 	fmt.Fprintln(out)
 	printTable(out, c, results)
+	for _, r := range results {
+		if r.trace != nil {
+			fmt.Fprintln(out)
+			r.trace.print(out, r.name)
+		}
+	}
 	return nil
 }
 
@@ -193,6 +201,7 @@ type call struct {
 	at                   time.Duration
 	region               string // where it ran; "" if it failed
 	reason               string // route only: room, affinity, spill
+	waited               bool   // route only: the lease waited for capacity
 }
 
 type result struct {
@@ -206,12 +215,14 @@ type result struct {
 	capBefore     float64          // of which before the drop
 	brokerReports []broker.BudgetReport
 	routes        []broker.RouteInfo
+	trace         *trace
 }
 
 // strategy makes one call for client c's worker w in conversation key;
-// it returns the Region it ran in, or an error.
+// it returns the Region it ran in, or an error, and for a route why there
+// and whether the lease waited.
 type strategy interface {
-	call(ctx context.Context, c int, key string) (region, reason string, err error)
+	call(ctx context.Context, c int, key string) (region, reason string, waited bool, err error)
 }
 
 func runStrategy(ctx context.Context, c config, name string) (*result, error) {
@@ -226,11 +237,17 @@ func runStrategy(ctx context.Context, c config, name string) (*result, error) {
 	clock := clocktest.Scaled{Start: realStart, Speed: c.speed}
 	now := func() time.Duration { return sim.Now().Sub(t0) }
 	awsCfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("AKID", "SECRET", "")}
+	res := &result{name: name}
+	if c.verbose {
+		res.trace = &trace{now: now}
+	}
 	endpoint := func(o *bedrockruntime.Options) {
 		o.BaseEndpoint = aws.String(srv.URL)
+		if res.trace != nil {
+			o.HTTPClient = res.trace.client(o.HTTPClient)
+		}
 		o.HTTPClient = awsclient.SafeBodies(o.HTTPClient)
 	}
-	res := &result{name: name}
 	var st strategy
 	var bp *brokerProc
 	switch name {
@@ -241,6 +258,9 @@ func runStrategy(ctx context.Context, c config, name string) (*result, error) {
 			return nil, err
 		}
 		defer bp.stop()
+		if res.trace != nil {
+			res.trace.b = bp.b
+		}
 		if name == stratOne {
 			st = newOneTarget(c, awsCfg, endpoint, bp.conn)
 		} else {
@@ -276,12 +296,12 @@ func runStrategy(ctx context.Context, c config, name string) (*result, error) {
 					key := fmt.Sprintf("c%02d-w%d-%d", cl, w, conv)
 					for k := 0; k < c.convLen && now() < end; k++ {
 						at := now()
-						region, reason, err := st.call(quotaclient.WithAffinityKey(ctx, key), cl, key+" "+text)
+						region, reason, waited, err := st.call(quotaclient.WithAffinityKey(ctx, key), cl, key+" "+text)
 						mu.Lock()
 						if err != nil {
 							res.failed++
 						}
-						res.calls = append(res.calls, call{client: cl, worker: w, conv: conv, at: at, region: region, reason: reason})
+						res.calls = append(res.calls, call{client: cl, worker: w, conv: conv, at: at, region: region, reason: reason, waited: waited})
 						mu.Unlock()
 						if err != nil {
 							var re *quotaclient.RefusedError
@@ -335,12 +355,12 @@ func newOneTarget(c config, cfg aws.Config, endpoint func(*bedrockruntime.Option
 	return o
 }
 
-func (o *oneTarget) call(ctx context.Context, c int, text string) (string, string, error) {
+func (o *oneTarget) call(ctx context.Context, c int, text string) (string, string, bool, error) {
 	_, err := o.clients[c].Converse(ctx, converseIn(text, o.c.output))
 	if err != nil {
-		return "", "", err
+		return "", "", false, err
 	}
-	return regions[home(c)], "", nil
+	return regions[home(c)], "", false, nil
 }
 
 // routed: each client calls through a Router on the route of its home.
@@ -358,13 +378,13 @@ func newRouted(c config, cfg aws.Config, endpoint func(*bedrockruntime.Options),
 	return r
 }
 
-func (r *routed) call(ctx context.Context, c int, text string) (string, string, error) {
+func (r *routed) call(ctx context.Context, c int, text string) (string, string, bool, error) {
 	out, err := r.routers[c].Converse(ctx, converseIn(text, r.c.output))
 	if err != nil {
-		return "", "", err
+		return "", "", false, err
 	}
 	l, _ := quotaclient.LeaseOf(out.ResultMetadata)
-	return l.Region, l.RouteReason, nil
+	return l.Region, l.RouteReason, l.Waited > 0, nil
 }
 
 // fallback is a gateway's router per client: Regions in order (home
@@ -393,7 +413,7 @@ func newFallback(c config, cfg aws.Config, endpoint func(*bedrockruntime.Options
 	return f
 }
 
-func (f *fallback) call(ctx context.Context, c int, text string) (string, string, error) {
+func (f *fallback) call(ctx context.Context, c int, text string) (string, string, bool, error) {
 	order := []int{home(c)}
 	for i := range regions {
 		if i != home(c) {
@@ -416,17 +436,17 @@ func (f *fallback) call(ctx context.Context, c int, text string) (string, string
 		f.mu.Unlock()
 		if next < 0 {
 			if err := f.clock.Sleep(ctx, wake-t); err != nil {
-				return "", "", err
+				return "", "", false, err
 			}
 			continue
 		}
 		_, err := f.clients[regions[next]].Converse(ctx, converseIn(text, f.c.output))
 		if err == nil {
-			return regions[next], "", nil
+			return regions[next], "", false, nil
 		}
 		var ae smithy.APIError
 		if !errors.As(err, &ae) || ae.ErrorCode() != "ThrottlingException" {
-			return "", "", err
+			return "", "", false, err
 		}
 		f.mu.Lock()
 		f.cool[c][next] = f.now() + f.c.cooldown
@@ -577,6 +597,43 @@ func stickiness(calls []call) (stay float64, n int) {
 	return float64(stayed) / float64(n), n
 }
 
+// followUp counts a route's follow-up calls (a conversation's calls after
+// its first, which carry a key the broker has seen) by where they ran.
+type followUp struct {
+	n, now, waited  int // on the key's target at once or after waiting for capacity
+	moved, movedNow int // elsewhere; of which at once (another target had room)
+}
+
+func followUps(calls []call) followUp {
+	type convKey struct{ c, w, conv int }
+	first := map[convKey]time.Duration{}
+	for _, cl := range calls {
+		k := convKey{cl.client, cl.worker, cl.conv}
+		if at, ok := first[k]; cl.region != "" && (!ok || cl.at < at) {
+			first[k] = cl.at
+		}
+	}
+	var f followUp
+	for _, cl := range calls {
+		if at, ok := first[convKey{cl.client, cl.worker, cl.conv}]; cl.region == "" || !ok || cl.at == at {
+			continue
+		}
+		f.n++
+		switch {
+		case cl.reason == "affinity" && cl.waited:
+			f.waited++
+		case cl.reason == "affinity":
+			f.now++
+		default:
+			f.moved++
+			if !cl.waited {
+				f.movedNow++
+			}
+		}
+	}
+	return f
+}
+
 func printTable(out io.Writer, c config, results []*result) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "strategy\tserved\tbefore/after drop\tcalls ok\tattempts\tthrottled\tbefore/after drop\tthrottle rate\tcalls on e1/e2/w2\tconversation stays\t")
@@ -623,17 +680,19 @@ func printTable(out io.Writer, c config, results []*result) {
 			}
 			fmt.Fprintf(out, "  %s: %s; refused %d\n", ri.Name, strings.Join(parts, ", "), ri.Refused)
 		}
-		var aff, spill int
-		for _, cl := range r.calls {
-			switch cl.reason {
-			case "affinity":
-				aff++
-			case "spill":
-				spill++
+		f := followUps(r.calls)
+		var recovering int64
+		for _, ri := range r.routes {
+			for _, k := range ri.Counters {
+				recovering += k.SpillRecovering
 			}
 		}
-		fmt.Fprintf(out, "  follow-up calls of a conversation: %d on the key's target (affinity), %d moved (spill): %.1f%% stayed;\n", aff, spill, 100*float64(aff)/float64(max(aff+spill, 1)))
-		fmt.Fprintln(out, "  a call moves only when the key's target has no room (at the request, and through the affinity grace when it waits)")
+		fmt.Fprintf(out, "  follow-up calls of a conversation: %d; on the key's target %d (%d at once, %d after waiting for it), moved %d (%d at once): %.1f%% stayed (raw);\n",
+			f.n, f.now+f.waited, f.now, f.waited, f.moved, f.movedNow, 100*float64(f.now+f.waited)/float64(max(f.n, 1)))
+		fmt.Fprintf(out, "  made while the key's target had room: %d, of which on it %d, moved %d (it was recovering from a throttle): %.1f%% stayed (conditional)\n",
+			f.now+int(recovering), f.now, recovering, 100*float64(f.now)/float64(max(f.now+int(recovering), 1)))
+		fmt.Fprintln(out, "  a call moves only when the key's target has no room (at the request, and through the affinity grace when it waits),")
+		fmt.Fprintln(out, "  or when it is recovering from a throttle and another target has room")
 		for _, res := range results {
 			if res.name == stratFallback && r.final.Throttles > 0 {
 				fmt.Fprintf(out, "  throttles: fallback / route = %.1fx\n", float64(res.final.Throttles)/float64(r.final.Throttles))
