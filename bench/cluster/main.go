@@ -34,12 +34,15 @@ import (
 	"syscall"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/bedrockqb/quotabroker/broker/etcd"
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 	"github.com/bedrockqb/quotabroker/internal/etcdtest"
 )
@@ -205,6 +208,23 @@ func load(c pb.QuotaBrokerClient, n int, d time.Duration, settle bool) (result, 
 	return result{pairs: len(lat), perSec: float64(len(lat)) / d.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100]}, nil
 }
 
+// leaseRecords counts the lease records under the replicas' prefix: the
+// bulk of what a new leader takes over.
+func leaseRecords(endpoints string) (int64, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(endpoints, ","), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, etcd.DefaultPrefix+"leases/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("count lease records: %w", err)
+	}
+	return resp.Count, nil
+}
+
 func cmpErr(a, b error) error {
 	if a != nil {
 		return a
@@ -310,7 +330,11 @@ func run(args []string, out io.Writer) error {
 			mc.perSec, mc.p50.Round(time.Microsecond), mc.p99.Round(time.Microsecond), mc.perSec/ms.perSec)
 	}
 
-	fmt.Fprintf(out, "failover: SIGKILL of the leader, session TTL %v, a caller trying every 10 ms on every replica\n", *ttl)
+	records, err := leaseRecords(ec.Endpoints())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "failover: SIGKILL of the leader, session TTL %v, a caller trying every 10 ms on every replica; %d lease records in etcd for the new leaders to load\n", *ttl, records)
 	var gaps []time.Duration
 	for k := range *kills {
 		lead, err := leader(replicas, 15*time.Second)
