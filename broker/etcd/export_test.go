@@ -18,13 +18,6 @@ func LoadCopy(s *Store, ctx context.Context) (broker.Snapshot, bool) {
 	return l.snap, true
 }
 
-// LoadedFromCopy says whether the last Load took the follower's copy.
-func LoadedFromCopy(s *Store) bool {
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
-	return s.fromCopy
-}
-
 // HookFollow sets the follower's test hooks (follow.go), before Follow.
 func HookFollow(s *Store, afterRead, beforeApply func()) {
 	s.mirror.afterRead, s.mirror.beforeApply = afterRead, beforeApply

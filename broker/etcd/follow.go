@@ -106,6 +106,14 @@ func (s *Store) FollowStatus() FollowStatus {
 	return FollowStatus{Following: m.live, Rev: m.rev, Seen: m.seen, Err: m.err, Resyncs: m.resyncs}
 }
 
+// LoadedFromCopy says whether the last Load took the follower's copy
+// rather than reading everything.
+func (s *Store) LoadedFromCopy() bool {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	return s.fromCopy
+}
+
 // Follow keeps a copy of the prefix until ctx ends, for Load to take over
 // from: run it while this replica does not lead, and end it once the
 // broker has loaded (a leader's broker holds the state; the copy would

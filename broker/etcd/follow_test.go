@@ -240,7 +240,7 @@ func TestFollow(t *testing.T) {
 			if !errors.Is(lastErr, etcd.ErrNotLeader) {
 				t.Errorf("the old leader's writes ended with %v, want ErrNotLeader", lastErr)
 			}
-			if got := etcd.LoadedFromCopy(sb); got == stalled {
+			if got := sb.LoadedFromCopy(); got == stalled {
 				t.Errorf("loaded from the copy: %t, want %t", got, !stalled)
 			}
 			have := map[string]bool{}
