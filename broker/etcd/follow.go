@@ -9,6 +9,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/bedrockqb/quotabroker/broker"
 )
 
 // A standby follows the prefix (Follow) so that, when it wins, Load reads
@@ -290,14 +292,22 @@ func (s *Store) loadMirror(ctx context.Context) (*loading, bool) {
 // has it. Caller holds m.mu.
 func (s *Store) assemble(m *mirror) (*loading, bool) {
 	keys := make([]string, 0, len(m.kvs))
+	leases := 0
 	for k, e := range m.kvs {
 		if e.err != nil {
 			return nil, false
 		}
 		keys = append(keys, k)
+		if _, ok := e.rec.(broker.LeaseRecord); ok {
+			leases++
+		}
 	}
 	slices.Sort(keys)
+	// Sized for the leases, the bulk of a large prefix: growing them
+	// record by record was most of this function's time.
 	l := newLoading()
+	l.snap.Leases = make([]broker.LeaseRecord, 0, leases)
+	l.versions = make(map[string]uint64, leases)
 	for _, k := range keys {
 		e := m.kvs[k]
 		l.add(s, k, e.rec, e.mod)
