@@ -240,6 +240,7 @@ func run(args []string, out io.Writer) error {
 	kills := fs.Int("kills", 10, "leader kills for the failover gap")
 	ttl := fs.Duration("etcd-ttl", 3*time.Second, "the replicas' session TTL (serve --etcd-ttl)")
 	keep := fs.Bool("keep", false, "keep the working directory (logs of etcd and the brokers) and print its path")
+	logLevel := fs.String("log-level", "warn", "the brokers' --log-level (info logs each take-over's time: \"cluster: leading\" ... take_over=)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -273,7 +274,7 @@ func run(args []string, out io.Writer) error {
 	// --http= : no HTTP listener, whatever QUOTA_BROKER_HTTP the caller's
 	// environment sets (the docs scenes set one; three replicas would
 	// contend for it).
-	common := []string{"serve", "--listen", "127.0.0.1:0", "--http=", "--budgets", budgets, "--margin", "1", "--log-level", "warn"}
+	common := []string{"serve", "--listen", "127.0.0.1:0", "--http=", "--budgets", budgets, "--margin", "1", "--log-level", *logLevel}
 	single, err := start(qb, append(slices.Clone(common), "--data", filepath.Join(dir, "single.db")), filepath.Join(dir, "single.log"))
 	if err != nil {
 		return err
