@@ -32,6 +32,16 @@ import (
 // everything up to it. Load asks for one (RequestProgress) while it waits.
 // A copy that etcd compacted past, a watch cancelled or closed, or a copy
 // not caught up within catchUpWait, is passed over for the full read.
+//
+// etcd answers a progress request at once only if every watch of the
+// stream has caught up; otherwise it defers the answer, and tries again
+// only when it next sends the stream something. A watch that catches up
+// with no event to send (it started behind because of writes elsewhere)
+// leaves the answer waiting for the prefix's next event, and Load then
+// reads everything after catchUpWait. The follower's watch has a stream
+// of its own (watchCtx) and starts right after its read, so this takes a
+// progress request in the first moments of a watch. Writing a marker key
+// at the win and waiting for its event would not depend on it.
 
 // catchUpWait bounds how long Load waits for the copy to reach the current
 // revision before reading everything instead. A watch that is answering
@@ -306,8 +316,10 @@ func (s *Store) assemble(m *mirror) (*loading, bool) {
 	// Sized for the leases, the bulk of a large prefix: growing them
 	// record by record was most of this function's time.
 	l := newLoading()
-	l.snap.Leases = make([]broker.LeaseRecord, 0, leases)
-	l.versions = make(map[string]uint64, leases)
+	if leases > 0 { // none: nil, as the full read leaves it
+		l.snap.Leases = make([]broker.LeaseRecord, 0, leases)
+		l.versions = make(map[string]uint64, leases)
+	}
 	for _, k := range keys {
 		e := m.kvs[k]
 		l.add(s, k, e.rec, e.mod)

@@ -62,6 +62,14 @@ func TestFollow(t *testing.T) {
 
 	t.Run("the copy is what etcd holds after puts, overwrites and deletions", func(t *testing.T) {
 		const prefix = "/follow/"
+		lead(t, ctx, cli, "/follow-empty/")
+		// On a client of its own, as a replica's follower is: etcd
+		// defers a progress request while any watch of the stream is
+		// catching up (follow.go).
+		empty := follow(t, client(t, ec.Endpoints()), "/follow-empty/", nil)
+		if !etcd.WaitFollowing(empty, ctx, 0) {
+			t.Fatal("the standby of the empty prefix never had a copy")
+		}
 		st, _ := lead(t, ctx, cli, prefix)
 		// Some records before the standby reads the prefix.
 		commit(t, ctx, st, broker.Change{
@@ -73,6 +81,11 @@ func TestFollow(t *testing.T) {
 		sb := follow(t, cli, prefix, nil)
 		if !etcd.WaitFollowing(sb, ctx, 0) {
 			t.Fatal("the standby never had a copy")
+		}
+		// An empty prefix (but for its marker and the election) loads as
+		// the full read does.
+		if copied, ok := etcd.LoadCopy(empty, ctx); !ok || !reflect.DeepEqual(copied, load(t, ctx, cli, "/follow-empty/")) {
+			t.Errorf("an empty prefix's copy (loaded: %t) differs from the full read: %s", ok, brief(copied))
 		}
 		// One Change split across transactions (300 leases of 8 KiB:
 		// past both the operation and the size limit) with a chunk.
