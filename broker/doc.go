@@ -346,7 +346,13 @@
 // the leader runs a Broker, opened from the Store when it wins, so a
 // failover is a restart on another machine and the crash argument above
 // carries over: the new leader loads every chunk and lease record the old
-// one committed and charges them as restore does. What a cluster adds is a
+// one committed and charges them as restore does. The standbys are hot:
+// each keeps a copy of the Store's records, following etcd's changes, so
+// that the load on a win reads memory rather than all of etcd; the copy is
+// taken only once it reflects a revision read after the win, when every
+// write of the old leader (each fenced on a key deleted before the win) is
+// in it, so the load is the same as a full read and the argument holds
+// (broker/etcd, Standbys). What a cluster adds is a
 // leader that does not know it was replaced: paused (GC, SIGSTOP, a VM
 // migration) past its session's TTL while another took over, then resumed
 // with its chunks in memory. It cannot over-grant, for three reasons:

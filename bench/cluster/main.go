@@ -34,12 +34,15 @@ import (
 	"syscall"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/bedrockqb/quotabroker/broker/etcd"
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
 	"github.com/bedrockqb/quotabroker/internal/etcdtest"
 )
@@ -205,6 +208,23 @@ func load(c pb.QuotaBrokerClient, n int, d time.Duration, settle bool) (result, 
 	return result{pairs: len(lat), perSec: float64(len(lat)) / d.Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100]}, nil
 }
 
+// leaseRecords counts the lease records under the replicas' prefix: the
+// bulk of what a new leader takes over.
+func leaseRecords(endpoints string) (int64, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(endpoints, ","), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, etcd.DefaultPrefix+"leases/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("count lease records: %w", err)
+	}
+	return resp.Count, nil
+}
+
 func cmpErr(a, b error) error {
 	if a != nil {
 		return a
@@ -220,6 +240,7 @@ func run(args []string, out io.Writer) error {
 	kills := fs.Int("kills", 10, "leader kills for the failover gap")
 	ttl := fs.Duration("etcd-ttl", 3*time.Second, "the replicas' session TTL (serve --etcd-ttl)")
 	keep := fs.Bool("keep", false, "keep the working directory (logs of etcd and the brokers) and print its path")
+	logLevel := fs.String("log-level", "warn", "the brokers' --log-level (info logs each take-over's time: \"cluster: leading\" ... take_over=)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -253,7 +274,7 @@ func run(args []string, out io.Writer) error {
 	// --http= : no HTTP listener, whatever QUOTA_BROKER_HTTP the caller's
 	// environment sets (the docs scenes set one; three replicas would
 	// contend for it).
-	common := []string{"serve", "--listen", "127.0.0.1:0", "--http=", "--budgets", budgets, "--margin", "1", "--log-level", "warn"}
+	common := []string{"serve", "--listen", "127.0.0.1:0", "--http=", "--budgets", budgets, "--margin", "1", "--log-level", *logLevel}
 	single, err := start(qb, append(slices.Clone(common), "--data", filepath.Join(dir, "single.db")), filepath.Join(dir, "single.log"))
 	if err != nil {
 		return err
@@ -310,7 +331,11 @@ func run(args []string, out io.Writer) error {
 			mc.perSec, mc.p50.Round(time.Microsecond), mc.p99.Round(time.Microsecond), mc.perSec/ms.perSec)
 	}
 
-	fmt.Fprintf(out, "failover: SIGKILL of the leader, session TTL %v, a caller trying every 10 ms on every replica\n", *ttl)
+	records, err := leaseRecords(ec.Endpoints())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "failover: SIGKILL of the leader, session TTL %v, a caller trying every 10 ms on every replica; %d lease records in etcd for the new leaders to load\n", *ttl, records)
 	var gaps []time.Duration
 	for k := range *kills {
 		lead, err := leader(replicas, 15*time.Second)

@@ -50,6 +50,23 @@
 // Store also refuses, without asking etcd, any write after the session's
 // Deadline, and any chunk whose End is after that deadline.
 //
+// # Standbys
+//
+// A replica that does not lead runs Follow: it reads the prefix once and
+// then applies etcd's watch from the revision after that read, keeping
+// every record decoded in memory (follow.go). When it wins, Load takes
+// that copy instead of reading and decoding everything, which with
+// 100,000 lease records is the difference between seconds and a tenth of
+// one (BenchmarkTakeOver). It takes it only once the copy reflects a
+// revision read after the win (events up to it applied, which a progress
+// notification from etcd confirms): the old leader's writes are all
+// fenced on its election key, deleted before the win, so the copy then
+// holds every one of them, and is what a full read would return. A copy
+// that etcd compacted past, whose watch failed, or that does not catch up
+// within a second is read again or passed over for the full read. The
+// copy costs memory as the broker's own state does: about 55 MB of heap
+// for 100,000 lease records, measured here.
+//
 // # Choosing the TTL
 //
 // When etcd's own leader dies, every write and keep-alive waits for etcd

@@ -87,6 +87,11 @@ type Store struct {
 	// none), and epochRev the epoch key's last write (0: never; -1:
 	// unknown, read it again): see settle.
 	lastRev, epochRev int64
+	// fromCopy: the last Load took the follower's copy (follow.go).
+	fromCopy bool
+
+	// mirror is the standby's copy of the prefix (follow.go).
+	mirror *mirror
 }
 
 // tally is the stored value of an additive record: its identity (the
@@ -180,7 +185,7 @@ func Open(ctx context.Context, cli *clientv3.Client, opts Options) (*Store, erro
 		opts.Cluster = DefaultCluster
 	}
 	s := &Store{cli: cli, prefix: opts.Prefix, clock: opts.Clock,
-		versions: map[string]uint64{}, totals: map[string]tally{}, unsure: map[string]bool{}}
+		versions: map[string]uint64{}, totals: map[string]tally{}, unsure: map[string]bool{}, mirror: newMirror()}
 	if err := s.checkMarker(ctx, opts.Cluster); err != nil {
 		return nil, fmt.Errorf("etcd prefix %q: %w", opts.Prefix, err)
 	}
@@ -308,13 +313,46 @@ func (s *Store) chunkKey(id uint64) string { return fmt.Sprintf("%s%s%016x", s.p
 // Load reads every record at one revision. It fails on a record it cannot
 // decode, naming its key: a skipped lease or usage minute could let a
 // budget grant past its limit.
+//
+// While Follow runs (this replica was a standby until now), Load takes the
+// records from the follower's copy instead, once that has caught up with
+// a revision read after the call began (follow.go); a copy that is broken
+// or does not catch up in time is passed over for the full read.
 func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
-	var snap broker.Snapshot
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
-	versions := map[string]uint64{}
-	totals := map[string]tally{}
-	var epoch int64
+	l, ok := s.loadMirror(ctx)
+	s.fromCopy = ok
+	if ok {
+		s.loaded(l)
+		return l.snap, nil
+	}
+	l = newLoading()
+	rev, err := s.rangeAll(ctx, func(key string, val []byte, mod int64) error {
+		rec, err := s.decode(key, val)
+		if err != nil {
+			return fmt.Errorf("key %s: %w", key, err)
+		}
+		l.add(s, key, rec, mod)
+		return nil
+	})
+	if err != nil {
+		return broker.Snapshot{}, fmt.Errorf("load from etcd: %w", err)
+	}
+	l.rev = rev
+	s.loaded(l)
+	return l.snap, nil
+}
+
+// loaded makes l what the caches know. Caller holds commitMu.
+func (s *Store) loaded(l *loading) {
+	s.versions, s.totals, s.unsure = l.versions, l.totals, map[string]bool{}
+	s.lastRev, s.epochRev = l.rev, l.epoch
+}
+
+// rangeAll reads every key under the prefix at one revision, in key
+// order, in pages, and returns that revision.
+func (s *Store) rangeAll(ctx context.Context, fn func(key string, val []byte, mod int64) error) (int64, error) {
 	const page = 5000
 	from, end := s.prefix, clientv3.GetPrefixRangeEnd(s.prefix)
 	var rev int64
@@ -325,69 +363,98 @@ func (s *Store) Load(ctx context.Context) (broker.Snapshot, error) {
 		}
 		resp, err := s.cli.Get(ctx, from, opts...)
 		if err != nil {
-			return snap, fmt.Errorf("load from etcd: %w", err)
+			return 0, err
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			key := string(kv.Key)
-			if key == s.prefix+keyEpoch {
-				epoch = kv.ModRevision
-			}
-			sec, _, _ := strings.Cut(strings.TrimPrefix(key, s.prefix), "/")
-			var err error
-			switch sec + "/" {
-			case secSpecs:
-				var v broker.Spec
-				if err = json.Unmarshal(kv.Value, &v); err == nil {
-					snap.Specs = append(snap.Specs, v)
-				}
-			case secOverrides:
-				var v broker.OverrideRecord
-				if err = json.Unmarshal(kv.Value, &v); err == nil {
-					snap.Overrides = append(snap.Overrides, v)
-				}
-			case secAdaptive:
-				var v broker.AdaptiveRecord
-				if err = json.Unmarshal(kv.Value, &v); err == nil {
-					snap.Adaptive = append(snap.Adaptive, v)
-				}
-			case secLeases:
-				var v broker.LeaseRecord
-				if err = json.Unmarshal(kv.Value, &v); err == nil {
-					snap.Leases = append(snap.Leases, v)
-					versions[key] = v.Version
-				}
-			case secUsage, secClientUsage, secSpend:
-				var t tally
-				if t, err = decodeTally(sec+"/", kv.Value); err == nil {
-					totals[key] = t
-					switch r := t.record().(type) {
-					case broker.UsageRecord:
-						snap.Usage = append(snap.Usage, r)
-					case broker.ClientUsageRecord:
-						snap.ClientUsage = append(snap.ClientUsage, r)
-					case broker.SpendRecord:
-						snap.Spend = append(snap.Spend, r)
-					}
-				}
-			case secChunks:
-				var v broker.ChunkRecord
-				if err = json.Unmarshal(kv.Value, &v); err == nil {
-					snap.Chunks = append(snap.Chunks, v)
-				}
-			}
-			if err != nil {
-				return snap, fmt.Errorf("load from etcd: key %s: %w", key, err)
+			if err := fn(string(kv.Key), kv.Value, kv.ModRevision); err != nil {
+				return 0, err
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			break
+			return rev, nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	s.versions, s.totals, s.unsure = versions, totals, map[string]bool{}
-	s.lastRev, s.epochRev = rev, epoch
-	return snap, nil
+}
+
+// decode reads the record stored at key: a broker.Spec, OverrideRecord,
+// AdaptiveRecord, LeaseRecord, ChunkRecord or a tally; nil for the keys
+// that hold no record (the format marker, the election, the epoch).
+func (s *Store) decode(key string, val []byte) (any, error) {
+	sec, _, _ := strings.Cut(strings.TrimPrefix(key, s.prefix), "/")
+	switch sec + "/" {
+	case secSpecs:
+		return unmarshal[broker.Spec](val)
+	case secOverrides:
+		return unmarshal[broker.OverrideRecord](val)
+	case secAdaptive:
+		return unmarshal[broker.AdaptiveRecord](val)
+	case secLeases:
+		return unmarshal[broker.LeaseRecord](val)
+	case secUsage, secClientUsage, secSpend:
+		t, err := decodeTally(sec+"/", val)
+		if err != nil {
+			return nil, err
+		}
+		return t, nil
+	case secChunks:
+		return unmarshal[broker.ChunkRecord](val)
+	}
+	return nil, nil
+}
+
+func unmarshal[T any](val []byte) (any, error) {
+	var v T
+	if err := json.Unmarshal(val, &v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// loading is a Load being assembled, in key order: the snapshot, and what
+// the caches will know.
+type loading struct {
+	snap     broker.Snapshot
+	versions map[string]uint64
+	totals   map[string]tally
+	rev      int64 // the revision read at
+	epoch    int64 // the epoch key's mod revision; 0: absent
+}
+
+func newLoading() *loading {
+	return &loading{versions: map[string]uint64{}, totals: map[string]tally{}}
+}
+
+// add takes the record rec (decode's) stored at key with mod revision mod.
+func (l *loading) add(s *Store, key string, rec any, mod int64) {
+	if key == s.prefix+keyEpoch {
+		l.epoch = mod
+	}
+	snap := &l.snap
+	switch v := rec.(type) {
+	case broker.Spec:
+		snap.Specs = append(snap.Specs, v)
+	case broker.OverrideRecord:
+		snap.Overrides = append(snap.Overrides, v)
+	case broker.AdaptiveRecord:
+		snap.Adaptive = append(snap.Adaptive, v)
+	case broker.LeaseRecord:
+		snap.Leases = append(snap.Leases, v)
+		l.versions[key] = v.Version
+	case tally:
+		l.totals[key] = v
+		switch r := v.record().(type) {
+		case broker.UsageRecord:
+			snap.Usage = append(snap.Usage, r)
+		case broker.ClientUsageRecord:
+			snap.ClientUsage = append(snap.ClientUsage, r)
+		case broker.SpendRecord:
+			snap.Spend = append(snap.Spend, r)
+		}
+	case broker.ChunkRecord:
+		snap.Chunks = append(snap.Chunks, v)
+	}
 }

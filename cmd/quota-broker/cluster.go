@@ -124,6 +124,8 @@ type ClusterStatus struct {
 // It implements the server's and the dashboard's interfaces.
 type replica struct {
 	clock broker.Clock
+	// follow is how far the standby's copy of the state is (the store's).
+	follow func() etcd.FollowStatus
 
 	// mu guards the fields below; no call into the broker holds it.
 	mu     sync.RWMutex
@@ -158,8 +160,13 @@ func (r *replica) Status() ClusterStatus {
 func (r *replica) serverStatus() server.ClusterStatus {
 	s := r.Status()
 	_, err := r.current()
-	return server.ClusterStatus{Leading: s.Role == RoleLeader && err == nil, Self: s.Self, Leader: s.Leader,
+	out := server.ClusterStatus{Leading: s.Role == RoleLeader && err == nil, Self: s.Self, Leader: s.Leader,
 		LeaderSince: s.MovedAt, EtcdReachable: s.EtcdUp, EtcdError: s.EtcdErr}
+	if !out.Leading && r.follow != nil {
+		f := r.follow()
+		out.Copy = &server.StandbyCopy{Following: f.Following, Error: f.Err, Revision: f.Rev, EtcdRevision: f.Seen, Resyncs: int64(f.Resyncs)}
+	}
+	return out
 }
 
 // proto is the status as GetQuotaReport carries it (for the dashboard's
@@ -170,7 +177,8 @@ func (r *replica) proto() *pb.Cluster {
 	if s.Leading {
 		role = "leader"
 	}
-	c := &pb.Cluster{Role: role, Self: s.Self, Leader: s.Leader, EtcdReachable: s.EtcdReachable, EtcdError: s.EtcdError}
+	c := &pb.Cluster{Role: role, Self: s.Self, Leader: s.Leader, EtcdReachable: s.EtcdReachable, EtcdError: s.EtcdError,
+		StandbyCopy: server.StandbyCopyToPB(s.Copy)}
 	if !s.LeaderSince.IsZero() {
 		c.LeaderSince = timestamppb.New(s.LeaderSince)
 	}
@@ -391,6 +399,14 @@ func (c *cluster) once(ctx context.Context) error {
 	defer wg.Wait()
 	defer stopObserve()
 	wg.Go(func() { c.observe(octx, sess) })
+	// A standby keeps a copy of the state, so that taking over loads
+	// from memory (etcd store, follow.go); it ends once the broker has
+	// loaded, or with this session.
+	fctx, stopFollow := context.WithCancel(ctx)
+	var fwg sync.WaitGroup
+	fwg.Go(func() { c.store.Follow(fctx) })
+	unfollow := sync.OnceFunc(func() { stopFollow(); fwg.Wait() })
+	defer unfollow()
 	wg.Go(func() {
 		// A standby's refusals say at once that etcd is gone, not only
 		// once the campaign gives up.
@@ -407,17 +423,20 @@ func (c *cluster) once(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("campaign: %w", err)
 	}
+	won := c.clock.Now()
 	c.store.Lead(fence)
 	defer c.store.Lead(nil)
 	tctx, stopTerm := context.WithCancel(ctx)
 	b, stop, err := c.term(tctx)
+	unfollow()
 	if err != nil {
 		stopTerm()
 		return fmt.Errorf("take over: %w", err)
 	}
 	c.rep.setStatus(func(s *ClusterStatus) { s.Role, s.Leader = RoleLeader, c.self })
 	c.rep.lead(b, sess)
-	c.log.Info("cluster: leading", "self", c.self, "session_ttl", sess.TTL(), "fence_rev", fence.Rev)
+	c.log.Info("cluster: leading", "self", c.self, "session_ttl", sess.TTL(), "fence_rev", fence.Rev,
+		"take_over", c.clock.Now().Sub(won), "from_standby_copy", c.store.LoadedFromCopy())
 	select {
 	case <-ctx.Done():
 	case <-sess.Done():
@@ -465,7 +484,7 @@ func (m *Main) openCluster(ctx context.Context, clock broker.Clock, cfg broker.C
 	if err != nil {
 		return nil, etcdCheck(list(f.etcd.endpoints), f.etcd.user, err)
 	}
-	rep := &replica{clock: clock, status: ClusterStatus{Role: RoleStandby, EtcdUp: true}}
+	rep := &replica{clock: clock, follow: store.FollowStatus, status: ClusterStatus{Role: RoleStandby, EtcdUp: true}}
 	m.cluster = &cluster{cli: cli, store: store, rep: rep, clock: clock, log: m.log, ttl: f.etcd.ttl}
 	m.cluster.term = func(tctx context.Context) (*broker.Broker, func(), error) {
 		// Loading and setting budgets are bounded by the session: past

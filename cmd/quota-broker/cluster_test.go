@@ -395,6 +395,14 @@ func TestClusterLeaderKill(t *testing.T) {
 		if role == "standby" && len(rep.GetBudgets()) != 0 {
 			t.Errorf("a standby reported %d budgets", len(rep.GetBudgets()))
 		}
+		// A standby keeps a copy of the state to take over from; the
+		// leader has none.
+		if sc := c.GetStandbyCopy(); (role == "standby") != sc.GetFollowing() || (role == "leader") != (sc == nil) {
+			t.Errorf("replica %d, the %s, reports its copy of the state as %v", i, role, sc)
+		}
+	}
+	if out := r.procs[next].output(); !strings.Contains(out, "from_standby_copy=true") {
+		t.Errorf("the new leader did not take over from its copy of the state:\n%s", out)
 	}
 	if page := r.http(standby, "/dashboard"); !strings.Contains(page, "cluster: "+r.procs[standby].addr+" is the standby; leader "+r.procs[next].addr) {
 		t.Errorf("the standby's dashboard does not say what it is:\n%.2000s", page)
@@ -402,7 +410,7 @@ func TestClusterLeaderKill(t *testing.T) {
 	metrics := r.metrics(standby)
 	for _, want := range []string{
 		`quotabroker_cluster_leader{leader="` + r.procs[next].addr + `",self="` + r.procs[standby].addr + `"} 0`,
-		"quotabroker_cluster_etcd_up 1", "quotabroker_cluster_leader_change_timestamp_seconds ",
+		"quotabroker_cluster_etcd_up 1", "quotabroker_cluster_leader_change_timestamp_seconds ", "quotabroker_cluster_standby_lag_revisions ",
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("the standby's /metrics lack %q", want)
@@ -417,6 +425,9 @@ func TestClusterLeaderKill(t *testing.T) {
 	}
 	if want := "cluster: " + r.procs[standby].addr + " is the standby; leader " + r.procs[next].addr; !strings.Contains(out.String(), want) {
 		t.Errorf("report's header:\n%s\nwant %q", out.String(), want)
+	}
+	if !strings.Contains(out.String(), "; copy of the state ") {
+		t.Errorf("report's header does not say how far the standby's copy of the state is:\n%s", out.String())
 	}
 	// Run the new leader into the limit, then check.
 	l.reachLimit(t)

@@ -452,5 +452,21 @@ func clusterLine(c *pb.Cluster) string {
 	if !c.GetEtcdReachable() {
 		etcd = "etcd UNREACHABLE: " + c.GetEtcdError()
 	}
-	return fmt.Sprintf("cluster: %s is the %s; leader %s (%s); %s", c.GetSelf(), c.GetRole(), cmp.Or(c.GetLeader(), "none known"), since, etcd)
+	line := fmt.Sprintf("cluster: %s is the %s; leader %s (%s); %s", c.GetSelf(), c.GetRole(), cmp.Or(c.GetLeader(), "none known"), since, etcd)
+	if sc := c.GetStandbyCopy(); sc != nil {
+		line += "; " + standbyCopyLine(sc)
+	}
+	return line
+}
+
+// standbyCopyLine says how far a standby's copy of the state is: what
+// taking over would cost it.
+func standbyCopyLine(sc *pb.StandbyCopy) string {
+	switch {
+	case !sc.GetFollowing():
+		return "no copy of the state (would read all of it to take over): " + sc.GetError()
+	case sc.GetRevision() >= sc.GetEtcdRevision():
+		return fmt.Sprintf("copy of the state in sync (etcd revision %d)", sc.GetRevision())
+	}
+	return fmt.Sprintf("copy of the state %d revisions behind (at %d of %d)", sc.GetEtcdRevision()-sc.GetRevision(), sc.GetRevision(), sc.GetEtcdRevision())
 }

@@ -2001,6 +2001,8 @@ type Cluster struct {
 	// Whether this replica's session with etcd is alive, and why not.
 	EtcdReachable bool   `protobuf:"varint,5,opt,name=etcd_reachable,json=etcdReachable,proto3" json:"etcd_reachable,omitempty"`
 	EtcdError     string `protobuf:"bytes,6,opt,name=etcd_error,json=etcdError,proto3" json:"etcd_error,omitempty"`
+	// A standby's copy of the state in etcd; unset on the leader.
+	StandbyCopy   *StandbyCopy `protobuf:"bytes,7,opt,name=standby_copy,json=standbyCopy,proto3" json:"standby_copy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2077,6 +2079,97 @@ func (x *Cluster) GetEtcdError() string {
 	return ""
 }
 
+func (x *Cluster) GetStandbyCopy() *StandbyCopy {
+	if x != nil {
+		return x.StandbyCopy
+	}
+	return nil
+}
+
+// StandbyCopy is a standby's copy of the cluster's state in etcd, which it
+// keeps up with etcd's changes so that, when it wins, it takes over
+// without reading everything.
+type StandbyCopy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether it has a whole copy, and why not when not (the copy is read
+	// again after a failure).
+	Following bool   `protobuf:"varint,1,opt,name=following,proto3" json:"following,omitempty"`
+	Error     string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// The etcd revision the copy reflects, and the latest revision etcd has
+	// told the standby of: in sync when revision >= etcd_revision.
+	Revision     int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	EtcdRevision int64 `protobuf:"varint,4,opt,name=etcd_revision,json=etcdRevision,proto3" json:"etcd_revision,omitempty"`
+	// Times the copy was dropped and read again.
+	Resyncs       int64 `protobuf:"varint,5,opt,name=resyncs,proto3" json:"resyncs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StandbyCopy) Reset() {
+	*x = StandbyCopy{}
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StandbyCopy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StandbyCopy) ProtoMessage() {}
+
+func (x *StandbyCopy) ProtoReflect() protoreflect.Message {
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StandbyCopy.ProtoReflect.Descriptor instead.
+func (*StandbyCopy) Descriptor() ([]byte, []int) {
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StandbyCopy) GetFollowing() bool {
+	if x != nil {
+		return x.Following
+	}
+	return false
+}
+
+func (x *StandbyCopy) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *StandbyCopy) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *StandbyCopy) GetEtcdRevision() int64 {
+	if x != nil {
+		return x.EtcdRevision
+	}
+	return 0
+}
+
+func (x *StandbyCopy) GetResyncs() int64 {
+	if x != nil {
+		return x.Resyncs
+	}
+	return 0
+}
+
 // Discovery is the state of quota discovery.
 type Discovery struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -2100,7 +2193,7 @@ type Discovery struct {
 
 func (x *Discovery) Reset() {
 	*x = Discovery{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2205,7 @@ func (x *Discovery) String() string {
 func (*Discovery) ProtoMessage() {}
 
 func (x *Discovery) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[23]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2218,7 @@ func (x *Discovery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Discovery.ProtoReflect.Descriptor instead.
 func (*Discovery) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{23}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Discovery) GetLastSuccess() *timestamppb.Timestamp {
@@ -2194,7 +2287,7 @@ type ProvisionedThroughput struct {
 
 func (x *ProvisionedThroughput) Reset() {
 	*x = ProvisionedThroughput{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2206,7 +2299,7 @@ func (x *ProvisionedThroughput) String() string {
 func (*ProvisionedThroughput) ProtoMessage() {}
 
 func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[24]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2219,7 +2312,7 @@ func (x *ProvisionedThroughput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionedThroughput.ProtoReflect.Descriptor instead.
 func (*ProvisionedThroughput) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{24}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ProvisionedThroughput) GetRegion() string {
@@ -2283,7 +2376,7 @@ type SkippedQuota struct {
 
 func (x *SkippedQuota) Reset() {
 	*x = SkippedQuota{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2295,7 +2388,7 @@ func (x *SkippedQuota) String() string {
 func (*SkippedQuota) ProtoMessage() {}
 
 func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[25]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2308,7 +2401,7 @@ func (x *SkippedQuota) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SkippedQuota.ProtoReflect.Descriptor instead.
 func (*SkippedQuota) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{25}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SkippedQuota) GetRegion() string {
@@ -2352,7 +2445,7 @@ type WindowUsage struct {
 
 func (x *WindowUsage) Reset() {
 	*x = WindowUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2364,7 +2457,7 @@ func (x *WindowUsage) String() string {
 func (*WindowUsage) ProtoMessage() {}
 
 func (x *WindowUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[26]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2377,7 +2470,7 @@ func (x *WindowUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowUsage.ProtoReflect.Descriptor instead.
 func (*WindowUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{26}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WindowUsage) GetRequestsLastMinute() int64 {
@@ -2433,7 +2526,7 @@ type Counters struct {
 
 func (x *Counters) Reset() {
 	*x = Counters{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2538,7 @@ func (x *Counters) String() string {
 func (*Counters) ProtoMessage() {}
 
 func (x *Counters) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[27]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2551,7 @@ func (x *Counters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Counters.ProtoReflect.Descriptor instead.
 func (*Counters) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{27}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Counters) GetGranted() int64 {
@@ -2562,7 +2655,7 @@ type BudgetReport struct {
 
 func (x *BudgetReport) Reset() {
 	*x = BudgetReport{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2574,7 +2667,7 @@ func (x *BudgetReport) String() string {
 func (*BudgetReport) ProtoMessage() {}
 
 func (x *BudgetReport) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[28]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2587,7 +2680,7 @@ func (x *BudgetReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BudgetReport.ProtoReflect.Descriptor instead.
 func (*BudgetReport) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{28}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *BudgetReport) GetBudget() *Budget {
@@ -2662,7 +2755,7 @@ type Activity struct {
 
 func (x *Activity) Reset() {
 	*x = Activity{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2674,7 +2767,7 @@ func (x *Activity) String() string {
 func (*Activity) ProtoMessage() {}
 
 func (x *Activity) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[29]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,7 +2780,7 @@ func (x *Activity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Activity.ProtoReflect.Descriptor instead.
 func (*Activity) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{29}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Activity) GetLastMinute() *UsageStats {
@@ -2777,7 +2870,7 @@ type UsageStats struct {
 
 func (x *UsageStats) Reset() {
 	*x = UsageStats{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +2882,7 @@ func (x *UsageStats) String() string {
 func (*UsageStats) ProtoMessage() {}
 
 func (x *UsageStats) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[30]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +2895,7 @@ func (x *UsageStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageStats.ProtoReflect.Descriptor instead.
 func (*UsageStats) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{30}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UsageStats) GetGranted() int64 {
@@ -2927,7 +3020,7 @@ type ClientUsage struct {
 
 func (x *ClientUsage) Reset() {
 	*x = ClientUsage{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3032,7 @@ func (x *ClientUsage) String() string {
 func (*ClientUsage) ProtoMessage() {}
 
 func (x *ClientUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[31]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3045,7 @@ func (x *ClientUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClientUsage.ProtoReflect.Descriptor instead.
 func (*ClientUsage) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{31}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ClientUsage) GetClient() string {
@@ -2997,7 +3090,7 @@ type Budget struct {
 
 func (x *Budget) Reset() {
 	*x = Budget{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3009,7 +3102,7 @@ func (x *Budget) String() string {
 func (*Budget) ProtoMessage() {}
 
 func (x *Budget) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[32]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3022,7 +3115,7 @@ func (x *Budget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Budget.ProtoReflect.Descriptor instead.
 func (*Budget) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{32}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Budget) GetKey() *BudgetKey {
@@ -3126,7 +3219,7 @@ type QuotaRef struct {
 
 func (x *QuotaRef) Reset() {
 	*x = QuotaRef{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3138,7 +3231,7 @@ func (x *QuotaRef) String() string {
 func (*QuotaRef) ProtoMessage() {}
 
 func (x *QuotaRef) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[33]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3151,7 +3244,7 @@ func (x *QuotaRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaRef.ProtoReflect.Descriptor instead.
 func (*QuotaRef) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{33}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *QuotaRef) GetLimit() string {
@@ -3216,7 +3309,7 @@ type Adaptive struct {
 
 func (x *Adaptive) Reset() {
 	*x = Adaptive{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3228,7 +3321,7 @@ func (x *Adaptive) String() string {
 func (*Adaptive) ProtoMessage() {}
 
 func (x *Adaptive) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[34]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3241,7 +3334,7 @@ func (x *Adaptive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adaptive.ProtoReflect.Descriptor instead.
 func (*Adaptive) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{34}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Adaptive) GetCeiling() *Limits {
@@ -3301,7 +3394,7 @@ type LimitOverride struct {
 
 func (x *LimitOverride) Reset() {
 	*x = LimitOverride{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3313,7 +3406,7 @@ func (x *LimitOverride) String() string {
 func (*LimitOverride) ProtoMessage() {}
 
 func (x *LimitOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[35]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3326,7 +3419,7 @@ func (x *LimitOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LimitOverride.ProtoReflect.Descriptor instead.
 func (*LimitOverride) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{35}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *LimitOverride) GetRequestsPerMinute() int64 {
@@ -3379,7 +3472,7 @@ type ListBudgetsRequest struct {
 
 func (x *ListBudgetsRequest) Reset() {
 	*x = ListBudgetsRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3391,7 +3484,7 @@ func (x *ListBudgetsRequest) String() string {
 func (*ListBudgetsRequest) ProtoMessage() {}
 
 func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[36]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3404,7 +3497,7 @@ func (x *ListBudgetsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsRequest.ProtoReflect.Descriptor instead.
 func (*ListBudgetsRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{36}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
 }
 
 type ListBudgetsResponse struct {
@@ -3416,7 +3509,7 @@ type ListBudgetsResponse struct {
 
 func (x *ListBudgetsResponse) Reset() {
 	*x = ListBudgetsResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3428,7 +3521,7 @@ func (x *ListBudgetsResponse) String() string {
 func (*ListBudgetsResponse) ProtoMessage() {}
 
 func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[37]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3441,7 +3534,7 @@ func (x *ListBudgetsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBudgetsResponse.ProtoReflect.Descriptor instead.
 func (*ListBudgetsResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{37}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListBudgetsResponse) GetBudgets() []*Budget {
@@ -3464,7 +3557,7 @@ type SetOverrideRequest struct {
 
 func (x *SetOverrideRequest) Reset() {
 	*x = SetOverrideRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3476,7 +3569,7 @@ func (x *SetOverrideRequest) String() string {
 func (*SetOverrideRequest) ProtoMessage() {}
 
 func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[38]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3489,7 +3582,7 @@ func (x *SetOverrideRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideRequest.ProtoReflect.Descriptor instead.
 func (*SetOverrideRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{38}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SetOverrideRequest) GetModelId() string {
@@ -3522,7 +3615,7 @@ type SetOverrideResponse struct {
 
 func (x *SetOverrideResponse) Reset() {
 	*x = SetOverrideResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3534,7 +3627,7 @@ func (x *SetOverrideResponse) String() string {
 func (*SetOverrideResponse) ProtoMessage() {}
 
 func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[39]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3547,7 +3640,7 @@ func (x *SetOverrideResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetOverrideResponse.ProtoReflect.Descriptor instead.
 func (*SetOverrideResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{39}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SetOverrideResponse) GetBudget() *Budget {
@@ -3568,7 +3661,7 @@ type ResetAdaptiveRequest struct {
 
 func (x *ResetAdaptiveRequest) Reset() {
 	*x = ResetAdaptiveRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3580,7 +3673,7 @@ func (x *ResetAdaptiveRequest) String() string {
 func (*ResetAdaptiveRequest) ProtoMessage() {}
 
 func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[40]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3593,7 +3686,7 @@ func (x *ResetAdaptiveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetAdaptiveRequest.ProtoReflect.Descriptor instead.
 func (*ResetAdaptiveRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{40}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ResetAdaptiveRequest) GetModelId() string {
@@ -3619,7 +3712,7 @@ type ResetAdaptiveResponse struct {
 
 func (x *ResetAdaptiveResponse) Reset() {
 	*x = ResetAdaptiveResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3631,7 +3724,7 @@ func (x *ResetAdaptiveResponse) String() string {
 func (*ResetAdaptiveResponse) ProtoMessage() {}
 
 func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[41]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3644,7 +3737,7 @@ func (x *ResetAdaptiveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetAdaptiveResponse.ProtoReflect.Descriptor instead.
 func (*ResetAdaptiveResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{41}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ResetAdaptiveResponse) GetBudget() *Budget {
@@ -3662,7 +3755,7 @@ type RefreshQuotasRequest struct {
 
 func (x *RefreshQuotasRequest) Reset() {
 	*x = RefreshQuotasRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3674,7 +3767,7 @@ func (x *RefreshQuotasRequest) String() string {
 func (*RefreshQuotasRequest) ProtoMessage() {}
 
 func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[42]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3687,7 +3780,7 @@ func (x *RefreshQuotasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasRequest.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{42}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{43}
 }
 
 type RefreshQuotasResponse struct {
@@ -3700,7 +3793,7 @@ type RefreshQuotasResponse struct {
 
 func (x *RefreshQuotasResponse) Reset() {
 	*x = RefreshQuotasResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3712,7 +3805,7 @@ func (x *RefreshQuotasResponse) String() string {
 func (*RefreshQuotasResponse) ProtoMessage() {}
 
 func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[43]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3725,7 +3818,7 @@ func (x *RefreshQuotasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshQuotasResponse.ProtoReflect.Descriptor instead.
 func (*RefreshQuotasResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{43}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RefreshQuotasResponse) GetDiscovery() *Discovery {
@@ -3762,7 +3855,7 @@ type GetUsageHistoryRequest struct {
 
 func (x *GetUsageHistoryRequest) Reset() {
 	*x = GetUsageHistoryRequest{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[44]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3774,7 +3867,7 @@ func (x *GetUsageHistoryRequest) String() string {
 func (*GetUsageHistoryRequest) ProtoMessage() {}
 
 func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[44]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3787,7 +3880,7 @@ func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{44}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetUsageHistoryRequest) GetRegion() string {
@@ -3845,7 +3938,7 @@ type GetUsageHistoryResponse struct {
 
 func (x *GetUsageHistoryResponse) Reset() {
 	*x = GetUsageHistoryResponse{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[45]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3857,7 +3950,7 @@ func (x *GetUsageHistoryResponse) String() string {
 func (*GetUsageHistoryResponse) ProtoMessage() {}
 
 func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[45]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3870,7 +3963,7 @@ func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageHistoryResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{45}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetUsageHistoryResponse) GetFrom() *timestamppb.Timestamp {
@@ -3927,7 +4020,7 @@ type UsageSeries struct {
 
 func (x *UsageSeries) Reset() {
 	*x = UsageSeries{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[46]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3939,7 +4032,7 @@ func (x *UsageSeries) String() string {
 func (*UsageSeries) ProtoMessage() {}
 
 func (x *UsageSeries) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[46]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3952,7 +4045,7 @@ func (x *UsageSeries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageSeries.ProtoReflect.Descriptor instead.
 func (*UsageSeries) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{46}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UsageSeries) GetBudget() *BudgetKey {
@@ -4045,7 +4138,7 @@ type UsagePoint struct {
 
 func (x *UsagePoint) Reset() {
 	*x = UsagePoint{}
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[47]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4057,7 +4150,7 @@ func (x *UsagePoint) String() string {
 func (*UsagePoint) ProtoMessage() {}
 
 func (x *UsagePoint) ProtoReflect() protoreflect.Message {
-	mi := &file_quotabroker_v1_broker_proto_msgTypes[47]
+	mi := &file_quotabroker_v1_broker_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4070,7 +4163,7 @@ func (x *UsagePoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsagePoint.ProtoReflect.Descriptor instead.
 func (*UsagePoint) Descriptor() ([]byte, []int) {
-	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{47}
+	return file_quotabroker_v1_broker_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *UsagePoint) GetStart() *timestamppb.Timestamp {
@@ -4391,7 +4484,7 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\baffinity\x18\x04 \x01(\x03R\baffinity\x12\x14\n" +
 	"\x05spill\x18\x05 \x01(\x03R\x05spill\x12\x16\n" +
 	"\x06waited\x18\x06 \x01(\x03R\x06waited\x12\x18\n" +
-	"\awaiters\x18\a \x01(\x03R\awaiters\"\xce\x01\n" +
+	"\awaiters\x18\a \x01(\x03R\awaiters\"\x8e\x02\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x12\n" +
 	"\x04self\x18\x02 \x01(\tR\x04self\x12\x16\n" +
@@ -4399,7 +4492,14 @@ const file_quotabroker_v1_broker_proto_rawDesc = "" +
 	"\fleader_since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vleaderSince\x12%\n" +
 	"\x0eetcd_reachable\x18\x05 \x01(\bR\retcdReachable\x12\x1d\n" +
 	"\n" +
-	"etcd_error\x18\x06 \x01(\tR\tetcdError\"\xf7\x02\n" +
+	"etcd_error\x18\x06 \x01(\tR\tetcdError\x12>\n" +
+	"\fstandby_copy\x18\a \x01(\v2\x1b.quotabroker.v1.StandbyCopyR\vstandbyCopy\"\x9c\x01\n" +
+	"\vStandbyCopy\x12\x1c\n" +
+	"\tfollowing\x18\x01 \x01(\bR\tfollowing\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\x12#\n" +
+	"\retcd_revision\x18\x04 \x01(\x03R\fetcdRevision\x12\x18\n" +
+	"\aresyncs\x18\x05 \x01(\x03R\aresyncs\"\xf7\x02\n" +
 	"\tDiscovery\x12=\n" +
 	"\flast_success\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12=\n" +
 	"\flast_attempt\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\vlastAttempt\x12\x1d\n" +
@@ -4667,7 +4767,7 @@ func file_quotabroker_v1_broker_proto_rawDescGZIP() []byte {
 }
 
 var file_quotabroker_v1_broker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_quotabroker_v1_broker_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(Priority)(0),                   // 0: quotabroker.v1.Priority
 	(Scope)(0),                      // 1: quotabroker.v1.Scope
@@ -4697,53 +4797,54 @@ var file_quotabroker_v1_broker_proto_goTypes = []any{
 	(*RouteReport)(nil),             // 25: quotabroker.v1.RouteReport
 	(*RouteTargetReport)(nil),       // 26: quotabroker.v1.RouteTargetReport
 	(*Cluster)(nil),                 // 27: quotabroker.v1.Cluster
-	(*Discovery)(nil),               // 28: quotabroker.v1.Discovery
-	(*ProvisionedThroughput)(nil),   // 29: quotabroker.v1.ProvisionedThroughput
-	(*SkippedQuota)(nil),            // 30: quotabroker.v1.SkippedQuota
-	(*WindowUsage)(nil),             // 31: quotabroker.v1.WindowUsage
-	(*Counters)(nil),                // 32: quotabroker.v1.Counters
-	(*BudgetReport)(nil),            // 33: quotabroker.v1.BudgetReport
-	(*Activity)(nil),                // 34: quotabroker.v1.Activity
-	(*UsageStats)(nil),              // 35: quotabroker.v1.UsageStats
-	(*ClientUsage)(nil),             // 36: quotabroker.v1.ClientUsage
-	(*Budget)(nil),                  // 37: quotabroker.v1.Budget
-	(*QuotaRef)(nil),                // 38: quotabroker.v1.QuotaRef
-	(*Adaptive)(nil),                // 39: quotabroker.v1.Adaptive
-	(*LimitOverride)(nil),           // 40: quotabroker.v1.LimitOverride
-	(*ListBudgetsRequest)(nil),      // 41: quotabroker.v1.ListBudgetsRequest
-	(*ListBudgetsResponse)(nil),     // 42: quotabroker.v1.ListBudgetsResponse
-	(*SetOverrideRequest)(nil),      // 43: quotabroker.v1.SetOverrideRequest
-	(*SetOverrideResponse)(nil),     // 44: quotabroker.v1.SetOverrideResponse
-	(*ResetAdaptiveRequest)(nil),    // 45: quotabroker.v1.ResetAdaptiveRequest
-	(*ResetAdaptiveResponse)(nil),   // 46: quotabroker.v1.ResetAdaptiveResponse
-	(*RefreshQuotasRequest)(nil),    // 47: quotabroker.v1.RefreshQuotasRequest
-	(*RefreshQuotasResponse)(nil),   // 48: quotabroker.v1.RefreshQuotasResponse
-	(*GetUsageHistoryRequest)(nil),  // 49: quotabroker.v1.GetUsageHistoryRequest
-	(*GetUsageHistoryResponse)(nil), // 50: quotabroker.v1.GetUsageHistoryResponse
-	(*UsageSeries)(nil),             // 51: quotabroker.v1.UsageSeries
-	(*UsagePoint)(nil),              // 52: quotabroker.v1.UsagePoint
-	(*durationpb.Duration)(nil),     // 53: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 54: google.protobuf.Timestamp
+	(*StandbyCopy)(nil),             // 28: quotabroker.v1.StandbyCopy
+	(*Discovery)(nil),               // 29: quotabroker.v1.Discovery
+	(*ProvisionedThroughput)(nil),   // 30: quotabroker.v1.ProvisionedThroughput
+	(*SkippedQuota)(nil),            // 31: quotabroker.v1.SkippedQuota
+	(*WindowUsage)(nil),             // 32: quotabroker.v1.WindowUsage
+	(*Counters)(nil),                // 33: quotabroker.v1.Counters
+	(*BudgetReport)(nil),            // 34: quotabroker.v1.BudgetReport
+	(*Activity)(nil),                // 35: quotabroker.v1.Activity
+	(*UsageStats)(nil),              // 36: quotabroker.v1.UsageStats
+	(*ClientUsage)(nil),             // 37: quotabroker.v1.ClientUsage
+	(*Budget)(nil),                  // 38: quotabroker.v1.Budget
+	(*QuotaRef)(nil),                // 39: quotabroker.v1.QuotaRef
+	(*Adaptive)(nil),                // 40: quotabroker.v1.Adaptive
+	(*LimitOverride)(nil),           // 41: quotabroker.v1.LimitOverride
+	(*ListBudgetsRequest)(nil),      // 42: quotabroker.v1.ListBudgetsRequest
+	(*ListBudgetsResponse)(nil),     // 43: quotabroker.v1.ListBudgetsResponse
+	(*SetOverrideRequest)(nil),      // 44: quotabroker.v1.SetOverrideRequest
+	(*SetOverrideResponse)(nil),     // 45: quotabroker.v1.SetOverrideResponse
+	(*ResetAdaptiveRequest)(nil),    // 46: quotabroker.v1.ResetAdaptiveRequest
+	(*ResetAdaptiveResponse)(nil),   // 47: quotabroker.v1.ResetAdaptiveResponse
+	(*RefreshQuotasRequest)(nil),    // 48: quotabroker.v1.RefreshQuotasRequest
+	(*RefreshQuotasResponse)(nil),   // 49: quotabroker.v1.RefreshQuotasResponse
+	(*GetUsageHistoryRequest)(nil),  // 50: quotabroker.v1.GetUsageHistoryRequest
+	(*GetUsageHistoryResponse)(nil), // 51: quotabroker.v1.GetUsageHistoryResponse
+	(*UsageSeries)(nil),             // 52: quotabroker.v1.UsageSeries
+	(*UsagePoint)(nil),              // 53: quotabroker.v1.UsagePoint
+	(*durationpb.Duration)(nil),     // 54: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 55: google.protobuf.Timestamp
 }
 var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	1,  // 0: quotabroker.v1.BudgetKey.scope:type_name -> quotabroker.v1.Scope
 	0,  // 1: quotabroker.v1.AcquireLeaseRequest.priority:type_name -> quotabroker.v1.Priority
-	53, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
+	54, // 2: quotabroker.v1.AcquireLeaseRequest.wait:type_name -> google.protobuf.Duration
 	5,  // 3: quotabroker.v1.Lease.budget:type_name -> quotabroker.v1.BudgetKey
-	54, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
-	54, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
+	55, // 4: quotabroker.v1.Lease.granted_at:type_name -> google.protobuf.Timestamp
+	55, // 5: quotabroker.v1.Lease.expires_at:type_name -> google.protobuf.Timestamp
 	8,  // 6: quotabroker.v1.AcquireLeaseResponse.lease:type_name -> quotabroker.v1.Lease
-	53, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
+	54, // 7: quotabroker.v1.AcquireLeaseResponse.waited:type_name -> google.protobuf.Duration
 	10, // 8: quotabroker.v1.AcquireLeaseResponse.route:type_name -> quotabroker.v1.RouteGrant
 	4,  // 9: quotabroker.v1.RouteGrant.reason:type_name -> quotabroker.v1.RouteReason
 	3,  // 10: quotabroker.v1.CompleteLeaseRequest.outcome:type_name -> quotabroker.v1.Outcome
 	11, // 11: quotabroker.v1.CompleteLeaseRequest.usage:type_name -> quotabroker.v1.Usage
-	53, // 12: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
-	54, // 13: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
+	54, // 12: quotabroker.v1.RenewLeaseRequest.extend:type_name -> google.protobuf.Duration
+	55, // 13: quotabroker.v1.RenewLeaseResponse.expires_at:type_name -> google.protobuf.Timestamp
 	5,  // 14: quotabroker.v1.ReportThrottleResponse.budget:type_name -> quotabroker.v1.BudgetKey
-	54, // 15: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
-	33, // 16: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
-	28, // 17: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
+	55, // 15: quotabroker.v1.GetQuotaReportResponse.generated_at:type_name -> google.protobuf.Timestamp
+	34, // 16: quotabroker.v1.GetQuotaReportResponse.budgets:type_name -> quotabroker.v1.BudgetReport
+	29, // 17: quotabroker.v1.GetQuotaReportResponse.discovery:type_name -> quotabroker.v1.Discovery
 	20, // 18: quotabroker.v1.GetQuotaReportResponse.spend:type_name -> quotabroker.v1.Spend
 	25, // 19: quotabroker.v1.GetQuotaReportResponse.routes:type_name -> quotabroker.v1.RouteReport
 	27, // 20: quotabroker.v1.GetQuotaReportResponse.cluster:type_name -> quotabroker.v1.Cluster
@@ -4755,75 +4856,76 @@ var file_quotabroker_v1_broker_proto_depIdxs = []int32{
 	23, // 26: quotabroker.v1.ClientSpend.models:type_name -> quotabroker.v1.ModelSpend
 	5,  // 27: quotabroker.v1.ModelSpend.key:type_name -> quotabroker.v1.BudgetKey
 	21, // 28: quotabroker.v1.ModelSpend.spending:type_name -> quotabroker.v1.Spending
-	54, // 29: quotabroker.v1.ClientCap.last_refused_at:type_name -> google.protobuf.Timestamp
+	55, // 29: quotabroker.v1.ClientCap.last_refused_at:type_name -> google.protobuf.Timestamp
 	26, // 30: quotabroker.v1.RouteReport.targets:type_name -> quotabroker.v1.RouteTargetReport
 	5,  // 31: quotabroker.v1.RouteTargetReport.budget:type_name -> quotabroker.v1.BudgetKey
-	54, // 32: quotabroker.v1.Cluster.leader_since:type_name -> google.protobuf.Timestamp
-	54, // 33: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
-	54, // 34: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
-	53, // 35: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
-	30, // 36: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
-	29, // 37: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
-	37, // 38: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
-	31, // 39: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
-	32, // 40: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
-	34, // 41: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
-	35, // 42: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
-	35, // 43: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
-	35, // 44: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
-	36, // 45: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
-	35, // 46: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
-	5,  // 47: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
-	6,  // 48: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
-	6,  // 49: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
-	40, // 50: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
-	54, // 51: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
-	6,  // 52: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
-	39, // 53: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
-	38, // 54: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
-	6,  // 55: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
-	54, // 56: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
-	54, // 57: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
-	37, // 58: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
-	40, // 59: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
-	37, // 60: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
-	37, // 61: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
-	28, // 62: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
-	54, // 63: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
-	54, // 64: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
-	53, // 65: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
-	54, // 66: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
-	53, // 67: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
-	51, // 68: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
-	5,  // 69: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
-	52, // 70: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
-	52, // 71: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
-	54, // 72: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
-	7,  // 73: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
-	12, // 74: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
-	14, // 75: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
-	16, // 76: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
-	18, // 77: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
-	41, // 78: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
-	43, // 79: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
-	47, // 80: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
-	45, // 81: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
-	49, // 82: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
-	9,  // 83: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
-	13, // 84: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
-	15, // 85: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
-	17, // 86: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
-	19, // 87: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
-	42, // 88: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
-	44, // 89: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
-	48, // 90: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
-	46, // 91: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
-	50, // 92: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
-	83, // [83:93] is the sub-list for method output_type
-	73, // [73:83] is the sub-list for method input_type
-	73, // [73:73] is the sub-list for extension type_name
-	73, // [73:73] is the sub-list for extension extendee
-	0,  // [0:73] is the sub-list for field type_name
+	55, // 32: quotabroker.v1.Cluster.leader_since:type_name -> google.protobuf.Timestamp
+	28, // 33: quotabroker.v1.Cluster.standby_copy:type_name -> quotabroker.v1.StandbyCopy
+	55, // 34: quotabroker.v1.Discovery.last_success:type_name -> google.protobuf.Timestamp
+	55, // 35: quotabroker.v1.Discovery.last_attempt:type_name -> google.protobuf.Timestamp
+	54, // 36: quotabroker.v1.Discovery.quota_age:type_name -> google.protobuf.Duration
+	31, // 37: quotabroker.v1.Discovery.skipped:type_name -> quotabroker.v1.SkippedQuota
+	30, // 38: quotabroker.v1.Discovery.provisioned:type_name -> quotabroker.v1.ProvisionedThroughput
+	38, // 39: quotabroker.v1.BudgetReport.budget:type_name -> quotabroker.v1.Budget
+	32, // 40: quotabroker.v1.BudgetReport.usage:type_name -> quotabroker.v1.WindowUsage
+	33, // 41: quotabroker.v1.BudgetReport.counters:type_name -> quotabroker.v1.Counters
+	35, // 42: quotabroker.v1.BudgetReport.activity:type_name -> quotabroker.v1.Activity
+	36, // 43: quotabroker.v1.Activity.last_minute:type_name -> quotabroker.v1.UsageStats
+	36, // 44: quotabroker.v1.Activity.last_hour:type_name -> quotabroker.v1.UsageStats
+	36, // 45: quotabroker.v1.Activity.last_day:type_name -> quotabroker.v1.UsageStats
+	37, // 46: quotabroker.v1.Activity.top_clients:type_name -> quotabroker.v1.ClientUsage
+	36, // 47: quotabroker.v1.ClientUsage.usage:type_name -> quotabroker.v1.UsageStats
+	5,  // 48: quotabroker.v1.Budget.key:type_name -> quotabroker.v1.BudgetKey
+	6,  // 49: quotabroker.v1.Budget.quota:type_name -> quotabroker.v1.Limits
+	6,  // 50: quotabroker.v1.Budget.effective:type_name -> quotabroker.v1.Limits
+	41, // 51: quotabroker.v1.Budget.override:type_name -> quotabroker.v1.LimitOverride
+	55, // 52: quotabroker.v1.Budget.source_time:type_name -> google.protobuf.Timestamp
+	6,  // 53: quotabroker.v1.Budget.static:type_name -> quotabroker.v1.Limits
+	40, // 54: quotabroker.v1.Budget.adaptive:type_name -> quotabroker.v1.Adaptive
+	39, // 55: quotabroker.v1.Budget.quotas:type_name -> quotabroker.v1.QuotaRef
+	6,  // 56: quotabroker.v1.Adaptive.ceiling:type_name -> quotabroker.v1.Limits
+	55, // 57: quotabroker.v1.Adaptive.last_decrease:type_name -> google.protobuf.Timestamp
+	55, // 58: quotabroker.v1.LimitOverride.set_at:type_name -> google.protobuf.Timestamp
+	38, // 59: quotabroker.v1.ListBudgetsResponse.budgets:type_name -> quotabroker.v1.Budget
+	41, // 60: quotabroker.v1.SetOverrideRequest.override:type_name -> quotabroker.v1.LimitOverride
+	38, // 61: quotabroker.v1.SetOverrideResponse.budget:type_name -> quotabroker.v1.Budget
+	38, // 62: quotabroker.v1.ResetAdaptiveResponse.budget:type_name -> quotabroker.v1.Budget
+	29, // 63: quotabroker.v1.RefreshQuotasResponse.discovery:type_name -> quotabroker.v1.Discovery
+	55, // 64: quotabroker.v1.GetUsageHistoryRequest.from:type_name -> google.protobuf.Timestamp
+	55, // 65: quotabroker.v1.GetUsageHistoryRequest.to:type_name -> google.protobuf.Timestamp
+	54, // 66: quotabroker.v1.GetUsageHistoryRequest.step:type_name -> google.protobuf.Duration
+	55, // 67: quotabroker.v1.GetUsageHistoryResponse.from:type_name -> google.protobuf.Timestamp
+	54, // 68: quotabroker.v1.GetUsageHistoryResponse.step:type_name -> google.protobuf.Duration
+	52, // 69: quotabroker.v1.GetUsageHistoryResponse.series:type_name -> quotabroker.v1.UsageSeries
+	5,  // 70: quotabroker.v1.UsageSeries.budget:type_name -> quotabroker.v1.BudgetKey
+	53, // 71: quotabroker.v1.UsageSeries.points:type_name -> quotabroker.v1.UsagePoint
+	53, // 72: quotabroker.v1.UsageSeries.total:type_name -> quotabroker.v1.UsagePoint
+	55, // 73: quotabroker.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
+	7,  // 74: quotabroker.v1.QuotaBroker.AcquireLease:input_type -> quotabroker.v1.AcquireLeaseRequest
+	12, // 75: quotabroker.v1.QuotaBroker.CompleteLease:input_type -> quotabroker.v1.CompleteLeaseRequest
+	14, // 76: quotabroker.v1.QuotaBroker.RenewLease:input_type -> quotabroker.v1.RenewLeaseRequest
+	16, // 77: quotabroker.v1.QuotaBroker.ReportThrottle:input_type -> quotabroker.v1.ReportThrottleRequest
+	18, // 78: quotabroker.v1.QuotaBroker.GetQuotaReport:input_type -> quotabroker.v1.GetQuotaReportRequest
+	42, // 79: quotabroker.v1.QuotaBroker.ListBudgets:input_type -> quotabroker.v1.ListBudgetsRequest
+	44, // 80: quotabroker.v1.QuotaBroker.SetOverride:input_type -> quotabroker.v1.SetOverrideRequest
+	48, // 81: quotabroker.v1.QuotaBroker.RefreshQuotas:input_type -> quotabroker.v1.RefreshQuotasRequest
+	46, // 82: quotabroker.v1.QuotaBroker.ResetAdaptive:input_type -> quotabroker.v1.ResetAdaptiveRequest
+	50, // 83: quotabroker.v1.QuotaBroker.GetUsageHistory:input_type -> quotabroker.v1.GetUsageHistoryRequest
+	9,  // 84: quotabroker.v1.QuotaBroker.AcquireLease:output_type -> quotabroker.v1.AcquireLeaseResponse
+	13, // 85: quotabroker.v1.QuotaBroker.CompleteLease:output_type -> quotabroker.v1.CompleteLeaseResponse
+	15, // 86: quotabroker.v1.QuotaBroker.RenewLease:output_type -> quotabroker.v1.RenewLeaseResponse
+	17, // 87: quotabroker.v1.QuotaBroker.ReportThrottle:output_type -> quotabroker.v1.ReportThrottleResponse
+	19, // 88: quotabroker.v1.QuotaBroker.GetQuotaReport:output_type -> quotabroker.v1.GetQuotaReportResponse
+	43, // 89: quotabroker.v1.QuotaBroker.ListBudgets:output_type -> quotabroker.v1.ListBudgetsResponse
+	45, // 90: quotabroker.v1.QuotaBroker.SetOverride:output_type -> quotabroker.v1.SetOverrideResponse
+	49, // 91: quotabroker.v1.QuotaBroker.RefreshQuotas:output_type -> quotabroker.v1.RefreshQuotasResponse
+	47, // 92: quotabroker.v1.QuotaBroker.ResetAdaptive:output_type -> quotabroker.v1.ResetAdaptiveResponse
+	51, // 93: quotabroker.v1.QuotaBroker.GetUsageHistory:output_type -> quotabroker.v1.GetUsageHistoryResponse
+	84, // [84:94] is the sub-list for method output_type
+	74, // [74:84] is the sub-list for method input_type
+	74, // [74:74] is the sub-list for extension type_name
+	74, // [74:74] is the sub-list for extension extendee
+	0,  // [0:74] is the sub-list for field type_name
 }
 
 func init() { file_quotabroker_v1_broker_proto_init() }
@@ -4831,15 +4933,15 @@ func file_quotabroker_v1_broker_proto_init() {
 	if File_quotabroker_v1_broker_proto != nil {
 		return
 	}
-	file_quotabroker_v1_broker_proto_msgTypes[35].OneofWrappers = []any{}
-	file_quotabroker_v1_broker_proto_msgTypes[47].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[36].OneofWrappers = []any{}
+	file_quotabroker_v1_broker_proto_msgTypes[48].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quotabroker_v1_broker_proto_rawDesc), len(file_quotabroker_v1_broker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   48,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
