@@ -184,6 +184,12 @@ func Open(ctx context.Context, store Store, clock Clock, cfg Config) (*Broker, e
 	}, nil
 }
 
+// restoreGrace is the most a restart gives a lease that expired while no
+// broker served, or is about to, to be settled or renewed (restore): more
+// than a failover's gap (under 5 s), little enough that the leases of
+// holders that died with the broker do not hold concurrency for long.
+const restoreGrace = 10 * time.Second
+
 // restore rebuilds the windows from what was granted before the restart:
 // the minute windows from the leases granted in the last minute, the day
 // window from per-minute usage. This is what keeps the grant invariant
@@ -213,12 +219,22 @@ func (b *Core) restore(snap Snapshot) {
 	b.restoreChunks(&snap, now, &expired)
 	recs := slices.Clone(snap.Leases)
 	slices.SortFunc(recs, func(x, y LeaseRecord) int { return x.EndedAt.Compare(y.EndedAt) })
+	grace := min(b.cfg.LeaseTTL, restoreGrace)
 	for _, r := range recs {
 		bg := b.budgets[r.Key]
 		if bg == nil {
 			// Its budget is gone from the configuration: nothing to enforce.
 			expired.DeleteLeases = append(expired.DeleteLeases, r.ID)
 			continue
+		}
+		// A lease whose expiry fell within a grace of the restart gets
+		// that grace from now: while no broker served, its holder could
+		// neither settle nor renew it, and a settlement in flight across
+		// a failover arrives seconds after the new leader takes over.
+		// Keeping a lease longer only holds capacity longer; a lease that
+		// expired well before (a long outage) expires as it would have.
+		if r.State == LeaseActive && r.ExpiresAt.After(now.Add(-grace)) && r.ExpiresAt.Before(now.Add(grace)) {
+			r.ExpiresAt = now.Add(grace)
 		}
 		l := &lease{LeaseRecord: r, b: bg}
 		b.leases[r.ID] = l

@@ -364,6 +364,53 @@ func TestRestartCountsGrantsMadeBeforeIt(t *testing.T) {
 	}
 }
 
+// TestRestartGivesAnExpiringLeaseItsGrace: a lease whose expiry fell in
+// the seconds no broker served (a failover's gap) is still settled after
+// the restart, as its holder's retried settlement arrives; one that expired
+// long before the restart expires as before.
+func TestRestartGivesAnExpiringLeaseItsGrace(t *testing.T) {
+	e := newEnv(t, spec(sonnet45, broker.Limits{TPM: 100_000, Concurrency: 5}))
+	e.cfg.LeaseTTL = 3 * time.Second
+	e.b.Close()
+	e.open()
+	ctx := context.Background()
+	late := e.mustGrant(broker.AcquireRequest{MaxOutputTokens: 10})
+	e.clock.Advance(time.Second)
+	soon := e.mustGrant(broker.AcquireRequest{MaxOutputTokens: 10})
+	old := e.mustGrant(broker.AcquireRequest{MaxOutputTokens: 10})
+	e.b.Close()
+	// Down past late's expiry (3 s after its grant) but within a grace of it.
+	e.clock.Advance(2500 * time.Millisecond)
+	e.open()
+	e.b.Sweep(ctx)
+	if _, err := e.b.Complete(ctx, late.ID, broker.OutcomeSuccess, broker.Usage{InputTokens: 1, OutputTokens: 1}); err != nil {
+		t.Fatalf("settling a lease that expired in the restart's gap: %v", err)
+	}
+	// soon would have expired 0.5 s after the restart; it has the grace.
+	e.clock.Advance(2 * time.Second)
+	e.b.Sweep(ctx)
+	if _, err := e.b.Renew(ctx, soon.ID, 0); err != nil {
+		t.Fatalf("renewing a lease 2 s after the restart, within its grace: %v", err)
+	}
+	// The grace is one lease TTL here (3 s): old, neither settled nor
+	// renewed, expires when it ends.
+	e.clock.Advance(1500 * time.Millisecond)
+	e.b.Sweep(ctx)
+	if _, err := e.b.Complete(ctx, old.ID, broker.OutcomeSuccess, broker.Usage{}); broker.KindOf(err) != broker.KindPrecondition {
+		t.Fatalf("settling a lease after its grace ran out: %v, want KindPrecondition (expired)", err)
+	}
+	// Down for long: a lease that expired well before the restart is not
+	// brought back.
+	gone := e.mustGrant(broker.AcquireRequest{MaxOutputTokens: 10})
+	e.b.Close()
+	e.clock.Advance(time.Minute)
+	e.open()
+	e.b.Sweep(ctx)
+	if _, err := e.b.Complete(ctx, gone.ID, broker.OutcomeSuccess, broker.Usage{}); broker.KindOf(err) != broker.KindPrecondition {
+		t.Fatalf("settling a lease that expired a minute before the restart: %v, want KindPrecondition (expired)", err)
+	}
+}
+
 func TestGrantIsUndoneWhenStoreFails(t *testing.T) {
 	e := newEnv(t, spec(sonnet45, broker.Limits{RPM: 1, TPM: 100_000}))
 	e.store.setFail(errDiskFull)

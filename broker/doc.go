@@ -252,6 +252,15 @@
 // client's MaxConcurrent does not count them: their clients are unknown, so
 // whoever holds such an id may settle or renew it (the id is unguessable).
 //
+// A restart (or a failover's take-over) gives every active lease whose
+// expiry falls within a grace of it (the lease TTL, at most 10 s) that grace
+// from the restart: while no broker served, its holder could neither settle
+// nor renew it, and a settlement retried across a failover arrives seconds
+// after the new leader serves. Holding a lease longer only holds capacity
+// longer, so the invariant is untouched; a lease that expired well before
+// the restart (a long outage) expires as it would have, so the leases of
+// holders that died with the broker hold concurrency for at most the grace.
+//
 // Settlements, renewals and expiries are committed as before: a settlement
 // before its answer, so an acknowledged one survives a crash. (Making them
 // asynchronous would keep the grant invariant, since a lost settlement only
