@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -229,7 +228,7 @@ func (b *Core) restore(snap Snapshot) {
 		case r.State == LeaseActive && r.ExpiresAt.After(now):
 			bg.started(r.Client, r.GrantedAt)
 			b.active[r.Client]++
-			heap.Push(&b.expiry, expiryRef{id: r.ID, at: r.ExpiresAt})
+			b.expiry.push(expiryRef{id: r.ID, at: r.ExpiresAt})
 		case r.State == LeaseActive:
 			// Started as it was, so that expire, which ends an active
 			// lease, leaves the counts where they were (it used to take
@@ -417,6 +416,11 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 		return Decision{}, err
 	}
 	wait := min(req.Wait, b.cfg.MaxWait)
+	// Made before the lock, so that the lock is not held while they are
+	// allocated (an allocation can be made to help the collector mark,
+	// with every other caller waiting on the lock meanwhile). The lease is
+	// the grant's, if there is one (grant).
+	w := &waiter{client: req.Client, priority: req.Priority, spare: new(lease)}
 
 	b.mu.Lock()
 	if b.closed {
@@ -441,7 +445,7 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 	}
 	now := b.clock.Now()
 	pol := b.policy(req.Client)
-	w := &waiter{client: req.Client, weight: pol.Weight, priority: req.Priority, need: n, enqueued: now, ready: make(chan struct{})}
+	w.weight, w.need, w.enqueued = pol.Weight, n, now
 	bg.queue.push(w)
 	b.dispatch(bg, now)
 	if w.queued && wait > 0 {
@@ -462,6 +466,10 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 		return b.finish(ctx, d, err, w.lease, rec)
 	}
 	b.waiting.add(req.Client)
+	// Only a waiter that waits needs a channel to be woken on (wake closes
+	// none otherwise): it is made before anything can wake it, under the
+	// lock.
+	w.ready = make(chan struct{})
 	b.mu.Unlock()
 
 	timeout, stop := after(b.clock, wait)
@@ -489,10 +497,11 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 	return b.finish(ctx, d, err, w.lease, rec)
 }
 
-// record is the granted lease's record as of now, or the zero record.
-// Caller holds b.mu.
+// record is the granted lease's record as of now, for finish to commit,
+// or the zero record: none granted, or drawn from a chunk (durable with
+// its chunk; finish commits nothing). Caller holds b.mu.
 func (w *waiter) record() LeaseRecord {
-	if w.lease == nil {
+	if w.lease == nil || w.lease.chunk != nil {
 		return LeaseRecord{}
 	}
 	return w.lease.LeaseRecord
@@ -571,7 +580,7 @@ func (b *Core) finish(ctx context.Context, d Decision, err error, l *lease, rec 
 	c := Change{
 		Leases: []LeaseRecord{rec},
 		Usage:  []UsageRecord{{Key: rec.Key, Minute: minuteOf(rec.GrantedAt), Tokens: rec.Charged, Requests: rec.Requests}},
-		Spend:  []SpendRecord{l.grantRecs.spend},
+		Spend:  []SpendRecord{l.grantSpend()},
 	}
 	if u := l.grantRecs.usage; u != nil {
 		c.ClientUsage = []ClientUsageRecord{*u}
@@ -706,7 +715,12 @@ func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 	} else {
 		id = newLeaseID(now)
 	}
-	l := &lease{b: bg, chunk: c, LeaseRecord: LeaseRecord{
+	l := w.spare
+	if l == nil {
+		l = new(lease)
+	}
+	w.spare = nil
+	*l = lease{b: bg, chunk: c, LeaseRecord: LeaseRecord{
 		ID:        id,
 		Version:   1,
 		Key:       bg.spec.Key,
@@ -734,7 +748,7 @@ func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 	b.rec.note(event{kind: eventGranted, key: l.Key, client: l.Client, at: now,
 		reserved: l.Reserved, tokens: l.Charged, requests: l.Requests, waited: now.Sub(w.enqueued)})
 	b.leases[l.ID] = l
-	heap.Push(&b.expiry, expiryRef{id: l.ID, at: l.ExpiresAt})
+	b.expiry.push(expiryRef{id: l.ID, at: l.ExpiresAt})
 	if c != nil {
 		c.leases = append(c.leases, l)
 	}

@@ -38,7 +38,9 @@ type routeWait struct {
 func (w *waiter) wake() {
 	g := w.group
 	if g == nil {
-		close(w.ready)
+		if w.ready != nil { // nil: it never waited (see waiter)
+			close(w.ready)
+		}
 		return
 	}
 	if g.woken {

@@ -112,7 +112,7 @@ func (b *Core) checkpoint(ctx context.Context, c Change, records []*lease) {
 		n := min(len(records), checkpointBatch)
 		var batch Change
 		b.mu.Lock()
-		batch.Leases = activeRecords(nil, records[:n])
+		batch.Leases = activeRecords(make([]LeaseRecord, 0, n), records[:n])
 		b.mu.Unlock()
 		records = records[n:]
 		if len(batch.Leases) == 0 {
@@ -223,7 +223,17 @@ func newLeaseID(now time.Time) string {
 		ms >>= 8
 	}
 	rand.Read(p[6:]) // never fails (crypto/rand since Go 1.24)
-	return leaseIDEncoding.EncodeToString(p[:])
+	return encodeLeaseID(p[:])
+}
+
+// encodeLeaseID encodes the bytes of an id (at most chunkIDLen) into its
+// string with one allocation, the string's (EncodeToString makes a buffer
+// as well).
+func encodeLeaseID(p []byte) string {
+	var buf [(chunkIDLen*8 + 4) / 5]byte
+	n := leaseIDEncoding.EncodedLen(len(p))
+	leaseIDEncoding.Encode(buf[:n], p)
+	return string(buf[:n])
 }
 
 type expiryRef struct {
@@ -237,6 +247,13 @@ func (h expiryHeap) Len() int           { return len(h) }
 func (h expiryHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
 func (h expiryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
 func (h *expiryHeap) Push(x any)        { *h = append(*h, x.(expiryRef)) }
+
+// push adds r as heap.Push would, without boxing r into an interface (an
+// allocation on every grant).
+func (h *expiryHeap) push(r expiryRef) {
+	*h = append(*h, r)
+	heap.Fix(h, len(*h)-1)
+}
 func (h *expiryHeap) Pop() any {
 	old := *h
 	x := old[len(old)-1]
