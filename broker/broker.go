@@ -423,54 +423,11 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 	w := &waiter{client: req.Client, priority: req.Priority, spare: new(lease)}
 
 	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return Decision{}, &Error{Kind: KindUnavailable, Message: "broker is shutting down"}
-	}
-	bg := b.budgets[key]
-	if bg == nil {
-		b.mu.Unlock()
-		return Decision{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
-	}
-	n := needOf(bg, &req)
-	err = bg.neverFits(n)
-	if err == nil {
-		err = b.capNeverFits(req.Client, key, &req, &n)
-	}
-	if err != nil {
-		bg.counters.Refused++
-		b.rec.note(event{kind: eventRefused, key: key, client: req.Client, at: b.clock.Now()})
-		b.mu.Unlock()
-		return Decision{}, err
-	}
-	now := b.clock.Now()
-	pol := b.policy(req.Client)
-	w.weight, w.need, w.enqueued = pol.Weight, n, now
-	bg.queue.push(w)
-	b.dispatch(bg, now)
-	if w.queued && wait > 0 {
-		if limit := b.waiting.over(req.Client, pol.MaxWaiters, b.cfg.MaxWaiters); limit != LimitNone {
-			// Refused at once, before it holds a place in the queue, a
-			// timer and its caller's goroutine for up to MaxWait: the
-			// flood bounds are what keep memory bounded.
-			d, err := b.settleWait(bg, w, now)
-			d.Blocked, d.Cap = limit, ""
-			b.mu.Unlock()
-			return d, err
-		}
-	}
-	if !w.queued || wait <= 0 {
-		d, err := b.settleWait(bg, w, now)
-		rec := w.record()
-		b.mu.Unlock()
+	bg, d, err, rec, waits := b.admit(key, &req, w, wait)
+	b.mu.Unlock()
+	if !waits {
 		return b.finish(ctx, d, err, w.lease, rec)
 	}
-	b.waiting.add(req.Client)
-	// Only a waiter that waits needs a channel to be woken on (wake closes
-	// none otherwise): it is made before anything can wake it, under the
-	// lock.
-	w.ready = make(chan struct{})
-	b.mu.Unlock()
 
 	timeout, stop := after(b.clock, wait)
 	defer stop()
@@ -491,10 +448,61 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 	}
 	b.mu.Lock()
 	b.waiting.done(req.Client)
-	d, err := b.settleWait(bg, w, b.clock.Now())
-	rec := w.record()
+	d, err = b.settleWait(bg, w, b.clock.Now())
+	rec = w.record()
 	b.mu.Unlock()
 	return b.finish(ctx, d, err, w.lease, rec)
+}
+
+// admit is Acquire's first critical section for a request on one
+// budget (key): it queues w, dispatches the budget, and answers at once
+// unless w is to wait. waits: w is queued with its ready channel and
+// counted as waiting. Otherwise the answer is d and err, and rec the
+// record finish commits. Caller holds b.mu (BenchmarkGrantHold measures
+// how long this holds it for a grant).
+func (b *Core) admit(key Key, req *AcquireRequest, w *waiter, wait time.Duration) (bg *budget, d Decision, err error, rec LeaseRecord, waits bool) {
+	if b.closed {
+		return nil, Decision{}, &Error{Kind: KindUnavailable, Message: "broker is shutting down"}, rec, false
+	}
+	bg = b.budgets[key]
+	if bg == nil {
+		return nil, Decision{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region), rec, false
+	}
+	n := needOf(bg, req)
+	err = bg.neverFits(n)
+	if err == nil {
+		err = b.capNeverFits(req.Client, key, req, &n)
+	}
+	if err != nil {
+		bg.counters.Refused++
+		b.rec.note(event{kind: eventRefused, key: key, client: req.Client, at: b.clock.Now()})
+		return bg, Decision{}, err, rec, false
+	}
+	now := b.clock.Now()
+	pol := b.policy(req.Client)
+	w.weight, w.need, w.enqueued = pol.Weight, n, now
+	bg.queue.push(w)
+	b.dispatch(bg, now)
+	if w.queued && wait > 0 {
+		if limit := b.waiting.over(req.Client, pol.MaxWaiters, b.cfg.MaxWaiters); limit != LimitNone {
+			// Refused at once, before it holds a place in the queue, a
+			// timer and its caller's goroutine for up to MaxWait: the
+			// flood bounds are what keep memory bounded.
+			d, err = b.settleWait(bg, w, now)
+			d.Blocked, d.Cap = limit, ""
+			return bg, d, err, rec, false
+		}
+	}
+	if !w.queued || wait <= 0 {
+		d, err = b.settleWait(bg, w, now)
+		return bg, d, err, w.record(), false
+	}
+	b.waiting.add(req.Client)
+	// Only a waiter that waits needs a channel to be woken on (wake closes
+	// none otherwise): it is made before anything can wake it, under the
+	// lock.
+	w.ready = make(chan struct{})
+	return bg, Decision{}, nil, rec, true
 }
 
 // record is the granted lease's record as of now, for finish to commit,
