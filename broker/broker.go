@@ -100,9 +100,9 @@ type Core struct {
 	mu        sync.Mutex
 	budgets   map[Key]*budget
 	leases    map[string]*lease
-	expiry    expiryHeap // active leases by ExpiresAt (stale entries skipped)
-	ended     []endedRef // ended leases in EndedAt order, for forgetting
-	retry     []Change   // commits that failed after the answer was given
+	expiry    expiryQueue // active leases by ExpiresAt (stale entries skipped)
+	ended     []endedRef  // ended leases in EndedAt order, for forgetting
+	retry     []Change    // commits that failed after the answer was given
 	closed    bool
 	usageGCAt time.Time         // when Sweep last dropped old usage
 	active    map[string]int64  // active leases per client, for MaxConcurrent
