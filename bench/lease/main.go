@@ -16,6 +16,14 @@
 //
 //	go run ./bench/lease -duration 3s -rounds 3 -concurrency 50 -outstanding 100000
 //
+// Besides rates and latencies, each case's CPU per call (the process's CPU
+// time over its calls) and bytes allocated per call, which move far less
+// with the machine's other load than the rates do. -only measures chosen
+// cases (with each broker's empty RPC), and with -cpuprofile profiles just
+// them:
+//
+//	go run ./bench/lease -outstanding 0 -only "escrow: AcquireLease (50" -cpuprofile /tmp/acquire.cpu
+//
 // With -attack it measures instead an unrelated client's AcquireLease
 // while an attacker, a child process, floods the same server (attack.go):
 //
