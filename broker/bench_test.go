@@ -5,9 +5,11 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/internal/clocktest"
+	"github.com/bedrockqb/quotabroker/internal/sysclock"
 )
 
 // nopStore accepts every Change and keeps nothing, so a benchmark measures
@@ -55,6 +57,39 @@ func benchAcquireComplete(b *testing.B, cfg broker.Config) {
 			}
 			if ops.Add(1)%1000 == 0 {
 				br.Sweep(ctx)
+			}
+		}
+	})
+}
+
+// BenchmarkAcquireEscrow is the grant path as bench/lease's AcquireLease
+// sees it, in the domain alone: 50 callers of one client (as the bench's
+// anonymous callers are) acquiring on one budget that never refuses, on
+// the system clock with Run going, so that grants are drawn from escrowed
+// chunks; the leases stay outstanding, as the bench's do.
+//
+//	go test -run '^$' -bench AcquireEscrow -benchmem ./broker/
+func BenchmarkAcquireEscrow(b *testing.B) {
+	ctx, cancel := context.WithCancel(context.Background())
+	br, err := broker.Open(ctx, nopStore{}, sysclock.Clock{}, broker.Config{Margin: 1, LeaseTTL: time.Hour,
+		DefaultClient: broker.ClientPolicy{MaxConcurrent: -1}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := br.SetSpecs(ctx, []broker.Spec{spec(haiku3, broker.Limits{RPM: 1 << 40, TPM: 1 << 50})}); err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- br.Run(ctx) }()
+	defer func() { cancel(); <-done; br.Close() }()
+	req := broker.AcquireRequest{ModelID: haiku3, InputTokens: 1000, MaxOutputTokens: 500}
+	b.ReportAllocs()
+	b.SetParallelism(25) // 50 callers on 2 cores
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if d, err := br.Acquire(ctx, req); err != nil || !d.Granted {
+				b.Errorf("acquire: %+v %v", d, err)
+				return
 			}
 		}
 	})

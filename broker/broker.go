@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -101,9 +100,9 @@ type Core struct {
 	mu        sync.Mutex
 	budgets   map[Key]*budget
 	leases    map[string]*lease
-	expiry    expiryHeap // active leases by ExpiresAt (stale entries skipped)
-	ended     []endedRef // ended leases in EndedAt order, for forgetting
-	retry     []Change   // commits that failed after the answer was given
+	expiry    expiryQueue // active leases by ExpiresAt (stale entries skipped)
+	ended     []endedRef  // ended leases in EndedAt order, for forgetting
+	retry     []Change    // commits that failed after the answer was given
 	closed    bool
 	usageGCAt time.Time         // when Sweep last dropped old usage
 	active    map[string]int64  // active leases per client, for MaxConcurrent
@@ -248,7 +247,7 @@ func (b *Core) restore(snap Snapshot) {
 		case r.State == LeaseActive && r.ExpiresAt.After(now):
 			bg.started(r.Client, r.GrantedAt)
 			b.active[r.Client]++
-			heap.Push(&b.expiry, expiryRef{id: r.ID, at: r.ExpiresAt})
+			b.expiry.push(expiryRef{id: r.ID, at: r.ExpiresAt})
 		case r.State == LeaseActive:
 			// Started as it was, so that expire, which ends an active
 			// lease, leaves the counts where they were (it used to take
@@ -436,52 +435,18 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 		return Decision{}, err
 	}
 	wait := min(req.Wait, b.cfg.MaxWait)
+	// Made before the lock, so that the lock is not held while they are
+	// allocated (an allocation can be made to help the collector mark,
+	// with every other caller waiting on the lock meanwhile). The lease is
+	// the grant's, if there is one (grant).
+	w := &waiter{client: req.Client, priority: req.Priority, spare: new(lease)}
 
 	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return Decision{}, &Error{Kind: KindUnavailable, Message: "broker is shutting down"}
-	}
-	bg := b.budgets[key]
-	if bg == nil {
-		b.mu.Unlock()
-		return Decision{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region)
-	}
-	n := needOf(bg, &req)
-	err = bg.neverFits(n)
-	if err == nil {
-		err = b.capNeverFits(req.Client, key, &req, &n)
-	}
-	if err != nil {
-		bg.counters.Refused++
-		b.rec.note(event{kind: eventRefused, key: key, client: req.Client, at: b.clock.Now()})
-		b.mu.Unlock()
-		return Decision{}, err
-	}
-	now := b.clock.Now()
-	pol := b.policy(req.Client)
-	w := &waiter{client: req.Client, weight: pol.Weight, priority: req.Priority, need: n, enqueued: now, ready: make(chan struct{})}
-	bg.queue.push(w)
-	b.dispatch(bg, now)
-	if w.queued && wait > 0 {
-		if limit := b.waiting.over(req.Client, pol.MaxWaiters, b.cfg.MaxWaiters); limit != LimitNone {
-			// Refused at once, before it holds a place in the queue, a
-			// timer and its caller's goroutine for up to MaxWait: the
-			// flood bounds are what keep memory bounded.
-			d, err := b.settleWait(bg, w, now)
-			d.Blocked, d.Cap = limit, ""
-			b.mu.Unlock()
-			return d, err
-		}
-	}
-	if !w.queued || wait <= 0 {
-		d, err := b.settleWait(bg, w, now)
-		rec := w.record()
-		b.mu.Unlock()
+	bg, d, err, rec, waits := b.admit(key, &req, w, wait)
+	b.mu.Unlock()
+	if !waits {
 		return b.finish(ctx, d, err, w.lease, rec)
 	}
-	b.waiting.add(req.Client)
-	b.mu.Unlock()
 
 	timeout, stop := after(b.clock, wait)
 	defer stop()
@@ -502,16 +467,68 @@ func (b *Core) Acquire(ctx context.Context, req AcquireRequest) (Decision, error
 	}
 	b.mu.Lock()
 	b.waiting.done(req.Client)
-	d, err := b.settleWait(bg, w, b.clock.Now())
-	rec := w.record()
+	d, err = b.settleWait(bg, w, b.clock.Now())
+	rec = w.record()
 	b.mu.Unlock()
 	return b.finish(ctx, d, err, w.lease, rec)
 }
 
-// record is the granted lease's record as of now, or the zero record.
-// Caller holds b.mu.
+// admit is Acquire's first critical section for a request on one
+// budget (key): it queues w, dispatches the budget, and answers at once
+// unless w is to wait. waits: w is queued with its ready channel and
+// counted as waiting. Otherwise the answer is d and err, and rec the
+// record finish commits. Caller holds b.mu (BenchmarkGrantHold measures
+// how long this holds it for a grant).
+func (b *Core) admit(key Key, req *AcquireRequest, w *waiter, wait time.Duration) (bg *budget, d Decision, err error, rec LeaseRecord, waits bool) {
+	if b.closed {
+		return nil, Decision{}, &Error{Kind: KindUnavailable, Message: "broker is shutting down"}, rec, false
+	}
+	bg = b.budgets[key]
+	if bg == nil {
+		return nil, Decision{}, notFoundf("no budget for %s %s in %s", key.Scope, key.Model, key.Region), rec, false
+	}
+	n := needOf(bg, req)
+	err = bg.neverFits(n)
+	if err == nil {
+		err = b.capNeverFits(req.Client, key, req, &n)
+	}
+	if err != nil {
+		bg.counters.Refused++
+		b.rec.note(event{kind: eventRefused, key: key, client: req.Client, at: b.clock.Now()})
+		return bg, Decision{}, err, rec, false
+	}
+	now := b.clock.Now()
+	pol := b.policy(req.Client)
+	w.weight, w.need, w.enqueued = pol.Weight, n, now
+	bg.queue.push(w)
+	b.dispatch(bg, now)
+	if w.queued && wait > 0 {
+		if limit := b.waiting.over(req.Client, pol.MaxWaiters, b.cfg.MaxWaiters); limit != LimitNone {
+			// Refused at once, before it holds a place in the queue, a
+			// timer and its caller's goroutine for up to MaxWait: the
+			// flood bounds are what keep memory bounded.
+			d, err = b.settleWait(bg, w, now)
+			d.Blocked, d.Cap = limit, ""
+			return bg, d, err, rec, false
+		}
+	}
+	if !w.queued || wait <= 0 {
+		d, err = b.settleWait(bg, w, now)
+		return bg, d, err, w.record(), false
+	}
+	b.waiting.add(req.Client)
+	// Only a waiter that waits needs a channel to be woken on (wake closes
+	// none otherwise): it is made before anything can wake it, under the
+	// lock.
+	w.ready = make(chan struct{})
+	return bg, Decision{}, nil, rec, true
+}
+
+// record is the granted lease's record as of now, for finish to commit,
+// or the zero record: none granted, or drawn from a chunk (durable with
+// its chunk; finish commits nothing). Caller holds b.mu.
 func (w *waiter) record() LeaseRecord {
-	if w.lease == nil {
+	if w.lease == nil || w.lease.chunk != nil {
 		return LeaseRecord{}
 	}
 	return w.lease.LeaseRecord
@@ -590,7 +607,7 @@ func (b *Core) finish(ctx context.Context, d Decision, err error, l *lease, rec 
 	c := Change{
 		Leases: []LeaseRecord{rec},
 		Usage:  []UsageRecord{{Key: rec.Key, Minute: minuteOf(rec.GrantedAt), Tokens: rec.Charged, Requests: rec.Requests}},
-		Spend:  []SpendRecord{l.grantRecs.spend},
+		Spend:  []SpendRecord{l.grantSpend()},
 	}
 	if u := l.grantRecs.usage; u != nil {
 		c.ClientUsage = []ClientUsageRecord{*u}
@@ -725,7 +742,12 @@ func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 	} else {
 		id = newLeaseID(now)
 	}
-	l := &lease{b: bg, chunk: c, LeaseRecord: LeaseRecord{
+	l := w.spare
+	if l == nil {
+		l = new(lease)
+	}
+	w.spare = nil
+	*l = lease{b: bg, chunk: c, LeaseRecord: LeaseRecord{
 		ID:        id,
 		Version:   1,
 		Key:       bg.spec.Key,
@@ -753,7 +775,7 @@ func (b *Core) grant(bg *budget, w *waiter, now time.Time) *lease {
 	b.rec.note(event{kind: eventGranted, key: l.Key, client: l.Client, at: now,
 		reserved: l.Reserved, tokens: l.Charged, requests: l.Requests, waited: now.Sub(w.enqueued)})
 	b.leases[l.ID] = l
-	heap.Push(&b.expiry, expiryRef{id: l.ID, at: l.ExpiresAt})
+	b.expiry.push(expiryRef{id: l.ID, at: l.ExpiresAt})
 	if c != nil {
 		c.leases = append(c.leases, l)
 	}

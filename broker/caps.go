@@ -519,7 +519,7 @@ func (b *Core) capCharge(l *lease, n need, now time.Time) {
 		unpriced = 1
 	}
 	t.book.add(l.spendAs, l.Key, day, l.Cost, 1, unpriced)
-	l.grantRecs.spend = SpendRecord{Client: l.spendAs, Key: l.Key, Day: day, NanoUSD: l.Cost, Calls: 1, Unpriced: unpriced}
+	l.grantRecs.cost, l.grantRecs.unpriced = l.Cost, !n.priced
 	if ws.any() {
 		l.grantRecs.usage = &ClientUsageRecord{Client: l.Client, Key: l.Key, Route: l.Route, Minute: minuteOf(now), Tokens: l.Charged, Requests: l.Requests}
 	}
@@ -567,7 +567,7 @@ func (b *Core) capAdjust(l *lease, now time.Time, dTokens, dRequests, cost int64
 // received. Caller holds Core.mu.
 func (b *Core) undoCaps(l *lease, now time.Time) {
 	b.capAdjust(l, now, -l.Charged, -l.Requests, 0, nil)
-	b.ten.book.add(l.spendAs, l.Key, dayOf(l.GrantedAt), 0, -1, -l.grantRecs.spend.Unpriced)
+	b.ten.book.add(l.spendAs, l.Key, dayOf(l.GrantedAt), 0, -1, -l.grantSpend().Unpriced)
 }
 
 // capsReleased re-examines the queues after a settlement or expiry of a

@@ -441,7 +441,13 @@
 // # Concurrency
 //
 // Core.mu guards all budgets, leases and waiters; it is never held across a
-// Store call or a wait. The only lock taken under it is Recorder.mu, held for
+// Store call or a wait. Every grant takes it, so what a grant does under it
+// is kept to the bookkeeping that must be atomic (admit: the windows and
+// queue, the lease's id and its places in the lease map and the expiry
+// queue, an event for the Recorder): the waiter and the lease are allocated
+// before it is taken (an allocation may be made to help the collector mark
+// meanwhile), the answer and any commit come after, and BenchmarkGrantHold
+// measures the hold. The only lock taken under it is Recorder.mu, held for
 // an append or a slice swap; the Recorder folds and answers readers under
 // its own Recorder.foldMu and never takes Core.mu. Refresher.mu guards the
 // discovery status and source and is never held while discovering or

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"container/heap"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -37,6 +36,9 @@ type chunk struct {
 	ChunkRecord
 	b   *budget
 	mac hash.Hash // HMAC-SHA256 keyed by Secret: the tags of its lease ids
+	// idBuf is leaseID's buffer: through mac's interface a local array
+	// would escape, two allocations per grant.
+	idBuf [chunkIDLen + sha256.Size]byte
 
 	usedReq, usedTok int64    // drawn in this life
 	leases           []*lease // drawn in this life, for the record at close
@@ -253,14 +255,13 @@ const (
 
 // leaseID returns the id of the lease with index i. Caller holds b.mu.
 func (c *chunk) leaseID(i int64) string {
-	var p [chunkIDLen]byte
+	p, sum := c.idBuf[:chunkIDLen], c.idBuf[chunkIDLen:]
 	binary.BigEndian.PutUint64(p[:8], c.ID)
 	p[8], p[9], p[10] = byte(i>>16), byte(i>>8), byte(i)
 	c.mac.Reset()
 	c.mac.Write(p[:chunkIDPrefix])
-	var sum [sha256.Size]byte
 	copy(p[chunkIDPrefix:], c.mac.Sum(sum[:0]))
-	return leaseIDEncoding.EncodeToString(p[:])
+	return encodeLeaseID(p)
 }
 
 // parseChunkLeaseID returns the chunk and index an id names, if it is a
@@ -305,7 +306,7 @@ func (b *Core) recoverLease(id string, now time.Time) *lease {
 	bg.esc.phantomCap = max(0, bg.esc.phantomCap-1)
 	bg.concurrent++
 	b.active[l.Client]++
-	heap.Push(&b.expiry, expiryRef{id: id, at: l.ExpiresAt})
+	b.expiry.push(expiryRef{id: id, at: l.ExpiresAt})
 	return l
 }
 
@@ -323,8 +324,12 @@ func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change, records *[]*lease
 	c.ChunkRecord = r
 	// This loop runs under the lock over a chunk's every grant (tens of
 	// thousands a second on a busy budget): no map operation per lease.
-	// A chunk spans a second, so its grants fall in one or two minutes.
+	// A chunk spans a second, so its grants fall in one or two minutes,
+	// and come from few clients (spend is kept per client, budget and day;
+	// the store adds the records up, so one per client and day is the
+	// same as one per lease, and far fewer to build and write).
 	var usage []UsageRecord
+	spend := len(ch.Spend)
 	for _, l := range c.leases {
 		if l.undone {
 			continue // the caller never had it
@@ -337,7 +342,7 @@ func (b *Core) closeChunk(c *chunk, now time.Time, ch *Change, records *[]*lease
 		}
 		// Its spend goes in the Change that takes the chunk's spend bound
 		// back (below), so the store never holds less than was granted.
-		ch.Spend = append(ch.Spend, l.grantRecs.spend)
+		addSpend(ch, spend, l.grantSpend())
 		m := minuteOf(l.GrantedAt)
 		i := len(usage) - 1
 		for i >= 0 && usage[i].Minute != m {
@@ -392,6 +397,22 @@ func (b *Core) sweepChunks(now time.Time, ch *Change, records *[]*lease) (freed 
 		}
 	}
 	return freed
+}
+
+// addSpend adds r to the record of its client, budget and day among the
+// last few of c.Spend[from:], or appends it: leases come in runs of a
+// client or a few interleaved, and a chunk's many clients must not cost a
+// scan of them all per lease.
+func addSpend(c *Change, from int, r SpendRecord) {
+	for i := len(c.Spend) - 1; i >= max(from, len(c.Spend)-4); i-- {
+		if s := &c.Spend[i]; s.Client == r.Client && s.Day == r.Day && s.Key == r.Key {
+			s.NanoUSD += r.NanoUSD
+			s.Calls += r.Calls
+			s.Unpriced += r.Unpriced
+			return
+		}
+	}
+	c.Spend = append(c.Spend, r)
 }
 
 func deleteFunc[T any](s []T, del func(T) bool) []T {

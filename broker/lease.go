@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"container/heap"
 	"context"
 	"fmt"
 	"time"
@@ -209,7 +208,7 @@ func (b *Core) Renew(ctx context.Context, leaseID string, extend time.Duration) 
 	if at := b.clock.Now().Add(extend); at.After(l.ExpiresAt) {
 		l.ExpiresAt = at
 		l.Version++
-		heap.Push(&b.expiry, expiryRef{id: l.ID, at: at})
+		b.expiry.push(expiryRef{id: l.ID, at: at})
 	}
 	rec := l.LeaseRecord
 	b.mu.Unlock()

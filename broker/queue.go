@@ -7,7 +7,8 @@ import (
 
 // waiter is one AcquireLease call waiting for capacity. All fields are
 // guarded by Broker.mu; ready is closed once the waiter is decided (granted,
-// or failed with err).
+// or failed with err). A waiter that never waits (answered in the critical
+// section that queued it) has no ready channel.
 type waiter struct {
 	client     string
 	weight     float64
@@ -17,6 +18,7 @@ type waiter struct {
 	seq        uint64 // arrival order, for ties
 	ready      chan struct{}
 	lease      *lease // set when granted
+	spare      *lease // allocated off the lock for grant to fill, or nil
 	err        error  // set when it can never be granted
 	queued     bool
 	prev, next *waiter // its client's FIFO at its priority, while queued

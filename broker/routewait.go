@@ -46,7 +46,9 @@ type routeWait struct {
 // it, or the broker closing). Caller holds Core.mu.
 func (w *waiter) wake() {
 	if w.group == nil {
-		close(w.ready)
+		if w.ready != nil { // nil: it never waited (see waiter)
+			close(w.ready)
+		}
 		return
 	}
 	w.group.wake()

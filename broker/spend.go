@@ -39,12 +39,25 @@ type ClientUsageRecord struct {
 	Requests int64
 }
 
-// grantRecs are the records a grant's commit writes besides the lease:
-// set once under Core.mu when the lease is granted and never changed, so
-// the commit that follows reads them without the lock.
+// grantRecs are what a grant's commit writes besides the lease: set once
+// under Core.mu when the lease is granted and never changed, so the commit
+// that follows reads them without the lock. The spend record is built
+// from them and the lease's fields set at grant (grantSpend) rather than
+// kept, which made every lease, outstanding by the hundred thousand on a
+// busy broker, a size class larger.
 type grantRecs struct {
-	spend SpendRecord
-	usage *ClientUsageRecord // nil: the client has no rate caps
+	cost     int64 // the lease's Cost at grant
+	unpriced bool
+	usage    *ClientUsageRecord // nil: the client has no rate caps
+}
+
+// grantSpend is the spend record of l's grant.
+func (l *lease) grantSpend() SpendRecord {
+	var unpriced int64
+	if l.grantRecs.unpriced {
+		unpriced = 1
+	}
+	return SpendRecord{Client: l.spendAs, Key: l.Key, Day: dayOf(l.GrantedAt), NanoUSD: l.grantRecs.cost, Calls: 1, Unpriced: unpriced}
 }
 
 // perThousand converts tokens at a price per 1,000 tokens to nano-dollars,
@@ -103,9 +116,22 @@ type spendBook struct {
 	// months are the cells summed per month (spendKey.day holds the
 	// month): reports read them, not every day's cells, under Core.mu.
 	months   map[spendKey]*spendCell
-	totals   map[periodKey]int64
+	totals   map[periodKey]*int64
 	names    map[string]int // client name -> cells, to bound distinct names
 	prunedAt int64          // the day prune last ran
+	// last is what add touched last time: a busy budget's grants come
+	// from the same client on the same day one after another, and the six
+	// map lookups by keys of strings that add makes otherwise were a large
+	// part of a grant's time under Core.mu. prune, which deletes cells,
+	// forgets it.
+	last spendRefs
+}
+
+// spendRefs are the cells and totals one spendKey adds to.
+type spendRefs struct {
+	k           spendKey
+	cell, month *spendCell
+	totals      [4]*int64 // the client's day and month, the account's day and month
 }
 
 type spendKey struct {
@@ -124,7 +150,7 @@ type periodKey struct {
 }
 
 func newSpendBook() spendBook {
-	return spendBook{cells: map[spendKey]*spendCell{}, months: map[spendKey]*spendCell{}, totals: map[periodKey]int64{},
+	return spendBook{cells: map[spendKey]*spendCell{}, months: map[spendKey]*spendCell{}, totals: map[periodKey]*int64{},
 		names: map[string]int{}}
 }
 
@@ -143,30 +169,47 @@ func (s *spendBook) name(client string, capped map[string]ClientCaps) string {
 }
 
 func (s *spendBook) add(client string, key Key, day, nano, calls, unpriced int64) {
-	k := spendKey{client, key, day}
+	r := &s.last
+	if k := (spendKey{client, key, day}); r.cell == nil || r.k != k {
+		*r = s.refs(k)
+	}
+	r.cell.nano += nano
+	r.cell.calls += calls
+	r.cell.unpriced += unpriced
+	r.month.nano += nano
+	r.month.calls += calls
+	r.month.unpriced += unpriced
+	for _, t := range r.totals {
+		*t += nano
+	}
+}
+
+// refs returns the cells and totals of k, made if new.
+func (s *spendBook) refs(k spendKey) spendRefs {
 	c := s.cells[k]
 	if c == nil {
 		c = &spendCell{}
 		s.cells[k] = c
-		s.names[client]++
+		s.names[k.client]++
 	}
-	c.nano += nano
-	c.calls += calls
-	c.unpriced += unpriced
-	month := monthOfDay(day)
-	mk := spendKey{client, key, month}
+	month := monthOfDay(k.day)
+	mk := spendKey{k.client, k.key, month}
 	m := s.months[mk]
 	if m == nil {
 		m = &spendCell{}
 		s.months[mk] = m
 	}
-	m.nano += nano
-	m.calls += calls
-	m.unpriced += unpriced
-	s.totals[periodKey{false, client, false, day}] += nano
-	s.totals[periodKey{false, client, true, month}] += nano
-	s.totals[periodKey{true, "", false, day}] += nano
-	s.totals[periodKey{true, "", true, month}] += nano
+	r := spendRefs{k: k, cell: c, month: m}
+	for i, pk := range [...]periodKey{{false, k.client, false, k.day}, {false, k.client, true, month},
+		{true, "", false, k.day}, {true, "", true, month}} {
+		t := s.totals[pk]
+		if t == nil {
+			t = new(int64)
+			s.totals[pk] = t
+		}
+		r.totals[i] = t
+	}
+	return r
 }
 
 // total is the spend of the account (or of client) in the day, or in its
@@ -179,7 +222,10 @@ func (s *spendBook) total(account bool, client string, month bool, day int64) in
 	if month {
 		n = monthOfDay(day)
 	}
-	return s.totals[periodKey{account, client, month, n}]
+	if t := s.totals[periodKey{account, client, month, n}]; t != nil {
+		return *t
+	}
+	return 0
 }
 
 // prune forgets spend older than spendRetentionDays before today, once a
@@ -189,6 +235,7 @@ func (s *spendBook) prune(today int64) {
 		return
 	}
 	s.prunedAt = today
+	s.last = spendRefs{} // its cells may go
 	cut := today - spendRetentionDays
 	for k := range s.months {
 		if k.day < monthOfDay(cut) {

@@ -188,10 +188,37 @@ func discoveryToPB(d broker.DiscoveryStatus, now time.Time) *pb.Discovery {
 	return out
 }
 
+// acquired is an AcquireLease answer's messages in one allocation instead
+// of six: the answer to every grant.
+type acquired struct {
+	resp             pb.AcquireLeaseResponse
+	lease            pb.Lease
+	budget           pb.BudgetKey
+	granted, expires timestamppb.Timestamp
+	waited           durationpb.Duration
+}
+
 // acquiredToPB says where the caller calls: the route's target, or the
-// budget's Region and the model id the request named.
+// budget's Region and the model id the request named. The lease is as
+// leaseToPB makes it.
 func acquiredToPB(d broker.Decision, req *pb.AcquireLeaseRequest) *pb.AcquireLeaseResponse {
-	out := &pb.AcquireLeaseResponse{Lease: leaseToPB(d.Lease), Waited: durationPB(d.Waited)}
+	a := &acquired{}
+	l := d.Lease
+	a.budget.Region, a.budget.Scope, a.budget.Model = l.Key.Region, scopeToPB(l.Key.Scope), l.Key.Model
+	a.lease.LeaseId, a.lease.Budget, a.lease.ReservedTokens = l.ID, &a.budget, l.Reserved
+	if !l.GrantedAt.IsZero() {
+		a.granted.Seconds, a.granted.Nanos = l.GrantedAt.Unix(), int32(l.GrantedAt.Nanosecond())
+		a.lease.GrantedAt = &a.granted
+	}
+	if !l.ExpiresAt.IsZero() {
+		a.expires.Seconds, a.expires.Nanos = l.ExpiresAt.Unix(), int32(l.ExpiresAt.Nanosecond())
+		a.lease.ExpiresAt = &a.expires
+	}
+	a.lease.OutputBurndown, a.lease.MaxOutputTokens = l.Burndown, l.MaxOutputTokens
+	nanos := d.Waited.Nanoseconds()
+	a.waited.Seconds, a.waited.Nanos = nanos/1e9, int32(nanos%1e9)
+	out := &a.resp
+	out.Lease, out.Waited = &a.lease, &a.waited
 	if r := d.Route; r.Route != "" {
 		out.Lease.Region, out.Lease.ModelId = r.Target.Key.Region, r.Target.ModelID
 		out.Route = &pb.RouteGrant{Route: r.Route, TargetIndex: int32(r.Index), Reason: routeReasonToPB(r.Reason)}

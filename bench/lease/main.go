@@ -16,6 +16,14 @@
 //
 //	go run ./bench/lease -duration 3s -rounds 3 -concurrency 50 -outstanding 100000
 //
+// Besides rates and latencies, each case's CPU per call (the process's CPU
+// time over its calls) and bytes allocated per call, which move far less
+// with the machine's other load than the rates do. -only measures chosen
+// cases (with each broker's empty RPC), and with -cpuprofile profiles just
+// them:
+//
+//	go run ./bench/lease -outstanding 0 -only "escrow: AcquireLease (50" -cpuprofile /tmp/acquire.cpu
+//
 // With -attack it measures instead an unrelated client's AcquireLease
 // while an attacker, a child process, floods the same server (attack.go):
 //
@@ -36,6 +44,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -140,13 +149,15 @@ func run(args []string, out io.Writer) error {
 	concurrency := fs.Int("concurrency", 50, "concurrent callers (each case also runs at 1 caller)")
 	outstanding := fs.Int("outstanding", 100_000, "leases to hold outstanding for the memory and restart measurements (0 skips them)")
 	rounds := fs.Int("rounds", 3, "measurement rounds; the median round is reported")
-	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the measurements to this file (with -only, one file per measurement of the chosen cases: this path with .1, .2, ...)")
+	memprofile := fs.String("memprofile", "", "write an allocation profile of the measurements to this file (go tool pprof -sample_index=alloc_space)")
 	nosync := fs.Bool("nosync", false, "skip fsync in the store (unsafe; shows what durability costs)")
 	metrics := fs.Bool("metrics", true, "serve with the metrics interceptor, as production does")
 	attack := fs.String("attack", "none", "none, or the attacks (flood, halfopen, history; comma-separated) to measure an unrelated client under (attack.go)")
 	floodWait := fs.Duration("flood-wait", 20*time.Second, "with -attack flood: how long each flooding call waits before its refusal")
 	refill := fs.Bool("halfopen-refill", true, "with -attack halfopen: the attacker replaces each call the server ends (false: sends its calls once, as bench/halfopen)")
 	short := fs.Bool("short", false, "with -attack: one round of 1s measurements")
+	only := fs.String("only", "", "measure only the cases whose name and callers (\"escrow: AcquireLease (50 callers)\") contain this (each broker's empty RPC is always measured: the ratios need it); with -cpuprofile, a profile of just those")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -180,21 +191,22 @@ func run(args []string, out io.Writer) error {
 	type bcase struct {
 		name string
 		n    int
+		base bool // the broker's empty RPC, which the ratios below it are to
 		call func() error
 	}
 	var cases []bcase
 	for _, n := range []int{*concurrency, 1} {
 		for _, s := range brokers {
 			cases = append(cases,
-				bcase{fmt.Sprintf("%s: empty RPC (health Check)", s.name), n, func() error {
+				bcase{fmt.Sprintf("%s: empty RPC (health Check)", s.name), n, true, func() error {
 					_, err := s.health.Check(ctx, &healthpb.HealthCheckRequest{})
 					return err
 				}},
-				bcase{fmt.Sprintf("%s: AcquireLease", s.name), n, func() error {
+				bcase{fmt.Sprintf("%s: AcquireLease", s.name), n, false, func() error {
 					_, err := s.qb.AcquireLease(ctx, acquire)
 					return err
 				}},
-				bcase{fmt.Sprintf("%s: Acquire+Complete", s.name), n, func() error {
+				bcase{fmt.Sprintf("%s: Acquire+Complete", s.name), n, false, func() error {
 					r, err := s.qb.AcquireLease(ctx, acquire)
 					if err != nil {
 						return err
@@ -205,7 +217,36 @@ func run(args []string, out io.Writer) error {
 				}})
 		}
 	}
-	if *cpuprofile != "" {
+	chosen := func(c bcase) bool { return strings.Contains(fmt.Sprintf("%s (%d callers)", c.name, c.n), *only) }
+	if *only != "" {
+		cases = slices.DeleteFunc(cases, func(c bcase) bool { return !c.base && !chosen(c) })
+	}
+	// profile profiles one measurement: with -only, each of the chosen
+	// cases' runs to a file of its own (PATH.1, PATH.2, ...; pprof merges
+	// the files it is given), so that the empty RPCs measured for the
+	// ratios stay out of it unless chosen; without, the whole run to PATH.
+	profiled := 0
+	profile := func(c bcase, measure func() error) error {
+		if *cpuprofile == "" || (*only != "" && !chosen(c)) {
+			return measure()
+		}
+		path := *cpuprofile
+		if *only != "" {
+			profiled++
+			path = fmt.Sprintf("%s.%d", path, profiled)
+		}
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+		return measure()
+	}
+	if *cpuprofile != "" && *only == "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
 			return err
@@ -215,13 +256,27 @@ func run(args []string, out io.Writer) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+		*cpuprofile = "" // one profile, already started
+	}
+	if *memprofile != "" {
+		runtime.MemProfileRate = 4096
+		defer func() {
+			if f, err := os.Create(*memprofile); err == nil {
+				pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
 	}
 	fmt.Fprintf(out, "lease path over gRPC on loopback, %v per round, median of %d rounds, GOMAXPROCS %d, bbolt with fsync %v, metrics %v\n",
 		*duration, *rounds, runtime.GOMAXPROCS(0), !*nosync, *metrics)
 	results := make([][]result, len(cases))
 	for r := 0; r < *rounds; r++ {
 		for i, c := range cases { // interleaved, so drift hits all cases alike
-			res, err := measure(c.call, c.n, *duration)
+			var res result
+			err := profile(c, func() (err error) {
+				res, err = measure(c.call, c.n, *duration)
+				return err
+			})
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
@@ -231,14 +286,14 @@ func run(args []string, out io.Writer) error {
 	var base result
 	for i, c := range cases {
 		if i == 0 || cases[i-1].n != c.n {
-			fmt.Fprintf(out, "\n%-38s %12s %10s %10s %10s %10s\n", fmt.Sprintf("call (%d callers)", c.n), "calls/s", "p50", "p99", "rate", "p50")
+			fmt.Fprintf(out, "\n%-38s %12s %10s %10s %10s %10s %10s %10s %10s %10s\n", fmt.Sprintf("call (%d callers)", c.n), "calls/s", "p50", "p99", "rate", "p50", "p99", "CPU/call", "CPU", "B/call")
 		}
 		m := median(results[i])
-		if i%3 == 0 {
+		if c.base {
 			base = m // each broker's own empty RPC
 		}
-		fmt.Fprintf(out, "%-38s %12.0f %10v %10v %9.2fx %9.2fx\n", c.name, m.rate, m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond),
-			m.rate/base.rate, float64(m.p50)/float64(base.p50))
+		fmt.Fprintf(out, "%-38s %12.0f %10v %10v %9.2fx %9.2fx %9.2fx %10v %9.2fx %10d\n", c.name, m.rate, m.p50.Round(time.Microsecond), m.p99.Round(time.Microsecond),
+			m.rate/base.rate, float64(m.p50)/float64(base.p50), float64(m.p99)/float64(base.p99), m.cpu.Round(100*time.Nanosecond), float64(m.cpu)/float64(base.cpu), m.bytes)
 	}
 	if *outstanding > 0 {
 		s := brokers[len(brokers)-1]
@@ -301,9 +356,29 @@ func measureRestart(ctx context.Context, out io.Writer, path string, n int, nosy
 type result struct {
 	rate     float64
 	p50, p99 time.Duration
+	// cpu is the process's CPU time (user and system, every goroutine:
+	// client, server, broker loops, collector) over the calls made. Unlike
+	// the rate, it hardly moves with what else the machine runs, so it
+	// compares two versions measured at different loads.
+	cpu time.Duration
+	// bytes is what the process allocated per call (client and server).
+	bytes int64
 }
 
+// median is the round of median rate, with the median CPU per call of all
+// rounds.
 func median(rs []result) result {
+	cpus := make([]time.Duration, len(rs))
+	for i, r := range rs {
+		cpus[i] = r.cpu
+	}
+	slices.Sort(cpus)
+	m := medianRate(rs)
+	m.cpu = cpus[len(cpus)/2]
+	return m // bytes: the median round's (they hardly vary)
+}
+
+func medianRate(rs []result) result {
 	s := slices.Clone(rs)
 	slices.SortFunc(s, func(a, b result) int {
 		switch {
@@ -327,6 +402,10 @@ func measure(call func() error, n int, d time.Duration) (result, error) {
 		firstErr atomic.Value
 		stop     atomic.Bool
 	)
+	var mem runtime.MemStats
+	runtime.ReadMemStats(&mem)
+	alloc0 := mem.TotalAlloc
+	cpu0 := cpuTime()
 	start := time.Now()
 	for range n {
 		wg.Go(func() {
@@ -349,6 +428,9 @@ func measure(call func() error, n int, d time.Duration) (result, error) {
 	wg.Wait()
 	timer.Stop()
 	elapsed := time.Since(start)
+	cpu := cpuTime() - cpu0
+	runtime.ReadMemStats(&mem)
+	alloc := mem.TotalAlloc - alloc0
 	if err, ok := firstErr.Load().(error); ok {
 		return result{}, err
 	}
@@ -357,10 +439,21 @@ func measure(call func() error, n int, d time.Duration) (result, error) {
 	}
 	slices.Sort(lat)
 	return result{
-		rate: float64(len(lat)) / elapsed.Seconds(),
-		p50:  lat[len(lat)/2],
-		p99:  lat[len(lat)*99/100],
+		rate:  float64(len(lat)) / elapsed.Seconds(),
+		p50:   lat[len(lat)/2],
+		p99:   lat[len(lat)*99/100],
+		cpu:   cpu / time.Duration(len(lat)),
+		bytes: int64(alloc) / int64(len(lat)),
 	}, nil
+}
+
+// cpuTime is the CPU time the process has used so far.
+func cpuTime() time.Duration {
+	var u syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &u); err != nil {
+		return 0
+	}
+	return time.Duration(u.Utime.Nano() + u.Stime.Nano())
 }
 
 // measureOutstanding grants n leases directly on the broker (no gRPC, but
