@@ -602,6 +602,7 @@ var scenes = []*scene{
 			{benchmarks, "go run ./bench/lease -attack flood,halfopen,history -short"},
 			{benchmarks, "go run ./bench/cluster -duration 3s -rounds 3 -concurrency 50 -kills 10"},
 			{benchmarks, "go test -run='^$' -bench=Commit -benchtime=3s ./broker/etcd/"},
+			{benchmarks, "go test -run '^$' -bench 'AcquireEscrow|GrantHold' -benchmem -benchtime 300000x ./broker/"},
 			{goClient, "go test -run='^$' -bench=SimulatorOverhead -benchtime=2s -count=6 ./clients/quotaclient/"},
 		},
 		run: func(s *sceneRun) {
@@ -634,6 +635,7 @@ var scenes = []*scene{
 
 				{benchmarks, "go run ./bench/cluster -duration 3s -rounds 3 -concurrency 50 -kills 10", `(?m)^round 1\s+single\s+\d+/s`},
 				{benchmarks, "go test -run='^$' -bench=Commit -benchtime=3s ./broker/etcd/", `(?m)^BenchmarkCommit\S*\s+\d+\s+\d+ ns/op`},
+				{benchmarks, "go test -run '^$' -bench 'AcquireEscrow|GrantHold' -benchmem -benchtime 300000x ./broker/", `(?m)^BenchmarkAcquireEscrow\S*\s+\d+\s+\d+ ns/op\s+\d+ B/op\s+\d+ allocs/op`},
 
 				{goClient, "go test -run='^$' -bench=SimulatorOverhead -benchtime=2s -count=6 ./clients/quotaclient/", `(?m)^BenchmarkSimulatorOverhead\S+\s+\d+\s+\d+ ns/op.* p50-ms`},
 			} {

@@ -355,7 +355,7 @@ func TestClusterLeaderKill(t *testing.T) {
 	r := startClusterRig(t, rpm, concurrency)
 	lead := r.leader(15 * time.Second)
 	l := r.startLoad(10)
-	waitFor(t, 10*time.Second, "grants from the first leader", func() bool { return l.grants() >= 100 })
+	waitFor(t, 30*time.Second, "grants from the first leader", func() bool { return l.grants() >= 100 })
 	gc := startGoClient(t, r)
 	waitFor(t, 10*time.Second, "a grant to the Go client", func() bool { return gc.grants.Load() > 0 })
 	killed := time.Now()
@@ -444,7 +444,7 @@ func TestClusterPausedLeader(t *testing.T) {
 	r := startClusterRig(t, rpm, concurrency)
 	lead := r.leader(15 * time.Second)
 	l := r.startLoad(10)
-	waitFor(t, 10*time.Second, "grants from the first leader", func() bool { return l.grants() >= 100 })
+	waitFor(t, 30*time.Second, "grants from the first leader", func() bool { return l.grants() >= 100 })
 	paused := time.Now()
 	if err := r.procs[lead].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -546,7 +546,7 @@ func TestClusterEtcdQuorum(t *testing.T) {
 	r := startClusterRig(t, rpm, concurrency)
 	lead := r.leader(15 * time.Second)
 	l := r.startLoad(6)
-	waitFor(t, 10*time.Second, "grants", func() bool { return l.grants() >= 50 })
+	waitFor(t, 30*time.Second, "grants", func() bool { return l.grants() >= 50 })
 
 	// A follower: killing etcd's leader stalls every write for etcd's own
 	// election (1 to 2 s on this loaded machine), which the replica may
