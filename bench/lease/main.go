@@ -55,6 +55,7 @@ import (
 	"github.com/bedrockqb/quotabroker/broker"
 	"github.com/bedrockqb/quotabroker/broker/bolt"
 	pb "github.com/bedrockqb/quotabroker/gen/quotabroker/v1"
+	"github.com/bedrockqb/quotabroker/internal/gctune"
 	"github.com/bedrockqb/quotabroker/internal/sysclock"
 	"github.com/bedrockqb/quotabroker/server"
 )
@@ -267,8 +268,10 @@ func run(args []string, out io.Writer) error {
 			}
 		}()
 	}
-	fmt.Fprintf(out, "lease path over gRPC on loopback, %v per round, median of %d rounds, GOMAXPROCS %d, bbolt with fsync %v, metrics %v\n",
-		*duration, *rounds, runtime.GOMAXPROCS(0), !*nosync, *metrics)
+	// The collector's target as quota-broker serve runs (internal/gctune).
+	gogc := gctune.Apply()
+	fmt.Fprintf(out, "lease path over gRPC on loopback, %v per round, median of %d rounds, GOMAXPROCS %d, GOGC %d, bbolt with fsync %v, metrics %v\n",
+		*duration, *rounds, runtime.GOMAXPROCS(0), gogc, !*nosync, *metrics)
 	results := make([][]result, len(cases))
 	for r := 0; r < *rounds; r++ {
 		for i, c := range cases { // interleaved, so drift hits all cases alike

@@ -22,6 +22,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/bedrockqb/quotabroker/internal/gctune"
 )
 
 func main() {
@@ -68,8 +70,10 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	switch args[0] {
 	case "serve":
+		gctune.Apply()
 		return serve(ctx, args[1:], stdout, stderr)
 	case "demo":
+		gctune.Apply()
 		return demo(ctx, args[1:], stdout, stderr)
 	case "discover":
 		return discover(ctx, args[1:], stdout, stderr)
