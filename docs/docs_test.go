@@ -527,20 +527,23 @@ func (w *world) waitListening(p *process, addr string, timeout time.Duration) {
 }
 
 // stop ends a process (SIGTERM to its group, SIGKILL after 10 s), waits for
-// it and returns what it printed. Stopping twice is harmless.
+// it and returns what it printed. Whatever else of its group is left once
+// it has exited is killed: a campaign's own children (bench/cluster's
+// replicas) may still be draining towards an etcd that is gone when the
+// campaign itself has returned. Stopping twice is harmless.
 func (p *process) stop() string {
 	select {
 	case <-p.exited:
-		return p.output()
 	default:
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.exited
+		}
 	}
-	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(10 * time.Second):
-		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-		<-p.exited
-	}
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL) // the group's stragglers; ESRCH when none
 	return p.output()
 }
 
