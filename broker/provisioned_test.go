@@ -273,32 +273,42 @@ func TestProvisionedUnderMoneyBudget(t *testing.T) {
 	}
 }
 
+// fullPTFirst returns a broker with route pt-first over an in-service
+// throughput (pt) then on-demand (odt, concurrency 1), both full: fill
+// holds the throughput's capacity, held the on-demand slot.
+func fullPTFirst(t *testing.T) (b *broker.Broker, src *ptSource, pt, odt broker.Target, fill, held broker.Decision) {
+	t.Helper()
+	od := broker.Spec{Key: broker.Key{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: sonnet45}, Quota: broker.Limits{Concurrency: 1}, Source: "test"}
+	b = bubbleBroker(t, ptSpec(1000), od)
+	ctx := context.Background()
+	pt, _ = broker.NewTarget(ptARN, "us-east-1")
+	odt, _ = broker.NewTarget(sonnet45, "us-east-1")
+	if err := b.SetRoutes([]broker.Route{{Name: "pt-first", Model: sonnet45, Targets: []broker.Target{pt, odt}}}); err != nil {
+		t.Fatal(err)
+	}
+	src = &ptSource{}
+	src.set("InService", true)
+	if err := b.Refresh(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	fill, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: ptARN, InputTokens: 900, MaxOutputTokens: 100})
+	if err != nil || !fill.Granted {
+		t.Fatalf("fill the throughput: %+v, %v", fill, err)
+	}
+	held, err = b.Acquire(ctx, broker.AcquireRequest{ModelID: sonnet45, MaxOutputTokens: 100})
+	if err != nil || !held.Granted {
+		t.Fatalf("hold on-demand: %+v, %v", held, err)
+	}
+	return b, src, pt, odt, fill, held
+}
+
 // TestProvisionedRetiredRouteWaiterWaitsOnOthers: a route caller waiting
 // on every target when the throughput goes keeps waiting on the others,
 // and is granted on the first that frees; nothing is left queued.
 func TestProvisionedRetiredRouteWaiterWaitsOnOthers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		od := broker.Spec{Key: broker.Key{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: sonnet45}, Quota: broker.Limits{Concurrency: 1}, Source: "test"}
-		b := bubbleBroker(t, ptSpec(1000), od)
+		b, src, _, odt, _, held := fullPTFirst(t)
 		ctx := context.Background()
-		pt, _ := broker.NewTarget(ptARN, "us-east-1")
-		odt, _ := broker.NewTarget(sonnet45, "us-east-1")
-		if err := b.SetRoutes([]broker.Route{{Name: "pt-first", Model: sonnet45, Targets: []broker.Target{pt, odt}}}); err != nil {
-			t.Fatal(err)
-		}
-		src := &ptSource{}
-		src.set("InService", true)
-		if err := b.Refresh(ctx, src); err != nil {
-			t.Fatal(err)
-		}
-		fill, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: ptARN, InputTokens: 900, MaxOutputTokens: 100})
-		if err != nil || !fill.Granted {
-			t.Fatalf("fill the throughput: %+v, %v", fill, err)
-		}
-		held, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: sonnet45, MaxOutputTokens: 100})
-		if err != nil || !held.Granted {
-			t.Fatalf("hold on-demand: %+v, %v", held, err)
-		}
 		type result struct {
 			d   broker.Decision
 			err error
@@ -341,26 +351,8 @@ func TestProvisionedRetiredRouteWaiterWaitsOnOthers(t *testing.T) {
 // there while the other target is still full.
 func TestProvisionedReturnRejoinsRouteWaiter(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		od := broker.Spec{Key: broker.Key{Region: "us-east-1", Scope: broker.ScopeOnDemand, Model: sonnet45}, Quota: broker.Limits{Concurrency: 1}, Source: "test"}
-		b := bubbleBroker(t, ptSpec(1000), od)
+		b, src, pt, _, fill, _ := fullPTFirst(t)
 		ctx := context.Background()
-		pt, _ := broker.NewTarget(ptARN, "us-east-1")
-		odt, _ := broker.NewTarget(sonnet45, "us-east-1")
-		if err := b.SetRoutes([]broker.Route{{Name: "pt-first", Model: sonnet45, Targets: []broker.Target{pt, odt}}}); err != nil {
-			t.Fatal(err)
-		}
-		src := &ptSource{}
-		src.set("InService", true)
-		if err := b.Refresh(ctx, src); err != nil {
-			t.Fatal(err)
-		}
-		fill, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: ptARN, InputTokens: 900, MaxOutputTokens: 100})
-		if err != nil || !fill.Granted {
-			t.Fatalf("fill the throughput: %+v, %v", fill, err)
-		}
-		if held, err := b.Acquire(ctx, broker.AcquireRequest{ModelID: sonnet45, MaxOutputTokens: 100}); err != nil || !held.Granted {
-			t.Fatalf("hold on-demand: %+v, %v", held, err)
-		}
 		type result struct {
 			d   broker.Decision
 			err error

@@ -142,7 +142,7 @@ func (b *Core) reroute() []string {
 			notes = append(notes, fmt.Sprintf("route %s: every target is out of service (%s); calls on it are refused until one returns", name, strings.Join(gone, ", ")))
 			continue
 		}
-		if sameTargets(nrt.Targets, rt.Targets) {
+		if slices.Equal(nrt.Targets, rt.Targets) {
 			continue
 		}
 		next[name] = nrt

@@ -208,7 +208,7 @@ func (b *Core) SetRoutes(rs []Route) error {
 		// An unchanged route keeps its object: its waiters, counters and
 		// any retirement of a target stay as they are. Compared with what
 		// was configured, not with the targets left in service.
-		if old := b.routing.byName[r.Name]; old != nil && old.Model == r.Model && sameTargets(old.configured, r.Targets) {
+		if old := b.routing.byName[r.Name]; old != nil && old.Model == r.Model && slices.Equal(old.configured, r.Targets) {
 			next[r.Name] = old
 			continue
 		}
@@ -328,18 +328,6 @@ func (b *Core) discovered(specs []Spec) error {
 		return fmt.Errorf("routes not derived again after the quota refresh; the routes in service stay: %w", err)
 	}
 	return nil
-}
-
-func sameTargets(a, b []Target) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Routes reports the routes in service, in name order, with their counters.

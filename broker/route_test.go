@@ -381,15 +381,7 @@ func routeCancellations(t *testing.T, keys bool) {
 				}
 			}
 			waiting = still
-			per := map[string]int{}
-			for _, l := range held {
-				per[l.Key.Region]++
-			}
-			for region, n := range per {
-				if n > limit {
-					t.Fatalf("step %d: %d leases on %s, limit %d", step, n, region, limit)
-				}
-			}
+			checkPerRegion(t, step, held, limit)
 			ri := routeInfo(t, b, "sonnet-us")
 			for i, q := range ri.Queued {
 				if q > len(waiting) || (!keys && q != len(waiting)) {
@@ -657,5 +649,20 @@ func TestSetRoutesIsAllOrNothing(t *testing.T) {
 	}
 	if _, err := e.b.Acquire(context.Background(), broker.AcquireRequest{Route: "sonnet-us", ModelID: sonnet45}); broker.KindOf(err) != broker.KindInvalid {
 		t.Fatalf("route and model: %v", err)
+	}
+}
+
+// checkPerRegion fails the test if held has more than limit leases in one
+// region.
+func checkPerRegion(t *testing.T, step int, held []broker.Lease, limit int) {
+	t.Helper()
+	per := map[string]int{}
+	for _, l := range held {
+		per[l.Key.Region]++
+	}
+	for region, n := range per {
+		if n > limit {
+			t.Fatalf("step %d: %d leases on %s, limit %d", step, n, region, limit)
+		}
 	}
 }

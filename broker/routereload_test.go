@@ -399,15 +399,7 @@ func routeReloads(t *testing.T, keys bool) {
 				}
 			}
 			waiting = still
-			per := map[string]int{}
-			for _, l := range held {
-				per[l.Key.Region]++
-			}
-			for region, n := range per {
-				if n > limit {
-					t.Fatalf("step %d: %d leases on %s, limit %d", step, n, region, limit)
-				}
-			}
+			checkPerRegion(t, step, held, limit)
 			if current == nil && len(waiting) > 0 {
 				t.Fatalf("step %d: %d callers still wait on a removed route", step, len(waiting))
 			}
