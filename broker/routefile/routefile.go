@@ -52,15 +52,21 @@ type targetEntry struct {
 // Load reads and resolves the file at path against the budgets the broker
 // has.
 func Load(path string, budgets []broker.Key) ([]broker.Route, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("routes file: %w", err)
-	}
-	f, err := Parse(path, data)
+	f, err := Read(path)
 	if err != nil {
 		return nil, err
 	}
 	return f.Resolve(budgets)
+}
+
+// Read reads and parses the file at path, for a broker to resolve against
+// its budgets (broker.UseRoutes).
+func Read(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("routes file: %w", err)
+	}
+	return Parse(path, data)
 }
 
 // Parse reads routes from data, strictly; name is used in errors.
