@@ -11,12 +11,12 @@ import (
 	"strings"
 
 	"github.com/bedrockqb/quotabroker/broker"
+	"github.com/bedrockqb/quotabroker/broker/jsonpos"
 )
 
 // File is a parsed routes file, not yet checked against budgets.
 type File struct {
-	name   string
-	data   []byte
+	src    jsonpos.File // places errors: "name:line: ..."
 	routes []routeEntry
 }
 
@@ -52,20 +52,26 @@ type targetEntry struct {
 // Load reads and resolves the file at path against the budgets the broker
 // has.
 func Load(path string, budgets []broker.Key) ([]broker.Route, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("routes file: %w", err)
-	}
-	f, err := Parse(path, data)
+	f, err := Read(path)
 	if err != nil {
 		return nil, err
 	}
 	return f.Resolve(budgets)
 }
 
+// Read reads and parses the file at path, for a broker to resolve against
+// its budgets (broker.UseRoutes).
+func Read(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("routes file: %w", err)
+	}
+	return Parse(path, data)
+}
+
 // Parse reads routes from data, strictly; name is used in errors.
 func Parse(name string, data []byte) (*File, error) {
-	f := &File{name: name, data: data}
+	f := &File{src: jsonpos.File{Name: name, Data: data}}
 	var top struct {
 		Routes []json.RawMessage `json:"routes"`
 	}
@@ -73,10 +79,10 @@ func Parse(name string, data []byte) (*File, error) {
 		return nil, f.jsonErr(err, 0, 0, "")
 	}
 	if top.Routes == nil {
-		return nil, f.errf(0, "no \"routes\" array")
+		return nil, f.src.Errorf(0, "no \"routes\" array")
 	}
 	if len(top.Routes) > broker.MaxRoutes {
-		return nil, f.errf(0, "routes: %d routes; at most %d", len(top.Routes), broker.MaxRoutes)
+		return nil, f.src.Errorf(0, "routes: %d routes; at most %d", len(top.Routes), broker.MaxRoutes)
 	}
 	next := int64(0)
 	for i, raw := range top.Routes {
@@ -128,15 +134,6 @@ func locate(data, raw []byte, next *int64) int64 {
 	return at
 }
 
-func (f *File) line(offset int64) int {
-	offset = min(max(offset, 0), int64(len(f.data)))
-	return 1 + bytes.Count(f.data[:offset], []byte("\n"))
-}
-
-func (f *File) errf(offset int64, format string, args ...any) error {
-	return fmt.Errorf("%s:%d: %s", f.name, f.line(offset), fmt.Sprintf(format, args...))
-}
-
 // jsonErr turns a decoding error of a value at base into one with a line
 // and the field.
 func (f *File) jsonErr(err error, base, at int64, field string) error {
@@ -148,20 +145,20 @@ func (f *File) jsonErr(err error, base, at int64, field string) error {
 	}
 	switch {
 	case errors.As(err, &syn):
-		return f.errf(base+syn.Offset, "invalid JSON: %v", syn)
+		return f.src.Errorf(base+syn.Offset, "invalid JSON: %v", syn)
 	case errors.As(err, &typ):
-		return f.errf(base+typ.Offset, "%s%s: want %s, got JSON %s", prefix, typ.Field, typ.Type, typ.Value)
+		return f.src.Errorf(base+typ.Offset, "%s%s: want %s, got JSON %s", prefix, typ.Field, typ.Type, typ.Value)
 	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
-		return f.errf(int64(len(f.data)), "unexpected end of file")
+		return f.src.Errorf(int64(len(f.src.Data)), "unexpected end of file")
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		if field == "" {
-			return f.errf(at, "%s (want routes)", strings.TrimPrefix(err.Error(), "json: "))
+			return f.src.Errorf(at, "%s (want routes)", strings.TrimPrefix(err.Error(), "json: "))
 		}
-		return f.errf(at, "%s: %s", field, strings.TrimPrefix(err.Error(), "json: "))
+		return f.src.Errorf(at, "%s: %s", field, strings.TrimPrefix(err.Error(), "json: "))
 	case errors.Is(err, errTrailing):
-		return f.errf(at, "%s: data after the value", strings.TrimSuffix(prefix, "."))
+		return f.src.Errorf(at, "%s: data after the value", strings.TrimSuffix(prefix, "."))
 	}
-	return f.errf(at, "%s: %v", field, err)
+	return f.src.Errorf(at, "%s: %v", field, err)
 }
 
 // Resolve checks every route against budgets and returns them, targets
@@ -191,7 +188,7 @@ func (f *File) Routes(have, live []broker.Key) ([]broker.Route, error) {
 			return nil, err
 		}
 		if prev := byName[e.Name]; prev != nil {
-			return nil, f.errf(e.at, "%s.name: %q is also %s (line %d)", e.field, e.Name, prev.field, f.line(prev.at))
+			return nil, f.src.Errorf(e.at, "%s.name: %q is also %s (line %d)", e.field, e.Name, prev.field, f.src.Line(prev.at))
 		}
 		byName[e.Name] = e
 	}
@@ -208,7 +205,7 @@ func (f *File) Routes(have, live []broker.Key) ([]broker.Route, error) {
 			route.Targets = append(route.Targets, t.Target)
 		}
 		if err := route.Validate(); err != nil {
-			return nil, f.errf(e.at, "%s: %v", e.field, err)
+			return nil, f.src.Errorf(e.at, "%s: %v", e.field, err)
 		}
 		out = append(out, route)
 	}
@@ -219,27 +216,27 @@ func (f *File) Routes(have, live []broker.Key) ([]broker.Route, error) {
 func (f *File) checkRoute(e *routeEntry) error {
 	switch {
 	case e.Name == "":
-		return f.errf(e.at, "%s.name: is missing", e.field)
+		return f.src.Errorf(e.at, "%s.name: is missing", e.field)
 	case e.Model == "":
-		return f.errf(e.at, "%s.model: is missing (the base model the route serves)", e.field)
+		return f.src.Errorf(e.at, "%s.model: is missing (the base model the route serves)", e.field)
 	}
 	if err := (broker.Route{Name: e.Name, Targets: []broker.Target{{ModelID: "x"}}}).Validate(); err != nil {
-		return f.errf(e.at, "%s.name: %v", e.field, err)
+		return f.src.Errorf(e.at, "%s.name: %v", e.field, err)
 	}
 	k, err := broker.ParseModelID(e.Model, "us-east-1", "us-east-1")
 	if err != nil || k.Scope != broker.ScopeOnDemand {
-		return f.errf(e.at, "%s.model: %q is not a base model id (name profiles in targets)", e.field, e.Model)
+		return f.src.Errorf(e.at, "%s.model: %q is not a base model id (name profiles in targets)", e.field, e.Model)
 	}
 	derived := e.Geography != "" || e.Regions != nil || e.OnDemand
 	switch {
 	case derived && e.Targets != nil:
-		return f.errf(e.at, "%s: has both targets and a derivation (geography, regions, on_demand); give one", e.field)
+		return f.src.Errorf(e.at, "%s: has both targets and a derivation (geography, regions, on_demand); give one", e.field)
 	case !derived && len(e.Targets) == 0:
-		return f.errf(e.at, "%s.targets: is missing or empty (or derive it: geography, regions)", e.field)
+		return f.src.Errorf(e.at, "%s.targets: is missing or empty (or derive it: geography, regions)", e.field)
 	case derived && e.Geography == "" && !e.OnDemand:
-		return f.errf(e.at, "%s.geography: is missing", e.field)
+		return f.src.Errorf(e.at, "%s.geography: is missing", e.field)
 	case e.Geography != "" && geographies[e.Geography] == nil:
-		return f.errf(e.at, "%s.geography: %q is not a geography (want one of %s)", e.field, e.Geography, strings.Join(geographyNames(), ", "))
+		return f.src.Errorf(e.at, "%s.geography: %q is not a geography (want one of %s)", e.field, e.Geography, strings.Join(geographyNames(), ", "))
 	}
 	return nil
 }
@@ -266,7 +263,7 @@ func (r *resolver) targets(e *routeEntry, path []string) ([]located, error) {
 		return ts, nil
 	}
 	if i := slices.Index(path, e.Name); i >= 0 {
-		return nil, f.errf(e.at, "%s: routes include each other: %s", e.field, strings.Join(append(path[i:], e.Name), " -> "))
+		return nil, f.src.Errorf(e.at, "%s: routes include each other: %s", e.field, strings.Join(append(path[i:], e.Name), " -> "))
 	}
 	path = append(path, e.Name)
 	var out []located
@@ -282,12 +279,12 @@ func (r *resolver) targets(e *routeEntry, path []string) ([]located, error) {
 	seen := map[broker.Key]located{}
 	for _, t := range out {
 		if prev, dup := seen[t.Key]; dup {
-			return nil, f.errf(t.at, "%s: the same budget %s as %s (line %d)", t.field, t.Key, prev.field, f.line(prev.at))
+			return nil, f.src.Errorf(t.at, "%s: the same budget %s as %s (line %d)", t.field, t.Key, prev.field, f.src.Line(prev.at))
 		}
 		seen[t.Key] = t
 	}
 	if len(out) > broker.MaxRouteTargets {
-		return nil, f.errf(e.at, "%s: %d targets; at most %d", e.field, len(out), broker.MaxRouteTargets)
+		return nil, f.src.Errorf(e.at, "%s: %d targets; at most %d", e.field, len(out), broker.MaxRouteTargets)
 	}
 	r.done[e.Name] = out
 	return out, nil
@@ -299,14 +296,14 @@ func (r *resolver) listed(e *routeEntry, path []string) ([]located, error) {
 	for _, te := range e.targets {
 		if te.Route != "" {
 			if te.Region != "" || te.Model != "" {
-				return nil, f.errf(te.at, "%s: names a route and a region or model; give one", te.field)
+				return nil, f.src.Errorf(te.at, "%s: names a route and a region or model; give one", te.field)
 			}
 			sub := r.byName[te.Route]
 			if sub == nil {
-				return nil, f.errf(te.at, "%s.route: no route %q in the file", te.field, te.Route)
+				return nil, f.src.Errorf(te.at, "%s.route: no route %q in the file", te.field, te.Route)
 			}
 			if sub.Model != e.Model {
-				return nil, f.errf(te.at, "%s.route: %q serves %s, not %s", te.field, te.Route, sub.Model, e.Model)
+				return nil, f.src.Errorf(te.at, "%s.route: %q serves %s, not %s", te.field, te.Route, sub.Model, e.Model)
 			}
 			ts, err := r.targets(sub, path)
 			if err != nil {
@@ -317,9 +314,9 @@ func (r *resolver) listed(e *routeEntry, path []string) ([]located, error) {
 		}
 		switch {
 		case te.Region == "":
-			return nil, f.errf(te.at, "%s.region: is missing", te.field)
+			return nil, f.src.Errorf(te.at, "%s.region: is missing", te.field)
 		case te.Model == "":
-			return nil, f.errf(te.at, "%s.model: is missing", te.field)
+			return nil, f.src.Errorf(te.at, "%s.model: is missing", te.field)
 		}
 		t, err := broker.NewTarget(te.Model, te.Region)
 		if err != nil {
@@ -328,7 +325,7 @@ func (r *resolver) listed(e *routeEntry, path []string) ([]located, error) {
 			if errors.As(err, &be) && be.Field == "region" {
 				field = "region"
 			}
-			return nil, f.errf(te.at, "%s.%s: %v", te.field, field, err)
+			return nil, f.src.Errorf(te.at, "%s.%s: %v", te.field, field, err)
 		}
 		if err := r.check(e, t, te.field, te.at); err != nil {
 			return nil, err
@@ -349,24 +346,24 @@ func (r *resolver) check(e *routeEntry, t broker.Target, field string, at int64)
 		// budget's model against the route's (Route.Model) when the
 		// routes are set.
 		if !r.have[t.Key] {
-			return f.errf(at, "%s.model: no budget for the provisioned throughput %s: give it one in the budgets file (\"model\": the ARN, \"serves\", \"tpm\"; or \"provisioned_rates\" for its model: AWS publishes no per-model-unit rate), or it is not InService", field, t.ModelID)
+			return f.src.Errorf(at, "%s.model: no budget for the provisioned throughput %s: give it one in the budgets file (\"model\": the ARN, \"serves\", \"tpm\"; or \"provisioned_rates\" for its model: AWS publishes no per-model-unit rate), or it is not InService", field, t.ModelID)
 		}
 		return nil
 	case t.Key.Model != e.Model:
-		return f.errf(at, "%s.model: %s serves %s, not the route's model %s", field, t.ModelID, t.Key.Model, e.Model)
+		return f.src.Errorf(at, "%s.model: %s serves %s, not the route's model %s", field, t.ModelID, t.Key.Model, e.Model)
 	case t.Key.Scope == broker.ScopeGlobal && !e.AllowGlobal:
-		return f.errf(at, "%s.model: %s is a global profile, which may run the call outside any geography; the route must say \"allow_global\": true", field, t.ModelID)
+		return f.src.Errorf(at, "%s.model: %s is a global profile, which may run the call outside any geography; the route must say \"allow_global\": true", field, t.ModelID)
 	case t.Key.Scope == broker.ScopeCrossRegion:
 		geo, _, _ := strings.Cut(t.ModelID, ".")
 		if g := geographies[geo]; g != nil && !g(t.Key.Region) {
-			return f.errf(at, "%s.region: the %s profile %s cannot be called from %s", field, geo, t.ModelID, t.Key.Region)
+			return f.src.Errorf(at, "%s.region: the %s profile %s cannot be called from %s", field, geo, t.ModelID, t.Key.Region)
 		}
 		if e.Geography != "" && geo != e.Geography {
-			return f.errf(at, "%s.model: %s is outside the route's geography %s", field, t.ModelID, e.Geography)
+			return f.src.Errorf(at, "%s.model: %s is outside the route's geography %s", field, t.ModelID, e.Geography)
 		}
 	}
 	if !r.have[t.Key] {
-		return f.errf(at, "%s: no budget for %s %s in %s", field, t.Key.Scope, t.Key.Model, t.Key.Region)
+		return f.src.Errorf(at, "%s: no budget for %s %s in %s", field, t.Key.Scope, t.Key.Model, t.Key.Region)
 	}
 	return nil
 }
@@ -387,14 +384,14 @@ func (r *resolver) derive(e *routeEntry) ([]located, error) {
 		slices.Sort(regions)
 	}
 	if len(regions) == 0 {
-		return nil, f.errf(e.at, "%s: no Region of geography %q has a budget for %s", e.field, e.Geography, e.Model)
+		return nil, f.src.Errorf(e.at, "%s: no Region of geography %q has a budget for %s", e.field, e.Geography, e.Model)
 	}
 	var out []located
 	add := func(i int, modelID, region string) error {
 		field := fmt.Sprintf("%s.regions[%d]", e.field, i)
 		t, err := broker.NewTarget(modelID, region)
 		if err != nil {
-			return f.errf(e.at, "%s: %v", field, err)
+			return f.src.Errorf(e.at, "%s: %v", field, err)
 		}
 		if err := r.check(e, t, field, e.at); err != nil {
 			return err
@@ -404,14 +401,14 @@ func (r *resolver) derive(e *routeEntry) ([]located, error) {
 	}
 	for i, region := range regions {
 		if e.Geography != "" && !geographies[e.Geography](region) {
-			return nil, f.errf(e.at, "%s.regions[%d]: %s is not a source Region of geography %s", e.field, i, region, e.Geography)
+			return nil, f.src.Errorf(e.at, "%s.regions[%d]: %s is not a source Region of geography %s", e.field, i, region, e.Geography)
 		}
 		any := false
 		for _, k := range []broker.Key{{Region: region, Scope: broker.ScopeCrossRegion, Model: e.Model}, {Region: region, Scope: broker.ScopeOnDemand, Model: e.Model}, {Region: region, Scope: broker.ScopeGlobal, Model: e.Model}} {
 			any = any || r.have[k]
 		}
 		if !any {
-			return nil, f.errf(e.at, "%s.regions[%d]: no budget for %s in %s", e.field, i, e.Model, region)
+			return nil, f.src.Errorf(e.at, "%s.regions[%d]: no budget for %s in %s", e.field, i, e.Model, region)
 		}
 	}
 	if e.Geography != "" {
@@ -442,7 +439,7 @@ func (r *resolver) derive(e *routeEntry) ([]located, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, f.errf(e.at, "%s: no budget in %s serves %s under this rule", e.field, strings.Join(regions, ", "), e.Model)
+		return nil, f.src.Errorf(e.at, "%s: no budget in %s serves %s under this rule", e.field, strings.Join(regions, ", "), e.Model)
 	}
 	return out, nil
 }

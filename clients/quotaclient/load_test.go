@@ -130,7 +130,12 @@ func invokeStream(ctx context.Context, rt *bedrockruntime.Client, model string, 
 	if err != nil {
 		return 0, 0, err
 	}
-	st := out.GetStream()
+	return streamUsage(out.GetStream())
+}
+
+// streamUsage reads st to its end, closes it, and returns the tokens its
+// invocation metrics report.
+func streamUsage(st *bedrockruntime.InvokeModelWithResponseStreamEventStream) (int64, int64, error) {
 	defer st.Close()
 	var in, o int64
 	seen := false

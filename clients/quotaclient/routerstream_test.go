@@ -2,7 +2,6 @@ package quotaclient_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"testing"
@@ -82,25 +81,10 @@ func TestRouterStreams(t *testing.T) {
 	if l, ok := quotaclient.LeaseOf(sout.ResultMetadata); !ok || l.Region != "us-east-2" || l.CallModelID != "us."+sonnet45 || l.Route != "sonnet-us" {
 		t.Fatalf("InvokeModelWithResponseStream's lease: %+v %v", l, ok)
 	}
-	var in, outTokens int64
-	sst := sout.GetStream()
-	for ev := range sst.Events() {
-		if c, ok := ev.(*rttypes.ResponseStreamMemberChunk); ok {
-			var m struct {
-				Metrics *struct {
-					In  int64 `json:"inputTokenCount"`
-					Out int64 `json:"outputTokenCount"`
-				} `json:"amazon-bedrock-invocationMetrics"`
-			}
-			if json.Unmarshal(c.Value.Bytes, &m) == nil && m.Metrics != nil {
-				in, outTokens = m.Metrics.In, m.Metrics.Out
-			}
-		}
-	}
-	if err := sst.Err(); err != nil || outTokens != 40 {
+	in, outTokens, err := streamUsage(sout.GetStream())
+	if err != nil || outTokens != 40 {
 		t.Fatalf("InvokeModelWithResponseStream: %d output tokens, %v", outTokens, err)
 	}
-	sst.Close()
 	if got := log.next(t); got != "stream_complete" {
 		t.Fatalf("InvokeModelWithResponseStream settled as %q", got)
 	}

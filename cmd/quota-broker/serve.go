@@ -749,7 +749,7 @@ func (m *Main) reloadPolicy(log *slog.Logger, b *broker.Broker, clientsFile, rou
 // reloadRoutes reads the routes file at path and puts its routes in
 // service, all or nothing.
 func (m *Main) reloadRoutes(b *broker.Broker, path string) error {
-	f, err := loadRoutes(path)
+	f, err := routefile.Read(path)
 	if err != nil {
 		return err
 	}
@@ -778,16 +778,6 @@ func (m *Main) useRoutes(b *broker.Broker) error {
 	}
 	m.log.Error("routes file unusable now; the routes last in force apply", "file", path, "err", err)
 	return nil
-}
-
-// loadRoutes reads and parses the routes file at path; the broker resolves
-// it against its budgets.
-func loadRoutes(path string) (*routefile.File, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("routes file: %w", err)
-	}
-	return routefile.Parse(path, data)
 }
 
 // routesError names the file in a broker's refusal of its routes; the
